@@ -1,0 +1,27 @@
+"""adapterctl: inspect, attach, convert, merge, push and generate with LoRA adapters.
+
+Importing this package is cheap: the heavy parts (torch, transformers) load only when one of the
+engine functions below is first used.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+# Public API, resolved lazily so that `import adapterctl` never pulls in torch.
+_LAZY = {
+    "inspect_adapter": ("adapterctl.core.inspect", "inspect_adapter"),
+    "read_adapter_config": ("adapterctl.core.config", "read_adapter_config"),
+    "LoraAdapterConfig": ("adapterctl.core.config", "LoraAdapterConfig"),
+}
+
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        module, attr = _LAZY[name]
+        return getattr(importlib.import_module(module), attr)
+    raise AttributeError(f"module 'adapterctl' has no attribute {name!r}")

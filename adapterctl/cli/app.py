@@ -1,0 +1,129 @@
+"""The Typer application: global flags, error handling and exit codes. Commands live one per
+module in this package and import their heavy dependencies inside the command body."""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+
+import typer
+from typer._click.exceptions import ClickException  # Typer >= 0.25 vendors click
+
+from adapterctl import __version__
+from adapterctl.cli import output as output_mod
+from adapterctl.cli.output import Output, Settings
+from adapterctl.errors import EXIT_CODES, AdapterctlError, Interrupted, UsageError
+
+GLOBAL_FLAGS = {"--json": "json", "--quiet": "quiet", "-q": "quiet", "--debug": "debug"}
+
+EXIT_CODES_HELP = "\n".join(f"* **{code}**: {text}" for code, text in EXIT_CODES.items())
+
+app = typer.Typer(
+    name="adapterctl",
+    help=(
+        "Manage LoRA adapters for causal language models: look inside them, try them on a base "
+        "model, convert, merge and publish them.\n\n"
+        "Global flags (allowed anywhere on the command line): **--json** prints exactly one JSON "
+        "document on stdout (also on failure), **--quiet** silences logs and progress, **--debug** "
+        "shows tracebacks."
+    ),
+    epilog=(
+        "**Examples**\n\n"
+        "* `adapterctl inspect ./my-lora`\n"
+        "* `adapterctl --json inspect ./my-lora --base ./base-model`\n"
+        "* `adapterctl merge ./base-model ./my-lora --output ./merged`\n\n"
+        "**Exit codes**\n\n" + EXIT_CODES_HELP
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode="markdown",
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"adapterctl {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def root(
+    json_output: bool = typer.Option(False, "--json", help="Print one JSON document on stdout."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No logs or progress on stderr."),
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks for errors."),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                 help="Print the version and exit."),
+) -> None:
+    """Registered for --help; the flags themselves are taken off argv by :func:`main`."""
+
+
+def _register_commands() -> None:
+    from adapterctl.cli import attach, convert, generate, inspect, merge, push
+
+    for module in (inspect, attach, convert, merge, push, generate):
+        module.register(app)
+
+
+_register_commands()
+
+
+def split_global_flags(argv: list[str]) -> tuple[Settings, list[str]]:
+    """Take --json/--quiet/--debug from anywhere before a ``--`` so scripts may put them anywhere."""
+    settings, rest = Settings(), []
+    for i, arg in enumerate(argv):
+        if arg == "--":
+            rest += argv[i:]
+            break
+        if arg in GLOBAL_FLAGS:
+            setattr(settings, GLOBAL_FLAGS[arg], True)
+        else:
+            rest.append(arg)
+    return settings, rest
+
+
+def _usage_error(err: ClickException) -> UsageError:
+    ctx = getattr(err, "ctx", None)
+    cmd = ctx.command_path if ctx is not None else "adapterctl"
+    return UsageError(err.format_message(), hint=f"Run '{cmd} --help' for usage and examples.")
+
+
+def main(argv: list[str] | None = None) -> None:
+    settings, args = split_global_flags(list(sys.argv[1:] if argv is None else argv))
+    out = Output(settings)
+    output_mod.set_output(out)
+    code = 0
+    if os.environ.get("_ADAPTERCTL_COMPLETE"):
+        from typer._completion_classes import completion_init
+
+        completion_init()
+    try:
+        command = typer.main.get_command(app)
+        rv = command.main(args=args, prog_name="adapterctl", standalone_mode=False,
+                          complete_var="_ADAPTERCTL_COMPLETE")
+        code = rv if isinstance(rv, int) else 0
+    except AdapterctlError as err:
+        code = _report(out, err, settings)
+    except typer.Exit as err:
+        code = err.exit_code
+    except ClickException as err:
+        code = _report(out, _usage_error(err), settings)
+    except (KeyboardInterrupt, typer.Abort) as err:
+        code = _report(out, Interrupted("interrupted"), settings, err)
+    except BrokenPipeError:
+        code = 0
+    except Exception as err:  # a bug: say so, and how to get the details
+        wrapped = AdapterctlError(f"internal error: {type(err).__name__}: {err}",
+                                  hint="This is a bug in adapterctl; rerun with --debug and report it.")
+        code = _report(out, wrapped, settings, err)
+    sys.stdout.flush()
+    raise SystemExit(code)
+
+
+def _report(out: Output, err: AdapterctlError, settings: Settings, cause: BaseException | None = None) -> int:
+    if settings.debug:
+        traceback.print_exception(cause or err, file=sys.stderr)
+    out.error(err)
+    return err.exit_code

@@ -1,0 +1,36 @@
+"""Options and helpers shared by several commands (kept free of heavy imports)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from adapterctl.errors import OutputExistsError
+
+PANEL_HUB = "Hub"
+PANEL_BASE = "Base model placement"
+PANEL_OUTPUT = "Output"
+
+RevisionOpt = typer.Option(None, "--revision", help="Hub revision (branch, tag or commit) of "
+                           "the adapter/model; also `user/repo@rev`.", rich_help_panel=PANEL_HUB)
+TokenOpt = typer.Option(None, "--token", help="Hub token (default: HF_TOKEN or the saved login). "
+                        "Never printed.", rich_help_panel=PANEL_HUB, show_default=False)
+
+
+def examples(*lines: str) -> str:
+    """An epilog listing example invocations, rendered by Typer's markdown mode."""
+    return "**Examples**\n\n" + "\n".join(f"* `{line}`" for line in lines)
+
+
+def hub_options(revision: str | None, token: str | None):
+    from adapterctl.io.resolve import HubOptions
+
+    return HubOptions(revision=revision, token=token)
+
+
+def check_output_dir(path: Path, force: bool) -> None:
+    """Refuse to overwrite an existing non-empty output unless --force."""
+    if path.exists() and (not path.is_dir() or any(path.iterdir())) and not force:
+        raise OutputExistsError(f"{path}: already exists", hint="Choose another output, or pass --force "
+                                "to replace it.")

@@ -1,0 +1,129 @@
+"""``adapterctl inspect``: what is in an adapter, and can it be used? Never imports torch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from adapterctl.cli.common import RevisionOpt, TokenOpt, examples, hub_options
+from adapterctl.cli.output import get_output, human_bytes
+
+
+def inspect_cmd(
+    adapter: str = typer.Argument(..., help="Adapter folder (or Hub id user/repo[@rev])."),
+    base: str = typer.Option(None, "--base", help="Base model folder or Hub id: check that every "
+                             "adapted module exists and shapes fit (reads headers only)."),
+    check_values: bool = typer.Option(False, "--check-values", help="Read the tensors: report "
+                                      "NaN/Inf and per-module norms."),
+    revision: str = RevisionOpt,
+    token: str = TokenOpt,
+) -> None:
+    """Show what an adapter holds and whether it can be used (config and safetensors header only)."""
+    from adapterctl.core.inspect import inspect_adapter
+    from adapterctl.io.resolve import resolve_adapter_dir, resolve_model_dir
+
+    out = get_output()
+    hub = hub_options(revision, token)
+    folder = resolve_adapter_dir(adapter, hub, need_weights=check_values, header_only=True)
+    base_dir = resolve_model_dir(base, hub_options(None, token), need_weights=False,
+                                 header_only=True) if base else None
+    summary = inspect_adapter(folder, base=base_dir, check_values=check_values, source=adapter)
+    data = summary.to_dict()
+    if out.json:
+        import json, sys
+
+        sys.stdout.write(json.dumps({"ok": summary.usable, **data}) + "\n")
+        out.emitted = True
+    else:
+        out.result(data, lambda console: render(console, summary))
+    if not summary.usable:
+        raise typer.Exit(summary.exit_code)
+
+
+def render(console, s) -> None:
+    from rich.table import Table
+
+    head = Table.grid(padding=(0, 2))
+    head.add_column(style="bold")
+    head.add_column()
+    rows = [
+        ("adapter", s.source), ("peft_type", s.peft_type), ("task_type", s.task_type),
+        ("base model", s.base_model),
+        ("r / alpha / scaling", f"{s.r} / {s.lora_alpha} / {s.scaling:.4g}" if s.r else None),
+        ("variants", ", ".join(s.variants) or "none"), ("init_lora_weights", s.init_lora_weights),
+        ("target_modules", _fmt(s.target_modules)), ("exclude_modules", _fmt(s.exclude_modules)),
+        ("modules_to_save", _fmt(s.modules_to_save)), ("bias", s.bias),
+        ("peft_version", s.peft_version),
+        ("weights", f"{s.weights_file} ({s.num_tensors} tensors, {s.num_parameters:,} parameters, "
+                    f"{human_bytes(s.size_bytes)}, {_fmt(s.dtypes)})" if s.weights_file else None),
+    ]
+    for key, values in (s.extras or {}).items():
+        if values:
+            rows.append((f"saved {key}", _fmt(values)))
+    if s.base:
+        rows.append(("base checked", f"{s.base['path']} ({s.base['model_type']}): "
+                     + ("compatible" if s.base["compatible"] else "NOT compatible")))
+    for k, v in rows:
+        if v is not None:
+            head.add_row(k, str(v))
+    console.print(head)
+    if s.modules:
+        console.print(_module_table(s))
+    for p in s.problems:
+        style = "red" if p.severity == "error" else "yellow"
+        console.print(f"[{style}]{p.severity}[/{style}] [{style}]{p.code}[/{style}]: {_esc(p.message)}")
+        if p.hint:
+            console.print(f"  [dim]hint: {_esc(p.hint)}[/dim]")
+    console.print("[green]usable[/green]" if s.usable else "[red]not usable as is[/red]")
+
+
+def _module_table(s):
+    from rich.table import Table
+
+    values = any(m.nonfinite is not None for m in s.modules)
+    t = Table(title=f"{len(s.modules)} LoRA modules", title_justify="left")
+    for col in ("module", "kind", "r", "alpha", "scaling", "A", "B", "dtype"):
+        t.add_column(col, justify="right" if col in ("r", "alpha", "scaling") else "left")
+    if values:
+        t.add_column("|ΔW|", justify="right")
+        t.add_column("NaN/Inf", justify="right")
+    for m in s.modules:
+        kind = m.kind + ("+dora" if m.dora else "") + ("+bias" if m.lora_bias else "")
+        row = [m.name, kind, str(m.r), f"{m.alpha:g}", f"{m.scaling:.4g}", _shape(m.a_shape),
+               _shape(m.b_shape), m.dtype]
+        if values:
+            row += [f"{m.delta_norm:.4g}" if m.delta_norm is not None else "-", str(m.nonfinite)]
+        t.add_row(*row)
+    return t
+
+
+def _shape(shape) -> str:
+    return "x".join(map(str, shape)) if shape else "-"
+
+
+def _fmt(v) -> str | None:
+    if v is None:
+        return None
+    if isinstance(v, dict):
+        return ", ".join(f"{k}: {x}" for k, x in v.items()) or "{}"
+    if isinstance(v, list):
+        return ", ".join(map(str, v)) or "[]"
+    return str(v)
+
+
+def _esc(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)
+
+
+def register(app: typer.Typer) -> None:
+    app.command(
+        "inspect",
+        epilog=examples(
+            "adapterctl inspect ./my-lora",
+            "adapterctl inspect ./my-lora --base ./Llama-3.2-1B --check-values",
+            "adapterctl --json inspect user/my-lora | jq .modules",
+        ),
+    )(inspect_cmd)

@@ -1,0 +1,126 @@
+"""The one output helper: results on stdout, logs and progress on stderr, one JSON document with
+``--json`` (also on failure)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from rich.console import Console
+
+from adapterctl.errors import AdapterctlError
+
+
+@dataclass
+class Settings:
+    json: bool = False
+    quiet: bool = False
+    debug: bool = False
+
+
+class Output:
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.settings = settings or Settings()
+        self.out = Console(highlight=False, soft_wrap=True)
+        self.err = Console(stderr=True, highlight=False, soft_wrap=True)
+        self.emitted = False
+
+    @property
+    def json(self) -> bool:
+        return self.settings.json
+
+    # ----- results (stdout) ----------------------------------------------------------------
+    def result(self, data: dict, render: Callable[[Console], None] | None = None) -> None:
+        """Print the command's result: the JSON document, or the human rendering."""
+        self.emitted = True
+        if self.settings.json:
+            sys.stdout.write(json.dumps({"ok": True, **data}, default=_jsonable) + "\n")
+            sys.stdout.flush()
+        elif render is not None:
+            render(self.out)
+
+    def line(self, text: str) -> None:
+        """A plain result line on stdout (not in --json mode)."""
+        if not self.settings.json:
+            self.out.print(text, markup=False)
+
+    # ----- logs (stderr) -------------------------------------------------------------------
+    def info(self, text: str) -> None:
+        if not self.settings.quiet:
+            self.err.print(text)
+
+    def warn(self, text: str) -> None:
+        self.err.print(f"[yellow]warning:[/yellow] {text}")
+
+    def error(self, err: AdapterctlError) -> None:
+        if self.settings.json:
+            if not self.emitted:
+                sys.stdout.write(json.dumps({"ok": False, "error": err.to_dict()}) + "\n")
+                self.emitted = True
+            return
+        self.err.print(f"[bold red]error:[/bold red] {_escape(err.message)}")
+        if err.hint:
+            self.err.print(f"[dim]hint:[/dim] {_escape(err.hint)}")
+
+    @contextmanager
+    def progress(self, description: str, total: float | None = None, unit: str = ""):
+        """A progress bar with ETA on stderr; yields ``advance(n)``. Silent with --quiet or no TTY."""
+        if self.settings.quiet or not self.err.is_terminal:
+            yield lambda n=1, **kw: None
+            return
+        from rich.progress import (BarColumn, Progress, TaskProgressColumn, TextColumn,
+                                   TimeElapsedColumn, TimeRemainingColumn)
+
+        cols = [TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(),
+                TimeElapsedColumn(), TimeRemainingColumn()]
+        with Progress(*cols, console=self.err, transient=True) as prog:
+            task = prog.add_task(description, total=total)
+            yield lambda n=1, **kw: prog.update(task, advance=n, **kw)
+
+    @contextmanager
+    def status(self, text: str):
+        if self.settings.quiet or not self.err.is_terminal:
+            yield
+            return
+        with self.err.status(text):
+            yield
+
+
+def _escape(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)
+
+
+def _jsonable(obj: Any) -> Any:
+    if hasattr(obj, "to_dict"):
+        return obj.to_dict()
+    if isinstance(obj, (set, tuple)):
+        return list(obj)
+    return str(obj)
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n} B"
+
+
+_OUTPUT: Output | None = None
+
+
+def get_output() -> Output:
+    global _OUTPUT
+    if _OUTPUT is None:
+        _OUTPUT = Output()
+    return _OUTPUT
+
+
+def set_output(out: Output) -> None:
+    global _OUTPUT
+    _OUTPUT = out

@@ -1,0 +1,74 @@
+"""One place where a user's ADAPTER or BASE argument becomes a local folder.
+
+Local paths are used as they are. Anything else that looks like a Hub id (``user/repo`` or
+``user/repo@revision``) is resolved through :mod:`adapterctl.io.hub` (downloaded into the standard
+Hugging Face cache, only the files the caller needs).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from adapterctl.errors import NotFoundError
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+(@[\w.\-/%]+)?$")
+
+
+@dataclass(frozen=True)
+class HubOptions:
+    revision: str | None = None
+    token: str | None = None
+    endpoint: str | None = None
+
+
+def looks_like_hub_id(ref: str) -> bool:
+    return bool(_HUB_ID.match(ref)) and not ref.startswith((".", "/", "~"))
+
+
+def split_revision(ref: str, revision: str | None) -> tuple[str, str | None]:
+    if "@" in ref:
+        repo, _, rev = ref.partition("@")
+        return repo, revision or rev
+    return ref, revision
+
+
+def resolve_local(ref: str | Path, kind: str) -> Path | None:
+    """The local folder for ``ref``, or None when ``ref`` is no existing path."""
+    p = Path(ref).expanduser()
+    if p.exists():
+        return p
+    if not looks_like_hub_id(str(ref)):
+        raise NotFoundError(
+            f"{ref}: no such {kind} directory",
+            hint=f"Give a local {kind} folder or a Hub id like user/repo.",
+        )
+    return None
+
+
+def resolve_adapter_dir(ref: str | Path, hub: HubOptions | None = None,
+                        need_weights: bool = True, header_only: bool = False) -> Path:
+    """A local folder holding the adapter (config, and weights when ``need_weights``).
+
+    ``header_only``: the caller reads only safetensors headers (inspect), so a Hub download may
+    fetch just the header bytes with HTTP Range requests."""
+    local = resolve_local(ref, "adapter")
+    if local is not None:
+        return local
+    from adapterctl.io import hub as hub_io
+
+    return hub_io.download_adapter(str(ref), hub or HubOptions(), need_weights=need_weights,
+                                   header_only=header_only)
+
+
+def resolve_model_dir(ref: str | Path, hub: HubOptions | None = None,
+                      need_weights: bool = True, header_only: bool = False) -> Path:
+    """A local folder holding the base model (config, weights, tokenizer)."""
+    local = resolve_local(ref, "model")
+    if local is not None:
+        return local
+    from adapterctl.io import hub as hub_io
+
+    return hub_io.download_model(str(ref), hub or HubOptions(), need_weights=need_weights,
+                                 header_only=header_only)

@@ -1,0 +1,1 @@
+complete --command adapterctl --no-files --arguments "(env _ADAPTERCTL_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=get-args _TYPER_COMPLETE_ARGS=(commandline -cp) adapterctl)" --condition "env _ADAPTERCTL_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=is-args _TYPER_COMPLETE_ARGS=(commandline -cp) adapterctl"

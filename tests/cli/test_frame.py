@@ -1,0 +1,81 @@
+"""The CLI frame: global flags, exit codes, JSON errors, start-up imports, completions."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from adapterctl import __version__
+from adapterctl.errors import EXIT_CODES
+from tests.helpers import REPO, invoke, run_cli
+
+COMMANDS = ["inspect", "attach", "convert", "merge", "push", "generate"]
+#: commands whose issue has not landed yet (strict: remove a name when its command is built)
+UNBUILT = {"attach", "convert", "merge", "push", "generate"}
+
+
+def test_help_lists_commands_and_exit_codes():
+    res = run_cli("--help")
+    assert res.code == 0
+    for cmd in COMMANDS:
+        assert cmd in res.stdout
+    for code in EXIT_CODES:
+        assert f"{code}:" in res.stdout
+
+
+@pytest.mark.parametrize("cmd", [
+    pytest.param(c, marks=pytest.mark.xfail(strict=True, reason="not built yet")) if c in UNBUILT
+    else c for c in COMMANDS])
+def test_every_command_help_has_examples(cmd):
+    res = invoke(cmd, "--help")
+    assert res.code == 0 and "Examples" in res.stdout and f"adapterctl {cmd}" in res.stdout
+
+
+def test_version():
+    res = invoke("--version")
+    assert res.code == 0 and __version__ in res.stdout
+
+
+def test_usage_error_is_json_with_exit_2():
+    res = invoke("--json", "inspect")
+    assert res.code == 2
+    assert res.json == {"ok": False, "error": {"type": "usage", "message": "Missing argument 'adapter'.",
+                                               "hint": "Run 'adapterctl inspect --help' for usage and examples.",
+                                               "exit_code": 2}}
+
+
+def test_global_flags_anywhere(tmp_path):
+    res = invoke("inspect", tmp_path / "missing", "--json")
+    assert res.code == 3 and res.json["error"]["type"] == "not_found"
+
+
+def test_unknown_option_is_usage_error_without_traceback():
+    res = run_cli("inspect", "x", "--bogus")
+    assert res.code == 2 and "No such option" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_help_imports_no_heavy_module():
+    code = (
+        "import sys\nfrom adapterctl.cli.app import main\nsys.argv=['adapterctl','--help']\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "heavy=[m for m in ('torch','transformers','peft','accelerate','bitsandbytes','numpy',"
+        "'huggingface_hub') if m in sys.modules]\nassert not heavy, heavy\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_completions_are_current():
+    from adapterctl.cli.completions import SHELLS, completion_script
+
+    for shell, name in SHELLS.items():
+        committed = (REPO / "completions" / name).read_text()
+        assert committed == completion_script(shell), (
+            f"completions/{name} is stale: run python -m adapterctl.cli.completions completions/")
+
+
+def test_bash_completion_round_trip():
+    env = {"COMP_WORDS": "adapterctl ins", "COMP_CWORD": "1", "_ADAPTERCTL_COMPLETE": "complete_bash"}
+    res = run_cli(env=env)
+    assert res.code == 0 and res.stdout.split() == ["inspect"]
