@@ -89,7 +89,9 @@ def _scan(base: BaseWeights, ft: BaseWeights, rank: int, energy: float | None, c
         # LoRA layout is (out, in): Conv1D stores (in, out) and B_e A_e is the table transposed
         M = delta.T if (emb or conv1d) else delta
         svd = svd_of_matrix(M, rank)
-        k = choose_rank(svd, rank, energy)
+        k = choose_rank(svd, rank)
+        if energy is not None:  # --energy lowers the rank below --rank where it can
+            k = min(k, choose_rank(svd, energy=energy))
         scan.svds[module] = svd.truncate(k)
         if emb:
             scan.embeddings.add(module)
@@ -104,10 +106,14 @@ def _scan(base: BaseWeights, ft: BaseWeights, rank: int, energy: float | None, c
 
 
 def _targets(scan: _Scan) -> list[str]:
-    """Leaf names when they pick exactly the factored modules, else full paths (spec 1.6)."""
-    leaves = {m.rsplit(".", 1)[-1] for m in scan.svds}
-    chosen = {m for m in scan.candidates if m.rsplit(".", 1)[-1] in leaves}
-    return sorted(leaves) if chosen == set(scan.svds) else sorted(scan.svds)
+    """Per leaf name: the bare name when it picks exactly the factored modules with that name,
+    else their full paths (PEFT matches list entries as dot-aligned suffixes, spec 1.6)."""
+    out = []
+    for leaf in sorted({m.rsplit(".", 1)[-1] for m in scan.svds}):
+        done = {m for m in scan.svds if m.rsplit(".", 1)[-1] == leaf}
+        same = {m for m in scan.candidates if m.rsplit(".", 1)[-1] == leaf}
+        out += [leaf] if same == done else sorted(done)
+    return out
 
 
 def _assemble(scan: _Scan, ft: BaseWeights, rank: int, conv1d: bool, skip: bool,
