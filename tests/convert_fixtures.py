@@ -47,6 +47,24 @@ def make_mutated_run(base: Path, root: Path, init: str = "pissa", seed: int = 0,
     return MutatedRun(base, root / "init", root / "trained", peft_dir, logits)
 
 
+def make_finetune(base, out, changes) -> None:
+    """Save ``base`` with rank-2 updates on the named weights and noise on the named vectors."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(1)
+    model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32)
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name in changes:
+            p = params[name]
+            if p.dim() == 2:
+                p.add_(torch.randn(p.shape[0], 2) @ torch.randn(2, p.shape[1]) * 0.05)
+            else:
+                p.add_(torch.randn_like(p) * 0.05)
+    model.save_pretrained(str(out))
+
+
 def peft_logits(base: Path, adapter: Path):
     """Logits of ``adapter`` loaded by PEFT on the ORIGINAL ``base``."""
     import torch

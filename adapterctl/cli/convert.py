@@ -63,8 +63,12 @@ def convert_cmd(
     req = _resolve(req, revision, token)
     from adapterctl.core.convert_pipeline import run_convert
 
-    with out.status("converting"):
-        result = run_convert(req)
+    if req.extract_base:
+        with out.progress("extracting", total=None) as advance:
+            result = run_convert(req, lambda name, i, n: advance(1, total=n))
+    else:
+        with out.status("converting"):
+            result = run_convert(req)
     for note in result.notes:
         out.warn(note)
     out.result(result.to_dict(), lambda console: render(console, result))

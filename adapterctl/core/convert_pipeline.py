@@ -46,7 +46,8 @@ def check_request(req: ConvertRequest) -> None:
         raise UsageError("--rank and --energy cannot be combined for rank reduction",
                          hint="--rank R gives every module rank R; --energy E picks each rank.")
     if req.skip_unfactorable and not req.extract_base:
-        raise UsageError("--skip-unfactorable only applies to --extract")
+        raise UsageError("--skip-unfactorable only applies to --extract",
+                         hint="Drop it, or extract: convert --extract BASE FINETUNED OUT --rank R.")
     if not (primary or req.rank is not None or req.energy is not None or req.dtype
             or req.for_serving or req.to_safetensors):
         raise UsageError("nothing to do: choose a conversion",
@@ -54,7 +55,7 @@ def check_request(req: ConvertRequest) -> None:
                          "--to-safetensors, --dtype, --for-serving.")
 
 
-def run_convert(req: ConvertRequest, progress: Callable[[str], None] | None = None):
+def run_convert(req: ConvertRequest, progress: Callable[[str, int, int], None] | None = None):
     """Execute ``req`` and return the ConvertResult of the written adapter."""
     from adapterctl.core import convert as C
     from adapterctl.core.convert_format import cast_draft, strip_for_serving

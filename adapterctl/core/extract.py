@@ -41,13 +41,14 @@ def is_embedding(module: str) -> bool:
 
 def extract_adapter(base_dir: str | Path, ft_dir: str | Path, rank: int,
                     energy: float | None = None, skip_unfactorable: bool = False,
-                    base_name: str | None = None, progress: Callable[[str], None] | None = None
-                    ) -> AdapterDraft:
+                    base_name: str | None = None,
+                    progress: Callable[[str, int, int], None] | None = None) -> AdapterDraft:
     if rank is None or rank < 1:
         raise UsageError("--extract needs --rank R (R >= 1)",
                          hint="--energy may lower the rank per module below R.")
     if energy is not None and not 0 < energy <= 1:
-        raise UsageError(f"--energy must be in (0, 1], got {energy}")
+        raise UsageError(f"--energy must be in (0, 1], got {energy}",
+                         hint="e.g. --energy 0.9 keeps 90% of each ΔW's squared norm.")
     base_files, ft_files = locate_model_files(base_dir), locate_model_files(ft_dir)
     with BaseWeights(base_files) as base, BaseWeights(ft_files) as ft:
         tied = bool(ft_files.config.get("tie_word_embeddings"))
@@ -65,9 +66,9 @@ def _scan(base: BaseWeights, ft: BaseWeights, rank: int, energy: float | None, c
           tied: bool, progress) -> _Scan:
     scan = _Scan()
     by_file = sorted(ft.names, key=lambda n: (str(ft.file_of(n)), n))  # shard by shard
-    for name in by_file:
+    for i, name in enumerate(by_file):
         if progress:
-            progress(name)
+            progress(name, i, len(by_file))
         module, _, leaf = name.rpartition(".")
         is_matrix = leaf == "weight" and len(ft.shape(name)) == 2
         if is_matrix:

@@ -23,6 +23,8 @@ from adapterctl.core.svd import (LowRankSVD, captured_energy, choose_rank, lora_
 from adapterctl.core.targeting import module_scaling
 from adapterctl.errors import UnsupportedError, UsageError
 
+HINT = "e.g. --rank 8 (every module rank 8) or --energy 0.95 (per-module ranks)."
+
 
 def ranked_config(doc: dict, ranks: dict[str, int]) -> dict:
     """Config with r = the most common rank and full-path rank_pattern entries for the rest."""
@@ -44,11 +46,11 @@ def reduce_rank(draft: AdapterDraft, rank: int | None = None, energy: float | No
     """Rank-reduce every module to ``rank`` or to the smallest rank keeping ``energy`` of
     ||ΔW||_F^2 (Eckart-Young: the truncated SVD is the best approximation of that rank)."""
     if (rank is None) == (energy is None):
-        raise UsageError("give exactly one of --rank and --energy")
+        raise UsageError("give exactly one of --rank and --energy", hint=HINT)
     if rank is not None and rank < 1:
-        raise UsageError(f"--rank must be at least 1, got {rank}")
+        raise UsageError(f"--rank must be at least 1, got {rank}", hint=HINT)
     if energy is not None and not 0 < energy <= 1:
-        raise UsageError(f"--energy must be in (0, 1], got {energy}")
+        raise UsageError(f"--energy must be in (0, 1], got {energy}", hint=HINT)
     view = view_adapter(draft)
     if view.config.init_kind in MUTATED_INITS:
         raise UsageError(f"{draft.source}: init_lora_weights={view.config.init_lora_weights!r}: "

@@ -10,24 +10,7 @@ import torch
 
 from adapterctl.core.convert_pipeline import ConvertRequest, run_convert
 from adapterctl.errors import UsageError
-from tests.convert_fixtures import load_tensors, model_logits, peft_logits
-
-
-def make_finetune(base, out, changes) -> None:
-    """Save ``base`` with rank-2 updates on the named weights and noise on the named vectors."""
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(1)
-    model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32)
-    params = dict(model.named_parameters())
-    with torch.no_grad():
-        for name in changes:
-            p = params[name]
-            if p.dim() == 2:
-                p.add_(torch.randn(p.shape[0], 2) @ torch.randn(2, p.shape[1]) * 0.05)
-            else:
-                p.add_(torch.randn_like(p) * 0.05)
-    model.save_pretrained(str(out))
+from tests.convert_fixtures import load_tensors, make_finetune, model_logits, peft_logits
 
 
 @pytest.mark.parametrize("model,changes,targets,mts", [
