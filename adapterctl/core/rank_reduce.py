@@ -14,10 +14,9 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import replace
 
-import torch
-
 from adapterctl.core.config import parse_adapter_config
-from adapterctl.core.convert import MUTATED_INITS, AdapterDraft, ModuleReport, module_keys, view_adapter
+from adapterctl.core.convert import (MUTATED_INITS, AdapterDraft, ModuleReport, module_keys,
+                                     view_adapter)
 from adapterctl.core.svd import (LowRankSVD, captured_energy, choose_rank, lora_factors,
                                  relative_error, svd_of_product)
 from adapterctl.core.targeting import module_scaling

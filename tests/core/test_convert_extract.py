@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from adapterctl.core.convert_pipeline import ConvertRequest, run_convert
+from adapterctl.core.inspect import inspect_adapter
 from adapterctl.errors import UsageError
 from tests.convert_fixtures import load_tensors, make_finetune, model_logits, peft_logits
 
@@ -31,6 +32,7 @@ def test_extract_reproduces_finetune(model, changes, targets, mts, tiny_models, 
     cfg = json.loads((tmp_path / "o" / "adapter_config.json").read_text())
     assert sorted(cfg["target_modules"]) == sorted(targets)
     assert cfg["modules_to_save"] == mts and cfg["r"] == 4 and cfg["lora_alpha"] == 4
+    assert inspect_adapter(tmp_path / "o").usable
     assert all(m.energy == pytest.approx(1.0, abs=1e-6) and m.r_after == 4 for m in res.modules)
     torch.testing.assert_close(peft_logits(base, tmp_path / "o"), model_logits(ft),
                                atol=2e-5, rtol=1e-5)

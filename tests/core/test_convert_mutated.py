@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from adapterctl.core.convert_pipeline import ConvertRequest, run_convert
+from adapterctl.core.inspect import inspect_adapter
 from adapterctl.errors import InvalidAdapterError, UnsupportedError
 from tests.convert_fixtures import load_tensors, make_mutated_run, peft_logits
 
@@ -51,7 +52,7 @@ def test_init_conversion_equals_peft_and_reproduces_training(case, runs, tmp_pat
     for field in ("r", "lora_alpha", "rank_pattern", "alpha_pattern", "init_lora_weights",
                   "use_rslora", "peft_type", "task_type"):
         assert mine[field] == peft[field], field
-    assert res.r == 2 * CASES[case][2]["r"]
+    assert res.r == 2 * CASES[case][2]["r"] and inspect_adapter(out).usable
     torch.testing.assert_close(peft_logits(run.base, out), run.logits, atol=1e-5, rtol=1e-5)
 
 
@@ -80,6 +81,7 @@ def test_better_than_peft_extras_are_exact(extra, tiny_models, tmp_path):
         out = tmp_path / mode
         req = dict(init=str(run.init)) if mode == "init" else dict(base=str(run.base))
         run_convert(ConvertRequest(str(run.trained), str(out), **req))
+        assert inspect_adapter(out).usable
         torch.testing.assert_close(peft_logits(run.base, out), run.logits, atol=2e-5, rtol=1e-5)
 
 

@@ -9,6 +9,7 @@ import torch
 from adapterctl.core.adapter import load_adapter
 from adapterctl.core.convert_pipeline import ConvertRequest, run_convert
 from adapterctl.core.delta import delta_weight
+from adapterctl.core.inspect import inspect_adapter
 from adapterctl.core.svd import svd_of_matrix, svd_of_product
 from adapterctl.errors import UsageError
 from tests.convert_fixtures import make_mutated_run
@@ -47,6 +48,7 @@ def test_rank_report_matches_dense_svd_and_peft_loads_truncation(model, kw, tiny
     fan = model == "gpt2"
     peft = _peft_deltas(tiny_models[model], tmp_path / "o")
     assert {m.module for m in res.modules} == set(before.modules) == set(peft)
+    assert inspect_adapter(tmp_path / "o").usable
     for m in res.modules:
         w = before.modules[m.module]
         dense = delta_weight(w, fan_in_fan_out=fan and w.kind == "linear")
