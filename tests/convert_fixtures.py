@@ -47,7 +47,7 @@ def make_mutated_run(base: Path, root: Path, init: str = "pissa", seed: int = 0,
     return MutatedRun(base, root / "init", root / "trained", peft_dir, logits)
 
 
-def make_finetune(base, out, changes) -> None:
+def make_finetune(base, out, changes, max_shard_size: str | None = None) -> None:
     """Save ``base`` with rank-2 updates on the named weights and noise on the named vectors."""
     import torch
     from transformers import AutoModelForCausalLM
@@ -62,7 +62,8 @@ def make_finetune(base, out, changes) -> None:
                 p.add_(torch.randn(p.shape[0], 2) @ torch.randn(2, p.shape[1]) * 0.05)
             else:
                 p.add_(torch.randn_like(p) * 0.05)
-    model.save_pretrained(str(out))
+    kwargs = {"max_shard_size": max_shard_size} if max_shard_size else {}
+    model.save_pretrained(str(out), **kwargs)
 
 
 def peft_logits(base: Path, adapter: Path):

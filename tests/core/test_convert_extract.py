@@ -40,7 +40,9 @@ def test_extract_reproduces_finetune(model, changes, targets, mts, tiny_models, 
 
 def test_extract_energy_and_skip_unfactorable(tiny_models, tmp_path):
     base, ft = tiny_models["qwen2"], tmp_path / "ft"
-    make_finetune(base, ft, ["model.layers.0.self_attn.k_proj.weight", "model.norm.weight"])
+    make_finetune(base, ft, ["model.layers.0.self_attn.k_proj.weight", "model.norm.weight"],
+                  max_shard_size="100KB")
+    assert (ft / "model.safetensors.index.json").exists()  # streamed shard by shard
     res = run_convert(ConvertRequest(str(ft), str(tmp_path / "o"), extract_base=str(base), rank=8,
                                      energy=0.5, skip_unfactorable=True))
     assert [m.r_after for m in res.modules] == [1] and res.modules[0].energy >= 0.5

@@ -103,3 +103,19 @@ def test_base_mode_refuses_niter_and_corda(runs, tmp_path):
             (run.trained / "adapter_model.safetensors").read_bytes())
         with pytest.raises(UnsupportedError, match="cannot be recomputed"):
             run_convert(ConvertRequest(str(src), str(tmp_path / "o"), base=str(run.base)))
+
+
+@pytest.mark.parametrize("init", ["corda", "lora_ga"])
+def test_corda_and_lora_ga_convert_with_init_folder(init, runs, tmp_path):
+    """Only the config label differs from PiSSA: the conversion is the same concatenation."""
+    run = runs("llama-pissa")
+    src = tmp_path / init
+    src.mkdir()
+    (src / "adapter_config.json").write_text(json.dumps({**_config(run.trained),
+                                                         "init_lora_weights": init}))
+    (src / "adapter_model.safetensors").write_bytes(
+        (run.trained / "adapter_model.safetensors").read_bytes())
+    run_convert(ConvertRequest(str(src), str(tmp_path / "o"), init=str(run.init)))
+    ours, theirs = load_tensors(tmp_path / "o"), load_tensors(run.peft)
+    assert all(torch.equal(ours[k], theirs[k]) for k in theirs) and sorted(ours) == sorted(theirs)
+    assert _config(tmp_path / "o")["init_lora_weights"] is True
