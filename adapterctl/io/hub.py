@@ -125,15 +125,13 @@ def download_model(repo: str, hub, need_weights: bool = True, header_only: bool 
 
 
 def _online_or_cached(repo_id: str, revision: str, hub, online, cached) -> Path:
-    from huggingface_hub.errors import OfflineModeIsEnabled
-
     if is_offline():
         folder = cached()
         _log(hub, f"HF_HUB_OFFLINE=1: using the cached copy of {repo_id}@{revision} ({folder.name[:12]})")
         return folder
     try:
         return online()
-    except (OfflineModeIsEnabled, OSError) as err:
+    except Exception as err:  # only network failures fall back; the rest propagate
         if not _is_connection_error(err):
             raise
         try:
@@ -158,8 +156,23 @@ def _is_connection_error(err: BaseException) -> bool:
 
 # ----- online ------------------------------------------------------------------------------------
 def _repo_files(repo_id: str, revision: str, hub) -> tuple[str, set[str]]:
+    """(commit sha, file names) of ``revision``: everything after this is fetched by that sha,
+    so a branch moving meanwhile cannot mix two commits."""
     info = make_api(hub).model_info(repo_id, revision=revision)
+    _remember_ref(repo_id, revision, info.sha)
     return info.sha, {s.rfilename for s in info.siblings or []}
+
+
+def _remember_ref(repo_id: str, revision: str, sha: str) -> None:
+    """Record ``revision -> sha`` as the cache's ``refs/<revision>`` file (the layout
+    huggingface_hub documents and reads offline), since we download by sha."""
+    if revision == sha:
+        return
+    ref = cache_dir() / ("models--" + repo_id.replace("/", "--")) / "refs" / revision
+    ref.parent.mkdir(parents=True, exist_ok=True)
+    tmp = ref.with_name(ref.name + ".adapterctl-tmp")
+    tmp.write_text(sha)
+    tmp.replace(ref)
 
 
 def _download(repo_id: str, sha: str, filename: str, hub) -> Path:

@@ -52,10 +52,20 @@ def hub_call(repo_id: str, revision: str | None, hub, action: str):
     except AdapterctlError as err:
         raise _scrubbed(err, hub)
     except Exception as err:  # translated below; anything unknown stays a bug (exit 1)
-        ours = translate(err, repo_id, revision, hub, action)
-        if ours is None:
-            raise
-        raise _scrubbed(ours, hub) from err
+        # the client wraps some failures (LFS uploads: RuntimeError from the HTTP error)
+        for cause in _chain(err):
+            ours = translate(cause, repo_id, revision, hub, action)
+            if ours is not None:
+                raise _scrubbed(ours, hub) from err
+        raise
+
+
+def _chain(err: BaseException):
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        yield err
+        err = err.__cause__ or err.__context__
 
 
 def translate(err: Exception, repo_id: str, revision: str | None, hub,

@@ -22,16 +22,20 @@ class Hub:
     home: Path
 
     def seed(self, repo_id: str, folder: Path, **repo_kw) -> str:
-        """Put ``folder``'s files straight into a new repo (no client involved); returns the sha."""
+        """A new repo holding ``folder``'s files, put in directly (no client); returns the sha."""
+        self.state.create(repo_id, **repo_kw)
+        return self.seed_commit(repo_id, folder)
+
+    def seed_commit(self, repo_id: str, folder: Path, extra: dict[str, bytes] | None = None) -> str:
+        """A new commit on main with ``folder``'s files (plus ``extra``); returns its sha."""
         from tests.hubserver import Blob, Commit, is_lfs
 
-        repo = self.state.create(repo_id, **repo_kw)
+        repo = self.state.repos[repo_id]
         files = dict(repo.resolve("main").files)
-        for p in sorted(folder.rglob("*")):
-            if p.is_file():
-                rel = p.relative_to(folder).as_posix()
-                data = p.read_bytes()
-                files[rel] = Blob(data, is_lfs(rel, data))
+        found = {p.relative_to(folder).as_posix(): p.read_bytes()
+                 for p in sorted(folder.rglob("*")) if p.is_file()}
+        for rel, data in {**found, **(extra or {})}.items():
+            files[rel] = Blob(data, is_lfs(rel, data))
         sha = self.state.new_sha()
         repo.commits[sha] = Commit(sha, files, "seed", repo.branches["main"])
         repo.branches["main"] = sha
