@@ -43,7 +43,13 @@ def split_card(text: str) -> tuple[dict, str]:
 def card_metadata(meta: dict, kind: str, base_model: str | None) -> dict:
     """``meta`` with the keys PEFT (adapter) or transformers (merged model) would write."""
     out = dict(meta)
-    tags = [t for t in (out.get("tags") or []) if isinstance(t, str)]
+    bases = out.get("base_model")
+    bases = bases if isinstance(bases, list) else [bases]
+    if not all(isinstance(b, str) and looks_like_model_id(b) for b in bases):
+        out.pop("base_model", None)  # PEFT writes local paths here; the Hub wants model ids
+    # base_model:<relation>:<id> tags name the base; keep only those for the base we name now
+    tags = [t for t in (out.get("tags") or []) if isinstance(t, str)
+            and not (t.startswith("base_model:") and t.rsplit(":", 1)[-1] != base_model)]
     if kind == "adapter":
         out["library_name"] = "peft"
         wanted = ["lora"] + ([f"base_model:adapter:{base_model}"] if base_model else [])

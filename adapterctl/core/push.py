@@ -109,7 +109,7 @@ def choose_base(kind: str, override: str | None, from_files: str | None,
     if override:
         return override, []
     existing = split_card(card)[0].get("base_model") if card else None
-    if isinstance(existing, str) and existing:
+    if isinstance(existing, str) and looks_like_model_id(existing):
         return existing, []
     if looks_like_model_id(from_files):
         return from_files, []

@@ -82,17 +82,19 @@ def _log(hub, text: str) -> None:
 
 
 @contextlib.contextmanager
-def _progress(hub):
-    """huggingface_hub's own per-file bars (stderr); off with --quiet."""
+def client_output(hub):
+    """huggingface_hub's own per-file bars and warnings (stderr); both off with --quiet."""
     from huggingface_hub.utils import (are_progress_bars_disabled, disable_progress_bars,
-                                       enable_progress_bars)
+                                       enable_progress_bars, logging)
 
-    was_disabled = are_progress_bars_disabled()
+    was_disabled, level = are_progress_bars_disabled(), logging.get_verbosity()
     if not getattr(hub, "progress", True):
         disable_progress_bars()
+        logging.set_verbosity_error()
     try:
         yield
     finally:
+        logging.set_verbosity(level)
         if not was_disabled:
             enable_progress_bars()
 
@@ -109,7 +111,7 @@ def download_adapter(repo: str, hub, need_weights: bool = True, header_only: boo
     """A local folder with ``adapter_config.json`` and, when asked, the weights (or header stubs)."""
     repo_id, revision = split_ref(repo, hub)
     want = "full" if need_weights else ("header" if header_only else "none")
-    with hub_call(repo_id, revision, hub, "download"), _progress(hub):
+    with hub_call(repo_id, revision, hub, "download"), client_output(hub):
         snap = _online_or_cached(repo_id, revision, hub, lambda: _fetch_adapter(repo_id, revision, hub, want),
                                  lambda: _cached_adapter(repo_id, revision, want))
     return snap
@@ -119,7 +121,7 @@ def download_model(repo: str, hub, need_weights: bool = True, header_only: bool 
     """A local folder with the base's config, tokenizer and, when asked, weights (or header stubs)."""
     repo_id, revision = split_ref(repo, hub)
     want = "full" if need_weights else ("header" if header_only else "none")
-    with hub_call(repo_id, revision, hub, "download"), _progress(hub):
+    with hub_call(repo_id, revision, hub, "download"), client_output(hub):
         return _online_or_cached(repo_id, revision, hub, lambda: _fetch_model(repo_id, revision, hub, want),
                                  lambda: _cached_model(repo_id, revision, want))
 

@@ -93,7 +93,7 @@ def translate(err: Exception, repo_id: str, revision: str | None, hub,
         return NotFoundError(f"{repo_id}@{rev}: file not found in the repo ({_first_line(err)})",
                              hint="Check the id and revision.")
     if isinstance(err, E.OfflineModeIsEnabled):
-        return NotFoundError(f"{repo_id}@{rev}: needs the Hub but HF_HUB_OFFLINE=1",
+        return HubError(f"{repo_id}@{rev}: needs the Hub but HF_HUB_OFFLINE=1",
                              hint="Unset HF_HUB_OFFLINE, or run once online to fill the cache.")
     if isinstance(err, E.LocalTokenNotFoundError):
         return HubError(f"{action} {repo_id}: no Hub token found", hint=LOGIN_HINT)

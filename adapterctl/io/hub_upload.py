@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from adapterctl.errors import HubError
-from adapterctl.io.hub import make_api
+from adapterctl.io.hub import client_output, is_offline, make_api
 from adapterctl.io.hub_errors import LOGIN_HINT, hub_call
 
 
@@ -41,8 +41,10 @@ def fetch_card(repo_id: str, revision: str | None, hub) -> str | None:
     """The README.md on the Hub, or None when the repo, revision or file does not exist yet."""
     from huggingface_hub import errors as E
 
+    if is_offline():
+        return None  # offline dry run: the card starts from the folder's README or a new one
     api = make_api(hub)
-    with hub_call(repo_id, revision, hub, "read"):
+    with hub_call(repo_id, revision, hub, "read"), client_output(hub):
         try:
             path = api.hf_hub_download(repo_id, "README.md", revision=revision or "main",
                                        cache_dir=_cache())
@@ -59,15 +61,18 @@ def _cache() -> str:
     return str(cache_dir())
 
 
-def require_token(hub) -> str:
+def require_token(repo_id: str, hub) -> str:
     """The token push will use (--token, HF_TOKEN, saved login); refused early if absent or bad."""
     from huggingface_hub import get_token
 
+    if is_offline():
+        raise HubError(f"push to {repo_id}: needs the network but HF_HUB_OFFLINE=1",
+                       hint="Unset HF_HUB_OFFLINE (or use --dry-run to see what would be pushed).")
     token = getattr(hub, "token", None) or get_token()
     if not token:
         raise HubError("push needs a Hub token with write access, and none was found",
                        hint=LOGIN_HINT)
-    with hub_call("(token)", None, hub, "check the token for"):
+    with hub_call(repo_id, None, hub, "push to"):
         make_api(hub).whoami(token=token)
     return token
 
@@ -77,11 +82,11 @@ def push_commit(repo_id: str, uploads: list[Upload], hub, *, message: str, priva
     """Upload ``uploads`` to ``repo_id`` (branch ``hub.revision`` or main) in one commit."""
     from huggingface_hub import CommitOperationAdd
 
-    token = require_token(hub)
+    token = require_token(repo_id, hub)
     api = make_api(hub)
     branch = getattr(hub, "revision", None) or "main"
     created_repo = created_branch = False
-    with hub_call(repo_id, branch, hub, "push to"):
+    with hub_call(repo_id, branch, hub, "push to"), client_output(hub):
         created_repo = not api.repo_exists(repo_id, token=token)
         if created_repo:
             api.create_repo(repo_id, private=private, exist_ok=True, token=token)

@@ -111,3 +111,11 @@ def test_token_never_printed(hub, lora, tmp_path):
     assert all(TOKEN.encode() not in b.data for b in files.values())
     sent = [v for _, _, h in hub.state.requests for k, v in h.items() if k.lower() == "authorization"]
     assert f"Bearer {TOKEN}" in sent  # the token was used, just never shown
+
+
+def test_push_offline_is_refused_with_a_hint(hub, lora, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    res = invoke("push", lora, "testuser/lora")
+    assert res.code == 8 and "HF_HUB_OFFLINE=1" in res.stderr and "--dry-run" in res.stderr
+    dry = invoke("push", lora, "testuser/lora", "--dry-run")
+    assert dry.code == 0 and hub.state.requests == []

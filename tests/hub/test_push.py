@@ -60,6 +60,14 @@ def test_card_keeps_user_text_and_sets_peft_metadata(hub, lora):
     assert card.endswith("\n# My adapter\n\nHand-written notes.\n")
 
 
+def test_local_base_path_from_peft_is_not_put_in_the_card(hub, lora):
+    res = invoke("push", lora, "testuser/lora")
+    assert res.code == 0 and "is a local path, not a Hub id" in res.stderr
+    meta = _front(_remote(hub, "testuser/lora")["README.md"].decode())
+    assert "base_model" not in meta and meta["tags"] == ["lora", "transformers"]
+    assert meta["library_name"] == "peft" and "/tmp" not in str(meta)
+
+
 def test_card_from_the_hub_is_kept_when_the_folder_has_none(hub, lora):
     (lora / "README.md").unlink()
     assert invoke("push", lora, "testuser/lora", "--base-model", "org/base").code == 0
