@@ -95,6 +95,7 @@ class HubState:
     faults: list[Fault] = field(default_factory=list)
     lock: threading.RLock = field(default_factory=threading.RLock)
     counter: int = 0
+    bytes_sent: int = 0  # response body bytes, for tests and benchmarks of what crossed the wire
 
     def new_sha(self) -> str:
         self.counter += 1
@@ -208,6 +209,8 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(data)
+            with self.state.lock:
+                self.state.bytes_sent += len(data)
 
     def json_body(self) -> dict:
         try:
