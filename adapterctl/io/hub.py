@@ -190,12 +190,12 @@ def _fetch_adapter(repo_id: str, revision: str, hub, want: str) -> Path:
     weights = next((w for w in ADAPTER_WEIGHTS if w in files), None)
     if weights is None or want == "none" or (snap / weights).is_file():
         return snap
-    if want == "full" or not weights.endswith(".safetensors"):
+    if want == "full":
         _download(repo_id, sha, weights, hub)
         return snap
     stub = _stub_folder(repo_id, sha)
     _copy_in(snap / ADAPTER_CONFIG, stub)
-    write_header_stub(make_api(hub), repo_id, sha, weights, stub / weights)
+    _write_stub(make_api(hub), repo_id, sha, weights, stub)
     return _seal(stub)
 
 
@@ -203,8 +203,8 @@ def _model_weight_files(repo_id: str, sha: str, files: set[str], hub) -> list[st
     for index, single in MODEL_WEIGHTS:
         if index in files:
             doc = json.loads(_download(repo_id, sha, index, hub).read_text(encoding="utf-8"))
-            shards = sorted(set((doc.get("weight_map") or {}).values()))
-            return [index, *[s for s in shards if isinstance(s, str)]]
+            shards = sorted({s for s in (doc.get("weight_map") or {}).values() if _plain(s)})
+            return [index, *shards]
         if single in files:
             return [single]
     return []
@@ -222,20 +222,31 @@ def _fetch_model(repo_id: str, revision: str, hub, want: str) -> Path:
         _download(repo_id, sha, f, hub)
     weights = _model_weight_files(repo_id, sha, files, hub) if want != "none" else []
     missing = [w for w in weights if not (snap / w).is_file()]
-    if want == "full" or any(not w.endswith(".safetensors") for w in missing):
+    if want == "full" or not missing:
         for w in missing:
             _download(repo_id, sha, w, hub)
-        return snap
-    if not missing:
         return snap
     stub = _stub_folder(repo_id, sha)
     for f in (*meta, *[w for w in weights if w.endswith(".json")]):
         _copy_in(snap / f, stub)
     api = make_api(hub)
     for w in weights:
-        if w.endswith(".safetensors"):
-            write_header_stub(api, repo_id, sha, w, stub / w)
+        if not w.endswith(".json"):
+            _write_stub(api, repo_id, sha, w, stub)
     return _seal(stub)
+
+
+def _plain(name: object) -> bool:
+    """A shard name inside the repo root (an index must not send us elsewhere)."""
+    return isinstance(name, str) and bool(name) and "/" not in name and "\\" not in name \
+        and name not in (".", "..")
+
+
+def _write_stub(api, repo_id: str, sha: str, filename: str, folder: Path) -> None:
+    if filename.endswith(".safetensors"):
+        write_header_stub(api, repo_id, sha, filename, folder / filename)
+    else:  # legacy pickle: header readers never open it (inspect only reports it as .bin)
+        (folder / filename).write_bytes(b"")
 
 
 def write_header_stub(api, repo_id: str, sha: str, filename: str, dest: Path) -> None:

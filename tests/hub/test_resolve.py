@@ -113,3 +113,39 @@ def test_repo_without_adapter_config(hub, tiny_models):
     with pytest.raises(NotFoundError, match="no adapter_config.json") as err:
         resolve_adapter_dir("testuser/base", HubOptions())
     assert err.value.exit_code == 3 and "full model" in err.value.hint
+
+
+def _shard(src, dest):
+    """``src`` model folder rewritten with two safetensors shards and an index."""
+    import json
+    import shutil
+
+    from safetensors.numpy import load_file, save_file
+
+    shutil.copytree(src, dest, ignore=shutil.ignore_patterns("model.safetensors"))
+    tensors = load_file(str(src / "model.safetensors"))
+    names = sorted(tensors)
+    weight_map = {}
+    for i, part in enumerate((names[: len(names) // 2], names[len(names) // 2:]), start=1):
+        shard = f"model-0000{i}-of-00002.safetensors"
+        save_file({k: tensors[k] for k in part}, str(dest / shard), metadata={"format": "pt"})
+        weight_map.update({k: shard for k in part})
+    (dest / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    return dest
+
+
+def test_sharded_model_full_and_header_only(hub, tiny_models, tmp_path):
+    base = _shard(tiny_models["llama"], tmp_path / "sharded")
+    hub.seed("testuser/sharded", base)
+    heads = resolve_model_dir("testuser/sharded", HubOptions(), need_weights=False, header_only=True)
+    assert _gets(hub, "testuser/sharded") == ["config.json", "generation_config.json",
+                                              "model.safetensors.index.json"]
+    for shard in ("model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"):
+        assert read_safetensors_header(heads / shard).tensors == \
+            read_safetensors_header(base / shard).tensors
+    full = resolve_model_dir("testuser/sharded", HubOptions())
+    for shard in ("model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"):
+        assert filecmp.cmp(full / shard, base / shard, shallow=False)
+    from adapterctl.io.model_dir import locate_model_files
+
+    assert len(locate_model_files(full).weight_files) == len(locate_model_files(heads).weight_files) == 2
