@@ -121,8 +121,9 @@ def _http_error(err, repo_id: str, rev: str, endpoint: str, action: str) -> Adap
                              "your own user/repo.")
     if status is not None and status >= 500:
         return HubError(f"{action} {repo_id}: the Hub at {endpoint} failed with HTTP {status} "
-                        "(after the client's retries)",
-                        hint="The Hub may be down or overloaded; try again later.")
+                        "(a server error)",
+                        hint="huggingface_hub already retried where retrying is safe; the Hub may "
+                             "be down or overloaded: try again later.")
     return HubError(f"{action} {repo_id}: the Hub answered HTTP {status}: {detail}",
                     hint="Check the id, revision and options.")
 

@@ -119,3 +119,10 @@ def test_push_offline_is_refused_with_a_hint(hub, lora, monkeypatch):
     assert res.code == 8 and "HF_HUB_OFFLINE=1" in res.stderr and "--dry-run" in res.stderr
     dry = invoke("push", lora, "testuser/lora", "--dry-run")
     assert dry.code == 0 and hub.state.requests == []
+
+
+def test_server_error_on_download(hub, lora):
+    hub.seed("testuser/lora", lora)
+    hub.state.fail("GET", r"^/api/models/testuser/lora", 500)
+    res = invoke("inspect", "testuser/lora")
+    assert res.code == 8 and "failed with HTTP 500" in res.stderr and "try again later" in res.stderr
