@@ -163,6 +163,11 @@ def test_push_refuses_a_folder_that_is_neither(hub, tmp_path):
     assert res.code == 2 and "not a Hub repo id" in res.stderr
 
 
+def test_push_refuses_when_excludes_leave_nothing(hub, lora):
+    res = invoke("push", lora, "testuser/x", "--exclude", "*")
+    assert res.code == 2 and "nothing to upload" in res.stderr and hub.state.requests == []
+
+
 def test_push_to_another_namespace_is_refused(hub, lora):
     hub.state.create(f"{OTHER}/theirs")
     res = invoke("push", lora, f"{OTHER}/theirs")
