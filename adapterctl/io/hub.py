@@ -22,7 +22,7 @@ import struct
 from pathlib import Path
 
 from adapterctl.errors import NotFoundError
-from adapterctl.io.hub_errors import hub_call, offline_error
+from adapterctl.io.hub_errors import hub_call, is_network_error, offline_error
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
@@ -145,15 +145,9 @@ def _online_or_cached(repo_id: str, revision: str, hub, online, cached) -> Path:
 
 
 def _is_connection_error(err: BaseException) -> bool:
-    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+    from huggingface_hub.errors import OfflineModeIsEnabled
 
-    if isinstance(err, OfflineModeIsEnabled):
-        return True
-    if isinstance(err, HfHubHTTPError):
-        return False
-    import httpx2
-
-    return isinstance(err, (httpx2.TransportError, ConnectionError, TimeoutError))
+    return isinstance(err, OfflineModeIsEnabled) or is_network_error(err)
 
 
 # ----- online ------------------------------------------------------------------------------------

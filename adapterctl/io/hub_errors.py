@@ -99,7 +99,7 @@ def translate(err: Exception, repo_id: str, revision: str | None, hub,
         return HubError(f"{action} {repo_id}: no Hub token found", hint=LOGIN_HINT)
     if isinstance(err, E.HfHubHTTPError):
         return _http_error(err, repo_id, rev, endpoint, action)
-    if _network(err):
+    if is_network_error(err):
         return HubError(f"cannot reach the Hub at {endpoint}: {type(err).__name__}",
                         hint="Check your network and HF_ENDPOINT; HF_HUB_OFFLINE=1 uses the local "
                              "cache only.")
@@ -128,14 +128,21 @@ def _http_error(err, repo_id: str, rev: str, endpoint: str, action: str) -> Adap
                     hint="Check the id, revision and options.")
 
 
-def _network(err: Exception) -> bool:
-    try:
-        import httpx2
-    except ImportError:  # older huggingface_hub use httpx or requests; both raise OSError kinds
-        httpx2 = None
-    if httpx2 is not None and isinstance(err, httpx2.TransportError):
+_TRANSPORT_MODULES = {"httpx", "httpx2", "httpcore", "httpcore2", "requests", "urllib3"}
+
+
+def is_network_error(err: BaseException) -> bool:
+    """A transport failure (no HTTP answer): connection refused, DNS, timeout, reset.
+
+    Checked by the exception's home module so it holds for every HTTP stack huggingface_hub has
+    used (requests, httpx, httpx2); HTTP status errors are HfHubHTTPError and handled before."""
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+
+    if isinstance(err, HfHubHTTPError) or isinstance(err, OfflineModeIsEnabled):
+        return False
+    if isinstance(err, (ConnectionError, TimeoutError)):
         return True
-    return isinstance(err, (ConnectionError, TimeoutError))
+    return any(k.__module__.split(".")[0] in _TRANSPORT_MODULES for k in type(err).__mro__)
 
 
 def _first_line(err: Exception) -> str:
