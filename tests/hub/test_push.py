@@ -173,3 +173,14 @@ def test_push_to_another_namespace_is_refused(hub, lora):
     res = invoke("push", lora, f"{OTHER}/theirs")
     assert res.code == 8 and "no write access" in res.stderr
     assert len(hub.state.repos[f"{OTHER}/theirs"].commits) == 1
+
+
+def test_token_from_the_saved_login(hub, lora, monkeypatch):
+    from tests.hub.conftest import TOKEN
+
+    monkeypatch.delenv("HF_TOKEN")
+    hub.home.mkdir(parents=True, exist_ok=True)
+    (hub.home / "token").write_text(TOKEN)  # what `hf auth login` leaves in HF_HOME
+    res = run_cli("--json", "push", lora, "testuser/lora")
+    assert res.code == 0, res.stderr
+    assert res.json["created_repo"] and TOKEN not in res.stdout + res.stderr

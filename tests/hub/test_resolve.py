@@ -149,3 +149,11 @@ def test_sharded_model_full_and_header_only(hub, tiny_models, tmp_path):
     from adapterctl.io.model_dir import locate_model_files
 
     assert len(locate_model_files(full).weight_files) == len(locate_model_files(heads).weight_files) == 2
+
+
+def test_hf_hub_cache_is_read_at_call_time(hub, lora, tmp_path, monkeypatch):
+    hub.seed("testuser/lora", lora)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "elsewhere"))
+    folder = resolve_adapter_dir("testuser/lora", HubOptions())
+    assert folder.is_relative_to(tmp_path / "elsewhere")
+    assert not (hub.home / "hub" / "models--testuser--lora").exists()
