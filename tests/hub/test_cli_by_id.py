@@ -90,3 +90,23 @@ def test_attach_by_hub_ids(hub, lora, tiny_models):
     assert by_id.code == local.code == 0, by_id.stderr + local.stderr
     assert _full_gets(hub, "/adapter_model.safetensors") == 1
     assert _full_gets(hub, "/model.safetensors") == 1
+
+
+def test_inspect_base_by_id_compares_names_by_id(hub, lora, tiny_models, tmp_path):
+    import json
+    import shutil
+
+    from tests.helpers import invoke
+
+    mine = shutil.copytree(lora, tmp_path / "lora")
+    cfg = json.loads((mine / "adapter_config.json").read_text())
+    (mine / "adapter_config.json").write_text(json.dumps({**cfg, "base_model_name_or_path": "testuser/base"}))
+    hub.seed("testuser/lora", mine)
+    hub.seed("testuser/base", tiny_models["llama"])
+    hub.seed("testuser/base2", tiny_models["llama"])
+    same = invoke("--json", "inspect", "testuser/lora", "--base", "testuser/base@main").json
+    assert same["base"]["compatible"]
+    assert not [p for p in same["problems"] if p["code"] == "base_name_differs"]
+    other = invoke("--json", "inspect", "testuser/lora", "--base", "testuser/base2").json
+    differs = [p for p in other["problems"] if p["code"] == "base_name_differs"]
+    assert differs and "'testuser/base2'" in differs[0]["message"]
