@@ -87,9 +87,7 @@ def push_commit(repo_id: str, uploads: list[Upload], hub, *, message: str, priva
     branch = getattr(hub, "revision", None) or "main"
     created_repo = created_branch = False
     with hub_call(repo_id, branch, hub, "push to"), client_output(hub):
-        created_repo = not api.repo_exists(repo_id, token=token)
-        if created_repo:
-            api.create_repo(repo_id, private=private, exist_ok=True, token=token)
+        created_repo = _create_if_missing(api, repo_id, private, token, hub)
         try:
             if branch != "main" and not _branch_exists(api, repo_id, branch, token):
                 api.create_branch(repo_id, branch=branch, token=token)
@@ -106,6 +104,25 @@ def push_commit(repo_id: str, uploads: list[Upload], hub, *, message: str, priva
     changed = info.oid != head
     return PushResult(repo_id, branch, info.oid, info.commit_url, changed, created_repo,
                       created_branch, info.pr_url if create_pr and changed else None)
+
+
+def _create_if_missing(api, repo_id: str, private: bool, token: str, hub) -> bool:
+    """True only when this push created the repo (so only then may a failure delete it)."""
+    from huggingface_hub.errors import HfHubHTTPError
+
+    if api.repo_exists(repo_id, token=token):
+        if private:
+            log = getattr(hub, "log", None)
+            if log is not None:
+                log(f"{repo_id} exists: --private only applies when push creates the repo")
+        return False
+    try:
+        api.create_repo(repo_id, private=private, token=token)
+    except HfHubHTTPError as err:
+        if err.response is None or err.response.status_code != 409:
+            raise
+        return False  # exists after all (hidden from us, or created meanwhile): not ours to delete
+    return True
 
 
 def _branch_exists(api, repo_id: str, branch: str, token: str) -> bool:
