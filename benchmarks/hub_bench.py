@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -100,6 +101,7 @@ def main() -> None:
     print(f"push: {med['push']:.2f} s vs bare upload_folder {med['upload']:.2f} s "
           f"(ratio {med['push'] / med['upload']:.2f})")
     hub.close()
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":
