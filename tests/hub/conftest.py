@@ -18,7 +18,6 @@ OTHER, OTHER_TOKEN = "otheruser", "hf_otherTOKEN_9876543210fedcba"
 class Hub:
     endpoint: str
     state: HubState
-    env: dict[str, str]
     home: Path
 
     def seed(self, repo_id: str, folder: Path, **repo_kw) -> str:
@@ -65,5 +64,5 @@ def hub(tmp_path, monkeypatch):
     monkeypatch.setattr(c, "HF_TOKEN_PATH", str(home / "token"))
     monkeypatch.setattr(c, "HF_STORED_TOKENS_PATH", str(home / "stored_tokens"))
     monkeypatch.setattr(c, "HF_HUB_ETAG_TIMEOUT", 5)
-    yield Hub(running.endpoint, running.state, {**env, "HF_HUB_OFFLINE": "0"}, home)
+    yield Hub(running.endpoint, running.state, home)
     running.close()
