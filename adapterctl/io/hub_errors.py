@@ -103,9 +103,6 @@ def translate(err: Exception, repo_id: str, revision: str | None, hub,
         return HubError(f"cannot reach the Hub at {endpoint}: {type(err).__name__}",
                         hint="Check your network and HF_ENDPOINT; HF_HUB_OFFLINE=1 uses the local "
                              "cache only.")
-    if isinstance(err, ValueError) and "yaml" in str(err).lower():
-        return HubError(f"{repo_id}: the Hub refused the model card metadata: {_first_line(err)}",
-                        hint="Fix the YAML front matter of README.md.")
     return None
 
 
@@ -119,6 +116,10 @@ def _http_error(err, repo_id: str, rev: str, endpoint: str, action: str) -> Adap
         return HubError(f"{action} {repo_id}: no write access (403): {detail}",
                         hint="Use a token with write permission for this namespace, or push to "
                              "your own user/repo.")
+    url = _request_url(err)
+    if status == 400 and "/api/validate-yaml" in url:
+        return HubError(f"{action} {repo_id}: the Hub refused the model card metadata: {detail}",
+                        hint="Fix the YAML front matter of README.md (or --exclude README.md).")
     if status is not None and status >= 500:
         return HubError(f"{action} {repo_id}: the Hub at {endpoint} failed with HTTP {status} "
                         "(a server error)",
@@ -143,6 +144,13 @@ def is_network_error(err: BaseException) -> bool:
     if isinstance(err, (ConnectionError, TimeoutError)):
         return True
     return any(k.__module__.split(".")[0] in _TRANSPORT_MODULES for k in type(err).__mro__)
+
+
+def _request_url(err) -> str:
+    try:  # httpx raises when a response carries no request
+        return str(err.response.request.url)
+    except (AttributeError, RuntimeError):
+        return ""
 
 
 def _first_line(err: Exception) -> str:

@@ -126,3 +126,10 @@ def test_server_error_on_download(hub, lora):
     hub.state.fail("GET", r"^/api/models/testuser/lora", 500)
     res = invoke("inspect", "testuser/lora")
     assert res.code == 8 and "failed with HTTP 500" in res.stderr and "try again later" in res.stderr
+
+
+def test_card_metadata_refused_by_the_hub(hub, lora):
+    (lora / "README.md").write_text("---\nlicense: INVALID-YAML\n---\n\ntext\n")
+    res = invoke("push", lora, "testuser/lora")
+    assert res.code == 8 and "refused the model card metadata" in res.stderr
+    assert "testuser/lora" not in hub.state.repos
