@@ -157,3 +157,17 @@ def test_hf_hub_cache_is_read_at_call_time(hub, lora, tmp_path, monkeypatch):
     folder = resolve_adapter_dir("testuser/lora", HubOptions())
     assert folder.is_relative_to(tmp_path / "elsewhere")
     assert not (hub.home / "hub" / "models--testuser--lora").exists()
+
+
+def test_header_only_legacy_bin_adapter_is_not_downloaded(hub, lora, tmp_path):
+    legacy = tmp_path / "legacy"
+    legacy.mkdir()
+    (legacy / "adapter_config.json").write_bytes((lora / "adapter_config.json").read_bytes())
+    (legacy / "adapter_model.bin").write_bytes(b"\0" * 2048)  # never opened by inspect
+    hub.seed("testuser/legacy", legacy)
+    folder = resolve_adapter_dir("testuser/legacy", HubOptions(), need_weights=False, header_only=True)
+    assert _gets(hub, "testuser/legacy") == ["adapter_config.json"]
+    from adapterctl.core.inspect import inspect_adapter
+
+    summary = inspect_adapter(folder, source="testuser/legacy")
+    assert summary.weights_format == "bin" and [p.code for p in summary.problems][:1] == ["legacy_bin"]
