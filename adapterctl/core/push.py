@@ -16,7 +16,6 @@ from typing import Callable
 
 from adapterctl import errors as E
 from adapterctl.core.card import looks_like_model_id, render_card, split_card
-from adapterctl.io.files import read_json_object
 
 TOKENIZER = ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
              "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja",
