@@ -23,10 +23,18 @@ def examples(*lines: str) -> str:
     return "**Examples**\n\n" + "\n".join(f"* `{line}`" for line in lines)
 
 
-def hub_options(revision: str | None, token: str | None):
+EndpointOpt = typer.Option(None, "--endpoint", help="Hub URL (default: HF_ENDPOINT, else "
+                           "https://huggingface.co).", rich_help_panel=PANEL_HUB, show_default=False)
+
+
+def hub_options(revision: str | None, token: str | None, endpoint: str | None = None):
+    """Hub settings for io.resolve/io.hub: messages go to stderr, bars follow --quiet."""
+    from adapterctl.cli.output import get_output
     from adapterctl.io.resolve import HubOptions
 
-    return HubOptions(revision=revision, token=token)
+    out = get_output()
+    return HubOptions(revision=revision, token=token, endpoint=endpoint,
+                      progress=not out.settings.quiet, log=out.info)
 
 
 def check_output_dir(path: Path, force: bool) -> None:

@@ -28,7 +28,8 @@ def inspect_cmd(
     folder = resolve_adapter_dir(adapter, hub, need_weights=check_values, header_only=True)
     base_dir = resolve_model_dir(base, hub_options(None, token), need_weights=False,
                                  header_only=True) if base else None
-    summary = inspect_adapter(folder, base=base_dir, check_values=check_values, source=adapter)
+    summary = inspect_adapter(folder, base=base_dir, check_values=check_values, source=adapter,
+                              base_source=base)
     data = summary.to_dict()
     if out.json:
         import json, sys

@@ -280,8 +280,11 @@ def _values(header: SafetensorsHeader, mod: ModuleKeys, scaling: float) -> dict:
 
 
 def inspect_adapter(path: str | Path, base: str | Path | None = None, check_values: bool = False,
-                    source: str | None = None) -> AdapterSummary:
-    """Summarise the adapter folder ``path``; ``base`` is a local model folder to check against."""
+                    source: str | None = None, base_source: str | None = None) -> AdapterSummary:
+    """Summarise the adapter folder ``path``; ``base`` is a local model folder to check against.
+
+    ``source`` / ``base_source``: what the user typed (a Hub id resolves to a cache folder whose
+    name is a commit sha, so names are compared against what was typed)."""
     files = locate_adapter_files(path, source)
     doc = read_json_object(files.config, "adapter_config.json")
     peft_type = doc.get("peft_type")
@@ -345,7 +348,8 @@ def inspect_adapter(path: str | Path, base: str | Path | None = None, check_valu
                      for m in modules if m.nonfinite]
     base_info = None
     if base is not None:
-        problems += _base_problems(str(base), modules, layout, base_shapes or {}, cfg) if base_shapes else []
+        shown = (base_source or "").partition("@")[0] or str(base)
+        problems += _base_problems(shown, modules, layout, base_shapes or {}, cfg) if base_shapes else []
         base_info = {"path": str(base), "model_type": model_type,
                      "compatible": not any(p.exit_code == 6 for p in problems)}
     return _summary(files, cfg, modules, layout, header, base_info, problems)

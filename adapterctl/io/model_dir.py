@@ -42,9 +42,18 @@ def _inside(root: Path, name: object, index_path: Path) -> Path:
             hint="The index is corrupt or malicious; regenerate it.",
         )
     p = (root / name)
-    if p.is_symlink() and not p.resolve().is_relative_to(root.resolve()):
+    if p.is_symlink() and not any(p.resolve().is_relative_to(ok) for ok in _symlink_roots(root)):
         raise InvalidAdapterError(f"{index_path}: {name} is a symlink out of the model folder")
     return p
+
+
+def _symlink_roots(root: Path) -> list[Path]:
+    """Where a shard symlink may point: the folder itself or, for a Hugging Face cache snapshot
+    (``models--x--y/snapshots/<sha>/``), that repo's ``blobs/``, where the cache keeps the bytes."""
+    roots = [root.resolve()]
+    if root.parent.name == "snapshots":
+        roots.append((root.parent.parent / "blobs").resolve())
+    return roots
 
 
 def _read_index(root: Path, index_name: str) -> tuple[dict[str, Path], dict]:

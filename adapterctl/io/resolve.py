@@ -8,8 +8,9 @@ Hugging Face cache, only the files the caller needs).
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from adapterctl.errors import NotFoundError
 
@@ -19,8 +20,10 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+(@[\w.\-/%]+)?$")
 @dataclass(frozen=True)
 class HubOptions:
     revision: str | None = None
-    token: str | None = None
-    endpoint: str | None = None
+    token: str | None = field(default=None, repr=False)  # never shown, not even in a repr
+    endpoint: str | None = None  # None: HF_ENDPOINT at call time, else huggingface.co
+    progress: bool = True  # huggingface_hub's download bars on stderr
+    log: Callable[[str], None] | None = field(default=None, compare=False, repr=False)
 
 
 def looks_like_hub_id(ref: str) -> bool:
