@@ -88,8 +88,8 @@ def _parse_entry(path: str, name: str, entry: object, data_size: int) -> TensorI
     if not isinstance(entry, dict):
         raise _bad(path, f"entry {name!r} is not an object")
     dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
-    if dtype not in DTYPE_SIZES:
-        raise _bad(path, f"tensor {name!r} has unknown dtype {dtype!r}")
+    if not isinstance(dtype, str) or dtype not in DTYPE_SIZES:  # a list/dict is unhashable
+        raise _bad(path, f"tensor {name!r} has unknown dtype {dtype!r}"[:300])
     if not isinstance(shape, list) or not all(
         isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 2**53 for d in shape
     ):
@@ -106,13 +106,12 @@ def _parse_entry(path: str, name: str, entry: object, data_size: int) -> TensorI
             path,
             f"tensor {name!r} ends at byte {offsets[1]} but the file holds only {data_size} data bytes",
         )
-    expected = math.prod(shape) * DTYPE_SIZES[dtype]
-    if expected != offsets[1] - offsets[0]:
-        raise _bad(
-            path,
-            f"tensor {name!r}: shape {shape} of {dtype} needs {expected:g} bytes, "
-            f"the offsets give {offsets[1] - offsets[0]}",
-        )
+    # in bits, with Python ints: a shape of many huge dims must not overflow a float
+    expected_bits = math.prod(shape) * round(DTYPE_SIZES[dtype] * 8)
+    if expected_bits != 8 * (offsets[1] - offsets[0]):
+        needs = f"{expected_bits / 8:g}" if expected_bits < 2**1000 else "more than 2**1000"
+        raise _bad(path, f"tensor {name!r}: shape {shape} of {dtype} needs {needs} bytes, "
+                   f"the offsets give {offsets[1] - offsets[0]}"[:400])
     return TensorInfo(dtype, tuple(shape), (offsets[0], offsets[1]))
 
 

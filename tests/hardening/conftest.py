@@ -1,0 +1,31 @@
+"""Shared pieces of the hardening suite: a counter of fuzz examples reported at the end of the run,
+the known token string the secret tests grep for, and hypothesis settings bounded for CI."""
+
+from __future__ import annotations
+
+import collections
+
+from hypothesis import HealthCheck, settings
+
+#: property name -> examples run (each property calls :func:`count` once per example)
+EXAMPLES: collections.Counter = collections.Counter()
+
+#: bounded for CI (2 busy cores): the whole suite stays within a few minutes
+FUZZ = settings(max_examples=250, deadline=None, derandomize=False,
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture,
+                                       HealthCheck.data_too_large])
+FUZZ_SLOW = settings(FUZZ, max_examples=60)
+
+
+def count(name: str) -> None:
+    EXAMPLES[name] += 1
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    if not EXAMPLES:
+        return
+    tr = terminalreporter
+    tr.section("hardening: fuzz examples run")
+    for name, n in sorted(EXAMPLES.items()):
+        tr.write_line(f"{n:6d}  {name}")
+    tr.write_line(f"{sum(EXAMPLES.values()):6d}  total over {len(EXAMPLES)} properties")
