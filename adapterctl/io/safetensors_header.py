@@ -110,8 +110,8 @@ def _parse_entry(path: str, name: str, entry: object, data_size: int) -> TensorI
     expected_bits = math.prod(shape) * round(DTYPE_SIZES[dtype] * 8)
     if expected_bits != 8 * (offsets[1] - offsets[0]):
         needs = f"{expected_bits / 8:g}" if expected_bits < 2**1000 else "more than 2**1000"
-        raise _bad(path, f"tensor {name!r}: shape {shape} of {dtype} needs {needs} bytes, "
-                   f"the offsets give {offsets[1] - offsets[0]}"[:400])
+        raise _bad(path, f"tensor {name!r}: shape {str(shape)[:100]} of {dtype} needs {needs} "
+                   f"bytes, the offsets give {offsets[1] - offsets[0]}")
     return TensorInfo(dtype, tuple(shape), (offsets[0], offsets[1]))
 
 
