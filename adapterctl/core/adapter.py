@@ -112,6 +112,10 @@ def build_adapter(name: str, cfg: LoraAdapterConfig, files: AdapterFiles,
             raise InvalidAdapterError(
                 f"{files.source}: {path}: config gives r={r} but lora_A has shape {list(A.shape)}",
                 hint="Fix r or rank_pattern in adapter_config.json to match the tensors.")
+        if B.shape[1] != r:  # B is (out, r, ...) for every layer kind (spec 4.1)
+            raise InvalidAdapterError(
+                f"{files.source}: {path}: lora_B has shape {list(B.shape)} but r={r}",
+                hint="lora_A and lora_B disagree on the rank; the file is corrupt, save it again.")
         if "magnitude" in mk.keys and not cfg.use_dora:
             raise InvalidAdapterError(f"{files.source}: {path} has lora_magnitude_vector but "
                                       "use_dora is false")

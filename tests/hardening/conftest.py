@@ -14,7 +14,7 @@ EXAMPLES: collections.Counter = collections.Counter()
 FUZZ = settings(max_examples=250, deadline=None, derandomize=False,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture,
                                        HealthCheck.data_too_large])
-FUZZ_SLOW = settings(FUZZ, max_examples=60)
+FUZZ_SLOW = settings(FUZZ, max_examples=150)
 
 
 def count(name: str) -> None:
