@@ -21,7 +21,7 @@ import shutil
 import struct
 from pathlib import Path
 
-from adapterctl.errors import NotFoundError
+from adapterctl.errors import NotFoundError, UsageError
 from adapterctl.io.hub_errors import hub_call, is_network_error, offline_error
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -103,7 +103,12 @@ def split_ref(ref: str, hub) -> tuple[str, str]:
     from adapterctl.io.resolve import split_revision
 
     repo_id, revision = split_revision(ref, getattr(hub, "revision", None))
-    return repo_id, revision or "main"
+    revision = revision or "main"
+    # git forbids '..' in ref names; refusing it also keeps refs/<revision> inside the cache
+    if ".." in revision or revision.startswith("/") or "\\" in revision:
+        raise UsageError(f"{repo_id}: {revision!r} is not a valid revision",
+                         hint="Give a branch, tag or commit sha.")
+    return repo_id, revision
 
 
 # ----- public entry points -----------------------------------------------------------------------

@@ -7,6 +7,8 @@ import collections
 
 from hypothesis import HealthCheck, settings
 
+from tests.hub.conftest import hub  # noqa: F401  (the local Hub server fixture)
+
 #: property name -> examples run (each property calls :func:`count` once per example)
 EXAMPLES: collections.Counter = collections.Counter()
 
