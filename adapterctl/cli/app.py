@@ -90,8 +90,26 @@ def _usage_error(err: ClickException) -> UsageError:
     return UsageError(err.format_message(), hint=f"Run '{cmd} --help' for usage and examples.")
 
 
+def secrets_in(args: list[str]) -> list[str]:
+    """Tokens this run knows (``--token``, HF_TOKEN): never echoed, whatever raised."""
+    found = [os.environ.get("HF_TOKEN"), os.environ.get("HUGGING_FACE_HUB_TOKEN")]
+    for i, arg in enumerate(args):
+        if arg == "--token" and i + 1 < len(args):
+            found.append(args[i + 1])
+        elif arg.startswith("--token="):
+            found.append(arg.partition("=")[2])
+    return [s for s in found if s and len(s) >= 6]
+
+
+def redact(text: str, secrets: list[str]) -> str:
+    for secret in secrets:
+        text = text.replace(secret, "***")
+    return text
+
+
 def main(argv: list[str] | None = None) -> None:
     settings, args = split_global_flags(list(sys.argv[1:] if argv is None else argv))
+    settings.secrets = secrets_in(args)
     out = Output(settings)
     output_mod.set_output(out)
     code = 0
@@ -123,7 +141,11 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _report(out: Output, err: AdapterctlError, settings: Settings, cause: BaseException | None = None) -> int:
+    # a last line of defence: library messages (internal errors, tracebacks) may quote a token
+    secrets = settings.secrets
     if settings.debug:
-        traceback.print_exception(cause or err, file=sys.stderr)
+        sys.stderr.write(redact("".join(traceback.format_exception(cause or err)), secrets))
+    err.message = redact(err.message, secrets)
+    err.hint = redact(err.hint, secrets) if err.hint else err.hint
     out.error(err)
     return err.exit_code

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import sys
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from rich.console import Console
@@ -19,6 +19,7 @@ class Settings:
     json: bool = False
     quiet: bool = False
     debug: bool = False
+    secrets: list = field(default_factory=list, repr=False)  # tokens to redact from errors
 
 
 class Output:
