@@ -99,6 +99,10 @@ def translate(err: Exception, repo_id: str, revision: str | None, hub,
         return HubError(f"{action} {repo_id}: no Hub token found", hint=LOGIN_HINT)
     if isinstance(err, E.HfHubHTTPError):
         return _http_error(err, repo_id, rev, endpoint, action)
+    if is_network_error(err) and not _never_connected(err):
+        return HubError(f"{action} {repo_id}: the connection to {endpoint} broke off "
+                        f"({type(err).__name__}); a partial download is never used",
+                        hint="Try again; huggingface_hub resumes or restarts the file.")
     if is_network_error(err):
         return HubError(f"cannot reach the Hub at {endpoint}: {type(err).__name__}",
                         hint="Check your network and HF_ENDPOINT; HF_HUB_OFFLINE=1 uses the local "
@@ -144,6 +148,13 @@ def is_network_error(err: BaseException) -> bool:
     if isinstance(err, (ConnectionError, TimeoutError)):
         return True
     return any(k.__module__.split(".")[0] in _TRANSPORT_MODULES for k in type(err).__mro__)
+
+
+def _never_connected(err: BaseException) -> bool:
+    """Connection refused, DNS, connect/read timeouts: versus a transfer cut short midway."""
+    name = type(err).__name__
+    return isinstance(err, (ConnectionRefusedError, TimeoutError)) or "Connect" in name \
+        or "Timeout" in name
 
 
 def _request_url(err) -> str:

@@ -8,7 +8,7 @@ import re
 from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from tests.hubserver.state import (BAD_TOKEN_MESSAGE, MAX_BODY, Commit, HubError, HubState, Repo,
+from tests.hubserver.state import (BAD_TOKEN_MESSAGE, MAX_BODY, TRUNCATE, Commit, HubError, HubState, Repo,
                                    _not_found)
 
 class Handler(BaseHTTPRequestHandler):
@@ -37,8 +37,9 @@ class Handler(BaseHTTPRequestHandler):
                           and re.search(f.path_re, url.path)), None)
             if fault is not None and fault.times > 0:
                 fault.times -= 1
+        self.truncated = fault is not None and fault.status == TRUNCATE
         try:
-            if fault is not None:
+            if fault is not None and not self.truncated:
                 raise HubError(fault.status, f"injected failure {fault.status}")
             self.user = self._auth()
             from tests.hubserver.routes import route
@@ -87,6 +88,11 @@ class Handler(BaseHTTPRequestHandler):
             self.send_header(k, str(v))
         self.send_header("Content-Length", str(len(data) if length is None else length))
         self.end_headers()
+        if self.command != "HEAD" and getattr(self, "truncated", False) and len(data) > 1:
+            self.wfile.write(data[: len(data) // 2])  # announced in full, cut short
+            self.wfile.flush()
+            self.close_connection = True
+            return
         if self.command != "HEAD":
             self.wfile.write(data)
             with self.state.lock:

@@ -12,6 +12,7 @@ LFS_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack
 MAX_BODY = 256 * 1024 * 1024  # bounded: tests never upload more than a few MB
 GITATTRIBUTES = b"*.safetensors filter=lfs diff=lfs merge=lfs -text\n*.bin filter=lfs diff=lfs merge=lfs -text\n"
 BAD_TOKEN_MESSAGE = "Invalid credentials in Authorization header"
+TRUNCATE = 0  # Fault.status meaning "send half the body, then close"
 
 
 def git_sha1(data: bytes) -> str:
@@ -101,6 +102,11 @@ class HubState:
     def fail(self, method: str, path_re: str, status: int = 500, times: int = -1) -> None:
         """Make requests matching ``method`` and the regex ``path_re`` answer ``status``."""
         self.faults.append(Fault(method, path_re, status, times))
+
+    def truncate(self, method: str, path_re: str, times: int = -1) -> None:
+        """Make matching responses announce their full length but send only half the body, then
+        drop the connection (a download cut short)."""
+        self.faults.append(Fault(method, path_re, TRUNCATE, times))
 
     def paths(self, method: str | None = None) -> list[str]:
         return [p for m, p, _ in self.requests if method is None or m == method]
