@@ -45,6 +45,9 @@ CASES = {
     "tied-lora-embed": ("llama_tied", dict(r=4, target_modules=["embed_tokens"])),
     "tied-modules-to-save": ("llama_tied", dict(r=4, target_modules=["q_proj"],
                                                 modules_to_save=["lm_head"])),
+    "tied-modules-to-save-embed": ("llama_tied", dict(r=4, target_modules=["v_proj"],
+                                                      modules_to_save=["embed_tokens"])),
+    "tied-lora-both": ("llama_tied", dict(r=4, target_modules=["embed_tokens", "lm_head"])),
     "tied-tokens": ("llama_tied", dict(r=4, target_modules=["v_proj"], trainable_token_indices=[4, 9])),
 }
 

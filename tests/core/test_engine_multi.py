@@ -115,6 +115,9 @@ def test_trainable_leaves_only_adapter_weights_with_grad(pair):
 
 
 def test_names_are_checked(pair):
+    import adapterctl
+
+    assert adapterctl.attach_adapter is attach_adapter  # the lazy public API
     base, a, _ = pair
     model = load_hf(base)
     attach_adapter(model, a, name="a")
