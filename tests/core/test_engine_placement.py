@@ -102,3 +102,15 @@ def test_max_memory_offloads_to_disk(tiny_models, peft_adapter, tmp_path):
     assert lb.devices.get("disk", 0) > 0
     attach_adapter(lb.model, adapter)
     assert max_abs_diff(logits(lb.model), logits(ref)) <= 1e-5
+
+
+def test_pissa_on_a_quantized_base_is_refused(bnb_llama, tmp_path):
+    pytest.importorskip("bitsandbytes")
+    from adapterctl.errors import UnsupportedError
+    from tests.conftest import make_peft_adapter
+
+    adapter = make_peft_adapter(bnb_llama, tmp_path / "p", r=4, target_modules=["q_proj"],
+                                init_lora_weights="pissa")
+    lb = load_base(bnb_llama, dtype="float32", quantize="int8")
+    with pytest.raises(UnsupportedError, match="quantized or offloaded"):
+        attach_adapter(lb.model, adapter)
