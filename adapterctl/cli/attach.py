@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import typer
 
-from adapterctl.cli.common import PANEL_BASE, RevisionOpt, TokenOpt, examples, hub_options
+from adapterctl.cli.common import (PANEL_BASE, RevisionOpt, TokenOpt, TrustRemoteCodeOpt, examples,
+                                   hub_options)
 from adapterctl.cli.output import get_output
 
 PANEL_PROMPT = "Prompt"
@@ -42,6 +43,7 @@ def attach_cmd(
     max_memory: str = MaxMemoryOpt,
     offload_folder: str = OffloadOpt,
     quantize: str = QuantizeOpt,
+    trust_remote_code: bool = TrustRemoteCodeOpt,
     revision: str = RevisionOpt,
     token: str = TokenOpt,
 ) -> None:
@@ -55,7 +57,7 @@ def attach_cmd(
     if dtype not in DTYPES:
         raise UsageError(f"--dtype {dtype!r} is not one of {', '.join(DTYPES)}")
     base_ref, adapters = split_base_and_adapters(list(paths), base)
-    placement = Placement(dtype, device_map, max_memory, offload_folder, quantize)
+    placement = Placement(dtype, device_map, max_memory, offload_folder, quantize, trust_remote_code)
     with out.status("loading"):
         session = open_session(base_ref, adapters, name or None, weight or None, placement,
                                hub_options(revision, token), on_step=out.info)

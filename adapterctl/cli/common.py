@@ -23,6 +23,10 @@ def examples(*lines: str) -> str:
     return "**Examples**\n\n" + "\n".join(f"* `{line}`" for line in lines)
 
 
+TrustRemoteCodeOpt = typer.Option(False, "--trust-remote-code", help="Let transformers run the "
+                                  "Python code of a model repo whose config.json has auto_map "
+                                  "(off by default: read that code first).",
+                                  rich_help_panel=PANEL_BASE)
 EndpointOpt = typer.Option(None, "--endpoint", help="Hub URL (default: HF_ENDPOINT, else "
                            "https://huggingface.co).", rich_help_panel=PANEL_HUB, show_default=False)
 

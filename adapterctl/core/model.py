@@ -119,18 +119,22 @@ def device_summary(model) -> dict[str, int]:
 
 def load_base(path_or_ref: str | Path, dtype: str = "auto", device_map=None, max_memory=None,
               offload_folder: str | Path | None = None, quantize: str | None = None,
-              hub: HubOptions | None = None, tokenizer: bool = True) -> LoadedBase:
-    """Load a transformers causal LM (safetensors, sharded or not) and its tokenizer."""
+              hub: HubOptions | None = None, tokenizer: bool = True,
+              trust_remote_code: bool = False) -> LoadedBase:
+    """Load a transformers causal LM (safetensors, sharded or not) and its tokenizer.
+
+    ``trust_remote_code`` (off by default) lets transformers import the model's own Python code."""
     folder = resolve_model_dir(path_or_ref, hub)
     files = locate_model_files(folder, str(path_or_ref))
+    check_remote_code(files.config, trust_remote_code, str(path_or_ref))
     dmap = parse_device_map(device_map)
-    kwargs: dict[str, Any] = {"dtype": _torch_dtype(dtype)}
+    kwargs: dict[str, Any] = {"dtype": _torch_dtype(dtype), "trust_remote_code": trust_remote_code}
     qconf = quantization_config(quantize, dtype if dtype != "auto" else _config_dtype(files.config))
     if qconf is not None:
         kwargs["quantization_config"] = qconf
         dmap = dmap or {"": _default_device()}
     if isinstance(dmap, dict):
-        check_device_map(files.root, dmap, quantize)
+        check_device_map(files.root, dmap, quantize, trust_remote_code)
     if dmap is not None:
         kwargs["device_map"] = dmap
     if max_memory is not None:
@@ -141,19 +145,36 @@ def load_base(path_or_ref: str | Path, dtype: str = "auto", device_map=None, max
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
-    tok = _load_tokenizer(files.root) if tokenizer else None
+    tok = _load_tokenizer(files.root, trust_remote_code) if tokenizer else None
     dt = str(getattr(model, "dtype", "")).removeprefix("torch.")
     return LoadedBase(model, tok, files.root, dt, device_summary(model), quantize)
 
 
-def check_device_map(root: Path, dmap: dict, quantize: str | None) -> None:
+def check_remote_code(config: dict, trust: bool, shown: str) -> None:
+    """A config whose class lives in the repo (``auto_map``) and that this transformers does not
+    know needs the repo's Python code: refuse unless the user said ``--trust-remote-code``."""
+    if trust or not isinstance(config.get("auto_map"), dict):
+        return
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    model_type = config.get("model_type")
+    if isinstance(model_type, str) and model_type in CONFIG_MAPPING:
+        return  # transformers' own class is used; the repo's code is never imported
+    raise UsageError(f"{shown}: the model's code lives in its repo (config.json auto_map, "
+                     f"model_type {model_type!r}); running that code is off by default",
+                     hint="Read the repo's .py files; if you trust them, pass --trust-remote-code.")
+
+
+def check_device_map(root: Path, dmap: dict, quantize: str | None,
+                     trust_remote_code: bool = False) -> None:
     """An explicit map must name existing modules, cover every parameter, and use devices that
     exist here (transformers would silently guess, or fail deep inside accelerate)."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
     with torch.device("meta"):
-        skeleton = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(str(root)))
+        config = AutoConfig.from_pretrained(str(root), trust_remote_code=trust_remote_code)
+        skeleton = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
     modules = {name for name, _ in skeleton.named_modules()}
     unknown = [k for k in dmap if k not in modules]
     if unknown:
@@ -218,10 +239,10 @@ def _from_pretrained(root: Path, kwargs: dict, shown: str):
                                   ) from err
 
 
-def _load_tokenizer(root: Path):
+def _load_tokenizer(root: Path, trust_remote_code: bool = False):
     try:
         from transformers import AutoTokenizer
 
-        return AutoTokenizer.from_pretrained(str(root))
+        return AutoTokenizer.from_pretrained(str(root), trust_remote_code=trust_remote_code)
     except Exception:  # a model folder without a tokenizer is still usable for logits
         return None

@@ -20,6 +20,7 @@ class Placement:
     max_memory: str | dict | None = None
     offload_folder: str | None = None
     quantize: str | None = None
+    trust_remote_code: bool = False  # let transformers import the model repo's own code
 
 
 @dataclass
@@ -124,7 +125,8 @@ def open_session(base_ref: str | None, adapters: list[str], names: list[str] | N
     t0 = time.perf_counter()
     lb = load_base(base_dir, placement.dtype, placement.device_map, placement.max_memory,
                    placement.offload_folder, placement.quantize,
-                   hub=HubOptions(token=hub.token) if hub else None)
+                   hub=HubOptions(token=hub.token) if hub else None,
+                   trust_remote_code=placement.trust_remote_code)
     session = Session(lb, load_seconds=time.perf_counter() - t0)
     t1 = time.perf_counter()
     for la, w in zip(loaded, weights):

@@ -216,6 +216,8 @@ def _fetch_model(repo_id: str, revision: str, hub, want: str) -> Path:
                             hint="Is it an adapter rather than a base model? Check the id.")
     # the tokenizer only matters to commands that run the model
     meta = [f for f in (*MODEL_META, *(TOKENIZER_FILES if want == "full" else ())) if f in files]
+    # a repo's own model code (auto_map) is fetched, never run, unless --trust-remote-code
+    meta += sorted(f for f in files if want == "full" and f.endswith(".py") and _plain(f))
     snap = _download(repo_id, sha, "config.json", hub).parent
     for f in meta[1:]:
         _download(repo_id, sha, f, hub)

@@ -102,3 +102,70 @@ def test_plain_tensor_bin_still_loads(tmp_path):
     torch.save(tensors, folder / "adapter_model.bin")
     assert set(load_adapter(folder).modules) == {"model.layers.0.self_attn.q_proj"}
     shutil.rmtree(folder)
+
+
+# ----- --trust-remote-code ------------------------------------------------------------------------
+CUSTOM_CONFIG = '''import pathlib
+pathlib.Path(__file__).with_name("IMPORTED").write_text("the repo's code ran")
+from transformers import LlamaConfig
+
+
+class CustomConfig(LlamaConfig):
+    model_type = "custom_llm"
+'''
+CUSTOM_MODEL = '''from transformers import LlamaForCausalLM
+
+from .configuration_custom import CustomConfig
+
+
+class CustomForCausalLM(LlamaForCausalLM):
+    config_class = CustomConfig
+'''
+
+
+@pytest.fixture
+def custom_code_model(tiny_models, tmp_path):
+    """The tiny llama, re-labelled as a model whose classes live in the folder's own .py files."""
+    model = shutil.copytree(tiny_models["llama"], tmp_path / "custom")
+    cfg = json.loads((model / "config.json").read_text())
+    cfg.update(model_type="custom_llm", architectures=["CustomForCausalLM"], auto_map={
+        "AutoConfig": "configuration_custom.CustomConfig",
+        "AutoModelForCausalLM": "modeling_custom.CustomForCausalLM"})
+    (model / "config.json").write_text(json.dumps(cfg))
+    (model / "configuration_custom.py").write_text(CUSTOM_CONFIG)
+    (model / "modeling_custom.py").write_text(CUSTOM_MODEL)
+    return model
+
+
+def test_remote_code_is_off_by_default_and_named(custom_code_model, peft_adapter):
+    lora = peft_adapter("llama", r=2, target_modules=["q_proj"])
+    res = invoke("--json", "attach", custom_code_model, lora)
+    assert res.code == 2, res.stdout
+    err = res.json["error"]
+    assert "auto_map" in err["message"] and "--trust-remote-code" in err["hint"]
+    assert not (custom_code_model / "IMPORTED").exists()
+
+
+def test_known_model_type_with_auto_map_never_imports_the_code(tiny_models, peft_adapter, tmp_path):
+    model = shutil.copytree(tiny_models["llama"], tmp_path / "m")
+    cfg = json.loads((model / "config.json").read_text())
+    cfg["auto_map"] = {"AutoConfig": "configuration_custom.CustomConfig"}
+    (model / "config.json").write_text(json.dumps(cfg))
+    (model / "configuration_custom.py").write_text(CUSTOM_CONFIG)
+    res = invoke("attach", model, peft_adapter("llama", r=2, target_modules=["q_proj"]))
+    assert res.code == 0, res.stderr
+    assert not (model / "IMPORTED").exists()
+
+
+def test_trust_remote_code_opts_in(custom_code_model, peft_adapter):
+    from adapterctl.core.model import load_base
+
+    with pytest.raises(AdapterctlError) as err:
+        load_base(custom_code_model)
+    assert err.value.exit_code == 2 and "auto_map" in err.value.message
+    assert not (custom_code_model / "IMPORTED").exists()
+    lb = load_base(custom_code_model, trust_remote_code=True)
+    assert type(lb.model).__name__ == "CustomForCausalLM"  # the folder's own class, opted in
+    res = invoke("attach", custom_code_model, peft_adapter("llama", r=2, target_modules=["q_proj"]),
+                 "--trust-remote-code")
+    assert res.code == 0, res.stderr
