@@ -122,6 +122,8 @@ def main(argv: list[str] | None = None) -> None:
         rv = command.main(args=args, prog_name="adapterctl", standalone_mode=False,
                           complete_var="_ADAPTERCTL_COMPLETE")
         code = rv if isinstance(rv, int) else 0
+        if code == Interrupted.exit_code:  # Typer turns Ctrl-C into a silent return of 130
+            code = _report(out, Interrupted("interrupted"), settings)
     except AdapterctlError as err:
         code = _report(out, err, settings)
     except typer.Exit as err:

@@ -23,7 +23,7 @@ from adapterctl.errors import (AdapterctlError, IncompatibleBaseError, InvalidAd
                                UnsupportedError)
 from adapterctl.io.adapter_dir import AdapterFiles, locate_adapter_files
 from adapterctl.io.adapter_writer import model_card, write_adapter_files
-from adapterctl.io.atomic import atomic_output_dir
+from adapterctl.io.output_dir import write_output_dir
 from adapterctl.io.base_weights import BaseWeights
 
 #: init_lora_weights kinds whose training ran on a mutated base (spec 1.7, 7)
@@ -234,7 +234,7 @@ def write_draft(draft: AdapterDraft, dest: str | Path, force: bool = False) -> C
                + (" It is a plain LoRA adapter for the original (unmodified) base model."
                   if "mutated-init" in draft.steps else ""))
     card = model_card(cfg.base_model_name_or_path, summary, cfg.task_type)
-    with atomic_output_dir(dest, force) as tmp:
+    with write_output_dir(dest, force) as tmp:
         write_adapter_files(tmp, draft.config, draft.tensors, card)
     dtypes = sorted({str(t.dtype).removeprefix("torch.") for t in draft.tensors.values()})
     return ConvertResult(str(dest), draft.source, list(draft.steps), cfg.r, cfg.lora_alpha,

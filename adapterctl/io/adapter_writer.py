@@ -3,7 +3,7 @@
 Generic: the caller hands over the config as a dict and the tensors under their checkpoint keys;
 this module knows the file format only (key grammar, sorted-keys JSON, safetensors with
 ``{"format": "pt"}`` metadata, the model card), never LoRA maths. Write into the temporary folder
-of :func:`adapterctl.io.atomic.atomic_output_dir` so a failure leaves nothing behind.
+of :func:`adapterctl.io.output_dir.write_output_dir` so a failure leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ def model_card(base_model: str | None, summary: str, task_type: str | None = Non
 def write_adapter_files(folder: str | Path, config: dict, tensors: dict, card: str) -> Path:
     """Write adapter_config.json, adapter_model.safetensors and README.md into ``folder``."""
     import torch
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     folder = Path(folder)
     if not tensors:
@@ -84,7 +84,9 @@ def write_adapter_files(folder: str | Path, config: dict, tensors: dict, card: s
     # safetensors refuses shared storage and non-contiguous views; clone like PEFT does (spec 3)
     flat = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()
             if isinstance(v, torch.Tensor)}
-    save_file(flat, str(folder / SAFETENSORS_WEIGHTS_NAME), metadata={"format": "pt"})
+    # serialised here and written by Python, so a full disk raises OSError (ENOSPC/EFBIG) that
+    # the output helper reports; safetensors' own writer raises an opaque SafetensorError
+    (folder / SAFETENSORS_WEIGHTS_NAME).write_bytes(save(flat, metadata={"format": "pt"}))
     (folder / CONFIG_NAME).write_text(adapter_config_text(config), encoding="utf-8")
     (folder / "README.md").write_text(card, encoding="utf-8")
     return folder
