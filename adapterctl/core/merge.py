@@ -24,8 +24,9 @@ from adapterctl.core.combine import check_combination
 from adapterctl.core.layer_kind import base_layer_kind
 from adapterctl.core.targeting import in_modules_to_save
 from adapterctl.errors import IncompatibleBaseError, UnsupportedError, UsageError
-from adapterctl.io.checkpoint import StoredTensor, list_tensors
+from adapterctl.io.checkpoint import CheckpointReader, StoredTensor, list_tensors
 from adapterctl.io.model_dir import ModelFiles, checkpoint_renames, find_checkpoint_key, locate_model_files
+from adapterctl.io.quantized import group_quantized, is_bnb_quantized
 from adapterctl.io.shard_writer import TensorSpec, plan_shards
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -281,6 +282,9 @@ def plan_merge(base: str | Path, adapters: list[LoadedAdapter], options: MergeOp
     files = locate_model_files(base, base_source)
     _check_adapters(adapters, options)
     stored = list_tensors(files)
+    if is_bnb_quantized(files.config):  # merged into a dequantized copy (spec 6.4)
+        with CheckpointReader(files) as reader:
+            stored = group_quantized(stored, reader.get, _base_dtype(stored))
     shapes = {s.key: s.shape for s in stored}
     index = KeyIndex(list(shapes), files.model_type)
     tie = find_tie(files, index)

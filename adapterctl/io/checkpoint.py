@@ -36,6 +36,8 @@ class StoredTensor:
     file: Path
     offset: int = -1  # absolute byte offset in a safetensors file
     nbytes: int = 0
+    quant: str | None = None  # "4bit" | "8bit": a bitsandbytes weight, dequantized on read
+    parts: tuple["StoredTensor", ...] = ()  # its stored tensors (io/quantized.py)
 
 
 def list_tensors(files: ModelFiles) -> list[StoredTensor]:
@@ -104,6 +106,10 @@ class CheckpointReader:
         return self._handle
 
     def get(self, stored: StoredTensor) -> torch.Tensor:
+        if stored.quant is not None:
+            from adapterctl.io.quantized import dequantize
+
+            return dequantize(stored, self.get)
         handle = self._open(stored.file)
         if isinstance(handle, dict):
             return handle[stored.key]
