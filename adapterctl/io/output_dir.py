@@ -79,8 +79,10 @@ def lock_destination(dest: Path) -> Iterator[None]:
             raise OutputIOError(f"{dest}: another adapterctl run is writing this output "
                                 f"(locked by {lock_path})",
                                 hint="Wait for it to finish, or choose another --output.") from err
-        yield
-        _unlink_quietly(lock_path)  # unlinked while still held: a waiting run gets a fresh file
+        try:
+            yield
+        finally:
+            _unlink_quietly(lock_path)  # unlinked while still held: a later run makes a fresh one
     finally:
         os.close(fd)
 
