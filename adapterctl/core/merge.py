@@ -68,6 +68,11 @@ class TensorTask:
     def changed(self) -> bool:
         return bool(self.replacement or self.loras or self.bias_loras or self.tokens or self.copy)
 
+    @property
+    def changed_beyond_loras(self) -> bool:
+        return bool(self.replacement or self.residual_init or self.bias_loras or self.tokens
+                    or self.copy)
+
     def sources(self, names: list[str]) -> list[str]:
         out = [f"replace:{names[self.replacement[0]]}"] if self.replacement else []
         out += [f"lora:{names[op.adapter]}" for op in self.loras]
@@ -120,16 +125,27 @@ class KeyIndex:
 
     def __init__(self, keys: list[str], model_type: str | None):
         self.keys = set(keys)
-        self.renamed, self.fused = checkpoint_renames(model_type, keys)
+        self.model_type = model_type
+        self._renamed: tuple[dict[str, str], set[str]] | None = None
         self.alias: dict[str, str] = {}
+
+    def _tables(self) -> tuple[dict[str, str], set[str]]:
+        if self._renamed is None:  # imports transformers (seconds): only when a name misses
+            self._renamed = checkpoint_renames(self.model_type, self.keys)
+        return self._renamed
+
+    @property
+    def fused(self) -> set[str]:
+        return self._tables()[1]
 
     def find(self, param: str) -> str | None:
         if param in self.alias:
             return self.alias[param]
         key = find_checkpoint_key(param, self.keys)
-        if key is None and self.renamed:
-            found = find_checkpoint_key(param, self.renamed)
-            key = self.renamed[found] if found else None
+        if key is None:
+            renamed = self._tables()[0]
+            found = find_checkpoint_key(param, renamed) if renamed else None
+            key = renamed[found] if found else None
         return key
 
 
@@ -152,6 +168,8 @@ def tied_keys(model_type: str | None) -> dict[str, str]:
 def find_tie(files: ModelFiles, index: KeyIndex) -> tuple[str, str] | None:
     """(output param, embedding checkpoint key) when the checkpoint stores one shared table."""
     if files.config.get("tie_word_embeddings", True) is False:
+        return None
+    if "lm_head.weight" in index.keys:  # the usual untied layout: no need to ask transformers
         return None
     for head, emb in tied_keys(files.model_type).items():
         emb_key = index.find(emb)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -31,6 +33,8 @@ SKIP_FILES = {"config.json", "README.md", "model.safetensors.index.json",
               "pytorch_model.bin.index.json"}
 
 Progress = Callable[[int, str], None]
+#: finished tensors allowed to wait for the writer thread
+MAX_PENDING = 2
 
 
 @dataclass(frozen=True)
@@ -86,8 +90,43 @@ def _apply_loras(cur: torch.Tensor, base0: torch.Tensor, task: TensorTask, job: 
     return cur
 
 
+def _is_plain_lora(task: TensorTask, job: MergeJob) -> bool:
+    return (job.options.combination == "linear" and not task.changed_beyond_loras
+            and all(op.weights.magnitude is None and op.kind in ("linear", "conv1d-transposed")
+                    for op in task.loras))
+
+
+def fused_lora_merge(W: torch.Tensor, task: TensorTask, job: MergeJob,
+                     device: torch.device) -> torch.Tensor:
+    """W + Σ s_i·w_i·B_i A_i for plain LoRA on Linear/Conv1D, in cache-sized row blocks.
+
+    Same maths as ``merged_weight`` (float32, one rounding at the end), but each block of rows is
+    widened, gets ``addmm_`` (ΔW = s·B@A accumulated in float32; at most one float32 ulp from
+    PEFT's (B@A)*s then add, far below the output rounding) and is rounded into the output while
+    it is still in cache: about 4x less memory traffic than full-size temporaries.
+    """
+    weights = job.options.weights or (1.0,) * len(job.adapters)
+    factors = []
+    for op in task.loras:
+        A = op.weights.A.to(device=device, dtype=F32)
+        B = op.weights.B.to(device=device, dtype=F32)
+        # Conv1D stores W as (in, out): its ΔW is (s·B@A)^T = s·A^T@B^T
+        left, right = (A.T, B.T) if _fan_in_fan_out(op) else (B, A)
+        factors.append((left, right, op.weights.scaling * weights[op.adapter]))
+    out = torch.empty(W.shape, dtype=task.out_dtype, device=device)
+    rows = max(1, (1 << 20) // max(1, W.shape[1]))  # 4 MB of float32 per block
+    for r0 in range(0, W.shape[0], rows):
+        block = W[r0:r0 + rows].to(device=device, dtype=F32)
+        for left, right, scale in factors:
+            block.addmm_(left[r0:r0 + rows], right, alpha=scale)
+        out[r0:r0 + rows] = block  # the single rounding to the output dtype
+    return out
+
+
 def merge_tensor(W: torch.Tensor, task: TensorTask, job: MergeJob, device: torch.device) -> torch.Tensor:
     """The output tensor for ``task`` from the base tensor ``W``, rounded once to its dtype."""
+    if task.loras and _is_plain_lora(task, job):
+        return fused_lora_merge(W, task, job, device)
     if task.copy is not None and not (task.loras or task.bias_loras or task.tokens):
         return task.copy[1].to(task.out_dtype)
     base0 = W.to(device)
@@ -158,9 +197,14 @@ def model_card(job: MergeJob, command: str | None) -> str:
 
 
 def _stream(job: MergeJob, folder: Path, device: torch.device, on_progress: Progress | None) -> int:
+    """Read, merge and write tensor by tensor. Writes run on one background thread (pwrite and
+    torch both release the GIL), so computing tensor n+1 overlaps writing tensor n; at most
+    ``MAX_PENDING`` finished tensors wait, which keeps memory bounded."""
     merged = 0
+    pending: deque = deque()
     with CheckpointReader(job.files) as reader, ShardWriter(folder, job.shard_plan,
-                                                            {"merged_by": "adapterctl"}) as writer:
+                                                            {"merged_by": "adapterctl"}) as writer, \
+            ThreadPoolExecutor(max_workers=1) as pool:
         for task in job.tasks:
             W = reader.get(task.source)
             if task.changed or W.dtype != task.out_dtype:
@@ -168,12 +212,21 @@ def _stream(job: MergeJob, folder: Path, device: torch.device, on_progress: Prog
                 merged += task.changed
             else:
                 out = W
-            n = writer.write(task.key, out)
-            del W, out  # one tensor alive at a time
-            if on_progress:
-                on_progress(n, task.key)
+            pending.append((pool.submit(writer.write, task.key, out), task.key))
+            del W, out  # the writer thread holds the only reference until it is written
+            while len(pending) > MAX_PENDING or (pending and pending[0][0].done()):
+                _finish_write(pending.popleft(), on_progress)
+        while pending:
+            _finish_write(pending.popleft(), on_progress)
         writer.finish()
     return merged
+
+
+def _finish_write(item, on_progress: Progress | None) -> None:
+    future, key = item
+    n = future.result()  # re-raises the writer's error (disk full...) in this thread
+    if on_progress:
+        on_progress(n, key)
 
 
 def execute_merge(job: MergeJob, output: str | Path, force: bool = False, device: str = "auto",
