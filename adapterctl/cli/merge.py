@@ -15,7 +15,6 @@ from adapterctl.errors import UsageError
 
 PANEL_COMBINE = "Several adapters"
 PANEL_OUT = "Output"
-COMBINATIONS = ["linear", "ties", "dare_linear", "dare_ties", "magnitude_prune", "cat", "svd"]
 
 
 def _parse_weights(text: str | None) -> tuple[float, ...] | None:
