@@ -104,6 +104,8 @@ def _merge_model(inputs, output, dtype, device, max_shard_size, force, dry_run, 
     with out.status("planning the merge"):
         job = plan_merge(base_dir, load_adapters(adapter_dirs, inputs[1:]), options, inputs[0])
     plan = job.plan
+    for warning in plan.warnings:
+        out.warn(warning)
     if dry_run:
         out.result({"dry_run": True, "plan": plan.to_dict()}, lambda c: _render_plan(c, plan))
         return

@@ -288,6 +288,18 @@ def build_tasks(stored: list[StoredTensor], ops: dict, out_dtype: torch.dtype, a
     return tasks, untie
 
 
+def _warnings(adapters: list[LoadedAdapter], base: str) -> list[str]:
+    out = []
+    for ad in adapters:
+        if ad.config.init_kind in ("pissa", "olora"):
+            out.append(f"{ad.source}: {ad.config.init_kind} adapter: the residual base W - s·B0@A0 "
+                       "is recomputed from the base (spec 1.7)")
+        name = ad.config.base_model_name_or_path
+        if name and Path(name).name != Path(base).name and name != base:
+            out.append(f"{ad.source}: trained on {name!r}, merging into {base!r} (shapes fit)")
+    return out
+
+
 def load_adapters(paths: list[str | Path], sources: list[str] | None = None) -> list[LoadedAdapter]:
     sources = sources or [str(p) for p in paths]
     return [load_adapter(p, name=f"adapter{i}", source=src)
@@ -328,5 +340,5 @@ def plan_merge(base: str | Path, adapters: list[LoadedAdapter], options: MergeOp
         touched=[{"key": t.key, "shape": list(t.source.shape), "ops": t.sources(names)}
                  for t in tasks if t.changed],
         output_bytes=sum(s.nbytes for s in shard_plan), shards=[s.filename for s in shard_plan],
-        untie_embeddings=untie)
+        untie_embeddings=untie, warnings=_warnings(adapters, base_source or str(base)))
     return MergeJob(files, adapters, options, tasks, shard_plan, plan)
