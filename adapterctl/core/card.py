@@ -11,6 +11,7 @@ unchanged README and the Hub client skips the commit.
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 from adapterctl.errors import InvalidAdapterError
 
@@ -19,8 +20,10 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
 
 
 def looks_like_model_id(name: str | None) -> bool:
-    """A Hub model id (``user/repo`` or a canonical ``repo``), not a local path."""
-    return bool(name) and bool(_HUB_ID.match(name)) and not name.startswith((".", "/", "~"))
+    """A Hub model id (``user/repo`` or a canonical ``repo``), not a local path (an existing
+    folder such as ``examples/tiny-base`` is a path even though it reads like an id)."""
+    return (bool(name) and bool(_HUB_ID.match(name)) and not name.startswith((".", "/", "~"))
+            and not Path(name).exists())
 
 
 def split_card(text: str) -> tuple[dict, str]:

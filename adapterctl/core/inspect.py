@@ -10,14 +10,12 @@ from pathlib import Path
 from adapterctl.core import problems as P
 from adapterctl.core.config import LoraAdapterConfig, check_lora_type, parse_adapter_config
 from adapterctl.core.keys import KeyLayout, ModuleKeys, split_keys
+from adapterctl.core.layer_kind import CONV1D_MODEL_TYPES, base_layer_kind  # noqa: F401 (re-export)
 from adapterctl.core.targeting import matches_target, module_scaling
 from adapterctl.errors import AdapterctlError
 from adapterctl.io.adapter_dir import AdapterFiles, locate_adapter_files
 from adapterctl.io.files import read_json_object
 from adapterctl.io.safetensors_header import SafetensorsHeader, read_safetensors_header
-
-#: model_types whose attention/MLP projections are transformers Conv1D (weights stored (in, out)).
-CONV1D_MODEL_TYPES = {"gpt2", "openai-gpt", "imagegpt", "decision_transformer"}
 
 
 @dataclass(frozen=True)
@@ -86,22 +84,8 @@ class AdapterSummary:
 
 def _module_kind(mod: ModuleKeys, cfg: LoraAdapterConfig, base_shape: tuple | None,
                  model_type: str | None) -> str:
-    if mod.embedding:
-        return "embedding"
-    a = mod.shapes.get("A", ())
-    if len(a) > 2:
-        return "conv"
-    b = mod.shapes.get("B", ())
-    if base_shape is not None and len(a) == 2 and len(b) == 2:
-        linear_shape, conv1d_shape = (b[0], a[1]), (a[1], b[0])
-        if tuple(base_shape) == conv1d_shape and (
-            conv1d_shape != linear_shape or model_type in CONV1D_MODEL_TYPES
-        ):
-            return "conv1d-transposed"
-        return "linear"
-    if base_shape is None and (cfg.fan_in_fan_out or model_type in CONV1D_MODEL_TYPES):
-        return "conv1d-transposed"
-    return "linear"
+    return base_layer_kind(mod.embedding, mod.shapes.get("A"), mod.shapes.get("B"), base_shape,
+                           model_type, cfg.fan_in_fan_out)
 
 
 def _expected_base_shape(kind: str, mod: ModuleKeys) -> tuple | None:

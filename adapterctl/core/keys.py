@@ -26,6 +26,11 @@ TRAINABLE_TOKENS_SUFFIX = ".token_adapter.trainable_tokens_delta"
 _LORA_COMPONENT = re.compile(r"(^|\.)lora_[A-Za-z_]+(\.|$)")
 
 
+def natural_key(key: str) -> list:
+    """Sort ``layers.2`` before ``layers.10``."""
+    return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", key)]
+
+
 def strip_prefix(key: str) -> str:
     for p in PREFIXES:
         if key.startswith(p):
@@ -72,7 +77,7 @@ def split_keys(
     """Group checkpoint keys (name -> shape) by module."""
     layout = KeyLayout()
     dtypes = dtypes or {}
-    for key in sorted(shapes):
+    for key in sorted(shapes, key=natural_key):
         rest = strip_prefix(key)
         role, path = None, None
         for suffix, r in LORA_SUFFIXES.items():

@@ -31,3 +31,12 @@ def test_adapter_tags_and_merge_relation():
 def test_bad_front_matter_is_refused():
     with pytest.raises(InvalidAdapterError, match="front matter"):
         split_card("---\n- a\n- b\n---\ntext\n")
+
+
+def test_existing_local_folder_is_not_a_model_id(tmp_path, monkeypatch):
+    from adapterctl.core.card import looks_like_model_id
+
+    monkeypatch.chdir(tmp_path)
+    assert looks_like_model_id("examples/tiny-base")
+    (tmp_path / "examples" / "tiny-base").mkdir(parents=True)
+    assert not looks_like_model_id("examples/tiny-base")

@@ -1,0 +1,183 @@
+"""Write a sharded safetensors checkpoint tensor by tensor, with memory bounded by one tensor.
+
+The shard layout is planned up front from each tensor's name, dtype and shape (known before any
+value is computed), so every shard's header is written first and each tensor's bytes go straight
+to their final offset (``os.pwrite``): nothing is buffered, tensors may arrive in any order, and
+the writer knows nothing of what the tensors mean. File names and the index follow transformers
+(``model-00001-of-00003.safetensors``, ``model.safetensors.index.json`` with ``total_size``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from adapterctl.errors import InvalidAdapterError
+from adapterctl.io.output_dir import io_error
+
+#: torch dtype -> safetensors dtype name
+ST_DTYPES: dict[torch.dtype, str] = {
+    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8",
+    torch.uint8: "U8", torch.bool: "BOOL",
+    torch.float8_e4m3fn: "F8_E4M3", torch.float8_e5m2: "F8_E5M2",
+}
+#: transformers' spelling of --max-shard-size: decimal units, like "5GB" or "500MB"
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?i?B?)\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+          "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40, "K": 10**3, "M": 10**6,
+          "G": 10**9, "T": 10**12}
+
+
+def parse_size(text: str | int) -> int:
+    """'5GB' -> 5_000_000_000 (decimal, as transformers); '512MiB' binary; plain ints are bytes."""
+    if isinstance(text, int):
+        return text
+    m = _SIZE.match(text)
+    unit = m.group(2).upper() if m else None
+    if not m or unit not in _UNITS or float(m.group(1)) <= 0:
+        raise ValueError(f"not a size: {text!r} (use e.g. 5GB, 500MB, 2GiB)")
+    return int(float(m.group(1)) * _UNITS[unit])
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * torch.empty((), dtype=self.dtype).element_size()
+
+
+@dataclass
+class ShardPlan:
+    filename: str
+    tensors: list[TensorSpec] = field(default_factory=list)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.nbytes for t in self.tensors)
+
+
+def plan_shards(specs: list[TensorSpec], max_shard_size: int) -> list[ShardPlan]:
+    """Greedy in the given order, as transformers: a new shard when the next tensor would overflow
+    (a tensor larger than the limit gets a shard of its own)."""
+    shards: list[ShardPlan] = []
+    current, size = ShardPlan(""), 0
+    for spec in specs:
+        if current.tensors and size + spec.nbytes > max_shard_size:
+            shards.append(current)
+            current, size = ShardPlan(""), 0
+        current.tensors.append(spec)
+        size += spec.nbytes
+    if current.tensors or not shards:
+        shards.append(current)
+    n = len(shards)
+    for i, shard in enumerate(shards):
+        shard.filename = "model.safetensors" if n == 1 else f"model-{i + 1:05d}-of-{n:05d}.safetensors"
+    return shards
+
+
+def _header_bytes(shard: ShardPlan, metadata: dict[str, str]) -> tuple[bytes, dict[str, int]]:
+    header: dict = {"__metadata__": metadata} if metadata else {}
+    offsets, pos = {}, 0
+    for t in shard.tensors:
+        if t.dtype not in ST_DTYPES:
+            raise InvalidAdapterError(f"{t.name}: dtype {t.dtype} cannot be stored in safetensors")
+        header[t.name] = {"dtype": ST_DTYPES[t.dtype], "shape": list(t.shape),
+                          "data_offsets": [pos, pos + t.nbytes]}
+        offsets[t.name] = pos
+        pos += t.nbytes
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)  # pad so tensor data starts 8-byte aligned, as safetensors does
+    return len(raw).to_bytes(8, "little") + raw, offsets
+
+
+class ShardWriter:
+    """Writes the planned shards into ``folder``; ``write(name, tensor)`` for every planned tensor,
+    then ``finish()`` checks completeness and writes the index (sharded output only)."""
+
+    def __init__(self, folder: Path, shards: list[ShardPlan], metadata: dict[str, str] | None = None):
+        self.folder = Path(folder)
+        self.shards = shards
+        self._where: dict[str, tuple[int, int, TensorSpec]] = {}  # name -> (fd, offset, spec)
+        self._fds: list[int] = []
+        self._pending: set[str] = set()
+        meta = {"format": "pt", **(metadata or {})}
+        try:
+            for shard in shards:
+                path = self.folder / shard.filename
+                fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o644)
+                self._fds.append(fd)
+                head, offsets = _header_bytes(shard, meta)
+                _pwrite_all(fd, head, 0, path)
+                for t in shard.tensors:
+                    self._where[t.name] = (fd, len(head) + offsets[t.name], t)
+                    self._pending.add(t.name)
+        except OSError as err:
+            self.close()
+            raise io_error(self.folder, err) from err
+
+    def write(self, name: str, tensor: torch.Tensor) -> int:
+        """Write one tensor's bytes at its planned offset; returns the bytes written."""
+        fd, offset, spec = self._where[name]
+        if tensor.dtype != spec.dtype or tuple(tensor.shape) != spec.shape:
+            raise ValueError(f"{name}: planned {spec.dtype} {list(spec.shape)}, got "
+                             f"{tensor.dtype} {list(tensor.shape)}")
+        data = tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy()
+        _pwrite_all(fd, memoryview(data), offset, self.folder / name)
+        self._pending.discard(name)
+        return spec.nbytes
+
+    def finish(self) -> dict:
+        """Close the shards and write ``model.safetensors.index.json`` when there are several."""
+        if self._pending:
+            raise RuntimeError(f"tensors planned but never written: {sorted(self._pending)[:5]}")
+        for fd in self._fds:
+            try:
+                os.fsync(fd)
+            except OSError as err:
+                raise io_error(self.folder, err) from err
+        self.close()
+        total = sum(s.nbytes for s in self.shards)
+        index = {"metadata": {"total_size": total},
+                 "weight_map": {t.name: s.filename for s in self.shards for t in s.tensors}}
+        if len(self.shards) > 1:
+            path = self.folder / "model.safetensors.index.json"
+            try:
+                path.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+            except OSError as err:
+                raise io_error(path, err) from err
+        return index
+
+    def close(self) -> None:
+        for fd in self._fds:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self._fds = []
+
+    def __enter__(self) -> "ShardWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _pwrite_all(fd: int, data, offset: int, path: Path) -> None:
+    view = memoryview(data).cast("B")
+    try:
+        while view:
+            n = os.pwrite(fd, view, offset)
+            view, offset = view[n:], offset + n
+    except OSError as err:
+        raise io_error(path, err) from err

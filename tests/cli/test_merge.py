@@ -1,0 +1,151 @@
+"""``adapterctl merge``: JSON shape, --dry-run, and every refusal (exit code, message, nothing
+left behind)."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from tests.helpers import REPO, invoke
+
+
+def _nothing_left(parent, name="out"):
+    return not (parent / name).exists() and not [p for p in parent.iterdir()
+                                                 if p.name.startswith(f".{name}.")]
+
+
+@pytest.fixture
+def lora(peft_adapter):
+    return peft_adapter("llama", r=4, target_modules=["q_proj", "v_proj"])
+
+
+def test_merge_json_document(tiny_models, lora, tmp_path):
+    res = invoke("--json", "merge", tiny_models["llama"], lora, "--output", tmp_path / "out")
+    assert res.code == 0, res.stderr
+    doc = res.json
+    assert doc["ok"] and not doc["dry_run"] and doc["tensors_merged"] == 4
+    assert doc["shards"] == ["model.safetensors"] and doc["plan"]["num_touched"] == 4
+    assert (tmp_path / "out" / "model.safetensors").is_file()
+
+
+def test_dry_run_writes_nothing(tiny_models, lora, tmp_path):
+    res = invoke("--json", "merge", tiny_models["llama"], lora, "--dry-run", "--max-shard-size", "100KB")
+    assert res.code == 0 and res.json["dry_run"] and res.json["plan"]["num_shards"] > 1
+    human = invoke("merge", tiny_models["llama"], lora, "-o", tmp_path / "out", "--dry-run")
+    assert human.code == 0 and "4 of" in human.stdout and "q_proj" in human.stdout
+    assert _nothing_left(tmp_path)
+
+
+def test_existing_output_needs_force(tiny_models, lora, tmp_path):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "x").write_text("keep")
+    res = invoke("merge", tiny_models["llama"], lora, "-o", tmp_path / "out")
+    assert res.code == 2 and "already exists" in res.stderr and "--force" in res.stderr
+    assert invoke("merge", tiny_models["llama"], lora, "-o", tmp_path / "out", "--force").code == 0
+    assert not (tmp_path / "out" / "x").exists()
+
+
+def test_wrong_base_names_the_module(tiny_models, lora, tmp_path):
+    res = invoke("merge", tiny_models["gpt2"], lora, "-o", tmp_path / "out")
+    assert res.code == 6 and "lands nowhere" in res.stderr and "q_proj" in res.stderr
+    assert _nothing_left(tmp_path)
+
+
+def _sharded_copy(tiny_models, tmp_path):
+    base = tmp_path / "sharded"
+    assert invoke("merge", tiny_models["llama"], tiny_models_lora_dummy(tmp_path), "-o", base,
+                  "--max-shard-size", "100KB").code == 0
+    return base
+
+
+def tiny_models_lora_dummy(tmp_path):
+    """An adapter whose B is zero: merging it re-saves the base (sharded) unchanged."""
+    import torch
+
+    from tests.helpers import write_adapter
+
+    return write_adapter(tmp_path / "zero", {"r": 2, "target_modules": ["q_proj"]}, {
+        "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight": torch.ones(2, 64),
+        "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight": torch.zeros(64, 2)})
+
+
+def test_missing_shard_is_not_found(tiny_models, lora, tmp_path):
+    base = _sharded_copy(tiny_models, tmp_path)
+    next(base.glob("model-00002-*.safetensors")).unlink()
+    res = invoke("merge", base, lora, "-o", tmp_path / "out")
+    assert res.code == 3 and "missing" in res.stderr and "00002" in res.stderr
+    assert _nothing_left(tmp_path)
+
+
+def test_corrupt_shard_is_invalid_input(tiny_models, lora, tmp_path):
+    base = _sharded_copy(tiny_models, tmp_path)
+    shard = sorted(base.glob("model-*.safetensors"))[-1]
+    data = shard.read_bytes()
+    shard.write_bytes(data[: len(data) // 2])  # truncated: header intact, data cut
+    res = invoke("merge", base, lora, "-o", tmp_path / "out")
+    assert res.code == 4 and shard.name in res.stderr
+    assert _nothing_left(tmp_path)
+
+
+def test_disk_full_exits_9_and_leaves_nothing(tiny_models, lora, tmp_path):
+    def limit():  # writes past 64 KB fail with EFBIG instead of killing the process
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (64_000, 64_000))
+
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONDONTWRITEBYTECODE": "1"}
+    proc = subprocess.run([sys.executable, "-m", "adapterctl", "--json", "merge", str(tiny_models["llama"]),
+                           str(lora), "-o", str(tmp_path / "out")], capture_output=True, text=True,
+                          env=env, preexec_fn=limit, timeout=300)
+    assert proc.returncode == 9, proc.stderr
+    err = json.loads(proc.stdout)["error"]
+    assert err["type"] == "io" and "File too large" in err["message"]
+    assert _nothing_left(tmp_path)
+
+
+def test_bad_options_are_usage_errors(tiny_models, lora, tmp_path):
+    base = tiny_models["llama"]
+    cases = [
+        (("merge", base, lora, "-o", tmp_path / "o", "--weights", "1,2"), "2 values for 1 adapters"),
+        (("merge", base, lora, lora, "-o", tmp_path / "o", "--combination", "ties"), "--density"),
+        (("merge", base, lora, "-o", tmp_path / "o", "--dtype", "int4"), "--dtype"),
+        (("merge", base, lora), "--output is required"),
+        (("merge", base), "at least one ADAPTER"),
+        (("merge", base, lora, "-o", tmp_path / "o", "--max-shard-size", "huge"), "not a size"),
+    ]
+    for args, message in cases:
+        res = invoke(*args)
+        assert res.code == 2 and message in res.stderr, (args, res.stderr)
+    assert _nothing_left(tmp_path, "o")
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_without_gpu_is_missing_hardware(tiny_models, lora, tmp_path):
+    res = invoke("merge", tiny_models["llama"], lora, "-o", tmp_path / "out", "--device", "cuda")
+    assert res.code == 7 and "CUDA" in res.stderr and _nothing_left(tmp_path)
+
+
+def test_randomised_pissa_is_refused(tiny_models, lora, tmp_path):
+    ad = tmp_path / "niter"
+    shutil.copytree(lora, ad)
+    cfg = json.loads((ad / "adapter_config.json").read_text())
+    (ad / "adapter_config.json").write_text(json.dumps({**cfg, "init_lora_weights": "pissa_niter_4"}))
+    res = invoke("merge", tiny_models["llama"], ad, "-o", tmp_path / "out")
+    assert res.code == 5 and "Convert it to plain LoRA first" in res.stderr
+
+
+def test_to_adapter_writes_an_adapter_and_refuses_dora(tiny_models, lora, peft_adapter, tmp_path):
+    other = peft_adapter("llama", seed=1, r=2, target_modules=["v_proj"])
+    res = invoke("--json", "merge", "--to-adapter", tiny_models["llama"], lora, other,
+                 "--weights", "0.5,0.5", "-o", tmp_path / "ab")
+    assert res.code == 0 and res.json["method"] == "cat" and res.json["modules"] == 4
+    assert (tmp_path / "ab" / "adapter_model.safetensors").is_file()
+    dora = peft_adapter("llama", r=4, target_modules=["q_proj"], use_dora=True)
+    res = invoke("merge", "--to-adapter", dora, lora, "-o", tmp_path / "cd")
+    assert res.code == 5 and "DoRA" in res.stderr and _nothing_left(tmp_path, "cd")
