@@ -160,7 +160,12 @@ def _is_model_dir(ref: str) -> bool:
 
 
 def _command_line() -> str:
-    return "adapterctl " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    """The command as typed, for the model card; a --token value is never written there."""
+    args, hide = [], False
+    for arg in sys.argv[1:]:
+        args.append("***" if hide else "--token=***" if arg.startswith("--token=") else arg)
+        hide = arg == "--token"
+    return "adapterctl " + " ".join(shlex.quote(a) for a in args)
 
 
 def _render_plan(console, plan) -> None:

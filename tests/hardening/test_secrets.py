@@ -29,8 +29,9 @@ def _scan_files(root, secrets):
     return leaks
 
 
-def test_known_token_never_leaks(hub, lora, tmp_path):
+def test_known_token_never_leaks(hub, lora, tiny_models, tmp_path):
     hub.state.tokens[SECRET] = "testuser"
+    base = tiny_models["llama"]
     down = {"HF_ENDPOINT": "http://127.0.0.1:9"}
     by_env = {"HF_TOKEN": SECRET}
     runs = [  # (expected exit code, args, extra env)
@@ -50,6 +51,8 @@ def test_known_token_never_leaks(hub, lora, tmp_path):
              "--token", SECRET], {}),
         (8, ["--debug", "convert", "--rank", "2", "testuser/lora", tmp_path / "conv2",
              "--token", BAD_SECRET], {}),
+        (0, ["merge", base, "testuser/lora", "--output", tmp_path / "merged", "--token", SECRET], {}),
+        (0, ["merge", base, lora, "--output", tmp_path / "merged2", f"--token={SECRET}"], {}),
     ]
     results = [(code, run_cli(*args, env=env)) for code, args, env in runs]
     hub.state.fail("POST", r"/commit/", 500)  # a commit that fails after the upload
@@ -65,6 +68,7 @@ def test_known_token_never_leaks(hub, lora, tmp_path):
             for name, blob in commit.files.items():
                 assert SECRET.encode() not in blob.data and BAD_SECRET.encode() not in blob.data, name
     assert _scan_files(tmp_path, (SECRET, BAD_SECRET)) == []  # outputs, HF_HOME cache, stubs
+    assert "--token '***'" in (tmp_path / "merged" / "README.md").read_text()  # merge's card
     sent = {v for _, _, h in hub.state.requests for k, v in h.items() if k.lower() == "authorization"}
     assert f"Bearer {SECRET}" in sent  # the token was used, only never shown
 
