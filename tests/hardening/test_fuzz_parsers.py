@@ -217,3 +217,16 @@ def test_header_regressions_found_by_fuzzing(entry, says):
     with pytest.raises(AdapterctlError) as err:
         parse_header_bytes(json.dumps({"w": entry}).encode(), "x.safetensors", 8)
     assert err.value.exit_code == 4 and says in err.value.message
+
+
+def test_huge_json_file_is_refused_without_reading_it(tmp_path):
+    """A (sparse) 4 GiB adapter_config.json is refused from its size, before any byte is read."""
+    with open(tmp_path / "adapter_config.json", "wb") as fh:
+        fh.truncate(4 * 2**30)
+    tracemalloc.start()
+    with pytest.raises(AdapterctlError) as err:
+        read_adapter_config(tmp_path)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert err.value.exit_code == 4 and "more than the 64 MiB" in err.value.message
+    assert peak < 1_000_000
