@@ -74,14 +74,14 @@ class GenerationResult:
 
 class Router(Protocol):
     """Routes rows through adapters. ``key_for`` gives a row's adapter key (BASE_KEY, an adapter
-    name or a combination label); ``run()`` wraps the whole run (e.g. folding one adapter into
+    name or a combination label); ``run(keys)`` wraps the whole run (e.g. folding one adapter into
     the weights), ``batch(keys)`` each forward-pass batch (e.g. per-row adapters)."""
 
     mode: str
 
     def key_for(self, spec: PromptSpec) -> str: ...
 
-    def run(self) -> ContextManager: ...
+    def run(self, keys: list[str]) -> ContextManager: ...
 
     def batch(self, keys: list[str]) -> ContextManager: ...
 
@@ -99,7 +99,7 @@ class BaseRouter:
                              "are loaded", hint="Pass it with --adapter.")
         return BASE_KEY
 
-    def run(self) -> ContextManager:
+    def run(self, keys: list[str]) -> ContextManager:
         return contextlib.nullcontext()
 
     def batch(self, keys: list[str]) -> ContextManager:
@@ -144,7 +144,7 @@ def generate_completions(model, tokenizer, specs: list[PromptSpec], cfg: Decodin
     decoder = _Decoder(model, tokenizer, cfg, chooser, on_token, on_complete)
     start, interrupted, current = time.perf_counter(), False, []
     try:
-        with torch.inference_mode(), router.run():
+        with router.run([r.key for r in rows]), torch.inference_mode():
             for i in range(0, len(rows), batch_size):
                 current = rows[i:i + batch_size]
                 with router.batch([r.key for r in current]):
@@ -303,3 +303,20 @@ def _accepts_logits_to_keep(model) -> bool:
     import inspect
 
     return "logits_to_keep" in inspect.signature(model.forward).parameters
+
+
+def compare_completions(model, tokenizer, specs: list[PromptSpec], cfg: DecodingConfig,
+                        router: Router, variants: list[str], **kw) -> list[GenerationResult]:
+    """The same prompts once per variant (BASE_KEY or an adapter name), one homogeneous run each
+    (so each is folded when it can be). Every variant restarts the seeded random stream, so
+    sampled runs differ only by the adapter. Stops after an interrupted variant."""
+    chooser = TokenChooser(cfg, _input_device(model))
+    results = []
+    for variant in variants:
+        chooser.reset()
+        pinned = [PromptSpec(s.id, s.prompt, variant, s.max_new_tokens) for s in specs]
+        results.append(generate_completions(model, tokenizer, pinned, cfg, router=router,
+                                            chooser=chooser, **kw))
+        if results[-1].interrupted:
+            break
+    return results
