@@ -42,9 +42,9 @@ def bias_delta(w: LoraWeights, device=None) -> torch.Tensor | None:
     return w.bias.to(device=device, dtype=F32) * w.scaling
 
 
-def dora_weight(W: torch.Tensor, delta: torch.Tensor, magnitude: torch.Tensor, kind: str,
-                fan_in_fan_out: bool = False) -> torch.Tensor:
-    """The DoRA merged weight m ⊙ (W+ΔW)/||W+ΔW|| (Liu et al. 2024; spec 6.3), float32.
+def dora_scale(W: torch.Tensor, delta: torch.Tensor, magnitude: torch.Tensor, kind: str,
+               fan_in_fan_out: bool = False) -> torch.Tensor:
+    """DoRA's factor m/||W+ΔW|| (Liu et al. 2024; spec 6.3), float32, shaped to broadcast on W.
 
     ``W`` is the unmerged base weight (PEFT >= 0.21 takes the norm on it, #3608). The norm runs
     over each output row; for Conv1D that is a column of the stored (in, out) weight, for
@@ -53,16 +53,19 @@ def dora_weight(W: torch.Tensor, delta: torch.Tensor, magnitude: torch.Tensor, k
     Wf = W.to(F32) + delta.to(F32)
     m = magnitude.to(device=Wf.device, dtype=F32)
     if kind == "embedding":
-        norm = Wf.norm(p=2, dim=0)  # (d,)
-        return Wf * (m / norm).view(1, -1)
+        return (m / Wf.norm(p=2, dim=0)).view(1, -1)  # (d,)
     if kind == "conv":
         norm = Wf.flatten(1).norm(p=2, dim=1)
-        return Wf * (m.flatten() / norm).view(-1, *([1] * (Wf.dim() - 1)))
+        return (m.flatten() / norm).view(-1, *([1] * (Wf.dim() - 1)))
     if fan_in_fan_out:
-        norm = Wf.norm(p=2, dim=0)  # rows of W^T
-        return Wf * (m / norm).view(1, -1)
-    norm = Wf.norm(p=2, dim=1)
-    return Wf * (m / norm).view(-1, 1)
+        return (m / Wf.norm(p=2, dim=0)).view(1, -1)  # rows of W^T
+    return (m / Wf.norm(p=2, dim=1)).view(-1, 1)
+
+
+def dora_weight(W: torch.Tensor, delta: torch.Tensor, magnitude: torch.Tensor, kind: str,
+                fan_in_fan_out: bool = False) -> torch.Tensor:
+    """The DoRA merged weight m ⊙ (W+ΔW)/||W+ΔW|| (spec 6.3), float32; see :func:`dora_scale`."""
+    return (W.to(F32) + delta.to(F32)) * dora_scale(W, delta, magnitude, kind, fan_in_fan_out)
 
 
 def merged_weight(W: torch.Tensor, w: LoraWeights, fan_in_fan_out: bool = False) -> torch.Tensor:

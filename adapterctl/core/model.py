@@ -1,0 +1,175 @@
+"""Load a base causal LM with transformers: dtype, accelerate placement, bitsandbytes quantization.
+
+The folder comes from :func:`adapterctl.io.resolve.resolve_model_dir` (the one place where a path
+or Hub id becomes a local folder). Library exceptions are translated into ours here.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from adapterctl.errors import (AdapterctlError, IncompatibleBaseError, InvalidAdapterError,
+                               MissingDependencyError, UsageError)
+from adapterctl.io.model_dir import locate_model_files
+from adapterctl.io.resolve import HubOptions, resolve_model_dir
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+DEVICE_MAPS = ("auto", "cpu", "cuda", "balanced", "sequential")
+QUANTIZE = ("nf4", "fp4", "int8")
+
+
+@dataclass(frozen=True)
+class LoadedBase:
+    model: Any
+    tokenizer: Any | None
+    path: Path
+    dtype: str
+    devices: dict[str, int]  # device -> number of parameters placed there ("disk", "meta" too)
+    quantize: str | None = None
+
+    def to_dict(self) -> dict:
+        return {"path": str(self.path), "dtype": self.dtype, "devices": self.devices,
+                "quantize": self.quantize}
+
+
+def parse_device_map(value: str | dict | None):
+    """'auto'/'cpu'/'cuda'/'balanced'/'sequential', a JSON object, or None."""
+    if value is None or isinstance(value, dict):
+        return value
+    if value in DEVICE_MAPS:
+        return {"": "cpu"} if value == "cpu" else ({"": "cuda"} if value == "cuda" else value)
+    try:
+        doc = json.loads(value)
+    except json.JSONDecodeError as err:
+        raise UsageError(f"--device-map {value!r} is neither one of {', '.join(DEVICE_MAPS)} nor "
+                         "a JSON object", hint='Example: \'{"model.embed_tokens": 0, "": "cpu"}\'') from err
+    if not isinstance(doc, dict):
+        raise UsageError("--device-map JSON must be an object of module -> device")
+    return doc
+
+
+def parse_max_memory(value: str | dict | None) -> dict | None:
+    """'0=10GiB,cpu=30GiB' or a JSON object -> {0: '10GiB', 'cpu': '30GiB'}."""
+    if value is None or isinstance(value, dict):
+        return value
+    try:
+        doc = json.loads(value)
+    except json.JSONDecodeError:
+        doc = {}
+        for part in filter(None, value.split(",")):
+            key, sep, amount = part.partition("=")
+            if not sep:
+                raise UsageError(f"--max-memory {value!r}: expected DEVICE=SIZE pairs",
+                                 hint="Example: --max-memory 0=10GiB,cpu=30GiB") from None
+            doc[key.strip()] = amount.strip()
+    return {int(k) if str(k).isdigit() else k: v for k, v in doc.items()}
+
+
+def _torch_dtype(dtype: str):
+    import torch
+
+    if dtype not in DTYPES:
+        raise UsageError(f"--dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+    return "auto" if dtype == "auto" else getattr(torch, dtype)
+
+
+def quantization_config(quantize: str | None, dtype: str):
+    """bitsandbytes config; refused with exit code 7 where bitsandbytes cannot run."""
+    if quantize is None:
+        return None
+    if quantize not in QUANTIZE:
+        raise UsageError(f"--quantize {quantize!r} is not one of {', '.join(QUANTIZE)}")
+    try:
+        import bitsandbytes  # noqa: F401
+        from transformers import BitsAndBytesConfig
+    except Exception as err:  # ImportError, or a broken native library
+        raise MissingDependencyError(
+            f"--quantize {quantize} needs bitsandbytes, which is not usable here ({err})",
+            hint="pip install bitsandbytes (CUDA, or a CPU build >= 0.45), or drop --quantize.") from err
+    if quantize == "int8":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    import torch
+
+    compute = torch.float32 if dtype in ("auto", "float32") else getattr(torch, dtype)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quantize,
+                              bnb_4bit_compute_dtype=compute)
+
+
+def device_summary(model) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    hf_map = getattr(model, "hf_device_map", None) or {}
+    offloaded = {k for k, v in hf_map.items() if v == "disk"}
+    for name, p in model.named_parameters():
+        dev = p.device.type if p.device.type in ("cpu", "meta") else str(p.device)
+        if dev == "meta":
+            dev = "disk" if any(name == k or name.startswith(k + ".") for k in offloaded) else "cpu-offload"
+        counts[dev] = counts.get(dev, 0) + p.numel()
+    return counts
+
+
+def load_base(path_or_ref: str | Path, dtype: str = "auto", device_map=None, max_memory=None,
+              offload_folder: str | Path | None = None, quantize: str | None = None,
+              hub: HubOptions | None = None, tokenizer: bool = True) -> LoadedBase:
+    """Load a transformers causal LM (safetensors, sharded or not) and its tokenizer."""
+    folder = resolve_model_dir(path_or_ref, hub)
+    files = locate_model_files(folder, str(path_or_ref))
+    dmap = parse_device_map(device_map)
+    kwargs: dict[str, Any] = {"dtype": _torch_dtype(dtype)}
+    qconf = quantization_config(quantize, dtype)
+    if qconf is not None:
+        kwargs["quantization_config"] = qconf
+        dmap = dmap or {"": _default_device()}
+    if dmap is not None:
+        kwargs["device_map"] = dmap
+    if max_memory is not None:
+        kwargs["max_memory"] = parse_max_memory(max_memory)
+    if offload_folder is not None:
+        kwargs["offload_folder"] = str(offload_folder)
+    model = _from_pretrained(files.root, kwargs, str(path_or_ref))
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    tok = _load_tokenizer(files.root) if tokenizer else None
+    dt = str(getattr(model, "dtype", "")).removeprefix("torch.")
+    return LoadedBase(model, tok, files.root, dt, device_summary(model), quantize)
+
+
+def _default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _from_pretrained(root: Path, kwargs: dict, shown: str):
+    from transformers import AutoModelForCausalLM
+
+    try:
+        return AutoModelForCausalLM.from_pretrained(str(root), **kwargs)
+    except AdapterctlError:
+        raise
+    except (ValueError, KeyError, RuntimeError, OSError, ImportError, TypeError) as err:
+        text = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
+        if "offload" in text.lower() or "device_map" in text.lower() or "memory" in text.lower():
+            raise UsageError(f"{shown}: the model does not fit the placement: {text}",
+                             hint="Raise --max-memory, add --offload-folder, or change --device-map."
+                             ) from err
+        if isinstance(err, ImportError) or "bitsandbytes" in text.lower() or "cuda" in text.lower():
+            raise MissingDependencyError(f"{shown}: cannot load the model here: {text}",
+                                         hint="Check bitsandbytes / CUDA, or drop --quantize.") from err
+        if "size mismatch" in text.lower() or "shape" in text.lower():
+            raise IncompatibleBaseError(f"{shown}: {text}") from err
+        raise InvalidAdapterError(f"{shown}: transformers cannot load this model: {text}",
+                                  hint="Is config.json a causal LM that this transformers knows?"
+                                  ) from err
+
+
+def _load_tokenizer(root: Path):
+    try:
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(str(root))
+    except Exception:  # a model folder without a tokenizer is still usable for logits
+        return None
