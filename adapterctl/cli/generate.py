@@ -66,7 +66,13 @@ def generate_cmd(
     device_map: str = typer.Option(None, "--device-map", rich_help_panel=PANEL_BASE,
                                    help="Where to place the base: cpu, cuda, auto, ..."),
     quantize: str = typer.Option(None, "--quantize", rich_help_panel=PANEL_BASE,
-                                 help="Load the base quantized with bitsandbytes (4bit or 8bit)."),
+                                 help="Load the base quantized with bitsandbytes: nf4, fp4 or int8 "
+                                 "(adapters then stay unmerged)."),
+    max_memory: str = typer.Option(None, "--max-memory", rich_help_panel=PANEL_BASE,
+                                   help="Per-device memory caps for --device-map auto, e.g. "
+                                   "0=10GiB,cpu=30GiB."),
+    offload_folder: str = typer.Option(None, "--offload-folder", rich_help_panel=PANEL_BASE,
+                                       help="Folder for weights offloaded to disk by --device-map."),
     jsonl: bool = typer.Option(False, "--jsonl", rich_help_panel=PANEL_OUT,
                                help="One JSON line per completion on stdout, as each finishes."),
     logprobs: bool = typer.Option(False, "--logprobs", rich_help_panel=PANEL_OUT,
@@ -96,8 +102,9 @@ def generate_cmd(
     stdin = sys.stdin if use_stdin or prompts_file == "-" else None
     specs = collect_prompts(prompt or [], prompts_file, stdin)
     hub = hub_options(revision, token)
-    session = view.load_session(base_ref, choices, specs, hub, dtype, device_map, quantize,
-                                fold=not no_fold)
+    placement = {"dtype": dtype, "device_map": device_map, "quantize": quantize,
+                 "max_memory": max_memory, "offload_folder": offload_folder}
+    session = view.load_session(base_ref, choices, specs, hub, placement, fold=not no_fold)
     run = view.Runner(session, specs, cfg, batch_size=batch_size, chat=chat, system=system,
                       jsonl=jsonl, stream=_should_stream(out, specs, compare, jsonl))
     results = run.compare() if compare else [run.generate()]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from adapterctl.cli.output import Output, get_output
@@ -25,7 +25,7 @@ class Session:
     model: object
     tokenizer: object
     adapters: list[AttachedAdapter]
-    cli_adapters: list[str]  # names of the --adapter choices, in order
+    cli_adapters: list[str]  # row keys of each --adapter choice alone, in order
     router: object
 
     def to_dict(self) -> dict:
@@ -33,13 +33,14 @@ class Session:
 
 
 def load_session(base_ref: str | None, choices: list[tuple[str, float]], specs: list[PromptSpec],
-                 hub, dtype: str, device_map: str | None, quantize: str | None, fold: bool) -> Session:
+                 hub, placement: dict, fold: bool) -> Session:
     from adapterctl.core.model import load_base
 
     out = get_output()
     base_ref = base_ref or base_from_adapter(choices, hub)
     with out.status(f"loading {base_ref}"):
-        base = load_base(base_ref, dtype=dtype, device_map=device_map, quantize=quantize, hub=hub)
+        # --revision names the adapter's revision, not the base's
+        base = load_base(base_ref, hub=replace(hub, revision=None) if hub else None, **placement)
     if getattr(base, "tokenizer", None) is None:
         raise NotFoundError(f"{base_ref}: the base model has no tokenizer",
                             hint="Copy tokenizer.json and tokenizer_config.json into the model folder "
@@ -47,12 +48,12 @@ def load_session(base_ref: str | None, choices: list[tuple[str, float]], specs: 
     model = base.model
     with out.status("attaching adapters"):
         adapters = attach_for_run(model, choices, specs, hub)
-    cli_names = [a.name for a in adapters[:len(choices)]]
-    router = BaseRouter()
+    router, labels = BaseRouter(), []
     if adapters:
         default = {a.name: a.weight for a in adapters[:len(choices)]}
         router = EngineRouter(model, adapters, default, can_fold=fold and not is_quantized(base))
-    return Session(base_ref, model, base.tokenizer, adapters, cli_names, router)
+        labels = [router.label_alone(a.name) for a in adapters[:len(choices)]]
+    return Session(base_ref, model, base.tokenizer, adapters, labels, router)
 
 
 def base_from_adapter(choices: list[tuple[str, float]], hub) -> str:
@@ -74,9 +75,8 @@ def base_from_adapter(choices: list[tuple[str, float]], hub) -> str:
 
 
 def is_quantized(base) -> bool:
-    flag = getattr(base, "quantized", None)
-    if flag is not None:
-        return bool(flag)
+    if getattr(base, "quantize", None):
+        return True
     return getattr(getattr(base.model, "config", None), "quantization_config", None) is not None
 
 

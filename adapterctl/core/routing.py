@@ -51,7 +51,11 @@ class EngineRouter:
         self.model, self.adapters, self.default = model, adapters, dict(default)
         self.can_fold = can_fold
         self.mode = "base"
-        self._combos = {combination_label(default): dict(default)} if default else {}
+        # every label a row key may carry -> its weights: each adapter alone at its --adapter
+        # weight (what --compare runs), and the whole --adapter combination
+        self._combos = {combination_label({a.name: a.weight}): {a.name: a.weight} for a in adapters}
+        if default:
+            self._combos[combination_label(default)] = dict(default)
         self._lookup = _reference_table(adapters)
 
     def key_for(self, spec: PromptSpec) -> str:
@@ -92,7 +96,7 @@ class EngineRouter:
     def _run_single(self, key: str):
         from adapterctl.core import engine
 
-        weights = {} if key == BASE_KEY else self._combos.get(key, {key: self._weight(key)})
+        weights = {} if key == BASE_KEY else self._combos.get(key, {key: 1.0})
         engine.set_active(self.model, weights)
         if not weights:
             self.mode = "base"
@@ -111,17 +115,20 @@ class EngineRouter:
 
     @contextlib.contextmanager
     def _run_mixed(self, keys: set[str]):
-        combos = sorted(k for k in keys if k in self._combos and len(self._combos[k]) > 1)
-        if combos:
+        names = {a.name for a in self.adapters}
+        combos = sorted(k for k in keys if k != BASE_KEY and k not in names)
+        if combos:  # the engine's per-row path applies one whole adapter per row
             raise UsageError(
                 f"the weighted combination {combos[0]} cannot share a batch with prompts that "
-                "name single adapters", hint="Give each JSONL prompt its own 'adapter', or run the "
-                "combination separately.")
+                "name other adapters", hint="Give each JSONL prompt its own 'adapter' (rows use "
+                "one adapter at weight 1), or run the combination separately.")
         self.mode = "mixed"
         yield
 
-    def _weight(self, name: str) -> float:
-        return next((a.weight for a in self.adapters if a.name == name), 1.0)
+    def label_alone(self, name: str) -> str:
+        """The row key of one adapter alone at its attach weight (a ``--compare`` variant)."""
+        weight = next((a.weight for a in self.adapters if a.name == name), 1.0)
+        return combination_label({name: weight})
 
 
 def _reference_table(adapters: list[AttachedAdapter]) -> dict[str, str]:
