@@ -105,6 +105,9 @@ def attach_adapter(model: nn.Module, adapter: str | Path | LoadedAdapter, name: 
             require_float_base(path, base, str(la.config.init_lora_weights))
     record = _Record(report=None, adapter=la)  # type: ignore[arg-type]
     warnings = _warnings(la, records, plan.unmatched_targets, init)
+    mismatch = base_mismatch(la.config.base_model_name_or_path, model)
+    if mismatch:
+        warnings.insert(0, mismatch)
     with torch.no_grad():
         if init:
             _recompute_residuals(model, la, plan, init, record)
@@ -140,6 +143,25 @@ def _warnings(la: LoadedAdapter, records, unmatched, init) -> list[str]:
         out.append(f"{la.config.init_lora_weights}: PEFT's randomized SVD is replaced by the full "
                    "SVD, the residual it approximates")
     return out
+
+
+def base_mismatch(expected: str | None, model: nn.Module) -> str | None:
+    """A warning when the adapter names another base than ``model`` (PEFT never checks, spec 1.8).
+
+    Local folders are compared resolved; a folder matches a Hub id that ends with its name."""
+    actual = getattr(getattr(model, "config", None), "_name_or_path", None) or ""
+    if not expected or not actual:
+        return None
+    exp, act = expected.rstrip("/"), actual.rstrip("/")
+    if exp == act or Path(exp).name == Path(act).name:
+        return None
+    try:
+        if Path(exp).expanduser().resolve() == Path(act).expanduser().resolve():
+            return None
+    except OSError:
+        pass
+    return (f"the adapter was trained on {expected!r} but the base is {actual!r}; shapes fit, "
+            "outputs may still be meaningless")
 
 
 def _recompute_residuals(model, la: LoadedAdapter, plan, init: str, record: _Record) -> None:

@@ -145,7 +145,9 @@ def _default_device() -> str:
 
 def _from_pretrained(root: Path, kwargs: dict, shown: str):
     from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # the CLI shows its own progress; keep stderr readable
     try:
         return AutoModelForCausalLM.from_pretrained(str(root), **kwargs)
     except AdapterctlError:
