@@ -346,13 +346,24 @@ def row_adapters(model: nn.Module, names: list[str]):
 
 
 def fold(model: nn.Module) -> int:
-    """Merge the active adapters into the base weights (fast generation). Returns layers folded."""
+    """Merge the active adapters into the base weights (fast generation). Returns layers folded.
+
+    A weight shared with another module (tied embeddings / lm_head) stays unmerged: folding it
+    would apply the delta to the other module too, which PEFT's unmerged forward never does."""
+    shared = _shared_parameters(model)
     count = 0
     for mod in model.modules():
         if isinstance(mod, LoraWrapper) and not mod.folded:
+            if id(getattr(mod.base_layer, "weight", None)) in shared:
+                continue
             mod.fold()
             count += int(mod.folded)
     return count
+
+
+def _shared_parameters(model: nn.Module) -> set[int]:
+    seen: Counter = Counter(id(p) for _, p in model.named_parameters(remove_duplicate=False))
+    return {pid for pid, n in seen.items() if n > 1}
 
 
 def unfold(model: nn.Module) -> int:
