@@ -11,7 +11,8 @@ import sys
 
 import typer
 
-from adapterctl.cli.common import PANEL_BASE, RevisionOpt, TokenOpt, examples, hub_options
+from adapterctl.cli.attach import DeviceMapOpt, DtypeOpt, MaxMemoryOpt, OffloadOpt, QuantizeOpt
+from adapterctl.cli.common import RevisionOpt, TokenOpt, examples, hub_options
 from adapterctl.cli.output import get_output
 from adapterctl.errors import Interrupted, UsageError
 
@@ -61,18 +62,11 @@ def generate_cmd(
                                    "the string is not included."),
     batch_size: int = typer.Option(8, "--batch-size", "-b", rich_help_panel=PANEL_DECODING,
                                    help="Prompts per forward pass (left-padded)."),
-    dtype: str = typer.Option("auto", "--dtype", rich_help_panel=PANEL_BASE,
-                              help="Base weights dtype: auto, float32, bfloat16, float16."),
-    device_map: str = typer.Option(None, "--device-map", rich_help_panel=PANEL_BASE,
-                                   help="Where to place the base: cpu, cuda, auto, ..."),
-    quantize: str = typer.Option(None, "--quantize", rich_help_panel=PANEL_BASE,
-                                 help="Load the base quantized with bitsandbytes: nf4, fp4 or int8 "
-                                 "(adapters then stay unmerged)."),
-    max_memory: str = typer.Option(None, "--max-memory", rich_help_panel=PANEL_BASE,
-                                   help="Per-device memory caps for --device-map auto, e.g. "
-                                   "0=10GiB,cpu=30GiB."),
-    offload_folder: str = typer.Option(None, "--offload-folder", rich_help_panel=PANEL_BASE,
-                                       help="Folder for weights offloaded to disk by --device-map."),
+    dtype: str = DtypeOpt,
+    device_map: str = DeviceMapOpt,
+    max_memory: str = MaxMemoryOpt,
+    offload_folder: str = OffloadOpt,
+    quantize: str = QuantizeOpt,
     jsonl: bool = typer.Option(False, "--jsonl", rich_help_panel=PANEL_OUT,
                                help="One JSON line per completion on stdout, as each finishes."),
     logprobs: bool = typer.Option(False, "--logprobs", rich_help_panel=PANEL_OUT,
@@ -84,6 +78,7 @@ def generate_cmd(
     from adapterctl.cli import generate_run as view
     from adapterctl.core.decoding import DecodingConfig
     from adapterctl.core.prompts import collect_prompts
+    from adapterctl.core.session import Placement
 
     out = get_output()
     if out.json and jsonl:
@@ -102,8 +97,7 @@ def generate_cmd(
     stdin = sys.stdin if use_stdin or prompts_file == "-" else None
     specs = collect_prompts(prompt or [], prompts_file, stdin)
     hub = hub_options(revision, token)
-    placement = {"dtype": dtype, "device_map": device_map, "quantize": quantize,
-                 "max_memory": max_memory, "offload_folder": offload_folder}
+    placement = Placement(dtype, device_map, max_memory, offload_folder, quantize)
     session = view.load_session(base_ref, choices, specs, hub, placement, fold=not no_fold)
     run = view.Runner(session, specs, cfg, batch_size=batch_size, chat=chat, system=system,
                       jsonl=jsonl, stream=_should_stream(out, specs, compare, jsonl))

@@ -33,43 +33,45 @@ class Session:
 
 
 def load_session(base_ref: str | None, choices: list[tuple[str, float]], specs: list[PromptSpec],
-                 hub, placement: dict, fold: bool) -> Session:
+                 hub, placement, fold: bool) -> Session:
+    """Load the base (from the first adapter's config when BASE is omitted), attach adapters."""
     from adapterctl.core.model import load_base
 
     out = get_output()
     base_ref = base_ref or base_from_adapter(choices, hub)
     with out.status(f"loading {base_ref}"):
         # --revision names the adapter's revision, not the base's
-        base = load_base(base_ref, hub=replace(hub, revision=None) if hub else None, **placement)
+        base = load_base(base_ref, placement.dtype, placement.device_map, placement.max_memory,
+                         placement.offload_folder, placement.quantize,
+                         hub=replace(hub, revision=None) if hub else None)
     if getattr(base, "tokenizer", None) is None:
         raise NotFoundError(f"{base_ref}: the base model has no tokenizer",
-                            hint="Copy tokenizer.json and tokenizer_config.json into the model folder "
-                                 "(or the adapter's folder holds one: copy it over).")
-    model = base.model
+                            hint="Copy tokenizer.json and tokenizer_config.json (from the model's "
+                                 "original repository) into the model folder.")
     with out.status("attaching adapters"):
-        adapters = attach_for_run(model, choices, specs, hub)
+        adapters = attach_for_run(base.model, choices, specs, hub)
+    for a in adapters:
+        for text in a.warnings:
+            out.warn(f"{a.name}: {text}")
     router, labels = BaseRouter(), []
     if adapters:
         default = {a.name: a.weight for a in adapters[:len(choices)]}
-        router = EngineRouter(model, adapters, default, can_fold=fold and not is_quantized(base))
+        router = EngineRouter(base.model, adapters, default,
+                              can_fold=fold and not is_quantized(base))
         labels = [router.label_alone(a.name) for a in adapters[:len(choices)]]
-    return Session(base_ref, model, base.tokenizer, adapters, labels, router)
+    return Session(base_ref, base.model, base.tokenizer, adapters, labels, router)
 
 
 def base_from_adapter(choices: list[tuple[str, float]], hub) -> str:
     """BASE omitted: the first adapter's ``base_model_name_or_path``."""
-    from adapterctl.core.config import read_adapter_config
+    from adapterctl.core.session import base_from_adapter as from_config
     from adapterctl.io.resolve import resolve_adapter_dir
 
     if not choices:
         raise UsageError("no base model given", hint="Pass BASE, or an --adapter whose "
                          "adapter_config.json names its base_model_name_or_path.")
     ref = choices[0][0]
-    folder = resolve_adapter_dir(ref, hub, need_weights=False)
-    base = read_adapter_config(Path(folder) / "adapter_config.json").base_model_name_or_path
-    if not base:
-        raise UsageError(f"{ref}: adapter_config.json has no base_model_name_or_path",
-                         hint="Give the base model as the first argument: adapterctl generate BASE ...")
+    base = from_config(resolve_adapter_dir(ref, hub, need_weights=False), ref)
     get_output().info(f"base model from {ref}: {base}")
     return base
 

@@ -27,10 +27,11 @@ class AttachedAdapter:
     source: str  # what the user typed (path or Hub id)
     folder: Path
     weight: float
+    warnings: tuple[str, ...] = ()
 
     def to_dict(self) -> dict:
         return {"name": self.name, "source": self.source, "path": str(self.folder),
-                "weight": self.weight}
+                "weight": self.weight, "warnings": list(self.warnings)}
 
 
 def combination_label(weights: dict[str, float]) -> str:
@@ -63,6 +64,8 @@ class EngineRouter:
             return combination_label(self.default) if self.default else BASE_KEY
         if spec.adapter == BASE_KEY:
             return BASE_KEY
+        if spec.adapter in self._combos:  # a label this router made (``--compare`` variants)
+            return spec.adapter
         name = self.lookup(spec.adapter)
         if name is None:
             raise UsageError(f"prompt {spec.id!r} names adapter {spec.adapter!r}, which is not loaded",
@@ -180,6 +183,6 @@ def _attach_one(model, ref: str, weight: float, attached: list[AttachedAdapter],
 
     folder = resolve_adapter_dir(ref, hub)
     name = unique_name(ref, {a.name for a in attached})
-    engine.attach_adapter(model, load_adapter(folder, name=name, source=ref), name=name,
-                          weight=weight)
-    return AttachedAdapter(name, ref, Path(folder), weight)
+    report = engine.attach_adapter(model, load_adapter(folder, name=name, source=ref), name=name,
+                                   weight=weight)
+    return AttachedAdapter(name, ref, Path(folder), weight, tuple(report.warnings))

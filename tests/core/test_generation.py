@@ -15,6 +15,17 @@ from adapterctl.core.routing import AttachedAdapter, EngineRouter
 from adapterctl.errors import NotFoundError, UsageError
 from tests.core.test_engine import CASES
 
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models gain nothing from threads; on a shared 2-core machine they only add waits."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 PROMPTS = ["the quick brown fox", "a small", "merge the adapter into the base and save the"]
 N = 6
 
