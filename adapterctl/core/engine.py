@@ -26,7 +26,8 @@ from adapterctl.core.adapter import LoadedAdapter, load_adapter
 from adapterctl.core.config import is_safe_adapter_name
 from adapterctl.core.delta import mutated_init
 from adapterctl.core.fit import find_module, find_param, plan_fit, require_float_base, unwrap
-from adapterctl.core.layers import BASE_ROW, LoraSlot, LoraWrapper, execution_device
+from adapterctl.core.layers import (BASE_ROW, LoraSlot, LoraWrapper, execution_device,
+                                    offloaded_weight)
 from adapterctl.core.wrappers import SavedModuleWrapper, TokenRowsWrapper
 from adapterctl.errors import UnsupportedError, UsageError
 
@@ -201,11 +202,18 @@ def _apply_replacements(model, la: LoadedAdapter, plan, name: str, record: _Reco
     modules_to_save become per-adapter copies beside the original."""
     for ppath in plan.params:
         target = find_param(model, ppath)
+        current = target
+        if target.device.type == "meta":
+            module_path, _, pname = ppath.rpartition(".")
+            current = offloaded_weight(unwrap(find_module(model, module_path)), pname)
+        value = la.replacements[ppath].to(device=current.device, dtype=current.dtype)
+        if torch.equal(current, value):
+            continue  # saved but untouched (PEFT's save_embedding_layers="auto"): nothing to do
         if target.device.type == "meta":
             raise UnsupportedError(f"{ppath}: cannot replace a parameter of an offloaded layer",
                                    hint="Keep that layer in memory (adjust --device-map).")
         record.originals.setdefault(ppath, target.data.clone())
-        target.data.copy_(la.replacements[ppath].to(target.dtype))
+        target.data.copy_(value)
     for module_path, members in plan.saved_modules.items():
         wrapper = find_module(model, module_path)
         if not isinstance(wrapper, SavedModuleWrapper):

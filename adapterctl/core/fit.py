@@ -149,11 +149,22 @@ def plan_fit(model: nn.Module, la: LoadedAdapter, source: str) -> FitPlan:
             plan.tokens[emb] = base
     if problems:
         raise IncompatibleBaseError(
-            f"{source}: the adapter does not fit this base model ({len(problems)} problem(s)): "
-            + "; ".join(problems[:8]) + (" ..." if len(problems) > 8 else ""),
+            f"{source}: the adapter does not fit this base model ({describe(model)}; "
+            f"{len(problems)} problem(s)): "
+            + "; ".join(problems[:6]) + (" ..." if len(problems) > 6 else ""),
             hint="Use the base model the adapter was trained on (see base_model_name_or_path).")
     plan.unmatched_targets = unmatched_targets(model, la)
     return plan
+
+
+def describe(model: nn.Module) -> str:
+    """'LlamaForCausalLM (llama), linear modules like model.layers.0.self_attn.q_proj, ...'."""
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    paths = base_module_paths(model)
+    linear = [p for p, m in paths.items() if layer_kind(m) not in (None, "embedding")]
+    names = list(dict.fromkeys(linear))[:4]
+    head = type(model).__name__ + (f" ({model_type})" if model_type else "")
+    return head + (f", with modules like {', '.join(names)}" if names else "")
 
 
 def unmatched_targets(model: nn.Module, la: LoadedAdapter) -> list[str]:

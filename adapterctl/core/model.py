@@ -40,7 +40,7 @@ def parse_device_map(value: str | dict | None):
     if value is None or isinstance(value, dict):
         return value
     if value in DEVICE_MAPS:
-        return {"": "cpu"} if value == "cpu" else ({"": "cuda"} if value == "cuda" else value)
+        return {"": "cpu"} if value == "cpu" else ({"": 0} if value == "cuda" else value)
     try:
         doc = json.loads(value)
     except json.JSONDecodeError as err:
@@ -122,6 +122,8 @@ def load_base(path_or_ref: str | Path, dtype: str = "auto", device_map=None, max
     if qconf is not None:
         kwargs["quantization_config"] = qconf
         dmap = dmap or {"": _default_device()}
+    if isinstance(dmap, dict):
+        check_device_map(files.root, dmap, quantize)
     if dmap is not None:
         kwargs["device_map"] = dmap
     if max_memory is not None:
@@ -135,6 +137,47 @@ def load_base(path_or_ref: str | Path, dtype: str = "auto", device_map=None, max
     tok = _load_tokenizer(files.root) if tokenizer else None
     dt = str(getattr(model, "dtype", "")).removeprefix("torch.")
     return LoadedBase(model, tok, files.root, dt, device_summary(model), quantize)
+
+
+def check_device_map(root: Path, dmap: dict, quantize: str | None) -> None:
+    """An explicit map must name existing modules, cover every parameter, and use devices that
+    exist here (transformers would silently guess, or fail deep inside accelerate)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    with torch.device("meta"):
+        skeleton = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(str(root)))
+    modules = {name for name, _ in skeleton.named_modules()}
+    unknown = [k for k in dmap if k not in modules]
+    if unknown:
+        raise UsageError(f"--device-map names modules the model does not have: {', '.join(unknown[:5])}",
+                         hint=f"Top-level modules: {', '.join(n for n in modules if n.count('.') <= 1 and n)}")
+    uncovered = [n for n, _ in skeleton.named_parameters()
+                 if not any(k == "" or n == k or n.startswith(k + ".") for k in dmap)]
+    if uncovered:
+        raise UsageError(f"--device-map places no device for {len(uncovered)} parameter(s), e.g. "
+                         f"{', '.join(uncovered[:3])}", hint='Add their modules, or "" for the rest.')
+    for device in set(dmap.values()):
+        _check_device(device, quantize)
+
+
+def _check_device(device, quantize: str | None) -> None:
+    import torch
+
+    text = str(device)
+    if text in ("cpu", "disk", "meta"):
+        if text == "disk" and quantize:
+            raise UsageError("a quantized base cannot be offloaded to disk",
+                             hint="Use cpu instead of disk in --device-map, or drop --quantize.")
+        return
+    index = int(text) if text.isdigit() else (int(text.split(":")[1]) if text.startswith("cuda:")
+                                             else 0 if text == "cuda" else None)
+    if index is None:
+        raise UsageError(f"--device-map device {text!r} is not cpu, disk, cuda[:N] or a GPU index")
+    if not torch.cuda.is_available() or index >= torch.cuda.device_count():
+        raise MissingDependencyError(f"--device-map uses {text!r}, but this machine has "
+                                     f"{torch.cuda.device_count()} CUDA device(s)",
+                                     hint="Use cpu/disk, or run on a machine with that GPU.")
 
 
 def _default_device() -> str:
