@@ -109,8 +109,11 @@ class EngineRouter:
             self.mode = "unmerged"
             yield
             return
+        if not _try_fold(self.model):
+            self.mode = "unmerged"
+            yield
+            return
         self.mode = "folded"
-        engine.fold(self.model)
         try:
             yield
         finally:  # exact restore, also on Ctrl-C: the model object may be used again
@@ -132,6 +135,20 @@ class EngineRouter:
         """The row key of one adapter alone at its attach weight (a ``--compare`` variant)."""
         weight = next((a.weight for a in self.adapters if a.name == name), 1.0)
         return combination_label({name: weight})
+
+
+def _try_fold(model) -> bool:
+    """Fold the active adapters; False (and nothing folded) where some layer cannot be folded
+    (lora_bias on a layer without a bias, an offloaded layer): the unmerged forward is exact."""
+    from adapterctl.core import engine
+    from adapterctl.errors import UnsupportedError
+
+    try:
+        engine.fold(model)
+    except UnsupportedError:
+        engine.unfold(model)
+        return False
+    return True
 
 
 def _reference_table(adapters: list[AttachedAdapter]) -> dict[str, str]:

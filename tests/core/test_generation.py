@@ -95,7 +95,9 @@ def test_greedy_tokens_and_logprobs_match_peft(case, fold, tiny_models, peft_ada
     model, _ = load(tiny_models[base])
     router = attach(model, {"a": folder}, fold=fold)
     res = run(model, tok, router=router, batch_size=3)  # batched (left padding) vs PEFT unbatched
-    assert res.mode == ("folded" if fold else "unmerged")
+    # lora_bias on o_proj, which has no bias: cannot be folded, so the run stays unmerged
+    foldable = fold and case != "qwen2-lora-bias"
+    assert res.mode == ("folded" if foldable else "unmerged")
     for prompt, c in zip(PROMPTS, res.completions):
         assert_same(c, *peft_greedy(pm, tok, prompt))
 
