@@ -5,7 +5,8 @@
   base alone costs;
 * every row on one adapter, quantized base (folding would re-round 4/8-bit weights): unmerged;
 * rows on different adapters (JSONL ``adapter``, as LoRAX and S-LoRA batch them): one forward pass
-  per step for the whole batch, each row through its own adapter's delta (``engine.row_adapters``).
+  per step for the whole batch, each row through its own adapter's delta: stacked ranks for plain
+  LoRA layers (:mod:`adapterctl.core.packed`), ``engine.row_adapters`` for the rest.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ContextManager
 
+from adapterctl.core.packed import PackedRows, bypass_folded
 from adapterctl.core.prompts import BASE_KEY, DEFAULT_KEY, PromptSpec
 from adapterctl.errors import UsageError
 
@@ -52,6 +54,7 @@ class EngineRouter:
         self.model, self.adapters, self.default = model, adapters, dict(default)
         self.can_fold = can_fold
         self.mode = "base"
+        self._packed: PackedRows | None = None
         # every label a row key may carry -> its weights: each adapter alone at its --adapter
         # weight (what --compare runs), and the whole --adapter combination
         self._combos = {combination_label({a.name: a.weight}): {a.name: a.weight} for a in adapters}
@@ -93,7 +96,8 @@ class EngineRouter:
             return contextlib.nullcontext()
         from adapterctl.core import engine
 
-        return engine.row_adapters(self.model, keys)
+        self._packed.set_rows(keys)
+        return engine.row_adapters(self.model, keys)  # the layers left unpacked
 
     @contextlib.contextmanager
     def _run_single(self, key: str):
@@ -115,7 +119,8 @@ class EngineRouter:
             return
         self.mode = "folded"
         try:
-            yield
+            with bypass_folded(self.model):
+                yield
         finally:  # exact restore, also on Ctrl-C: the model object may be used again
             engine.unfold(self.model)
 
@@ -129,7 +134,13 @@ class EngineRouter:
                 "name other adapters", hint="Give each JSONL prompt its own 'adapter' (rows use "
                 "one adapter at weight 1), or run the combination separately.")
         self.mode = "mixed"
-        yield
+        packed = PackedRows(self.model, sorted(k for k in keys if k != BASE_KEY))
+        with packed.installed():
+            self._packed = packed
+            try:
+                yield
+            finally:
+                self._packed = None
 
     def label_alone(self, name: str) -> str:
         """The row key of one adapter alone at its attach weight (a ``--compare`` variant)."""
