@@ -174,3 +174,26 @@ def test_ctrl_c_prints_what_was_made_and_exits_130(tiny_models, tmp_path):
     assert 1 <= len(lines) < 200 and "interrupted" in err
     assert lines[-1]["finish_reason"] in ("interrupted", "eos", "length")
     assert all(set(c) == COMPLETION_KEYS for c in lines)
+
+
+def test_one_prompt_streams_in_a_terminal(tiny_models):
+    import pty
+
+    leader, follower = pty.openpty()
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "adapterctl", "generate",
+                             str(tiny_models["llama_tied"]), "-p", "a small", "-n", "4"],
+                            stdout=follower, stderr=subprocess.PIPE, env=env)
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            data = os.read(leader, 1024)
+        except OSError:  # the child closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    proc.wait(timeout=120)
+    assert proc.returncode == 0
+    assert b"".join(chunks).replace(b"\r\n", b"\n") == b" small small small small\n"
