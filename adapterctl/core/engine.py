@@ -189,6 +189,7 @@ def _inject_lora(model, la: LoadedAdapter, plan, name: str):
         device = execution_device(base)
         slot = LoraSlot(la.modules[path], device, dropout)
         wrapper.lora[name] = slot
+        wrapper.train(base.training)  # new modules start in train mode: follow the (eval) base
         label = {"conv1d_hf": "Conv1D", "bnb4": "Linear4bit", "bnb8": "Linear8bitLt",
                  "linear": "Linear", "embedding": "Embedding", "conv": type(base).__name__}[kind]
         kinds[label + ("+DoRA" if slot.magnitude is not None else "")] += 1
