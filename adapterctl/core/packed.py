@@ -47,7 +47,9 @@ class PackedRowsLayer(nn.Module):
 
 def packable(wrapper: LoraWrapper, names: list[str]) -> bool:
     slots = [wrapper.lora[n] for n in names if n in wrapper.lora]
-    if wrapper.kind not in PACKABLE_KINDS or wrapper.folded or not slots or wrapper.training:
+    if wrapper.kind not in PACKABLE_KINDS or wrapper.folded or not slots:
+        return False
+    if wrapper.training and any(s.dropout > 0 for s in slots):  # dropout: the engine's path
         return False
     same = len({(s.A.dtype, s.A.device) for s in slots}) == 1
     return same and all(s.magnitude is None and s.bias is None for s in slots)

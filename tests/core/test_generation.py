@@ -88,7 +88,8 @@ def assert_same(ours, ref_tokens, ref_logprobs, atol=1e-4):
 def test_greedy_tokens_and_logprobs_match_peft(case, fold, tiny_models, peft_adapter):
     base, kwargs = CASES[case]
     if not fold and case not in ("llama-all-linear-rslora", "llama-dora", "gpt2-conv1d",
-                                 "qwen2-lora-bias", "llama-tokens", "tied-lora-lm-head"):
+                                 "qwen2-lora-bias", "llama-tokens", "tied-lora-lm-head",
+                                 "llama-dropout"):  # dropout: off in an eval model
         pytest.skip("unmerged path: a representative subset")
     folder = peft_adapter(base, **kwargs)
     pm, tok = peft_model(tiny_models[base], {"a": folder})
@@ -110,6 +111,16 @@ def test_fold_is_undone_after_the_run(tiny_models, peft_adapter):
     assert run(model, tok, router=router).mode == "folded"
     for name, module in wrapped.items():
         assert not module.folded and torch.equal(module.base_layer.weight, before[name]), name
+
+
+def test_lora_dropout_is_off_when_generating(tiny_models, peft_adapter):
+    """Attached wrappers follow the eval-mode base: two unmerged runs are bit-identical."""
+    model, tok = load(tiny_models["llama"])
+    router = attach(model, {"a": peft_adapter("llama", r=4, target_modules="all-linear",
+                                              lora_dropout=0.5)}, fold=False)
+    assert not any(m.training for m in model.modules())
+    a, b = run(model, tok, router=router), run(model, tok, router=router)
+    assert [c.logprobs for c in a.completions] == [c.logprobs for c in b.completions]
 
 
 @pytest.mark.parametrize("base", ["llama", "gpt2"])
