@@ -139,6 +139,6 @@ def register(app: typer.Typer) -> None:
         epilog=examples(
             "adapterctl generate ./base --adapter ./my-lora --prompt 'Once upon a time'",
             "adapterctl generate --adapter ./a --adapter ./b --compare --prompts prompts.txt",
-            "adapterctl generate ./base --adapter ./a --prompts mixed.jsonl --jsonl --logprobs | jq .completion",
+            "adapterctl generate ./base --adapter ./a --prompts mixed.jsonl --jsonl | jq .completion",
         ),
     )(generate_cmd)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import sys
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 from adapterctl.cli.output import Output, get_output
 from adapterctl.core.decoding import DecodingConfig

@@ -6,6 +6,7 @@ arXiv:1904.09751 for nucleus sampling), so ``--seed`` runs are comparable with `
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass
 
 import torch
@@ -57,7 +58,9 @@ class TokenChooser:
 
     def __init__(self, cfg: DecodingConfig, device: torch.device) -> None:
         self.cfg = cfg
-        self.seed = cfg.seed if cfg.seed is not None else (torch.seed() % 2**63 if cfg.sampling else None)
+        self.seed = cfg.seed
+        if self.seed is None and cfg.sampling:  # fresh, and reported so the run can be repeated
+            self.seed = secrets.randbits(63)
         self.generator = None
         if cfg.sampling:
             self.generator = torch.Generator(device=device)
@@ -68,12 +71,13 @@ class TokenChooser:
         if self.generator is not None:
             self.generator.manual_seed(self.seed)
 
-    def choose(self, logits: torch.Tensor, seen: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def choose(self, logits: torch.Tensor,
+               seen: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``logits`` (B, V) float32 -> (tokens (B,), log-probabilities (B,) or None).
 
-        Log-probabilities are those of the model itself (log-softmax of the raw logits), before
-        penalties and sampling filters: what PEFT's and transformers' ``output_scores`` report
-        as ``output_logits``, and comparable across decoding settings."""
+        Log-probabilities are those of the model itself (log-softmax of the raw logits, as
+        transformers' ``output_logits=True`` returns them), before penalties and sampling
+        filters, so they are comparable across decoding settings."""
         scores = logits
         if seen is not None and self.cfg.repetition_penalty not in (None, 1.0):
             scores = apply_repetition_penalty(scores, seen, self.cfg.repetition_penalty)

@@ -153,7 +153,7 @@ def generate_completions(model, tokenizer, specs: list[PromptSpec], cfg: Decodin
         interrupted = True
         for r in current:
             if r.done is None:
-                decoder.finish(r, "interrupted", time.perf_counter(), start)
+                decoder.finish(r, "interrupted", time.perf_counter(), decoder.t0)
     done = tuple(r.done for r in rows if r.done is not None)
     return GenerationResult(done, interrupted, chooser.seed, router.mode,
                             time.perf_counter() - start, tuple(warnings))
@@ -170,9 +170,10 @@ class _Decoder:
         self.track_text = bool(cfg.stop) or on_token is not None
         self.device = _input_device(model)
         self.keep_last = _accepts_logits_to_keep(model)
+        self.t0 = time.perf_counter()  # start of the batch in flight
 
     def run_batch(self, rows: list[_Row]) -> None:
-        t0 = time.perf_counter()
+        self.t0 = t0 = time.perf_counter()
         ids, mask = _left_pad([r.plan.ids for r in rows], self.pad, self.device)
         positions = (mask.cumsum(-1) - 1).clamp_(min=0)
         cache = _new_cache(self.model)
