@@ -98,6 +98,12 @@ def quantization_config(quantize: str | None, dtype: str):
                               bnb_4bit_compute_dtype=compute)
 
 
+def _config_dtype(config: dict) -> str:
+    """The checkpoint's dtype from config.json (``dtype`` or ``torch_dtype``), else float32."""
+    value = config.get("dtype") or config.get("torch_dtype")
+    return value if value in ("float32", "bfloat16", "float16") else "float32"
+
+
 def device_summary(model) -> dict[str, int]:
     counts: dict[str, int] = {}
     hf_map = getattr(model, "hf_device_map", None) or {}
@@ -118,7 +124,7 @@ def load_base(path_or_ref: str | Path, dtype: str = "auto", device_map=None, max
     files = locate_model_files(folder, str(path_or_ref))
     dmap = parse_device_map(device_map)
     kwargs: dict[str, Any] = {"dtype": _torch_dtype(dtype)}
-    qconf = quantization_config(quantize, dtype)
+    qconf = quantization_config(quantize, dtype if dtype != "auto" else _config_dtype(files.config))
     if qconf is not None:
         kwargs["quantization_config"] = qconf
         dmap = dmap or {"": _default_device()}

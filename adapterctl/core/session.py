@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from adapterctl.core.config import read_adapter_config
-from adapterctl.errors import NotFoundError, UsageError
-from adapterctl.io.resolve import HubOptions, resolve_adapter_dir
+from adapterctl.errors import IncompatibleBaseError, NotFoundError, UsageError
+from adapterctl.io.resolve import HubOptions, resolve_adapter_dir, resolve_model_dir
 
 
 @dataclass(frozen=True)
@@ -77,6 +77,30 @@ def adapter_names(adapters: list[str], names: list[str] | None) -> list[str]:
     return out
 
 
+def precheck_base(base_dir: Path, shown: str, loaded: list) -> None:
+    """Fail before loading the weights when an adapter names none of the base's modules (a Llama
+    adapter on GPT-2). Finer checks (shapes, tied heads) run on the loaded model."""
+    from adapterctl.io.model_dir import find_checkpoint_key, locate_model_files, read_model_headers
+
+    files = locate_model_files(base_dir, shown)
+    if files.weights_format != "safetensors":
+        return
+    keys = set(read_model_headers(files))
+    tied = files.config.get("tie_word_embeddings", True)  # a tied head has no weight of its own
+
+    def present(path: str) -> bool:
+        return bool(find_checkpoint_key(path + ".weight", keys)) or (tied and "head" in path)
+
+    for la in loaded:
+        paths = sorted(la.modules)
+        if paths and not any(present(p) for p in paths):
+            raise IncompatibleBaseError(
+                f"{la.source}: none of its {len(paths)} LoRA modules exist in {shown} "
+                f"({files.model_type or 'unknown model type'}); e.g. {', '.join(paths[:3])}; the "
+                f"base has weights like {', '.join(sorted(keys)[:3])}",
+                hint="Use the base model the adapter was trained on (see base_model_name_or_path).")
+
+
 def open_session(base_ref: str | None, adapters: list[str], names: list[str] | None = None,
                  weights: list[float] | None = None, placement: Placement = Placement(),
                  hub: HubOptions | None = None, trainable: bool = False, on_step=None) -> Session:
@@ -94,9 +118,11 @@ def open_session(base_ref: str | None, adapters: list[str], names: list[str] | N
     loaded = [load_adapter(d, n, source=a) for d, n, a in zip(dirs, names, adapters)]
     if base_ref is None:
         base_ref = base_from_adapter(dirs[0], adapters[0])
+    base_dir = resolve_model_dir(base_ref, HubOptions(token=hub.token) if hub else None)
+    precheck_base(base_dir, base_ref, loaded)
     step(f"loading base {base_ref}")
     t0 = time.perf_counter()
-    lb = load_base(base_ref, placement.dtype, placement.device_map, placement.max_memory,
+    lb = load_base(base_dir, placement.dtype, placement.device_map, placement.max_memory,
                    placement.offload_folder, placement.quantize,
                    hub=HubOptions(token=hub.token) if hub else None)
     session = Session(lb, load_seconds=time.perf_counter() - t0)

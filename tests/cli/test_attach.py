@@ -69,6 +69,14 @@ def test_several_adapters_with_names_and_weights(tiny_models, llama_lora, peft_a
                                                            {"Embedding": 1, "Linear": 2}]
 
 
+def test_lora_on_a_tied_head_only(tiny_models, peft_adapter):
+    """The tied lm_head has no weight in the checkpoint: the early check must not refuse it."""
+    adapter = peft_adapter("llama_tied", r=4, target_modules=["lm_head"])
+    res = invoke("--json", "attach", tiny_models["llama_tied"], adapter)
+    assert res.code == 0, res.stderr
+    assert res.json["adapters"][0]["modules"] == {"Linear": 1}
+
+
 def test_base_name_mismatch_warns(tiny_models, llama_lora, tmp_path):
     adapter = tmp_path / "lora"
     shutil.copytree(llama_lora, adapter)
@@ -91,10 +99,10 @@ def _bad_adapter(tmp_path, config=None, tensors=None):
 
 
 def test_wrong_base_names_modules_and_shapes(tiny_models, llama_lora):
-    res = invoke("attach", tiny_models["gpt2"], llama_lora)
-    assert res.code == 6
-    assert "GPT2LMHeadModel" in res.stderr and "model.layers.0.self_attn.q_proj" in res.stderr
-    assert "lora_A [4, 64]" in res.stderr and "Traceback" not in res.stderr
+    res = invoke("attach", tiny_models["gpt2"], llama_lora)  # refused before the weights load
+    assert res.code == 6 and "none of its 6 LoRA modules" in res.stderr and "gpt2" in res.stderr
+    assert "model.layers.0.self_attn.q_proj" in res.stderr and "Traceback" not in res.stderr
+    assert "loading base" not in res.stderr
 
 
 def test_unexpected_keys_are_named(tiny_models, tmp_path):

@@ -149,3 +149,17 @@ def test_conv_layers_match_peft(conv, dora, tmp_path):
     assert sum(report.modules.values()) == 2
     with torch.no_grad():
         assert max_abs_diff(ours(x), ref(x)) <= 1e-5
+
+
+def test_wrong_architecture_names_modules_and_shapes(tiny_models, peft_adapter):
+    from adapterctl.errors import IncompatibleBaseError
+
+    model = load_hf(tiny_models["gpt2"])
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(IncompatibleBaseError) as info:
+        attach_adapter(model, peft_adapter("llama", r=4, target_modules=["q_proj", "v_proj"]))
+    text = info.value.message
+    assert "GPT2LMHeadModel" in text and "transformer.h.0.attn.c_attn" in text
+    assert "model.layers.0.self_attn.q_proj: no such module" in text and "lora_A [4, 64]" in text
+    assert attached_adapters(model) == {} and all(torch.equal(v, model.state_dict()[k])
+                                                  for k, v in state.items())

@@ -127,3 +127,37 @@ def test_names_are_checked(pair):
             pass
     with pytest.raises(UsageError):
         detach(model, "zz")
+
+
+def test_mixed_batch_with_saved_modules(tiny_models, peft_adapter):
+    """modules_to_save copies follow the row selection (vs PEFT's adapter_names)."""
+    base = tiny_models["llama"]
+    a = peft_adapter("llama", seed=4, r=4, target_modules=["q_proj"], modules_to_save=["lm_head"])
+    b = peft_adapter("llama", seed=5, r=4, target_modules=["v_proj"], modules_to_save=["lm_head"])
+    pm = _peft_two(base, a, b)
+    ours = _ours_two(base, a, b)
+    rows = ["b", "a", "__base__", "b"]
+    with torch.no_grad():
+        ref = pm(input_ids=BATCH, adapter_names=rows).logits
+    with row_adapters(ours, rows):
+        got = logits(ours, BATCH)
+    assert max_abs_diff(got, ref) <= 1e-5
+
+
+def test_mixed_batch_with_token_rows(tiny_models, peft_adapter):
+    """Trainable-token rows follow the row selection: each row equals its adapter alone. (PEFT
+    raises KeyError here when only one adapter has trainable tokens, so no oracle.)"""
+    base = tiny_models["llama_tied"]
+    a = peft_adapter("llama_tied", seed=4, r=4, target_modules=["q_proj"])
+    b = peft_adapter("llama_tied", seed=5, r=4, target_modules=["v_proj"],
+                     trainable_token_indices=[5, 9, 20])
+    ours = _ours_two(base, a, b)
+    rows = ["b", "a", "__base__", "b"]
+    with row_adapters(ours, rows):
+        got = logits(ours, BATCH)
+    for i, name in enumerate(rows):
+        if name == "__base__":
+            set_active(ours, [])
+        else:
+            set_active(ours, name)
+        assert max_abs_diff(logits(ours, BATCH[i:i + 1]), got[i:i + 1]) <= 1e-5
