@@ -14,6 +14,7 @@ from adapterctl.core.prompts import BASE_KEY, PromptSpec
 from adapterctl.core.routing import AttachedAdapter, EngineRouter
 from adapterctl.errors import NotFoundError, UsageError
 from tests.core.test_engine import CASES
+from tests.core.test_engine_placement import bnb_llama  # noqa: F401 (a fixture)
 
 
 
@@ -272,3 +273,35 @@ def test_ctrl_c_keeps_what_was_made_and_restores_weights(tiny_models, peft_adapt
     assert res.completions[1].finish_reason == "interrupted"
     assert len(res.completions[1].completion_token_ids) == 2
     assert not q_proj.folded and torch.equal(q_proj.base_layer.weight, q)
+
+
+def test_quantized_base_runs_unmerged_and_mixed_like_peft(bnb_llama, tmp_path):
+    """nf4 base: folding is refused by the layer, so the run falls back to unmerged; a mixed batch
+    (stacked ranks on Linear4bit) equals each adapter alone and PEFT's adapter_names."""
+    pytest.importorskip("bitsandbytes")
+    from peft import PeftModel
+
+    from adapterctl.core.model import load_base
+    from tests.conftest import make_peft_adapter
+    from tests.core.test_engine import load_hf
+    from tests.core.test_engine_placement import _bnb_config
+
+    folders = {f"a{i}": make_peft_adapter(bnb_llama, tmp_path / f"a{i}", seed=i, r=4,
+                                          target_modules=["q_proj", "v_proj", "down_proj"])
+               for i in range(2)}
+    lb = load_base(bnb_llama, dtype="float32", quantize="nf4")
+    router = attach(lb.model, folders, default={"a0": 1.0}, fold=True)
+    single = run(lb.model, lb.tokenizer, router=router)
+    assert single.mode == "unmerged"
+    keys = ["a0", "a1", BASE_KEY, "a1"]
+    prompts = [PROMPTS[i % 3] for i in range(4)]
+    mixed = run(lb.model, lb.tokenizer, prompts, keys, router=router)
+    assert mixed.mode == "mixed"
+    ref = PeftModel.from_pretrained(load_hf(bnb_llama, quantization_config=_bnb_config("nf4"),
+                                            device_map={"": "cpu"}), str(folders["a0"]),
+                                    adapter_name="a0").eval()
+    ref.load_adapter(str(folders["a1"]), adapter_name="a1")
+    for prompt, c in zip(PROMPTS, single.completions):
+        assert_same(c, *peft_greedy(ref, lb.tokenizer, prompt))
+    for prompt, c, key in zip(prompts, mixed.completions, keys):
+        assert_same(c, *peft_greedy(ref, lb.tokenizer, prompt, adapter_names=[key]))
