@@ -98,6 +98,8 @@ def attach_adapter(model: nn.Module, adapter: str | Path | LoadedAdapter, name: 
     if name in records:
         raise UsageError(f"an adapter named {name!r} is already attached",
                          hint="Pick another name, or detach it first.")
+    if any(isinstance(m, LoraWrapper) and m.folded for m in model.modules()):
+        raise UsageError("adapters are folded into the base weights", hint="Call unfold() first.")
     la = adapter if isinstance(adapter, LoadedAdapter) else load_adapter(adapter, name)
     plan = plan_fit(model, la, la.source)
     init = _mutating_init(la)
@@ -115,7 +117,7 @@ def attach_adapter(model: nn.Module, adapter: str | Path | LoadedAdapter, name: 
         kinds, devices, params = _inject_lora(model, la, plan, name)
         _apply_replacements(model, la, plan, name, record)
         _inject_tokens(model, la, plan, name)
-    _set_grads(model, trainable)
+    _set_grads(model, name, trainable)
     record.report = AttachReport(
         name=name, source=la.source, modules=dict(sorted(kinds.items())), parameters=params,
         devices=sorted(devices), dtype=_base_dtype(model), saved_modules=sorted(plan.saved_modules),
@@ -256,22 +258,22 @@ def _set_module(model: nn.Module, path: str, module: nn.Module) -> None:
     setattr(parent, child, module)
 
 
-def _set_grads(model: nn.Module, trainable: bool) -> None:
-    """Freeze the base (PEFT does at injection); adapter tensors train only with ``trainable``."""
+def _set_grads(model: nn.Module, name: str, trainable: bool) -> None:
+    """Freeze the base (PEFT does at injection); ``name``'s tensors train only with ``trainable``.
+    Other adapters keep their own setting."""
+    mine: list[nn.Parameter] = []
+    others: set[int] = set()
+    for mod in _wrappers(model):
+        store = mod.lora if isinstance(mod, LoraWrapper) else (
+            mod.copies if isinstance(mod, SavedModuleWrapper) else mod.token_rows)
+        for key, value in store.items():
+            params = [value] if isinstance(value, nn.Parameter) else list(value.parameters())
+            (mine.extend(params) if key == name else others.update(map(id, params)))
     for p in model.parameters():
-        p.requires_grad_(False)
-    if not trainable:
-        return
-    for mod in model.modules():
-        if isinstance(mod, LoraWrapper):
-            for p in mod.lora.parameters():
-                p.requires_grad_(True)
-        elif isinstance(mod, SavedModuleWrapper):
-            for p in mod.copies.parameters():
-                p.requires_grad_(True)
-        elif isinstance(mod, TokenRowsWrapper):
-            for p in mod.token_rows.parameters():
-                p.requires_grad_(True)
+        if id(p) not in others:
+            p.requires_grad_(False)
+    for p in mine:
+        p.requires_grad_(trainable)
 
 
 def _base_dtype(model: nn.Module) -> str:

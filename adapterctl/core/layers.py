@@ -217,6 +217,11 @@ class LoraWrapper(nn.Module):
         bias = base.bias if getattr(base, "bias", None) is not None else None
         if bias is not None and bias.device.type == "meta":
             bias = offloaded_weight(base, "bias")
+        bare = None
+        if self.training and slot.dropout > 0:
+            # PEFT: with active dropout the base part is recomputed on the dropped input, no bias
+            x = F.dropout(x, slot.dropout, training=True)
+            bare = self._bare_base(x, weight)
         if self.kind == "conv":
             r = slot.A.shape[0]
             lora_w = torch.mm(slot.B.view(-1, r), slot.A.view(r, -1)).reshape(weight.shape)
@@ -224,6 +229,7 @@ class LoraWrapper(nn.Module):
             norm = w.norm(p=2, dim=tuple(range(1, w.dim())), keepdim=True).transpose(1, 0).detach()
             k = slot.magnitude / norm
             base_r = result if bias is None else result - bias.view((1, -1) + (1,) * (result.dim() - 2))
+            base_r = base_r if bare is None else bare
             conv = _conv_fn(slot.A)
             lora_r = conv(conv(x, slot.A, stride=base.stride, padding=base.padding), slot.B, slot.bias,
                           groups=base.groups)
@@ -233,9 +239,15 @@ class LoraWrapper(nn.Module):
         wt = weight.T if self.fan_in_fan_out else weight
         norm = torch.linalg.norm(wt + s * lora_w.detach(), dim=1).to(wt.dtype).detach()
         k = (slot.magnitude / norm).view(1, -1)
-        base_r = result if bias is None else result - bias
+        base_r = (result if bias is None else result - bias) if bare is None else bare
         lora_r = F.linear(F.linear(x, slot.A), slot.B)
         return result + ((k - 1) * base_r + k * lora_r * s)
+
+    def _bare_base(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        base = self.base_layer
+        if self.kind == "conv":
+            return _conv_fn(weight)(x, weight, None, base.stride, base.padding, base.dilation, base.groups)
+        return F.linear(x, weight.T if self.fan_in_fan_out else weight)
 
     # ----- fold / unfold ---------------------------------------------------------------------
     @property

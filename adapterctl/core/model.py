@@ -111,7 +111,8 @@ def device_summary(model) -> dict[str, int]:
     for name, p in model.named_parameters():
         dev = p.device.type if p.device.type in ("cpu", "meta") else str(p.device)
         if dev == "meta":
-            dev = "disk" if any(name == k or name.startswith(k + ".") for k in offloaded) else "cpu-offload"
+            dev = "disk" if any(k == "" or name == k or name.startswith(k + ".")
+                                for k in offloaded) else "cpu-offload"
         counts[dev] = counts.get(dev, 0) + p.numel()
     return counts
 

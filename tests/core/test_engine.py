@@ -45,6 +45,9 @@ CASES = {
     "tied-lora-embed": ("llama_tied", dict(r=4, target_modules=["embed_tokens"])),
     "tied-modules-to-save": ("llama_tied", dict(r=4, target_modules=["q_proj"],
                                                 modules_to_save=["lm_head"])),
+    "tied-modules-to-save-embed": ("llama_tied", dict(r=4, target_modules=["v_proj"],
+                                                      modules_to_save=["embed_tokens"])),
+    "tied-lora-both": ("llama_tied", dict(r=4, target_modules=["embed_tokens", "lm_head"])),
     "tied-tokens": ("llama_tied", dict(r=4, target_modules=["v_proj"], trainable_token_indices=[4, 9])),
 }
 
@@ -163,3 +166,23 @@ def test_wrong_architecture_names_modules_and_shapes(tiny_models, peft_adapter):
     assert "model.layers.0.self_attn.q_proj: no such module" in text and "lora_A [4, 64]" in text
     assert attached_adapters(model) == {} and all(torch.equal(v, model.state_dict()[k])
                                                   for k, v in state.items())
+
+
+def test_half_precision_adapter_file_is_upcast_like_peft(tiny_models, peft_adapter, tmp_path):
+    """bf16 tensors on disk: PEFT's autocast_adapter_dtype computes in float32; so do we."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    src = peft_adapter("llama", r=4, target_modules=["q_proj", "embed_tokens"], use_dora=False)
+    dst = tmp_path / "bf16"
+    shutil.copytree(src, dst)
+    tensors = load_file(str(dst / "adapter_model.safetensors"))
+    save_file({k: v.to(torch.bfloat16) for k, v in tensors.items()},
+              str(dst / "adapter_model.safetensors"), metadata={"format": "pt"})
+    ref = peft_model(load_hf(tiny_models["llama"]), dst)
+    ours = load_hf(tiny_models["llama"])
+    attach_adapter(ours, dst)
+    slot = ours.model.layers[0].self_attn.q_proj.lora["default"]
+    assert slot.A.dtype == torch.float32
+    assert max_abs_diff(logits(ours), logits(ref)) <= 1e-5

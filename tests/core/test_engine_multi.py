@@ -115,6 +115,9 @@ def test_trainable_leaves_only_adapter_weights_with_grad(pair):
 
 
 def test_names_are_checked(pair):
+    import adapterctl
+
+    assert adapterctl.attach_adapter is attach_adapter  # the lazy public API
     base, a, _ = pair
     model = load_hf(base)
     attach_adapter(model, a, name="a")
@@ -161,3 +164,20 @@ def test_mixed_batch_with_token_rows(tiny_models, peft_adapter):
         else:
             set_active(ours, name)
         assert max_abs_diff(logits(ours, BATCH[i:i + 1]), got[i:i + 1]) <= 1e-5
+
+
+def test_trainable_dora_with_dropout_matches_peft_in_train_mode(tiny_models, peft_adapter):
+    """Training forward (dropout active, seeded): the same loss as PEFT with is_trainable."""
+    adapter = peft_adapter("llama", r=4, target_modules=["q_proj", "v_proj"], use_dora=True,
+                           lora_dropout=0.2)
+    pm = peft_model(load_hf(tiny_models["llama"]), adapter, is_trainable=True).train()
+    ours = load_hf(tiny_models["llama"])
+    attach_adapter(ours, adapter, trainable=True)
+    ours.train()
+    torch.manual_seed(7)
+    ref = pm(input_ids=BATCH, labels=BATCH).loss
+    torch.manual_seed(7)
+    got = ours(input_ids=BATCH, labels=BATCH).loss
+    assert abs(float(got) - float(ref)) <= 1e-5
+    got.backward()
+    assert all(p.grad is not None for p in ours.parameters() if p.requires_grad)
