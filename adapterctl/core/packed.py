@@ -94,11 +94,13 @@ class PackedRows:
 
 
 @contextmanager
-def bypass_folded(model: nn.Module):
-    """While folded, run each folded wrapper's base layer directly (no wrapper call per layer)."""
-    folded = {path: mod.base_layer for path, mod in model.named_modules()
-              if isinstance(mod, LoraWrapper) and mod.folded}
-    with swap_modules(model, folded):
+def bypass_wrappers(model: nn.Module, folded_only: bool = True):
+    """Run the base layers directly (no wrapper call per layer): the folded wrappers (their base
+    weight holds the delta), or with ``folded_only=False`` every LoRA wrapper (a run with no
+    active adapter, where a wrapper returns its base layer's output unchanged)."""
+    layers = {path: mod.base_layer for path, mod in model.named_modules()
+              if isinstance(mod, LoraWrapper) and (mod.folded or not folded_only)}
+    with swap_modules(model, layers):
         yield
 
 

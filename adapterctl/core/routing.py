@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ContextManager
 
-from adapterctl.core.packed import PackedRows, bypass_folded
+from adapterctl.core.packed import PackedRows, bypass_wrappers
 from adapterctl.core.prompts import BASE_KEY, DEFAULT_KEY, PromptSpec
 from adapterctl.errors import UsageError
 
@@ -107,7 +107,8 @@ class EngineRouter:
         engine.set_active(self.model, weights)
         if not weights:
             self.mode = "base"
-            yield
+            with bypass_wrappers(self.model, folded_only=False):
+                yield
             return
         if not self.can_fold:
             self.mode = "unmerged"
@@ -119,7 +120,7 @@ class EngineRouter:
             return
         self.mode = "folded"
         try:
-            with bypass_folded(self.model):
+            with bypass_wrappers(self.model):
                 yield
         finally:  # exact restore, also on Ctrl-C: the model object may be used again
             engine.unfold(self.model)
