@@ -94,6 +94,8 @@ def generate_cmd(
         raise UsageError("--system needs --chat", hint="Add --chat to use the chat template.")
     if compare and not choices:
         raise UsageError("--compare needs at least one --adapter")
+    if batch_size < 1:  # before minutes of loading, not after
+        raise UsageError(f"--batch-size must be at least 1, got {batch_size}")
     stdin = sys.stdin if use_stdin or prompts_file == "-" else None
     specs = collect_prompts(prompt or [], prompts_file, stdin)
     hub = hub_options(revision, token)
