@@ -165,6 +165,22 @@ def test_mixed_batch_equals_each_adapter_alone_and_peft(tiny_models, peft_adapte
             assert_same(c, *peft_greedy(pm, tok, prompt, adapter_names=[k]))
 
 
+def test_mixed_batch_with_saved_modules_and_token_rows(tiny_models, peft_adapter):
+    """Packed LoRA layers and the engine's per-row modules_to_save / token rows in one batch."""
+    folders = {"m": peft_adapter("llama", **CASES["llama-modules-to-save"][1]),
+               "t": peft_adapter("llama", **CASES["llama-tokens"][1])}
+    model, tok = load(tiny_models["llama"])
+    router = attach(model, folders, default={})
+    keys = ["m", "t", BASE_KEY, "m", "t", BASE_KEY]
+    prompts = [PROMPTS[i % 3] for i in range(6)]
+    mixed = run(model, tok, prompts, keys, router=router)
+    for key in ("m", "t", BASE_KEY):
+        alone = run(model, tok, prompts, [key] * 6, router=router)
+        for m, a, k in zip(mixed.completions, alone.completions, keys):
+            if k == key:
+                assert_same(m, list(a.completion_token_ids), list(a.logprobs))
+
+
 def test_weighted_combination_is_folded_and_refused_in_a_mixed_batch(tiny_models, peft_adapter):
     folders = {f"a{i}": peft_adapter("llama", seed=i, r=4, target_modules=["q_proj", "v_proj"])
                for i in range(2)}
