@@ -31,7 +31,7 @@ def delta_weight(w: LoraWeights, fan_in_fan_out: bool = False, device=None) -> t
                                    hint="PEFT refuses this too; use the adapter unmerged.")
         # (Cout, r) x (r, Cin, k...) -> (Cout, Cin, k...)
         return torch.einsum("or,ri...->oi...", B.flatten(1), A) * w.scaling
-    delta = (B @ A) * w.scaling
+    delta = (B @ A).mul_(w.scaling)  # in place on the fresh product: same values, no 2nd buffer
     return delta.T if fan_in_fan_out else delta
 
 

@@ -191,6 +191,7 @@ def _inject_lora(model, la: LoadedAdapter, plan, name: str):
         device = execution_device(base)
         slot = LoraSlot(la.modules[path], device, dropout)
         wrapper.lora[name] = slot
+        wrapper.train(base.training)  # new modules start in train mode: follow the (eval) base
         label = {"conv1d_hf": "Conv1D", "bnb4": "Linear4bit", "bnb8": "Linear8bitLt",
                  "linear": "Linear", "embedding": "Embedding", "conv": type(base).__name__}[kind]
         kinds[label + ("+DoRA" if slot.magnitude is not None else "")] += 1
@@ -356,13 +357,24 @@ def row_adapters(model: nn.Module, names: list[str]):
 
 
 def fold(model: nn.Module) -> int:
-    """Merge the active adapters into the base weights (fast generation). Returns layers folded."""
+    """Merge the active adapters into the base weights (fast generation). Returns layers folded.
+
+    A weight shared with another module (tied embeddings / lm_head) stays unmerged: folding it
+    would apply the delta to the other module too, which PEFT's unmerged forward never does."""
+    shared = _shared_parameters(model)
     count = 0
     for mod in model.modules():
         if isinstance(mod, LoraWrapper) and not mod.folded:
+            if id(getattr(mod.base_layer, "weight", None)) in shared:
+                continue
             mod.fold()
             count += int(mod.folded)
     return count
+
+
+def _shared_parameters(model: nn.Module) -> set[int]:
+    seen: Counter = Counter(id(p) for _, p in model.named_parameters(remove_duplicate=False))
+    return {pid for pid, n in seen.items() if n > 1}
 
 
 def unfold(model: nn.Module) -> int:

@@ -266,7 +266,10 @@ class LoraWrapper(nn.Module):
         bias = getattr(base, "bias", None)
         state = _Folded(W.detach().clone(), None if bias is None else bias.detach().clone())
         W0 = W.detach().to(F32)
-        Wf = W0.clone()
+        dora = any(n in self.lora and self.lora[n].magnitude is not None for n in self.active)
+        # W0 is read again only by DoRA's norm; a float32 W0 *is* W, which must stay intact
+        # until the end (a refusal below leaves the layer unfolded)
+        Wf = W0.clone() if dora or W0.data_ptr() == W.data_ptr() else W0
         bf = None if bias is None else bias.detach().to(F32)
         kind = "linear" if self.kind == "conv1d_hf" else self.kind
         for name, weight in self.active.items():
@@ -280,7 +283,8 @@ class LoraWrapper(nn.Module):
                 new = f * (Wf + delta)
                 Wf = new if weight == 1.0 else Wf + (new - Wf) * weight
             else:
-                Wf = Wf + (delta if weight == 1.0 else delta * weight)
+                # in place: the same sums without a fresh full-size buffer per step
+                Wf.add_(delta if weight == 1.0 else delta.mul_(weight))
             bd = bias_delta(lw, device=W.device)
             if bd is not None:
                 if bf is None:
@@ -288,7 +292,7 @@ class LoraWrapper(nn.Module):
                                            "cannot be folded")
                 bf = bf + (bd if weight == 1.0 else bd * weight)
         with torch.no_grad():
-            W.copy_(Wf.to(W.dtype))  # one rounding of W + Σ ΔW to the base dtype
+            W.copy_(Wf)  # one rounding of W + Σ ΔW to the base dtype (copy_ converts)
             if bf is not None:
                 bias.copy_(bf.to(bias.dtype))
         self._folded = state

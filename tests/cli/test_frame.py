@@ -11,8 +11,6 @@ from adapterctl.errors import EXIT_CODES
 from tests.helpers import REPO, invoke, run_cli
 
 COMMANDS = ["inspect", "attach", "convert", "merge", "push", "generate"]
-#: commands whose issue has not landed yet (strict: remove a name when its command is built)
-UNBUILT = {"generate"}
 
 
 def test_help_lists_commands_and_exit_codes():
@@ -24,9 +22,7 @@ def test_help_lists_commands_and_exit_codes():
         assert f"{code}:" in res.stdout
 
 
-@pytest.mark.parametrize("cmd", [
-    pytest.param(c, marks=pytest.mark.xfail(strict=True, reason="not built yet")) if c in UNBUILT
-    else c for c in COMMANDS])
+@pytest.mark.parametrize("cmd", COMMANDS)
 def test_every_command_help_has_examples(cmd):
     res = invoke(cmd, "--help")
     assert res.code == 0 and "Examples" in res.stdout and f"adapterctl {cmd}" in res.stdout
