@@ -12,7 +12,8 @@ import sys
 import typer
 
 from adapterctl.cli.attach import DeviceMapOpt, DtypeOpt, MaxMemoryOpt, OffloadOpt, QuantizeOpt
-from adapterctl.cli.common import RevisionOpt, TokenOpt, examples, hub_options
+from adapterctl.cli.common import (RevisionOpt, TokenOpt, TrustRemoteCodeOpt, examples,
+                                   hub_options)
 from adapterctl.cli.output import get_output
 from adapterctl.errors import Interrupted, UsageError
 
@@ -67,6 +68,7 @@ def generate_cmd(
     max_memory: str = MaxMemoryOpt,
     offload_folder: str = OffloadOpt,
     quantize: str = QuantizeOpt,
+    trust_remote_code: bool = TrustRemoteCodeOpt,
     jsonl: bool = typer.Option(False, "--jsonl", rich_help_panel=PANEL_OUT,
                                help="One JSON line per completion on stdout, as each finishes."),
     logprobs: bool = typer.Option(False, "--logprobs", rich_help_panel=PANEL_OUT,
@@ -99,7 +101,7 @@ def generate_cmd(
     stdin = sys.stdin if use_stdin or prompts_file == "-" else None
     specs = collect_prompts(prompt or [], prompts_file, stdin)
     hub = hub_options(revision, token)
-    placement = Placement(dtype, device_map, max_memory, offload_folder, quantize)
+    placement = Placement(dtype, device_map, max_memory, offload_folder, quantize, trust_remote_code)
     session = view.load_session(base_ref, choices, specs, hub, placement, fold=not no_fold)
     run = view.Runner(session, specs, cfg, batch_size=batch_size, chat=chat, system=system,
                       jsonl=jsonl, stream=_should_stream(out, specs, compare, jsonl))

@@ -42,7 +42,8 @@ def load_session(base_ref: str | None, choices: list[tuple[str, float]], specs: 
         # --revision names the adapter's revision, not the base's
         base = load_base(base_ref, placement.dtype, placement.device_map, placement.max_memory,
                          placement.offload_folder, placement.quantize,
-                         hub=replace(hub, revision=None) if hub else None)
+                         hub=replace(hub, revision=None) if hub else None,
+                         trust_remote_code=placement.trust_remote_code)
     if getattr(base, "tokenizer", None) is None:
         raise NotFoundError(f"{base_ref}: the base model has no tokenizer",
                             hint="Copy tokenizer.json and tokenizer_config.json (from the model's "

@@ -67,6 +67,8 @@ def _parse_jsonl_line(line: str, source: str, lineno: int) -> PromptSpec:
     except json.JSONDecodeError as err:
         raise InvalidAdapterError(f"{where}: not valid JSON ({err.msg})",
                                   hint="Each line of a JSONL prompts file is one JSON object.") from err
+    except RecursionError as err:  # json raises it for deep nesting, an internal error otherwise
+        raise InvalidAdapterError(f"{where}: JSON nested too deeply") from err
     if not isinstance(doc, dict):
         raise InvalidAdapterError(f"{where}: expected a JSON object, got {type(doc).__name__}")
     prompt = doc.get("prompt")

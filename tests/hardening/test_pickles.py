@@ -169,3 +169,14 @@ def test_trust_remote_code_opts_in(custom_code_model, peft_adapter):
     res = invoke("attach", custom_code_model, peft_adapter("llama", r=2, target_modules=["q_proj"]),
                  "--trust-remote-code")
     assert res.code == 0, res.stderr
+
+
+def test_generate_refuses_remote_code_by_default(custom_code_model, peft_adapter):
+    lora = peft_adapter("llama", r=2, target_modules=["q_proj"])
+    res = invoke("--json", "generate", custom_code_model, "--adapter", lora, "--prompt", "hi",
+                 "-n", "2")
+    assert res.code == 2 and "--trust-remote-code" in res.json["error"]["hint"], res.stdout
+    assert not (custom_code_model / "IMPORTED").exists()
+    res = invoke("--json", "generate", custom_code_model, "--adapter", lora, "--prompt", "hi",
+                 "-n", "2", "--trust-remote-code")
+    assert res.code == 0, res.stdout
