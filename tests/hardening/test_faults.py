@@ -44,8 +44,14 @@ def _env() -> dict:
 
 
 def _start(args, hook: str = "", preexec=None) -> subprocess.Popen:
-    """The CLI in a subprocess; ``hook`` is Python run first (to place a fault precisely)."""
-    code = f"{hook}\nfrom adapterctl.cli.app import main\nmain({[str(a) for a in args]!r})"
+    """The CLI in a subprocess; ``hook`` is Python run first (to place a fault precisely).
+
+    Ctrl-C is held off until adapterctl's entry point is imported: before that, on a loaded
+    machine, it would land in the interpreter's own start-up, which is Python's business."""
+    code = (f"import signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\n{hook}\n"
+            "from adapterctl.cli.app import main\n"
+            "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
+            f"main({[str(a) for a in args]!r})")
     return subprocess.Popen([sys.executable, "-c", code], env=_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, preexec_fn=preexec)
 

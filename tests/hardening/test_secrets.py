@@ -51,6 +51,9 @@ def test_known_token_never_leaks(hub, lora, tiny_models, tmp_path):
              "--token", SECRET], {}),
         (8, ["--debug", "convert", "--rank", "2", "testuser/lora", tmp_path / "conv2",
              "--token", BAD_SECRET], {}),
+        (0, ["--debug", "--json", "attach", base, "testuser/lora", "--token", SECRET], {}),
+        (8, ["--debug", "attach", base, "testuser/lora", "--token", BAD_SECRET], {}),
+        (0, ["generate", base, "--adapter", "testuser/lora", "--prompt", "hi", "-n", "2"], by_env),
         (0, ["merge", base, "testuser/lora", "--output", tmp_path / "merged", "--token", SECRET], {}),
         (0, ["merge", base, lora, "--output", tmp_path / "merged2", f"--token={SECRET}"], {}),
     ]
