@@ -1,4 +1,5 @@
-"""io/checkpoint.py by key (what convert --base / --extract use)."""
+"""io/checkpoint.py by key (what convert --base / --extract use) and io/adapter_writer.py's
+tensor preparation (copies only what safetensors refuses)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from adapterctl.errors import IncompatibleBaseError
+from adapterctl.io.adapter_writer import _saveable, write_adapter_files
 from adapterctl.io.checkpoint import CheckpointReader
 from adapterctl.io.model_dir import locate_model_files
 
@@ -48,3 +50,16 @@ def test_bin_and_safetensors_read_the_same_tensors_by_key(tiny_models, tmp_path)
         with pytest.raises(IncompatibleBaseError, match="has no parameter transformer.h.9.x.weight"):
             a.load_param("transformer.h.9.x.weight", "the adapter")
 
+
+def test_writer_copies_only_shared_or_strided_tensors(tmp_path):
+    plain, shared = torch.randn(4, 6), torch.randn(3, 5)
+    tensors = {"a": plain, "b": shared, "c": shared, "d": shared.T, "e": shared[1:]}
+    out = _saveable(tensors)
+    # no copy (memory is not doubled): the same storage goes to safetensors
+    assert out["a"].data_ptr() == plain.data_ptr() and out["b"].data_ptr() == shared.data_ptr()
+    assert out["c"].data_ptr() != shared.data_ptr() and out["d"].is_contiguous()
+    assert out["e"].untyped_storage().data_ptr() != shared.untyped_storage().data_ptr()
+    write_adapter_files(tmp_path, {"r": 2}, tensors, "card")
+    back = load_file(str(tmp_path / "adapter_model.safetensors"))
+    for k, v in tensors.items():
+        assert torch.equal(back[k], v), k
