@@ -18,9 +18,16 @@ TokenOpt = typer.Option(None, "--token", help="Hub token (default: HF_TOKEN or t
                         "Never printed.", rich_help_panel=PANEL_HUB, show_default=False)
 
 
+EXIT_CODES_LINE = (
+    "**Exit codes**: 0 success, 1 internal error, 2 usage, 3 not found, 4 invalid input, "
+    "5 unsupported, 6 incompatible with the base, 7 missing dependency, 8 Hub/network, 9 I/O, "
+    "130 interrupted (details: `adapterctl --help`)."
+)
+
+
 def examples(*lines: str) -> str:
-    """An epilog listing example invocations, rendered by Typer's markdown mode."""
-    return "**Examples**\n\n" + "\n".join(f"* `{line}`" for line in lines)
+    """A command's epilog: example invocations and the exit codes (Typer's markdown mode)."""
+    return "**Examples**\n\n" + "\n".join(f"* `{line}`" for line in lines) + "\n\n" + EXIT_CODES_LINE
 
 
 TrustRemoteCodeOpt = typer.Option(False, "--trust-remote-code", help="Let transformers run the "

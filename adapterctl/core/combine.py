@@ -21,7 +21,9 @@ from dataclasses import dataclass
 import torch
 
 from adapterctl.core.adapter import LoadedAdapter, LoraWeights
+from adapterctl.core.keys import TRAINABLE_TOKENS_SUFFIX
 from adapterctl.errors import IncompatibleBaseError, UnsupportedError, UsageError
+from adapterctl.io.adapter_writer import lora_key, model_card, replacement_key, write_adapter_files
 
 F32 = torch.float32
 COMBINATIONS = ("linear", "ties", "dare_linear", "dare_ties", "magnitude_prune")
@@ -132,10 +134,8 @@ def _shape_back(w: LoraWeights, A: torch.Tensor, B: torch.Tensor) -> tuple[torch
 
 
 def _module_keys(path: str, kind: str) -> tuple[str, str, str]:
-    base = f"base_model.model.{path}"
-    if kind == "embedding":
-        return f"{base}.lora_embedding_A", f"{base}.lora_embedding_B", f"{base}.lora_B.bias"
-    return f"{base}.lora_A.weight", f"{base}.lora_B.weight", f"{base}.lora_B.bias"
+    emb = kind == "embedding"
+    return lora_key(path, "A", emb), lora_key(path, "B", emb), lora_key(path, "B_bias")
 
 
 def _merge_extras(adapters: list[LoadedAdapter]) -> tuple[dict[str, torch.Tensor], dict]:
@@ -144,9 +144,9 @@ def _merge_extras(adapters: list[LoadedAdapter]) -> tuple[dict[str, torch.Tensor
     owner: dict[str, str] = {}
     tti: dict = {}
     for ad in adapters:
-        items = [(f"base_model.model.{p}", t) for p, t in ad.replacements.items()]
+        items = [(replacement_key(p), t) for p, t in ad.replacements.items()]
         for emb, (idx, rows) in ad.trainable_tokens.items():
-            items.append((f"base_model.model.{emb}.token_adapter.trainable_tokens_delta", rows))
+            items.append((replacement_key(emb + TRAINABLE_TOKENS_SUFFIX), rows))
             tti[emb] = idx
         for key, t in items:
             if key in out and not torch.equal(out[key], t):
@@ -221,14 +221,10 @@ def _new_config(adapters: list[LoadedAdapter], ranks: dict[str, int], paths: lis
 
 
 def write_combined_adapter(combined: CombinedAdapter, folder) -> None:
-    """adapter_config.json (sorted keys) and adapter_model.safetensors, as PEFT writes them."""
-    import json
-    from pathlib import Path
-
-    from safetensors.torch import save_file
-
-    folder = Path(folder)
-    (folder / "adapter_config.json").write_text(json.dumps(combined.config, indent=2, sort_keys=True)
-                                                + "\n")
-    save_file({k: v.contiguous() for k, v in combined.tensors.items()},
-              str(folder / "adapter_model.safetensors"), metadata={"format": "pt"})
+    """adapter_config.json (sorted keys), adapter_model.safetensors and a model card, written by
+    the same writer as ``convert`` (io/adapter_writer.py)."""
+    cfg = combined.config
+    summary = (f"Written by `adapterctl merge --to-adapter` ({len(combined.ranks)} modules, "
+               f"r={cfg['r']}): one adapter combining several.")
+    write_adapter_files(folder, cfg, combined.tensors,
+                        model_card(cfg.get("base_model_name_or_path"), summary, cfg.get("task_type")))

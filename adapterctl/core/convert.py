@@ -23,8 +23,8 @@ from adapterctl.errors import (AdapterctlError, IncompatibleBaseError, InvalidAd
                                UnsupportedError)
 from adapterctl.io.adapter_dir import AdapterFiles, locate_adapter_files
 from adapterctl.io.adapter_writer import model_card, write_adapter_files
+from adapterctl.io.checkpoint import CheckpointReader
 from adapterctl.io.output_dir import write_output_dir
-from adapterctl.io.base_weights import BaseWeights
 
 #: init_lora_weights kinds whose training ran on a mutated base (spec 1.7, 7)
 MUTATED_INITS = {"pissa", "pissa_niter", "olora", "corda", "lora_ga"}
@@ -125,7 +125,7 @@ def init_factors_from_adapter(init: AdapterDraft) -> dict[str, tuple[torch.Tenso
 def init_factors_from_base(draft: AdapterDraft, base_dir: str | Path, base_source: str | None = None
                            ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Recompute PiSSA (full SVD) / OLoRA's (A0, B0) from the base weights, one tensor at a time
-    with ``safe_open`` (the model is never built). Spec 1.7; maths in ``delta.mutated_init``."""
+    (io/checkpoint.py; the model is never built). Spec 1.7; maths in ``delta.mutated_init``."""
     from adapterctl.core.delta import mutated_init
     from adapterctl.io.model_dir import locate_model_files
 
@@ -139,11 +139,11 @@ def init_factors_from_base(draft: AdapterDraft, base_dir: str | Path, base_sourc
     files = locate_model_files(base_dir, base_source)
     conv1d = (files.model_type or "") in CONV1D_MODEL_TYPES
     out = {}
-    with BaseWeights(files) as weights:
+    with CheckpointReader(files) as weights:
         for path, w in view.modules.items():
             if w.kind != "linear":
                 continue  # embeddings are never mutated (convert_mutated zero-pads them)
-            W = weights.get(path + ".weight", draft.source)
+            W = weights.load_param(path + ".weight", draft.source)
             A0, B0, _ = mutated_init(W, w.r, w.scaling, kind, fan_in_fan_out=conv1d)
             if tuple(A0.shape) != tuple(w.A.shape) or tuple(B0.shape) != tuple(w.B.shape):
                 raise IncompatibleBaseError(

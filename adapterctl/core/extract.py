@@ -20,7 +20,7 @@ from adapterctl.core.svd import LowRankSVD, captured_energy, choose_rank, lora_f
 from adapterctl.core.targeting import module_scaling
 from adapterctl.errors import UsageError
 from adapterctl.io.adapter_writer import lora_key, replacement_key
-from adapterctl.io.base_weights import BaseWeights
+from adapterctl.io.checkpoint import CheckpointReader
 from adapterctl.io.model_dir import locate_model_files
 
 
@@ -50,7 +50,7 @@ def extract_adapter(base_dir: str | Path, ft_dir: str | Path, rank: int,
         raise UsageError(f"--energy must be in (0, 1], got {energy}",
                          hint="e.g. --energy 0.9 keeps 90% of each ΔW's squared norm.")
     base_files, ft_files = locate_model_files(base_dir), locate_model_files(ft_dir)
-    with BaseWeights(base_files) as base, BaseWeights(ft_files) as ft:
+    with CheckpointReader(base_files) as base, CheckpointReader(ft_files) as ft:
         tied = bool(ft_files.config.get("tie_word_embeddings"))
         conv1d = (ft_files.model_type or "") in CONV1D_MODEL_TYPES
         scan = _scan(base, ft, rank, energy, conv1d, tied, progress)
@@ -62,7 +62,7 @@ def extract_adapter(base_dir: str | Path, ft_dir: str | Path, rank: int,
                         modules=tuple(scan.reports), notes=notes)
 
 
-def _scan(base: BaseWeights, ft: BaseWeights, rank: int, energy: float | None, conv1d: bool,
+def _scan(base: CheckpointReader, ft: CheckpointReader, rank: int, energy: float | None, conv1d: bool,
           tied: bool, progress) -> _Scan:
     scan = _Scan()
     by_file = sorted(ft.names, key=lambda n: (str(ft.file_of(n)), n))  # shard by shard
@@ -117,7 +117,7 @@ def _targets(scan: _Scan) -> list[str]:
     return out
 
 
-def _assemble(scan: _Scan, ft: BaseWeights, rank: int, conv1d: bool, skip: bool,
+def _assemble(scan: _Scan, ft: CheckpointReader, rank: int, conv1d: bool, skip: bool,
               model_config: dict, base_name: str) -> tuple[dict, dict]:
     if not scan.svds:
         raise UsageError("the fine-tuned model has no changed weight matrix to factor",

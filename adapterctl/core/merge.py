@@ -24,9 +24,8 @@ from adapterctl.core.combine import check_combination
 from adapterctl.core.layer_kind import base_layer_kind
 from adapterctl.core.targeting import in_modules_to_save
 from adapterctl.errors import IncompatibleBaseError, UnsupportedError, UsageError
-from adapterctl.io.checkpoint import CheckpointReader, StoredTensor, list_tensors
+from adapterctl.io.checkpoint import CheckpointReader, StoredTensor, base_float_dtype
 from adapterctl.io.model_dir import ModelFiles, checkpoint_renames, find_checkpoint_key, locate_model_files
-from adapterctl.io.quantized import group_quantized, is_bnb_quantized
 from adapterctl.io.shard_writer import TensorSpec, plan_shards
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -179,11 +178,6 @@ def find_tie(files: ModelFiles, index: KeyIndex) -> tuple[str, str] | None:
 
 
 # ----- planning -------------------------------------------------------------------------------
-def _base_dtype(stored: list[StoredTensor]) -> torch.dtype:
-    floats = [s.dtype for s in stored if s.dtype in DTYPE_NAMES]
-    return max(set(floats), key=floats.count) if floats else torch.float32
-
-
 def _missing(adapter: LoadedAdapter, what: str, param: str, index: KeyIndex) -> IncompatibleBaseError:
     where = " (transformers fuses it with other weights in this architecture)" if any(
         k.startswith(param.rsplit(".", 1)[0]) for k in index.fused) else ""
@@ -311,10 +305,8 @@ def plan_merge(base: str | Path, adapters: list[LoadedAdapter], options: MergeOp
     """Check everything that can be checked before writing, and decide every output tensor."""
     files = locate_model_files(base, base_source)
     _check_adapters(adapters, options)
-    stored = list_tensors(files)
-    if is_bnb_quantized(files.config):  # merged into a dequantized copy (spec 6.4)
-        with CheckpointReader(files) as reader:
-            stored = group_quantized(stored, reader.get, _base_dtype(stored))
+    with CheckpointReader(files) as reader:  # quantized: merged into a dequantized copy (spec 6.4)
+        stored = reader.logical_tensors()
     shapes = {s.key: s.shape for s in stored}
     index = KeyIndex(list(shapes), files.model_type)
     tie = find_tie(files, index)
@@ -324,7 +316,7 @@ def plan_merge(base: str | Path, adapters: list[LoadedAdapter], options: MergeOp
     for i, ad in enumerate(adapters):
         _add_loras(i, ad, index, shapes, files.model_type, ops)
         _add_extras(i, ad, index, shapes, tie, ops)
-    base_dtype = _base_dtype(stored)
+    base_dtype = base_float_dtype(stored)
     out_dtype = DTYPES[options.dtype] if options.dtype else base_dtype
     tasks, untie = build_tasks(stored, ops, out_dtype, adapters, tie)
     shard_plan = plan_shards([TensorSpec(t.key, t.out_dtype, t.source.shape) for t in tasks],

@@ -81,12 +81,27 @@ def write_adapter_files(folder: str | Path, config: dict, tensors: dict, card: s
     folder = Path(folder)
     if not tensors:
         raise InvalidAdapterError("refusing to write an adapter without tensors")
-    # safetensors refuses shared storage and non-contiguous views; clone like PEFT does (spec 3)
-    flat = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()
-            if isinstance(v, torch.Tensor)}
+    flat = _saveable({k: v for k, v in tensors.items() if isinstance(v, torch.Tensor)})
     # serialised here and written by Python, so a full disk raises OSError (ENOSPC/EFBIG) that
     # the output helper reports; safetensors' own writer raises an opaque SafetensorError
     (folder / SAFETENSORS_WEIGHTS_NAME).write_bytes(save(flat, metadata={"format": "pt"}))
     (folder / CONFIG_NAME).write_text(adapter_config_text(config), encoding="utf-8")
     (folder / "README.md").write_text(card, encoding="utf-8")
     return folder
+
+
+def _saveable(tensors: dict) -> dict:
+    """The tensors as safetensors accepts them: on the CPU, contiguous, no two sharing storage.
+    Only the tensors that need it are copied (PEFT's save_pretrained clones the second and later
+    names of a shared storage the same way), so peak memory is not doubled (spec 3)."""
+    out, seen = {}, set()
+    for key, value in tensors.items():
+        t = value.detach().to("cpu")
+        if not t.is_contiguous():
+            t = t.contiguous()  # a fresh copy, shares nothing
+        elif t.numel() and t.untyped_storage().data_ptr() in seen:
+            t = t.clone()  # tied or sliced from a tensor already in the file
+        if t.numel():
+            seen.add(t.untyped_storage().data_ptr())
+        out[key] = t
+    return out

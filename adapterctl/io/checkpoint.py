@@ -1,5 +1,8 @@
-"""Read a base checkpoint tensor by tensor: safetensors with positioned reads at the offsets of
-its (validated) header, legacy ``.bin`` shards through ``torch.load(weights_only=True, mmap=True)``.
+"""Read a model checkpoint tensor by tensor: safetensors with positioned reads at the offsets of
+its (validated) header, legacy ``.bin`` shards through ``torch.load(weights_only=True, mmap=True)``,
+bitsandbytes-quantized weights dequantized on read (io/quantized.py). The one reader of base and
+fine-tuned checkpoints: ``merge`` streams :class:`StoredTensor` lists, ``convert --base`` and
+``--extract`` look tensors up by key (:meth:`CheckpointReader.load_param`).
 
 Why not ``safe_open``'s mmap: pages of a mapping stay resident (and count in RSS) until the whole
 file is unmapped, so a 5 GB shard costs 5 GB of RSS; a positioned read into a buffer we drop after
@@ -15,8 +18,8 @@ from typing import Iterator
 
 import torch
 
-from adapterctl.errors import InvalidAdapterError
-from adapterctl.io.model_dir import ModelFiles
+from adapterctl.errors import IncompatibleBaseError, InvalidAdapterError
+from adapterctl.io.model_dir import ModelFiles, find_checkpoint_key
 from adapterctl.io.safetensors_header import read_safetensors_header
 
 ST_TO_TORCH: dict[str, torch.dtype] = {
@@ -24,6 +27,7 @@ ST_TO_TORCH: dict[str, torch.dtype] = {
     "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
     "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
 }
+FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 @dataclass(frozen=True)
@@ -60,6 +64,12 @@ def list_tensors(files: ModelFiles) -> list[StoredTensor]:
     return out
 
 
+def base_float_dtype(stored: list[StoredTensor]) -> torch.dtype:
+    """The checkpoint's dtype: the most common of float32/bfloat16/float16 among its tensors."""
+    floats = [s.dtype for s in stored if s.dtype in FLOAT_DTYPES]
+    return max(set(floats), key=floats.count) if floats else torch.float32
+
+
 def _load_bin(path: Path) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
@@ -85,12 +95,64 @@ def _pread_into(fd: int, buf: bytearray, offset: int) -> int:
 
 
 class CheckpointReader:
-    """``get(stored)`` returns one tensor; keeps only the current file open (mmap)."""
+    """``get(stored)`` returns one tensor; keeps only the current file open (mmap for ``.bin``).
+
+    By key: ``with CheckpointReader(files) as w: w.load_param("model.layers.0.mlp.up_proj.weight")``
+    (:meth:`names`, :meth:`shape`, :meth:`file_of`, :meth:`resolve`, :meth:`load` index the
+    checkpoint's logical tensors on first use: quantized weights appear as their float tensor).
+    """
 
     def __init__(self, files: ModelFiles):
         self.files = files
         self._path: Path | None = None
         self._handle = None
+        self._index: dict[str, StoredTensor] | None = None
+
+    # ----- by key ----------------------------------------------------------------------------
+    def logical_tensors(self) -> list[StoredTensor]:
+        """Every tensor, in storage order; a bitsandbytes weight and its side tensors are one
+        float tensor (in the checkpoint's dtype) dequantized on read (spec 6.4)."""
+        stored = list_tensors(self.files)
+        from adapterctl.io.quantized import group_quantized, is_bnb_quantized
+
+        if is_bnb_quantized(self.files.config):
+            stored = group_quantized(stored, self.get, base_float_dtype(stored))
+        return stored
+
+    @property
+    def index(self) -> dict[str, StoredTensor]:
+        if self._index is None:
+            self._index = {s.key: s for s in self.logical_tensors()}
+        return self._index
+
+    @property
+    def names(self) -> list[str]:
+        return sorted(self.index)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self.index[name].shape
+
+    def file_of(self, name: str) -> Path:
+        return self.index[name].file
+
+    def resolve(self, param: str) -> str | None:
+        """The checkpoint key for runtime parameter path ``param`` (prefix differences allowed)."""
+        return find_checkpoint_key(param, self.index)
+
+    def load(self, name: str) -> torch.Tensor:
+        """One tensor by its checkpoint key."""
+        return self.get(self.index[name])
+
+    def load_param(self, param: str, who: str = "the adapter") -> torch.Tensor:
+        """The tensor for a runtime parameter path, or IncompatibleBaseError naming it."""
+        key = self.resolve(param)
+        if key is None:
+            raise IncompatibleBaseError(f"{self.files.root}: has no parameter {param}, which "
+                                        f"{who} needs", hint="Give the base model the adapter "
+                                        "was trained on.")
+        return self.load(key)
+
+    # ----- by stored tensor ------------------------------------------------------------------
 
     def _open(self, path: Path):
         if self._path != path:

@@ -26,6 +26,7 @@ def test_help_lists_commands_and_exit_codes():
 def test_every_command_help_has_examples(cmd):
     res = invoke(cmd, "--help")
     assert res.code == 0 and "Examples" in res.stdout and f"adapterctl {cmd}" in res.stdout
+    assert "Exit codes" in res.stdout and "6 incompatible with the base" in res.stdout
 
 
 def test_version():

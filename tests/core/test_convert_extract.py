@@ -57,3 +57,15 @@ def test_extract_same_model_is_refused(tiny_models, tmp_path):
         run_convert(ConvertRequest(str(tiny_models["llama"]), str(tmp_path / "o"),
                                    extract_base=str(tiny_models["llama"]), rank=4))
     assert not (tmp_path / "o").exists()
+
+
+def test_extract_reads_legacy_bin_checkpoints(tiny_models, tmp_path):
+    from tests.io.test_checkpoint_reader import save_as_bin
+
+    base, ft = tiny_models["llama"], tmp_path / "ft"
+    make_finetune(base, ft, ["model.layers.0.self_attn.q_proj.weight", "model.norm.weight"])
+    run_convert(ConvertRequest(str(ft), str(tmp_path / "st"), extract_base=str(base), rank=4))
+    ft_bin, base_bin = save_as_bin(ft, tmp_path / "ft-bin"), save_as_bin(base, tmp_path / "base-bin")
+    run_convert(ConvertRequest(str(ft_bin), str(tmp_path / "bin"), extract_base=str(base_bin), rank=4))
+    ours, want = load_tensors(tmp_path / "bin"), load_tensors(tmp_path / "st")
+    assert sorted(ours) == sorted(want) and all(torch.equal(ours[k], want[k]) for k in ours)

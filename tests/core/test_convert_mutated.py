@@ -119,3 +119,14 @@ def test_corda_and_lora_ga_convert_with_init_folder(init, runs, tmp_path):
     ours, theirs = load_tensors(tmp_path / "o"), load_tensors(run.peft)
     assert all(torch.equal(ours[k], theirs[k]) for k in theirs) and sorted(ours) == sorted(theirs)
     assert _config(tmp_path / "o")["init_lora_weights"] is True
+
+
+def test_base_recomputation_reads_a_legacy_bin_base(runs, tmp_path):
+    from tests.io.test_checkpoint_reader import save_as_bin
+
+    run = runs("llama-pissa")
+    run_convert(ConvertRequest(str(run.trained), str(tmp_path / "st"), base=str(run.base)))
+    binary = save_as_bin(run.base, tmp_path / "bin")
+    run_convert(ConvertRequest(str(run.trained), str(tmp_path / "bin-out"), base=str(binary)))
+    ours, want = load_tensors(tmp_path / "bin-out"), load_tensors(tmp_path / "st")
+    assert sorted(ours) == sorted(want) and all(torch.equal(ours[k], want[k]) for k in ours)
