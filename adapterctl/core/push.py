@@ -98,8 +98,22 @@ def select_files(folder: Path, kind: str, include: list[str], exclude: list[str]
         picked = ("/" not in rel and any(fnmatch.fnmatchcase(rel, g) for g in defaults)) or any(
             fnmatch.fnmatchcase(rel, g) for g in include)
         if picked and not any(fnmatch.fnmatchcase(rel, g) for g in exclude):
-            chosen.append(p)
+            chosen.append(check_inside(folder, p))
     return chosen
+
+
+def check_inside(folder: Path, path: Path) -> Path:
+    """Refuse a file that is a symlink out of ``folder``: pushing a stranger's folder must not
+    publish what its links point at (``~/.cache/huggingface/token``, keys). A Hugging Face cache
+    snapshot's links into its own ``blobs/`` are fine."""
+    from adapterctl.io.model_dir import symlink_roots
+
+    target = path.resolve()
+    if not any(target.is_relative_to(root) for root in symlink_roots(folder)):
+        raise E.InvalidAdapterError(f"{path}: is a symlink to {target}, outside {folder}; refusing "
+                                    "to upload it", hint="Copy the file into the folder if it "
+                                    "should be published, or --exclude it.")
+    return path
 
 
 def choose_base(kind: str, override: str | None, from_files: str | None,
@@ -128,7 +142,7 @@ def plan_push(folder: Path, repo_id: str, *, include: list[str], exclude: list[s
     kind = detect_kind(folder)
     named_base, warnings = validate_folder(folder, kind)
     local_card = folder / CARD
-    existing = _read_text(local_card) if local_card.is_file() else remote_card()
+    existing = _read_text(check_inside(folder, local_card)) if local_card.is_file() else remote_card()
     base, base_warnings = choose_base(kind, base_model, named_base, existing)
     files = [PushFile(p.relative_to(folder).as_posix(), p, p.stat().st_size)
              for p in select_files(folder, kind, include, exclude)]

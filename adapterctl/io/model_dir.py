@@ -42,12 +42,12 @@ def _inside(root: Path, name: object, index_path: Path) -> Path:
             hint="The index is corrupt or malicious; regenerate it.",
         )
     p = (root / name)
-    if p.is_symlink() and not any(p.resolve().is_relative_to(ok) for ok in _symlink_roots(root)):
+    if p.is_symlink() and not any(p.resolve().is_relative_to(ok) for ok in symlink_roots(root)):
         raise InvalidAdapterError(f"{index_path}: {name} is a symlink out of the model folder")
     return p
 
 
-def _symlink_roots(root: Path) -> list[Path]:
+def symlink_roots(root: Path) -> list[Path]:
     """Where a shard symlink may point: the folder itself or, for a Hugging Face cache snapshot
     (``models--x--y/snapshots/<sha>/``), that repo's ``blobs/``, where the cache keeps the bytes."""
     roots = [root.resolve()]

@@ -97,3 +97,36 @@ def test_hub_revision_with_dot_dot_writes_nothing_outside_the_repo_cache(hub, tm
         assert res.code == 2 and "is not a valid revision" in res.stderr, res.stderr
     assert list(hub.home.rglob("*escaped*")) == []
     assert invoke("inspect", "testuser/lora@main").code == 0
+
+
+@pytest.mark.parametrize("name", ["../x", "/abs", "a/b"])
+def test_attach_name_option_that_is_a_path_is_refused(tiny_models, peft_adapter, name):
+    lora = peft_adapter("llama", r=2, target_modules=["q_proj"])
+    res = invoke("--json", "attach", tiny_models["llama"], lora, "--name", name)
+    assert res.code == 2 and "is not allowed" in res.json["error"]["message"], res.stdout
+
+
+@pytest.mark.parametrize("link", ["notes.txt", "README.md", "adapter_model.safetensors"])
+def test_push_refuses_symlinks_out_of_the_folder(hub, peft_adapter, tmp_path, link):
+    """A folder from a stranger with a link to a secret (say the saved Hub token): the push is
+    refused before any request, and the secret is published nowhere."""
+    secret = tmp_path / "secret.txt"
+    secret.write_text("hf_NOT_FOR_THE_HUB")
+    lora = shutil.copytree(peft_adapter("llama", r=2, target_modules=["q_proj"]), tmp_path / "lora")
+    (lora / link).unlink(missing_ok=True)
+    (lora / link).symlink_to(secret)
+    res = invoke("push", lora, "testuser/lora", "--include", "*.txt")
+    assert res.code == 4, res.stderr
+    if link != "adapter_model.safetensors":  # linked weights already fail validation
+        assert "outside" in res.stderr and "refusing to upload it" in res.stderr
+    assert hub.state.requests == [] and "testuser/lora" not in hub.state.repos
+
+
+def test_push_accepts_links_inside_the_folder(hub, peft_adapter, tmp_path):
+    lora = shutil.copytree(peft_adapter("llama", r=2, target_modules=["q_proj"]), tmp_path / "lora")
+    (lora / "copy.txt").write_text("notes")
+    (lora / "notes.txt").symlink_to(lora / "copy.txt")
+    res = invoke("push", lora, "testuser/lora", "--include", "*.txt")
+    assert res.code == 0, res.stderr
+    files = hub.state.repos["testuser/lora"].resolve("main").files
+    assert files["notes.txt"].data == b"notes"
