@@ -174,7 +174,9 @@ def _copy_other_files(root: Path, folder: Path) -> list[str]:
             shutil.copy2(p, folder / p.name)
             copied.append(p.name)
         elif p.is_dir():
-            shutil.copytree(p, folder / p.name, symlinks=False)
+            # sub-folders may hold other copies of the weights (Llama's original/*.pth): skip them
+            shutil.copytree(p, folder / p.name, symlinks=False,
+                            ignore=shutil.ignore_patterns(*(f"*{s}" for s in WEIGHT_SUFFIXES)))
             copied.append(p.name + "/")
     return copied
 
