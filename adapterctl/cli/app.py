@@ -132,13 +132,17 @@ def main(argv: list[str] | None = None) -> None:
         code = _report(out, _usage_error(err), settings)
     except (KeyboardInterrupt, typer.Abort) as err:
         code = _report(out, Interrupted("interrupted"), settings, err)
-    except BrokenPipeError:
+    except BrokenPipeError:  # the reader went away (| head): not a failure
+        output_mod.silence_stdout()
         code = 0
     except Exception as err:  # a bug: say so, and how to get the details
         wrapped = AdapterctlError(f"internal error: {type(err).__name__}: {err}",
                                   hint="This is a bug in adapterctl; rerun with --debug and report it.")
         code = _report(out, wrapped, settings, err)
-    sys.stdout.flush()
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        output_mod.silence_stdout()
     raise SystemExit(code)
 
 

@@ -73,11 +73,11 @@ def attach_cmd(
 
 def _complete(session, prompts, max_new_tokens, out):
     from adapterctl.core.textgen import greedy_complete
-    from adapterctl.errors import UsageError
+    from adapterctl.errors import NotFoundError
 
     if session.base.tokenizer is None:
-        raise UsageError(f"{session.base.path}: has no tokenizer, so --prompt cannot be used",
-                         hint="Add the tokenizer files to the model folder.")
+        raise NotFoundError(f"{session.base.path}: has no tokenizer, so --prompt cannot be used",
+                            hint="Add the tokenizer files to the model folder.")
     with out.status("generating"):
         return greedy_complete(session.base.model, session.base.tokenizer, prompts, max_new_tokens)
 

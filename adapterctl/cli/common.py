@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import typer
 
-from adapterctl.errors import OutputExistsError
+from adapterctl.errors import EXIT_CODES
 
 PANEL_HUB = "Hub"
 PANEL_BASE = "Base model placement"
@@ -18,11 +16,13 @@ TokenOpt = typer.Option(None, "--token", help="Hub token (default: HF_TOKEN or t
                         "Never printed.", rich_help_panel=PANEL_HUB, show_default=False)
 
 
-EXIT_CODES_LINE = (
-    "**Exit codes**: 0 success, 1 internal error, 2 usage, 3 not found, 4 invalid input, "
-    "5 unsupported, 6 incompatible with the base, 7 missing dependency, 8 Hub/network, 9 I/O, "
-    "130 interrupted (details: `adapterctl --help`)."
-)
+#: short names of the exit codes for command epilogs (the full text is in `adapterctl --help`)
+_SHORT = {1: "internal error", 2: "usage", 3: "not found", 4: "invalid input", 5: "unsupported",
+          6: "incompatible with the base", 7: "missing dependency", 8: "Hub/network", 9: "I/O",
+          130: "interrupted"}
+EXIT_CODES_LINE = "**Exit codes**: " + ", ".join(
+    f"{code} {_SHORT.get(code, text)}" for code, text in EXIT_CODES.items()
+) + " (details: `adapterctl --help`)."
 
 
 def examples(*lines: str) -> str:
@@ -46,10 +46,3 @@ def hub_options(revision: str | None, token: str | None, endpoint: str | None = 
     out = get_output()
     return HubOptions(revision=revision, token=token, endpoint=endpoint,
                       progress=not out.settings.quiet, log=out.info)
-
-
-def check_output_dir(path: Path, force: bool) -> None:
-    """Refuse to overwrite an existing non-empty output unless --force."""
-    if path.exists() and (not path.is_dir() or any(path.iterdir())) and not force:
-        raise OutputExistsError(f"{path}: already exists", hint="Choose another output, or pass --force "
-                                "to replace it.")

@@ -90,10 +90,11 @@ def _resolve(req, revision, token):
 
 
 def render(console, r) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     pattern = f", rank_pattern: {len(r.rank_pattern)} entries" if r.rank_pattern else ""
-    console.print(f"[green]wrote[/green] {r.output} ({', '.join(r.steps)}): {r.num_modules} "
+    console.print(f"[green]wrote[/green] {escape(str(r.output))} ({', '.join(r.steps)}): {r.num_modules} "
                   f"modules, r={r.r}, lora_alpha={r.lora_alpha:g}"
                   f"{', rsLoRA' if r.use_rslora else ''}{pattern}, {', '.join(r.dtypes)}")
     if r.modules:
@@ -101,12 +102,12 @@ def render(console, r) -> None:
         for col in ("module", "r before", "r after", "rel. error", "energy kept"):
             t.add_column(col, justify="left" if col == "module" else "right")
         for m in r.modules:
-            t.add_row(m.module, str(m.r_before), str(m.r_after),
+            t.add_row(escape(m.module), str(m.r_before), str(m.r_after),
                       "-" if m.rel_error is None else f"{m.rel_error:.3e}",
                       "-" if m.energy is None else f"{m.energy:.4f}")
         console.print(t)
     for item in r.removed:
-        console.print(f"[yellow]removed[/yellow] {item}")
+        console.print(f"[yellow]removed[/yellow] {escape(str(item))}")
 
 
 def register(app: typer.Typer) -> None:

@@ -139,7 +139,7 @@ def _summary(out: Output, results: list[GenerationResult]) -> None:
         n = sum(len(c.completion_token_ids) for c in r.completions)
         out.info(f"[dim]{len(r.completions)} completion(s), {n} tokens in {r.elapsed_s:.2f}s "
                  f"({r.tokens_per_second:.1f} tokens/s; adapters: {r.mode})"
-                 + (f"; seed {r.seed}" if r.seed is not None else "") + "[/dim]")
+                 + (f"; seed {r.seed}" if r.seed is not None else "") + "[/dim]", markup=True)
 
 
 def _print_json(out: Output, session: Session, results: list[GenerationResult], compare: bool) -> None:
@@ -185,6 +185,7 @@ def render_completions(console, completions: tuple[Completion, ...]) -> None:
 
 def render_compare(console, session: Session, results: list[GenerationResult]) -> None:
     from rich.table import Table
+    from rich.text import Text
 
     names = ["base", *session.cli_adapters][:len(results)]
     table = Table(show_lines=True)
@@ -193,5 +194,6 @@ def render_compare(console, session: Session, results: list[GenerationResult]) -
         table.add_column(name)
     for row in compare_rows(results):
         by_variant = {c["adapter"] or "base": c["completion"] for c in row["completions"]}
-        table.add_row(row["prompt"], *(by_variant.get(n, "-") for n in names))
+        # prompts and completions are user text: Text() keeps '[INST]' from reading as markup
+        table.add_row(Text(row["prompt"]), *(Text(by_variant.get(n, "-")) for n in names))
     console.print(table)

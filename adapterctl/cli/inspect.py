@@ -31,19 +31,21 @@ def inspect_cmd(
     summary = inspect_adapter(folder, base=base_dir, check_values=check_values, source=adapter,
                               base_source=base)
     data = summary.to_dict()
-    if out.json:
-        import json, sys
-
-        sys.stdout.write(json.dumps({"ok": summary.usable, **data}) + "\n")
-        out.emitted = True
-    else:
+    if summary.usable:
         out.result(data, lambda console: render(console, summary))
+    else:
+        # the JSON failure document carries the summary too: scripts read problems from it
+        first = next(p for p in summary.problems if p.severity == "error")
+        error = {"type": first.code, "message": first.message, "hint": first.hint,
+                 "exit_code": first.exit_code}
+        out.result({**data, "error": error}, lambda console: render(console, summary), ok=False)
     if not summary.usable:
         raise typer.Exit(summary.exit_code)
 
 
 def render(console, s) -> None:
     from rich.table import Table
+    from rich.text import Text
 
     head = Table.grid(padding=(0, 2))
     head.add_column(style="bold")
@@ -67,7 +69,7 @@ def render(console, s) -> None:
                      + ("compatible" if s.base["compatible"] else "NOT compatible")))
     for k, v in rows:
         if v is not None:
-            head.add_row(k, str(v))
+            head.add_row(k, Text(str(v)))  # user text: no markup
     console.print(head)
     if s.modules:
         console.print(_module_table(s))
@@ -81,6 +83,7 @@ def render(console, s) -> None:
 
 def _module_table(s):
     from rich.table import Table
+    from rich.text import Text
 
     values = any(m.nonfinite is not None for m in s.modules)
     t = Table(title=f"{len(s.modules)} LoRA modules", title_justify="left")
@@ -95,7 +98,7 @@ def _module_table(s):
                _shape(m.b_shape), m.dtype]
         if values:
             row += [f"{m.delta_norm:.4g}" if m.delta_norm is not None else "-", str(m.nonfinite)]
-        t.add_row(*row)
+        t.add_row(Text(row[0]), *row[1:])
     return t
 
 

@@ -65,7 +65,7 @@ def merge_cmd(
     to_adapter: bool = typer.Option(False, "--to-adapter", help="Write one new LoRA adapter that "
                                     "combines the adapters, instead of a merged model.",
                                     rich_help_panel=PANEL_COMBINE),
-    rank: int = typer.Option(None, "--rank", help="--to-adapter with svd/ties/dare: rank of the new "
+    rank: int = typer.Option(None, "--rank", min=1, help="--to-adapter with svd/ties/dare: rank of the new "
                              "adapter (default: the largest source rank).",
                              rich_help_panel=PANEL_COMBINE),
     token: str = TokenOpt,
@@ -170,9 +170,10 @@ def _command_line() -> str:
 
 def _render_plan(console, plan) -> None:
     console.print(f"base {plan.base} ({plan.model_type}, {plan.base_format}, {plan.base_dtype}) -> "
-                  f"{plan.dtype}")
+                  f"{plan.dtype}", markup=False)
     for a in plan.adapters:
-        console.print(f"  adapter {a['source']} (weight {a['weight']:g}, {a['modules']} modules)")
+        console.print(f"  adapter {a['source']} (weight {a['weight']:g}, {a['modules']} modules)",
+                      markup=False)
     console.print(f"{len(plan.touched)} of {plan.num_tensors} tensors touched, "
                   f"{human_bytes(plan.output_bytes)} in {len(plan.shards)} shard(s)"
                   + (", lm_head untied from the embedding" if plan.untie_embeddings else ""))
@@ -185,7 +186,7 @@ def _render_plan(console, plan) -> None:
 def _render_result(console, result, plan) -> None:
     console.print(f"wrote {result.output}: {result.tensors_written} tensors ({result.tensors_merged} "
                   f"merged), {human_bytes(result.bytes_written)} in {len(result.shards)} shard(s), "
-                  f"{result.dtype}, {result.seconds:.1f}s on {result.device}")
+                  f"{result.dtype}, {result.seconds:.1f}s on {result.device}", markup=False)
 
 
 def register(app: typer.Typer) -> None:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -22,11 +23,29 @@ class Settings:
     secrets: list = field(default_factory=list, repr=False)  # tokens to redact from errors
 
 
+class _Console(Console):
+    """A reader that went away (``adapterctl inspect X | head``) is not an error: Rich would exit
+    1; we silence stdout and let the command end normally (exit 0)."""
+
+    def on_broken_pipe(self) -> None:
+        silence_stdout()
+        raise BrokenPipeError
+
+
+def silence_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush cannot fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+
+
 class Output:
     def __init__(self, settings: Settings | None = None) -> None:
         self.settings = settings or Settings()
-        self.out = Console(highlight=False, soft_wrap=True)
-        self.err = Console(stderr=True, highlight=False, soft_wrap=True)
+        self.out = _Console(highlight=False, soft_wrap=True)
+        self.err = _Console(stderr=True, highlight=False, soft_wrap=True)
         self.emitted = False
 
     @property
@@ -34,11 +53,13 @@ class Output:
         return self.settings.json
 
     # ----- results (stdout) ----------------------------------------------------------------
-    def result(self, data: dict, render: Callable[[Console], None] | None = None) -> None:
-        """Print the command's result: the JSON document, or the human rendering."""
+    def result(self, data: dict, render: Callable[[Console], None] | None = None,
+               ok: bool = True) -> None:
+        """Print the command's result: the JSON document, or the human rendering. ``ok=False``
+        is a result that is also a failure (``data`` then holds an ``error`` object)."""
         self.emitted = True
         if self.settings.json:
-            sys.stdout.write(json.dumps({"ok": True, **data}, default=_jsonable) + "\n")
+            sys.stdout.write(json.dumps({"ok": ok, **data}, default=_jsonable) + "\n")
             sys.stdout.flush()
         elif render is not None:
             render(self.out)
@@ -49,12 +70,13 @@ class Output:
             self.out.print(text, markup=False)
 
     # ----- logs (stderr) -------------------------------------------------------------------
-    def info(self, text: str) -> None:
+    def info(self, text: str, markup: bool = False) -> None:
+        """A log line on stderr; ``text`` is plain (paths and prompts may hold '[...]')."""
         if not self.settings.quiet:
-            self.err.print(text)
+            self.err.print(text if markup else _escape(text))
 
     def warn(self, text: str) -> None:
-        self.err.print(f"[yellow]warning:[/yellow] {text}")
+        self.err.print(f"[yellow]warning:[/yellow] {_escape(text)}")
 
     def error(self, err: AdapterctlError) -> None:
         if self.settings.json:

@@ -184,6 +184,7 @@ def parse_adapter_config(doc: dict, source: str = "adapter_config.json") -> Lora
         raise _type_error(source, "init_lora_weights", "a bool or a string", init)
     bias = _get(doc, "bias", "none", lambda v: v in ("none", "all", "lora_only"),
                 "'none', 'all' or 'lora_only'", source)
+    _check_regexes(doc, source)
     return LoraAdapterConfig(
         peft_type=peft_type,
         r=r,
@@ -209,6 +210,24 @@ def parse_adapter_config(doc: dict, source: str = "adapter_config.json") -> Lora
         peft_version=doc.get("peft_version") if isinstance(doc.get("peft_version"), str) else None,
         raw=dict(doc),
     )
+
+
+def _check_regexes(doc: dict, source: str) -> None:
+    """Fields PEFT uses as regular expressions must compile: a broken one is invalid input."""
+    checks = [(k, doc.get(k)) for k in ("target_modules", "exclude_modules")
+              if isinstance(doc.get(k), str)]
+    lp = doc.get("layers_pattern")
+    checks += [("layers_pattern", p) for p in ([lp] if isinstance(lp, str) else lp or [])]
+    for key in ("rank_pattern", "alpha_pattern"):
+        checks += [(key, k) for k in (doc.get(key) or {})]
+    for key, pattern in checks:
+        try:
+            re.compile(pattern)
+        except (re.error, TypeError, RecursionError) as err:
+            raise InvalidAdapterError(
+                f"{source}: adapter_config.json {key} holds an invalid regular expression "
+                f"{str(pattern)[:80]!r} ({err})",
+                hint="Fix the pattern; PEFT would fail on it too.") from err
 
 
 def read_adapter_config(path: str | Path) -> LoraAdapterConfig:

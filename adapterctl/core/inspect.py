@@ -141,7 +141,9 @@ def _config_problems(cfg: LoraAdapterConfig) -> list[P.Problem]:
             "mutating_init",
             f"init_lora_weights={cfg.init_lora_weights!r}: this adapter was trained on a residual base "
             "(W - s*B0@A0); attach and merge recompute that residual from the original base"
-            + (" (randomised SVD: PEFT itself cannot reproduce it exactly)" if kind == "pissa_niter" else ""),
+            + (" (pissa_niter uses a randomised SVD that nobody can reproduce exactly: attach "
+               "approximates it with the full SVD and warns; merge and convert --base refuse it)"
+               if kind == "pissa_niter" else ""),
             "Or convert it once to plain LoRA: adapterctl convert --base BASE ADAPTER OUT.",
         ))
     elif kind in ("corda", "loftq", "lora_ga"):

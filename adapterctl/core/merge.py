@@ -261,7 +261,10 @@ def _check_adapters(adapters: list[LoadedAdapter], options: MergeOptions) -> Non
 def _task(s: StoredTensor, key: str, out_dtype: torch.dtype, entry: dict, adapters, copy_slot: str):
     init = None
     loras = tuple(entry.get("loras", ()))
-    if loras and adapters[loras[0].adapter].config.init_kind in ("pissa", "olora"):
+    if (loras and adapters[loras[0].adapter].config.init_kind in ("pissa", "olora")
+            and loras[0].kind in ("linear", "conv1d-transposed")):
+        # PEFT's PiSSA/OLoRA initialisers mutate Linear/Conv1D weights only, never embeddings
+        # or convs (the engine recomputes residuals for the same layers)
         init = adapters[loras[0].adapter].config.init_kind
     dtype = out_dtype if s.dtype in DTYPE_NAMES else s.dtype
     return TensorTask(key, s, dtype, entry.get("replacement"), init, loras,

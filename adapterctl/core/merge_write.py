@@ -81,13 +81,15 @@ def _apply_loras(cur: torch.Tensor, base0: torch.Tensor, task: TensorTask, job: 
     # PEFT's merge_and_unload order: adapter after adapter; DoRA's norm on the unmerged base (#3608)
     for op in task.loras:
         delta = delta_weight(op.weights, _fan_in_fan_out(op), device)
-        if weights[op.adapter] != 1.0:
-            delta = delta * weights[op.adapter]
+        w = weights[op.adapter]
         if op.weights.magnitude is not None:
-            cur = (cur + delta) * dora_scale(base0, delta, op.weights.magnitude, op.weights.kind,
-                                             _fan_in_fan_out(op))
+            # a weight w moves the layer w of the way to its DoRA weight, as attach/generate do
+            # (core/layers.py), so a merged model equals the attached one for any weight
+            full = (cur + delta) * dora_scale(base0, delta, op.weights.magnitude, op.weights.kind,
+                                              _fan_in_fan_out(op))
+            cur = full if w == 1.0 else cur + (full - cur) * w
         else:
-            cur = cur.add_(delta)
+            cur = cur.add_(delta if w == 1.0 else delta * w)
     return cur
 
 
@@ -174,7 +176,9 @@ def _copy_other_files(root: Path, folder: Path) -> list[str]:
             shutil.copy2(p, folder / p.name)
             copied.append(p.name)
         elif p.is_dir():
-            shutil.copytree(p, folder / p.name, symlinks=False)
+            # sub-folders may hold other copies of the weights (Llama's original/*.pth): skip them
+            shutil.copytree(p, folder / p.name, symlinks=False,
+                            ignore=shutil.ignore_patterns(*(f"*{s}" for s in WEIGHT_SUFFIXES)))
             copied.append(p.name + "/")
     return copied
 

@@ -27,12 +27,9 @@ DEFAULT_TARGETS: dict[str, list[str]] = {
 
 def pattern_key(patterns: dict, path: str) -> str | None:
     """First key (dict order) whose regex matches a dot-aligned suffix of ``path`` (PEFT >= 0.15)."""
-    for key in patterns:
-        try:
-            if re.match(rf"(.*\.)?({key})$", path):
-                return key
-        except re.error:
-            continue
+    for key in patterns:  # keys were checked to compile when the config was parsed
+        if re.match(rf"(.*\.)?({key})$", path):
+            return key
     return None
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 
-from adapterctl.errors import AdapterctlError, HubError, NotFoundError
+from adapterctl.errors import AdapterctlError, HubError, NotFoundError, UsageError
 
 LOGIN_HINT = "Log in with `hf auth login`, or pass --token / set HF_TOKEN."
 
@@ -76,6 +76,10 @@ def translate(err: Exception, repo_id: str, revision: str | None, hub,
 
     rev = revision or "main"
     endpoint = endpoint_of(hub)
+    if isinstance(err, E.HFValidationError):
+        return UsageError(f"{repo_id}: not a valid Hub repo id or revision ({_first_line(err)})",
+                          hint="A Hub id is user/repo, letters, digits, '-', '_' and '.' "
+                          "(no '--' or '..'); a local folder must exist.")
     if isinstance(err, E.GatedRepoError):
         return HubError(f"{repo_id}: gated repo; your account has not been granted access",
                         hint=f"Request access on {endpoint}/{repo_id}. {LOGIN_HINT}")

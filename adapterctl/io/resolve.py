@@ -27,7 +27,9 @@ class HubOptions:
 
 
 def looks_like_hub_id(ref: str) -> bool:
-    return bool(_HUB_ID.match(ref)) and not ref.startswith((".", "/", "~"))
+    repo = ref.split("@", 1)[0]
+    return (bool(_HUB_ID.match(ref)) and not ref.startswith((".", "/", "~"))
+            and "--" not in repo and ".." not in repo)  # the Hub refuses both in repo ids
 
 
 def split_revision(ref: str, revision: str | None) -> tuple[str, str | None]:

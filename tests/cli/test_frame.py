@@ -76,3 +76,18 @@ def test_bash_completion_round_trip():
     env = {"COMP_WORDS": "adapterctl ins", "COMP_CWORD": "1", "_ADAPTERCTL_COMPLETE": "complete_bash"}
     res = run_cli(env=env)
     assert res.code == 0 and res.stdout.split() == ["inspect"]
+
+
+def test_a_reader_that_goes_away_is_not_a_failure():
+    """`adapterctl inspect X | head -1` under `set -o pipefail` must not fail the pipeline."""
+    cmd = (f"set -o pipefail; {sys.executable} -m adapterctl inspect examples/upper-lora | head -1")
+    proc = subprocess.run(["bash", "-c", cmd], cwd=REPO, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("adapter") and "Traceback" not in proc.stderr
+
+
+def test_hub_like_ids_that_the_hub_refuses_are_not_found_not_a_crash(tmp_path):
+    for ref in ("foo/bar--baz", "foo/bar..baz"):
+        res = invoke("--json", "inspect", ref)
+        assert res.code == 3 and res.json["error"]["type"] == "not_found", res.stdout

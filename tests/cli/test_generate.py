@@ -90,6 +90,8 @@ def test_compare_json_and_table(tiny_models, loras):
     human = invoke(*args)
     assert human.code == 0 and "prompt" in human.stdout and loras[0].name in human.stdout
     assert "a small" in human.stdout and "base" in human.stdout
+    chat = invoke("generate", "--adapter", loras[0], "--compare", "-p", "[INST] hi [/INST]", "-n", "2")
+    assert chat.code == 0 and "[INST] hi [/INST]" in chat.stdout  # user text, not Rich markup
 
 
 def test_stdin_and_plain_output(tiny_models, monkeypatch):

@@ -149,3 +149,11 @@ def test_to_adapter_writes_an_adapter_and_refuses_dora(tiny_models, lora, peft_a
     dora = peft_adapter("llama", r=4, target_modules=["q_proj"], use_dora=True)
     res = invoke("merge", "--to-adapter", dora, lora, "-o", tmp_path / "cd")
     assert res.code == 5 and "DoRA" in res.stderr and _nothing_left(tmp_path, "cd")
+
+
+@pytest.mark.parametrize("rank", ["0", "-3"])
+def test_to_adapter_rank_below_one_is_a_usage_error(lora, peft_adapter, tmp_path, rank):
+    other = peft_adapter("llama", seed=1, r=2, target_modules=["v_proj"])
+    res = invoke("merge", "--to-adapter", lora, other, "--combination", "svd", "--rank", rank,
+                 "-o", tmp_path / "ab")
+    assert res.code == 2 and "--rank" in res.stderr and not (tmp_path / "ab").exists()

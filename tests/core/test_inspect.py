@@ -218,3 +218,28 @@ def test_subprocess_entry_point(peft_adapter):
     ad = peft_adapter("llama", r=2, target_modules=["q_proj"])
     res = run_cli("inspect", ad)
     assert res.code == 0 and "model.layers.0.self_attn.q_proj" in res.stdout
+
+
+@pytest.mark.parametrize("field,value", [("target_modules", "("), ("exclude_modules", "[a-"),
+                                         ("rank_pattern", {"(": 2}), ("layers_pattern", "(")])
+def test_invalid_regex_in_config_is_invalid_input(tmp_path, field, value):
+    ad = write_adapter(tmp_path / "a", {"r": 2, field: value},
+                       _lora("model.layers.0.self_attn.q_proj", 2, 64, 64))
+    res = invoke("--json", "inspect", ad)
+    assert res.code == 4 and field in res.json["error"]["message"]
+    assert "regular expression" in res.json["error"]["message"]
+
+
+def test_unusable_json_carries_an_error_object(tmp_path):
+    ad = write_adapter(tmp_path / "a", {"r": 4}, _lora("model.layers.0.self_attn.q_proj", 2, 64, 64))
+    doc = invoke("--json", "inspect", ad).json
+    assert doc["ok"] is False and doc["usable"] is False
+    assert doc["error"]["type"] == "rank_mismatch" and doc["error"]["exit_code"] == 4
+    assert doc["modules"]  # the summary is still there for scripts
+
+
+def test_markup_like_text_is_printed_verbatim(tmp_path):
+    ad = write_adapter(tmp_path / "[INST] a [/INST]", {"r": 2},
+                       _lora("model.layers.0.self_attn.q_proj", 2, 64, 64))
+    res = invoke("inspect", ad)
+    assert res.code == 0 and "a [/INST]" in res.stdout  # printed, not parsed as markup
