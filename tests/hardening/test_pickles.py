@@ -94,14 +94,11 @@ def test_malicious_bin_adapter_is_refused_and_never_runs(evil_bin_adapter, tmp_p
 def test_plain_tensor_bin_still_loads(tmp_path):
     """The refusal is about code, not about the format: a plain tensor dict .bin loads."""
     p = "base_model.model.model.layers.0.self_attn.q_proj"
-    folder = write_adapter(tmp_path / "a", {}, {f"{p}.lora_A.weight": torch.ones(8, 4),
-                                                f"{p}.lora_B.weight": torch.ones(4, 8)})
-    tensors = {k: torch.ones(8, 4) if "lora_A" in k else torch.ones(4, 8)
-               for k in (f"{p}.lora_A.weight", f"{p}.lora_B.weight")}
+    tensors = {f"{p}.lora_A.weight": torch.ones(8, 4), f"{p}.lora_B.weight": torch.ones(4, 8)}
+    folder = write_adapter(tmp_path / "a", {}, tensors)
     (folder / "adapter_model.safetensors").unlink()
     torch.save(tensors, folder / "adapter_model.bin")
     assert set(load_adapter(folder).modules) == {"model.layers.0.self_attn.q_proj"}
-    shutil.rmtree(folder)
 
 
 # ----- --trust-remote-code ------------------------------------------------------------------------
