@@ -214,3 +214,22 @@ def test_ctrl_c_in_a_command_reports_interrupted(monkeypatch):
     assert res.code == 130 and res.json["error"]["type"] == "interrupted"
     res = invoke("inspect", "x/y")
     assert res.code == 130 and "error: interrupted" in res.stderr
+
+
+def test_next_run_restores_an_output_whose_force_swap_was_cut_short(tmp_path):
+    """Killed between the two renames of a --force swap: the output is missing, the previous one
+    sits in .out.adapterctl-old-*/x and the new one in .out.adapterctl-tmp-*. The next run puts
+    the previous output back (then refuses it without --force) and removes the rest."""
+    from adapterctl.errors import OutputExistsError
+    from adapterctl.io.output_dir import write_output_dir
+
+    (tmp_path / ".out.adapterctl-old-k1" / "x").mkdir(parents=True)
+    (tmp_path / ".out.adapterctl-old-k1" / "x" / "model.safetensors").write_text("previous")
+    (tmp_path / ".out.adapterctl-tmp-k2").mkdir()
+    (tmp_path / ".out.adapterctl-tmp-k2" / "half").write_text("new, maybe partial")
+    (tmp_path / ".other.adapterctl-tmp-k3").mkdir()  # another output's: not ours to touch
+    with pytest.raises(OutputExistsError):
+        with write_output_dir(tmp_path / "out"):
+            pass
+    assert (tmp_path / "out" / "model.safetensors").read_text() == "previous"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".other.adapterctl-tmp-k3", "out"]
