@@ -184,8 +184,7 @@ def parse_adapter_config(doc: dict, source: str = "adapter_config.json") -> Lora
         raise _type_error(source, "init_lora_weights", "a bool or a string", init)
     bias = _get(doc, "bias", "none", lambda v: v in ("none", "all", "lora_only"),
                 "'none', 'all' or 'lora_only'", source)
-    _check_regexes(doc, source)
-    return LoraAdapterConfig(
+    cfg = LoraAdapterConfig(
         peft_type=peft_type,
         r=r,
         lora_alpha=alpha,
@@ -210,6 +209,8 @@ def parse_adapter_config(doc: dict, source: str = "adapter_config.json") -> Lora
         peft_version=doc.get("peft_version") if isinstance(doc.get("peft_version"), str) else None,
         raw=dict(doc),
     )
+    _check_regexes(doc, source)  # after the type checks: rank_pattern may be any JSON until then
+    return cfg
 
 
 def _check_regexes(doc: dict, source: str) -> None:

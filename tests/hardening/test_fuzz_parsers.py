@@ -230,3 +230,12 @@ def test_huge_json_file_is_refused_without_reading_it(tmp_path):
     tracemalloc.stop()
     assert err.value.exit_code == 4 and "more than the 64 MiB" in err.value.message
     assert peak < 1_000_000
+
+
+@pytest.mark.parametrize("value", [1, 2.5, True, "x"])
+def test_rank_pattern_of_the_wrong_type_is_invalid_input(value):
+    """Found by test_fuzz_cli: the regex check iterated rank_pattern before its type was checked,
+    so ``"rank_pattern": 1`` was an internal error (TypeError)."""
+    with pytest.raises(AdapterctlError) as err:
+        parse_adapter_config({"peft_type": "LORA", "rank_pattern": value})
+    assert err.value.exit_code == 4 and "rank_pattern" in err.value.message
