@@ -4,6 +4,7 @@ the known token string the secret tests grep for, and hypothesis settings bounde
 from __future__ import annotations
 
 import collections
+import os
 
 from hypothesis import HealthCheck, settings
 
@@ -12,11 +13,13 @@ from tests.hub.conftest import hub  # noqa: F401  (the local Hub server fixture)
 #: property name -> examples run (each property calls :func:`count` once per example)
 EXAMPLES: collections.Counter = collections.Counter()
 
-#: bounded for CI (2 busy cores): the whole suite stays within a few minutes
-FUZZ = settings(max_examples=250, deadline=None, derandomize=False,
+#: bounded for CI (2 busy cores): the whole suite stays within a few minutes; a deeper run:
+#: ADAPTERCTL_FUZZ_EXAMPLES=5000 pytest tests/hardening
+EXAMPLES_PER_PROPERTY = int(os.environ.get("ADAPTERCTL_FUZZ_EXAMPLES", "250"))
+FUZZ = settings(max_examples=EXAMPLES_PER_PROPERTY, deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture,
                                        HealthCheck.data_too_large])
-FUZZ_SLOW = settings(FUZZ, max_examples=150)
+FUZZ_SLOW = settings(FUZZ, max_examples=max(1, EXAMPLES_PER_PROPERTY * 3 // 5))
 
 
 def count(name: str) -> None:
