@@ -96,11 +96,9 @@ def _field_adapter(doc: dict, where: str) -> str | None:
     if "adapter" not in doc:
         return DEFAULT_KEY
     value = doc["adapter"]
-    if value in BASE_ALIASES:
-        return BASE_KEY
-    if not isinstance(value, str):
-        raise InvalidAdapterError(f"{where}: 'adapter' must be a string or null, got {value!r}")
-    return value
+    if value is not None and not isinstance(value, str):  # before `in`: a list is unhashable
+        raise InvalidAdapterError(f"{where}: 'adapter' must be a string or null, got {value!r}"[:300])
+    return BASE_KEY if value in BASE_ALIASES else value
 
 
 def _field_max_new(value: Any, where: str) -> int | None:

@@ -49,3 +49,12 @@ def test_deeply_nested_jsonl_line_is_an_error(tmp_path):
     with pytest.raises(AdapterctlError) as err:
         prompts.collect_prompts((), path)
     assert err.value.exit_code == 4
+
+
+@pytest.mark.parametrize("value", [[], {}, ["a"], 3, True])
+def test_jsonl_adapter_of_the_wrong_type_is_invalid_input(value):
+    """Found by test_prompt_lines: ``"adapter": []`` raised TypeError (unhashable) - exit 1."""
+    line = json.dumps({"prompt": "hi", "adapter": value})
+    with pytest.raises(AdapterctlError) as err:
+        prompts.parse_prompt_lines(line, "p.jsonl", jsonl=True)
+    assert err.value.exit_code == 4 and "'adapter' must be a string or null" in err.value.message
