@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from adapterctl.core.config import read_adapter_config
@@ -102,6 +102,12 @@ def precheck_base(base_dir: Path, shown: str, loaded: list) -> None:
                 hint="Use the base model the adapter was trained on (see base_model_name_or_path).")
 
 
+def base_hub(hub: HubOptions | None) -> HubOptions | None:
+    """The adapter's Hub settings for its base: same token, log and progress; no --revision
+    (that names the adapter's revision, not the base's)."""
+    return replace(hub, revision=None) if hub else None
+
+
 def open_session(base_ref: str | None, adapters: list[str], names: list[str] | None = None,
                  weights: list[float] | None = None, placement: Placement = Placement(),
                  hub: HubOptions | None = None, trainable: bool = False, on_step=None) -> Session:
@@ -119,13 +125,13 @@ def open_session(base_ref: str | None, adapters: list[str], names: list[str] | N
     loaded = [load_adapter(d, n, source=a) for d, n, a in zip(dirs, names, adapters)]
     if base_ref is None:
         base_ref = base_from_adapter(dirs[0], adapters[0])
-    base_dir = resolve_model_dir(base_ref, HubOptions(token=hub.token) if hub else None)
+    base_dir = resolve_model_dir(base_ref, base_hub(hub))
     precheck_base(base_dir, base_ref, loaded)
     step(f"loading base {base_ref}")
     t0 = time.perf_counter()
     lb = load_base(base_dir, placement.dtype, placement.device_map, placement.max_memory,
                    placement.offload_folder, placement.quantize,
-                   hub=HubOptions(token=hub.token) if hub else None,
+                   hub=base_hub(hub),
                    trust_remote_code=placement.trust_remote_code)
     session = Session(lb, load_seconds=time.perf_counter() - t0)
     t1 = time.perf_counter()
