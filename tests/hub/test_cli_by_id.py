@@ -61,15 +61,8 @@ def test_push_and_inspect_by_id_never_import_torch(hub, lora, tmp_path):
     assert "testuser/pushed" in hub.state.repos
 
 
-# ----- merge / attach by Hub id: real tests, skipped until those commands are built ----------------
-def _built(cmd: str) -> bool:
-    res = run_cli(cmd, "--help")
-    return res.code == 0 and "not built yet" not in res.stdout + res.stderr
-
-
+# ----- merge / attach by Hub id ------------------------------------------------------------------
 def test_merge_by_hub_ids(hub, lora, tiny_models, tmp_path):
-    if not _built("merge"):
-        pytest.skip("merge is not built on this branch yet")
     hub.seed("testuser/base", tiny_models["llama"])
     hub.seed("testuser/lora", lora)
     by_id = run_cli("merge", "testuser/base", "testuser/lora", "--output", tmp_path / "a")
@@ -81,8 +74,6 @@ def test_merge_by_hub_ids(hub, lora, tiny_models, tmp_path):
 
 
 def test_attach_by_hub_ids(hub, lora, tiny_models):
-    if not _built("attach"):
-        pytest.skip("attach is not built on this branch yet")
     hub.seed("testuser/base", tiny_models["llama"])
     hub.seed("testuser/lora", lora)
     by_id = run_cli("--json", "attach", "testuser/base", "testuser/lora")
