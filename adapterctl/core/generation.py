@@ -296,8 +296,11 @@ def _new_cache(model):
 
 
 def _input_device(model) -> torch.device:
-    emb = model.get_input_embeddings()
-    return emb.weight.device if hasattr(emb, "weight") else next(model.parameters()).device
+    """Where input ids go: the embedding's execution device (its accelerate hook's when it is
+    offloaded to cpu/disk, whose weight then sits on the meta device)."""
+    from adapterctl.core.layers import execution_device
+
+    return execution_device(model.get_input_embeddings())
 
 
 def _accepts_logits_to_keep(model) -> bool:
