@@ -206,7 +206,7 @@ def report(figures: dict, n_params: int, args) -> None:
     print(f"\n{n_params / 1e9:.2f}B-parameter bf16 Llama, batch {args.batch}, prompt "
           f"{args.prompt_len} tokens, {args.new_tokens} new tokens, r={args.r} all-linear, "
           f"{torch.get_num_threads()} thread(s), {args.clock} time, best of {args.reps}\n")
-    print(f"| case | total s | ms/step | x base (total) | x base (per step) |")
+    print("| case | total s | ms/step | x base (total) | x base (per step) |")
     print("|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['case']} | {r['total_s']:.3f} | {r['step_s'] * 1e3:.1f} | "

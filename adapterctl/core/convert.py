@@ -18,7 +18,7 @@ import torch
 from adapterctl.core.adapter import LoadedAdapter, build_adapter, read_adapter_tensors
 from adapterctl.core.config import check_lora_type, parse_adapter_config, read_adapter_config
 from adapterctl.core.keys import ModuleKeys, split_keys
-from adapterctl.core.inspect import CONV1D_MODEL_TYPES
+from adapterctl.core.layer_kind import CONV1D_MODEL_TYPES
 from adapterctl.errors import (AdapterctlError, IncompatibleBaseError, InvalidAdapterError,
                                UnsupportedError)
 from adapterctl.io.adapter_dir import AdapterFiles, locate_adapter_files

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from adapterctl.core.convert import AdapterDraft, ModuleReport
-from adapterctl.core.inspect import CONV1D_MODEL_TYPES
+from adapterctl.core.layer_kind import CONV1D_MODEL_TYPES
 from adapterctl.core.rank_reduce import ranked_config
 from adapterctl.core.svd import LowRankSVD, captured_energy, choose_rank, lora_factors, svd_of_matrix
 from adapterctl.core.targeting import module_scaling

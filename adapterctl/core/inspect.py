@@ -10,7 +10,7 @@ from pathlib import Path
 from adapterctl.core import problems as P
 from adapterctl.core.config import LoraAdapterConfig, check_lora_type, parse_adapter_config
 from adapterctl.core.keys import KeyLayout, ModuleKeys, split_keys
-from adapterctl.core.layer_kind import CONV1D_MODEL_TYPES, base_layer_kind  # noqa: F401 (re-export)
+from adapterctl.core.layer_kind import base_layer_kind
 from adapterctl.core.targeting import matches_target, module_scaling
 from adapterctl.errors import AdapterctlError
 from adapterctl.io.adapter_dir import AdapterFiles, locate_adapter_files

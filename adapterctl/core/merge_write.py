@@ -21,7 +21,7 @@ import torch
 
 from adapterctl.core.combine import combine_deltas, module_generator
 from adapterctl.core.delta import bias_delta, delta_weight, dora_scale, mutated_init
-from adapterctl.core.merge import DTYPE_NAMES, LoraOp, MergeJob, TensorTask
+from adapterctl.core.merge import LoraOp, MergeJob, TensorTask
 from adapterctl.errors import MissingDependencyError
 from adapterctl.io.checkpoint import CheckpointReader
 from adapterctl.io.output_dir import write_output_dir

@@ -13,22 +13,12 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
-from tests.core.test_generation import peft_greedy, peft_model
+from tests.core.test_generation import one_thread, peft_greedy, peft_model  # noqa: F401 (one_thread: an autouse fixture)
 from tests.helpers import REPO, invoke
 
 COMPLETION_KEYS = {"id", "prompt", "adapter", "completion", "completion_token_ids", "finish_reason",
                    "prompt_tokens", "completion_tokens", "tokens_per_second"}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from threads; on a shared 2-core machine they only add waits."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import torch
 
 from adapterctl.core.engine import attach_adapter
 from adapterctl.core.model import load_base
-from tests.core.test_engine import IDS, greedy, load_hf, logits, peft_model
+from tests.core.test_engine import greedy, load_hf, logits, peft_model
 from tests.helpers import max_abs_diff
 
 

@@ -17,7 +17,6 @@ from tests.core.test_engine import CASES
 from tests.core.test_engine_placement import bnb_llama  # noqa: F401 (a fixture)
 
 
-
 @pytest.fixture(autouse=True, scope="module")
 def one_thread():
     """Tiny models gain nothing from threads; on a shared 2-core machine they only add waits."""
