@@ -10,19 +10,19 @@ __version__ = "0.1.0"
 
 # Public API, resolved lazily so that `import adapterctl` never pulls in torch.
 _LAZY = {
-    "inspect_adapter": ("adapterctl.core.inspect", "inspect_adapter"),
-    "read_adapter_config": ("adapterctl.core.config", "read_adapter_config"),
-    "LoraAdapterConfig": ("adapterctl.core.config", "LoraAdapterConfig"),
-    "load_adapter": ("adapterctl.core.adapter", "load_adapter"),
-    "load_base": ("adapterctl.core.model", "load_base"),
-    "attach_adapter": ("adapterctl.core.engine", "attach_adapter"),
-    "set_active": ("adapterctl.core.engine", "set_active"),
-    "detach": ("adapterctl.core.engine", "detach"),
-    "row_adapters": ("adapterctl.core.engine", "row_adapters"),
-    "fold": ("adapterctl.core.engine", "fold"),
-    "unfold": ("adapterctl.core.engine", "unfold"),
-    "attached_adapters": ("adapterctl.core.engine", "attached_adapters"),
-    "greedy_complete": ("adapterctl.core.textgen", "greedy_complete"),
+    "inspect_adapter": ("adapterctl.core.adapter.inspect", "inspect_adapter"),
+    "read_adapter_config": ("adapterctl.core.adapter.config", "read_adapter_config"),
+    "LoraAdapterConfig": ("adapterctl.core.adapter.config", "LoraAdapterConfig"),
+    "load_adapter": ("adapterctl.core.lora.loaded", "load_adapter"),
+    "load_base": ("adapterctl.core.engine.model", "load_base"),
+    "attach_adapter": ("adapterctl.core.engine.attach", "attach_adapter"),
+    "set_active": ("adapterctl.core.engine.attach", "set_active"),
+    "detach": ("adapterctl.core.engine.attach", "detach"),
+    "row_adapters": ("adapterctl.core.engine.attach", "row_adapters"),
+    "fold": ("adapterctl.core.engine.attach", "fold"),
+    "unfold": ("adapterctl.core.engine.attach", "unfold"),
+    "attached_adapters": ("adapterctl.core.engine.attach", "attached_adapters"),
+    "greedy_complete": ("adapterctl.core.generate.textgen", "greedy_complete"),
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -12,9 +12,9 @@ import time
 
 import torch
 
-from adapterctl.core.adapter import LoraWeights
-from adapterctl.core.rank_reduce import module_svd
-from adapterctl.core.svd import choose_rank, lora_factors, relative_error
+from adapterctl.core.convert.rank_reduce import module_svd
+from adapterctl.core.lora.loaded import LoraWeights
+from adapterctl.core.lora.svd import choose_rank, lora_factors, relative_error
 
 
 def ours(w: LoraWeights, target: int):

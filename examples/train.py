@@ -194,10 +194,10 @@ def fresh_adapter(model, name: str, spec: dict, out: Path):
     magnitude = the base row norms; PiSSA: A0/B0 from the SVD of the base weights)."""
     import torch
 
-    from adapterctl.core.adapter import LoadedAdapter, LoraWeights
-    from adapterctl.core.config import parse_adapter_config
-    from adapterctl.core.delta import mutated_init
-    from adapterctl.core.targeting import lora_scaling, select_targets
+    from adapterctl.core.adapter.config import parse_adapter_config
+    from adapterctl.core.adapter.targeting import lora_scaling, select_targets
+    from adapterctl.core.lora.delta import mutated_init
+    from adapterctl.core.lora.loaded import LoadedAdapter, LoraWeights
     from adapterctl.io.adapter_dir import AdapterFiles
 
     doc = adapter_config_doc(spec)
@@ -255,7 +255,7 @@ def lora_tensors(la) -> dict:
 
 
 def trained_tensors(model, name: str) -> dict:
-    from adapterctl.core.layers import LoraWrapper
+    from adapterctl.core.engine.layers import LoraWrapper
 
     out = {}
     for mod in model.modules():
@@ -271,8 +271,8 @@ def trained_tensors(model, name: str) -> dict:
 def train_adapter(name: str, spec: dict) -> None:
     import torch
 
-    from adapterctl.core.engine import attach_adapter, detach
-    from adapterctl.core.model import load_base
+    from adapterctl.core.engine.attach import attach_adapter, detach
+    from adapterctl.core.engine.model import load_base
 
     torch.manual_seed(CONFIG["seed"])
     base = load_base(HERE / CONFIG["base"]["dir"], dtype="float32")

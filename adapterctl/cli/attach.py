@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import typer
 
-from adapterctl.cli.common import (PANEL_BASE, RevisionOpt, TokenOpt, TrustRemoteCodeOpt, examples,
-                                   hub_options)
+from adapterctl.cli.common import (
+    PANEL_BASE,
+    RevisionOpt,
+    TokenOpt,
+    TrustRemoteCodeOpt,
+    examples,
+    hub_options,
+)
 from adapterctl.cli.output import get_output
 
 PANEL_PROMPT = "Prompt"
@@ -49,8 +55,8 @@ def attach_cmd(
 ) -> None:
     """Load a base model and attach LoRA adapters (no PEFT); print what was attached, and with
     --prompt a greedy completion: the quick way to try an adapter."""
-    from adapterctl.core.model import DTYPES
-    from adapterctl.core.session import Placement, open_session, split_base_and_adapters
+    from adapterctl.core.engine.model import DTYPES
+    from adapterctl.core.engine.session import Placement, open_session, split_base_and_adapters
     from adapterctl.errors import UsageError
 
     out = get_output()
@@ -72,7 +78,7 @@ def attach_cmd(
 
 
 def _complete(session, prompts, max_new_tokens, out):
-    from adapterctl.core.textgen import greedy_complete
+    from adapterctl.core.generate.textgen import greedy_complete
     from adapterctl.errors import NotFoundError
 
     if session.base.tokenizer is None:
@@ -83,7 +89,7 @@ def _complete(session, prompts, max_new_tokens, out):
 
 
 def _summary(session, completions) -> dict:
-    from adapterctl.core.engine import active_adapters
+    from adapterctl.core.engine.attach import active_adapters
 
     return {
         "base": {**session.base.to_dict(), "load_seconds": round(session.load_seconds, 3)},

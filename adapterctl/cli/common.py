@@ -41,7 +41,7 @@ EndpointOpt = typer.Option(None, "--endpoint", help="Hub URL (default: HF_ENDPOI
 def hub_options(revision: str | None, token: str | None, endpoint: str | None = None):
     """Hub settings for io.resolve/io.hub: messages go to stderr, bars follow --quiet."""
     from adapterctl.cli.output import get_output
-    from adapterctl.io.resolve import HubOptions
+    from adapterctl.io.hub_ref import HubOptions
 
     out = get_output()
     return HubOptions(revision=revision, token=token, endpoint=endpoint,

@@ -48,7 +48,7 @@ def convert_cmd(
     token: str = TokenOpt,
 ) -> None:
     """Rewrite an adapter as an equivalent (or rank-reduced) PEFT LoRA adapter, or extract one."""
-    from adapterctl.core.convert_pipeline import ConvertRequest, check_request
+    from adapterctl.core.convert.pipeline import ConvertRequest, check_request
 
     out = get_output()
     req = ConvertRequest(source, output, force, pissa_init, base, extract, rank, energy, dtype,
@@ -61,7 +61,7 @@ def convert_cmd(
                          "float16.")
     check_request(req)  # usage errors before any download
     req = _resolve(req, revision, token)
-    from adapterctl.core.convert_pipeline import run_convert
+    from adapterctl.core.convert.pipeline import run_convert
 
     if req.extract_base:
         with out.progress("extracting", total=None) as advance:

@@ -1,6 +1,6 @@
 """``adapterctl generate``: text generation on a base model with adapters, scriptable.
 
-Parses options, loads the base and adapters, calls :mod:`adapterctl.core.generation` and renders:
+Parses options, loads the base and adapters, calls :mod:`adapterctl.core.generate.loop` and renders:
 streamed text for one prompt in a terminal, a Rich view otherwise, one JSON document with
 ``--json``, one JSON line per finished completion with ``--jsonl``.
 """
@@ -12,8 +12,7 @@ import sys
 import typer
 
 from adapterctl.cli.attach import DeviceMapOpt, DtypeOpt, MaxMemoryOpt, OffloadOpt, QuantizeOpt
-from adapterctl.cli.common import (RevisionOpt, TokenOpt, TrustRemoteCodeOpt, examples,
-                                   hub_options)
+from adapterctl.cli.common import RevisionOpt, TokenOpt, TrustRemoteCodeOpt, examples, hub_options
 from adapterctl.cli.output import get_output
 from adapterctl.errors import Interrupted, UsageError
 
@@ -78,9 +77,9 @@ def generate_cmd(
 ) -> None:
     """Generate text with a base model and adapters: several adapters in one batch, streamed."""
     from adapterctl.cli import generate_run as view
-    from adapterctl.core.decoding import DecodingConfig
-    from adapterctl.core.prompts import collect_prompts
-    from adapterctl.core.session import Placement
+    from adapterctl.core.engine.session import Placement
+    from adapterctl.core.generate.decoding import DecodingConfig
+    from adapterctl.core.generate.prompts import collect_prompts
 
     out = get_output()
     if out.json and jsonl:

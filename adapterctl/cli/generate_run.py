@@ -8,11 +8,16 @@ import sys
 from dataclasses import dataclass, replace
 
 from adapterctl.cli.output import Output, get_output
-from adapterctl.core.decoding import DecodingConfig
-from adapterctl.core.generation import (BaseRouter, Completion, GenerationResult,
-                                        compare_completions, generate_completions)
-from adapterctl.core.prompts import BASE_KEY, PromptSpec
-from adapterctl.core.routing import AttachedAdapter, EngineRouter, attach_for_run
+from adapterctl.core.generate.decoding import DecodingConfig
+from adapterctl.core.generate.loop import (
+    BaseRouter,
+    Completion,
+    GenerationResult,
+    compare_completions,
+    generate_completions,
+)
+from adapterctl.core.generate.prompts import BASE_KEY, PromptSpec
+from adapterctl.core.generate.routing import AttachedAdapter, EngineRouter, attach_for_run
 from adapterctl.errors import Interrupted, NotFoundError, UsageError
 
 
@@ -34,7 +39,7 @@ class Session:
 def load_session(base_ref: str | None, choices: list[tuple[str, float]], specs: list[PromptSpec],
                  hub, placement, fold: bool) -> Session:
     """Load the base (from the first adapter's config when BASE is omitted), attach adapters."""
-    from adapterctl.core.model import load_base
+    from adapterctl.core.engine.model import load_base
 
     out = get_output()
     base_ref = base_ref or base_from_adapter(choices, hub)
@@ -64,7 +69,7 @@ def load_session(base_ref: str | None, choices: list[tuple[str, float]], specs: 
 
 def base_from_adapter(choices: list[tuple[str, float]], hub) -> str:
     """BASE omitted: the first adapter's ``base_model_name_or_path``."""
-    from adapterctl.core.session import base_from_adapter as from_config
+    from adapterctl.core.engine.session import base_from_adapter as from_config
     from adapterctl.io.resolve import resolve_adapter_dir
 
     if not choices:

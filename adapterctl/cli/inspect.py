@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import typer
 
 from adapterctl.cli.common import RevisionOpt, TokenOpt, examples, hub_options
@@ -19,7 +18,7 @@ def inspect_cmd(
     token: str = TokenOpt,
 ) -> None:
     """Show what an adapter holds and whether it can be used (config and safetensors header only)."""
-    from adapterctl.core.inspect import inspect_adapter
+    from adapterctl.core.adapter.inspect import inspect_adapter
     from adapterctl.io.resolve import resolve_adapter_dir, resolve_model_dir
 
     out = get_output()

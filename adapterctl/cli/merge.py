@@ -86,8 +86,8 @@ def merge_cmd(
 
 def _merge_model(inputs, output, dtype, device, max_shard_size, force, dry_run, weights,
                  combination, density, seed, token) -> None:
-    from adapterctl.core.merge import DTYPES, MergeOptions, load_adapters, plan_merge
-    from adapterctl.core.merge_write import execute_merge
+    from adapterctl.core.merge.plan import DTYPES, MergeOptions, load_adapters, plan_merge
+    from adapterctl.core.merge.write import execute_merge
     from adapterctl.io.resolve import resolve_adapter_dir, resolve_model_dir
 
     if dtype != "auto" and dtype not in DTYPES:
@@ -126,8 +126,8 @@ def _merge_model(inputs, output, dtype, device, max_shard_size, force, dry_run, 
 
 def _combine_to_adapter(inputs, output, method, weights, density, seed, rank, force, dry_run,
                         token) -> None:
-    from adapterctl.core.combine import combine_adapters, write_combined_adapter
-    from adapterctl.core.merge import load_adapters
+    from adapterctl.core.lora.combine import combine_adapters, write_combined_adapter
+    from adapterctl.core.merge.plan import load_adapters
     from adapterctl.io.output_dir import write_output_dir
     from adapterctl.io.resolve import resolve_adapter_dir
 

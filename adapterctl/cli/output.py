@@ -94,8 +94,14 @@ class Output:
         if self.settings.quiet or not self.err.is_terminal:
             yield lambda n=1, **kw: None
             return
-        from rich.progress import (BarColumn, Progress, TaskProgressColumn, TextColumn,
-                                   TimeElapsedColumn, TimeRemainingColumn)
+        from rich.progress import (
+            BarColumn,
+            Progress,
+            TaskProgressColumn,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
         cols = [TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(),
                 TimeElapsedColumn(), TimeRemainingColumn()]

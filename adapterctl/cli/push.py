@@ -38,9 +38,9 @@ def push_cmd(
     endpoint: str = EndpointOpt,
 ) -> None:
     """Upload an adapter or merged model folder to the Hub, with a README model card."""
-    from adapterctl.core.push import plan_push
+    from adapterctl.core.publish.push import plan_push
+    from adapterctl.io.hub_ref import looks_like_hub_id
     from adapterctl.io.hub_upload import Upload, fetch_card, push_commit
-    from adapterctl.io.resolve import looks_like_hub_id
 
     out = get_output()
     if not looks_like_hub_id(repo_id) or "@" in repo_id:

@@ -12,7 +12,6 @@ use keeps memory at one tensor whatever the shard size.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -20,28 +19,9 @@ import torch
 
 from adapterctl.errors import IncompatibleBaseError, InvalidAdapterError
 from adapterctl.io.model_dir import ModelFiles, find_checkpoint_key
+from adapterctl.io.quantized import dequantize, group_quantized, is_bnb_quantized
 from adapterctl.io.safetensors_header import read_safetensors_header
-
-ST_TO_TORCH: dict[str, torch.dtype] = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-    "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
-}
-FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-
-
-@dataclass(frozen=True)
-class StoredTensor:
-    """Where a checkpoint tensor lives, and what it is, without its values."""
-
-    key: str
-    dtype: torch.dtype
-    shape: tuple[int, ...]
-    file: Path
-    offset: int = -1  # absolute byte offset in a safetensors file
-    nbytes: int = 0
-    quant: str | None = None  # "4bit" | "8bit": a bitsandbytes weight, dequantized on read
-    parts: tuple["StoredTensor", ...] = ()  # its stored tensors (io/quantized.py)
+from adapterctl.io.stored import FLOAT_DTYPES, ST_TO_TORCH, StoredTensor
 
 
 def list_tensors(files: ModelFiles) -> list[StoredTensor]:
@@ -113,8 +93,6 @@ class CheckpointReader:
         """Every tensor, in storage order; a bitsandbytes weight and its side tensors are one
         float tensor (in the checkpoint's dtype) dequantized on read (spec 6.4)."""
         stored = list_tensors(self.files)
-        from adapterctl.io.quantized import group_quantized, is_bnb_quantized
-
         if is_bnb_quantized(self.files.config):
             stored = group_quantized(stored, self.get, base_float_dtype(stored))
         return stored
@@ -169,8 +147,6 @@ class CheckpointReader:
 
     def get(self, stored: StoredTensor) -> torch.Tensor:
         if stored.quant is not None:
-            from adapterctl.io.quantized import dequantize
-
             return dequantize(stored, self.get)
         handle = self._open(stored.file)
         if isinstance(handle, dict):
@@ -202,3 +178,35 @@ class CheckpointReader:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def checkpoint_renames(model_type: str | None, keys) -> tuple[dict[str, str], set[str]]:
+    """transformers' own checkpoint -> runtime key conversions for ``model_type`` (v5 tables).
+
+    Returns ``(runtime name -> checkpoint key)`` for plain renamings, and the checkpoint keys that a
+    many-to-one converter fuses (MoE experts): those have no single runtime parameter to add a
+    delta to. Empty when transformers is absent or has no table for this model type.
+    """
+    try:
+        from transformers.conversion_mapping import get_checkpoint_conversion_mapping
+        from transformers.core_model_loading import WeightRenaming
+    except ImportError:
+        return {}, set()
+    try:
+        transforms = get_checkpoint_conversion_mapping(model_type) if model_type else None
+    except Exception:  # a table that does not build is the same as no table
+        transforms = None
+    renamed, fused = {}, set()
+    for key in keys:
+        name = key
+        for t in transforms or ():
+            new, pattern = t.rename_source_key(name)
+            if pattern is None:
+                continue
+            if not isinstance(t, WeightRenaming):
+                fused.add(key)
+                break
+            name = new
+        if name != key and key not in fused:
+            renamed[name] = key
+    return renamed, fused

@@ -7,7 +7,6 @@ from pathlib import Path
 
 from adapterctl.errors import InvalidAdapterError, NotFoundError
 
-
 #: Configs and weight indexes are kilobytes (a 1T-parameter index: a few MB); refusing anything
 #: larger before reading keeps memory bounded on a hostile or corrupt file.
 MAX_JSON_BYTES = 64 * 1024 * 1024

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from adapterctl.errors import NotFoundError, UsageError
 from adapterctl.io.hub_errors import hub_call, is_network_error, offline_error
+from adapterctl.io.hub_ref import endpoint_of, split_revision
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
@@ -37,11 +38,6 @@ _TRUE = {"1", "ON", "YES", "TRUE"}
 
 
 # ----- settings read at call time ----------------------------------------------------------------
-def endpoint_of(hub) -> str:
-    return (getattr(hub, "endpoint", None) or os.environ.get("HF_ENDPOINT")
-            or "https://huggingface.co").rstrip("/")
-
-
 def cache_dir() -> Path:
     if os.environ.get("HF_HUB_CACHE"):
         return Path(os.environ["HF_HUB_CACHE"]).expanduser()
@@ -84,8 +80,12 @@ def _log(hub, text: str) -> None:
 @contextlib.contextmanager
 def client_output(hub):
     """huggingface_hub's own per-file bars and warnings (stderr); both off with --quiet."""
-    from huggingface_hub.utils import (are_progress_bars_disabled, disable_progress_bars,
-                                       enable_progress_bars, logging)
+    from huggingface_hub.utils import (
+        are_progress_bars_disabled,
+        disable_progress_bars,
+        enable_progress_bars,
+        logging,
+    )
 
     was_disabled, level = are_progress_bars_disabled(), logging.get_verbosity()
     if not getattr(hub, "progress", True):
@@ -100,7 +100,6 @@ def client_output(hub):
 
 
 def split_ref(ref: str, hub) -> tuple[str, str]:
-    from adapterctl.io.resolve import split_revision
 
     repo_id, revision = split_revision(ref, getattr(hub, "revision", None))
     revision = revision or "main"

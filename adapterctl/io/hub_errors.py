@@ -11,6 +11,7 @@ import contextlib
 import os
 
 from adapterctl.errors import AdapterctlError, HubError, NotFoundError, UsageError
+from adapterctl.io.hub_ref import endpoint_of
 
 LOGIN_HINT = "Log in with `hf auth login`, or pass --token / set HF_TOKEN."
 
@@ -72,7 +73,6 @@ def translate(err: Exception, repo_id: str, revision: str | None, hub,
               action: str) -> AdapterctlError | None:
     from huggingface_hub import errors as E
 
-    from adapterctl.io.hub import endpoint_of
 
     rev = revision or "main"
     endpoint = endpoint_of(hub)

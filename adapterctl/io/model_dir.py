@@ -126,35 +126,3 @@ def find_checkpoint_key(param: str, keys: set[str] | dict) -> str | None:
         if key.endswith("." + param) and key.count(".") == param.count(".") + 1:
             return key
     return None
-
-
-def checkpoint_renames(model_type: str | None, keys) -> tuple[dict[str, str], set[str]]:
-    """transformers' own checkpoint -> runtime key conversions for ``model_type`` (v5 tables).
-
-    Returns ``(runtime name -> checkpoint key)`` for plain renamings, and the checkpoint keys that a
-    many-to-one converter fuses (MoE experts): those have no single runtime parameter to add a
-    delta to. Empty when transformers is absent or has no table for this model type.
-    """
-    try:
-        from transformers.conversion_mapping import get_checkpoint_conversion_mapping
-        from transformers.core_model_loading import WeightRenaming
-    except ImportError:
-        return {}, set()
-    try:
-        transforms = get_checkpoint_conversion_mapping(model_type) if model_type else None
-    except Exception:  # a table that does not build is the same as no table
-        transforms = None
-    renamed, fused = {}, set()
-    for key in keys:
-        name = key
-        for t in transforms or ():
-            new, pattern = t.rename_source_key(name)
-            if pattern is None:
-                continue
-            if not isinstance(t, WeightRenaming):
-                fused.add(key)
-                break
-            name = new
-        if name != key and key not in fused:
-            renamed[name] = key
-    return renamed, fused

@@ -17,7 +17,7 @@ from dataclasses import replace
 import torch
 
 from adapterctl.errors import InvalidAdapterError, MissingDependencyError
-from adapterctl.io.checkpoint import StoredTensor
+from adapterctl.io.stored import StoredTensor
 
 QS_SUFFIXES = (".quant_state.bitsandbytes__nf4", ".quant_state.bitsandbytes__fp4")
 

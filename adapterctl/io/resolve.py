@@ -7,36 +7,11 @@ Hugging Face cache, only the files the caller needs).
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from adapterctl.errors import NotFoundError
-
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+(@[\w.\-/%]+)?$")
-
-
-@dataclass(frozen=True)
-class HubOptions:
-    revision: str | None = None
-    token: str | None = field(default=None, repr=False)  # never shown, not even in a repr
-    endpoint: str | None = None  # None: HF_ENDPOINT at call time, else huggingface.co
-    progress: bool = True  # huggingface_hub's download bars on stderr
-    log: Callable[[str], None] | None = field(default=None, compare=False, repr=False)
-
-
-def looks_like_hub_id(ref: str) -> bool:
-    repo = ref.split("@", 1)[0]
-    return (bool(_HUB_ID.match(ref)) and not ref.startswith((".", "/", "~"))
-            and "--" not in repo and ".." not in repo)  # the Hub refuses both in repo ids
-
-
-def split_revision(ref: str, revision: str | None) -> tuple[str, str | None]:
-    if "@" in ref:
-        repo, _, rev = ref.partition("@")
-        return repo, revision or rev
-    return ref, revision
+from adapterctl.io import hub as hub_io
+from adapterctl.io.hub_ref import HubOptions, looks_like_hub_id
 
 
 def resolve_local(ref: str | Path, kind: str) -> Path | None:
@@ -61,8 +36,6 @@ def resolve_adapter_dir(ref: str | Path, hub: HubOptions | None = None,
     local = resolve_local(ref, "adapter")
     if local is not None:
         return local
-    from adapterctl.io import hub as hub_io
-
     return hub_io.download_adapter(str(ref), hub or HubOptions(), need_weights=need_weights,
                                    header_only=header_only)
 
@@ -73,7 +46,5 @@ def resolve_model_dir(ref: str | Path, hub: HubOptions | None = None,
     local = resolve_local(ref, "model")
     if local is not None:
         return local
-    from adapterctl.io import hub as hub_io
-
     return hub_io.download_model(str(ref), hub or HubOptions(), need_weights=need_weights,
                                  header_only=header_only)

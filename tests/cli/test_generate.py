@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from tests.core.test_generation import one_thread, peft_greedy, peft_model  # noqa: F401 (one_thread: an autouse fixture)
+from tests.core.generate.test_loop import one_thread, peft_greedy, peft_model  # noqa: F401 (one_thread: an autouse fixture)
 from tests.helpers import REPO, invoke
 
 COMPLETION_KEYS = {"id", "prompt", "adapter", "completion", "completion_token_ids", "finish_reason",

@@ -20,7 +20,6 @@ import pytest
 
 from tests.helpers import REPO, run_cli
 
-HAS_MERGE = (REPO / "adapterctl" / "core" / "merge.py").exists()
 #: the one atomic-output helper names its temporary folders like this (io/output_dir.py)
 TEMP_MARK = ".adapterctl-tmp"
 
@@ -35,8 +34,7 @@ COMMANDS = {
     "convert": lambda i, out: ["convert", "--rank", "4", i["lora"], out],
     "merge": lambda i, out: ["merge", i["base"], i["lora"], "--output", out],
 }
-PARAMS = [pytest.param("convert"),
-          pytest.param("merge", marks=pytest.mark.skipif(not HAS_MERGE, reason="merge not built"))]
+PARAMS = [pytest.param("convert"), pytest.param("merge")]
 
 
 def _env() -> dict:
@@ -80,7 +78,7 @@ def _check_after_fault(dest: Path, reference: dict, inputs: dict, before: dict) 
 def references(inputs, tmp_path_factory):
     """The complete output of each command, and the inputs' digests before any fault."""
     refs = {}
-    for cmd in [p.values[0] for p in PARAMS if not (p.marks and not HAS_MERGE)]:
+    for cmd in COMMANDS:
         out = tmp_path_factory.mktemp(f"ref-{cmd}") / "out"
         t0 = time.monotonic()
         res = run_cli(*COMMANDS[cmd](inputs, out))

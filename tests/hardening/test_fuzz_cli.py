@@ -12,7 +12,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from adapterctl.core.adapter import load_adapter
+from adapterctl.core.lora.loaded import load_adapter
 from adapterctl.errors import AdapterctlError
 from tests.hardening.conftest import FUZZ_SLOW, count
 from tests.hardening.test_fuzz_parsers import CONFIGS

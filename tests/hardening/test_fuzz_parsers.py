@@ -12,14 +12,22 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from adapterctl.core.config import (LoraAdapterConfig, check_lora_type, parse_adapter_config,
-                                    read_adapter_config)
-from adapterctl.core.keys import split_keys
+from adapterctl.core.adapter.config import (
+    LoraAdapterConfig,
+    check_lora_type,
+    parse_adapter_config,
+    read_adapter_config,
+)
+from adapterctl.core.adapter.keys import split_keys
 from adapterctl.errors import EXIT_CODES, AdapterctlError
 from adapterctl.io.files import read_json_object
 from adapterctl.io.model_dir import locate_model_files
-from adapterctl.io.safetensors_header import (DTYPE_SIZES, SafetensorsHeader, parse_header_bytes,
-                                              read_safetensors_header)
+from adapterctl.io.safetensors_header import (
+    DTYPE_SIZES,
+    SafetensorsHeader,
+    parse_header_bytes,
+    read_safetensors_header,
+)
 from tests.hardening.conftest import FUZZ, count
 
 # ----- strategies ---------------------------------------------------------------------------------

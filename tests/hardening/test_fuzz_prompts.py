@@ -9,11 +9,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from adapterctl.core.generate import prompts
 from adapterctl.errors import AdapterctlError
 from tests.hardening.conftest import FUZZ, count
 from tests.hardening.test_fuzz_parsers import JSON, _expect_result_or_ours
-
-prompts = pytest.importorskip("adapterctl.core.prompts")
 
 FIELDS = st.dictionaries(st.sampled_from(["prompt", "adapter", "max_new_tokens", "id", "extra"]),
                          st.one_of(JSON, st.sampled_from(["base", "__base__", "", "../x", "/abs"])),

@@ -9,7 +9,7 @@ import shutil
 import pytest
 import torch
 
-from adapterctl.core.adapter import load_adapter
+from adapterctl.core.lora.loaded import load_adapter
 from adapterctl.errors import AdapterctlError
 from adapterctl.io.model_dir import locate_model_files
 from tests.helpers import invoke, write_adapter

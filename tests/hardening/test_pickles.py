@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from adapterctl.core.adapter import load_adapter
+from adapterctl.core.lora.loaded import load_adapter
 from adapterctl.errors import AdapterctlError
 from tests.helpers import REPO, invoke, write_adapter
 
@@ -155,7 +155,7 @@ def test_known_model_type_with_auto_map_never_imports_the_code(tiny_models, peft
 
 
 def test_trust_remote_code_opts_in(custom_code_model, peft_adapter):
-    from adapterctl.core.model import load_base
+    from adapterctl.core.engine.model import load_base
 
     with pytest.raises(AdapterctlError) as err:
         load_base(custom_code_model)

@@ -8,7 +8,8 @@ import filecmp
 import pytest
 
 from adapterctl.errors import HubError, NotFoundError
-from adapterctl.io.resolve import HubOptions, resolve_adapter_dir, resolve_model_dir
+from adapterctl.io.hub_ref import HubOptions
+from adapterctl.io.resolve import resolve_adapter_dir, resolve_model_dir
 from adapterctl.io.safetensors_header import read_safetensors_header
 
 
@@ -167,7 +168,7 @@ def test_header_only_legacy_bin_adapter_is_not_downloaded(hub, lora, tmp_path):
     hub.seed("testuser/legacy", legacy)
     folder = resolve_adapter_dir("testuser/legacy", HubOptions(), need_weights=False, header_only=True)
     assert _gets(hub, "testuser/legacy") == ["adapter_config.json"]
-    from adapterctl.core.inspect import inspect_adapter
+    from adapterctl.core.adapter.inspect import inspect_adapter
 
     summary = inspect_adapter(folder, source="testuser/legacy")
     assert summary.weights_format == "bin" and [p.code for p in summary.problems][:1] == ["legacy_bin"]

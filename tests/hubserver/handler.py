@@ -8,8 +8,17 @@ import re
 from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from tests.hubserver.state import (BAD_TOKEN_MESSAGE, MAX_BODY, TRUNCATE, Commit, HubError, HubState, Repo,
-                                   _not_found)
+from tests.hubserver.state import (
+    BAD_TOKEN_MESSAGE,
+    MAX_BODY,
+    TRUNCATE,
+    Commit,
+    HubError,
+    HubState,
+    Repo,
+    _not_found,
+)
+
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"

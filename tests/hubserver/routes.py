@@ -9,8 +9,8 @@ import re
 from urllib.parse import parse_qs
 
 from tests.hubserver.handler import Handler
-from tests.hubserver.state import (BAD_TOKEN_MESSAGE, Blob, Commit, HubError, Repo, git_sha1,
-                                   is_lfs)
+from tests.hubserver.state import BAD_TOKEN_MESSAGE, Blob, Commit, HubError, Repo, git_sha1, is_lfs
+
 
 def route(h: Handler, method: str, seg: list[str], raw_path: str) -> None:
     if seg[:1] == ["api"]:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from adapterctl.core.merge import KeyIndex
-from adapterctl.io.model_dir import checkpoint_renames
+from adapterctl.core.merge.plan import KeyIndex
+from adapterctl.io.checkpoint import checkpoint_renames
 
 MIXTRAL_KEYS = ["model.layers.0.block_sparse_moe.gate.weight",
                 "model.layers.0.block_sparse_moe.experts.0.w1.weight",

@@ -1,0 +1,127 @@
+"""``convert``: rewrite an adapter as another, equivalent (or rank-reduced) PEFT LoRA adapter.
+
+Steps run on an :class:`AdapterDraft` (config dict + tensors under their checkpoint keys, so every
+extra the source carried keeps its exact key): mutated-init conversion (:mod:`mutated`, spec 7),
+rank reduction (:mod:`rank_reduce`), extraction (:mod:`extract`), serving cleanup and dtype
+casting (:mod:`format`). :func:`write_draft` validates the result by loading it back in
+memory with the same loader ``attach`` uses, then writes it atomically.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from adapterctl.core.adapter.config import (
+    check_lora_type,
+    parse_adapter_config,
+    read_adapter_config,
+)
+from adapterctl.core.adapter.keys import ModuleKeys, split_keys
+from adapterctl.core.lora.loaded import LoadedAdapter, build_adapter, read_adapter_tensors
+from adapterctl.errors import AdapterctlError, InvalidAdapterError, UnsupportedError
+from adapterctl.io.adapter_dir import AdapterFiles, locate_adapter_files
+from adapterctl.io.adapter_writer import model_card, write_adapter_files
+from adapterctl.io.output_dir import write_output_dir
+
+
+@dataclass(frozen=True)
+class ModuleReport:
+    module: str
+    r_before: int
+    r_after: int
+    rel_error: float | None = None  # ||ΔW - ΔW_k||_F / ||ΔW||_F
+    energy: float | None = None  # fraction of ||ΔW||_F^2 kept
+
+
+@dataclass(frozen=True)
+class AdapterDraft:
+    """An adapter being converted: what will become adapter_config.json and the tensors file."""
+
+    config: dict
+    tensors: dict[str, torch.Tensor]
+    source: str
+    steps: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
+    modules: tuple[ModuleReport, ...] = ()
+
+
+@dataclass(frozen=True)
+class ConvertResult:
+    output: str
+    source: str
+    steps: list[str]
+    r: int
+    lora_alpha: float
+    use_rslora: bool
+    rank_pattern: dict
+    num_modules: int
+    dtypes: list[str]
+    modules: list[ModuleReport] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# ----- reading and validating --------------------------------------------------------------
+def read_draft(folder: str | Path, source: str | None = None) -> AdapterDraft:
+    """Load an adapter folder for conversion. Unlike ``load_adapter`` this accepts mutated-init
+    configs (pissa, olora, corda, lora_ga): converting them is the point."""
+    files = locate_adapter_files(folder, source)
+    cfg = read_adapter_config(files.config)
+    check_lora_type(cfg, files.source)
+    bad = cfg.unsupported_variants
+    if bad:
+        raise UnsupportedError(
+            f"{files.source}: adapter uses {', '.join(bad.values())}, which convert cannot rewrite",
+            hint="Converting it as plain LoRA would change its outputs; use PEFT for it.")
+    tensors = read_adapter_tensors(files)
+    if not tensors:
+        raise InvalidAdapterError(f"{files.weights}: holds no tensors")
+    draft = AdapterDraft(dict(cfg.raw), tensors, files.source)
+    view_adapter(draft)  # validates shapes against r / rank_pattern
+    return draft
+
+
+def view_adapter(draft: AdapterDraft) -> LoadedAdapter:
+    """The draft as the shared loader sees it (per-module LoraWeights with r, alpha, scaling)."""
+    cfg = parse_adapter_config(draft.config, draft.source)
+    files = AdapterFiles(Path("."), Path("adapter_config.json"), None, None, draft.source)
+    return build_adapter("default", cfg, files, draft.tensors)
+
+
+def module_keys(draft: AdapterDraft) -> dict[str, ModuleKeys]:
+    return split_keys({k: tuple(v.shape) for k, v in draft.tensors.items()}).modules
+
+
+def check_same_scaling(before: LoadedAdapter, after: LoadedAdapter) -> None:
+    """Internal guard: a conversion that claims exactness must keep each module's s."""
+    for path, w in before.modules.items():
+        s = after.modules[path].scaling
+        if not math.isclose(s, w.scaling, rel_tol=1e-9):
+            raise AdapterctlError(f"internal error: {path}: scaling changed {w.scaling} -> {s}",
+                                  hint="This is a bug in adapterctl; please report it.")
+
+
+# ----- writing -----------------------------------------------------------------------------
+def write_draft(draft: AdapterDraft, dest: str | Path, force: bool = False) -> ConvertResult:
+    """Validate the draft with the shared loader, then write it atomically to ``dest``."""
+    view = view_adapter(draft)
+    cfg = view.config
+    summary = ("Written by `adapterctl convert` (" + ", ".join(draft.steps or ("rewrite",)) + ")."
+               + (" It is a plain LoRA adapter for the original (unmodified) base model."
+                  if "mutated-init" in draft.steps else ""))
+    card = model_card(cfg.base_model_name_or_path, summary, cfg.task_type)
+    with write_output_dir(dest, force) as tmp:
+        write_adapter_files(tmp, draft.config, draft.tensors, card)
+    dtypes = sorted({str(t.dtype).removeprefix("torch.") for t in draft.tensors.values()})
+    return ConvertResult(str(dest), draft.source, list(draft.steps), cfg.r, cfg.lora_alpha,
+                         cfg.use_rslora, dict(cfg.rank_pattern), len(view.modules), dtypes,
+                         list(draft.modules), list(draft.removed), list(draft.notes))
+

@@ -1,0 +1,95 @@
+"""Run one ``convert`` request: check the mode combination, chain the steps, write atomically.
+
+Order: source (read an adapter, or extract one) -> mutated-init conversion -> rank reduction ->
+serving cleanup -> dtype cast (the single rounding) -> write. So ``--pissa-init INIT --rank 8``
+converts a PiSSA adapter (rank 2r) and brings it back to rank 8 in one run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+from adapterctl.errors import UsageError
+
+
+@dataclass(frozen=True)
+class ConvertRequest:
+    source: str  # local folder: TRAINED / ADAPTER, or FINETUNED with extract_base
+    output: str
+    force: bool = False
+    init: str | None = None  # --pissa-init INIT (local folder)
+    base: str | None = None  # --base BASE (local folder), mutated-init recomputation
+    extract_base: str | None = None  # --extract BASE (local folder)
+    rank: int | None = None
+    energy: float | None = None
+    dtype: str | None = None
+    for_serving: bool = False
+    to_safetensors: bool = False
+    skip_unfactorable: bool = False
+    source_name: str | None = None  # as the user typed them (Hub ids), for messages and cards
+    base_name: str | None = None
+
+
+def check_request(req: ConvertRequest) -> None:
+    """Usage errors for impossible or missing mode combinations (exit 2)."""
+    primary = [f for f, v in (("--pissa-init", req.init), ("--base", req.base),
+                              ("--extract", req.extract_base)) if v]
+    if len(primary) > 1:
+        raise UsageError(f"{' and '.join(primary)} cannot be combined",
+                         hint="--pissa-init INIT or --base BASE convert a PiSSA/OLoRA adapter; "
+                         "--extract BASE builds an adapter from a fine-tuned model.")
+    if req.extract_base and req.rank is None:
+        raise UsageError("--extract needs --rank R", hint="e.g. convert --extract BASE FINETUNED "
+                         "OUT --rank 16 (add --energy 0.9 to lower ranks per module)")
+    if not req.extract_base and req.rank is not None and req.energy is not None:
+        raise UsageError("--rank and --energy cannot be combined for rank reduction",
+                         hint="--rank R gives every module rank R; --energy E picks each rank.")
+    if req.skip_unfactorable and not req.extract_base:
+        raise UsageError("--skip-unfactorable only applies to --extract",
+                         hint="Drop it, or extract: convert --extract BASE FINETUNED OUT --rank R.")
+    if not (primary or req.rank is not None or req.energy is not None or req.dtype
+            or req.for_serving or req.to_safetensors):
+        raise UsageError("nothing to do: choose a conversion",
+                         hint="One of --pissa-init, --base, --rank/--energy, --extract, "
+                         "--to-safetensors, --dtype, --for-serving.")
+
+
+def run_convert(req: ConvertRequest, progress: Callable[[str, int, int], None] | None = None):
+    """Execute ``req`` and return the ConvertResult of the written adapter."""
+    from adapterctl.core.convert import draft as C
+    from adapterctl.core.convert.format import cast_draft, strip_for_serving
+
+    check_request(req)
+    if req.extract_base:
+        from adapterctl.core.convert.extract import extract_adapter
+
+        draft = extract_adapter(req.extract_base, req.source, req.rank, req.energy,
+                                req.skip_unfactorable, base_name=req.base_name, progress=progress)
+    else:
+        draft = C.read_draft(req.source, req.source_name)
+        draft = _convert_steps(draft, req)
+    if req.for_serving:
+        draft = strip_for_serving(draft)
+    if req.dtype:
+        draft = cast_draft(draft, req.dtype)
+    elif req.to_safetensors and not draft.steps:
+        draft = replace(draft, steps=("to-safetensors",))
+    return C.write_draft(draft, req.output, req.force)
+
+
+def _convert_steps(draft, req: ConvertRequest):
+    from adapterctl.core.convert import draft as C
+    from adapterctl.core.convert import mutated as M
+
+    if req.init:
+        init = C.read_draft(req.init)
+        draft = M.convert_mutated(draft, M.init_factors_from_adapter(init), init.source)
+    elif req.base:
+        factors = M.init_factors_from_base(draft, req.base, req.base_name)
+        draft = M.convert_mutated(draft, factors, req.base_name or req.base)
+    if req.rank is not None or req.energy is not None:
+        from adapterctl.core.convert.rank_reduce import reduce_rank
+
+        draft = reduce_rank(draft, req.rank, req.energy)
+    return draft

@@ -1,0 +1,254 @@
+"""Load a base causal LM with transformers: dtype, accelerate placement, bitsandbytes quantization.
+
+The folder comes from :func:`adapterctl.io.resolve.resolve_model_dir` (the one place where a path
+or Hub id becomes a local folder). Library exceptions are translated into ours here.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from adapterctl.errors import (
+    AdapterctlError,
+    IncompatibleBaseError,
+    InvalidAdapterError,
+    MissingDependencyError,
+    UsageError,
+)
+from adapterctl.io.hub_ref import HubOptions
+from adapterctl.io.model_dir import locate_model_files
+from adapterctl.io.resolve import resolve_model_dir
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+DEVICE_MAPS = ("auto", "cpu", "cuda", "balanced", "sequential")
+QUANTIZE = ("nf4", "fp4", "int8")
+
+
+@dataclass(frozen=True)
+class LoadedBase:
+    model: Any
+    tokenizer: Any | None
+    path: Path
+    dtype: str
+    devices: dict[str, int]  # device -> number of parameters placed there ("disk", "meta" too)
+    quantize: str | None = None
+
+    def to_dict(self) -> dict:
+        return {"path": str(self.path), "dtype": self.dtype, "devices": self.devices,
+                "quantize": self.quantize}
+
+
+def parse_device_map(value: str | dict | None):
+    """'auto'/'cpu'/'cuda'/'balanced'/'sequential', a JSON object, or None."""
+    if value is None or isinstance(value, dict):
+        return value
+    if value in DEVICE_MAPS:
+        return {"": "cpu"} if value == "cpu" else ({"": 0} if value == "cuda" else value)
+    try:
+        doc = json.loads(value)
+    except json.JSONDecodeError as err:
+        raise UsageError(f"--device-map {value!r} is neither one of {', '.join(DEVICE_MAPS)} nor "
+                         "a JSON object", hint='Example: \'{"model.embed_tokens": 0, "": "cpu"}\'') from err
+    if not isinstance(doc, dict):
+        raise UsageError("--device-map JSON must be an object of module -> device")
+    return doc
+
+
+def parse_max_memory(value: str | dict | None) -> dict | None:
+    """'0=10GiB,cpu=30GiB' or a JSON object -> {0: '10GiB', 'cpu': '30GiB'}."""
+    if value is None or isinstance(value, dict):
+        return value
+    try:
+        doc = json.loads(value)
+    except json.JSONDecodeError:
+        doc = {}
+        for part in filter(None, value.split(",")):
+            key, sep, amount = part.partition("=")
+            if not sep:
+                raise UsageError(f"--max-memory {value!r}: expected DEVICE=SIZE pairs",
+                                 hint="Example: --max-memory 0=10GiB,cpu=30GiB") from None
+            doc[key.strip()] = amount.strip()
+    return {int(k) if str(k).isdigit() else k: v for k, v in doc.items()}
+
+
+def _torch_dtype(dtype: str):
+    import torch
+
+    if dtype not in DTYPES:
+        raise UsageError(f"--dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+    return "auto" if dtype == "auto" else getattr(torch, dtype)
+
+
+def quantization_config(quantize: str | None, dtype: str):
+    """bitsandbytes config; refused with exit code 7 where bitsandbytes cannot run."""
+    if quantize is None:
+        return None
+    if quantize not in QUANTIZE:
+        raise UsageError(f"--quantize {quantize!r} is not one of {', '.join(QUANTIZE)}")
+    try:
+        import bitsandbytes  # noqa: F401
+        from transformers import BitsAndBytesConfig
+    except Exception as err:  # ImportError, or a broken native library
+        raise MissingDependencyError(
+            f"--quantize {quantize} needs bitsandbytes, which is not usable here ({err})",
+            hint="pip install bitsandbytes (CUDA, or a CPU build >= 0.45), or drop --quantize.") from err
+    if quantize == "int8":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    import torch
+
+    compute = torch.float32 if dtype in ("auto", "float32") else getattr(torch, dtype)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quantize,
+                              bnb_4bit_compute_dtype=compute)
+
+
+def _config_dtype(config: dict) -> str:
+    """The checkpoint's dtype from config.json (``dtype`` or ``torch_dtype``), else float32."""
+    value = config.get("dtype") or config.get("torch_dtype")
+    return value if value in ("float32", "bfloat16", "float16") else "float32"
+
+
+def device_summary(model) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    hf_map = getattr(model, "hf_device_map", None) or {}
+    offloaded = {k for k, v in hf_map.items() if v == "disk"}
+    for name, p in model.named_parameters():
+        dev = p.device.type if p.device.type in ("cpu", "meta") else str(p.device)
+        if dev == "meta":
+            dev = "disk" if any(k == "" or name == k or name.startswith(k + ".")
+                                for k in offloaded) else "cpu-offload"
+        counts[dev] = counts.get(dev, 0) + p.numel()
+    return counts
+
+
+def load_base(path_or_ref: str | Path, dtype: str = "auto", device_map=None, max_memory=None,
+              offload_folder: str | Path | None = None, quantize: str | None = None,
+              hub: HubOptions | None = None, tokenizer: bool = True,
+              trust_remote_code: bool = False) -> LoadedBase:
+    """Load a transformers causal LM (safetensors, sharded or not) and its tokenizer.
+
+    ``trust_remote_code`` (off by default) lets transformers import the model's own Python code."""
+    folder = resolve_model_dir(path_or_ref, hub)
+    files = locate_model_files(folder, str(path_or_ref))
+    check_remote_code(files.config, trust_remote_code, str(path_or_ref))
+    dmap = parse_device_map(device_map)
+    kwargs: dict[str, Any] = {"dtype": _torch_dtype(dtype), "trust_remote_code": trust_remote_code}
+    qconf = quantization_config(quantize, dtype if dtype != "auto" else _config_dtype(files.config))
+    if qconf is not None:
+        kwargs["quantization_config"] = qconf
+        dmap = dmap or {"": _default_device()}
+    if isinstance(dmap, dict):
+        check_device_map(files.root, dmap, quantize, trust_remote_code)
+    if dmap is not None:
+        kwargs["device_map"] = dmap
+    if max_memory is not None:
+        kwargs["max_memory"] = parse_max_memory(max_memory)
+    if offload_folder is not None:
+        kwargs["offload_folder"] = str(offload_folder)
+    model = _from_pretrained(files.root, kwargs, str(path_or_ref))
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    tok = _load_tokenizer(files.root, trust_remote_code) if tokenizer else None
+    dt = str(getattr(model, "dtype", "")).removeprefix("torch.")
+    return LoadedBase(model, tok, files.root, dt, device_summary(model), quantize)
+
+
+def check_remote_code(config: dict, trust: bool, shown: str) -> None:
+    """A config whose class lives in the repo (``auto_map``) and that this transformers does not
+    know needs the repo's Python code: refuse unless the user said ``--trust-remote-code``."""
+    if trust or not isinstance(config.get("auto_map"), dict):
+        return
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    model_type = config.get("model_type")
+    if isinstance(model_type, str) and model_type in CONFIG_MAPPING:
+        return  # transformers' own class is used; the repo's code is never imported
+    raise UsageError(f"{shown}: the model's code lives in its repo (config.json auto_map, "
+                     f"model_type {model_type!r}); running that code is off by default",
+                     hint="Read the repo's .py files; if you trust them, pass --trust-remote-code.")
+
+
+def check_device_map(root: Path, dmap: dict, quantize: str | None,
+                     trust_remote_code: bool = False) -> None:
+    """An explicit map must name existing modules, cover every parameter, and use devices that
+    exist here (transformers would silently guess, or fail deep inside accelerate)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    with torch.device("meta"):
+        config = AutoConfig.from_pretrained(str(root), trust_remote_code=trust_remote_code)
+        skeleton = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+    modules = {name for name, _ in skeleton.named_modules()}
+    unknown = [k for k in dmap if k not in modules]
+    if unknown:
+        raise UsageError(f"--device-map names modules the model does not have: {', '.join(unknown[:5])}",
+                         hint=f"Top-level modules: {', '.join(n for n in modules if n.count('.') <= 1 and n)}")
+    uncovered = [n for n, _ in skeleton.named_parameters()
+                 if not any(k == "" or n == k or n.startswith(k + ".") for k in dmap)]
+    if uncovered:
+        raise UsageError(f"--device-map places no device for {len(uncovered)} parameter(s), e.g. "
+                         f"{', '.join(uncovered[:3])}", hint='Add their modules, or "" for the rest.')
+    for device in set(dmap.values()):
+        _check_device(device, quantize)
+
+
+def _check_device(device, quantize: str | None) -> None:
+    import torch
+
+    text = str(device)
+    if text in ("cpu", "disk", "meta"):
+        if text == "disk" and quantize:
+            raise UsageError("a quantized base cannot be offloaded to disk",
+                             hint="Use cpu instead of disk in --device-map, or drop --quantize.")
+        return
+    index = int(text) if text.isdigit() else (int(text.split(":")[1]) if text.startswith("cuda:")
+                                             else 0 if text == "cuda" else None)
+    if index is None:
+        raise UsageError(f"--device-map device {text!r} is not cpu, disk, cuda[:N] or a GPU index")
+    if not torch.cuda.is_available() or index >= torch.cuda.device_count():
+        raise MissingDependencyError(f"--device-map uses {text!r}, but this machine has "
+                                     f"{torch.cuda.device_count()} CUDA device(s)",
+                                     hint="Use cpu/disk, or run on a machine with that GPU.")
+
+
+def _default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _from_pretrained(root: Path, kwargs: dict, shown: str):
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # the CLI shows its own progress; keep stderr readable
+    try:
+        return AutoModelForCausalLM.from_pretrained(str(root), **kwargs)
+    except AdapterctlError:
+        raise
+    except (ValueError, KeyError, RuntimeError, OSError, ImportError, TypeError) as err:
+        text = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
+        if "offload" in text.lower() or "device_map" in text.lower() or "memory" in text.lower():
+            raise UsageError(f"{shown}: the model does not fit the placement: {text}",
+                             hint="Raise --max-memory, add --offload-folder, or change --device-map."
+                             ) from err
+        if isinstance(err, ImportError) or "bitsandbytes" in text.lower() or "cuda" in text.lower():
+            raise MissingDependencyError(f"{shown}: cannot load the model here: {text}",
+                                         hint="Check bitsandbytes / CUDA, or drop --quantize.") from err
+        if "size mismatch" in text.lower() or "shape" in text.lower():
+            raise IncompatibleBaseError(f"{shown}: {text}") from err
+        raise InvalidAdapterError(f"{shown}: transformers cannot load this model: {text}",
+                                  hint="Is config.json a causal LM that this transformers knows?"
+                                  ) from err
+
+
+def _load_tokenizer(root: Path, trust_remote_code: bool = False):
+    try:
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(str(root), trust_remote_code=trust_remote_code)
+    except Exception:  # a model folder without a tokenizer is still usable for logits
+        return None

@@ -1,0 +1,217 @@
+"""Which adapter each generated row goes through, and how the engine applies it.
+
+* every row on one adapter (or one fixed weighted combination), unquantized base: the delta is
+  folded into the weights for the run (``engine.fold`` / ``unfold``), so decoding costs what the
+  base alone costs;
+* every row on one adapter, quantized base (folding would re-round 4/8-bit weights): unmerged;
+* rows on different adapters (JSONL ``adapter``, as LoRAX and S-LoRA batch them): one forward pass
+  per step for the whole batch, each row through its own adapter's delta: stacked ranks for plain
+  LoRA layers (:mod:`adapterctl.core.engine.packed`), ``engine.row_adapters`` for the rest.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ContextManager
+
+from adapterctl.core.engine.packed import PackedRows, bypass_wrappers
+from adapterctl.core.generate.prompts import BASE_KEY, DEFAULT_KEY, PromptSpec
+from adapterctl.errors import UsageError
+
+
+@dataclass(frozen=True)
+class AttachedAdapter:
+    """An adapter attached to the model for this run."""
+
+    name: str
+    source: str  # what the user typed (path or Hub id)
+    folder: Path
+    weight: float
+    warnings: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "source": self.source, "path": str(self.folder),
+                "weight": self.weight, "warnings": list(self.warnings)}
+
+
+def combination_label(weights: dict[str, float]) -> str:
+    """``a`` for one adapter at weight 1, else ``a=0.5+b=0.5``: the ``adapter`` of a completion."""
+    if len(weights) == 1 and next(iter(weights.values())) == 1.0:
+        return next(iter(weights))
+    return "+".join(f"{n}={w:g}" for n, w in weights.items())
+
+
+class EngineRouter:
+    """Routes rows through adapters attached with :mod:`adapterctl.core.engine.attach`.
+
+    ``default``: the command line's ``--adapter`` combination (name -> weight), used by prompts
+    that name no adapter; empty means the base model alone."""
+
+    def __init__(self, model, adapters: list[AttachedAdapter], default: dict[str, float],
+                 can_fold: bool) -> None:
+        self.model, self.adapters, self.default = model, adapters, dict(default)
+        self.can_fold = can_fold
+        self.mode = "base"
+        self._packed: PackedRows | None = None
+        # every label a row key may carry -> its weights: each adapter alone at its --adapter
+        # weight (what --compare runs), and the whole --adapter combination
+        self._combos = {combination_label({a.name: a.weight}): {a.name: a.weight} for a in adapters}
+        if default:
+            self._combos[combination_label(default)] = dict(default)
+        self._lookup = _reference_table(adapters)
+
+    def key_for(self, spec: PromptSpec) -> str:
+        if spec.adapter is DEFAULT_KEY:
+            return combination_label(self.default) if self.default else BASE_KEY
+        if spec.adapter == BASE_KEY:
+            return BASE_KEY
+        if spec.adapter in self._combos:  # a label this router made (``--compare`` variants)
+            return spec.adapter
+        name = self.lookup(spec.adapter)
+        if name is None:
+            raise UsageError(f"prompt {spec.id!r} names adapter {spec.adapter!r}, which is not loaded",
+                             hint="Name an adapter given with --adapter (by name or path).")
+        return name
+
+    def lookup(self, ref: str) -> str | None:
+        """An attached adapter's name from its name, the reference the user typed, or its path."""
+        if ref in self._lookup:
+            return self._lookup[ref]
+        path = Path(ref).expanduser()
+        return self._lookup.get(str(path.resolve())) if path.exists() else None
+
+    def run(self, keys: list[str]) -> ContextManager:
+        """Pick the mode for the whole run and hold it: fold one combination, or get ready for
+        per-row adapters."""
+        distinct = set(keys)
+        if len(distinct) > 1:
+            return self._run_mixed(distinct)
+        key = next(iter(distinct), BASE_KEY)
+        return self._run_single(key)
+
+    def batch(self, keys: list[str]) -> ContextManager:
+        if self.mode != "mixed":
+            return contextlib.nullcontext()
+        from adapterctl.core.engine import attach as engine
+
+        self._packed.set_rows(keys)
+        return engine.row_adapters(self.model, keys)  # the layers left unpacked
+
+    @contextlib.contextmanager
+    def _run_single(self, key: str):
+        from adapterctl.core.engine import attach as engine
+
+        weights = {} if key == BASE_KEY else self._combos.get(key, {key: 1.0})
+        engine.set_active(self.model, weights)
+        if not weights:
+            self.mode = "base"
+            with bypass_wrappers(self.model, folded_only=False):
+                yield
+            return
+        if not self.can_fold:
+            self.mode = "unmerged"
+            yield
+            return
+        if not _try_fold(self.model):
+            self.mode = "unmerged"
+            yield
+            return
+        self.mode = "folded"
+        try:
+            with bypass_wrappers(self.model):
+                yield
+        finally:  # exact restore, also on Ctrl-C: the model object may be used again
+            engine.unfold(self.model)
+
+    @contextlib.contextmanager
+    def _run_mixed(self, keys: set[str]):
+        names = {a.name for a in self.adapters}
+        combos = sorted(k for k in keys if k != BASE_KEY and k not in names)
+        if combos:  # the engine's per-row path applies one whole adapter per row
+            raise UsageError(
+                f"the weighted combination {combos[0]} cannot share a batch with prompts that "
+                "name other adapters", hint="Give each JSONL prompt its own 'adapter' (rows use "
+                "one adapter at weight 1), or run the combination separately.")
+        self.mode = "mixed"
+        packed = PackedRows(self.model, sorted(k for k in keys if k != BASE_KEY))
+        with packed.installed():
+            self._packed = packed
+            try:
+                yield
+            finally:
+                self._packed = None
+
+    def label_alone(self, name: str) -> str:
+        """The row key of one adapter alone at its attach weight (a ``--compare`` variant)."""
+        weight = next((a.weight for a in self.adapters if a.name == name), 1.0)
+        return combination_label({name: weight})
+
+
+def _try_fold(model) -> bool:
+    """Fold the active adapters; False (and nothing folded) where some layer cannot be folded
+    (lora_bias on a layer without a bias, an offloaded layer): the unmerged forward is exact."""
+    from adapterctl.core.engine import attach as engine
+    from adapterctl.errors import UnsupportedError
+
+    try:
+        engine.fold(model)
+    except UnsupportedError:
+        engine.unfold(model)
+        return False
+    return True
+
+
+def _reference_table(adapters: list[AttachedAdapter]) -> dict[str, str]:
+    table: dict[str, str] = {}
+    for a in adapters:
+        for ref in (a.source, str(a.folder), str(Path(a.folder).resolve())):
+            table.setdefault(ref, a.name)
+    for a in adapters:  # names win over paths that happen to look the same
+        table[a.name] = a.name
+    return table
+
+
+def unique_name(ref: str, taken: set[str]) -> str:
+    """A safe adapter name from a folder or Hub id: its last path part, made unique."""
+    import re
+
+    stem = re.sub(r"[^A-Za-z0-9._-]", "_", Path(ref.rstrip("/").split("@")[0]).name) or "adapter"
+    stem = stem.lstrip(".") or "adapter"
+    name, n = stem, 2
+    while name in taken or name == BASE_KEY or name == "base":
+        name, n = f"{stem}-{n}", n + 1
+    return name
+
+
+def attach_for_run(model, choices: list[tuple[str, float]], specs: list[PromptSpec],
+                   hub=None) -> list[AttachedAdapter]:
+    """Resolve, load and attach the ``--adapter`` choices, then any adapter a JSONL prompt names
+    by path or Hub id that is not among them (at weight 1)."""
+    attached: list[AttachedAdapter] = []
+    for ref, weight in choices:
+        attached.append(_attach_one(model, ref, weight, attached, hub))
+    table = _reference_table(attached)
+    for spec in specs:
+        ref = spec.adapter
+        if ref in (DEFAULT_KEY, BASE_KEY) or ref in table:
+            continue
+        path = Path(ref).expanduser()
+        if path.exists() and str(path.resolve()) in table:
+            continue
+        attached.append(_attach_one(model, ref, 1.0, attached, hub))
+        table = _reference_table(attached)
+    return attached
+
+
+def _attach_one(model, ref: str, weight: float, attached: list[AttachedAdapter], hub) -> AttachedAdapter:
+    from adapterctl.core.engine import attach as engine
+    from adapterctl.core.lora.loaded import load_adapter
+    from adapterctl.io.resolve import resolve_adapter_dir
+
+    folder = resolve_adapter_dir(ref, hub)
+    name = unique_name(ref, {a.name for a in attached})
+    report = engine.attach_adapter(model, load_adapter(folder, name=name, source=ref), name=name,
+                                   weight=weight)
+    return AttachedAdapter(name, ref, Path(folder), weight, tuple(report.warnings))

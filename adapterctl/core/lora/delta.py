@@ -1,0 +1,108 @@
+"""Delta weights and merge maths (spec sections 6.1 to 6.3 and 1.7), shared by merge, convert and
+the engine's merged fast path.
+
+Every function here computes in float32 and returns float32: callers round once to the target
+dtype (``W' = round(W.float() + ΔW)``), PEFT's default "unsafe" merge for Linear and Conv.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from adapterctl.core.lora.loaded import LoraWeights
+from adapterctl.errors import IncompatibleBaseError, UnsupportedError
+
+F32 = torch.float32
+
+
+def delta_weight(w: LoraWeights, fan_in_fan_out: bool = False, device=None) -> torch.Tensor:
+    """ΔW = s·B@A in the base weight's layout, float32 (LoRA, Hu et al. 2021; spec 6.1).
+
+    Conv1D (GPT-2) stores W as (in, out), so its delta is transposed; the LoRA tensors themselves
+    keep the Linear layout. Embedding tables are (V, d) while A_e is (r, V): ΔW = (B_e A_e)^T s.
+    """
+    A = w.A.to(device=device, dtype=F32)
+    B = w.B.to(device=device, dtype=F32)
+    if w.kind == "embedding":
+        return (B @ A).T * w.scaling
+    if w.kind == "conv":
+        if B.shape[1] != A.shape[0]:
+            raise UnsupportedError(f"{w.path}: grouped conv LoRA (groups > 1) cannot be merged",
+                                   hint="PEFT refuses this too; use the adapter unmerged.")
+        # (Cout, r) x (r, Cin, k...) -> (Cout, Cin, k...)
+        return torch.einsum("or,ri...->oi...", B.flatten(1), A) * w.scaling
+    delta = (B @ A).mul_(w.scaling)  # in place on the fresh product: same values, no 2nd buffer
+    return delta.T if fan_in_fan_out else delta
+
+
+def bias_delta(w: LoraWeights, device=None) -> torch.Tensor | None:
+    """lora_bias: the bias of lora_B sits inside the scaling (PEFT >= 0.16, #2489)."""
+    if w.bias is None:
+        return None
+    return w.bias.to(device=device, dtype=F32) * w.scaling
+
+
+def dora_scale(W: torch.Tensor, delta: torch.Tensor, magnitude: torch.Tensor, kind: str,
+               fan_in_fan_out: bool = False) -> torch.Tensor:
+    """DoRA's factor m/||W+ΔW|| (Liu et al. 2024; spec 6.3), float32, shaped to broadcast on W.
+
+    ``W`` is the unmerged base weight (PEFT >= 0.21 takes the norm on it, #3608). The norm runs
+    over each output row; for Conv1D that is a column of the stored (in, out) weight, for
+    Embedding a column (embedding dim) of the (V, d) table, for conv all dims but the first.
+    """
+    Wf = W.to(F32) + delta.to(F32)
+    m = magnitude.to(device=Wf.device, dtype=F32)
+    if kind == "embedding":
+        return (m / Wf.norm(p=2, dim=0)).view(1, -1)  # (d,)
+    if kind == "conv":
+        norm = Wf.flatten(1).norm(p=2, dim=1)
+        return (m.flatten() / norm).view(-1, *([1] * (Wf.dim() - 1)))
+    if fan_in_fan_out:
+        return (m / Wf.norm(p=2, dim=0)).view(1, -1)  # rows of W^T
+    return (m / Wf.norm(p=2, dim=1)).view(-1, 1)
+
+
+def dora_weight(W: torch.Tensor, delta: torch.Tensor, magnitude: torch.Tensor, kind: str,
+                fan_in_fan_out: bool = False) -> torch.Tensor:
+    """The DoRA merged weight m ⊙ (W+ΔW)/||W+ΔW|| (spec 6.3), float32; see :func:`dora_scale`."""
+    return (W.to(F32) + delta.to(F32)) * dora_scale(W, delta, magnitude, kind, fan_in_fan_out)
+
+
+def merged_weight(W: torch.Tensor, w: LoraWeights, fan_in_fan_out: bool = False) -> torch.Tensor:
+    """W + ΔW (or DoRA's rescaled version) in float32, not yet rounded."""
+    delta = delta_weight(w, fan_in_fan_out, device=W.device)
+    if tuple(delta.shape) != tuple(W.shape):
+        raise IncompatibleBaseError(
+            f"{w.path}: base weight is {list(W.shape)} but the adapter's delta is {list(delta.shape)}",
+            hint="The adapter was trained on a different model.")
+    if w.magnitude is not None:
+        return dora_weight(W, delta, w.magnitude, w.kind, fan_in_fan_out)
+    return W.to(F32) + delta
+
+
+def mutated_init(W: torch.Tensor, r: int, scaling: float, init: str, fan_in_fan_out: bool = False
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Recompute PiSSA / OLoRA's initial (A0, B0) and the residual base W - s·B0@A0 (spec 1.7).
+
+    PiSSA (Meng et al. 2024): full SVD of W (as (out, in)) in float32, A0 = sqrt(S_r/s) Vh_r,
+    B0 = U_r sqrt(S_r/s). OLoRA (Büyükakyüz 2024): QR of W in float32, A0 = R[:r], B0 = Q[:, :r].
+    Returns float32 (A0, B0) and the residual rounded to W's dtype, in W's layout.
+    """
+    if W.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        raise UnsupportedError(f"{init} residual needs a float base weight, got {W.dtype}",
+                               hint="Load the base unquantized to recompute the residual.")
+    if init == "olora":
+        Wf = W.to(F32)
+        Q, R = torch.linalg.qr(Wf)
+        A0, B0 = R[:r].contiguous(), Q[:, :r].contiguous()
+        return A0, B0, (Wf - scaling * B0 @ A0).to(W.dtype)
+    if init != "pissa":
+        raise UnsupportedError(f"init_lora_weights={init!r} cannot be recomputed exactly")
+    Wf = W.to(F32)
+    Wf = Wf.T if fan_in_fan_out else Wf
+    U, S, Vh = torch.linalg.svd(Wf, full_matrices=False)
+    Sr = S[:r] / scaling
+    A0 = torch.diag(torch.sqrt(Sr)) @ Vh[:r]
+    B0 = U[:, :r] @ torch.diag(torch.sqrt(Sr))
+    res = Wf - scaling * B0 @ A0
+    return A0, B0, (res.T if fan_in_fan_out else res).to(W.dtype)

@@ -1,0 +1,344 @@
+"""Plan a streamed merge: base checkpoint + adapter deltas, decided tensor by tensor from the
+checkpoint's headers and the adapters, without building the model (spec sections 6 and 11).
+
+``plan_merge`` maps every adapter tensor onto a base checkpoint key (runtime module paths ->
+checkpoint keys, through transformers' conversion tables and tied embeddings) and returns a
+:class:`MergeJob` whose ``plan`` (a :class:`MergePlan`) says what will be written;
+:func:`adapterctl.core.merge.write.execute_merge` streams it to disk.
+
+Semantics, as PEFT's ``merge_and_unload`` (the oracle): full replacement tensors first (they
+describe the base as trained), then the LoRA deltas, lora_B biases, trainable-token rows;
+modules_to_save copies replace their module's output. On a tied model the embedding and lm_head
+share storage: in-place changes reach both, a modules_to_save copy unties them (spec 10.12).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from adapterctl.core.adapter.layer_kind import base_layer_kind
+from adapterctl.core.adapter.targeting import in_modules_to_save
+from adapterctl.core.lora.combine import check_combination
+from adapterctl.core.lora.loaded import LoadedAdapter, LoraWeights, load_adapter
+from adapterctl.errors import IncompatibleBaseError, UnsupportedError, UsageError
+from adapterctl.io.checkpoint import CheckpointReader, base_float_dtype, checkpoint_renames
+from adapterctl.io.model_dir import (
+    ModelFiles,
+    find_checkpoint_key,
+    locate_model_files,
+)
+from adapterctl.io.shard_writer import TensorSpec, plan_shards
+from adapterctl.io.stored import StoredTensor
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
+
+
+@dataclass(frozen=True)
+class MergeOptions:
+    weights: tuple[float, ...] | None = None  # default: 1 for every adapter
+    combination: str = "linear"
+    density: float | None = None
+    seed: int = 0
+    dtype: str | None = None  # None: the base's
+    max_shard_size: int = 5_000_000_000
+
+
+@dataclass(frozen=True)
+class LoraOp:
+    adapter: int
+    weights: LoraWeights
+    kind: str  # base_layer_kind: linear | conv1d-transposed | embedding | conv
+
+
+@dataclass(frozen=True)
+class TensorTask:
+    """What happens to one output tensor. ``source`` is the base tensor it starts from."""
+
+    key: str
+    source: StoredTensor
+    out_dtype: torch.dtype
+    replacement: tuple[int, torch.Tensor] | None = None  # in place (shared storage), applied first
+    residual_init: str | None = None  # "pissa" | "olora": recompute the mutated base (spec 1.7)
+    loras: tuple[LoraOp, ...] = ()
+    bias_loras: tuple[LoraOp, ...] = ()
+    tokens: tuple[tuple[int, list[int], torch.Tensor], ...] = ()
+    copy: tuple[int, torch.Tensor] | None = None  # a modules_to_save copy: the output, as a whole
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.replacement or self.loras or self.bias_loras or self.tokens or self.copy)
+
+    @property
+    def changed_beyond_loras(self) -> bool:
+        return bool(self.replacement or self.residual_init or self.bias_loras or self.tokens
+                    or self.copy)
+
+    def sources(self, names: list[str]) -> list[str]:
+        out = [f"replace:{names[self.replacement[0]]}"] if self.replacement else []
+        out += [f"lora:{names[op.adapter]}" for op in self.loras]
+        out += [f"lora_bias:{names[op.adapter]}" for op in self.bias_loras]
+        out += [f"tokens:{names[t[0]]}" for t in self.tokens]
+        return out + ([f"copy:{names[self.copy[0]]}"] if self.copy else [])
+
+
+@dataclass(frozen=True)
+class MergePlan:
+    base: str
+    base_format: str
+    model_type: str | None
+    adapters: list[dict]
+    combination: str
+    density: float | None
+    seed: int
+    dtype: str
+    base_dtype: str
+    num_tensors: int
+    touched: list[dict]
+    output_bytes: int
+    shards: list[str]
+    untie_embeddings: bool
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["num_touched"] = len(self.touched)
+        d["num_shards"] = len(self.shards)
+        return d
+
+
+@dataclass
+class MergeJob:
+    """The plan plus what executing it needs (loaded adapters, tasks, shard layout)."""
+
+    files: ModelFiles
+    adapters: list[LoadedAdapter]
+    options: MergeOptions
+    tasks: list[TensorTask]
+    shard_plan: list
+    plan: MergePlan
+
+
+# ----- checkpoint keys ------------------------------------------------------------------------
+class KeyIndex:
+    """Runtime parameter path -> checkpoint key: exact, base-model prefix dropped or added, then
+    transformers' conversion tables; ``lm_head.weight`` of a tied model -> the embedding's key."""
+
+    def __init__(self, keys: list[str], model_type: str | None):
+        self.keys = set(keys)
+        self.model_type = model_type
+        self._renamed: tuple[dict[str, str], set[str]] | None = None
+        self.alias: dict[str, str] = {}
+
+    def _tables(self) -> tuple[dict[str, str], set[str]]:
+        if self._renamed is None:  # imports transformers (seconds): only when a name misses
+            self._renamed = checkpoint_renames(self.model_type, self.keys)
+        return self._renamed
+
+    @property
+    def fused(self) -> set[str]:
+        return self._tables()[1]
+
+    def find(self, param: str) -> str | None:
+        if param in self.alias:
+            return self.alias[param]
+        key = find_checkpoint_key(param, self.keys)
+        if key is None:
+            renamed = self._tables()[0]
+            found = find_checkpoint_key(param, renamed) if renamed else None
+            key = renamed[found] if found else None
+        return key
+
+
+def tied_keys(model_type: str | None) -> dict[str, str]:
+    """The model class's ``_tied_weights_keys`` (output -> input embedding), or the usual names."""
+    try:
+        import transformers
+        from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+        cls = getattr(transformers, MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(model_type or "", ""), None)
+        tied = getattr(cls, "_tied_weights_keys", None)
+        if isinstance(tied, dict) and tied:
+            return dict(tied)
+    except Exception:  # unknown or custom architectures: fall back to the common names
+        pass
+    return {"lm_head.weight": name for name in ("model.embed_tokens.weight", "transformer.wte.weight",
+                                                  "gpt_neox.embed_in.weight")}
+
+
+def find_tie(files: ModelFiles, index: KeyIndex) -> tuple[str, str] | None:
+    """(output param, embedding checkpoint key) when the checkpoint stores one shared table."""
+    if files.config.get("tie_word_embeddings", True) is False:
+        return None
+    if "lm_head.weight" in index.keys:  # the usual untied layout: no need to ask transformers
+        return None
+    for head, emb in tied_keys(files.model_type).items():
+        emb_key = index.find(emb)
+        if index.find(head) is None and emb_key is not None:
+            return head, emb_key
+    return None
+
+
+# ----- planning -------------------------------------------------------------------------------
+def _missing(adapter: LoadedAdapter, what: str, param: str, index: KeyIndex) -> IncompatibleBaseError:
+    where = " (transformers fuses it with other weights in this architecture)" if any(
+        k.startswith(param.rsplit(".", 1)[0]) for k in index.fused) else ""
+    return IncompatibleBaseError(
+        f"{adapter.source}: {what} {param} lands nowhere: the base checkpoint has no such "
+        f"parameter{where}", hint="Is this adapter for another model? Check with: adapterctl "
+        "inspect ADAPTER --base BASE")
+
+
+def _add_loras(i: int, ad: LoadedAdapter, index: KeyIndex, shapes: dict, model_type: str | None,
+               ops: dict) -> None:
+    for path, w in ad.modules.items():
+        key = index.find(path + ".weight")
+        if key is None:
+            raise _missing(ad, "LoRA module", path + ".weight", index)
+        kind = base_layer_kind(w.kind == "embedding", tuple(w.A.shape), tuple(w.B.shape),
+                               shapes[key], model_type, ad.config.fan_in_fan_out)
+        _check_shape(ad, path, w, kind, shapes[key])
+        ops.setdefault(key, {}).setdefault("loras", []).append(LoraOp(i, w, kind))
+        if w.bias is not None:
+            bkey = index.find(path + ".bias")
+            if bkey is None:
+                raise IncompatibleBaseError(f"{ad.source}: {path} has a lora_B bias but the base "
+                                            "layer has no bias", hint="PEFT refuses this merge too.")
+            ops.setdefault(bkey, {}).setdefault("bias_loras", []).append(LoraOp(i, w, kind))
+
+
+def _check_shape(ad: LoadedAdapter, path: str, w: LoraWeights, kind: str, base: tuple) -> None:
+    a, b = tuple(w.A.shape), tuple(w.B.shape)
+    expected = {"linear": (b[0], a[-1]), "conv1d-transposed": (a[-1], b[0]),
+                "embedding": (a[-1], b[0])}.get(kind, (b[0], *a[1:]))
+    if tuple(base) != expected:
+        raise IncompatibleBaseError(
+            f"{ad.source}: {path}: base weight is {list(base)} but lora_A {list(a)} and lora_B "
+            f"{list(b)} need {list(expected)}", hint="The adapter was trained on a different model.")
+
+
+def _add_extras(i: int, ad: LoadedAdapter, index: KeyIndex, shapes: dict, tie, ops: dict) -> None:
+    for param, t in ad.replacements.items():
+        key = index.find(param)
+        if key is None:
+            raise _missing(ad, "saved tensor", param, index)
+        if tuple(t.shape) != tuple(shapes[key]):
+            raise IncompatibleBaseError(
+                f"{ad.source}: saved {param} is {list(t.shape)} but the base has {list(shapes[key])}",
+                hint="Resized vocabulary? Resize the base model's embeddings first, then merge.")
+        is_copy = in_modules_to_save(ad.config, param.rsplit(".", 1)[0])
+        slot = ("copy_head" if tie and param == tie[0] else "copy") if is_copy else "replacement"
+        entry = ops.setdefault(key, {})
+        if slot in entry:
+            raise UsageError(f"two adapters replace {param}", hint="PEFT keeps only the active "
+                             "adapter's copy; merge these adapters one at a time.")
+        entry[slot] = (i, t)
+    for emb, (idx, rows) in ad.trainable_tokens.items():
+        key = index.find(emb + ".weight")
+        if key is None:
+            raise _missing(ad, "trainable tokens of", emb + ".weight", index)
+        ops.setdefault(key, {}).setdefault("tokens", []).append((i, idx, rows))
+
+
+def _check_adapters(adapters: list[LoadedAdapter], options: MergeOptions) -> None:
+    check_combination(options.combination, options.density, len(adapters))
+    if options.weights is not None and len(options.weights) != len(adapters):
+        raise UsageError(f"--weights has {len(options.weights)} values for {len(adapters)} adapters",
+                         hint="Give one weight per adapter, e.g. --weights 0.7,0.3.")
+    for ad in adapters:
+        init = ad.config.init_kind
+        if init == "pissa_niter":
+            raise UnsupportedError(f"{ad.source}: init_lora_weights={ad.config.init_lora_weights!r} "
+                                   "uses a randomised SVD whose residual cannot be recomputed exactly",
+                                   hint="Convert it to plain LoRA first (adapterctl convert).")
+        if init in ("pissa", "olora") and len(adapters) > 1:
+            raise UnsupportedError(f"{ad.source}: {init} adapters mutate the base; merging one with "
+                                   "other adapters is ambiguous", hint="Convert it first "
+                                   "(adapterctl convert), then merge the plain LoRA adapters.")
+        if ad.config.use_dora and options.combination != "linear":
+            raise UnsupportedError(f"{ad.source}: DoRA cannot be combined with --combination "
+                                   f"{options.combination}", hint="Use the default linear combination.")
+
+
+def _task(s: StoredTensor, key: str, out_dtype: torch.dtype, entry: dict, adapters, copy_slot: str):
+    init = None
+    loras = tuple(entry.get("loras", ()))
+    if (loras and adapters[loras[0].adapter].config.init_kind in ("pissa", "olora")
+            and loras[0].kind in ("linear", "conv1d-transposed")):
+        # PEFT's PiSSA/OLoRA initialisers mutate Linear/Conv1D weights only, never embeddings
+        # or convs (the engine recomputes residuals for the same layers)
+        init = adapters[loras[0].adapter].config.init_kind
+    dtype = out_dtype if s.dtype in DTYPE_NAMES else s.dtype
+    return TensorTask(key, s, dtype, entry.get("replacement"), init, loras,
+                      tuple(entry.get("bias_loras", ())), tuple(entry.get("tokens", ())),
+                      entry.get(copy_slot))
+
+
+def build_tasks(stored: list[StoredTensor], ops: dict, out_dtype: torch.dtype, adapters,
+                tie: tuple[str, str] | None) -> tuple[list[TensorTask], bool]:
+    """One task per output tensor, in checkpoint order; an untied lm_head follows its embedding."""
+    tasks, untie = [], False
+    for s in stored:
+        entry = ops.get(s.key, {})
+        tasks.append(_task(s, s.key, out_dtype, entry, adapters, "copy"))
+        if tie and s.key == tie[1] and ("copy" in entry or "copy_head" in entry):
+            untie = True  # the two tables now differ: write lm_head and untie the config
+            tasks.append(_task(s, tie[0], out_dtype, entry, adapters, "copy_head"))
+    return tasks, untie
+
+
+def _warnings(adapters: list[LoadedAdapter], base: str) -> list[str]:
+    out = []
+    for ad in adapters:
+        if ad.config.init_kind in ("pissa", "olora"):
+            out.append(f"{ad.source}: {ad.config.init_kind} adapter: the residual base W - s·B0@A0 "
+                       "is recomputed from the base (spec 1.7)")
+        name = ad.config.base_model_name_or_path
+        if name and Path(name).name != Path(base).name and name != base:
+            out.append(f"{ad.source}: trained on {name!r}, merging into {base!r} (shapes fit)")
+    return out
+
+
+def load_adapters(paths: list[str | Path], sources: list[str] | None = None) -> list[LoadedAdapter]:
+    sources = sources or [str(p) for p in paths]
+    return [load_adapter(p, name=f"adapter{i}", source=src)
+            for i, (p, src) in enumerate(zip(paths, sources))]
+
+
+def plan_merge(base: str | Path, adapters: list[LoadedAdapter], options: MergeOptions,
+               base_source: str | None = None) -> MergeJob:
+    """Check everything that can be checked before writing, and decide every output tensor."""
+    files = locate_model_files(base, base_source)
+    _check_adapters(adapters, options)
+    with CheckpointReader(files) as reader:  # quantized: merged into a dequantized copy (spec 6.4)
+        stored = reader.logical_tensors()
+    shapes = {s.key: s.shape for s in stored}
+    index = KeyIndex(list(shapes), files.model_type)
+    tie = find_tie(files, index)
+    if tie:
+        index.alias[tie[0]] = tie[1]
+    ops: dict[str, dict] = {}
+    for i, ad in enumerate(adapters):
+        _add_loras(i, ad, index, shapes, files.model_type, ops)
+        _add_extras(i, ad, index, shapes, tie, ops)
+    base_dtype = base_float_dtype(stored)
+    out_dtype = DTYPES[options.dtype] if options.dtype else base_dtype
+    tasks, untie = build_tasks(stored, ops, out_dtype, adapters, tie)
+    shard_plan = plan_shards([TensorSpec(t.key, t.out_dtype, t.source.shape) for t in tasks],
+                             options.max_shard_size)
+    names = [ad.source for ad in adapters]
+    weights = list(options.weights or [1.0] * len(adapters))
+    plan = MergePlan(
+        base=base_source or str(base), base_format=files.weights_format, model_type=files.model_type,
+        adapters=[{"source": ad.source, "weight": w, "modules": len(ad.modules),
+                   "variants": ad.config.variants} for ad, w in zip(adapters, weights)],
+        combination=options.combination, density=options.density, seed=options.seed,
+        dtype=DTYPE_NAMES[out_dtype], base_dtype=DTYPE_NAMES[base_dtype], num_tensors=len(tasks),
+        touched=[{"key": t.key, "shape": list(t.source.shape), "ops": t.sources(names)}
+                 for t in tasks if t.changed],
+        output_bytes=sum(s.nbytes for s in shard_plan), shards=[s.filename for s in shard_plan],
+        untie_embeddings=untie, warnings=_warnings(adapters, base_source or str(base)))
+    return MergeJob(files, adapters, options, tasks, shard_plan, plan)

@@ -1,0 +1,271 @@
+"""Execute a :class:`~adapterctl.core.merge.plan.MergeJob`: stream base tensors through the deltas into
+output shards, then write config, tokenizer and the other files and a model card (spec 6, 11.7).
+
+One tensor is alive at a time (read, widened to float32, deltas added, rounded once, written), so
+peak memory is about the largest tensor plus the adapters, whatever the model's size.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from adapterctl.core.lora.combine import combine_deltas, module_generator
+from adapterctl.core.lora.delta import bias_delta, delta_weight, dora_scale, mutated_init
+from adapterctl.core.merge.plan import LoraOp, MergeJob, TensorTask
+from adapterctl.errors import MissingDependencyError
+from adapterctl.io.checkpoint import CheckpointReader
+from adapterctl.io.output_dir import write_output_dir
+from adapterctl.io.shard_writer import ShardWriter
+
+F32 = torch.float32
+#: weight files of any framework: never copied next to the merged weights
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".gguf")
+SKIP_FILES = {"config.json", "README.md", "model.safetensors.index.json",
+              "pytorch_model.bin.index.json"}
+
+Progress = Callable[[int, str], None]
+#: finished tensors allowed to wait for the writer thread
+MAX_PENDING = 2
+
+
+@dataclass(frozen=True)
+class MergeResult:
+    output: str
+    tensors_written: int
+    tensors_merged: int
+    bytes_written: int
+    shards: list[str]
+    files_copied: list[str]
+    untie_embeddings: bool
+    dtype: str
+    device: str
+    seconds: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def resolve_device(device: str) -> torch.device:
+    """'auto' is CUDA when available; asking for CUDA without it is a missing-hardware error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise MissingDependencyError("--device cuda: no CUDA device is available",
+                                     hint="Use --device cpu (the default when no GPU is found).")
+    return torch.device(device)
+
+
+# ----- the maths of one tensor ----------------------------------------------------------------
+def _fan_in_fan_out(op: LoraOp) -> bool:
+    return op.kind == "conv1d-transposed"
+
+
+def _apply_loras(cur: torch.Tensor, base0: torch.Tensor, task: TensorTask, job: MergeJob,
+                 device: torch.device) -> torch.Tensor:
+    weights = job.options.weights or (1.0,) * len(job.adapters)
+    if job.options.combination != "linear":
+        deltas = [delta_weight(op.weights, _fan_in_fan_out(op), device) for op in task.loras]
+        gen = module_generator(job.options.seed, task.key)
+        return cur + combine_deltas(deltas, [weights[op.adapter] for op in task.loras],
+                                    job.options.combination, job.options.density, gen)
+    # PEFT's merge_and_unload order: adapter after adapter; DoRA's norm on the unmerged base (#3608)
+    for op in task.loras:
+        delta = delta_weight(op.weights, _fan_in_fan_out(op), device)
+        w = weights[op.adapter]
+        if op.weights.magnitude is not None:
+            # a weight w moves the layer w of the way to its DoRA weight, as attach/generate do
+            # (core/layers.py), so a merged model equals the attached one for any weight
+            full = (cur + delta) * dora_scale(base0, delta, op.weights.magnitude, op.weights.kind,
+                                              _fan_in_fan_out(op))
+            cur = full if w == 1.0 else cur + (full - cur) * w
+        else:
+            cur = cur.add_(delta if w == 1.0 else delta * w)
+    return cur
+
+
+def _is_plain_lora(task: TensorTask, job: MergeJob) -> bool:
+    return (job.options.combination == "linear" and not task.changed_beyond_loras
+            and all(op.weights.magnitude is None and op.kind in ("linear", "conv1d-transposed")
+                    for op in task.loras))
+
+
+def fused_lora_merge(W: torch.Tensor, task: TensorTask, job: MergeJob,
+                     device: torch.device) -> torch.Tensor:
+    """W + Σ s_i·w_i·B_i A_i for plain LoRA on Linear/Conv1D, in cache-sized row blocks.
+
+    Same maths as ``merged_weight`` (float32, one rounding at the end), but each block of rows is
+    widened, gets ``addmm_`` (ΔW = s·B@A accumulated in float32; at most one float32 ulp from
+    PEFT's (B@A)*s then add, far below the output rounding) and is rounded into the output while
+    it is still in cache: about 4x less memory traffic than full-size temporaries.
+    """
+    weights = job.options.weights or (1.0,) * len(job.adapters)
+    factors = []
+    for op in task.loras:
+        A = op.weights.A.to(device=device, dtype=F32)
+        B = op.weights.B.to(device=device, dtype=F32)
+        # Conv1D stores W as (in, out): its ΔW is (s·B@A)^T = s·A^T@B^T
+        left, right = (A.T, B.T) if _fan_in_fan_out(op) else (B, A)
+        factors.append((left, right, op.weights.scaling * weights[op.adapter]))
+    out = torch.empty(W.shape, dtype=task.out_dtype, device=device)
+    rows = max(1, (1 << 20) // max(1, W.shape[1]))  # 4 MB of float32 per block
+    for r0 in range(0, W.shape[0], rows):
+        block = W[r0:r0 + rows].to(device=device, dtype=F32)
+        for left, right, scale in factors:
+            block.addmm_(left[r0:r0 + rows], right, alpha=scale)
+        out[r0:r0 + rows] = block  # the single rounding to the output dtype
+    return out
+
+
+def merge_tensor(W: torch.Tensor, task: TensorTask, job: MergeJob, device: torch.device) -> torch.Tensor:
+    """The output tensor for ``task`` from the base tensor ``W``, rounded once to its dtype."""
+    if task.loras and _is_plain_lora(task, job):
+        return fused_lora_merge(W, task, job, device)
+    if task.copy is not None and not (task.loras or task.bias_loras or task.tokens):
+        return task.copy[1].to(task.out_dtype)
+    base0 = W.to(device)
+    if task.replacement is not None:
+        base0 = task.replacement[1].to(device=device, dtype=W.dtype)
+    if task.residual_init is not None:  # PiSSA/OLoRA: the base as trained is W - s·B0@A0 (1.7)
+        op = task.loras[0]
+        base0 = mutated_init(base0, op.weights.r, op.weights.scaling, task.residual_init,
+                             _fan_in_fan_out(op))[2]
+    # Deltas in float32, rounded once to the output dtype at the end (PEFT's unsafe merge, 6.2).
+    cur = base0.to(F32, copy=True)
+    if task.loras:
+        cur = _apply_loras(cur, base0, task, job, device)
+    weights = job.options.weights or (1.0,) * len(job.adapters)
+    for op in task.bias_loras:
+        cur += bias_delta(op.weights, device) * weights[op.adapter]
+    for _, idx, rows in task.tokens:
+        cur.index_copy_(0, torch.tensor(idx, device=device), rows.to(device=device, dtype=F32))
+    if task.copy is not None:
+        cur = task.copy[1].to(device=device, dtype=F32)
+    return cur.to(task.out_dtype)
+
+
+# ----- the output folder ----------------------------------------------------------------------
+def _write_config(job: MergeJob, folder: Path) -> None:
+    config = dict(job.files.config)
+    dtype = job.plan.dtype
+    config["dtype"] = dtype
+    if "torch_dtype" in config:
+        config["torch_dtype"] = dtype
+    config.pop("quantization_config", None)
+    if job.plan.untie_embeddings:
+        config["tie_word_embeddings"] = False
+    (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+def _copy_other_files(root: Path, folder: Path) -> list[str]:
+    """Tokenizer, chat template, generation config and any other non-weight file of the base."""
+    copied = []
+    for p in sorted(root.iterdir()):
+        if p.name.startswith(".") or p.name in SKIP_FILES or p.name.endswith(WEIGHT_SUFFIXES):
+            continue
+        if p.is_file():
+            shutil.copy2(p, folder / p.name)
+            copied.append(p.name)
+        elif p.is_dir():
+            # sub-folders may hold other copies of the weights (Llama's original/*.pth): skip them
+            shutil.copytree(p, folder / p.name, symlinks=False,
+                            ignore=shutil.ignore_patterns(*(f"*{s}" for s in WEIGHT_SUFFIXES)))
+            copied.append(p.name + "/")
+    return copied
+
+
+def model_card(job: MergeJob, command: str | None) -> str:
+    plan = job.plan
+    lines = ["---", f"base_model: {json.dumps(plan.base)}", "library_name: transformers",
+             "tags:", "- merge", "- lora", "- adapterctl", "---", "",
+             "# Merged model", "",
+             f"`{plan.base}` with {len(plan.adapters)} LoRA adapter(s) merged into its weights by "
+             "adapterctl (deltas computed in float32, rounded once to "
+             f"{plan.dtype}).", "", "| adapter | weight | modules | variants |", "|---|---|---|---|"]
+    for a in plan.adapters:
+        lines.append(f"| `{a['source']}` | {a['weight']:g} | {a['modules']} | "
+                     f"{', '.join(a['variants']) or '-'} |")
+    lines += ["", f"Combination: {plan.combination}"
+              + (f" (density {plan.density}, seed {plan.seed})" if plan.combination != "linear" else "")]
+    if command:
+        lines += ["", "Command:", "", "```bash", command, "```"]
+    return "\n".join(lines) + "\n"
+
+
+def _stream(job: MergeJob, folder: Path, device: torch.device, on_progress: Progress | None) -> int:
+    """Read, merge and write tensor by tensor. Writes run on one background thread (pwrite and
+    torch both release the GIL), so computing tensor n+1 overlaps writing tensor n; at most
+    ``MAX_PENDING`` finished tensors wait, which keeps memory bounded."""
+    merged = 0
+    pending: deque = deque()
+    with CheckpointReader(job.files) as reader, ShardWriter(folder, job.shard_plan,
+                                                            {"merged_by": "adapterctl"}) as writer, \
+            ThreadPoolExecutor(max_workers=1) as pool:
+        for task in job.tasks:
+            W = reader.get(task.source)
+            if task.changed or W.dtype != task.out_dtype:
+                out = merge_tensor(W, task, job, device).cpu()
+                merged += task.changed
+            else:
+                out = W
+            pending.append((pool.submit(writer.write, task.key, out), task.key))
+            del W, out  # the writer thread holds the only reference until it is written
+            while len(pending) > MAX_PENDING or (pending and pending[0][0].done()):
+                _finish_write(pending.popleft(), on_progress)
+        while pending:
+            _finish_write(pending.popleft(), on_progress)
+        writer.finish()
+    return merged
+
+
+def _finish_write(item, on_progress: Progress | None) -> None:
+    future, key = item
+    n = future.result()  # re-raises the writer's error (disk full...) in this thread
+    if on_progress:
+        on_progress(n, key)
+
+
+@contextmanager
+def single_cpu_thread(device: torch.device):
+    """One intra-op thread while merging on the CPU. The work is thousands of small memory-bound
+    ops (cache-sized blocks); with several OpenMP threads every op ends in a barrier, and when the
+    cores are shared those barriers spin on descheduled threads: measured 15-25x slower on a
+    loaded 2-core machine. One compute thread plus the writer thread uses two cores anyway."""
+    if device.type != "cpu":
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def execute_merge(job: MergeJob, output: str | Path, force: bool = False, device: str = "auto",
+                  on_progress: Progress | None = None, command: str | None = None) -> MergeResult:
+    """Write the merged checkpoint into ``output`` atomically (nothing partial on any failure)."""
+    start = time.monotonic()
+    dev = resolve_device(device)
+    extra = sum(p.stat().st_size for p in job.files.root.iterdir() if p.is_file()
+                and not p.name.endswith(WEIGHT_SUFFIXES))
+    with torch.inference_mode(), single_cpu_thread(dev), \
+            write_output_dir(output, force, job.plan.output_bytes + extra) as tmp:
+        merged = _stream(job, tmp, dev, on_progress)
+        _write_config(job, tmp)
+        copied = _copy_other_files(job.files.root, tmp)
+        (tmp / "README.md").write_text(model_card(job, command))
+    return MergeResult(
+        output=str(Path(output).expanduser().absolute()), tensors_written=len(job.tasks),
+        tensors_merged=merged, bytes_written=job.plan.output_bytes, shards=job.plan.shards,
+        files_copied=copied, untie_embeddings=job.plan.untie_embeddings, dtype=job.plan.dtype,
+        device=str(dev), seconds=round(time.monotonic() - start, 3))

@@ -1,0 +1,162 @@
+"""``push``: what to upload from an adapter folder or a merged model folder, validated first.
+
+Only the files that make the adapter (or model) are uploaded by default: PEFT's own set
+(spec section 9.2: ``adapter_config.json``, ``adapter_model.safetensors`` or ``.bin``, README)
+plus tokenizer files saved beside it; a model's config, weights (single or sharded), and
+tokenizer. Training checkpoints and other stray files stay home unless ``--include``d.
+Never imports torch.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from adapterctl import errors as E
+from adapterctl.core.publish.card import looks_like_model_id, render_card, split_card
+
+TOKENIZER = ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
+             "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja",
+             "chat_template.json"]
+ADAPTER_DEFAULT = ["adapter_config.json", "adapter_model.safetensors", *TOKENIZER]
+MODEL_DEFAULT = ["config.json", "generation_config.json", "model.safetensors",
+                 "model-*-of-*.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                 "pytorch_model-*-of-*.bin", "pytorch_model.bin.index.json", *TOKENIZER]
+CARD = "README.md"
+_BY_EXIT = {3: E.NotFoundError, 4: E.InvalidAdapterError, 5: E.UnsupportedError,
+            6: E.IncompatibleBaseError}
+
+
+@dataclass(frozen=True)
+class PushFile:
+    path_in_repo: str
+    local: Path | None  # None: generated (the model card)
+    size: int
+
+
+@dataclass(frozen=True)
+class PushPlan:
+    folder: Path
+    repo_id: str
+    kind: str  # "adapter" | "model"
+    base_model: str | None
+    files: list[PushFile]
+    card: str | None
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(f.size for f in self.files)
+
+
+def detect_kind(folder: Path) -> str:
+    if not folder.is_dir():
+        raise E.NotFoundError(f"{folder}: no such directory",
+                              hint="Give the adapter folder (adapter_config.json) or a merged model "
+                                   "folder (config.json).")
+    if (folder / "adapter_config.json").is_file():
+        return "adapter"
+    if (folder / "config.json").is_file():
+        return "model"
+    raise E.NotFoundError(f"{folder}: neither adapter_config.json nor config.json here",
+                          hint="push uploads an adapter folder or a model folder written by merge.")
+
+
+def validate_folder(folder: Path, kind: str) -> tuple[str | None, list[str]]:
+    """Refuse what cannot be used; return (base model named by the files, warnings)."""
+    if kind == "model":
+        from adapterctl.io.model_dir import locate_model_files, read_model_headers
+
+        files = locate_model_files(folder)
+        if files.weights_format == "safetensors":
+            read_model_headers(files)  # truncated or corrupt shards fail here, before any upload
+        return files.config.get("_name_or_path"), []
+    from adapterctl.core.adapter.inspect import inspect_adapter
+
+    summary = inspect_adapter(folder)
+    errors = [p for p in summary.problems if p.severity == "error"]
+    if errors:
+        listing = "; ".join(f"{p.code}: {p.message}" for p in errors)
+        cls = _BY_EXIT.get(errors[0].exit_code, E.InvalidAdapterError)
+        raise cls(f"{folder}: refusing to push an adapter that cannot be used: {listing}",
+                  hint=errors[0].hint or f"Run 'adapterctl inspect {folder}' for details.")
+    return summary.base_model, [p.message for p in summary.problems]
+
+
+def select_files(folder: Path, kind: str, include: list[str], exclude: list[str]) -> list[Path]:
+    """Default set for ``kind``, plus ``include`` globs, minus ``exclude`` globs (repo paths)."""
+    defaults = ADAPTER_DEFAULT if kind == "adapter" else MODEL_DEFAULT
+    if kind == "adapter" and not (folder / "adapter_model.safetensors").is_file():
+        defaults = [*defaults, "adapter_model.bin"]  # legacy weights, only when nothing better
+    chosen = []
+    for p in sorted(folder.rglob("*")):
+        rel = p.relative_to(folder).as_posix()
+        if not p.is_file() or rel == CARD or rel.startswith(".") or "/." in rel:
+            continue
+        picked = ("/" not in rel and any(fnmatch.fnmatchcase(rel, g) for g in defaults)) or any(
+            fnmatch.fnmatchcase(rel, g) for g in include)
+        if picked and not any(fnmatch.fnmatchcase(rel, g) for g in exclude):
+            chosen.append(check_inside(folder, p))
+    return chosen
+
+
+def check_inside(folder: Path, path: Path) -> Path:
+    """Refuse a file that is a symlink out of ``folder``: pushing a stranger's folder must not
+    publish what its links point at (``~/.cache/huggingface/token``, keys). A Hugging Face cache
+    snapshot's links into its own ``blobs/`` are fine."""
+    from adapterctl.io.model_dir import symlink_roots
+
+    target = path.resolve()
+    if not any(target.is_relative_to(root) for root in symlink_roots(folder)):
+        raise E.InvalidAdapterError(f"{path}: is a symlink to {target}, outside {folder}; refusing "
+                                    "to upload it", hint="Copy the file into the folder if it "
+                                    "should be published, or --exclude it.")
+    return path
+
+
+def choose_base(kind: str, override: str | None, from_files: str | None,
+                card: str | None) -> tuple[str | None, list[str]]:
+    """Base model id for the card: --base-model, else the card's, else the files' own name."""
+    if override:
+        return override, []
+    existing = split_card(card)[0].get("base_model") if card else None
+    if isinstance(existing, str) and looks_like_model_id(existing):
+        return existing, []
+    if looks_like_model_id(from_files):
+        return from_files, []
+    if from_files:
+        return None, [f"base model {from_files!r} is a local path, not a Hub id: the card names no "
+                      "base_model (pass --base-model user/repo)"]
+    return None, ["no base model recorded: the card names none (pass --base-model user/repo)"]
+
+
+def plan_push(folder: Path, repo_id: str, *, include: list[str], exclude: list[str],
+              base_model: str | None,
+              remote_card: Callable[[], str | None] = lambda: None) -> PushPlan:
+    """Validate ``folder`` and list what to upload, with the rendered model card.
+
+    The card starts from the folder's README.md, else from ``remote_card()`` (the one on the Hub),
+    so a user's card text survives a push."""
+    kind = detect_kind(folder)
+    named_base, warnings = validate_folder(folder, kind)
+    local_card = folder / CARD
+    existing = _read_text(check_inside(folder, local_card)) if local_card.is_file() else remote_card()
+    base, base_warnings = choose_base(kind, base_model, named_base, existing)
+    files = [PushFile(p.relative_to(folder).as_posix(), p, p.stat().st_size)
+             for p in select_files(folder, kind, include, exclude)]
+    if not files:
+        raise E.UsageError(f"{folder}: nothing to upload after --include/--exclude")
+    card = None
+    if not any(fnmatch.fnmatchcase(CARD, g) for g in exclude):
+        card = render_card(existing, repo_id, kind, base)
+        files.append(PushFile(CARD, None, len(card.encode())))
+    return PushPlan(folder, repo_id, kind, base, files, card, warnings + base_warnings)
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise E.InvalidAdapterError(f"{path}: cannot read the model card ({err})") from err
