@@ -141,7 +141,7 @@ def report(out: Output, session: Session, results: list[GenerationResult], *, co
 
 def _summary(out: Output, results: list[GenerationResult]) -> None:
     for r in results:
-        n = sum(len(c.completion_token_ids) for c in r.completions)
+        n = sum(c.num_tokens for c in r.completions)
         out.info(f"[dim]{len(r.completions)} completion(s), {n} tokens in {r.elapsed_s:.2f}s "
                  f"({r.tokens_per_second:.1f} tokens/s; adapters: {r.mode})"
                  + (f"; seed {r.seed}" if r.seed is not None else "") + "[/dim]", markup=True)

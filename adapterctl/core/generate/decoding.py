@@ -7,49 +7,10 @@ arXiv:1904.09751 for nucleus sampling), so ``--seed`` runs are comparable with `
 from __future__ import annotations
 
 import secrets
-from dataclasses import dataclass
 
 import torch
 
-from adapterctl.errors import UsageError
-
-
-@dataclass(frozen=True)
-class DecodingConfig:
-    """Decoding options. Sampling is on when ``temperature > 0`` or top-k / top-p are given
-    (temperature then defaults to 1.0); otherwise greedy."""
-
-    max_new_tokens: int = 64
-    temperature: float | None = None
-    top_p: float | None = None
-    top_k: int | None = None
-    repetition_penalty: float | None = None
-    seed: int | None = None
-    stop: tuple[str, ...] = ()
-    logprobs: bool = False
-
-    @property
-    def sampling(self) -> bool:
-        if self.temperature is not None:
-            return self.temperature > 0
-        return self.top_p is not None or self.top_k is not None
-
-    def check(self) -> None:
-        """Refuse nonsensical values with a usage error naming the option."""
-        if self.max_new_tokens < 1:
-            raise UsageError(f"--max-new-tokens must be at least 1, got {self.max_new_tokens}")
-        if self.temperature is not None and self.temperature < 0:
-            raise UsageError(f"--temperature must be >= 0, got {self.temperature}",
-                             hint="Use 0 (or leave it out) for greedy decoding.")
-        if self.top_p is not None and not 0 < self.top_p <= 1:
-            raise UsageError(f"--top-p must be in (0, 1], got {self.top_p}")
-        if self.top_k is not None and self.top_k < 1:
-            raise UsageError(f"--top-k must be at least 1, got {self.top_k}")
-        if self.repetition_penalty is not None and self.repetition_penalty <= 0:
-            raise UsageError(f"--repetition-penalty must be > 0, got {self.repetition_penalty}",
-                             hint="1.0 means no penalty; values above 1 discourage repeats.")
-        if any(s == "" for s in self.stop):
-            raise UsageError("--stop strings must not be empty")
+from adapterctl.core.generate.results import DecodingConfig
 
 
 class TokenChooser:

@@ -22,54 +22,8 @@ import torch
 
 from adapterctl.core.generate.decoding import DecodingConfig, TokenChooser, mark_seen
 from adapterctl.core.generate.prompts import BASE_KEY, PromptSpec
+from adapterctl.core.generate.results import Completion, GenerationResult
 from adapterctl.core.generate.tokens import TokenPlan, encode_prompts, special_ids
-
-
-@dataclass(frozen=True)
-class Completion:
-    """One finished (or interrupted) completion. ``adapter``: None for the base model alone."""
-
-    id: str
-    prompt: str
-    adapter: str | None
-    completion: str
-    completion_token_ids: tuple[int, ...]
-    finish_reason: str  # "eos" | "stop" (a --stop string) | "length" | "interrupted"
-    prompt_tokens: int
-    tokens_per_second: float
-    logprobs: tuple[float, ...] | None = None
-
-    def to_dict(self) -> dict:
-        d = {"id": self.id, "prompt": self.prompt, "adapter": self.adapter,
-             "completion": self.completion, "completion_token_ids": list(self.completion_token_ids),
-             "finish_reason": self.finish_reason, "prompt_tokens": self.prompt_tokens,
-             "completion_tokens": len(self.completion_token_ids),
-             "tokens_per_second": round(self.tokens_per_second, 2)}
-        if self.logprobs is not None:
-            d["logprobs"] = list(self.logprobs)
-        return d
-
-
-@dataclass(frozen=True)
-class GenerationResult:
-    completions: tuple[Completion, ...]
-    interrupted: bool
-    seed: int | None
-    mode: str  # how adapters were applied: "base" | "folded" | "unmerged" | "mixed"
-    elapsed_s: float
-    warnings: tuple[str, ...] = ()
-
-    @property
-    def tokens_per_second(self) -> float:
-        n = sum(len(c.completion_token_ids) for c in self.completions)
-        return n / self.elapsed_s if self.elapsed_s > 0 else 0.0
-
-    def to_dict(self) -> dict:
-        return {"mode": self.mode, "seed": self.seed, "interrupted": self.interrupted,
-                "elapsed_s": round(self.elapsed_s, 3),
-                "tokens_per_second": round(self.tokens_per_second, 2),
-                "warnings": list(self.warnings),
-                "completions": [c.to_dict() for c in self.completions]}
 
 
 class Router(Protocol):
