@@ -85,6 +85,14 @@ class HubError(AdapterctlError):
     kind = "hub"
 
 
+class EndpointError(AdapterctlError):
+    """An OpenAI-compatible server (``--endpoint``) cannot be reached, refused a request, timed out
+    or answered something that is not a completion. Same exit code as the Hub's network errors."""
+
+    exit_code = 8
+    kind = "endpoint"
+
+
 class OutputIOError(AdapterctlError):
     exit_code = 9
     kind = "io"

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from adapterctl.errors import UsageError
+from adapterctl.errors import AdapterctlError, UsageError
 
 #: finish reasons, the same for every engine
 FINISH_REASONS = ("eos", "stop", "length", "interrupted")
@@ -96,6 +96,9 @@ class GenerationResult:
     mode: str  # how adapters were applied: "base" | "folded" | "unmerged" | "mixed" | engine's
     elapsed_s: float
     warnings: tuple[str, ...] = ()
+    #: what ended the run early (an endpoint that failed mid-way), with the completions made
+    #: before it kept; None when the run finished (or was interrupted: ``interrupted``)
+    error: AdapterctlError | None = None
 
     @property
     def tokens_per_second(self) -> float:

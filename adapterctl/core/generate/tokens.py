@@ -22,12 +22,19 @@ def encode_prompts(model, tokenizer, specs: list[PromptSpec], max_new_tokens: in
     """Token ids per prompt, plus warnings (a generation limit lowered to fit the context).
 
     A prompt that fills the model's context on its own is refused naming its id and lengths."""
+    return plan_tokens(tokenizer, specs, max_new_tokens, chat, system,
+                       context_length(model) if tokenizer is not None else None)
+
+
+def plan_tokens(tokenizer, specs: list[PromptSpec], max_new_tokens: int, chat: bool,
+                system: str | None, context: int | None) -> tuple[list[TokenPlan], list[str]]:
+    """:func:`encode_prompts` for any engine: the tokenizer and the context length as given (vLLM's
+    tokenizer and ``max_model_len`` for ``--engine vllm``)."""
     if tokenizer is None:
         raise NotFoundError("the base model has no tokenizer",
                             hint="Copy tokenizer.json / tokenizer_config.json into the model folder.")
     if chat:
         check_chat_template(tokenizer)
-    context = context_length(model)
     plans, warnings = [], []
     for spec in specs:
         ids = encode_one(tokenizer, spec, chat, system)
