@@ -1,0 +1,170 @@
+"""Adapters made ready for a serving engine, before the engine starts (a refusal inside vLLM kills
+its engine, so nothing that would be refused may reach it):
+
+1. each adapter goes through the engine's rules (``check --engine ENGINE``,
+   :mod:`adapterctl.core.engines.check`);
+2. one the engine serves as trained is used as it is; one it would refuse or change is converted
+   (``convert --for ENGINE``, :mod:`adapterctl.core.convert.for_engine`) where the conversion is
+   exact: DoRA as a full-rank LoRA (up to the engine's largest rank), extras as full-rank LoRA,
+   scales baked into lora_B; the result must hold every module to float32 precision (relative
+   error <= 1e-5) and drop nothing;
+3. anything else is refused here, naming the adapter, the engine's reason and what to do;
+4. the engine's LoRA limits come from what it will load: ``--max-lora-rank`` (vLLM accepts only
+   some values: the smallest one that holds the largest rank) and ``--max-loras`` (how many
+   adapters may share a batch: all of them).
+
+Converted copies are written under ``workdir``, named by the adapter's files, the engine and the
+base, so a later run reuses them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from adapterctl.errors import UnsupportedError, UsageError
+
+#: largest relative error (||ΔW - ΔW'||_F / ||ΔW||_F per module) still called exact (float32)
+EXACT = 1e-5
+
+
+@dataclass(frozen=True)
+class PreparedAdapter:
+    name: str  # the name the engine serves it under
+    source: str  # as the user gave it
+    folder: Path  # the adapter's own local folder
+    path: Path  # what the engine loads: ``folder``, or the converted copy
+    verdict: str  # check's verdict for the adapter as it was: serves | changes | refuses
+    rank: int  # largest rank the engine sees (r and rank_pattern)
+    notes: tuple[str, ...] = ()
+
+    @property
+    def converted(self) -> bool:
+        return self.path != self.folder
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "source": self.source, "folder": str(self.folder),
+                "path": str(self.path), "verdict": self.verdict, "converted": self.converted,
+                "rank": self.rank, "notes": list(self.notes)}
+
+
+@dataclass(frozen=True)
+class LoraLimits:
+    max_lora_rank: int
+    max_loras: int
+
+    def to_dict(self) -> dict:
+        return {"max_lora_rank": self.max_lora_rank, "max_loras": self.max_loras}
+
+
+def lora_limits(engine: str, adapters: Sequence[PreparedAdapter]) -> LoraLimits:
+    """vLLM: ``max_lora_rank`` must be one of ``MaxLoRARanks`` (vllm/config/lora.py); SGLang
+    takes any rank. ``max_loras``: every adapter in one batch."""
+    rank = max((a.rank for a in adapters), default=1)
+    if engine == "vllm":
+        from adapterctl.core.engines.vllm import MAX_LORA_RANKS
+
+        fits = [r for r in MAX_LORA_RANKS if r >= rank]
+        if not fits:
+            raise UnsupportedError(f"rank {rank} is above the largest --max-lora-rank vLLM "
+                                   f"accepts ({MAX_LORA_RANKS[-1]})",
+                                   hint=f"adapterctl convert ADAPTER OUT --rank "
+                                        f"{MAX_LORA_RANKS[-1]} (truncated SVD, error reported).")
+        rank = fits[0]
+    return LoraLimits(rank, max(1, len(adapters)))
+
+
+def config_rank(folder: Path) -> int:
+    """max(r, rank_pattern values): what vLLM compares with --max-lora-rank."""
+    from adapterctl.core.adapter.config import read_adapter_config
+
+    cfg = read_adapter_config(folder)
+    return max([int(cfg.r), *(int(v) for v in (cfg.rank_pattern or {}).values())])
+
+
+def prepare_adapters(engine: str, adapters: Sequence[tuple[str, str, Path]],
+                     base: tuple[Path, str], workdir: Path,
+                     on_step: Callable[[str], None] | None = None) -> list[PreparedAdapter]:
+    """``adapters``: (name, as given, local folder); ``base``: (local folder, as given)."""
+    from adapterctl.core.engines.check import check_adapters
+
+    step = on_step or (lambda text: None)
+    report = check_adapters([(str(folder), shown) for _, shown, folder in adapters], [engine],
+                            (str(base[0]), base[1]))
+    out = []
+    for (name, shown, folder), verdict in zip(adapters, report.results):
+        if verdict.verdict == "serves":
+            out.append(PreparedAdapter(name, shown, Path(folder), Path(folder), "serves",
+                                       config_rank(Path(folder))))
+            continue
+        step(f"{shown}: {engine} {verdict.verdict} it as it is; converting (convert --for "
+             f"{engine})")
+        out.append(_convert(engine, name, shown, Path(folder), verdict, base, workdir))
+    return out
+
+
+def _why(verdict) -> str:
+    bad = [f for f in verdict.reasons if f.verdict in ("changes", "refuses")]
+    return bad[0].message if bad else verdict.verdict
+
+
+def _convert(engine: str, name: str, shown: str, folder: Path, verdict, base: tuple[Path, str],
+             workdir: Path) -> PreparedAdapter:
+    from adapterctl.core.convert.pipeline import ConvertRequest, run_convert
+    from adapterctl.core.engines.vllm import MAX_LORA_RANKS
+
+    said = f"{engine} {verdict.verdict} {shown}: {_why(verdict)}"
+    if verdict.fix is None:
+        raise UnsupportedError(said, hint=f"No exact conversion exists; `adapterctl check {shown} "
+                                          f"--engine {engine}` lists every reason.")
+    if "--drop-unsupported" in verdict.fix:
+        raise UnsupportedError(said, hint=f"Only dropping parts of it would let {engine} load it; "
+                                          f"if that is acceptable, run `{verdict.fix}` and serve "
+                                          "the result.")
+    dest = workdir / f"{name}-{engine}-{_digest(folder, engine, base[0])}"
+    if not (dest / "adapter_config.json").is_file():
+        workdir.mkdir(parents=True, exist_ok=True)
+        # rank: a DoRA module becomes a LoRA of full rank (exact) up to the largest the engine
+        # accepts; beyond that the SVD truncates and the error check below refuses it
+        result = run_convert(ConvertRequest(
+            source=str(folder), output=str(dest), base=str(base[0]), base_name=base[1],
+            source_name=shown, for_engine=(engine,), rank=MAX_LORA_RANKS[-1]))
+        _check_exact(result, said, shown, engine, dest)
+        notes = tuple(result.notes)
+    else:
+        notes = ("converted copy reused",)
+    return PreparedAdapter(name, shown, folder, dest, verdict.verdict, config_rank(dest), notes)
+
+
+def _check_exact(result, said: str, shown: str, engine: str, dest: Path) -> None:
+    worst = max((m.rel_error for m in result.modules if m.rel_error is not None), default=0.0)
+    if result.removed or worst > EXACT:
+        import shutil
+
+        shutil.rmtree(dest, ignore_errors=True)
+        what = (f"it would drop {result.removed[0]}" if result.removed else
+                f"its relative error would be {worst:.2e}")
+        raise UnsupportedError(f"{said}; the conversion for {engine} is not exact ({what})",
+                               hint=f"Convert it yourself if the change is acceptable: "
+                                    f"`adapterctl convert {shown} OUT --for {engine} --rank R`, "
+                                    "then serve OUT.")
+
+
+def _digest(folder: Path, engine: str, base: Path) -> str:
+    """Names a converted copy by what it was made from: the adapter's files (size and mtime),
+    the engine and the base."""
+    h = hashlib.sha256(json.dumps([engine, str(Path(base).resolve())]).encode())
+    for p in sorted(Path(folder).iterdir()):
+        if p.is_file():
+            st = p.stat()
+            h.update(json.dumps([p.name, st.st_size, st.st_mtime_ns]).encode())
+    return h.hexdigest()[:12]
+
+
+def check_base_given(base: str | None) -> None:
+    if base is None:
+        raise UsageError("no base model given", hint="Pass BASE, or an adapter whose "
+                         "adapter_config.json names its base_model_name_or_path.")
