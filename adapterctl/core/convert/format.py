@@ -6,6 +6,7 @@ from dataclasses import replace
 
 import torch
 
+from adapterctl.core.adapter.compat import LayerKind
 from adapterctl.core.adapter.keys import split_keys
 from adapterctl.core.convert.draft import AdapterDraft, view_adapter
 from adapterctl.errors import UsageError
@@ -57,6 +58,6 @@ def _serving_warnings(draft: AdapterDraft) -> list[str]:
         notes.append("DoRA adapters are not supported by vLLM or llama.cpp (kept as is)")
     if any(w.bias is not None for w in view.modules.values()):
         notes.append("lora_B biases (lora_bias=true) are rejected by llama.cpp (kept as is)")
-    if any(w.kind == "embedding" for w in view.modules.values()):
+    if any(w.kind is LayerKind.EMBEDDING for w in view.modules.values()):
         notes.append("embedding LoRA is not supported by llama.cpp (kept as is)")
     return notes

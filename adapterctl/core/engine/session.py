@@ -9,7 +9,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from adapterctl.core.adapter.config import read_adapter_config
-from adapterctl.errors import IncompatibleBaseError, NotFoundError, UsageError
+from adapterctl.errors import NotFoundError, UsageError
 from adapterctl.io.hub_ref import HubOptions
 from adapterctl.io.resolve import resolve_adapter_dir, resolve_model_dir
 
@@ -82,25 +82,19 @@ def adapter_names(adapters: list[str], names: list[str] | None) -> list[str]:
 def precheck_base(base_dir: Path, shown: str, loaded: list) -> None:
     """Fail before loading the weights when an adapter names none of the base's modules (a Llama
     adapter on GPT-2). Finer checks (shapes, tied heads) run on the loaded model."""
-    from adapterctl.io.model_dir import find_checkpoint_key, locate_model_files, read_model_headers
+    from adapterctl.core.adapter.compat import check_modules_present
+    from adapterctl.core.adapter.problems import as_error
+    from adapterctl.io.model_dir import locate_model_files, read_model_headers
 
     files = locate_model_files(base_dir, shown)
     if files.weights_format != "safetensors":
         return
     keys = set(read_model_headers(files))
     tied = files.config.get("tie_word_embeddings", True)  # a tied head has no weight of its own
-
-    def present(path: str) -> bool:
-        return bool(find_checkpoint_key(path + ".weight", keys)) or (tied and "head" in path)
-
     for la in loaded:
-        paths = sorted(la.modules)
-        if paths and not any(present(p) for p in paths):
-            raise IncompatibleBaseError(
-                f"{la.source}: none of its {len(paths)} LoRA modules exist in {shown} "
-                f"({files.model_type or 'unknown model type'}); e.g. {', '.join(paths[:3])}; the "
-                f"base has weights like {', '.join(sorted(keys)[:3])}",
-                hint="Use the base model the adapter was trained on (see base_model_name_or_path).")
+        problem = check_modules_present(list(la.modules), keys, tied, shown, files.model_type)
+        if problem:
+            raise as_error(problem, la.source)
 
 
 def base_hub(hub: HubOptions | None) -> HubOptions | None:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
+from adapterctl.core.adapter.compat import LayerKind
 from adapterctl.core.adapter.keys import TRAINABLE_TOKENS_SUFFIX
 from adapterctl.core.lora.loaded import LoadedAdapter, LoraWeights
 from adapterctl.errors import IncompatibleBaseError, UnsupportedError, UsageError
@@ -133,8 +134,8 @@ def _shape_back(w: LoraWeights, A: torch.Tensor, B: torch.Tensor) -> tuple[torch
     return A.reshape(r, *w.A.shape[1:]), B.reshape(w.B.shape[0], r, *w.B.shape[2:])
 
 
-def _module_keys(path: str, kind: str) -> tuple[str, str, str]:
-    emb = kind == "embedding"
+def _module_keys(path: str, kind: LayerKind) -> tuple[str, str, str]:
+    emb = kind is LayerKind.EMBEDDING
     return lora_key(path, "A", emb), lora_key(path, "B", emb), lora_key(path, "B_bias")
 
 
@@ -189,7 +190,7 @@ def combine_adapters(adapters: list[LoadedAdapter], weights: list[float], method
             tensors[key_bias] = sum(c * w.scaling * w.bias.to(F32) for c, w in biases)
     if lora_bias:  # a module without a bias in a lora_bias adapter gets a zero one
         for path in paths:
-            key_a, key_b, key_bias = _module_keys(path, "linear")
+            key_a, key_b, key_bias = _module_keys(path, LayerKind.LINEAR)
             if key_a in tensors and key_bias not in tensors:
                 tensors[key_bias] = torch.zeros(tensors[key_b].shape[0])
     extras, tti = _merge_extras(adapters)

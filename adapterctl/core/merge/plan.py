@@ -19,7 +19,8 @@ from pathlib import Path
 
 import torch
 
-from adapterctl.core.adapter.layer_kind import base_layer_kind
+from adapterctl.core.adapter import compat as C
+from adapterctl.core.adapter.problems import as_error
 from adapterctl.core.adapter.targeting import in_modules_to_save
 from adapterctl.core.lora.combine import check_combination
 from adapterctl.core.lora.loaded import LoadedAdapter, LoraWeights, load_adapter
@@ -51,7 +52,7 @@ class MergeOptions:
 class LoraOp:
     adapter: int
     weights: LoraWeights
-    kind: str  # base_layer_kind: linear | conv1d-transposed | embedding | conv
+    kind: C.LayerKind  # the base layer's: linear | conv1d-transposed | embedding | conv
 
 
 @dataclass(frozen=True)
@@ -198,9 +199,12 @@ def _add_loras(i: int, ad: LoadedAdapter, index: KeyIndex, shapes: dict, model_t
         key = index.find(path + ".weight")
         if key is None:
             raise _missing(ad, "LoRA module", path + ".weight", index)
-        kind = base_layer_kind(w.kind == "embedding", tuple(w.A.shape), tuple(w.B.shape),
-                               shapes[key], model_type, ad.config.fan_in_fan_out)
-        _check_shape(ad, path, w, kind, shapes[key])
+        kind = C.base_layer_kind(w.kind is C.LayerKind.EMBEDDING, w.A.shape, w.B.shape,
+                                 shapes[key], model_type, ad.config.fan_in_fan_out)
+        problem = C.check_shapes(path, kind, w.A.shape, w.B.shape, shapes[key],
+                                 None if w.bias is None else w.bias.shape)
+        if problem:
+            raise as_error(problem, ad.source)
         ops.setdefault(key, {}).setdefault("loras", []).append(LoraOp(i, w, kind))
         if w.bias is not None:
             bkey = index.find(path + ".bias")
@@ -208,16 +212,6 @@ def _add_loras(i: int, ad: LoadedAdapter, index: KeyIndex, shapes: dict, model_t
                 raise IncompatibleBaseError(f"{ad.source}: {path} has a lora_B bias but the base "
                                             "layer has no bias", hint="PEFT refuses this merge too.")
             ops.setdefault(bkey, {}).setdefault("bias_loras", []).append(LoraOp(i, w, kind))
-
-
-def _check_shape(ad: LoadedAdapter, path: str, w: LoraWeights, kind: str, base: tuple) -> None:
-    a, b = tuple(w.A.shape), tuple(w.B.shape)
-    expected = {"linear": (b[0], a[-1]), "conv1d-transposed": (a[-1], b[0]),
-                "embedding": (a[-1], b[0])}.get(kind, (b[0], *a[1:]))
-    if tuple(base) != expected:
-        raise IncompatibleBaseError(
-            f"{ad.source}: {path}: base weight is {list(base)} but lora_A {list(a)} and lora_B "
-            f"{list(b)} need {list(expected)}", hint="The adapter was trained on a different model.")
 
 
 def _add_extras(i: int, ad: LoadedAdapter, index: KeyIndex, shapes: dict, tie, ops: dict) -> None:
@@ -267,7 +261,7 @@ def _task(s: StoredTensor, key: str, out_dtype: torch.dtype, entry: dict, adapte
     init = None
     loras = tuple(entry.get("loras", ()))
     if (loras and adapters[loras[0].adapter].config.init_kind in ("pissa", "olora")
-            and loras[0].kind in ("linear", "conv1d-transposed")):
+            and loras[0].kind in (C.LayerKind.LINEAR, C.LayerKind.CONV1D_GPT2)):
         # PEFT's PiSSA/OLoRA initialisers mutate Linear/Conv1D weights only, never embeddings
         # or convs (the engine recomputes residuals for the same layers)
         init = adapters[loras[0].adapter].config.init_kind
@@ -296,9 +290,9 @@ def _warnings(adapters: list[LoadedAdapter], base: str) -> list[str]:
         if ad.config.init_kind in ("pissa", "olora"):
             out.append(f"{ad.source}: {ad.config.init_kind} adapter: the residual base W - s·B0@A0 "
                        "is recomputed from the base (spec 1.7)")
-        name = ad.config.base_model_name_or_path
-        if name and Path(name).name != Path(base).name and name != base:
-            out.append(f"{ad.source}: trained on {name!r}, merging into {base!r} (shapes fit)")
+        problem = C.base_name_problem(ad.config.base_model_name_or_path, base)
+        if problem:
+            out.append(f"{ad.source}: {problem.text}")
     return out
 
 

@@ -19,9 +19,10 @@ from typing import Callable
 
 import torch
 
+from adapterctl.core.adapter.compat import LayerKind
 from adapterctl.core.lora.combine import combine_deltas, module_generator
 from adapterctl.core.lora.delta import bias_delta, delta_weight, dora_scale, mutated_init
-from adapterctl.core.merge.plan import LoraOp, MergeJob, TensorTask
+from adapterctl.core.merge.plan import MergeJob, TensorTask
 from adapterctl.errors import MissingDependencyError
 from adapterctl.io.checkpoint import CheckpointReader
 from adapterctl.io.output_dir import write_output_dir
@@ -66,27 +67,22 @@ def resolve_device(device: str) -> torch.device:
 
 
 # ----- the maths of one tensor ----------------------------------------------------------------
-def _fan_in_fan_out(op: LoraOp) -> bool:
-    return op.kind == "conv1d-transposed"
-
-
 def _apply_loras(cur: torch.Tensor, base0: torch.Tensor, task: TensorTask, job: MergeJob,
                  device: torch.device) -> torch.Tensor:
     weights = job.options.weights or (1.0,) * len(job.adapters)
     if job.options.combination != "linear":
-        deltas = [delta_weight(op.weights, _fan_in_fan_out(op), device) for op in task.loras]
+        deltas = [delta_weight(op.weights, op.kind, device) for op in task.loras]
         gen = module_generator(job.options.seed, task.key)
         return cur + combine_deltas(deltas, [weights[op.adapter] for op in task.loras],
                                     job.options.combination, job.options.density, gen)
     # PEFT's merge_and_unload order: adapter after adapter; DoRA's norm on the unmerged base (#3608)
     for op in task.loras:
-        delta = delta_weight(op.weights, _fan_in_fan_out(op), device)
+        delta = delta_weight(op.weights, op.kind, device)
         w = weights[op.adapter]
         if op.weights.magnitude is not None:
             # a weight w moves the layer w of the way to its DoRA weight, as attach/generate do
             # (core/layers.py), so a merged model equals the attached one for any weight
-            full = (cur + delta) * dora_scale(base0, delta, op.weights.magnitude, op.weights.kind,
-                                              _fan_in_fan_out(op))
+            full = (cur + delta) * dora_scale(base0, delta, op.weights.magnitude, op.kind)
             cur = full if w == 1.0 else cur + (full - cur) * w
         else:
             cur = cur.add_(delta if w == 1.0 else delta * w)
@@ -95,7 +91,8 @@ def _apply_loras(cur: torch.Tensor, base0: torch.Tensor, task: TensorTask, job: 
 
 def _is_plain_lora(task: TensorTask, job: MergeJob) -> bool:
     return (job.options.combination == "linear" and not task.changed_beyond_loras
-            and all(op.weights.magnitude is None and op.kind in ("linear", "conv1d-transposed")
+            and all(op.weights.magnitude is None and op.kind in (LayerKind.LINEAR,
+                                                                   LayerKind.CONV1D_GPT2)
                     for op in task.loras))
 
 
@@ -114,7 +111,7 @@ def fused_lora_merge(W: torch.Tensor, task: TensorTask, job: MergeJob,
         A = op.weights.A.to(device=device, dtype=F32)
         B = op.weights.B.to(device=device, dtype=F32)
         # Conv1D stores W as (in, out): its ΔW is (s·B@A)^T = s·A^T@B^T
-        left, right = (A.T, B.T) if _fan_in_fan_out(op) else (B, A)
+        left, right = (A.T, B.T) if op.kind.fan_in_fan_out else (B, A)
         factors.append((left, right, op.weights.scaling * weights[op.adapter]))
     out = torch.empty(W.shape, dtype=task.out_dtype, device=device)
     rows = max(1, (1 << 20) // max(1, W.shape[1]))  # 4 MB of float32 per block
@@ -138,7 +135,7 @@ def merge_tensor(W: torch.Tensor, task: TensorTask, job: MergeJob, device: torch
     if task.residual_init is not None:  # PiSSA/OLoRA: the base as trained is W - s·B0@A0 (1.7)
         op = task.loras[0]
         base0 = mutated_init(base0, op.weights.r, op.weights.scaling, task.residual_init,
-                             _fan_in_fan_out(op))[2]
+                             op.kind.fan_in_fan_out)[2]
     # Deltas in float32, rounded once to the output dtype at the end (PEFT's unsafe merge, 6.2).
     cur = base0.to(F32, copy=True)
     if task.loras:
