@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from adapterctl.core.adapter.compat import LayerKind
-from adapterctl.core.lora.delta import bias_delta, delta_weight, dora_scale
+from adapterctl.core.lora.delta import fold_lora, fold_lora_bias
 from adapterctl.core.lora.loaded import LoraWeights
 from adapterctl.errors import UnsupportedError
 
@@ -289,20 +289,12 @@ class LoraWrapper(nn.Module):
             if name not in self.lora:
                 continue
             lw = self.lora[name].weights()
-            delta = delta_weight(lw, self.kind, device=W.device)
-            if lw.magnitude is not None:  # DoRA merge: f ⊙ (W + ΔW), norm on the unmerged base (6.3)
-                f = dora_scale(W0, delta, lw.magnitude, self.kind)
-                new = f * (Wf + delta)
-                Wf = new if weight == 1.0 else Wf + (new - Wf) * weight
-            else:
-                # in place: the same sums without a fresh full-size buffer per step
-                Wf.add_(delta if weight == 1.0 else delta.mul_(weight))
-            bd = bias_delta(lw, device=W.device)
-            if bd is not None:
+            Wf = fold_lora(Wf, W0, lw, self.kind, weight, device=W.device)
+            if lw.bias is not None:
                 if bf is None:
                     raise UnsupportedError(f"{lw.path}: lora_bias on a base layer without a bias "
                                            "cannot be folded")
-                bf = bf + (bd if weight == 1.0 else bd * weight)
+                bf = fold_lora_bias(bf, lw, weight, device=W.device)
         with torch.no_grad():
             W.copy_(Wf)  # one rounding of W + Σ ΔW to the base dtype (copy_ converts)
             if bf is not None:

@@ -11,7 +11,7 @@ import torch
 
 from adapterctl.core.adapter.compat import LayerKind
 from adapterctl.core.lora.loaded import LoraWeights
-from adapterctl.errors import IncompatibleBaseError, UnsupportedError
+from adapterctl.errors import UnsupportedError
 
 F32 = torch.float32
 
@@ -63,23 +63,29 @@ def dora_scale(W: torch.Tensor, delta: torch.Tensor, magnitude: torch.Tensor,
     return (m / Wf.norm(p=2, dim=1)).view(-1, 1)
 
 
-def dora_weight(W: torch.Tensor, delta: torch.Tensor, magnitude: torch.Tensor,
-                kind: LayerKind) -> torch.Tensor:
-    """The DoRA merged weight m ⊙ (W+ΔW)/||W+ΔW|| (spec 6.3), float32; see :func:`dora_scale`."""
-    return (W.to(F32) + delta.to(F32)) * dora_scale(W, delta, magnitude, kind)
+def fold_lora(cur: torch.Tensor, base0: torch.Tensor, w: LoraWeights, kind: LayerKind,
+              weight: float = 1.0, device=None) -> torch.Tensor:
+    """One adapter folded into the float32 weight ``cur`` (the one kernel of merge and the
+    engine's fold; spec 6.2, 6.3). Returns the new weight, ``cur`` itself where it can.
 
-
-def merged_weight(W: torch.Tensor, w: LoraWeights, kind: LayerKind | None = None) -> torch.Tensor:
-    """W + ΔW (or DoRA's rescaled version) in float32, not yet rounded."""
-    kind = kind or w.kind
-    delta = delta_weight(w, kind, device=W.device)
-    if tuple(delta.shape) != tuple(W.shape):
-        raise IncompatibleBaseError(
-            f"{w.path}: base weight is {list(W.shape)} but the adapter's delta is {list(delta.shape)}",
-            hint="The adapter was trained on a different model.")
+    LoRA: ``cur + weight·ΔW``, added in place. DoRA: ``m ⊙ (cur+ΔW)/||base0+ΔW||`` with the norm
+    on the unmerged base ``base0`` (PEFT >= 0.21, #3608), and a weight moves the layer that
+    fraction of the way there, as the attached forward does. ``base0`` must not alias ``cur``.
+    """
+    delta = delta_weight(w, kind, device)
     if w.magnitude is not None:
-        return dora_weight(W, delta, w.magnitude, kind)
-    return W.to(F32) + delta
+        full = (cur + delta) * dora_scale(base0, delta, w.magnitude, kind)
+        return full if weight == 1.0 else cur + (full - cur) * weight
+    return cur.add_(delta if weight == 1.0 else delta.mul_(weight))
+
+
+def fold_lora_bias(cur: torch.Tensor, w: LoraWeights, weight: float = 1.0,
+                   device=None) -> torch.Tensor:
+    """The lora_B bias folded into the float32 base bias ``cur``: ``cur + weight·s·b_B``."""
+    bd = bias_delta(w, device)
+    if bd is None:
+        return cur
+    return cur + (bd if weight == 1.0 else bd * weight)
 
 
 def mutated_init(W: torch.Tensor, r: int, scaling: float, init: str, fan_in_fan_out: bool = False

@@ -21,7 +21,7 @@ import torch
 
 from adapterctl.core.adapter.compat import LayerKind
 from adapterctl.core.lora.combine import combine_deltas, module_generator
-from adapterctl.core.lora.delta import bias_delta, delta_weight, dora_scale, mutated_init
+from adapterctl.core.lora.delta import delta_weight, fold_lora, fold_lora_bias, mutated_init
 from adapterctl.core.merge.plan import MergeJob, TensorTask
 from adapterctl.errors import MissingDependencyError
 from adapterctl.io.checkpoint import CheckpointReader
@@ -75,17 +75,10 @@ def _apply_loras(cur: torch.Tensor, base0: torch.Tensor, task: TensorTask, job: 
         gen = module_generator(job.options.seed, task.key)
         return cur + combine_deltas(deltas, [weights[op.adapter] for op in task.loras],
                                     job.options.combination, job.options.density, gen)
-    # PEFT's merge_and_unload order: adapter after adapter; DoRA's norm on the unmerged base (#3608)
+    # PEFT's merge_and_unload order: adapter after adapter, with the engine's fold kernel, so a
+    # merged model equals the attached one for any weight (DoRA included)
     for op in task.loras:
-        delta = delta_weight(op.weights, op.kind, device)
-        w = weights[op.adapter]
-        if op.weights.magnitude is not None:
-            # a weight w moves the layer w of the way to its DoRA weight, as attach/generate do
-            # (core/layers.py), so a merged model equals the attached one for any weight
-            full = (cur + delta) * dora_scale(base0, delta, op.weights.magnitude, op.kind)
-            cur = full if w == 1.0 else cur + (full - cur) * w
-        else:
-            cur = cur.add_(delta if w == 1.0 else delta * w)
+        cur = fold_lora(cur, base0, op.weights, op.kind, weights[op.adapter], device)
     return cur
 
 
@@ -100,7 +93,7 @@ def fused_lora_merge(W: torch.Tensor, task: TensorTask, job: MergeJob,
                      device: torch.device) -> torch.Tensor:
     """W + Σ s_i·w_i·B_i A_i for plain LoRA on Linear/Conv1D, in cache-sized row blocks.
 
-    Same maths as ``merged_weight`` (float32, one rounding at the end), but each block of rows is
+    Same maths as ``fold_lora`` (float32, one rounding at the end), but each block of rows is
     widened, gets ``addmm_`` (ΔW = s·B@A accumulated in float32; at most one float32 ulp from
     PEFT's (B@A)*s then add, far below the output rounding) and is rounded into the output while
     it is still in cache: about 4x less memory traffic than full-size temporaries.
@@ -142,7 +135,7 @@ def merge_tensor(W: torch.Tensor, task: TensorTask, job: MergeJob, device: torch
         cur = _apply_loras(cur, base0, task, job, device)
     weights = job.options.weights or (1.0,) * len(job.adapters)
     for op in task.bias_loras:
-        cur += bias_delta(op.weights, device) * weights[op.adapter]
+        cur = fold_lora_bias(cur, op.weights, weights[op.adapter], device)
     for _, idx, rows in task.tokens:
         cur.index_copy_(0, torch.tensor(idx, device=device), rows.to(device=device, dtype=F32))
     if task.copy is not None:
