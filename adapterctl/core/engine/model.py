@@ -245,10 +245,41 @@ def _from_pretrained(root: Path, kwargs: dict, shown: str):
                                   ) from err
 
 
-def _load_tokenizer(root: Path, trust_remote_code: bool = False):
-    try:
-        from transformers import AutoTokenizer
+#: files whose presence says the folder has a tokenizer (JSON ones are checked when loading fails)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 
+
+def _load_tokenizer(root: Path, trust_remote_code: bool = False):
+    """The folder's tokenizer, or None when it has no tokenizer files (a model folder without one is
+    still usable for logits). Tokenizer files that are there but cannot be loaded are bad input,
+    named, never reported as "no tokenizer"."""
+    from transformers import AutoTokenizer
+
+    try:
         return AutoTokenizer.from_pretrained(str(root), trust_remote_code=trust_remote_code)
-    except Exception:  # a model folder without a tokenizer is still usable for logits
-        return None
+    except Exception as err:
+        present = [root / name for name in TOKENIZER_FILES if (root / name).is_file()]
+        if not present:
+            return None
+        raise tokenizer_error(present, err) from err
+
+
+def tokenizer_error(present: list[Path], err: Exception) -> AdapterctlError:
+    """Which tokenizer file is broken (JSON checked first), or transformers' reason naming the
+    first file there; a missing package (sentencepiece, tiktoken...) is a missing dependency."""
+    from adapterctl.io.files import read_json_object
+
+    if isinstance(err, ImportError):
+        return MissingDependencyError(f"{present[0]}: loading this tokenizer needs a package that "
+                                      f"is not installed: {err}", hint="pip install it, then retry.")
+    for path in present:
+        if path.suffix == ".json":
+            try:
+                read_json_object(path, path.name)
+            except AdapterctlError as bad:  # not JSON, not an object: say which file and where
+                return bad
+    text = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
+    return InvalidAdapterError(
+        f"{present[0]}: transformers cannot load the tokenizer ({type(err).__name__}: {text})",
+        hint="Fix or download the tokenizer files again (without them, logits still work but no "
+        "text can be generated).")
