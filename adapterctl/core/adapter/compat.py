@@ -179,6 +179,36 @@ def check_shapes(path: str, kind: LayerKind, a_shape: Iterable[int] | None,
     return None
 
 
+def check_replacement(param: str, shape: Iterable[int], base_shape: Iterable[int] | None
+                      ) -> P.Problem | None:
+    """Does a full tensor saved in the adapter (modules_to_save, biases, saved embeddings; spec
+    4.3) replace a base parameter of the same shape?"""
+    if base_shape is None:
+        return P.error("replacement_not_in_base", f"{param}: saved in the adapter (shape "
+                       f"{_shape(shape)}) but the base has no such parameter",
+                       "Is this adapter for another architecture?", exit_code=6)
+    if tuple(shape) != tuple(base_shape):
+        return P.error("replacement_shape_mismatch", f"{param}: saved in the adapter as "
+                       f"{_shape(shape)} but the base parameter is {_shape(base_shape)}",
+                       "Resized vocabulary? Resize the base model's embeddings first.",
+                       exit_code=6)
+    return None
+
+
+def check_token_rows(emb: str, indices: list[int], rows_shape: Iterable[int],
+                     table_shape: Iterable[int]) -> P.Problem | None:
+    """Do trainable-token rows (len(indices), d) fit an embedding table (V, d)? (spec 4.3)"""
+    rows, table = tuple(rows_shape), tuple(table_shape)
+    top = max(indices, default=0)
+    if len(rows) != 2 or len(table) != 2 or rows[1] != table[1] or top >= table[0] or (
+            min(indices, default=0) < 0):
+        return P.error("token_rows_mismatch", f"{emb}: token rows {list(rows)} / max index {top} "
+                       f"do not fit the embedding table {list(table)}",
+                       "Resized vocabulary? Resize the base model's embeddings first.",
+                       exit_code=6)
+    return None
+
+
 def check_modules_present(paths: list[str], base_keys: set[str], tied_head: bool,
                           shown: str, model_type: str | None) -> P.Problem | None:
     """The early check before a base is loaded: refuse an adapter none of whose modules exist in

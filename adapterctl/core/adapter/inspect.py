@@ -186,7 +186,8 @@ def _extras_problems(extras: dict[str, list[str]], cfg: LoraAdapterConfig) -> li
 
 
 def _base_problems(base_name: str, summary_mods: list[ModuleSummary], layout: KeyLayout,
-                   shapes_of_base: dict[str, tuple], cfg: LoraAdapterConfig) -> list[P.Problem]:
+                   adapter_shapes: dict[str, tuple], shapes_of_base: dict[str, tuple],
+                   cfg: LoraAdapterConfig) -> list[P.Problem]:
     from adapterctl.io.model_dir import find_checkpoint_key
 
     out = []
@@ -203,9 +204,10 @@ def _base_problems(base_name: str, summary_mods: list[ModuleSummary], layout: Ke
             out.append(problem)
     for param, key in sorted(layout.replacements.items()):
         base_key = find_checkpoint_key(param, keys)
-        if base_key is None:
-            out.append(P.error("replacement_not_in_base", f"{param}: saved in the adapter but the "
-                               "base has no such parameter", exit_code=6))
+        problem = C.check_replacement(param, adapter_shapes[key],
+                                      shapes_of_base[base_key] if base_key else None)
+        if problem:
+            out.append(problem)
     name_problem = C.base_name_problem(cfg.base_model_name_or_path, base_name)
     return out + ([name_problem] if name_problem else [])
 
@@ -315,7 +317,10 @@ def inspect_adapter(path: str | Path, base: str | Path | None = None, check_valu
                      for m in modules if m.nonfinite]
     base_info = None
     if base is not None:
-        problems += _base_problems(base_source or str(base), modules, layout, base_shapes or {}, cfg) if base_shapes else []
+        if base_shapes:
+            problems += _base_problems(base_source or str(base), modules, layout,
+                                       {k: t.shape for k, t in header.tensors.items()},
+                                       base_shapes, cfg)
         base_info = {"path": str(base), "model_type": model_type,
                      "compatible": not any(p.exit_code == 6 for p in problems)}
     return _summary(files, cfg, modules, layout, header, base_info, problems)

@@ -112,19 +112,18 @@ def plan_fit(model: nn.Module, la: LoadedAdapter, source: str) -> FitPlan:
         else:
             target = find_param(model, ppath)
             plan.params[ppath] = ppath
-        if target is None:
-            problems.append(f"{ppath}: the base has no such parameter (shape {list(tensor.shape)})")
-        elif tuple(target.shape) != tuple(tensor.shape):
-            problems.append(f"{ppath}: base parameter is {list(target.shape)}, adapter has "
-                            f"{list(tensor.shape)}")
+        problem = C.check_replacement(ppath, tensor.shape,
+                                      None if target is None else target.shape)
+        if problem:
+            problems.append(problem.message)
     for emb, (indices, rows) in la.trainable_tokens.items():
         base = unwrap(find_module(model, emb))
         if not isinstance(base, nn.Embedding):
             problems.append(f"{emb}: trainable tokens need an nn.Embedding, found "
                             f"{type(base).__name__ if base is not None else 'no module'}")
-        elif rows.shape[1] != base.embedding_dim or max(indices, default=0) >= base.num_embeddings:
-            problems.append(f"{emb}: token rows {list(rows.shape)} / max index {max(indices)} do "
-                            f"not fit Embedding({base.num_embeddings}, {base.embedding_dim})")
+        elif problem := C.check_token_rows(emb, indices, rows.shape,
+                                           (base.num_embeddings, base.embedding_dim)):
+            problems.append(problem.message)
         elif isinstance(find_module(model, emb), LoraWrapper):
             problems.append(f"{emb}: trainable tokens on a LoRA-wrapped embedding are not supported")
         else:

@@ -219,10 +219,9 @@ def _add_extras(i: int, ad: LoadedAdapter, index: KeyIndex, shapes: dict, tie, o
         key = index.find(param)
         if key is None:
             raise _missing(ad, "saved tensor", param, index)
-        if tuple(t.shape) != tuple(shapes[key]):
-            raise IncompatibleBaseError(
-                f"{ad.source}: saved {param} is {list(t.shape)} but the base has {list(shapes[key])}",
-                hint="Resized vocabulary? Resize the base model's embeddings first, then merge.")
+        problem = C.check_replacement(param, t.shape, shapes[key])
+        if problem:
+            raise as_error(problem, ad.source)
         is_copy = in_modules_to_save(ad.config, param.rsplit(".", 1)[0])
         slot = ("copy_head" if tie and param == tie[0] else "copy") if is_copy else "replacement"
         entry = ops.setdefault(key, {})
@@ -234,6 +233,9 @@ def _add_extras(i: int, ad: LoadedAdapter, index: KeyIndex, shapes: dict, tie, o
         key = index.find(emb + ".weight")
         if key is None:
             raise _missing(ad, "trainable tokens of", emb + ".weight", index)
+        problem = C.check_token_rows(emb, idx, rows.shape, shapes[key])
+        if problem:
+            raise as_error(problem, ad.source)
         ops.setdefault(key, {}).setdefault("tokens", []).append((i, idx, rows))
 
 

@@ -122,6 +122,24 @@ def test_missing_module_and_modules_present():
     assert "transformer.h.0.attn.c_attn.weight" in p.message
 
 
+def test_check_replacement():
+    assert C.check_replacement("lm_head.weight", (384, 64), (384, 64)) is None
+    gone = C.check_replacement("score.weight", (2, 64), None)
+    assert gone.code == "replacement_not_in_base" and gone.exit_code == 6
+    assert "score.weight: saved in the adapter (shape [2, 64]) but the base has no such" in gone.message
+    resized = C.check_replacement("lm_head.weight", (400, 64), (384, 64))
+    assert resized.code == "replacement_shape_mismatch" and resized.exit_code == 6
+    assert "saved in the adapter as [400, 64] but the base parameter is [384, 64]" in resized.message
+
+
+def test_check_token_rows():
+    assert C.check_token_rows("embed", [3, 383], (2, 64), (384, 64)) is None
+    for indices, rows in (([3, 384], (2, 64)), ([3, 5], (2, 32)), ([-1, 5], (2, 64))):
+        p = C.check_token_rows("embed", indices, rows, (384, 64))
+        assert p.code == "token_rows_mismatch" and p.exit_code == 6
+        assert f"embed: token rows {list(rows)}" in p.message and "[384, 64]" in p.message
+
+
 def test_as_error_keeps_the_exit_code_and_raise_first_error_skips_warnings():
     assert isinstance(as_error(C.missing_module("x", None, None)), IncompatibleBaseError)
     from adapterctl.core.adapter.problems import error
@@ -224,3 +242,41 @@ def test_gpt2_misfit_is_refused_alike_by_inspect_merge_and_attach(tiny_models, t
     assert attached.code == 6 and needs in attached.json["error"]["message"]
     assert "(Conv1D: in 64, out 192)" in attached.json["error"]["message"]
     assert "need [48, 192]" in attached.json["error"]["message"]
+
+
+def _tokens_adapter(path, indices):
+    emb = "base_model.model.model.embed_tokens.token_adapter.trainable_tokens_delta"
+    q = "base_model.model.model.layers.0.self_attn.q_proj"
+    return write_adapter(path, {"r": 2, "target_modules": ["q_proj"],
+                                "trainable_token_indices": indices},
+                         {emb: torch.randn(len(indices), 64), f"{q}.lora_A.weight": torch.randn(2, 64),
+                          f"{q}.lora_B.weight": torch.randn(64, 2)})
+
+
+def test_token_rows_past_the_vocabulary_are_refused_alike_by_merge_and_attach(tiny_models, tmp_path):
+    """The base has 384 rows: index 400 fits nowhere (merge used to fail inside index_copy_)."""
+    ad = _tokens_adapter(tmp_path / "a", [3, 400])
+    merged = invoke("--json", "merge", tiny_models["llama"], ad, "--output", tmp_path / "m")
+    attached = invoke("--json", "attach", tiny_models["llama"], ad)
+    for res in (merged, attached):
+        assert res.code == 6 and res.json["error"]["type"] == "incompatible_base"
+        assert ("model.embed_tokens: token rows [2, 64] / max index 400 do not fit the embedding "
+                "table [384, 64]") in res.json["error"]["message"]
+    assert not (tmp_path / "m").exists()
+
+
+def test_resized_replacement_is_refused_by_inspect_merge_and_attach(tiny_models, tmp_path):
+    q = "base_model.model.model.layers.0.self_attn.q_proj"
+    ad = write_adapter(tmp_path / "a", {"r": 2, "target_modules": ["q_proj"],
+                                        "modules_to_save": ["lm_head"]},
+                       {"base_model.model.lm_head.weight": torch.randn(400, 64),
+                        f"{q}.lora_A.weight": torch.randn(2, 64),
+                        f"{q}.lora_B.weight": torch.randn(64, 2)})
+    says = "lm_head.weight: saved in the adapter as [400, 64] but the base parameter is [384, 64]"
+    inspected = invoke("--json", "inspect", ad, "--base", tiny_models["llama"])
+    assert inspected.code == 6 and not inspected.json["base"]["compatible"]
+    assert any(p["code"] == "replacement_shape_mismatch" and says in p["message"]
+               for p in inspected.json["problems"])
+    for res in (invoke("--json", "merge", tiny_models["llama"], ad, "--output", tmp_path / "m"),
+                invoke("--json", "attach", tiny_models["llama"], ad)):
+        assert res.code == 6 and says in res.json["error"]["message"]
