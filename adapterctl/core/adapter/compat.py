@@ -7,7 +7,8 @@ engine (a built model) and the session's early check all call:
   :func:`base_layer_kind`);
 - which base weight a module's lora_A / lora_B need (:func:`expected_base_shape`,
   :func:`check_shapes`, :func:`check_layer`, :func:`missing_module`,
-  :func:`check_modules_present`);
+  :func:`check_modules_present`), and what saved full tensors and trainable-token rows need
+  (:func:`check_replacement`, :func:`check_token_rows`);
 - whether the adapter was trained on another base (:func:`same_base`,
   :func:`base_name_problem`).
 
