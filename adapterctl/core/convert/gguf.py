@@ -27,7 +27,11 @@ from adapterctl.core.convert.gguf_arch import (
     permute_rows,
     tensor_name_map,
 )
-from adapterctl.errors import IncompatibleBaseError, InvalidAdapterError, UnsupportedError
+from adapterctl.errors import (
+    IncompatibleBaseError,
+    InvalidAdapterError,
+    UnsupportedError,
+)
 from adapterctl.io.adapter_writer import lora_key
 
 FOR_ENGINE_HINT = ("Rewrite it for llama.cpp first: adapterctl convert --for llama.cpp --base BASE "
