@@ -78,11 +78,8 @@ def write_gguf_adapter(path: str | Path, arch: str, alpha: float, tensors: dict,
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
     stored = {}
     for key, array in tensors.items():
-        data, qtype = encode_tensor(array, outtype)
-        raw_shape = None
-        if data.dtype.name == "uint8":  # quantized: the shape in elements, not bytes
-            raw_shape = gguf.quant_shape_from_byte_shape(data.shape, qtype)
-        writer.add_tensor(key, data, raw_shape=raw_shape, raw_dtype=qtype)
+        data, qtype = encode_tensor(array, outtype)  # quantized: uint8 rows the writer understands
+        writer.add_tensor(key, data, raw_dtype=qtype)
         stored[key] = qtype.name
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
