@@ -96,7 +96,7 @@ def complete(base_gguf: Path, prompt: str, n: int, lora: Path | None = None,
             break
     else:
         pytest.fail(f"llama-completion never printed a complete log:\n{err[-3000:]}")
-    ids = [int(m) for m in re.findall(r"^\S+ I +(\d+) -> '", err, re.M)]
+    ids = [int(m) for m in re.findall(r"^\S+ I +(\d+) -> '", err, re.MULTILINE)]
     return ids, proc.stdout
 
 

@@ -89,6 +89,8 @@ def draft_to_gguf_tensors(draft: AdapterDraft, facts: BaseFacts) -> tuple[dict, 
     """GGUF tensors (float32 numpy, in writing order), adapter.lora.alpha, and the modules whose
     scaling was folded into lora_b."""
     view = view_adapter(draft)
+    names = {path: _target_name(facts, path, w.kind, draft.source)  # names the module first
+             for path, w in view.modules.items()}
     bad = blockers(draft, view)
     if bad:
         raise UnsupportedError(f"{draft.source}: llama.cpp LoRA adapters cannot express: "
@@ -98,7 +100,7 @@ def draft_to_gguf_tensors(draft: AdapterDraft, facts: BaseFacts) -> tuple[dict, 
     alpha = float(view.config.lora_alpha)
     tensors, folded = {}, []
     for path, w in sorted(view.modules.items()):
-        name = _target_name(facts, path, w.kind, draft.source)
+        name = names[path]
         a = w.A.detach().to(torch.float32).cpu().numpy()
         b = w.B.detach().to(torch.float32).cpu().numpy()
         factor = w.scaling / llama_scale(alpha, w.r)

@@ -36,7 +36,7 @@ class ConvertRequest:
 
 def check_request(req: ConvertRequest) -> None:
     """Usage errors for impossible or missing mode combinations (exit 2)."""
-    formats = bool(req.to or req.from_format)
+    formats = bool(req.to or req.from_format or req.outtype != "f32")
     if formats:
         from adapterctl.core.convert.formats import check_format_request
 
