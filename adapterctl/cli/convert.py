@@ -42,6 +42,14 @@ def convert_cmd(
     for_serving: bool = typer.Option(False, "--for-serving", help="Strip full-weight extras "
                                      "(modules_to_save, biases, embeddings, token rows) that "
                                      "vLLM and llama.cpp reject.", rich_help_panel=PANEL_MODE),
+    to: str = typer.Option(None, "--to", metavar="FORMAT", help="Write another engine's adapter: "
+                           "gguf (llama.cpp / Ollama, OUT is a .gguf file) or mlx (MLX-LM "
+                           "folder). --base names the base model.", rich_help_panel=PANEL_OUT),
+    from_format: str = typer.Option(None, "--from", metavar="FORMAT", help="SOURCE is a gguf "
+                                    "(llama.cpp) or mlx (MLX-LM) adapter: write it as PEFT "
+                                    "(gguf needs --base).", rich_help_panel=PANEL_MODE),
+    outtype: str = typer.Option("f32", "--outtype", metavar="TYPE", help="With --to gguf: "
+                                "f32, f16, bf16 or q8_0.", rich_help_panel=PANEL_OUT),
     force: bool = typer.Option(False, "--force", help="Replace an existing non-empty OUT.",
                                rich_help_panel=PANEL_OUT),
     revision: str = RevisionOpt,
@@ -53,7 +61,13 @@ def convert_cmd(
     out = get_output()
     req = ConvertRequest(source, output, force, pissa_init, base, extract, rank, energy, dtype,
                          for_serving, to_safetensors, skip_unfactorable, source_name=source,
-                         base_name=base or extract)
+                         base_name=base or extract, to=to, from_format=from_format,
+                         outtype=outtype)
+    if outtype not in ("f32", "f16", "bf16", "q8_0"):
+        from adapterctl.errors import UsageError
+
+        raise UsageError(f"--outtype {outtype!r} is not supported", hint="Use f32, f16, bf16 or "
+                         "q8_0.")
     if dtype is not None and dtype not in ("float32", "bfloat16", "float16"):
         from adapterctl.errors import UsageError
 
@@ -71,6 +85,11 @@ def convert_cmd(
             result = run_convert(req)
     for note in result.notes:
         out.warn(note)
+    if req.to:
+        from adapterctl.cli.convert_formats import render_export
+
+        out.result(result.to_dict(), lambda console: render_export(console, result))
+        return
     out.result(result.to_dict(), lambda console: render(console, result))
 
 
@@ -81,6 +100,10 @@ def _resolve(req, revision, token):
 
     hub = hub_options(revision, token)
     plain = hub_options(None, token)
+    if req.to or req.from_format:
+        from adapterctl.cli.convert_formats import resolve_format_request
+
+        return resolve_format_request(req, hub, plain)
     if req.extract_base:
         return replace(req, source=str(resolve_model_dir(req.source, hub)),
                        extract_base=str(resolve_model_dir(req.extract_base, plain)))
@@ -117,5 +140,8 @@ def register(app: typer.Typer) -> None:
             "adapterctl convert --pissa-init ./pissa-init ./pissa-trained ./lora",
             "adapterctl convert --rank 8 ./my-lora ./my-lora-r8",
             "adapterctl convert --extract ./base-model ./finetuned-model ./extracted --rank 32",
+            "adapterctl convert ./my-lora my-lora.gguf --to gguf --base ./base-model",
+            "adapterctl convert ./my-lora ./my-lora-mlx --to mlx --base ./base-model",
+            "adapterctl convert --from gguf --base ./base-model my-lora.gguf ./my-lora",
         ),
     )(convert_cmd)

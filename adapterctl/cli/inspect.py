@@ -22,6 +22,10 @@ def inspect_cmd(
     from adapterctl.io.resolve import resolve_adapter_dir, resolve_model_dir
 
     out = get_output()
+    from adapterctl.cli.inspect_foreign import inspect_other_format
+
+    if inspect_other_format(out, adapter):  # a llama.cpp GGUF file or an MLX-LM folder
+        return
     hub = hub_options(revision, token)
     folder = resolve_adapter_dir(adapter, hub, need_weights=check_values, header_only=True)
     base_dir = resolve_model_dir(base, hub_options(None, token), need_weights=False,

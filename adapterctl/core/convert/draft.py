@@ -21,7 +21,11 @@ from adapterctl.core.adapter.config import (
     read_adapter_config,
 )
 from adapterctl.core.adapter.keys import ModuleKeys, split_keys
-from adapterctl.core.lora.loaded import LoadedAdapter, build_adapter, read_adapter_tensors
+from adapterctl.core.lora.loaded import (
+    LoadedAdapter,
+    build_adapter,
+    read_adapter_tensors,
+)
 from adapterctl.errors import AdapterctlError, InvalidAdapterError, UnsupportedError
 from adapterctl.io.adapter_dir import AdapterFiles, locate_adapter_files
 from adapterctl.io.adapter_writer import model_card, write_adapter_files

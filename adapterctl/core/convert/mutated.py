@@ -17,7 +17,11 @@ from adapterctl.core.convert.draft import (
     module_keys,
     view_adapter,
 )
-from adapterctl.errors import IncompatibleBaseError, InvalidAdapterError, UnsupportedError
+from adapterctl.errors import (
+    IncompatibleBaseError,
+    InvalidAdapterError,
+    UnsupportedError,
+)
 from adapterctl.io.checkpoint import CheckpointReader
 
 #: init_lora_weights kinds whose training ran on a mutated base (spec 1.7, 7)
