@@ -85,19 +85,24 @@ def complete(base_gguf: Path, prompt: str, n: int, lora: Path | None = None,
            "--no-display-prompt", "-t", "1", "--no-warmup", "--verbose-prompt", "-s", "0"]
     if lora is not None:
         cmd += (["--lora-scaled", f"{lora}:{scale}"] if scale is not None else ["--lora", str(lora)])
-    for _ in range(10):
+    best: tuple[list[int], bytes] | None = None
+    for _ in range(6):
         proc = subprocess.run(cmd, capture_output=True, timeout=120)
         err = proc.stderr.decode("utf-8", "replace")
         if proc.returncode:
             pytest.fail(f"llama-completion failed ({proc.returncode}):\n{err[-3000:]}")
-        # llama.cpp logs (and prints the completion) through an asynchronous logger that now and
-        # then loses its tail when the process exits; a complete run ends with the perf summary
+        ids = [int(m) for m in re.findall(r"^\S+ I +(\d+) -> '", err, re.MULTILINE)]
+        if best is None or (ids and len(proc.stdout) > len(best[1])):
+            best = (ids, proc.stdout)
+        # llama.cpp prints through an asynchronous logger that it leaks at exit (common/log.cpp,
+        # common_log_main), so on a busy machine the tail of a run can be lost. What arrives is
+        # always an in-order prefix; a run that reached the perf summary lost nothing. Otherwise
+        # keep the longest prefix seen: callers ask for more tokens than they compare.
         if "graphs reused" in err:
             break
-    else:
-        pytest.fail(f"llama-completion never printed a complete log:\n{err[-3000:]}")
-    ids = [int(m) for m in re.findall(r"^\S+ I +(\d+) -> '", err, re.MULTILINE)]
-    return ids, proc.stdout
+    if not best[0]:
+        pytest.fail(f"llama-completion printed no prompt tokens:\n{err[-3000:]}")
+    return best
 
 
 def _byte_decoder() -> dict[str, int]:
