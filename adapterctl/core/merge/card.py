@@ -10,10 +10,9 @@ def merged_card(plan, command: str | None = None) -> str:
     """README.md of a merged model folder (``plan``: a :class:`~adapterctl.core.merge.plan.MergePlan`).
     ``base_model`` names the base only when it was given as a Hub id (spec 9.2)."""
     base = card_base(plan.base)[0]
-    lines = [f"{f'`{base}`' if base else 'The base model'} with {len(plan.adapters)} LoRA "
-             "adapter(s) merged into its weights by adapterctl (deltas computed in float32, rounded "
-             f"once to {plan.dtype}).", "", "| adapter | weight | modules | variants |",
-             "|---|---|---|---|"]
+    lines = [f"Merged by adapterctl: {len(plan.adapters)} LoRA adapter(s), deltas computed in "
+             f"float32 and rounded once to {plan.dtype}.", "", "| adapter | weight | modules | "
+             "variants |", "|---|---|---|---|"]
     for a in plan.adapters:
         lines.append(f"| `{a['source']}` | {a['weight']:g} | {a['modules']} | "
                      f"{', '.join(a['variants']) or '-'} |")

@@ -1,4 +1,6 @@
-"""``push``: what to upload from an adapter folder or a merged model folder, validated first.
+"""``push``: what to upload from an adapter folder or a merged model folder, validated first
+(:func:`plan_push`, with the card from :mod:`adapterctl.io.model_card`), and the one commit that
+uploads it (:func:`push_plan`); :class:`PushReport` is the command's result.
 
 Only the files that make the adapter (or model) are uploaded by default: PEFT's own set
 (spec section 9.2: ``adapter_config.json``, ``adapter_model.safetensors`` or ``.bin``, README)

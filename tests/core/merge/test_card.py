@@ -23,7 +23,8 @@ def test_hub_base_is_named_with_the_merge_relation():
     meta, body = split_card(merged_card(_Plan("org/base@v1"), "adapterctl merge x"))
     assert meta == {"library_name": "transformers", "base_model_relation": "merge",
                     "base_model": "org/base", "tags": ["merge"], "pipeline_tag": "text-generation"}
-    assert "`org/base` with 1 LoRA adapter(s)" in body and "rounded once to bfloat16" in body
+    assert "merging a LoRA adapter into [org/base](https://huggingface.co/org/base)." in body
+    assert "1 LoRA adapter(s), deltas computed in float32 and rounded once to bfloat16" in body
     assert "| `./a` | 0.5 | 4 | DoRA |" in body and "ties (density 0.5, seed 3)" in body
     assert "adapterctl merge x" in body
 
