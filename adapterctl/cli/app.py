@@ -48,8 +48,9 @@ app = typer.Typer(
 
 
 def _version(value: bool) -> None:
-    if value:
-        typer.echo(f"adapterctl {__version__}")
+    if value:  # through the output helper: with --json, one document like every command's
+        output_mod.get_output().result({"version": __version__},
+                                       lambda console: console.print(f"adapterctl {__version__}"))
         raise typer.Exit(0)
 
 
