@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
 
-from adapterctl.cli.common import RevisionOpt, TokenOpt, examples, hub_options
+from adapterctl.cli.options import Revision, Token, examples, hub_options
 from adapterctl.cli.output import get_output, human_bytes
 
 
 def inspect_cmd(
-    adapter: str = typer.Argument(..., help="Adapter folder (or Hub id user/repo[@rev])."),
-    base: str = typer.Option(None, "--base", help="Base model folder or Hub id: check that every "
-                             "adapted module exists and shapes fit (reads headers only)."),
-    check_values: bool = typer.Option(False, "--check-values", help="Read the tensors: report "
-                                      "NaN/Inf and per-module norms."),
-    revision: str = RevisionOpt,
-    token: str = TokenOpt,
+    adapter: Annotated[str, typer.Argument(help="Adapter folder (or Hub id user/repo[@rev]).")],
+    base: Annotated[str | None, typer.Option(
+        "--base", help="Base model folder or Hub id: check that every adapted module exists and "
+        "shapes fit (reads headers only).")] = None,
+    check_values: Annotated[bool, typer.Option(
+        "--check-values", help="Read the tensors: report NaN/Inf and per-module norms.")] = False,
+    revision: Revision = None,
+    token: Token = None,
 ) -> None:
     """Show what an adapter holds and whether it can be used (config and safetensors header only)."""
     from adapterctl.core.adapter.inspect import inspect_adapter

@@ -18,11 +18,11 @@ from adapterctl.errors import (
     MissingDependencyError,
     UsageError,
 )
+from adapterctl.io.dtypes import AUTO, WRITABLE, check_dtype
 from adapterctl.io.hub_ref import HubOptions
 from adapterctl.io.model_dir import locate_model_files
 from adapterctl.io.resolve import resolve_model_dir
 
-DTYPES = ("auto", "float32", "bfloat16", "float16")
 DEVICE_MAPS = ("auto", "cpu", "cuda", "balanced", "sequential")
 QUANTIZE = ("nf4", "fp4", "int8")
 
@@ -75,11 +75,9 @@ def parse_max_memory(value: str | dict | None) -> dict | None:
 
 
 def _torch_dtype(dtype: str):
-    import torch
+    from adapterctl.io.stored import torch_dtype
 
-    if dtype not in DTYPES:
-        raise UsageError(f"--dtype {dtype!r} is not one of {', '.join(DTYPES)}")
-    return "auto" if dtype == "auto" else getattr(torch, dtype)
+    return AUTO if check_dtype(dtype) == AUTO else torch_dtype(dtype)
 
 
 def quantization_config(quantize: str | None, dtype: str):
@@ -99,7 +97,7 @@ def quantization_config(quantize: str | None, dtype: str):
         return BitsAndBytesConfig(load_in_8bit=True)
     import torch
 
-    compute = torch.float32 if dtype in ("auto", "float32") else getattr(torch, dtype)
+    compute = torch.float32 if dtype in (AUTO, "float32") else getattr(torch, dtype)
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quantize,
                               bnb_4bit_compute_dtype=compute)
 
@@ -107,7 +105,7 @@ def quantization_config(quantize: str | None, dtype: str):
 def _config_dtype(config: dict) -> str:
     """The checkpoint's dtype from config.json (``dtype`` or ``torch_dtype``), else float32."""
     value = config.get("dtype") or config.get("torch_dtype")
-    return value if value in ("float32", "bfloat16", "float16") else "float32"
+    return value if value in WRITABLE else "float32"
 
 
 def device_summary(model) -> dict[str, int]:

@@ -24,7 +24,7 @@ from adapterctl.core.adapter.compat import LayerKind
 from adapterctl.core.adapter.keys import TRAINABLE_TOKENS_SUFFIX
 from adapterctl.core.lora.loaded import LoadedAdapter, LoraWeights
 from adapterctl.errors import IncompatibleBaseError, UnsupportedError, UsageError
-from adapterctl.io.adapter_writer import lora_key, model_card, replacement_key, write_adapter_files
+from adapterctl.io.adapter_writer import lora_key, replacement_key
 
 F32 = torch.float32
 COMBINATIONS = ("linear", "ties", "dare_linear", "dare_ties", "magnitude_prune")
@@ -219,13 +219,3 @@ def _new_config(adapters: list[LoadedAdapter], ranks: dict[str, int], paths: lis
         "modules_to_save": mts or None, "trainable_token_indices": tti or None,
     })
     return raw
-
-
-def write_combined_adapter(combined: CombinedAdapter, folder) -> None:
-    """adapter_config.json (sorted keys), adapter_model.safetensors and a model card, written by
-    the same writer as ``convert`` (io/adapter_writer.py)."""
-    cfg = combined.config
-    summary = (f"Written by `adapterctl merge --to-adapter` ({len(combined.ranks)} modules, "
-               f"r={cfg['r']}): one adapter combining several.")
-    write_adapter_files(folder, cfg, combined.tensors,
-                        model_card(cfg.get("base_model_name_or_path"), summary, cfg.get("task_type")))

@@ -26,16 +26,14 @@ from adapterctl.core.lora.combine import check_combination
 from adapterctl.core.lora.loaded import LoadedAdapter, LoraWeights, load_adapter
 from adapterctl.errors import IncompatibleBaseError, UnsupportedError, UsageError
 from adapterctl.io.checkpoint import CheckpointReader, base_float_dtype, checkpoint_renames
+from adapterctl.io.model_card import card_base
 from adapterctl.io.model_dir import (
     ModelFiles,
     find_checkpoint_key,
     locate_model_files,
 )
 from adapterctl.io.shard_writer import TensorSpec, plan_shards
-from adapterctl.io.stored import StoredTensor
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
+from adapterctl.io.stored import FLOAT_DTYPES, StoredTensor, dtype_name, torch_dtype
 
 
 @dataclass(frozen=True)
@@ -267,7 +265,7 @@ def _task(s: StoredTensor, key: str, out_dtype: torch.dtype, entry: dict, adapte
         # PEFT's PiSSA/OLoRA initialisers mutate Linear/Conv1D weights only, never embeddings
         # or convs (the engine recomputes residuals for the same layers)
         init = adapters[loras[0].adapter].config.init_kind
-    dtype = out_dtype if s.dtype in DTYPE_NAMES else s.dtype
+    dtype = out_dtype if s.dtype in FLOAT_DTYPES else s.dtype
     return TensorTask(key, s, dtype, entry.get("replacement"), init, loras,
                       tuple(entry.get("bias_loras", ())), tuple(entry.get("tokens", ())),
                       entry.get(copy_slot))
@@ -321,7 +319,7 @@ def plan_merge(base: str | Path, adapters: list[LoadedAdapter], options: MergeOp
         _add_loras(i, ad, index, shapes, files.model_type, ops)
         _add_extras(i, ad, index, shapes, tie, ops)
     base_dtype = base_float_dtype(stored)
-    out_dtype = DTYPES[options.dtype] if options.dtype else base_dtype
+    out_dtype = torch_dtype(options.dtype) if options.dtype else base_dtype
     tasks, untie = build_tasks(stored, ops, out_dtype, adapters, tie)
     shard_plan = plan_shards([TensorSpec(t.key, t.out_dtype, t.source.shape) for t in tasks],
                              options.max_shard_size)
@@ -332,9 +330,10 @@ def plan_merge(base: str | Path, adapters: list[LoadedAdapter], options: MergeOp
         adapters=[{"source": ad.source, "weight": w, "modules": len(ad.modules),
                    "variants": ad.config.variants} for ad, w in zip(adapters, weights)],
         combination=options.combination, density=options.density, seed=options.seed,
-        dtype=DTYPE_NAMES[out_dtype], base_dtype=DTYPE_NAMES[base_dtype], num_tensors=len(tasks),
+        dtype=dtype_name(out_dtype), base_dtype=dtype_name(base_dtype), num_tensors=len(tasks),
         touched=[{"key": t.key, "shape": list(t.source.shape), "ops": t.sources(names)}
                  for t in tasks if t.changed],
         output_bytes=sum(s.nbytes for s in shard_plan), shards=[s.filename for s in shard_plan],
-        untie_embeddings=untie, warnings=_warnings(adapters, base_source or str(base)))
+        untie_embeddings=untie,
+        warnings=_warnings(adapters, base_source or str(base)) + card_base(base_source or str(base))[1])
     return MergeJob(files, adapters, options, tasks, shard_plan, plan)

@@ -22,6 +22,7 @@ import torch
 from adapterctl.core.adapter.compat import LayerKind
 from adapterctl.core.lora.combine import combine_deltas, module_generator
 from adapterctl.core.lora.delta import delta_weight, fold_lora, fold_lora_bias, mutated_init
+from adapterctl.core.merge.card import merged_card
 from adapterctl.core.merge.plan import MergeJob, TensorTask
 from adapterctl.errors import MissingDependencyError
 from adapterctl.io.checkpoint import CheckpointReader
@@ -173,24 +174,6 @@ def _copy_other_files(root: Path, folder: Path) -> list[str]:
     return copied
 
 
-def model_card(job: MergeJob, command: str | None) -> str:
-    plan = job.plan
-    lines = ["---", f"base_model: {json.dumps(plan.base)}", "library_name: transformers",
-             "tags:", "- merge", "- lora", "- adapterctl", "---", "",
-             "# Merged model", "",
-             f"`{plan.base}` with {len(plan.adapters)} LoRA adapter(s) merged into its weights by "
-             "adapterctl (deltas computed in float32, rounded once to "
-             f"{plan.dtype}).", "", "| adapter | weight | modules | variants |", "|---|---|---|---|"]
-    for a in plan.adapters:
-        lines.append(f"| `{a['source']}` | {a['weight']:g} | {a['modules']} | "
-                     f"{', '.join(a['variants']) or '-'} |")
-    lines += ["", f"Combination: {plan.combination}"
-              + (f" (density {plan.density}, seed {plan.seed})" if plan.combination != "linear" else "")]
-    if command:
-        lines += ["", "Command:", "", "```bash", command, "```"]
-    return "\n".join(lines) + "\n"
-
-
 def _stream(job: MergeJob, folder: Path, device: torch.device, on_progress: Progress | None) -> int:
     """Read, merge and write tensor by tensor. Writes run on one background thread (pwrite and
     torch both release the GIL), so computing tensor n+1 overlaps writing tensor n; at most
@@ -253,7 +236,7 @@ def execute_merge(job: MergeJob, output: str | Path, force: bool = False, device
         merged = _stream(job, tmp, dev, on_progress)
         _write_config(job, tmp)
         copied = _copy_other_files(job.files.root, tmp)
-        (tmp / "README.md").write_text(model_card(job, command))
+        (tmp / "README.md").write_text(merged_card(job.plan, command))
     return MergeResult(
         output=str(Path(output).expanduser().absolute()), tensors_written=len(job.tasks),
         tensors_merged=merged, bytes_written=job.plan.output_bytes, shards=job.plan.shards,
