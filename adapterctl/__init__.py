@@ -23,6 +23,14 @@ _LAZY = {
     "unfold": ("adapterctl.core.engine.attach", "unfold"),
     "attached_adapters": ("adapterctl.core.engine.attach", "attached_adapters"),
     "greedy_complete": ("adapterctl.core.generate.textgen", "greedy_complete"),
+    # the commands' own steps, for scripts: attach, generate, merge --to-adapter, push
+    "AdapterChoice": ("adapterctl.core.engine.session", "AdapterChoice"),
+    "open_session": ("adapterctl.core.engine.session", "open_session"),
+    "open_generation": ("adapterctl.core.generate.run", "open_generation"),
+    "run_generation": ("adapterctl.core.generate.run", "run_generation"),
+    "combine_to_adapter": ("adapterctl.core.merge.to_adapter", "combine_to_adapter"),
+    "plan_push": ("adapterctl.core.publish.push", "plan_push"),
+    "push_plan": ("adapterctl.core.publish.push", "push_plan"),
 }
 
 __all__ = ["__version__", *_LAZY]

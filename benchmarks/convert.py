@@ -12,6 +12,7 @@ import time
 
 import torch
 
+from adapterctl.core.adapter.compat import LayerKind
 from adapterctl.core.convert.rank_reduce import module_svd
 from adapterctl.core.lora.loaded import LoraWeights
 from adapterctl.core.lora.svd import choose_rank, lora_factors, relative_error
@@ -50,7 +51,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.manual_seed(0)
     n, r = args.size, args.rank
-    w = LoraWeights("m", "linear", torch.randn(r, n) / n**0.5, torch.randn(n, r) / r**0.5, r,
+    w = LoraWeights("m", LayerKind.LINEAR, torch.randn(r, n) / n**0.5, torch.randn(n, r) / r**0.5, r,
                     2.0 * r, 2.0)
     timed(lambda: ours(w, args.target), 2)  # warm-up (LAPACK init)
     t_ours, (_, err_ours) = timed(lambda: ours(w, args.target), 7)

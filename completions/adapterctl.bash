@@ -9,3 +9,4 @@ _adapterctl_completion() {
 }
 
 complete -o default -F _adapterctl_completion adapterctl
+

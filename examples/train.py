@@ -194,6 +194,7 @@ def fresh_adapter(model, name: str, spec: dict, out: Path):
     magnitude = the base row norms; PiSSA: A0/B0 from the SVD of the base weights)."""
     import torch
 
+    from adapterctl.core.adapter.compat import LayerKind
     from adapterctl.core.adapter.config import parse_adapter_config
     from adapterctl.core.adapter.targeting import lora_scaling, select_targets
     from adapterctl.core.lora.delta import mutated_init
@@ -218,7 +219,7 @@ def fresh_adapter(model, name: str, spec: dict, out: Path):
             A.uniform_(-bound, bound, generator=g)
             B = torch.zeros(W.shape[0], r)
         mag = W.float().norm(dim=1) if cfg.use_dora else None
-        modules[path] = LoraWeights(path, "linear", A, B, r, alpha, s, magnitude=mag)
+        modules[path] = LoraWeights(path, LayerKind.LINEAR, A, B, r, alpha, s, magnitude=mag)
     files = AdapterFiles(out, out / "adapter_config.json", None, None, name)
     return LoadedAdapter(name, cfg, files, modules), doc
 

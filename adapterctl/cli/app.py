@@ -8,12 +8,16 @@ import sys
 import traceback
 
 import typer
-from typer._click.exceptions import ClickException  # Typer >= 0.25 vendors click
 
 from adapterctl import __version__
 from adapterctl.cli import output as output_mod
 from adapterctl.cli.output import Output, Settings
 from adapterctl.errors import EXIT_CODES, AdapterctlError, Interrupted, UsageError
+
+#: What click raises for a command line it cannot parse. Typer vendors click from 0.25 on (a private
+#: module) and imports the real one before; its public BadParameter is a click UsageError in both,
+#: so the base class is found through it rather than imported from either place.
+ClickException = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
 
 GLOBAL_FLAGS = {"--json": "json", "--quiet": "quiet", "-q": "quiet", "--debug": "debug"}
 
@@ -36,7 +40,7 @@ app = typer.Typer(
         "**Exit codes**\n\n" + EXIT_CODES_HELP
     ),
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion, --show-completion; also registers Typer's scripts
     rich_markup_mode="markdown",
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
@@ -44,8 +48,9 @@ app = typer.Typer(
 
 
 def _version(value: bool) -> None:
-    if value:
-        typer.echo(f"adapterctl {__version__}")
+    if value:  # through the output helper: with --json, one document like every command's
+        output_mod.get_output().result({"version": __version__},
+                                       lambda console: console.print(f"adapterctl {__version__}"))
         raise typer.Exit(0)
 
 
@@ -113,10 +118,6 @@ def main(argv: list[str] | None = None) -> None:
     out = Output(settings)
     output_mod.set_output(out)
     code = 0
-    if os.environ.get("_ADAPTERCTL_COMPLETE"):
-        from typer._completion_classes import completion_init
-
-        completion_init()
     try:
         command = typer.main.get_command(app)
         rv = command.main(args=args, prog_name="adapterctl", standalone_mode=False,

@@ -2,102 +2,93 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
 
-from adapterctl.cli.common import (
-    PANEL_BASE,
-    RevisionOpt,
-    TokenOpt,
-    TrustRemoteCodeOpt,
+from adapterctl.cli.options import (
+    PANEL_ADAPTERS,
+    DeviceMap,
+    Dtype,
+    MaxMemory,
+    OffloadFolder,
+    Quantize,
+    Revision,
+    Token,
+    TrustRemoteCode,
+    adapter_weights,
+    deprecated_weights_help,
     examples,
     hub_options,
+    placement,
+    split_weight,
 )
 from adapterctl.cli.output import get_output
 
 PANEL_PROMPT = "Prompt"
-PANEL_ADAPTERS = "Adapters"
-
-DtypeOpt = typer.Option("auto", "--dtype", help="Base dtype: auto|float32|bfloat16|float16.",
-                        rich_help_panel=PANEL_BASE)
-DeviceMapOpt = typer.Option(None, "--device-map", help="auto|cpu|cuda|balanced|sequential, or a "
-                            "JSON object module -> device (accelerate).", rich_help_panel=PANEL_BASE)
-MaxMemoryOpt = typer.Option(None, "--max-memory", help="Per-device limits, e.g. 0=10GiB,cpu=30GiB "
-                            "(or JSON).", rich_help_panel=PANEL_BASE)
-OffloadOpt = typer.Option(None, "--offload-folder", help="Folder for layers offloaded to disk.",
-                          rich_help_panel=PANEL_BASE)
-QuantizeOpt = typer.Option(None, "--quantize", help="Load the base with bitsandbytes: nf4|fp4|int8.",
-                           rich_help_panel=PANEL_BASE)
 
 
 def attach_cmd(
-    paths: list[str] = typer.Argument(..., metavar="[BASE] ADAPTER [ADAPTER...]",
-                                      help="Base model folder (optional: defaults to the adapter's "
-                                      "base_model_name_or_path), then adapter folders or Hub ids."),
-    base: str = typer.Option(None, "--base", help="The base model, when the first argument should "
-                             "not be taken as one.", rich_help_panel=PANEL_ADAPTERS),
-    name: list[str] = typer.Option(None, "--name", help="Adapter name (repeat, one per adapter).",
-                                   rich_help_panel=PANEL_ADAPTERS),
-    weight: list[float] = typer.Option(None, "--weight", help="Adapter weight in the active sum "
-                                       "(repeat, one per adapter; default 1).",
-                                       rich_help_panel=PANEL_ADAPTERS),
-    prompt: list[str] = typer.Option(None, "--prompt", help="Generate a greedy completion (repeat "
-                                     "for several prompts).", rich_help_panel=PANEL_PROMPT),
-    max_new_tokens: int = typer.Option(32, "--max-new-tokens", min=1, help="Tokens to generate.",
-                                       rich_help_panel=PANEL_PROMPT),
-    dtype: str = DtypeOpt,
-    device_map: str = DeviceMapOpt,
-    max_memory: str = MaxMemoryOpt,
-    offload_folder: str = OffloadOpt,
-    quantize: str = QuantizeOpt,
-    trust_remote_code: bool = TrustRemoteCodeOpt,
-    revision: str = RevisionOpt,
-    token: str = TokenOpt,
+    paths: Annotated[list[str], typer.Argument(
+        metavar="[BASE] ADAPTER[=WEIGHT] [ADAPTER[=WEIGHT]...]", help="Base model folder or Hub id "
+        "(optional: defaults to the adapter's base_model_name_or_path), then adapter folders or Hub "
+        "ids, each optionally with =WEIGHT, its weight in the active sum (default 1).")],
+    base: Annotated[str | None, typer.Option(
+        "--base", help="The base model, when the first argument should not be taken as one.",
+        rich_help_panel=PANEL_ADAPTERS)] = None,
+    name: Annotated[list[str] | None, typer.Option(
+        "--name", help="Adapter name (repeat, one per adapter; default: from its folder or Hub id).",
+        rich_help_panel=PANEL_ADAPTERS)] = None,
+    weight: Annotated[list[float] | None, typer.Option(
+        "--weight", help=deprecated_weights_help("the option repeated"),
+        rich_help_panel=PANEL_ADAPTERS)] = None,
+    prompt: Annotated[list[str] | None, typer.Option(
+        "--prompt", help="Generate a greedy completion (repeat for several prompts).",
+        rich_help_panel=PANEL_PROMPT)] = None,
+    max_new_tokens: Annotated[int, typer.Option(
+        "--max-new-tokens", min=1, help="Tokens to generate.", rich_help_panel=PANEL_PROMPT)] = 32,
+    dtype: Dtype = "auto",
+    device_map: DeviceMap = None,
+    max_memory: MaxMemory = None,
+    offload_folder: OffloadFolder = None,
+    quantize: Quantize = None,
+    trust_remote_code: TrustRemoteCode = False,
+    revision: Revision = None,
+    token: Token = None,
 ) -> None:
     """Load a base model and attach LoRA adapters (no PEFT); print what was attached, and with
     --prompt a greedy completion: the quick way to try an adapter."""
-    from adapterctl.core.engine.model import DTYPES
-    from adapterctl.core.engine.session import Placement, open_session, split_base_and_adapters
-    from adapterctl.errors import UsageError
+    from adapterctl.core.engine.session import (
+        AdapterChoice,
+        open_session,
+        split_base_and_adapters,
+        summarize,
+    )
 
     out = get_output()
-    if dtype not in DTYPES:
-        raise UsageError(f"--dtype {dtype!r} is not one of {', '.join(DTYPES)}")
-    base_ref, adapters = split_base_and_adapters(list(paths), base)
-    placement = Placement(dtype, device_map, max_memory, offload_folder, quantize, trust_remote_code)
+    if base is None and paths and split_weight(paths[0])[1] is not None:
+        base_ref, texts = None, list(paths)  # a weighted first argument is an adapter
+    else:
+        base_ref, texts = split_base_and_adapters(list(paths), base)
+    refs, weights = adapter_weights(texts, weight, "--weight")
+    choices = [AdapterChoice(r, w) for r, w in zip(refs, weights)]
     with out.status("loading"):
-        session = open_session(base_ref, adapters, name or None, weight or None, placement,
-                               hub_options(revision, token), on_step=out.info)
-    for report in session.reports:
-        for text in report.warnings:
-            out.warn(f"{report.name}: {text}")
+        session = open_session(base_ref, choices, names=list(name) if name else None,
+                               placement=placement(dtype, device_map, max_memory, offload_folder,
+                                                   quantize, trust_remote_code),
+                               hub=hub_options(revision, token), on_step=out.info)
+    for a in session.adapters:
+        for text in a.warnings:
+            out.warn(f"{a.name}: {text}")
     completions = []
     if prompt:
-        completions = _complete(session, list(prompt), max_new_tokens, out)
-    data = _summary(session, completions)
-    out.result(data, lambda console: render(console, data))
+        from adapterctl.core.generate.textgen import greedy_complete
 
-
-def _complete(session, prompts, max_new_tokens, out):
-    from adapterctl.core.generate.textgen import greedy_complete
-    from adapterctl.errors import NotFoundError
-
-    if session.base.tokenizer is None:
-        raise NotFoundError(f"{session.base.path}: has no tokenizer, so --prompt cannot be used",
-                            hint="Add the tokenizer files to the model folder.")
-    with out.status("generating"):
-        return greedy_complete(session.base.model, session.base.tokenizer, prompts, max_new_tokens)
-
-
-def _summary(session, completions) -> dict:
-    from adapterctl.core.engine.attach import active_adapters
-
-    return {
-        "base": {**session.base.to_dict(), "load_seconds": round(session.load_seconds, 3)},
-        "adapters": [r.to_dict() for r in session.reports],
-        "active": active_adapters(session.base.model),
-        "attach_seconds": round(session.attach_seconds, 3),
-        "completions": [c.to_dict() for c in completions],
-    }
+        tokenizer = session.require_tokenizer("--prompt cannot be used")
+        with out.status("generating"):
+            completions = greedy_complete(session.base.model, tokenizer, list(prompt), max_new_tokens)
+    summary = summarize(session, completions)
+    out.result(summary.to_dict(), lambda console: render(console, summary.to_dict()))
 
 
 def render(console, data: dict) -> None:
@@ -135,6 +126,6 @@ def register(app: typer.Typer) -> None:
         epilog=examples(
             "adapterctl attach ./Llama-3.2-1B ./my-lora --prompt 'Hello'",
             "adapterctl attach ./my-lora --dtype bfloat16 --device-map auto",
-            "adapterctl --json attach ./base ./lora-a ./lora-b --weight 1 --weight 0.5 --quantize nf4",
+            "adapterctl --json attach ./base ./lora-a ./lora-b=0.5 --quantize nf4",
         ),
     )(attach_cmd)

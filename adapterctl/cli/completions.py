@@ -2,30 +2,31 @@
 
 Regenerate the committed files with ``python -m adapterctl.cli.completions completions/``.
 The scripts call ``adapterctl`` back with ``_ADAPTERCTL_COMPLETE`` set, so completions always
-follow the installed version's commands and options.
+follow the installed version's commands and options. A script is made through the same public
+protocol: ``_ADAPTERCTL_COMPLETE=source_<shell> adapterctl`` prints it (Typer's completion
+support, which ``adapterctl --install-completion`` also uses).
 """
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 from pathlib import Path
 
 SHELLS = {"bash": "adapterctl.bash", "zsh": "_adapterctl", "fish": "adapterctl.fish"}
+COMPLETE_VAR = "_ADAPTERCTL_COMPLETE"
 
 
 def completion_script(shell: str) -> str:
-    import typer
-    from typer._click.shell_completion import get_completion_class
-    from typer._completion_classes import completion_init
-
-    from adapterctl.cli.app import app
-
-    completion_init()
-    cls = get_completion_class(shell)
-    if cls is None:
+    if shell not in SHELLS:
         raise ValueError(f"unknown shell {shell!r}")
-    command = typer.main.get_command(app)
-    return cls(command, {}, "adapterctl", "_ADAPTERCTL_COMPLETE").source()
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, COMPLETE_VAR: f"source_{shell}",
+           "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-m", "adapterctl"], env=env, capture_output=True,
+                          text=True, check=True)
+    return proc.stdout
 
 
 def write_all(folder: Path) -> None:

@@ -2,50 +2,64 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
 
-from adapterctl.cli.common import RevisionOpt, TokenOpt, examples, hub_options
+from adapterctl.cli.options import PANEL_OUTPUT as PANEL_OUT
+from adapterctl.cli.options import Revision, Token, dtype_option, examples, hub_options
 from adapterctl.cli.output import get_output
+from adapterctl.errors import UsageError
 
 PANEL_MODE = "Conversion (pick one; --dtype, --for-serving and --to-safetensors combine)"
-PANEL_OUT = "Output"
+CastDtype = dtype_option("Cast the written tensors", PANEL_MODE, auto=False)
 
 
 def convert_cmd(
-    source: str = typer.Argument(..., metavar="SOURCE", help="Adapter folder (TRAINED / ADAPTER), "
-                                 "or the fine-tuned model with --extract. Hub ids work too."),
-    output: str = typer.Argument(..., metavar="OUT", help="Output adapter folder (written "
-                                 "atomically)."),
-    pissa_init: str = typer.Option(None, "--pissa-init", metavar="INIT", help="Initial adapter "
-                                   "saved before training: convert a PiSSA/OLoRA/CorDA/LoRA-GA "
-                                   "adapter to plain LoRA.", rich_help_panel=PANEL_MODE),
-    base: str = typer.Option(None, "--base", metavar="BASE", help="Base model: recompute the "
-                             "PiSSA (full SVD) / OLoRA initial weights instead of --pissa-init.",
-                             rich_help_panel=PANEL_MODE),
-    rank: int = typer.Option(None, "--rank", metavar="R", help="Target rank (rank reduction, or "
-                             "the rank of --extract).", rich_help_panel=PANEL_MODE),
-    energy: float = typer.Option(None, "--energy", metavar="E", help="Keep this fraction of each "
-                                 "module's squared Frobenius norm, e.g. 0.95 (per-module ranks).",
-                                 rich_help_panel=PANEL_MODE),
-    extract: str = typer.Option(None, "--extract", metavar="BASE", help="Extract a LoRA from the "
-                                "fully fine-tuned model SOURCE against this base (needs --rank).",
-                                rich_help_panel=PANEL_MODE),
-    skip_unfactorable: bool = typer.Option(False, "--skip-unfactorable", help="With --extract: "
-                                           "drop changed norms/biases/resized embeddings instead "
-                                           "of saving them as modules_to_save.",
-                                           rich_help_panel=PANEL_MODE),
-    to_safetensors: bool = typer.Option(False, "--to-safetensors", help="Rewrite a legacy "
-                                        "adapter_model.bin as safetensors (loaded with "
-                                        "weights_only=True).", rich_help_panel=PANEL_MODE),
-    dtype: str = typer.Option(None, "--dtype", metavar="DTYPE",
-                              help="Cast the written tensors: float32, bfloat16 or float16.", rich_help_panel=PANEL_MODE),
-    for_serving: bool = typer.Option(False, "--for-serving", help="Strip full-weight extras "
-                                     "(modules_to_save, biases, embeddings, token rows) that "
-                                     "vLLM and llama.cpp reject.", rich_help_panel=PANEL_MODE),
-    force: bool = typer.Option(False, "--force", help="Replace an existing non-empty OUT.",
-                               rich_help_panel=PANEL_OUT),
-    revision: str = RevisionOpt,
-    token: str = TokenOpt,
+    source: Annotated[str, typer.Argument(
+        metavar="SOURCE", help="Adapter folder (TRAINED / ADAPTER), or the fine-tuned model with "
+        "--extract. Hub ids work too.")],
+    output: Annotated[str, typer.Argument(
+        metavar="OUT", help="Output adapter folder (written atomically).")],
+    pissa_init: Annotated[str | None, typer.Option(
+        "--pissa-init", metavar="INIT", help="Initial adapter saved before training: convert a "
+        "PiSSA/OLoRA/CorDA/LoRA-GA adapter to plain LoRA.", rich_help_panel=PANEL_MODE)] = None,
+    base: Annotated[str | None, typer.Option(
+        "--base", metavar="BASE", help="Base model: recompute the PiSSA (full SVD) / OLoRA initial "
+        "weights instead of --pissa-init.", rich_help_panel=PANEL_MODE)] = None,
+    rank: Annotated[int | None, typer.Option(
+        "--rank", metavar="R", help="Target rank (rank reduction, or the rank of --extract).",
+        rich_help_panel=PANEL_MODE)] = None,
+    energy: Annotated[float | None, typer.Option(
+        "--energy", metavar="E", help="Keep this fraction of each module's squared Frobenius norm, "
+        "e.g. 0.95 (per-module ranks).", rich_help_panel=PANEL_MODE)] = None,
+    extract: Annotated[str | None, typer.Option(
+        "--extract", metavar="BASE", help="Extract a LoRA from the fully fine-tuned model SOURCE "
+        "against this base (needs --rank).", rich_help_panel=PANEL_MODE)] = None,
+    skip_unfactorable: Annotated[bool, typer.Option(
+        "--skip-unfactorable", help="With --extract: drop changed norms/biases/resized embeddings "
+        "instead of saving them as modules_to_save.", rich_help_panel=PANEL_MODE)] = False,
+    to_safetensors: Annotated[bool, typer.Option(
+        "--to-safetensors", help="Rewrite a legacy adapter_model.bin as safetensors (loaded with "
+        "weights_only=True).", rich_help_panel=PANEL_MODE)] = False,
+    dtype: CastDtype = None,
+    for_serving: Annotated[bool, typer.Option(
+        "--for-serving", help="Strip full-weight extras (modules_to_save, biases, embeddings, "
+        "token rows) that vLLM and llama.cpp reject.", rich_help_panel=PANEL_MODE)] = False,
+    to: Annotated[str | None, typer.Option(
+        "--to", metavar="FORMAT", help="Write another engine's adapter: gguf (llama.cpp / Ollama, "
+        "OUT is a .gguf file) or mlx (MLX-LM folder). --base names the base model.",
+        rich_help_panel=PANEL_OUT)] = None,
+    from_format: Annotated[str | None, typer.Option(
+        "--from", metavar="FORMAT", help="SOURCE is a gguf (llama.cpp) or mlx (MLX-LM) adapter: "
+        "write it as PEFT (gguf needs --base).", rich_help_panel=PANEL_MODE)] = None,
+    outtype: Annotated[str, typer.Option(
+        "--outtype", metavar="TYPE", help="With --to gguf: f32, f16, bf16 or q8_0.",
+        rich_help_panel=PANEL_OUT)] = "f32",
+    force: Annotated[bool, typer.Option(
+        "--force", help="Replace an existing non-empty OUT.", rich_help_panel=PANEL_OUT)] = False,
+    revision: Revision = None,
+    token: Token = None,
 ) -> None:
     """Rewrite an adapter as an equivalent (or rank-reduced) PEFT LoRA adapter, or extract one."""
     from adapterctl.core.convert.pipeline import ConvertRequest, check_request
@@ -53,12 +67,11 @@ def convert_cmd(
     out = get_output()
     req = ConvertRequest(source, output, force, pissa_init, base, extract, rank, energy, dtype,
                          for_serving, to_safetensors, skip_unfactorable, source_name=source,
-                         base_name=base or extract)
-    if dtype is not None and dtype not in ("float32", "bfloat16", "float16"):
-        from adapterctl.errors import UsageError
-
-        raise UsageError(f"--dtype {dtype!r} is not supported", hint="Use float32, bfloat16 or "
-                         "float16.")
+                         base_name=base or extract, to=to, from_format=from_format,
+                         outtype=outtype)
+    if outtype not in ("f32", "f16", "bf16", "q8_0"):
+        raise UsageError(f"--outtype {outtype!r} is not supported",
+                         hint="Use f32, f16, bf16 or q8_0.")
     check_request(req)  # usage errors before any download
     req = _resolve(req, revision, token)
     from adapterctl.core.convert.pipeline import run_convert
@@ -71,6 +84,11 @@ def convert_cmd(
             result = run_convert(req)
     for note in result.notes:
         out.warn(note)
+    if req.to:
+        from adapterctl.cli.convert_formats import render_export
+
+        out.result(result.to_dict(), lambda console: render_export(console, result))
+        return
     out.result(result.to_dict(), lambda console: render(console, result))
 
 
@@ -81,6 +99,10 @@ def _resolve(req, revision, token):
 
     hub = hub_options(revision, token)
     plain = hub_options(None, token)
+    if req.to or req.from_format:
+        from adapterctl.cli.convert_formats import resolve_format_request
+
+        return resolve_format_request(req, hub, plain)
     if req.extract_base:
         return replace(req, source=str(resolve_model_dir(req.source, hub)),
                        extract_base=str(resolve_model_dir(req.extract_base, plain)))
@@ -117,5 +139,8 @@ def register(app: typer.Typer) -> None:
             "adapterctl convert --pissa-init ./pissa-init ./pissa-trained ./lora",
             "adapterctl convert --rank 8 ./my-lora ./my-lora-r8",
             "adapterctl convert --extract ./base-model ./finetuned-model ./extracted --rank 32",
+            "adapterctl convert ./my-lora my-lora.gguf --to gguf --base ./base-model",
+            "adapterctl convert ./my-lora ./my-lora-mlx --to mlx --base ./base-model",
+            "adapterctl convert --from gguf --base ./base-model my-lora.gguf ./my-lora",
         ),
     )(convert_cmd)

@@ -1,92 +1,117 @@
 """``adapterctl generate``: text generation on a base model with adapters, scriptable.
 
-Parses options, loads the base and adapters, calls :mod:`adapterctl.core.generate.loop` and renders:
-streamed text for one prompt in a terminal, a Rich view otherwise, one JSON document with
-``--json``, one JSON line per finished completion with ``--jsonl``.
+Parses options, calls :mod:`adapterctl.core.generate.run` and renders: streamed text for one
+prompt in a terminal, a Rich view otherwise, one JSON document with ``--json``, one JSON line per
+finished completion with ``--jsonl``. Every byte goes through the output helper.
 """
 
 from __future__ import annotations
 
 import sys
+from typing import Annotated
 
 import typer
 
-from adapterctl.cli.attach import DeviceMapOpt, DtypeOpt, MaxMemoryOpt, OffloadOpt, QuantizeOpt
-from adapterctl.cli.common import RevisionOpt, TokenOpt, TrustRemoteCodeOpt, examples, hub_options
-from adapterctl.cli.output import get_output
+from adapterctl.cli.options import (
+    PANEL_ADAPTERS,
+    DeviceMap,
+    Dtype,
+    MaxMemory,
+    OffloadFolder,
+    Quantize,
+    Revision,
+    Token,
+    TrustRemoteCode,
+    adapter_weights,
+    examples,
+    hub_options,
+    placement,
+)
+from adapterctl.cli.output import Output, get_output
 from adapterctl.errors import Interrupted, UsageError
 
 PANEL_PROMPTS = "Prompts"
 PANEL_DECODING = "Decoding"
-PANEL_ADAPTERS = "Adapters"
 PANEL_OUT = "Output"
 
 
 def generate_cmd(
-    args: list[str] = typer.Argument(None, metavar="[BASE] [-]", show_default=False,
-                                     help="Base model folder or Hub id (default: the first "
-                                     "adapter's base_model_name_or_path); '-' reads prompts from stdin."),
-    adapter: list[str] = typer.Option(None, "--adapter", "-a", show_default=False,
-                                      rich_help_panel=PANEL_ADAPTERS,
-                                      help="Adapter folder or Hub id, optionally `=WEIGHT`. "
-                                      "Repeat to apply a weighted combination."),
-    compare: bool = typer.Option(False, "--compare", rich_help_panel=PANEL_ADAPTERS,
-                                 help="Run the prompts on the base and on each adapter, side by side."),
-    no_fold: bool = typer.Option(False, "--no-fold", rich_help_panel=PANEL_ADAPTERS,
-                                 help="Keep adapters unmerged even where folding them into the "
-                                 "weights is exact (slower; for checks)."),
-    prompt: list[str] = typer.Option(None, "--prompt", "-p", show_default=False,
-                                     rich_help_panel=PANEL_PROMPTS, help="A prompt (repeatable)."),
-    prompts_file: str = typer.Option(None, "--prompts", rich_help_panel=PANEL_PROMPTS,
-                                     help="Prompts file: text (one per line) or JSONL with "
-                                     "`prompt` and optional `adapter`, `max_new_tokens`, `id`; "
-                                     "'-' for stdin."),
-    chat: bool = typer.Option(False, "--chat", rich_help_panel=PANEL_PROMPTS,
-                              help="Wrap each prompt in the tokenizer's chat template."),
-    system: str = typer.Option(None, "--system", rich_help_panel=PANEL_PROMPTS,
-                               help="System message for --chat."),
-    max_new_tokens: int = typer.Option(64, "--max-new-tokens", "-n", rich_help_panel=PANEL_DECODING,
-                                       help="Most tokens to generate per prompt."),
-    temperature: float = typer.Option(None, "--temperature", rich_help_panel=PANEL_DECODING,
-                                      help="Sampling temperature (> 0 samples; default greedy)."),
-    top_p: float = typer.Option(None, "--top-p", rich_help_panel=PANEL_DECODING,
-                                help="Nucleus sampling: keep the most likely tokens up to this mass."),
-    top_k: int = typer.Option(None, "--top-k", rich_help_panel=PANEL_DECODING,
-                              help="Sample among the K most likely tokens."),
-    repetition_penalty: float = typer.Option(None, "--repetition-penalty", rich_help_panel=PANEL_DECODING,
-                                             help="Penalise tokens already seen (> 1 discourages)."),
-    seed: int = typer.Option(None, "--seed", rich_help_panel=PANEL_DECODING,
-                             help="Random seed: the same seed reproduces a sampled run."),
-    stop: list[str] = typer.Option(None, "--stop", show_default=False, rich_help_panel=PANEL_DECODING,
-                                   help="Stop when the completion contains this string (repeatable); "
-                                   "the string is not included."),
-    batch_size: int = typer.Option(8, "--batch-size", "-b", rich_help_panel=PANEL_DECODING,
-                                   help="Prompts per forward pass (left-padded)."),
-    dtype: str = DtypeOpt,
-    device_map: str = DeviceMapOpt,
-    max_memory: str = MaxMemoryOpt,
-    offload_folder: str = OffloadOpt,
-    quantize: str = QuantizeOpt,
-    trust_remote_code: bool = TrustRemoteCodeOpt,
-    jsonl: bool = typer.Option(False, "--jsonl", rich_help_panel=PANEL_OUT,
-                               help="One JSON line per completion on stdout, as each finishes."),
-    logprobs: bool = typer.Option(False, "--logprobs", rich_help_panel=PANEL_OUT,
-                                  help="Include each generated token's log-probability (JSON/JSONL)."),
-    revision: str = RevisionOpt,
-    token: str = TokenOpt,
+    args: Annotated[list[str] | None, typer.Argument(
+        metavar="[BASE] [-]", show_default=False, help="Base model folder or Hub id (default: the "
+        "first adapter's base_model_name_or_path); '-' reads prompts from stdin.")] = None,
+    adapter: Annotated[list[str] | None, typer.Option(
+        "--adapter", "-a", show_default=False, rich_help_panel=PANEL_ADAPTERS,
+        help="Adapter folder or Hub id, optionally `=WEIGHT`. Repeat to apply a weighted "
+        "combination.")] = None,
+    compare: Annotated[bool, typer.Option(
+        "--compare", rich_help_panel=PANEL_ADAPTERS,
+        help="Run the prompts on the base and on each adapter, side by side.")] = False,
+    no_fold: Annotated[bool, typer.Option(
+        "--no-fold", rich_help_panel=PANEL_ADAPTERS, help="Keep adapters unmerged even where "
+        "folding them into the weights is exact (slower; for checks).")] = False,
+    prompt: Annotated[list[str] | None, typer.Option(
+        "--prompt", "-p", show_default=False, rich_help_panel=PANEL_PROMPTS,
+        help="A prompt (repeatable).")] = None,
+    prompts_file: Annotated[str | None, typer.Option(
+        "--prompts", rich_help_panel=PANEL_PROMPTS, help="Prompts file: text (one per line) or "
+        "JSONL with `prompt` and optional `adapter`, `max_new_tokens`, `id`; '-' for stdin.")] = None,
+    chat: Annotated[bool, typer.Option(
+        "--chat", rich_help_panel=PANEL_PROMPTS,
+        help="Wrap each prompt in the tokenizer's chat template.")] = False,
+    system: Annotated[str | None, typer.Option(
+        "--system", rich_help_panel=PANEL_PROMPTS, help="System message for --chat.")] = None,
+    max_new_tokens: Annotated[int, typer.Option(
+        "--max-new-tokens", "-n", rich_help_panel=PANEL_DECODING,
+        help="Most tokens to generate per prompt.")] = 64,
+    temperature: Annotated[float | None, typer.Option(
+        "--temperature", rich_help_panel=PANEL_DECODING,
+        help="Sampling temperature (> 0 samples; default greedy).")] = None,
+    top_p: Annotated[float | None, typer.Option(
+        "--top-p", rich_help_panel=PANEL_DECODING,
+        help="Nucleus sampling: keep the most likely tokens up to this mass.")] = None,
+    top_k: Annotated[int | None, typer.Option(
+        "--top-k", rich_help_panel=PANEL_DECODING,
+        help="Sample among the K most likely tokens.")] = None,
+    repetition_penalty: Annotated[float | None, typer.Option(
+        "--repetition-penalty", rich_help_panel=PANEL_DECODING,
+        help="Penalise tokens already seen (> 1 discourages).")] = None,
+    seed: Annotated[int | None, typer.Option(
+        "--seed", rich_help_panel=PANEL_DECODING,
+        help="Random seed: the same seed reproduces a sampled run.")] = None,
+    stop: Annotated[list[str] | None, typer.Option(
+        "--stop", show_default=False, rich_help_panel=PANEL_DECODING, help="Stop when the "
+        "completion contains this string (repeatable); the string is not included.")] = None,
+    batch_size: Annotated[int, typer.Option(
+        "--batch-size", "-b", rich_help_panel=PANEL_DECODING,
+        help="Prompts per forward pass (left-padded).")] = 8,
+    dtype: Dtype = "auto",
+    device_map: DeviceMap = None,
+    max_memory: MaxMemory = None,
+    offload_folder: OffloadFolder = None,
+    quantize: Quantize = None,
+    trust_remote_code: TrustRemoteCode = False,
+    jsonl: Annotated[bool, typer.Option(
+        "--jsonl", rich_help_panel=PANEL_OUT,
+        help="One JSON line per completion on stdout, as each finishes.")] = False,
+    logprobs: Annotated[bool, typer.Option(
+        "--logprobs", rich_help_panel=PANEL_OUT,
+        help="Include each generated token's log-probability (JSON/JSONL).")] = False,
+    revision: Revision = None,
+    token: Token = None,
 ) -> None:
     """Generate text with a base model and adapters: several adapters in one batch, streamed."""
-    from adapterctl.cli import generate_run as view
-    from adapterctl.core.engine.session import Placement
+    from adapterctl.core.engine.session import AdapterChoice
     from adapterctl.core.generate.decoding import DecodingConfig
     from adapterctl.core.generate.prompts import collect_prompts
+    from adapterctl.core.generate.run import open_generation, run_generation
 
     out = get_output()
     if out.json and jsonl:
         raise UsageError("--json and --jsonl cannot be combined",
                          hint="--json prints one document at the end; --jsonl one line per completion.")
     base_ref, use_stdin = _split_positionals(args or [])
-    choices = [_parse_adapter(a) for a in adapter or []]
+    refs, weights = adapter_weights(list(adapter or []))
+    choices = [AdapterChoice(r, w) for r, w in zip(refs, weights)]
     cfg = DecodingConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
                          top_k=top_k, repetition_penalty=repetition_penalty, seed=seed,
                          stop=tuple(stop or ()), logprobs=logprobs)
@@ -99,15 +124,34 @@ def generate_cmd(
         raise UsageError(f"--batch-size must be at least 1, got {batch_size}")
     stdin = sys.stdin if use_stdin or prompts_file == "-" else None
     specs = collect_prompts(prompt or [], prompts_file, stdin)
-    hub = hub_options(revision, token)
-    placement = Placement(dtype, device_map, max_memory, offload_folder, quantize, trust_remote_code)
-    session = view.load_session(base_ref, choices, specs, hub, placement, fold=not no_fold)
-    run = view.Runner(session, specs, cfg, batch_size=batch_size, chat=chat, system=system,
-                      jsonl=jsonl, stream=_should_stream(out, specs, compare, jsonl))
-    results = run.compare() if compare else [run.generate()]
-    view.report(out, session, results, compare=compare, jsonl=jsonl, streamed=run.streamed)
-    if any(r.interrupted for r in results):
+    with out.status("loading"):
+        gen = open_generation(base_ref, choices, specs, hub=hub_options(revision, token),
+                              placement=placement(dtype, device_map, max_memory, offload_folder,
+                                                  quantize, trust_remote_code),
+                              fold=not no_fold, on_step=out.info)
+    for a in gen.session.adapters:
+        for text in a.warnings:
+            out.warn(f"{a.name}: {text}")
+    stream = _Stream(out) if _should_stream(out, specs, compare, jsonl) else None
+    report = run_generation(gen, specs, cfg, compare=compare, batch_size=batch_size, chat=chat,
+                            system=system, on_token=stream,
+                            on_complete=(lambda c: out.json_line(c.to_dict())) if jsonl else None)
+    if stream is not None and stream.started:
+        out.stream("\n")
+    _report(out, report, jsonl=jsonl, streamed=bool(stream and stream.started))
+    if report.interrupted:
         raise Interrupted("interrupted: printed what was generated so far")
+
+
+class _Stream:
+    """Streams one completion's text to stdout as it is made."""
+
+    def __init__(self, out: Output) -> None:
+        self.out, self.started = out, False
+
+    def __call__(self, spec, text: str) -> None:
+        self.started = True
+        self.out.stream(text)
 
 
 def _split_positionals(args: list[str]) -> tuple[str | None, bool]:
@@ -119,21 +163,59 @@ def _split_positionals(args: list[str]) -> tuple[str | None, bool]:
     return (rest[0] if rest else None), "-" in args
 
 
-def _parse_adapter(text: str) -> tuple[str, float]:
-    """``PATH`` or ``PATH=WEIGHT`` (a path may itself contain '=': only a number after the last
-    '=' is a weight)."""
-    ref, sep, weight = text.rpartition("=")
-    if sep:
-        try:
-            return ref, float(weight)
-        except ValueError:
-            pass
-    return text, 1.0
-
-
 def _should_stream(out, specs, compare: bool, jsonl: bool) -> bool:
     return (len(specs) == 1 and not compare and not jsonl and not out.json
             and out.out.is_terminal)
+
+
+def _report(out: Output, report, *, jsonl: bool, streamed: bool) -> None:
+    """Warnings and a summary on stderr; the results on stdout (unless JSONL already wrote them)."""
+    for r in report.results:
+        for w in r.warnings:
+            out.warn(w)
+        n = sum(c.num_tokens for c in r.completions)
+        out.info(f"[dim]{len(r.completions)} completion(s), {n} tokens in {r.elapsed_s:.2f}s "
+                 f"({r.tokens_per_second:.1f} tokens/s; adapters: {r.mode})"
+                 + (f"; seed {r.seed}" if r.seed is not None else "") + "[/dim]", markup=True)
+    if jsonl:
+        return
+    if out.json:
+        doc = report.to_dict()
+        if report.interrupted:  # one document still, saying both what failed and what was made
+            err = Interrupted("interrupted: printed what was generated so far")
+            return out.result({"error": err.to_dict(), **doc}, ok=False)
+        return out.result(doc)
+    if report.compare:
+        out.result({}, lambda console: render_compare(console, report))
+    elif not streamed:
+        out.result({}, lambda console: render_completions(console, report.results[0].completions))
+
+
+def render_completions(console, completions) -> None:
+    from rich.text import Text
+
+    if len(completions) == 1:
+        console.print(completions[0].completion, markup=False, highlight=False)
+        return
+    for c in completions:
+        console.rule(Text(f"{c.id} · {c.adapter or 'base'} · {c.finish_reason}"), align="left")
+        console.print(Text(c.prompt, style="dim") + Text(c.completion))
+
+
+def render_compare(console, report) -> None:
+    from rich.table import Table
+    from rich.text import Text
+
+    names = ["base", *report.variants][:len(report.results)]
+    table = Table(show_lines=True)
+    table.add_column("prompt", style="dim")
+    for name in names:
+        table.add_column(name)
+    for row in report.compare_rows():
+        by_variant = {c["adapter"] or "base": c["completion"] for c in row["completions"]}
+        # prompts and completions are user text: Text() keeps '[INST]' from reading as markup
+        table.add_row(Text(row["prompt"]), *(Text(by_variant.get(n, "-")) for n in names))
+    console.print(table)
 
 
 def register(app: typer.Typer) -> None:
@@ -141,7 +223,7 @@ def register(app: typer.Typer) -> None:
         "generate",
         epilog=examples(
             "adapterctl generate ./base --adapter ./my-lora --prompt 'Once upon a time'",
-            "adapterctl generate --adapter ./a --adapter ./b --compare --prompts prompts.txt",
+            "adapterctl generate --adapter ./a --adapter ./b=0.5 --compare --prompts prompts.txt",
             "adapterctl generate ./base --adapter ./a --prompts mixed.jsonl --jsonl | jq .completion",
         ),
     )(generate_cmd)

@@ -2,26 +2,33 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
 
-from adapterctl.cli.common import RevisionOpt, TokenOpt, examples, hub_options
+from adapterctl.cli.options import Revision, Token, examples, hub_options
 from adapterctl.cli.output import get_output, human_bytes
 
 
 def inspect_cmd(
-    adapter: str = typer.Argument(..., help="Adapter folder (or Hub id user/repo[@rev])."),
-    base: str = typer.Option(None, "--base", help="Base model folder or Hub id: check that every "
-                             "adapted module exists and shapes fit (reads headers only)."),
-    check_values: bool = typer.Option(False, "--check-values", help="Read the tensors: report "
-                                      "NaN/Inf and per-module norms."),
-    revision: str = RevisionOpt,
-    token: str = TokenOpt,
+    adapter: Annotated[str, typer.Argument(help="Adapter folder (or Hub id user/repo[@rev]).")],
+    base: Annotated[str | None, typer.Option(
+        "--base", help="Base model folder or Hub id: check that every adapted module exists and "
+        "shapes fit (reads headers only).")] = None,
+    check_values: Annotated[bool, typer.Option(
+        "--check-values", help="Read the tensors: report NaN/Inf and per-module norms.")] = False,
+    revision: Revision = None,
+    token: Token = None,
 ) -> None:
     """Show what an adapter holds and whether it can be used (config and safetensors header only)."""
     from adapterctl.core.adapter.inspect import inspect_adapter
     from adapterctl.io.resolve import resolve_adapter_dir, resolve_model_dir
 
     out = get_output()
+    from adapterctl.cli.inspect_foreign import inspect_other_format
+
+    if inspect_other_format(out, adapter):  # a llama.cpp GGUF file or an MLX-LM folder
+        return
     hub = hub_options(revision, token)
     folder = resolve_adapter_dir(adapter, hub, need_weights=check_values, header_only=True)
     base_dir = resolve_model_dir(base, hub_options(None, token), need_weights=False,

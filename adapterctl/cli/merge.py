@@ -6,25 +6,35 @@ from __future__ import annotations
 import shlex
 import sys
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
-from adapterctl.cli.common import TokenOpt, examples, hub_options
+from adapterctl.cli.options import PANEL_OUTPUT as PANEL_OUT
+from adapterctl.cli.options import (
+    Token,
+    adapter_weights,
+    deprecated_weights_help,
+    dtype_option,
+    examples,
+    hub_options,
+)
 from adapterctl.cli.output import get_output, human_bytes
 from adapterctl.errors import UsageError
 
 PANEL_COMBINE = "Several adapters"
-PANEL_OUT = "Output"
+OutputDtype = dtype_option("Output dtype (auto: the base's)", PANEL_OUT)
 
 
-def _parse_weights(text: str | None) -> tuple[float, ...] | None:
+def _parse_weights(text: str | None) -> list[float] | None:
+    """The deprecated ``--weights 0.7,0.3``."""
     if text is None:
         return None
     try:
-        return tuple(float(x) for x in text.split(","))
+        return [float(x) for x in text.split(",")]
     except ValueError as err:
         raise UsageError(f"--weights {text!r}: expected numbers separated by commas",
-                         hint="For example --weights 0.7,0.3.") from err
+                         hint="Write ADAPTER=WEIGHT instead, e.g. ./lora-a=0.7 ./lora-b=0.3.") from err
 
 
 def _parse_size(text: str) -> int:
@@ -37,78 +47,83 @@ def _parse_size(text: str) -> int:
 
 
 def merge_cmd(
-    inputs: list[str] = typer.Argument(..., metavar="BASE ADAPTER [ADAPTER...]", help="The base "
-                                       "model folder (or Hub id), then one or more adapters. With "
-                                       "--to-adapter, the base may be left out."),
-    output: Path = typer.Option(None, "--output", "-o", help="Output folder (required unless "
-                                "--dry-run).", rich_help_panel=PANEL_OUT),
-    dtype: str = typer.Option("auto", "--dtype", help="Output dtype: auto (the base's), float32, "
-                              "bfloat16, float16.", rich_help_panel=PANEL_OUT),
-    device: str = typer.Option("auto", "--device", help="Where deltas are computed: auto (CUDA when "
-                               "available), cpu, cuda.", rich_help_panel=PANEL_OUT),
-    max_shard_size: str = typer.Option("5GB", "--max-shard-size", help="Largest output shard "
-                                       "(e.g. 5GB, 500MB).", rich_help_panel=PANEL_OUT),
-    force: bool = typer.Option(False, "--force", help="Replace an existing non-empty output.",
-                               rich_help_panel=PANEL_OUT),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan (tensors touched, output "
-                                 "size, shards) and write nothing.", rich_help_panel=PANEL_OUT),
-    weights: str = typer.Option(None, "--weights", help="One weight per adapter, e.g. 0.7,0.3 "
-                                "(default 1 each).", rich_help_panel=PANEL_COMBINE),
-    combination: str = typer.Option(None, "--combination", help="linear (exact weighted sum, the "
-                                    "default), ties, dare_linear, dare_ties, magnitude_prune; with "
-                                    "--to-adapter also cat (exact, default) and svd.",
-                                    rich_help_panel=PANEL_COMBINE),
-    density: float = typer.Option(None, "--density", help="Fraction of delta entries kept by ties/"
-                                  "dare/magnitude_prune.", rich_help_panel=PANEL_COMBINE),
-    seed: int = typer.Option(0, "--seed", help="Seed of DARE's random masks.",
-                             rich_help_panel=PANEL_COMBINE),
-    to_adapter: bool = typer.Option(False, "--to-adapter", help="Write one new LoRA adapter that "
-                                    "combines the adapters, instead of a merged model.",
-                                    rich_help_panel=PANEL_COMBINE),
-    rank: int = typer.Option(None, "--rank", min=1, help="--to-adapter with svd/ties/dare: rank of the new "
-                             "adapter (default: the largest source rank).",
-                             rich_help_panel=PANEL_COMBINE),
-    token: str = TokenOpt,
+    inputs: Annotated[list[str], typer.Argument(
+        metavar="BASE ADAPTER[=WEIGHT] [ADAPTER[=WEIGHT]...]", help="The base model folder (or Hub "
+        "id), then one or more adapters, each optionally with =WEIGHT (default 1). With "
+        "--to-adapter, the base may be left out.")],
+    output: Annotated[Path | None, typer.Option(
+        "--output", "-o", help="Output folder (required unless --dry-run).",
+        rich_help_panel=PANEL_OUT)] = None,
+    dtype: OutputDtype = "auto",
+    device: Annotated[str, typer.Option(
+        "--device", help="Where deltas are computed: auto (CUDA when available), cpu, cuda.",
+        rich_help_panel=PANEL_OUT)] = "auto",
+    max_shard_size: Annotated[str, typer.Option(
+        "--max-shard-size", help="Largest output shard (e.g. 5GB, 500MB).",
+        rich_help_panel=PANEL_OUT)] = "5GB",
+    force: Annotated[bool, typer.Option(
+        "--force", help="Replace an existing non-empty output.", rich_help_panel=PANEL_OUT)] = False,
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", help="Print the plan (tensors touched, output size, shards) and write nothing.",
+        rich_help_panel=PANEL_OUT)] = False,
+    weights: Annotated[str | None, typer.Option(
+        "--weights", help=deprecated_weights_help("comma-separated, e.g. 0.7,0.3"),
+        rich_help_panel=PANEL_COMBINE)] = None,
+    combination: Annotated[str | None, typer.Option(
+        "--combination", help="linear (exact weighted sum, the default), ties, dare_linear, "
+        "dare_ties, magnitude_prune; with --to-adapter also cat (exact, default) and svd.",
+        rich_help_panel=PANEL_COMBINE)] = None,
+    density: Annotated[float | None, typer.Option(
+        "--density", help="Fraction of delta entries kept by ties/dare/magnitude_prune.",
+        rich_help_panel=PANEL_COMBINE)] = None,
+    seed: Annotated[int, typer.Option(
+        "--seed", help="Seed of DARE's random masks.", rich_help_panel=PANEL_COMBINE)] = 0,
+    to_adapter: Annotated[bool, typer.Option(
+        "--to-adapter", help="Write one new LoRA adapter that combines the adapters, instead of a "
+        "merged model.", rich_help_panel=PANEL_COMBINE)] = False,
+    rank: Annotated[int | None, typer.Option(
+        "--rank", min=1, help="--to-adapter with svd/ties/dare: rank of the new adapter (default: "
+        "the largest source rank).", rich_help_panel=PANEL_COMBINE)] = None,
+    token: Token = None,
 ) -> None:
     """Merge LoRA adapters into a base model and write a full checkpoint (streamed, never builds
     the model), or combine adapters into a new adapter with --to-adapter."""
+    legacy = _parse_weights(weights)
     if to_adapter:
-        return _combine_to_adapter(inputs, output, combination or "cat", weights, density, seed,
-                                   rank, force, dry_run, token)
+        texts = [r for r in inputs if not _is_model_dir(r)]  # a leading BASE is allowed, and unused
+        refs, w = adapter_weights(texts, legacy)
+        return _combine_to_adapter(refs, w, output, combination or "cat", density, seed, rank,
+                                   force, dry_run, token)
     if len(inputs) < 2:
         raise UsageError("merge needs a BASE and at least one ADAPTER",
                          hint="adapterctl merge ./base ./my-lora --output ./merged")
     if output is None and not dry_run:
         raise UsageError("--output is required (or pass --dry-run)")
-    _merge_model(inputs, output, dtype, device, max_shard_size, force, dry_run, weights,
+    refs, w = adapter_weights(inputs[1:], legacy)
+    _merge_model(inputs[0], refs, w, output, dtype, device, max_shard_size, force, dry_run,
                  combination or "linear", density, seed, token)
 
 
-def _merge_model(inputs, output, dtype, device, max_shard_size, force, dry_run, weights,
+def _merge_model(base, refs, weights, output, dtype, device, max_shard_size, force, dry_run,
                  combination, density, seed, token) -> None:
-    from adapterctl.core.merge.plan import DTYPES, MergeOptions, load_adapters, plan_merge
+    from adapterctl.core.merge.plan import MergeOptions
+    from adapterctl.core.merge.run import MergeReport, plan_from_refs
     from adapterctl.core.merge.write import execute_merge
-    from adapterctl.io.resolve import resolve_adapter_dir, resolve_model_dir
 
-    if dtype != "auto" and dtype not in DTYPES:
-        raise UsageError(f"--dtype {dtype!r}: use auto, float32, bfloat16 or float16")
     if device not in ("auto", "cpu") and not device.startswith("cuda"):
         raise UsageError(f"--device {device!r}: use auto, cpu or cuda")
     out = get_output()
-    hub = hub_options(None, token)
-    base_dir = resolve_model_dir(inputs[0], hub)
-    adapter_dirs = [resolve_adapter_dir(a, hub) for a in inputs[1:]]
-    options = MergeOptions(weights=_parse_weights(weights), combination=combination,
-                           density=density, seed=seed, dtype=None if dtype == "auto" else dtype,
+    options = MergeOptions(weights=tuple(weights), combination=combination, density=density,
+                           seed=seed, dtype=None if dtype in (None, "auto") else dtype,
                            max_shard_size=_parse_size(max_shard_size))
     with out.status("planning the merge"):
-        job = plan_merge(base_dir, load_adapters(adapter_dirs, inputs[1:]), options, inputs[0])
+        job = plan_from_refs(base, refs, options, hub_options(None, token))
     plan = job.plan
     for warning in plan.warnings:
         out.warn(warning)
     if dry_run:
-        out.result({"dry_run": True, "plan": plan.to_dict()}, lambda c: _render_plan(c, plan))
-        return
+        report = MergeReport(plan)
+        return out.result(report.to_dict(), lambda c: _render_plan(c, plan))
     label = f"merging {plan.num_tensors} tensors"
     with out.progress(label, total=plan.output_bytes) as advance:
         done = [0]
@@ -120,38 +135,23 @@ def _merge_model(inputs, output, dtype, device, max_shard_size, force, dry_run, 
 
         result = execute_merge(job, output, force=force, device=device, on_progress=on_progress,
                                command=_command_line())
-    out.result({"dry_run": False, **result.to_dict(), "plan": plan.to_dict()},
-               lambda c: _render_result(c, result, plan))
+    report = MergeReport(plan, result)
+    out.result(report.to_dict(), lambda c: _render_result(c, result, plan))
 
 
-def _combine_to_adapter(inputs, output, method, weights, density, seed, rank, force, dry_run,
+def _combine_to_adapter(refs, weights, output, method, density, seed, rank, force, dry_run,
                         token) -> None:
-    from adapterctl.core.lora.combine import combine_adapters, write_combined_adapter
-    from adapterctl.core.merge.plan import load_adapters
-    from adapterctl.io.output_dir import write_output_dir
-    from adapterctl.io.resolve import resolve_adapter_dir
+    from adapterctl.core.merge.to_adapter import combine_to_adapter
 
     out = get_output()
-    hub = hub_options(None, token)
-    refs = [r for r in inputs if not _is_model_dir(r)]  # a leading BASE is allowed, and unused
-    if len(refs) < 1 or (output is None and not dry_run):
-        raise UsageError("--to-adapter needs at least one ADAPTER and --output",
-                         hint="adapterctl merge --to-adapter ./lora-a ./lora-b --output ./combined")
-    method = "cat" if method == "linear" else method
-    adapters = load_adapters([resolve_adapter_dir(r, hub) for r in refs], refs)
-    w = list(_parse_weights(weights) or [1.0] * len(adapters))
-    if len(w) != len(adapters):
-        raise UsageError(f"--weights has {len(w)} values for {len(adapters)} adapters")
-    combined = combine_adapters(adapters, w, method, rank, density, seed)
-    data = {"dry_run": dry_run, "output": str(output) if output else None, "method": method,
-            "adapters": refs, "weights": w, "modules": len(combined.ranks),
-            "r": combined.config["r"], "rank_pattern": combined.config["rank_pattern"]}
-    if not dry_run:
-        with write_output_dir(output, force) as tmp:
-            write_combined_adapter(combined, tmp)
-    out.result(data, lambda c: c.print(
-        f"{'would write' if dry_run else 'wrote'} adapter {output} ({method} of {len(refs)} "
-        f"adapters, {len(combined.ranks)} modules, r={combined.config['r']})"))
+    result = combine_to_adapter(refs, output, weights=weights, method=method, rank=rank,
+                                density=density, seed=seed, force=force, dry_run=dry_run,
+                                hub=hub_options(None, token))
+    for warning in result.warnings:
+        out.warn(warning)
+    out.result(result.to_dict(), lambda c: c.print(
+        f"{'would write' if dry_run else 'wrote'} adapter {output} ({result.method} of "
+        f"{len(refs)} adapters, {result.modules} modules, r={result.r})", markup=False))
 
 
 def _is_model_dir(ref: str) -> bool:
@@ -194,7 +194,7 @@ def register(app: typer.Typer) -> None:
         "merge",
         epilog=examples(
             "adapterctl merge ./Llama-3.2-1B ./my-lora --output ./merged",
-            "adapterctl merge ./base ./lora-a ./lora-b --weights 0.7,0.3 --dtype bfloat16 -o ./out",
+            "adapterctl merge ./base ./lora-a=0.7 ./lora-b=0.3 --dtype bfloat16 -o ./out",
             "adapterctl merge --to-adapter ./lora-a ./lora-b --combination svd --rank 16 -o ./ab",
         ),
     )(merge_cmd)

@@ -69,6 +69,16 @@ class Output:
         if not self.settings.json:
             self.out.print(text, markup=False)
 
+    def stream(self, text: str) -> None:
+        """Result text on stdout as it is made (a streamed completion), flushed at once."""
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+    def json_line(self, data: dict) -> None:
+        """One JSON line on stdout as each result is ready (``--jsonl``), flushed at once."""
+        sys.stdout.write(json.dumps(data, default=_jsonable) + "\n")
+        sys.stdout.flush()
+
     # ----- logs (stderr) -------------------------------------------------------------------
     def info(self, text: str, markup: bool = False) -> None:
         """A log line on stderr; ``text`` is plain (paths and prompts may hold '[...]')."""

@@ -2,8 +2,9 @@
 
 Generic: the caller hands over the config as a dict and the tensors under their checkpoint keys;
 this module knows the file format only (key grammar, sorted-keys JSON, safetensors with
-``{"format": "pt"}`` metadata, the model card), never LoRA maths. Write into the temporary folder
-of :func:`adapterctl.io.output_dir.write_output_dir` so a failure leaves nothing behind.
+``{"format": "pt"}`` metadata; the card's text comes from :mod:`model_card`), never LoRA maths.
+Write into the temporary folder of :func:`adapterctl.io.output_dir.write_output_dir` so a failure
+leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -50,27 +51,6 @@ def adapter_config_text(doc: dict) -> str:
     if isinstance(out.get("target_modules"), (set, tuple)):
         out["target_modules"] = sorted(out["target_modules"])
     return json.dumps(out, indent=2, sort_keys=True) + "\n"
-
-
-def model_card(base_model: str | None, summary: str, task_type: str | None = None) -> str:
-    """README.md with the front matter PEFT's save_pretrained writes (spec 9.2)."""
-    tags = ["lora"] + ([f"base_model:adapter:{base_model}"] if base_model else [])
-    lines = ["---"]
-    if base_model:
-        lines.append(f"base_model: {json.dumps(base_model)}")
-    lines.append("library_name: peft")
-    if task_type == "CAUSAL_LM":
-        lines.append("pipeline_tag: text-generation")
-    lines.append("tags:")
-    lines += [f"- {json.dumps(t)}" for t in sorted(tags)]
-    lines += ["---", "", "# LoRA adapter", ""]
-    if base_model:
-        lines += [f"A LoRA adapter for `{base_model}` in PEFT format.", ""]
-    lines += [summary.strip(), "", "Load it with PEFT:", "", "```python",
-              "from peft import PeftModel", "model = PeftModel.from_pretrained(base_model, "
-              "\"path/to/this/adapter\")", "```", "", "### Framework versions", "",
-              "- adapterctl", ""]
-    return "\n".join(lines)
 
 
 def write_adapter_files(folder: str | Path, config: dict, tensors: dict, card: str) -> Path:

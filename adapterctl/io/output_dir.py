@@ -177,3 +177,31 @@ def write_output_dir(dest: str | Path, force: bool = False, needed_bytes: int = 
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextmanager
+def write_output_file(dest: str | Path, force: bool = False, needed_bytes: int = 0) -> Iterator[Path]:
+    """The single-file twin of :func:`write_output_dir` (a GGUF adapter): yield a temporary path
+    beside ``dest``, rename it onto ``dest`` when the block succeeds, remove it on any failure."""
+    dest = Path(dest).expanduser().absolute()
+    if dest.is_dir():
+        raise OutputExistsError(f"{dest}: is a folder, expected a file name",
+                                hint="Give the path of the file to write, e.g. out.gguf.")
+    check_destination(dest, force)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise io_error(dest.parent, err, "create the folder") from err
+    check_free_space(dest, needed_bytes)
+    with lock_destination(dest):
+        check_destination(dest, force)
+        fd, name = tempfile.mkstemp(prefix=f".{dest.name}.{TEMP_PREFIX}", dir=dest.parent)
+        os.close(fd)
+        tmp = Path(name)
+        try:
+            yield tmp
+            os.replace(tmp, dest)
+        except OSError as err:
+            raise io_error(dest, err) from err
+        finally:
+            _unlink_quietly(tmp)

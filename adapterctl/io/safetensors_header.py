@@ -16,16 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from adapterctl.errors import InvalidAdapterError, NotFoundError
+from adapterctl.io.dtypes import TABLE
 
-#: Bytes per element for every dtype the safetensors format defines.
-DTYPE_SIZES: dict[str, float] = {
-    "BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "F8_E8M0": 1,
-    "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
-    "I32": 4, "U32": 4, "F32": 4,
-    "I64": 8, "U64": 8, "F64": 8,
-    "F4": 0.5, "F6_E2M3": 0.75, "F6_E3M2": 0.75,
-}
-FLOAT_DTYPES = {"F16", "BF16", "F32", "F64", "F8_E4M3", "F8_E5M2"}
+#: Bytes per element for every dtype the safetensors format defines (from the one dtype table).
+DTYPE_SIZES: dict[str, float] = {d.st: d.size for d in TABLE}
 #: safetensors itself refuses headers above 100 MB; so do we, before reading them.
 MAX_HEADER_BYTES = 100_000_000
 

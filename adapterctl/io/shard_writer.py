@@ -20,14 +20,10 @@ import torch
 
 from adapterctl.errors import InvalidAdapterError
 from adapterctl.io.output_dir import io_error
+from adapterctl.io.stored import ST_TO_TORCH
 
-#: torch dtype -> safetensors dtype name
-ST_DTYPES: dict[torch.dtype, str] = {
-    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
-    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8",
-    torch.uint8: "U8", torch.bool: "BOOL",
-    torch.float8_e4m3fn: "F8_E4M3", torch.float8_e5m2: "F8_E5M2",
-}
+#: torch dtype -> safetensors dtype name (the inverse of the one dtype table's view)
+ST_DTYPES: dict[torch.dtype, str] = {t: st for st, t in ST_TO_TORCH.items()}
 #: transformers' spelling of --max-shard-size: decimal units, like "5GB" or "500MB"
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?i?B?)\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,

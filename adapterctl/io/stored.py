@@ -1,6 +1,6 @@
 """What a checkpoint tensor is and where it lives, without its values: the record every
-checkpoint reader (:mod:`checkpoint`, :mod:`quantized`) passes around, and the safetensors dtype
-names as torch dtypes."""
+checkpoint reader (:mod:`checkpoint`, :mod:`quantized`) passes around, and the dtype table
+(:mod:`adapterctl.io.dtypes`) as torch dtypes."""
 
 from __future__ import annotations
 
@@ -9,12 +9,25 @@ from pathlib import Path
 
 import torch
 
-ST_TO_TORCH: dict[str, torch.dtype] = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-    "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
-}
-FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+from adapterctl.io.dtypes import TABLE, WRITABLE, check_dtype
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    """The torch dtype of a ``--dtype`` value (``"bfloat16"`` -> ``torch.bfloat16``); a name
+    adapterctl does not write is a usage error naming the choices."""
+    return getattr(torch, check_dtype(name, auto=False))
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """The table's (torch's) name of a torch dtype: ``torch.bfloat16`` -> ``"bfloat16"``."""
+    return str(dtype).removeprefix("torch.")
+
+
+#: safetensors dtype name -> torch dtype, for every dtype the checkpoint readers accept
+ST_TO_TORCH: dict[str, torch.dtype] = {d.st: getattr(torch, d.torch) for d in TABLE
+                                       if d.torch and hasattr(torch, d.torch)}
+#: the floating dtypes a base checkpoint is stored in and merge writes
+FLOAT_DTYPES = tuple(torch_dtype(name) for name in WRITABLE)
 
 
 @dataclass(frozen=True)

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+from adapterctl.io.dtypes import TABLE
 from adapterctl.io.safetensors_header import SafetensorsHeader
 
-_NUMPY_DTYPES = {"F32": "<f4", "F64": "<f8", "F16": "<f2", "I8": "i1", "U8": "u1",
-                 "I16": "<i2", "I32": "<i4", "I64": "<i8"}
+_NUMPY_DTYPES = {d.st: d.numpy for d in TABLE if d.numpy}
 
 
 def read_tensor_f32(header: SafetensorsHeader, name: str):

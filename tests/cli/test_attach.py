@@ -37,9 +37,9 @@ def test_json_document_and_tokens_match_peft(tiny_models, llama_lora):
     assert res.code == 0, res.stderr
     doc = res.json
     assert doc["ok"] and doc["base"]["dtype"] == "float32" and doc["base"]["devices"]["cpu"] > 0
-    (a,) = doc["adapters"]
-    assert a["name"] == "default" and a["modules"] == {"Linear": 6} and a["parameters"] > 0
-    assert doc["active"] == {"default": 1.0}
+    (a,) = doc["adapters"]  # named after its folder, as generate names it (one naming rule)
+    assert a["name"] == llama_lora.name and a["modules"] == {"Linear": 6} and a["parameters"] > 0
+    assert doc["active"] == {llama_lora.name: 1.0}
     assert [c["prompt"] for c in doc["completions"]] == ["the quick brown", "merge the"]
     for c in doc["completions"]:
         assert c["completion_token_ids"] == _peft_completion(tiny_models["llama"], llama_lora,
@@ -55,8 +55,8 @@ def test_human_output_and_base_from_adapter_config(tiny_models, llama_lora, tmp_
     (adapter / "adapter_config.json").write_text(json.dumps(cfg))
     res = invoke("attach", adapter)
     assert res.code == 0, res.stderr
-    assert "Linear x6" in res.stdout and "default" in res.stdout
-    assert f"loading base {tiny_models['llama']}" in res.stderr
+    assert "Linear x6" in res.stdout and "lora" in res.stdout
+    assert f"loading base {tiny_models['llama']}" in res.stderr and "as 'lora'" in res.stderr
 
 
 def test_several_adapters_with_names_and_weights(tiny_models, llama_lora, peft_adapter):
@@ -67,6 +67,33 @@ def test_several_adapters_with_names_and_weights(tiny_models, llama_lora, peft_a
     assert res.json["active"] == {"x": 1.0, "y": 0.5}
     assert [a["modules"] for a in res.json["adapters"]] == [{"Linear": 6},
                                                            {"Embedding": 1, "Linear": 2}]
+
+
+def test_weights_as_adapter_equals_weight(tiny_models, llama_lora, peft_adapter):
+    """ADAPTER=WEIGHT, and the deprecated --weight (still working, with a warning) agree; a
+    weighted first argument is an adapter, not the base."""
+    other = peft_adapter("llama", seed=3, r=2, target_modules=["down_proj"])
+    new = invoke("--json", "attach", tiny_models["llama"], llama_lora, f"{other}=0.5")
+    assert new.code == 0, new.stderr
+    assert new.json["active"] == {llama_lora.name: 1.0, other.name: 0.5}
+    assert "deprecated" not in new.stderr
+    old = invoke("--json", "attach", tiny_models["llama"], llama_lora, other, "--weight", "1",
+                 "--weight", "0.5")
+    assert old.code == 0 and old.json["active"] == new.json["active"]
+    assert "--weight is deprecated: write ADAPTER=WEIGHT" in old.stderr
+    first = invoke("--json", "attach", f"{llama_lora}=0.25", "--base", tiny_models["llama"])
+    assert first.code == 0 and first.json["active"] == {llama_lora.name: 0.25}
+
+
+@pytest.mark.parametrize("args, message", [
+    (["A=0.5", "--weight", "1"], "weights given twice"),
+    (["A", "B", "--weight", "1"], "--weight has 1 values for 2 adapters"),
+    (["A=nan"], "is not a finite number"),
+    (["A", "B", "--name", "x"], "1 --name value(s) for 2 adapter(s)"),
+])
+def test_weight_and_name_refusals(tiny_models, args, message):
+    res = invoke("--json", "attach", "--base", tiny_models["llama"], *args)
+    assert res.code == 2 and message in res.json["error"]["message"], res.stdout
 
 
 def test_lora_on_a_tied_head_only(tiny_models, peft_adapter):
@@ -99,6 +126,7 @@ def _bad_adapter(tmp_path, config=None, tensors=None):
 
 
 def test_wrong_base_names_modules_and_shapes(tiny_models, llama_lora):
+    """Refused from the base's headers, before its weights load (the one loader's precheck)."""
     res = invoke("attach", tiny_models["gpt2"], llama_lora)  # refused before the weights load
     assert res.code == 6 and "none of its 6 LoRA modules" in res.stderr and "gpt2" in res.stderr
     assert "model.layers.0.self_attn.q_proj" in res.stderr and "Traceback" not in res.stderr

@@ -18,7 +18,7 @@ def lora(peft_adapter):
     (["--extract", "B", "S", "O"], "--extract needs --rank"),
     (["--rank", "2", "--energy", "0.9", "S", "O"], "--rank and --energy cannot be combined"),
     (["S", "O"], "nothing to do"),
-    (["--dtype", "int8", "S", "O"], "--dtype 'int8' is not supported"),
+    (["--dtype", "int8", "S", "O"], "--dtype 'int8' is not one of float32, bfloat16, float16"),
     (["--skip-unfactorable", "--rank", "2", "S", "O"], "only applies to --extract"),
     (["--rank", "two", "S", "O"], "Invalid value for '--rank'"),
 ])

@@ -31,7 +31,8 @@ def test_every_command_help_has_examples(cmd):
 
 def test_version():
     res = invoke("--version")
-    assert res.code == 0 and __version__ in res.stdout
+    assert res.code == 0 and res.stdout == f"adapterctl {__version__}\n"
+    assert invoke("--json", "--version").json == {"ok": True, "version": __version__}
 
 
 def test_usage_error_is_json_with_exit_2():

@@ -107,6 +107,8 @@ def test_wrong_base_adapter_is_refused(tiny_models, peft_adapter):
     gpt2_lora = peft_adapter("gpt2", r=4, target_modules=["c_attn"])
     res = invoke("--json", "generate", tiny_models["llama"], "--adapter", gpt2_lora, "-p", "x")
     assert res.code == 6 and res.json["error"]["type"] == "incompatible_base"
+    assert "none of its" in res.json["error"]["message"]  # attach's early check, from the headers
+    assert "loading base" not in res.stderr  # before the base's weights load
 
 
 def test_missing_tokenizer(tiny_models, tmp_path):

@@ -35,6 +35,29 @@ def test_merge_json_document(tiny_models, lora, tmp_path):
     assert (tmp_path / "out" / "model.safetensors").is_file()
 
 
+def test_weights_syntax_and_the_card(tiny_models, lora, peft_adapter, tmp_path):
+    """ADAPTER=WEIGHT and the deprecated --weights write the same model; the card is the one
+    writer's merged-model card, and names no base_model for a local base (and says so)."""
+    from adapterctl.io.model_card import split_card
+
+    other = peft_adapter("llama", seed=1, r=2, target_modules=["v_proj"])
+    new = invoke("--json", "merge", tiny_models["llama"], f"{lora}=0.7", f"{other}=0.3",
+                 "-o", tmp_path / "new")
+    old = invoke("--json", "merge", tiny_models["llama"], lora, other, "--weights", "0.7,0.3",
+                 "-o", tmp_path / "old")
+    assert new.code == 0 and old.code == 0, new.stderr + old.stderr
+    assert [a["weight"] for a in new.json["plan"]["adapters"]] == [0.7, 0.3]
+    assert "--weights is deprecated" in old.stderr and "deprecated" not in new.stderr
+    weights = "model.safetensors"
+    assert (tmp_path / "new" / weights).read_bytes() == (tmp_path / "old" / weights).read_bytes()
+    meta, body = split_card((tmp_path / "new" / "README.md").read_text())
+    assert meta == {"library_name": "transformers", "tags": ["merge"],
+                    "pipeline_tag": "text-generation"}  # no base_model: a local path
+    assert "| 0.7 |" in body and "Command:" in body
+    assert "is a local path, not a Hub id: the card names no base_model" in new.stderr
+    assert any("local path" in w for w in new.json["plan"]["warnings"])
+
+
 def test_dry_run_writes_nothing(tiny_models, lora, tmp_path):
     res = invoke("--json", "merge", tiny_models["llama"], lora, "--dry-run", "--max-shard-size", "100KB")
     assert res.code == 0 and res.json["dry_run"] and res.json["plan"]["num_shards"] > 1
@@ -142,10 +165,16 @@ def test_randomised_pissa_is_refused(tiny_models, lora, tmp_path):
 
 def test_to_adapter_writes_an_adapter_and_refuses_dora(tiny_models, lora, peft_adapter, tmp_path):
     other = peft_adapter("llama", seed=1, r=2, target_modules=["v_proj"])
-    res = invoke("--json", "merge", "--to-adapter", tiny_models["llama"], lora, other,
-                 "--weights", "0.5,0.5", "-o", tmp_path / "ab")
+    res = invoke("--json", "merge", "--to-adapter", tiny_models["llama"], f"{lora}=0.5",
+                 f"{other}=0.5", "-o", tmp_path / "ab")
     assert res.code == 0 and res.json["method"] == "cat" and res.json["modules"] == 4
+    assert res.json["weights"] == [0.5, 0.5] and res.json["adapters"] == [str(lora), str(other)]
     assert (tmp_path / "ab" / "adapter_model.safetensors").is_file()
+    old = invoke("--json", "merge", "--to-adapter", lora, other, "--weights", "0.5,0.5", "-o",
+                 tmp_path / "ab-old")  # the deprecated spelling: same adapter, and a warning
+    assert old.code == 0 and "--weights is deprecated" in old.stderr
+    for name in ("adapter_model.safetensors", "adapter_config.json", "README.md"):
+        assert (tmp_path / "ab" / name).read_bytes() == (tmp_path / "ab-old" / name).read_bytes()
     dora = peft_adapter("llama", r=4, target_modules=["q_proj"], use_dora=True)
     res = invoke("merge", "--to-adapter", dora, lora, "-o", tmp_path / "cd")
     assert res.code == 5 and "DoRA" in res.stderr and _nothing_left(tmp_path, "cd")

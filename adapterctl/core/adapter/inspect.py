@@ -10,7 +10,7 @@ from pathlib import Path
 from adapterctl.core.adapter import problems as P
 from adapterctl.core.adapter.config import LoraAdapterConfig, check_lora_type, parse_adapter_config
 from adapterctl.core.adapter.keys import KeyLayout, ModuleKeys, split_keys
-from adapterctl.core.adapter.layer_kind import base_layer_kind
+from adapterctl.core.adapter import compat as C
 from adapterctl.core.adapter.targeting import matches_target, module_scaling
 from adapterctl.errors import AdapterctlError
 from adapterctl.io.adapter_dir import AdapterFiles, locate_adapter_files
@@ -21,7 +21,7 @@ from adapterctl.io.safetensors_header import SafetensorsHeader, read_safetensors
 @dataclass(frozen=True)
 class ModuleSummary:
     name: str
-    kind: str  # linear | conv1d-transposed | embedding | conv
+    kind: str  # a compat.LayerKind value: linear | conv1d-transposed | embedding | conv
     r: int | None
     alpha: float
     scaling: float
@@ -83,22 +83,9 @@ class AdapterSummary:
 
 
 def _module_kind(mod: ModuleKeys, cfg: LoraAdapterConfig, base_shape: tuple | None,
-                 model_type: str | None) -> str:
-    return base_layer_kind(mod.embedding, mod.shapes.get("A"), mod.shapes.get("B"), base_shape,
-                           model_type, cfg.fan_in_fan_out)
-
-
-def _expected_base_shape(kind: str, mod: ModuleKeys) -> tuple | None:
-    a, b = mod.shapes.get("A"), mod.shapes.get("B")
-    if a is None or b is None:
-        return None
-    if kind == "linear":
-        return (b[0], a[1])
-    if kind == "conv1d-transposed":
-        return (a[1], b[0])
-    if kind == "embedding":
-        return (a[1], b[0])
-    return (b[0], *a[1:])  # conv: (Cout, Cin, k...)
+                 model_type: str | None) -> C.LayerKind:
+    return C.base_layer_kind(mod.embedding, mod.shapes.get("A"), mod.shapes.get("B"), base_shape,
+                             model_type, cfg.fan_in_fan_out)
 
 
 def _check_module(mod: ModuleKeys, r_cfg: int, cfg: LoraAdapterConfig) -> list[P.Problem]:
@@ -198,36 +185,31 @@ def _extras_problems(extras: dict[str, list[str]], cfg: LoraAdapterConfig) -> li
     return out
 
 
-def _base_problems(base_dir: str, summary_mods: list[ModuleSummary], layout: KeyLayout,
-                   shapes_of_base: dict[str, tuple], cfg: LoraAdapterConfig) -> list[P.Problem]:
+def _base_problems(base_name: str, summary_mods: list[ModuleSummary], layout: KeyLayout,
+                   adapter_shapes: dict[str, tuple], shapes_of_base: dict[str, tuple],
+                   cfg: LoraAdapterConfig) -> list[P.Problem]:
     from adapterctl.io.model_dir import find_checkpoint_key
 
     out = []
     keys = set(shapes_of_base)
     for mod in summary_mods:
         if mod.base_shape is None:
-            out.append(P.error("module_not_in_base", f"{mod.name}: the base has no such module",
-                               "Is this adapter for another architecture?", exit_code=6))
+            out.append(C.missing_module(mod.name, mod.a_shape, mod.b_shape))
     for mod in summary_mods:
         if mod.base_shape is None or mod.a_shape is None or mod.b_shape is None:
             continue
-        expected = _expected_base_shape(mod.kind, layout.modules[mod.name])
-        if expected is not None and tuple(mod.base_shape) != tuple(expected):
-            out.append(P.error(
-                "shape_mismatch",
-                f"{mod.name}: base weight is {list(mod.base_shape)} but lora_A {mod.a_shape} and "
-                f"lora_B {mod.b_shape} need {list(expected)}",
-                "The adapter was trained on a different model size.", exit_code=6))
+        problem = C.check_shapes(mod.name, C.LayerKind(mod.kind), mod.a_shape, mod.b_shape,
+                                 mod.base_shape, layout.modules[mod.name].shapes.get("B_bias"))
+        if problem:
+            out.append(problem)
     for param, key in sorted(layout.replacements.items()):
         base_key = find_checkpoint_key(param, keys)
-        if base_key is None:
-            out.append(P.error("replacement_not_in_base", f"{param}: saved in the adapter but the "
-                               "base has no such parameter", exit_code=6))
-    name = cfg.base_model_name_or_path
-    if name and Path(name).name != Path(base_dir).name and name != base_dir:
-        out.append(P.warning("base_name_differs", f"adapter was trained on {name!r}, base given is "
-                             f"{base_dir!r}", "Shapes fit; check it is the same model."))
-    return out
+        problem = C.check_replacement(param, adapter_shapes[key],
+                                      shapes_of_base[base_key] if base_key else None)
+        if problem:
+            out.append(problem)
+    name_problem = C.base_name_problem(cfg.base_model_name_or_path, base_name)
+    return out + ([name_problem] if name_problem else [])
 
 
 def _base_shapes(base: str) -> tuple[dict[str, tuple], str | None, list[P.Problem]]:
@@ -311,7 +293,7 @@ def inspect_adapter(path: str | Path, base: str | Path | None = None, check_valu
         kind = _module_kind(mod, cfg, base_shape, model_type)
         values = _values(header, mod, scaling) if check_values else {}
         modules.append(ModuleSummary(
-            name=name, kind=kind, r=mod.rank, alpha=alpha, scaling=scaling,
+            name=name, kind=kind.value, r=mod.rank, alpha=alpha, scaling=scaling,
             a_shape=list(mod.shapes["A"]) if "A" in mod.shapes else None,
             b_shape=list(mod.shapes["B"]) if "B" in mod.shapes else None,
             dtype=mod.dtypes.get("A") or next(iter(mod.dtypes.values()), ""),
@@ -335,8 +317,10 @@ def inspect_adapter(path: str | Path, base: str | Path | None = None, check_valu
                      for m in modules if m.nonfinite]
     base_info = None
     if base is not None:
-        shown = (base_source or "").partition("@")[0] or str(base)
-        problems += _base_problems(shown, modules, layout, base_shapes or {}, cfg) if base_shapes else []
+        if base_shapes:
+            problems += _base_problems(base_source or str(base), modules, layout,
+                                       {k: t.shape for k, t in header.tensors.items()},
+                                       base_shapes, cfg)
         base_info = {"path": str(base), "model_type": model_type,
                      "compatible": not any(p.exit_code == 6 for p in problems)}
     return _summary(files, cfg, modules, layout, header, base_info, problems)

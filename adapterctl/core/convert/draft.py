@@ -21,10 +21,15 @@ from adapterctl.core.adapter.config import (
     read_adapter_config,
 )
 from adapterctl.core.adapter.keys import ModuleKeys, split_keys
-from adapterctl.core.lora.loaded import LoadedAdapter, build_adapter, read_adapter_tensors
+from adapterctl.core.lora.loaded import (
+    LoadedAdapter,
+    build_adapter,
+    read_adapter_tensors,
+)
 from adapterctl.errors import AdapterctlError, InvalidAdapterError, UnsupportedError
 from adapterctl.io.adapter_dir import AdapterFiles, locate_adapter_files
-from adapterctl.io.adapter_writer import model_card, write_adapter_files
+from adapterctl.io.adapter_writer import write_adapter_files
+from adapterctl.io.model_card import adapter_card
 from adapterctl.io.output_dir import write_output_dir
 
 
@@ -117,11 +122,11 @@ def write_draft(draft: AdapterDraft, dest: str | Path, force: bool = False) -> C
     summary = ("Written by `adapterctl convert` (" + ", ".join(draft.steps or ("rewrite",)) + ")."
                + (" It is a plain LoRA adapter for the original (unmodified) base model."
                   if "mutated-init" in draft.steps else ""))
-    card = model_card(cfg.base_model_name_or_path, summary, cfg.task_type)
+    card, card_notes = adapter_card(cfg.base_model_name_or_path, "LoRA adapter", summary)
     with write_output_dir(dest, force) as tmp:
         write_adapter_files(tmp, draft.config, draft.tensors, card)
     dtypes = sorted({str(t.dtype).removeprefix("torch.") for t in draft.tensors.values()})
     return ConvertResult(str(dest), draft.source, list(draft.steps), cfg.r, cfg.lora_alpha,
                          cfg.use_rslora, dict(cfg.rank_pattern), len(view.modules), dtypes,
-                         list(draft.modules), list(draft.removed), list(draft.notes))
+                         list(draft.modules), list(draft.removed), list(draft.notes) + card_notes)
 

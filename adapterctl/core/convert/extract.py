@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from adapterctl.core.adapter.layer_kind import CONV1D_MODEL_TYPES
+from adapterctl.core.adapter.compat import CONV1D_MODEL_TYPES
 from adapterctl.core.adapter.targeting import module_scaling
 from adapterctl.core.convert.draft import AdapterDraft, ModuleReport
 from adapterctl.core.convert.rank_reduce import ranked_config

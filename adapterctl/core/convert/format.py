@@ -6,19 +6,17 @@ from dataclasses import replace
 
 import torch
 
+from adapterctl.core.adapter.compat import LayerKind
 from adapterctl.core.adapter.keys import split_keys
 from adapterctl.core.convert.draft import AdapterDraft, view_adapter
-from adapterctl.errors import UsageError
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+from adapterctl.io.dtypes import check_dtype
+from adapterctl.io.stored import torch_dtype
 
 
 def cast_draft(draft: AdapterDraft, dtype: str) -> AdapterDraft:
     """Cast every floating tensor to ``dtype``. Steps before this one computed in float32, so
     this is the single rounding to the target dtype."""
-    if dtype not in DTYPES:
-        raise UsageError(f"unknown dtype {dtype!r}", hint="Use float32, bfloat16 or float16.")
-    target = DTYPES[dtype]
+    target = torch_dtype(check_dtype(dtype, auto=False))
     tensors = {k: v.to(target) if v.is_floating_point() else v for k, v in draft.tensors.items()}
     notes = draft.notes
     if target != torch.float32:
@@ -57,6 +55,6 @@ def _serving_warnings(draft: AdapterDraft) -> list[str]:
         notes.append("DoRA adapters are not supported by vLLM or llama.cpp (kept as is)")
     if any(w.bias is not None for w in view.modules.values()):
         notes.append("lora_B biases (lora_bias=true) are rejected by llama.cpp (kept as is)")
-    if any(w.kind == "embedding" for w in view.modules.values()):
+    if any(w.kind is LayerKind.EMBEDDING for w in view.modules.values()):
         notes.append("embedding LoRA is not supported by llama.cpp (kept as is)")
     return notes

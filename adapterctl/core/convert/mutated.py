@@ -9,14 +9,19 @@ from pathlib import Path
 import torch
 
 from adapterctl.core.adapter.config import parse_adapter_config
-from adapterctl.core.adapter.layer_kind import CONV1D_MODEL_TYPES
+from adapterctl.core.adapter import compat as C
+from adapterctl.core.adapter.problems import as_error
 from adapterctl.core.convert.draft import (
     AdapterDraft,
     check_same_scaling,
     module_keys,
     view_adapter,
 )
-from adapterctl.errors import IncompatibleBaseError, InvalidAdapterError, UnsupportedError
+from adapterctl.errors import (
+    IncompatibleBaseError,
+    InvalidAdapterError,
+    UnsupportedError,
+)
 from adapterctl.io.checkpoint import CheckpointReader
 
 #: init_lora_weights kinds whose training ran on a mutated base (spec 1.7, 7)
@@ -39,7 +44,7 @@ def doubled_config(doc: dict, use_rslora: bool) -> dict:
 
 def init_factors_from_adapter(init: AdapterDraft) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """(A0, B0) per module from the initial adapter PEFT saved before training."""
-    return {p: (w.A, w.B) for p, w in view_adapter(init).modules.items() if w.kind != "embedding"}
+    return {p: (w.A, w.B) for p, w in view_adapter(init).modules.items() if w.kind is not C.LayerKind.EMBEDDING}
 
 
 def init_factors_from_base(draft: AdapterDraft, base_dir: str | Path, base_source: str | None = None
@@ -57,14 +62,18 @@ def init_factors_from_base(draft: AdapterDraft, base_dir: str | Path, base_sourc
             "recomputed from the base" + (" (randomised SVD)" if kind == "pissa_niter" else ""),
             hint="Pass the initial adapter saved before training: --pissa-init INIT.")
     files = locate_model_files(base_dir, base_source)
-    conv1d = (files.model_type or "") in CONV1D_MODEL_TYPES
     out = {}
     with CheckpointReader(files) as weights:
         for path, w in view.modules.items():
-            if w.kind != "linear":
+            if w.kind is not C.LayerKind.LINEAR:
                 continue  # embeddings are never mutated (convert_mutated zero-pads them)
             W = weights.load_param(path + ".weight", draft.source)
-            A0, B0, _ = mutated_init(W, w.r, w.scaling, kind, fan_in_fan_out=conv1d)
+            layer = C.base_layer_kind(False, w.A.shape, w.B.shape, W.shape, files.model_type,
+                                      view.config.fan_in_fan_out)
+            problem = C.check_shapes(path, layer, w.A.shape, w.B.shape, W.shape)
+            if problem:
+                raise as_error(problem, draft.source)
+            A0, B0, _ = mutated_init(W, w.r, w.scaling, kind, fan_in_fan_out=layer.fan_in_fan_out)
             if tuple(A0.shape) != tuple(w.A.shape) or tuple(B0.shape) != tuple(w.B.shape):
                 raise IncompatibleBaseError(
                     f"{path}: base weight {list(W.shape)} gives initial A/B {list(A0.shape)}/"
@@ -102,10 +111,10 @@ def convert_mutated(draft: AdapterDraft, init: dict[str, tuple[torch.Tensor, tor
     keys = module_keys(draft)
     tensors = dict(draft.tensors)
     for path, w in view.modules.items():
-        if w.kind == "conv":
+        if w.kind is C.LayerKind.CONV:
             raise UnsupportedError(f"{draft.source}: {path}: conv LoRA is not supported by "
                                    "mutated-init conversion")
-        if w.kind == "embedding":
+        if w.kind is C.LayerKind.EMBEDDING:
             A0, B0 = torch.zeros_like(w.A), torch.zeros_like(w.B)
         else:
             A0, B0 = _init_for(init, path, w, init_source)

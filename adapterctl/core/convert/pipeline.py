@@ -29,11 +29,19 @@ class ConvertRequest:
     skip_unfactorable: bool = False
     source_name: str | None = None  # as the user typed them (Hub ids), for messages and cards
     base_name: str | None = None
+    to: str | None = None  # --to gguf|mlx (core/convert/formats.py); --base is then the base model
+    from_format: str | None = None  # --from gguf|mlx
+    outtype: str = "f32"  # --outtype of --to gguf
 
 
 def check_request(req: ConvertRequest) -> None:
     """Usage errors for impossible or missing mode combinations (exit 2)."""
-    primary = [f for f, v in (("--pissa-init", req.init), ("--base", req.base),
+    formats = bool(req.to or req.from_format or req.outtype != "f32")
+    if formats:
+        from adapterctl.core.convert.formats import check_format_request
+
+        check_format_request(req)
+    primary = [f for f, v in (("--pissa-init", req.init), ("--base", req.base and not formats),
                               ("--extract", req.extract_base)) if v]
     if len(primary) > 1:
         raise UsageError(f"{' and '.join(primary)} cannot be combined",
@@ -49,7 +57,7 @@ def check_request(req: ConvertRequest) -> None:
         raise UsageError("--skip-unfactorable only applies to --extract",
                          hint="Drop it, or extract: convert --extract BASE FINETUNED OUT --rank R.")
     if not (primary or req.rank is not None or req.energy is not None or req.dtype
-            or req.for_serving or req.to_safetensors):
+            or req.for_serving or req.to_safetensors or formats):
         raise UsageError("nothing to do: choose a conversion",
                          hint="One of --pissa-init, --base, --rank/--energy, --extract, "
                          "--to-safetensors, --dtype, --for-serving.")
@@ -61,6 +69,10 @@ def run_convert(req: ConvertRequest, progress: Callable[[str, int, int], None] |
     from adapterctl.core.convert.format import cast_draft, strip_for_serving
 
     check_request(req)
+    if req.to or req.from_format:
+        from adapterctl.core.convert.formats import run_format_convert
+
+        return run_format_convert(req, _convert_steps, progress)
     if req.extract_base:
         from adapterctl.core.convert.extract import extract_adapter
 

@@ -16,7 +16,12 @@ from dataclasses import replace
 
 from adapterctl.core.adapter.config import parse_adapter_config
 from adapterctl.core.adapter.targeting import module_scaling
-from adapterctl.core.convert.draft import AdapterDraft, ModuleReport, module_keys, view_adapter
+from adapterctl.core.convert.draft import (
+    AdapterDraft,
+    ModuleReport,
+    module_keys,
+    view_adapter,
+)
 from adapterctl.core.convert.mutated import MUTATED_INITS
 from adapterctl.core.lora.svd import (
     LowRankSVD,

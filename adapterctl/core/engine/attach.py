@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from adapterctl.core.adapter import compat as C
 from adapterctl.core.adapter.config import is_safe_adapter_name
 from adapterctl.core.engine.fit import find_module, find_param, plan_fit, require_float_base, unwrap
 from adapterctl.core.engine.layers import (
@@ -38,6 +39,10 @@ from adapterctl.errors import UnsupportedError, UsageError
 
 _STATE = "_adapterctl_adapters"
 _WRAPPERS = (LoraWrapper, SavedModuleWrapper, TokenRowsWrapper)
+#: how a report names each layer kind
+LABELS = {C.LayerKind.LINEAR: "Linear", C.LayerKind.CONV1D_GPT2: "Conv1D",
+          C.LayerKind.EMBEDDING: "Embedding", C.LayerKind.BNB4: "Linear4bit",
+          C.LayerKind.BNB8: "Linear8bitLt"}
 
 
 @dataclass(frozen=True)
@@ -154,32 +159,21 @@ def _warnings(la: LoadedAdapter, records, unmatched, init) -> list[str]:
 
 
 def base_mismatch(expected: str | None, model: nn.Module) -> str | None:
-    """A warning when the adapter names another base than ``model`` (PEFT never checks, spec 1.8).
-
-    Local folders are compared resolved; a folder matches a Hub id that ends with its name."""
+    """A warning when the adapter names another base than ``model``'s folder (which is a cache
+    snapshot for a Hub base); the rule is compat.same_base."""
     actual = getattr(getattr(model, "config", None), "_name_or_path", None) or ""
-    if not expected or not actual:
-        return None
-    exp, act = expected.rstrip("/"), actual.rstrip("/")
-    if exp == act or Path(exp).name == Path(act).name:
-        return None
-    try:
-        if Path(exp).expanduser().resolve() == Path(act).expanduser().resolve():
-            return None
-    except OSError:
-        pass
-    return (f"the adapter was trained on {expected!r} but the base is {actual!r}; shapes fit, "
-            "outputs may still be meaningless")
+    problem = C.base_name_problem(expected, actual)
+    return problem.text if problem else None
 
 
 def _recompute_residuals(model, la: LoadedAdapter, plan, init: str, record: _Record) -> None:
     """PiSSA / OLoRA mutate the base at injection; PEFT recomputes that on load (spec 1.7)."""
     for path, (base, kind) in plan.lora.items():
-        if kind not in ("linear", "conv1d_hf"):
-            continue
+        if kind not in (C.LayerKind.LINEAR, C.LayerKind.CONV1D_GPT2):
+            continue  # PEFT's PiSSA/OLoRA initialisers mutate Linear/Conv1D weights only
         w = la.modules[path]
         _, _, residual = mutated_init(base.weight.data, w.r, w.scaling, init,
-                                      fan_in_fan_out=kind == "conv1d_hf")
+                                      fan_in_fan_out=kind.fan_in_fan_out)
         key = f"{path}.weight"
         record.originals.setdefault(key, base.weight.data.clone())
         base.weight.data.copy_(residual)
@@ -197,8 +191,7 @@ def _inject_lora(model, la: LoadedAdapter, plan, name: str):
         slot = LoraSlot(la.modules[path], device, dropout)
         wrapper.lora[name] = slot
         wrapper.train(base.training)  # new modules start in train mode: follow the (eval) base
-        label = {"conv1d_hf": "Conv1D", "bnb4": "Linear4bit", "bnb8": "Linear8bitLt",
-                 "linear": "Linear", "embedding": "Embedding", "conv": type(base).__name__}[kind]
+        label = LABELS.get(kind) or type(base).__name__  # conv: Conv1d, Conv2d or Conv3d
         kinds[label + ("+DoRA" if slot.magnitude is not None else "")] += 1
         devices.add(str(device))
         params += sum(p.numel() for p in slot.parameters())

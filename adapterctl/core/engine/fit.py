@@ -10,8 +10,10 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
+from adapterctl.core.adapter import compat as C
+from adapterctl.core.adapter.problems import Problem
 from adapterctl.core.adapter.targeting import select_targets
-from adapterctl.core.engine.layers import LoraWrapper, layer_kind
+from adapterctl.core.engine.layers import LoraWrapper, layer_kind, lora_base_shape
 from adapterctl.core.engine.wrappers import SavedModuleWrapper, TokenRowsWrapper
 from adapterctl.core.lora.loaded import LoadedAdapter, LoraWeights
 from adapterctl.errors import IncompatibleBaseError, UnsupportedError
@@ -23,7 +25,8 @@ WRAPPERS = (LoraWrapper, SavedModuleWrapper, TokenRowsWrapper)
 class FitPlan:
     """Where each part of the adapter goes."""
 
-    lora: dict[str, tuple[nn.Module, str]] = field(default_factory=dict)  # path -> (base layer, kind)
+    #: module path -> (base layer, its kind)
+    lora: dict[str, tuple[nn.Module, C.LayerKind]] = field(default_factory=dict)
     params: dict[str, str] = field(default_factory=dict)  # ckpt param path -> model param path
     saved_modules: dict[str, dict[str, str]] = field(default_factory=dict)  # module -> {param: ckpt}
     tokens: dict[str, nn.Module] = field(default_factory=dict)  # emb path -> embedding
@@ -54,37 +57,16 @@ def base_module_paths(model: nn.Module) -> dict[str, nn.Module]:
     return out
 
 
-def _expected(kind: str, base: nn.Module) -> tuple[int, int]:
-    """(in, out) of the base layer in LoRA's layout."""
-    if kind == "embedding":
-        return base.num_embeddings, base.embedding_dim
-    if kind == "conv":
-        return base.in_channels, base.out_channels
-    if kind == "conv1d_hf":
-        return base.weight.shape[0], base.nf
-    return base.in_features, base.out_features
-
-
-def check_module(path: str, w: LoraWeights, base: nn.Module | None) -> str | None:
-    """A problem description, or None when the LoRA tensors fit ``base``."""
-    a, b = list(w.A.shape), list(w.B.shape)
+def check_module(path: str, w: LoraWeights, base: nn.Module | None) -> Problem | None:
+    """The problem, or None when the LoRA tensors fit ``base`` (the rules: core/adapter/compat)."""
     if base is None:
-        return f"{path}: no such module in the base (lora_A {a}, lora_B {b})"
-    kind = layer_kind(base)
-    if kind is None:
-        return f"{path}: is a {type(base).__name__}, which LoRA cannot wrap"
-    if (w.kind == "embedding") != (kind == "embedding") or (w.kind == "conv") != (kind == "conv"):
-        return f"{path}: adapter holds {w.kind} LoRA tensors but the base layer is {type(base).__name__}"
-    fan_in, fan_out = _expected(kind, base)
-    ok = a[1] == fan_in and b[0] == fan_out
-    if kind == "conv":
-        ok = ok and tuple(a[2:]) == tuple(base.kernel_size)
-    if not ok:
-        return (f"{path}: lora_A {a} / lora_B {b} do not fit {type(base).__name__} "
-                f"(in {fan_in}, out {fan_out})")
-    if w.bias is not None and list(w.bias.shape) != [fan_out]:
-        return f"{path}: lora_B.bias {list(w.bias.shape)} does not fit out={fan_out}"
-    return None
+        return C.missing_module(path, w.A.shape, w.B.shape)
+    kind, layer = layer_kind(base), type(base).__name__
+    problem = C.check_layer(path, w.kind, kind, layer)
+    if problem is None:
+        problem = C.check_shapes(path, kind, w.A.shape, w.B.shape, lora_base_shape(base, kind),
+                                 None if w.bias is None else w.bias.shape, layer)
+    return problem
 
 
 def _saved_module_of(param_path: str, modules_to_save: list[str]) -> str | None:
@@ -115,7 +97,7 @@ def plan_fit(model: nn.Module, la: LoadedAdapter, source: str) -> FitPlan:
         base = unwrap(current)
         problem = check_module(path, w, base)
         if problem:
-            problems.append(problem)
+            problems.append(problem.message)
         else:
             plan.lora[path] = (base, layer_kind(base))
     mts = la.config.modules_to_save or []
@@ -130,19 +112,18 @@ def plan_fit(model: nn.Module, la: LoadedAdapter, source: str) -> FitPlan:
         else:
             target = find_param(model, ppath)
             plan.params[ppath] = ppath
-        if target is None:
-            problems.append(f"{ppath}: the base has no such parameter (shape {list(tensor.shape)})")
-        elif tuple(target.shape) != tuple(tensor.shape):
-            problems.append(f"{ppath}: base parameter is {list(target.shape)}, adapter has "
-                            f"{list(tensor.shape)}")
+        problem = C.check_replacement(ppath, tensor.shape,
+                                      None if target is None else target.shape)
+        if problem:
+            problems.append(problem.message)
     for emb, (indices, rows) in la.trainable_tokens.items():
         base = unwrap(find_module(model, emb))
         if not isinstance(base, nn.Embedding):
             problems.append(f"{emb}: trainable tokens need an nn.Embedding, found "
                             f"{type(base).__name__ if base is not None else 'no module'}")
-        elif rows.shape[1] != base.embedding_dim or max(indices, default=0) >= base.num_embeddings:
-            problems.append(f"{emb}: token rows {list(rows.shape)} / max index {max(indices)} do "
-                            f"not fit Embedding({base.num_embeddings}, {base.embedding_dim})")
+        elif problem := C.check_token_rows(emb, indices, rows.shape,
+                                           (base.num_embeddings, base.embedding_dim)):
+            problems.append(problem.message)
         elif isinstance(find_module(model, emb), LoraWrapper):
             problems.append(f"{emb}: trainable tokens on a LoRA-wrapped embedding are not supported")
         else:
@@ -161,7 +142,7 @@ def describe(model: nn.Module) -> str:
     """'LlamaForCausalLM (llama), linear modules like model.layers.0.self_attn.q_proj, ...'."""
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     paths = base_module_paths(model)
-    linear = [p for p, m in paths.items() if layer_kind(m) not in (None, "embedding")]
+    linear = [p for p, m in paths.items() if layer_kind(m) not in (None, C.LayerKind.EMBEDDING)]
     names = list(dict.fromkeys(linear))[:4]
     head = type(model).__name__ + (f" ({model_type})" if model_type else "")
     return head + (f", with modules like {', '.join(names)}" if names else "")
@@ -170,7 +151,7 @@ def describe(model: nn.Module) -> str:
 def unmatched_targets(model: nn.Module, la: LoadedAdapter) -> list[str]:
     """Modules the config targets but the file holds no tensors for (PEFT warns: missing keys)."""
     paths = base_module_paths(model)
-    linear = {p for p, m in paths.items() if layer_kind(m) in ("linear", "conv1d_hf", "bnb4", "bnb8")}
+    linear = {p for p, m in paths.items() if getattr(layer_kind(m), "matrix", False)}
     out_emb = None
     get_out = getattr(model, "get_output_embeddings", None)
     if callable(get_out):
@@ -182,7 +163,7 @@ def unmatched_targets(model: nn.Module, la: LoadedAdapter) -> list[str]:
 
 
 def require_float_base(path: str, base: nn.Module, init: str) -> None:
-    if layer_kind(base) in ("bnb4", "bnb8") or base.weight.device.type == "meta":
+    if getattr(layer_kind(base), "quantized", False) or base.weight.device.type == "meta":
         raise UnsupportedError(
             f"{path}: init_lora_weights={init!r} needs the residual recomputed on a float, "
             "in-memory base weight; this layer is quantized or offloaded",

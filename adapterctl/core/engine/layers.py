@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from adapterctl.core.lora.delta import bias_delta, delta_weight, dora_scale
+from adapterctl.core.adapter.compat import LayerKind
+from adapterctl.core.lora.delta import fold_lora, fold_lora_bias
 from adapterctl.core.lora.loaded import LoraWeights
 from adapterctl.errors import UnsupportedError
 
@@ -26,22 +27,35 @@ F32 = torch.float32
 _HALF = (torch.float16, torch.bfloat16)
 
 
-def layer_kind(module: nn.Module) -> str | None:
-    """'linear', 'conv1d_hf' (transformers Conv1D), 'embedding', 'conv', 'bnb4', 'bnb8' or None."""
+def layer_kind(module: nn.Module) -> LayerKind | None:
+    """The kind of a built layer, or None when LoRA cannot wrap it (the shape-only answer, for
+    headers, is :func:`adapterctl.core.adapter.compat.base_layer_kind`)."""
     name = type(module).__name__
     if name == "Linear4bit":
-        return "bnb4"
+        return LayerKind.BNB4
     if name == "Linear8bitLt":
-        return "bnb8"
+        return LayerKind.BNB8
     if isinstance(module, nn.Embedding):
-        return "embedding"
+        return LayerKind.EMBEDDING
     if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
-        return "conv"
+        return LayerKind.CONV
     if isinstance(module, nn.Linear):
-        return "linear"
+        return LayerKind.LINEAR
     if name == "Conv1D" and hasattr(module, "nf"):
-        return "conv1d_hf"
+        return LayerKind.CONV1D_GPT2
     return None
+
+
+def lora_base_shape(module: nn.Module, kind: LayerKind) -> tuple[int, ...]:
+    """The layer's weight shape in its stored layout, from its attributes: bnb weights are packed
+    and a grouped conv stores Cin/groups, while LoRA's A reads all Cin (compat.expected_base_shape)."""
+    if kind is LayerKind.EMBEDDING:
+        return (module.num_embeddings, module.embedding_dim)
+    if kind is LayerKind.CONV:
+        return (module.out_channels, module.in_channels, *module.kernel_size)
+    if kind is LayerKind.CONV1D_GPT2:
+        return (module.weight.shape[0], module.nf)
+    return (module.out_features, module.in_features)
 
 
 def dequantized_weight(layer: nn.Module) -> torch.Tensor:
@@ -114,11 +128,11 @@ class _Folded:
 class LoraWrapper(nn.Module):
     """A base layer plus named LoRA adapters (Linear, Conv1D, Embedding, ConvNd, bnb 4/8-bit)."""
 
-    def __init__(self, base_layer: nn.Module, kind: str) -> None:
+    def __init__(self, base_layer: nn.Module, kind: LayerKind) -> None:
         super().__init__()
         self.base_layer = base_layer
         self.kind = kind
-        self.fan_in_fan_out = kind == "conv1d_hf"  # from the layer type, never the config (spec 1.4)
+        self.fan_in_fan_out = kind.fan_in_fan_out  # from the layer type, never the config (1.4)
         self.lora = nn.ModuleDict()
         self.active: dict[str, float] = {}
         self.rows: dict[str, torch.Tensor] | None = None
@@ -147,12 +161,12 @@ class LoraWrapper(nn.Module):
             if slot.magnitude is not None:
                 new = self._dora(slot, x, result)
                 new = new if weight == 1.0 else result + (new - result) * weight
-                result = new.to(dtype) if self.kind in ("bnb4", "bnb8") else new
+                result = new.to(dtype) if self.kind.quantized else new
                 continue
             out = self._lora_out(slot, x)
             if weight != 1.0:
                 out = out * weight
-            if self.kind in ("bnb4", "bnb8"):
+            if self.kind.quantized:
                 out = out.to(dtype)  # PEFT's bnb layers round each adapter's output (spec 5.8)
             result = result + out
         # one rounding of base + Σ deltas to the base dtype (spec 5)
@@ -168,7 +182,7 @@ class LoraWrapper(nn.Module):
             slot, sub_x, sub = self.lora[name], x.index_select(0, idx.to(x.device)), result.index_select(0, idx)
             if slot.magnitude is not None:
                 new = self._dora(slot, sub_x, sub).to(dtype)
-            elif self.kind == "embedding":
+            elif self.kind is LayerKind.EMBEDDING:
                 new = (sub + self._lora_out(slot, sub_x)).to(dtype)  # PEFT: in-place add, one rounding
             else:
                 new = sub + self._lora_out(slot, sub_x).to(dtype)  # PEFT rounds the delta first here
@@ -177,7 +191,7 @@ class LoraWrapper(nn.Module):
 
     def _lora_out(self, slot: LoraSlot, x: torch.Tensor) -> torch.Tensor:
         """s·B(A(x)) (+ s·b_B) in the adapter dtype (spec 5.1 to 5.3)."""
-        if self.kind == "embedding":
+        if self.kind is LayerKind.EMBEDDING:
             base = self.base_layer
             after_a = F.embedding(x, slot.A.T, base.padding_idx, base.max_norm, base.norm_type,
                                   base.scale_grad_by_freq, base.sparse)
@@ -187,7 +201,7 @@ class LoraWrapper(nn.Module):
         x = x.to(slot.A.dtype)
         if self.training and slot.dropout > 0:
             x = F.dropout(x, slot.dropout, training=True)
-        if self.kind == "conv":
+        if self.kind is LayerKind.CONV:
             conv = _conv_fn(slot.A)
             base = self.base_layer
             h = conv(x, slot.A, stride=base.stride, padding=base.padding)
@@ -201,7 +215,7 @@ class LoraWrapper(nn.Module):
         output too, exactly as PEFT's variant forward does."""
         base = self.base_layer
         s = slot.scaling
-        if self.kind == "embedding":
+        if self.kind is LayerKind.EMBEDDING:
             lora_w = (slot.A.T @ slot.B.T).T  # (d, V)
             norm = torch.linalg.norm(base.weight.T + s * lora_w.detach(), dim=1).detach()
             k = slot.magnitude / norm
@@ -222,7 +236,7 @@ class LoraWrapper(nn.Module):
             # PEFT: with active dropout the base part is recomputed on the dropped input, no bias
             x = F.dropout(x, slot.dropout, training=True)
             bare = self._bare_base(x, weight)
-        if self.kind == "conv":
+        if self.kind is LayerKind.CONV:
             r = slot.A.shape[0]
             lora_w = torch.mm(slot.B.view(-1, r), slot.A.view(r, -1)).reshape(weight.shape)
             w = weight + s * lora_w.detach()
@@ -245,7 +259,7 @@ class LoraWrapper(nn.Module):
 
     def _bare_base(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         base = self.base_layer
-        if self.kind == "conv":
+        if self.kind is LayerKind.CONV:
             return _conv_fn(weight)(x, weight, None, base.stride, base.padding, base.dilation, base.groups)
         return F.linear(x, weight.T if self.fan_in_fan_out else weight)
 
@@ -259,7 +273,7 @@ class LoraWrapper(nn.Module):
         if self._folded is not None or not any(n in self.lora for n in self.active):
             return
         base = self.base_layer
-        if self.kind in ("bnb4", "bnb8") or base.weight.device.type == "meta":
+        if self.kind.quantized or base.weight.device.type == "meta":
             raise UnsupportedError(f"cannot fold adapters into a quantized or offloaded layer "
                                    f"({type(base).__name__})", hint="Use the unfolded forward.")
         W = base.weight
@@ -271,26 +285,16 @@ class LoraWrapper(nn.Module):
         # until the end (a refusal below leaves the layer unfolded)
         Wf = W0.clone() if dora or W0.data_ptr() == W.data_ptr() else W0
         bf = None if bias is None else bias.detach().to(F32)
-        kind = "linear" if self.kind == "conv1d_hf" else self.kind
         for name, weight in self.active.items():
             if name not in self.lora:
                 continue
             lw = self.lora[name].weights()
-            lw.kind = kind
-            delta = delta_weight(lw, self.fan_in_fan_out, device=W.device)
-            if lw.magnitude is not None:  # DoRA merge: f ⊙ (W + ΔW), norm on the unmerged base (6.3)
-                f = dora_scale(W0, delta, lw.magnitude, kind, self.fan_in_fan_out)
-                new = f * (Wf + delta)
-                Wf = new if weight == 1.0 else Wf + (new - Wf) * weight
-            else:
-                # in place: the same sums without a fresh full-size buffer per step
-                Wf.add_(delta if weight == 1.0 else delta.mul_(weight))
-            bd = bias_delta(lw, device=W.device)
-            if bd is not None:
+            Wf = fold_lora(Wf, W0, lw, self.kind, weight, device=W.device)
+            if lw.bias is not None:
                 if bf is None:
                     raise UnsupportedError(f"{lw.path}: lora_bias on a base layer without a bias "
                                            "cannot be folded")
-                bf = bf + (bd if weight == 1.0 else bd * weight)
+                bf = fold_lora_bias(bf, lw, weight, device=W.device)
         with torch.no_grad():
             W.copy_(Wf)  # one rounding of W + Σ ΔW to the base dtype (copy_ converts)
             if bf is not None:

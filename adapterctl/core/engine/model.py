@@ -18,11 +18,11 @@ from adapterctl.errors import (
     MissingDependencyError,
     UsageError,
 )
+from adapterctl.io.dtypes import AUTO, WRITABLE, check_dtype
 from adapterctl.io.hub_ref import HubOptions
 from adapterctl.io.model_dir import locate_model_files
 from adapterctl.io.resolve import resolve_model_dir
 
-DTYPES = ("auto", "float32", "bfloat16", "float16")
 DEVICE_MAPS = ("auto", "cpu", "cuda", "balanced", "sequential")
 QUANTIZE = ("nf4", "fp4", "int8")
 
@@ -75,11 +75,9 @@ def parse_max_memory(value: str | dict | None) -> dict | None:
 
 
 def _torch_dtype(dtype: str):
-    import torch
+    from adapterctl.io.stored import torch_dtype
 
-    if dtype not in DTYPES:
-        raise UsageError(f"--dtype {dtype!r} is not one of {', '.join(DTYPES)}")
-    return "auto" if dtype == "auto" else getattr(torch, dtype)
+    return AUTO if check_dtype(dtype) == AUTO else torch_dtype(dtype)
 
 
 def quantization_config(quantize: str | None, dtype: str):
@@ -99,7 +97,7 @@ def quantization_config(quantize: str | None, dtype: str):
         return BitsAndBytesConfig(load_in_8bit=True)
     import torch
 
-    compute = torch.float32 if dtype in ("auto", "float32") else getattr(torch, dtype)
+    compute = torch.float32 if dtype in (AUTO, "float32") else getattr(torch, dtype)
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quantize,
                               bnb_4bit_compute_dtype=compute)
 
@@ -107,7 +105,7 @@ def quantization_config(quantize: str | None, dtype: str):
 def _config_dtype(config: dict) -> str:
     """The checkpoint's dtype from config.json (``dtype`` or ``torch_dtype``), else float32."""
     value = config.get("dtype") or config.get("torch_dtype")
-    return value if value in ("float32", "bfloat16", "float16") else "float32"
+    return value if value in WRITABLE else "float32"
 
 
 def device_summary(model) -> dict[str, int]:
@@ -245,10 +243,41 @@ def _from_pretrained(root: Path, kwargs: dict, shown: str):
                                   ) from err
 
 
-def _load_tokenizer(root: Path, trust_remote_code: bool = False):
-    try:
-        from transformers import AutoTokenizer
+#: files whose presence says the folder has a tokenizer (JSON ones are checked when loading fails)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 
+
+def _load_tokenizer(root: Path, trust_remote_code: bool = False):
+    """The folder's tokenizer, or None when it has no tokenizer files (a model folder without one is
+    still usable for logits). Tokenizer files that are there but cannot be loaded are bad input,
+    named, never reported as "no tokenizer"."""
+    from transformers import AutoTokenizer
+
+    try:
         return AutoTokenizer.from_pretrained(str(root), trust_remote_code=trust_remote_code)
-    except Exception:  # a model folder without a tokenizer is still usable for logits
-        return None
+    except Exception as err:
+        present = [root / name for name in TOKENIZER_FILES if (root / name).is_file()]
+        if not present:
+            return None
+        raise tokenizer_error(present, err) from err
+
+
+def tokenizer_error(present: list[Path], err: Exception) -> AdapterctlError:
+    """Which tokenizer file is broken (JSON checked first), or transformers' reason naming the
+    first file there; a missing package (sentencepiece, tiktoken...) is a missing dependency."""
+    from adapterctl.io.files import read_json_object
+
+    if isinstance(err, ImportError):
+        return MissingDependencyError(f"{present[0]}: loading this tokenizer needs a package that "
+                                      f"is not installed: {err}", hint="pip install it, then retry.")
+    for path in present:
+        if path.suffix == ".json":
+            try:
+                read_json_object(path, path.name)
+            except AdapterctlError as bad:  # not JSON, not an object: say which file and where
+                return bad
+    text = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
+    return InvalidAdapterError(
+        f"{present[0]}: transformers cannot load the tokenizer ({type(err).__name__}: {text})",
+        hint="Fix or download the tokenizer files again (without them, logits still work but no "
+        "text can be generated).")

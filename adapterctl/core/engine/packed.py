@@ -22,8 +22,6 @@ from torch import nn
 
 from adapterctl.core.engine.layers import BASE_ROW, LoraWrapper
 
-PACKABLE_KINDS = ("linear", "conv1d_hf", "bnb4", "bnb8")
-
 
 class PackedRowsLayer(nn.Module):
     """A base layer plus the stacked A and B of several adapters; ``mask`` picks per row."""
@@ -47,7 +45,7 @@ class PackedRowsLayer(nn.Module):
 
 def packable(wrapper: LoraWrapper, names: list[str]) -> bool:
     slots = [wrapper.lora[n] for n in names if n in wrapper.lora]
-    if wrapper.kind not in PACKABLE_KINDS or wrapper.folded or not slots:
+    if not wrapper.kind.matrix or wrapper.folded or not slots:  # Linear, Conv1D, bnb: F.linear
         return False
     if wrapper.training and any(s.dropout > 0 for s in slots):  # dropout: the engine's path
         return False

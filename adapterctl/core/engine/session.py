@@ -1,5 +1,12 @@
-"""Base + adapters in one step, shared by ``attach`` and ``generate``: which argument is the base,
-where a missing base comes from, and loading everything with timings."""
+"""The one loader of a base model with adapters, for every command that runs one (``attach``,
+``generate``, and any later command that needs a live model): which argument is the base, where
+a missing base comes from, how adapters are named, the early base check, loading with timings.
+
+Order of work, so a wrong pairing fails in milliseconds rather than after minutes of loading:
+resolve every adapter (local folder or Hub download) and read it, resolve the base (named, or the
+first adapter's ``base_model_name_or_path``), check from the base's headers that the adapters
+fit it (:func:`precheck_base`), then load the base and attach.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +14,16 @@ import re
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Callable, Sequence
 
 from adapterctl.core.adapter.config import read_adapter_config
-from adapterctl.errors import IncompatibleBaseError, NotFoundError, UsageError
+from adapterctl.errors import NotFoundError, UsageError
 from adapterctl.io.hub_ref import HubOptions
 from adapterctl.io.resolve import resolve_adapter_dir, resolve_model_dir
+
+#: Names an adapter never gets from the naming rule: the engine's and generate's "no adapter"
+#: row key, and what a prompts file writes for the base model alone.
+RESERVED_NAMES = ("__base__", "base")
 
 
 @dataclass(frozen=True)
@@ -24,12 +36,55 @@ class Placement:
     trust_remote_code: bool = False  # let transformers import the model repo's own code
 
 
+@dataclass(frozen=True)
+class AdapterChoice:
+    """One adapter to attach: what the user typed, its weight in the active sum, and its name
+    (None: given by :func:`adapter_names`)."""
+
+    ref: str
+    weight: float = 1.0
+    name: str | None = None
+
+
+@dataclass(frozen=True)
+class AttachedAdapter:
+    """An adapter attached by this session: its name, what the user typed, its local folder, its
+    weight, and what the engine reported (modules, devices, warnings)."""
+
+    name: str
+    source: str
+    folder: Path
+    weight: float
+    warnings: tuple[str, ...] = ()
+    report: object = field(default=None, compare=False, repr=False)  # engine.attach.AttachReport
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "source": self.source, "path": str(self.folder),
+                "weight": self.weight, "warnings": list(self.warnings)}
+
+
 @dataclass
 class Session:
-    base: object  # LoadedBase
-    reports: list = field(default_factory=list)  # AttachReport per adapter
+    """A loaded base with its adapters attached (and active, each at its weight)."""
+
+    base: object  # engine.model.LoadedBase
+    adapters: list[AttachedAdapter] = field(default_factory=list)
     load_seconds: float = 0.0
     attach_seconds: float = 0.0
+    base_ref: str = ""  # the base as given, or as named by the first adapter's config
+
+    @property
+    def reports(self) -> list:
+        """The engine's AttachReport of each adapter, in order."""
+        return [a.report for a in self.adapters]
+
+    def require_tokenizer(self, purpose: str) -> object:
+        """The base's tokenizer; a base without one cannot be used for ``purpose``."""
+        if self.base.tokenizer is None:
+            raise NotFoundError(f"{self.base_ref or self.base.path}: the base model has no tokenizer, "
+                                f"so {purpose}", hint="Copy tokenizer.json and tokenizer_config.json "
+                                "(from the model's original repository) into the model folder.")
+        return self.base.tokenizer
 
 
 def _is_adapter_dir(ref: str) -> bool:
@@ -58,23 +113,34 @@ def base_from_adapter(adapter_dir: Path, shown: str) -> str:
     return cfg.base_model_name_or_path
 
 
-def adapter_names(adapters: list[str], names: list[str] | None) -> list[str]:
-    """Given names, or 'default' for one adapter, or unique folder-derived names for several."""
-    if names:
-        if len(names) != len(adapters):
-            raise UsageError(f"{len(names)} --name value(s) for {len(adapters)} adapter(s)",
-                             hint="Give one --name per adapter, in order.")
-        if len(set(names)) != len(names):
-            raise UsageError("adapter names must be unique")
-        return list(names)
-    if len(adapters) == 1:
-        return ["default"]
+def name_from_ref(ref: str) -> str:
+    """An adapter's name from its folder or Hub id: the last path part (``user/repo@rev`` ->
+    ``repo``), with anything but letters, digits, ``.``, ``_`` and ``-`` replaced by ``_``."""
+    stem = re.sub(r"[^A-Za-z0-9._-]", "_", Path(ref.rstrip("/").split("@")[0]).name)
+    return stem.lstrip(".") or "adapter"
+
+
+def adapter_names(adapters: Sequence[str], names: Sequence[str | None] | None = None,
+                  taken: Sequence[str] = ()) -> list[str]:
+    """The one naming rule: a given name is kept (names must be unique); any other adapter is
+    named after its folder or Hub id (:func:`name_from_ref`), with ``-2``, ``-3``... where that
+    name is taken (also by ``taken``, adapters already attached) or reserved (``__base__``, ``base``)."""
+    names = list(names or [None] * len(adapters))
+    if len(names) != len(adapters):
+        raise UsageError(f"{len(names)} --name value(s) for {len(adapters)} adapter(s)",
+                         hint="Give one --name per adapter, in order.")
+    given = [n for n in names if n is not None]
+    if len(set(given)) != len(given) or set(given) & set(taken):
+        raise UsageError("adapter names must be unique")
+    used = set(taken) | set(given)
     out: list[str] = []
-    for ref in adapters:
-        stem = re.sub(r"[^A-Za-z0-9_.\-]", "_", Path(ref.split("@")[0]).name) or "adapter"
-        name, i = stem, 2
-        while name in out or name == "__base__":
-            name, i = f"{stem}-{i}", i + 1
+    for ref, name in zip(adapters, names):
+        if name is None:
+            stem = name_from_ref(ref)
+            name, i = stem, 2
+            while name in used or name in RESERVED_NAMES:
+                name, i = f"{stem}-{i}", i + 1
+            used.add(name)
         out.append(name)
     return out
 
@@ -82,25 +148,19 @@ def adapter_names(adapters: list[str], names: list[str] | None) -> list[str]:
 def precheck_base(base_dir: Path, shown: str, loaded: list) -> None:
     """Fail before loading the weights when an adapter names none of the base's modules (a Llama
     adapter on GPT-2). Finer checks (shapes, tied heads) run on the loaded model."""
-    from adapterctl.io.model_dir import find_checkpoint_key, locate_model_files, read_model_headers
+    from adapterctl.core.adapter.compat import check_modules_present
+    from adapterctl.core.adapter.problems import as_error
+    from adapterctl.io.model_dir import locate_model_files, read_model_headers
 
     files = locate_model_files(base_dir, shown)
     if files.weights_format != "safetensors":
         return
     keys = set(read_model_headers(files))
     tied = files.config.get("tie_word_embeddings", True)  # a tied head has no weight of its own
-
-    def present(path: str) -> bool:
-        return bool(find_checkpoint_key(path + ".weight", keys)) or (tied and "head" in path)
-
     for la in loaded:
-        paths = sorted(la.modules)
-        if paths and not any(present(p) for p in paths):
-            raise IncompatibleBaseError(
-                f"{la.source}: none of its {len(paths)} LoRA modules exist in {shown} "
-                f"({files.model_type or 'unknown model type'}); e.g. {', '.join(paths[:3])}; the "
-                f"base has weights like {', '.join(sorted(keys)[:3])}",
-                hint="Use the base model the adapter was trained on (see base_model_name_or_path).")
+        problem = check_modules_present(list(la.modules), keys, tied, shown, files.model_type)
+        if problem:
+            raise as_error(problem, la.source)
 
 
 def base_hub(hub: HubOptions | None) -> HubOptions | None:
@@ -109,23 +169,40 @@ def base_hub(hub: HubOptions | None) -> HubOptions | None:
     return replace(hub, revision=None) if hub else None
 
 
-def open_session(base_ref: str | None, adapters: list[str], names: list[str] | None = None,
-                 weights: list[float] | None = None, placement: Placement = Placement(),
-                 hub: HubOptions | None = None, trainable: bool = False, on_step=None) -> Session:
-    """Load the base (from the first adapter's config when ``base_ref`` is None), attach all."""
+def _choices(adapters: Sequence[str | AdapterChoice], names, weights) -> list[AdapterChoice]:
+    """Plain references, names and weights (the older calling style) as AdapterChoices."""
+    choices = [a if isinstance(a, AdapterChoice) else AdapterChoice(str(a)) for a in adapters]
+    if weights is not None:
+        if len(weights) != len(choices):
+            raise UsageError(f"{len(weights)} weight(s) for {len(choices)} adapter(s)")
+        choices = [replace(c, weight=float(w)) for c, w in zip(choices, weights)]
+    if names is not None:
+        choices = [replace(c, name=n) for c, n in zip(choices, adapter_names(
+            [c.ref for c in choices], names))]
+    return choices
+
+
+def open_session(base_ref: str | None, adapters: Sequence[str | AdapterChoice],
+                 names: list[str] | None = None, weights: list[float] | None = None,
+                 placement: Placement = Placement(), hub: HubOptions | None = None,
+                 trainable: bool = False, on_step: Callable[[str], None] | None = None) -> Session:
+    """Load the base (from the first adapter's config when ``base_ref`` is None) and attach every
+    adapter, each active at its weight. ``adapters`` are references (folders, Hub ids) or
+    :class:`AdapterChoice`; unnamed ones are named by :func:`adapter_names`."""
     from adapterctl.core.engine.attach import attach_adapter
     from adapterctl.core.engine.model import load_base
     from adapterctl.core.lora.loaded import load_adapter
 
     step = on_step or (lambda text: None)
-    names = adapter_names(adapters, names)
-    weights = list(weights or [1.0] * len(adapters))
-    if len(weights) != len(adapters):
-        raise UsageError(f"{len(weights)} weight(s) for {len(adapters)} adapter(s)")
-    dirs = [resolve_adapter_dir(a, hub) for a in adapters]
-    loaded = [load_adapter(d, n, source=a) for d, n, a in zip(dirs, names, adapters)]
+    choices = _choices(adapters, names, weights)
+    final = adapter_names([c.ref for c in choices], [c.name for c in choices])
+    dirs = [resolve_adapter_dir(c.ref, hub) for c in choices]
+    loaded = [load_adapter(d, n, source=c.ref) for d, n, c in zip(dirs, final, choices)]
     if base_ref is None:
-        base_ref = base_from_adapter(dirs[0], adapters[0])
+        if not choices:
+            raise UsageError("no base model given", hint="Pass BASE, or an adapter whose "
+                             "adapter_config.json names its base_model_name_or_path.")
+        base_ref = base_from_adapter(dirs[0], choices[0].ref)
     base_dir = resolve_model_dir(base_ref, base_hub(hub))
     precheck_base(base_dir, base_ref, loaded)
     step(f"loading base {base_ref}")
@@ -134,10 +211,39 @@ def open_session(base_ref: str | None, adapters: list[str], names: list[str] | N
                    placement.offload_folder, placement.quantize,
                    hub=base_hub(hub),
                    trust_remote_code=placement.trust_remote_code)
-    session = Session(lb, load_seconds=time.perf_counter() - t0)
+    session = Session(lb, load_seconds=time.perf_counter() - t0, base_ref=base_ref)
     t1 = time.perf_counter()
-    for la, w in zip(loaded, weights):
+    for la, c, d in zip(loaded, choices, dirs):
         step(f"attaching {la.source} as {la.name!r}")
-        session.reports.append(attach_adapter(lb.model, la, la.name, trainable=trainable, weight=w))
+        report = attach_adapter(lb.model, la, la.name, trainable=trainable, weight=c.weight)
+        session.adapters.append(AttachedAdapter(la.name, c.ref, Path(d), c.weight,
+                                                tuple(report.warnings), report))
     session.attach_seconds = time.perf_counter() - t1
     return session
+
+
+@dataclass(frozen=True)
+class AttachSummary:
+    """What ``attach`` reports: the base and its placement, each adapter as the engine attached
+    it, the active weights, timings, and greedy completions (``attach --prompt``)."""
+
+    base: object  # engine.model.LoadedBase
+    load_seconds: float
+    adapters: tuple  # engine.attach.AttachReport per adapter
+    active: dict[str, float]
+    attach_seconds: float
+    completions: tuple = ()  # generate.textgen.Completion per prompt
+
+    def to_dict(self) -> dict:
+        return {"base": {**self.base.to_dict(), "load_seconds": round(self.load_seconds, 3)},
+                "adapters": [r.to_dict() for r in self.adapters], "active": dict(self.active),
+                "attach_seconds": round(self.attach_seconds, 3),
+                "completions": [c.to_dict() for c in self.completions]}
+
+
+def summarize(session: Session, completions: Sequence = ()) -> AttachSummary:
+    from adapterctl.core.engine.attach import active_adapters
+
+    return AttachSummary(session.base, session.load_seconds, tuple(session.reports),
+                         active_adapters(session.base.model), session.attach_seconds,
+                         tuple(completions))

@@ -1,4 +1,6 @@
-"""Which adapter each generated row goes through, and how the engine applies it.
+"""Which adapter each generated row goes through, and how the engine applies it. The adapters
+are loaded, named and attached by the one loader (:mod:`adapterctl.core.engine.session`); this
+module only routes rows.
 
 * every row on one adapter (or one fixed weighted combination), unquantized base: the delta is
   folded into the weights for the run (``engine.fold`` / ``unfold``), so decoding costs what the
@@ -12,28 +14,13 @@
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
 from pathlib import Path
 from typing import ContextManager
 
 from adapterctl.core.engine.packed import PackedRows, bypass_wrappers
+from adapterctl.core.engine.session import AttachedAdapter
 from adapterctl.core.generate.prompts import BASE_KEY, DEFAULT_KEY, PromptSpec
 from adapterctl.errors import UsageError
-
-
-@dataclass(frozen=True)
-class AttachedAdapter:
-    """An adapter attached to the model for this run."""
-
-    name: str
-    source: str  # what the user typed (path or Hub id)
-    folder: Path
-    weight: float
-    warnings: tuple[str, ...] = ()
-
-    def to_dict(self) -> dict:
-        return {"name": self.name, "source": self.source, "path": str(self.folder),
-                "weight": self.weight, "warnings": list(self.warnings)}
 
 
 def combination_label(weights: dict[str, float]) -> str:
@@ -171,47 +158,3 @@ def _reference_table(adapters: list[AttachedAdapter]) -> dict[str, str]:
     for a in adapters:  # names win over paths that happen to look the same
         table[a.name] = a.name
     return table
-
-
-def unique_name(ref: str, taken: set[str]) -> str:
-    """A safe adapter name from a folder or Hub id: its last path part, made unique."""
-    import re
-
-    stem = re.sub(r"[^A-Za-z0-9._-]", "_", Path(ref.rstrip("/").split("@")[0]).name) or "adapter"
-    stem = stem.lstrip(".") or "adapter"
-    name, n = stem, 2
-    while name in taken or name == BASE_KEY or name == "base":
-        name, n = f"{stem}-{n}", n + 1
-    return name
-
-
-def attach_for_run(model, choices: list[tuple[str, float]], specs: list[PromptSpec],
-                   hub=None) -> list[AttachedAdapter]:
-    """Resolve, load and attach the ``--adapter`` choices, then any adapter a JSONL prompt names
-    by path or Hub id that is not among them (at weight 1)."""
-    attached: list[AttachedAdapter] = []
-    for ref, weight in choices:
-        attached.append(_attach_one(model, ref, weight, attached, hub))
-    table = _reference_table(attached)
-    for spec in specs:
-        ref = spec.adapter
-        if ref in (DEFAULT_KEY, BASE_KEY) or ref in table:
-            continue
-        path = Path(ref).expanduser()
-        if path.exists() and str(path.resolve()) in table:
-            continue
-        attached.append(_attach_one(model, ref, 1.0, attached, hub))
-        table = _reference_table(attached)
-    return attached
-
-
-def _attach_one(model, ref: str, weight: float, attached: list[AttachedAdapter], hub) -> AttachedAdapter:
-    from adapterctl.core.engine import attach as engine
-    from adapterctl.core.lora.loaded import load_adapter
-    from adapterctl.io.resolve import resolve_adapter_dir
-
-    folder = resolve_adapter_dir(ref, hub)
-    name = unique_name(ref, {a.name for a in attached})
-    report = engine.attach_adapter(model, load_adapter(folder, name=name, source=ref), name=name,
-                                   weight=weight)
-    return AttachedAdapter(name, ref, Path(folder), weight, tuple(report.warnings))

@@ -20,10 +20,11 @@ from dataclasses import dataclass
 
 import torch
 
+from adapterctl.core.adapter.compat import LayerKind
 from adapterctl.core.adapter.keys import TRAINABLE_TOKENS_SUFFIX
 from adapterctl.core.lora.loaded import LoadedAdapter, LoraWeights
 from adapterctl.errors import IncompatibleBaseError, UnsupportedError, UsageError
-from adapterctl.io.adapter_writer import lora_key, model_card, replacement_key, write_adapter_files
+from adapterctl.io.adapter_writer import lora_key, replacement_key
 
 F32 = torch.float32
 COMBINATIONS = ("linear", "ties", "dare_linear", "dare_ties", "magnitude_prune")
@@ -133,8 +134,8 @@ def _shape_back(w: LoraWeights, A: torch.Tensor, B: torch.Tensor) -> tuple[torch
     return A.reshape(r, *w.A.shape[1:]), B.reshape(w.B.shape[0], r, *w.B.shape[2:])
 
 
-def _module_keys(path: str, kind: str) -> tuple[str, str, str]:
-    emb = kind == "embedding"
+def _module_keys(path: str, kind: LayerKind) -> tuple[str, str, str]:
+    emb = kind is LayerKind.EMBEDDING
     return lora_key(path, "A", emb), lora_key(path, "B", emb), lora_key(path, "B_bias")
 
 
@@ -189,7 +190,7 @@ def combine_adapters(adapters: list[LoadedAdapter], weights: list[float], method
             tensors[key_bias] = sum(c * w.scaling * w.bias.to(F32) for c, w in biases)
     if lora_bias:  # a module without a bias in a lora_bias adapter gets a zero one
         for path in paths:
-            key_a, key_b, key_bias = _module_keys(path, "linear")
+            key_a, key_b, key_bias = _module_keys(path, LayerKind.LINEAR)
             if key_a in tensors and key_bias not in tensors:
                 tensors[key_bias] = torch.zeros(tensors[key_b].shape[0])
     extras, tti = _merge_extras(adapters)
@@ -218,13 +219,3 @@ def _new_config(adapters: list[LoadedAdapter], ranks: dict[str, int], paths: lis
         "modules_to_save": mts or None, "trainable_token_indices": tti or None,
     })
     return raw
-
-
-def write_combined_adapter(combined: CombinedAdapter, folder) -> None:
-    """adapter_config.json (sorted keys), adapter_model.safetensors and a model card, written by
-    the same writer as ``convert`` (io/adapter_writer.py)."""
-    cfg = combined.config
-    summary = (f"Written by `adapterctl merge --to-adapter` ({len(combined.ranks)} modules, "
-               f"r={cfg['r']}): one adapter combining several.")
-    write_adapter_files(folder, cfg, combined.tensors,
-                        model_card(cfg.get("base_model_name_or_path"), summary, cfg.get("task_type")))

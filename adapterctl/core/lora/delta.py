@@ -9,30 +9,33 @@ from __future__ import annotations
 
 import torch
 
+from adapterctl.core.adapter.compat import LayerKind
 from adapterctl.core.lora.loaded import LoraWeights
-from adapterctl.errors import IncompatibleBaseError, UnsupportedError
+from adapterctl.errors import UnsupportedError
 
 F32 = torch.float32
 
 
-def delta_weight(w: LoraWeights, fan_in_fan_out: bool = False, device=None) -> torch.Tensor:
+def delta_weight(w: LoraWeights, kind: LayerKind | None = None, device=None) -> torch.Tensor:
     """ΔW = s·B@A in the base weight's layout, float32 (LoRA, Hu et al. 2021; spec 6.1).
 
-    Conv1D (GPT-2) stores W as (in, out), so its delta is transposed; the LoRA tensors themselves
-    keep the Linear layout. Embedding tables are (V, d) while A_e is (r, V): ΔW = (B_e A_e)^T s.
+    ``kind`` is the base layer's kind (default: the tensors' own, ``w.kind``). Conv1D (GPT-2)
+    stores W as (in, out), so its delta is transposed; the LoRA tensors themselves keep the Linear
+    layout. Embedding tables are (V, d) while A_e is (r, V): ΔW = (B_e A_e)^T s.
     """
+    kind = kind or w.kind
     A = w.A.to(device=device, dtype=F32)
     B = w.B.to(device=device, dtype=F32)
-    if w.kind == "embedding":
+    if kind is LayerKind.EMBEDDING:
         return (B @ A).T * w.scaling
-    if w.kind == "conv":
+    if kind is LayerKind.CONV:
         if B.shape[1] != A.shape[0]:
             raise UnsupportedError(f"{w.path}: grouped conv LoRA (groups > 1) cannot be merged",
                                    hint="PEFT refuses this too; use the adapter unmerged.")
         # (Cout, r) x (r, Cin, k...) -> (Cout, Cin, k...)
         return torch.einsum("or,ri...->oi...", B.flatten(1), A) * w.scaling
     delta = (B @ A).mul_(w.scaling)  # in place on the fresh product: same values, no 2nd buffer
-    return delta.T if fan_in_fan_out else delta
+    return delta.T if kind.fan_in_fan_out else delta
 
 
 def bias_delta(w: LoraWeights, device=None) -> torch.Tensor | None:
@@ -42,8 +45,8 @@ def bias_delta(w: LoraWeights, device=None) -> torch.Tensor | None:
     return w.bias.to(device=device, dtype=F32) * w.scaling
 
 
-def dora_scale(W: torch.Tensor, delta: torch.Tensor, magnitude: torch.Tensor, kind: str,
-               fan_in_fan_out: bool = False) -> torch.Tensor:
+def dora_scale(W: torch.Tensor, delta: torch.Tensor, magnitude: torch.Tensor,
+               kind: LayerKind) -> torch.Tensor:
     """DoRA's factor m/||W+ΔW|| (Liu et al. 2024; spec 6.3), float32, shaped to broadcast on W.
 
     ``W`` is the unmerged base weight (PEFT >= 0.21 takes the norm on it, #3608). The norm runs
@@ -52,32 +55,37 @@ def dora_scale(W: torch.Tensor, delta: torch.Tensor, magnitude: torch.Tensor, ki
     """
     Wf = W.to(F32) + delta.to(F32)
     m = magnitude.to(device=Wf.device, dtype=F32)
-    if kind == "embedding":
-        return (m / Wf.norm(p=2, dim=0)).view(1, -1)  # (d,)
-    if kind == "conv":
+    if kind is LayerKind.CONV:
         norm = Wf.flatten(1).norm(p=2, dim=1)
         return (m.flatten() / norm).view(-1, *([1] * (Wf.dim() - 1)))
-    if fan_in_fan_out:
-        return (m / Wf.norm(p=2, dim=0)).view(1, -1)  # rows of W^T
+    if kind is LayerKind.EMBEDDING or kind.fan_in_fan_out:
+        return (m / Wf.norm(p=2, dim=0)).view(1, -1)  # (d,) / rows of W^T
     return (m / Wf.norm(p=2, dim=1)).view(-1, 1)
 
 
-def dora_weight(W: torch.Tensor, delta: torch.Tensor, magnitude: torch.Tensor, kind: str,
-                fan_in_fan_out: bool = False) -> torch.Tensor:
-    """The DoRA merged weight m ⊙ (W+ΔW)/||W+ΔW|| (spec 6.3), float32; see :func:`dora_scale`."""
-    return (W.to(F32) + delta.to(F32)) * dora_scale(W, delta, magnitude, kind, fan_in_fan_out)
+def fold_lora(cur: torch.Tensor, base0: torch.Tensor, w: LoraWeights, kind: LayerKind,
+              weight: float = 1.0, device=None) -> torch.Tensor:
+    """One adapter folded into the float32 weight ``cur`` (the one kernel of merge and the
+    engine's fold; spec 6.2, 6.3). Returns the new weight, ``cur`` itself where it can.
 
-
-def merged_weight(W: torch.Tensor, w: LoraWeights, fan_in_fan_out: bool = False) -> torch.Tensor:
-    """W + ΔW (or DoRA's rescaled version) in float32, not yet rounded."""
-    delta = delta_weight(w, fan_in_fan_out, device=W.device)
-    if tuple(delta.shape) != tuple(W.shape):
-        raise IncompatibleBaseError(
-            f"{w.path}: base weight is {list(W.shape)} but the adapter's delta is {list(delta.shape)}",
-            hint="The adapter was trained on a different model.")
+    LoRA: ``cur + weight·ΔW``, added in place. DoRA: ``m ⊙ (cur+ΔW)/||base0+ΔW||`` with the norm
+    on the unmerged base ``base0`` (PEFT >= 0.21, #3608), and a weight moves the layer that
+    fraction of the way there, as the attached forward does. ``base0`` must not alias ``cur``.
+    """
+    delta = delta_weight(w, kind, device)
     if w.magnitude is not None:
-        return dora_weight(W, delta, w.magnitude, w.kind, fan_in_fan_out)
-    return W.to(F32) + delta
+        full = (cur + delta) * dora_scale(base0, delta, w.magnitude, kind)
+        return full if weight == 1.0 else cur + (full - cur) * weight
+    return cur.add_(delta if weight == 1.0 else delta.mul_(weight))
+
+
+def fold_lora_bias(cur: torch.Tensor, w: LoraWeights, weight: float = 1.0,
+                   device=None) -> torch.Tensor:
+    """The lora_B bias folded into the float32 base bias ``cur``: ``cur + weight·s·b_B``."""
+    bd = bias_delta(w, device)
+    if bd is None:
+        return cur
+    return cur + (bd if weight == 1.0 else bd * weight)
 
 
 def mutated_init(W: torch.Tensor, r: int, scaling: float, init: str, fan_in_fan_out: bool = False

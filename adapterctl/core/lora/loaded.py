@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from adapterctl.core.adapter.compat import LayerKind, lora_kind
 from adapterctl.core.adapter.config import (
     LoraAdapterConfig,
     check_lora_type,
@@ -28,7 +29,9 @@ class LoraWeights:
     """The LoRA tensors of one adapted module, in the file's layout (A (r, in), B (out, r))."""
 
     path: str
-    kind: str  # "linear" (Linear or Conv1D: decided by the base layer) | "embedding" | "conv"
+    #: the tensors' layout: LINEAR (for a Linear or a Conv1D base: only the base can tell),
+    #: EMBEDDING or CONV; the base layer's own kind comes from compat or the engine
+    kind: LayerKind
     A: torch.Tensor
     B: torch.Tensor
     r: int
@@ -36,6 +39,9 @@ class LoraWeights:
     scaling: float
     bias: torch.Tensor | None = None  # lora_B bias (lora_bias=True)
     magnitude: torch.Tensor | None = None  # DoRA
+
+    def __post_init__(self) -> None:
+        self.kind = LayerKind(self.kind)  # "linear" from a library caller becomes the enum
 
 
 @dataclass
@@ -124,8 +130,7 @@ def build_adapter(name: str, cfg: LoraAdapterConfig, files: AdapterFiles,
         if "magnitude" in mk.keys and not cfg.use_dora:
             raise InvalidAdapterError(f"{files.source}: {path} has lora_magnitude_vector but "
                                       "use_dora is false")
-        kind = "embedding" if mk.embedding else ("conv" if A.dim() > 2 else "linear")
-        modules[path] = LoraWeights(path, kind, A, B, r, alpha, scaling,
+        modules[path] = LoraWeights(path, lora_kind(mk.embedding, A.shape), A, B, r, alpha, scaling,
                                     bias=tensors.get(mk.keys.get("B_bias", "")),
                                     magnitude=tensors.get(mk.keys.get("magnitude", "")))
         if cfg.use_dora and modules[path].magnitude is None:

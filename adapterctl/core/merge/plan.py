@@ -19,22 +19,21 @@ from pathlib import Path
 
 import torch
 
-from adapterctl.core.adapter.layer_kind import base_layer_kind
+from adapterctl.core.adapter import compat as C
+from adapterctl.core.adapter.problems import as_error
 from adapterctl.core.adapter.targeting import in_modules_to_save
 from adapterctl.core.lora.combine import check_combination
 from adapterctl.core.lora.loaded import LoadedAdapter, LoraWeights, load_adapter
 from adapterctl.errors import IncompatibleBaseError, UnsupportedError, UsageError
 from adapterctl.io.checkpoint import CheckpointReader, base_float_dtype, checkpoint_renames
+from adapterctl.io.model_card import card_base
 from adapterctl.io.model_dir import (
     ModelFiles,
     find_checkpoint_key,
     locate_model_files,
 )
 from adapterctl.io.shard_writer import TensorSpec, plan_shards
-from adapterctl.io.stored import StoredTensor
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
+from adapterctl.io.stored import FLOAT_DTYPES, StoredTensor, dtype_name, torch_dtype
 
 
 @dataclass(frozen=True)
@@ -51,7 +50,7 @@ class MergeOptions:
 class LoraOp:
     adapter: int
     weights: LoraWeights
-    kind: str  # base_layer_kind: linear | conv1d-transposed | embedding | conv
+    kind: C.LayerKind  # the base layer's: linear | conv1d-transposed | embedding | conv
 
 
 @dataclass(frozen=True)
@@ -198,9 +197,12 @@ def _add_loras(i: int, ad: LoadedAdapter, index: KeyIndex, shapes: dict, model_t
         key = index.find(path + ".weight")
         if key is None:
             raise _missing(ad, "LoRA module", path + ".weight", index)
-        kind = base_layer_kind(w.kind == "embedding", tuple(w.A.shape), tuple(w.B.shape),
-                               shapes[key], model_type, ad.config.fan_in_fan_out)
-        _check_shape(ad, path, w, kind, shapes[key])
+        kind = C.base_layer_kind(w.kind is C.LayerKind.EMBEDDING, w.A.shape, w.B.shape,
+                                 shapes[key], model_type, ad.config.fan_in_fan_out)
+        problem = C.check_shapes(path, kind, w.A.shape, w.B.shape, shapes[key],
+                                 None if w.bias is None else w.bias.shape)
+        if problem:
+            raise as_error(problem, ad.source)
         ops.setdefault(key, {}).setdefault("loras", []).append(LoraOp(i, w, kind))
         if w.bias is not None:
             bkey = index.find(path + ".bias")
@@ -210,25 +212,14 @@ def _add_loras(i: int, ad: LoadedAdapter, index: KeyIndex, shapes: dict, model_t
             ops.setdefault(bkey, {}).setdefault("bias_loras", []).append(LoraOp(i, w, kind))
 
 
-def _check_shape(ad: LoadedAdapter, path: str, w: LoraWeights, kind: str, base: tuple) -> None:
-    a, b = tuple(w.A.shape), tuple(w.B.shape)
-    expected = {"linear": (b[0], a[-1]), "conv1d-transposed": (a[-1], b[0]),
-                "embedding": (a[-1], b[0])}.get(kind, (b[0], *a[1:]))
-    if tuple(base) != expected:
-        raise IncompatibleBaseError(
-            f"{ad.source}: {path}: base weight is {list(base)} but lora_A {list(a)} and lora_B "
-            f"{list(b)} need {list(expected)}", hint="The adapter was trained on a different model.")
-
-
 def _add_extras(i: int, ad: LoadedAdapter, index: KeyIndex, shapes: dict, tie, ops: dict) -> None:
     for param, t in ad.replacements.items():
         key = index.find(param)
         if key is None:
             raise _missing(ad, "saved tensor", param, index)
-        if tuple(t.shape) != tuple(shapes[key]):
-            raise IncompatibleBaseError(
-                f"{ad.source}: saved {param} is {list(t.shape)} but the base has {list(shapes[key])}",
-                hint="Resized vocabulary? Resize the base model's embeddings first, then merge.")
+        problem = C.check_replacement(param, t.shape, shapes[key])
+        if problem:
+            raise as_error(problem, ad.source)
         is_copy = in_modules_to_save(ad.config, param.rsplit(".", 1)[0])
         slot = ("copy_head" if tie and param == tie[0] else "copy") if is_copy else "replacement"
         entry = ops.setdefault(key, {})
@@ -240,6 +231,9 @@ def _add_extras(i: int, ad: LoadedAdapter, index: KeyIndex, shapes: dict, tie, o
         key = index.find(emb + ".weight")
         if key is None:
             raise _missing(ad, "trainable tokens of", emb + ".weight", index)
+        problem = C.check_token_rows(emb, idx, rows.shape, shapes[key])
+        if problem:
+            raise as_error(problem, ad.source)
         ops.setdefault(key, {}).setdefault("tokens", []).append((i, idx, rows))
 
 
@@ -267,11 +261,11 @@ def _task(s: StoredTensor, key: str, out_dtype: torch.dtype, entry: dict, adapte
     init = None
     loras = tuple(entry.get("loras", ()))
     if (loras and adapters[loras[0].adapter].config.init_kind in ("pissa", "olora")
-            and loras[0].kind in ("linear", "conv1d-transposed")):
+            and loras[0].kind in (C.LayerKind.LINEAR, C.LayerKind.CONV1D_GPT2)):
         # PEFT's PiSSA/OLoRA initialisers mutate Linear/Conv1D weights only, never embeddings
         # or convs (the engine recomputes residuals for the same layers)
         init = adapters[loras[0].adapter].config.init_kind
-    dtype = out_dtype if s.dtype in DTYPE_NAMES else s.dtype
+    dtype = out_dtype if s.dtype in FLOAT_DTYPES else s.dtype
     return TensorTask(key, s, dtype, entry.get("replacement"), init, loras,
                       tuple(entry.get("bias_loras", ())), tuple(entry.get("tokens", ())),
                       entry.get(copy_slot))
@@ -296,9 +290,9 @@ def _warnings(adapters: list[LoadedAdapter], base: str) -> list[str]:
         if ad.config.init_kind in ("pissa", "olora"):
             out.append(f"{ad.source}: {ad.config.init_kind} adapter: the residual base W - s·B0@A0 "
                        "is recomputed from the base (spec 1.7)")
-        name = ad.config.base_model_name_or_path
-        if name and Path(name).name != Path(base).name and name != base:
-            out.append(f"{ad.source}: trained on {name!r}, merging into {base!r} (shapes fit)")
+        problem = C.base_name_problem(ad.config.base_model_name_or_path, base)
+        if problem:
+            out.append(f"{ad.source}: {problem.text}")
     return out
 
 
@@ -325,7 +319,7 @@ def plan_merge(base: str | Path, adapters: list[LoadedAdapter], options: MergeOp
         _add_loras(i, ad, index, shapes, files.model_type, ops)
         _add_extras(i, ad, index, shapes, tie, ops)
     base_dtype = base_float_dtype(stored)
-    out_dtype = DTYPES[options.dtype] if options.dtype else base_dtype
+    out_dtype = torch_dtype(options.dtype) if options.dtype else base_dtype
     tasks, untie = build_tasks(stored, ops, out_dtype, adapters, tie)
     shard_plan = plan_shards([TensorSpec(t.key, t.out_dtype, t.source.shape) for t in tasks],
                              options.max_shard_size)
@@ -336,9 +330,10 @@ def plan_merge(base: str | Path, adapters: list[LoadedAdapter], options: MergeOp
         adapters=[{"source": ad.source, "weight": w, "modules": len(ad.modules),
                    "variants": ad.config.variants} for ad, w in zip(adapters, weights)],
         combination=options.combination, density=options.density, seed=options.seed,
-        dtype=DTYPE_NAMES[out_dtype], base_dtype=DTYPE_NAMES[base_dtype], num_tensors=len(tasks),
+        dtype=dtype_name(out_dtype), base_dtype=dtype_name(base_dtype), num_tensors=len(tasks),
         touched=[{"key": t.key, "shape": list(t.source.shape), "ops": t.sources(names)}
                  for t in tasks if t.changed],
         output_bytes=sum(s.nbytes for s in shard_plan), shards=[s.filename for s in shard_plan],
-        untie_embeddings=untie, warnings=_warnings(adapters, base_source or str(base)))
+        untie_embeddings=untie,
+        warnings=_warnings(adapters, base_source or str(base)) + card_base(base_source or str(base))[1])
     return MergeJob(files, adapters, options, tasks, shard_plan, plan)

@@ -19,9 +19,11 @@ from typing import Callable
 
 import torch
 
+from adapterctl.core.adapter.compat import LayerKind
 from adapterctl.core.lora.combine import combine_deltas, module_generator
-from adapterctl.core.lora.delta import bias_delta, delta_weight, dora_scale, mutated_init
-from adapterctl.core.merge.plan import LoraOp, MergeJob, TensorTask
+from adapterctl.core.lora.delta import delta_weight, fold_lora, fold_lora_bias, mutated_init
+from adapterctl.core.merge.card import merged_card
+from adapterctl.core.merge.plan import MergeJob, TensorTask
 from adapterctl.errors import MissingDependencyError
 from adapterctl.io.checkpoint import CheckpointReader
 from adapterctl.io.output_dir import write_output_dir
@@ -66,36 +68,25 @@ def resolve_device(device: str) -> torch.device:
 
 
 # ----- the maths of one tensor ----------------------------------------------------------------
-def _fan_in_fan_out(op: LoraOp) -> bool:
-    return op.kind == "conv1d-transposed"
-
-
 def _apply_loras(cur: torch.Tensor, base0: torch.Tensor, task: TensorTask, job: MergeJob,
                  device: torch.device) -> torch.Tensor:
     weights = job.options.weights or (1.0,) * len(job.adapters)
     if job.options.combination != "linear":
-        deltas = [delta_weight(op.weights, _fan_in_fan_out(op), device) for op in task.loras]
+        deltas = [delta_weight(op.weights, op.kind, device) for op in task.loras]
         gen = module_generator(job.options.seed, task.key)
         return cur + combine_deltas(deltas, [weights[op.adapter] for op in task.loras],
                                     job.options.combination, job.options.density, gen)
-    # PEFT's merge_and_unload order: adapter after adapter; DoRA's norm on the unmerged base (#3608)
+    # PEFT's merge_and_unload order: adapter after adapter, with the engine's fold kernel, so a
+    # merged model equals the attached one for any weight (DoRA included)
     for op in task.loras:
-        delta = delta_weight(op.weights, _fan_in_fan_out(op), device)
-        w = weights[op.adapter]
-        if op.weights.magnitude is not None:
-            # a weight w moves the layer w of the way to its DoRA weight, as attach/generate do
-            # (core/layers.py), so a merged model equals the attached one for any weight
-            full = (cur + delta) * dora_scale(base0, delta, op.weights.magnitude, op.weights.kind,
-                                              _fan_in_fan_out(op))
-            cur = full if w == 1.0 else cur + (full - cur) * w
-        else:
-            cur = cur.add_(delta if w == 1.0 else delta * w)
+        cur = fold_lora(cur, base0, op.weights, op.kind, weights[op.adapter], device)
     return cur
 
 
 def _is_plain_lora(task: TensorTask, job: MergeJob) -> bool:
     return (job.options.combination == "linear" and not task.changed_beyond_loras
-            and all(op.weights.magnitude is None and op.kind in ("linear", "conv1d-transposed")
+            and all(op.weights.magnitude is None and op.kind in (LayerKind.LINEAR,
+                                                                   LayerKind.CONV1D_GPT2)
                     for op in task.loras))
 
 
@@ -103,7 +94,7 @@ def fused_lora_merge(W: torch.Tensor, task: TensorTask, job: MergeJob,
                      device: torch.device) -> torch.Tensor:
     """W + Σ s_i·w_i·B_i A_i for plain LoRA on Linear/Conv1D, in cache-sized row blocks.
 
-    Same maths as ``merged_weight`` (float32, one rounding at the end), but each block of rows is
+    Same maths as ``fold_lora`` (float32, one rounding at the end), but each block of rows is
     widened, gets ``addmm_`` (ΔW = s·B@A accumulated in float32; at most one float32 ulp from
     PEFT's (B@A)*s then add, far below the output rounding) and is rounded into the output while
     it is still in cache: about 4x less memory traffic than full-size temporaries.
@@ -114,7 +105,7 @@ def fused_lora_merge(W: torch.Tensor, task: TensorTask, job: MergeJob,
         A = op.weights.A.to(device=device, dtype=F32)
         B = op.weights.B.to(device=device, dtype=F32)
         # Conv1D stores W as (in, out): its ΔW is (s·B@A)^T = s·A^T@B^T
-        left, right = (A.T, B.T) if _fan_in_fan_out(op) else (B, A)
+        left, right = (A.T, B.T) if op.kind.fan_in_fan_out else (B, A)
         factors.append((left, right, op.weights.scaling * weights[op.adapter]))
     out = torch.empty(W.shape, dtype=task.out_dtype, device=device)
     rows = max(1, (1 << 20) // max(1, W.shape[1]))  # 4 MB of float32 per block
@@ -138,14 +129,14 @@ def merge_tensor(W: torch.Tensor, task: TensorTask, job: MergeJob, device: torch
     if task.residual_init is not None:  # PiSSA/OLoRA: the base as trained is W - s·B0@A0 (1.7)
         op = task.loras[0]
         base0 = mutated_init(base0, op.weights.r, op.weights.scaling, task.residual_init,
-                             _fan_in_fan_out(op))[2]
+                             op.kind.fan_in_fan_out)[2]
     # Deltas in float32, rounded once to the output dtype at the end (PEFT's unsafe merge, 6.2).
     cur = base0.to(F32, copy=True)
     if task.loras:
         cur = _apply_loras(cur, base0, task, job, device)
     weights = job.options.weights or (1.0,) * len(job.adapters)
     for op in task.bias_loras:
-        cur += bias_delta(op.weights, device) * weights[op.adapter]
+        cur = fold_lora_bias(cur, op.weights, weights[op.adapter], device)
     for _, idx, rows in task.tokens:
         cur.index_copy_(0, torch.tensor(idx, device=device), rows.to(device=device, dtype=F32))
     if task.copy is not None:
@@ -181,24 +172,6 @@ def _copy_other_files(root: Path, folder: Path) -> list[str]:
                             ignore=shutil.ignore_patterns(*(f"*{s}" for s in WEIGHT_SUFFIXES)))
             copied.append(p.name + "/")
     return copied
-
-
-def model_card(job: MergeJob, command: str | None) -> str:
-    plan = job.plan
-    lines = ["---", f"base_model: {json.dumps(plan.base)}", "library_name: transformers",
-             "tags:", "- merge", "- lora", "- adapterctl", "---", "",
-             "# Merged model", "",
-             f"`{plan.base}` with {len(plan.adapters)} LoRA adapter(s) merged into its weights by "
-             "adapterctl (deltas computed in float32, rounded once to "
-             f"{plan.dtype}).", "", "| adapter | weight | modules | variants |", "|---|---|---|---|"]
-    for a in plan.adapters:
-        lines.append(f"| `{a['source']}` | {a['weight']:g} | {a['modules']} | "
-                     f"{', '.join(a['variants']) or '-'} |")
-    lines += ["", f"Combination: {plan.combination}"
-              + (f" (density {plan.density}, seed {plan.seed})" if plan.combination != "linear" else "")]
-    if command:
-        lines += ["", "Command:", "", "```bash", command, "```"]
-    return "\n".join(lines) + "\n"
 
 
 def _stream(job: MergeJob, folder: Path, device: torch.device, on_progress: Progress | None) -> int:
@@ -263,7 +236,7 @@ def execute_merge(job: MergeJob, output: str | Path, force: bool = False, device
         merged = _stream(job, tmp, dev, on_progress)
         _write_config(job, tmp)
         copied = _copy_other_files(job.files.root, tmp)
-        (tmp / "README.md").write_text(model_card(job, command))
+        (tmp / "README.md").write_text(merged_card(job.plan, command))
     return MergeResult(
         output=str(Path(output).expanduser().absolute()), tensors_written=len(job.tasks),
         tensors_merged=merged, bytes_written=job.plan.output_bytes, shards=job.plan.shards,

@@ -1,4 +1,6 @@
-"""``push``: what to upload from an adapter folder or a merged model folder, validated first.
+"""``push``: what to upload from an adapter folder or a merged model folder, validated first
+(:func:`plan_push`, with the card from :mod:`adapterctl.io.model_card`), and the one commit that
+uploads it (:func:`push_plan`); :class:`PushReport` is the command's result.
 
 Only the files that make the adapter (or model) are uploaded by default: PEFT's own set
 (spec section 9.2: ``adapter_config.json``, ``adapter_model.safetensors`` or ``.bin``, README)
@@ -15,7 +17,9 @@ from pathlib import Path
 from typing import Callable
 
 from adapterctl import errors as E
-from adapterctl.core.publish.card import looks_like_model_id, render_card, split_card
+from adapterctl.io.hub_ref import HubOptions, looks_like_hub_id
+from adapterctl.io.hub_upload import PushResult, Upload, fetch_card, push_commit
+from adapterctl.io.model_card import ADAPTER, local_base_note, looks_like_model_id, render_card, split_card
 
 TOKENIZER = ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
              "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja",
@@ -127,18 +131,26 @@ def choose_base(kind: str, override: str | None, from_files: str | None,
     if looks_like_model_id(from_files):
         return from_files, []
     if from_files:
-        return None, [f"base model {from_files!r} is a local path, not a Hub id: the card names no "
-                      "base_model (pass --base-model user/repo)"]
+        return None, [local_base_note(from_files, "pass --base-model user/repo")]
     return None, ["no base model recorded: the card names none (pass --base-model user/repo)"]
 
 
-def plan_push(folder: Path, repo_id: str, *, include: list[str], exclude: list[str],
-              base_model: str | None,
-              remote_card: Callable[[], str | None] = lambda: None) -> PushPlan:
+def check_repo_id(repo_id: str) -> None:
+    if not looks_like_hub_id(repo_id) or "@" in repo_id:
+        raise E.UsageError(f"{repo_id!r} is not a Hub repo id",
+                           hint="Use user/repo (and --revision for a branch).")
+
+
+def plan_push(folder: Path, repo_id: str, *, include: list[str] = (), exclude: list[str] = (),
+              base_model: str | None = None, hub: HubOptions | None = None,
+              remote_card: Callable[[], str | None] | None = None) -> PushPlan:
     """Validate ``folder`` and list what to upload, with the rendered model card.
 
-    The card starts from the folder's README.md, else from ``remote_card()`` (the one on the Hub),
-    so a user's card text survives a push."""
+    The card starts from the folder's README.md, else from ``remote_card()`` (default: the one on
+    the Hub at ``hub.revision``), so a user's card text survives a push."""
+    check_repo_id(repo_id)
+    if remote_card is None:
+        remote_card = lambda: fetch_card(repo_id, hub.revision if hub else None, hub)  # noqa: E731
     kind = detect_kind(folder)
     named_base, warnings = validate_folder(folder, kind)
     local_card = folder / CARD
@@ -150,9 +162,46 @@ def plan_push(folder: Path, repo_id: str, *, include: list[str], exclude: list[s
         raise E.UsageError(f"{folder}: nothing to upload after --include/--exclude")
     card = None
     if not any(fnmatch.fnmatchcase(CARD, g) for g in exclude):
-        card = render_card(existing, repo_id, kind, base)
+        card = render_card(existing, kind, base, title=repo_id)
         files.append(PushFile(CARD, None, len(card.encode())))
     return PushPlan(folder, repo_id, kind, base, files, card, warnings + base_warnings)
+
+
+@dataclass(frozen=True)
+class PushReport:
+    """What ``push`` did: the plan, and the commit (None for a dry run)."""
+
+    plan: PushPlan
+    revision: str | None = None  # the branch asked for (None: main)
+    commit: PushResult | None = None
+
+    def to_dict(self) -> dict:
+        plan, c = self.plan, self.commit
+        files = [{"path": f.path_in_repo, "size": f.size} for f in plan.files]
+        if c is None:
+            return {"dry_run": True, "repo": plan.repo_id, "revision": self.revision or "main",
+                    "kind": plan.kind, "base_model": plan.base_model, "files": files,
+                    "total_bytes": plan.total_bytes, "card": plan.card}
+        return {"repo": c.repo_id, "revision": c.revision, "commit_id": c.commit_id,
+                "commit_url": c.commit_url, "pr_url": c.pr_url, "changed": c.changed,
+                "created_repo": c.created_repo, "created_branch": c.created_branch, "files": files}
+
+
+def default_message(plan: PushPlan) -> str:
+    what = "LoRA adapter" if plan.kind == ADAPTER else "merged model"
+    return f"Upload {what} with adapterctl"
+
+
+def push_plan(plan: PushPlan, hub: HubOptions | None = None, *, message: str | None = None,
+              private: bool = False, create_pr: bool = False) -> PushReport:
+    """Upload the planned files and the card in one commit to ``plan.repo_id`` (branch
+    ``hub.revision``, else main; the repo and branch are created when missing)."""
+    hub = hub or HubOptions()
+    uploads = [Upload(f.path_in_repo, f.local, plan.card.encode() if f.local is None else None)
+               for f in plan.files]
+    commit = push_commit(plan.repo_id, uploads, hub, message=message or default_message(plan),
+                         private=private, create_pr=create_pr)
+    return PushReport(plan, hub.revision, commit)
 
 
 def _read_text(path: Path) -> str:

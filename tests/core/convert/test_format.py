@@ -12,6 +12,7 @@ import torch
 from adapterctl.core.adapter.inspect import inspect_adapter
 from adapterctl.core.convert.pipeline import ConvertRequest, run_convert
 from adapterctl.errors import InvalidAdapterError
+from adapterctl.io.model_card import split_card
 from adapterctl.io.safetensors_header import read_safetensors_header
 from tests.convert_fixtures import load_tensors, peft_logits
 
@@ -36,8 +37,9 @@ def test_bin_to_safetensors_round_trip(peft_adapter, tiny_models, tmp_path):
     assert header.metadata == {"format": "pt"}
     cfg_text = (tmp_path / "o" / "adapter_config.json").read_text()
     assert cfg_text == json.dumps(json.loads(cfg_text), indent=2, sort_keys=True) + "\n"
-    card = (tmp_path / "o" / "README.md").read_text()
-    assert card.startswith("---\n") and "library_name: peft" in card and '- "lora"' in card
+    meta = split_card((tmp_path / "o" / "README.md").read_text())[0]  # the one card writer
+    assert meta == {"library_name": "peft", "tags": ["lora"], "pipeline_tag": "text-generation"}
+    assert any("is a local path, not a Hub id" in n for n in res.notes)  # said, not written
     assert inspect_adapter(tmp_path / "o").usable
 
 

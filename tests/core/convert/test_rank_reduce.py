@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from adapterctl.core.adapter.compat import LayerKind
 from adapterctl.core.adapter.inspect import inspect_adapter
 from adapterctl.core.convert.pipeline import ConvertRequest, run_convert
 from adapterctl.core.lora.delta import delta_weight
@@ -51,7 +52,7 @@ def test_rank_report_matches_dense_svd_and_peft_loads_truncation(model, kw, tiny
     assert inspect_adapter(tmp_path / "o").usable
     for m in res.modules:
         w = before.modules[m.module]
-        dense = delta_weight(w, fan_in_fan_out=fan and w.kind == "linear")
+        dense = delta_weight(w, LayerKind.CONV1D_GPT2 if fan and w.kind is LayerKind.LINEAR else None)
         target, err = _dense_truncation(dense, 3)
         assert m.r_after == 3 and m.r_before == w.r
         assert m.rel_error == pytest.approx(err, rel=1e-4, abs=1e-6)

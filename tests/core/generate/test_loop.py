@@ -8,10 +8,11 @@ import pytest
 import torch
 
 from adapterctl.core.engine import attach as engine
+from adapterctl.core.engine.session import AttachedAdapter
 from adapterctl.core.generate.decoding import DecodingConfig
 from adapterctl.core.generate.loop import compare_completions, generate_completions
 from adapterctl.core.generate.prompts import BASE_KEY, PromptSpec
-from adapterctl.core.generate.routing import AttachedAdapter, EngineRouter
+from adapterctl.core.generate.routing import EngineRouter
 from adapterctl.errors import NotFoundError, UsageError
 from tests.core.engine.test_attach import CASES
 from tests.core.engine.test_placement import bnb_llama  # noqa: F401 (a fixture)

@@ -1,4 +1,4 @@
-"""core/combine.py: full-delta combinations match PEFT's merge_utils, and adapters combined into a
+"""core/lora/combine.py: full-delta combinations match PEFT's merge_utils, and adapters combined into a
 new adapter load in PEFT and carry exactly the weighted sum of the sources' deltas (rsLoRA and
 lora_bias folded in, unlike PEFT's add_weighted_adapter, #3761)."""
 
@@ -7,8 +7,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from adapterctl.core.lora.combine import combine_adapters, combine_deltas, write_combined_adapter
+from adapterctl.core.lora.combine import combine_adapters, combine_deltas
 from adapterctl.core.merge.plan import load_adapters
+from adapterctl.core.merge.to_adapter import write_combined_adapter
 from adapterctl.errors import UnsupportedError, UsageError
 from tests.core.merge.test_merge import max_diff, peft_merged
 
@@ -93,15 +94,3 @@ def test_dora_and_bad_methods_are_refused(peft_adapter):
         combine_adapters(plain, [1.0], "ties")
     with pytest.raises(UsageError, match="unknown method"):
         combine_adapters(plain, [1.0], "average")
-
-
-def test_new_adapter_is_written_by_the_shared_writer(peft_adapter, tmp_path):
-    import json
-
-    a = peft_adapter("llama", r=2, target_modules=["q_proj"])
-    combined = combine_adapters(load_adapters([a, a]), [0.5, 0.5], "cat")
-    write_combined_adapter(combined, tmp_path)
-    text = (tmp_path / "adapter_config.json").read_text()
-    assert json.loads(text)["r"] == 4 and text == json.dumps(json.loads(text), indent=2, sort_keys=True) + "\n"
-    card = (tmp_path / "README.md").read_text()
-    assert "library_name: peft" in card and "merge --to-adapter" in card

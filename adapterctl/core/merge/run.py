@@ -1,0 +1,32 @@
+"""``merge`` from references to a report: resolve the base and the adapters (folders or Hub ids),
+plan (:mod:`plan`), and describe what was (or, for a dry run, would be) written."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from adapterctl.core.merge.plan import MergeJob, MergeOptions, MergePlan, load_adapters, plan_merge
+from adapterctl.core.merge.write import MergeResult
+from adapterctl.io.hub_ref import HubOptions
+from adapterctl.io.resolve import resolve_adapter_dir, resolve_model_dir
+
+
+def plan_from_refs(base: str, adapters: list[str], options: MergeOptions = MergeOptions(),
+                   hub: HubOptions | None = None) -> MergeJob:
+    """The merge job for a base and adapters given as folders or Hub ids (``user/repo[@rev]``);
+    execute it with :func:`adapterctl.core.merge.write.execute_merge`."""
+    base_dir = resolve_model_dir(base, hub)
+    dirs = [resolve_adapter_dir(a, hub) for a in adapters]
+    return plan_merge(base_dir, load_adapters(dirs, list(adapters)), options, base)
+
+
+@dataclass(frozen=True)
+class MergeReport:
+    """``merge``'s result: the plan, and what was written (None for a dry run)."""
+
+    plan: MergePlan
+    result: MergeResult | None = None
+
+    def to_dict(self) -> dict:
+        done = self.result.to_dict() if self.result is not None else {}
+        return {"dry_run": self.result is None, **done, "plan": self.plan.to_dict()}
