@@ -96,13 +96,16 @@ def _usage_error(err: ClickException) -> UsageError:
 
 
 def secrets_in(args: list[str]) -> list[str]:
-    """Tokens this run knows (``--token``, HF_TOKEN): never echoed, whatever raised."""
-    found = [os.environ.get("HF_TOKEN"), os.environ.get("HUGGING_FACE_HUB_TOKEN")]
+    """Tokens this run knows (``--token``, HF_TOKEN; ``--api-key``, ADAPTERCTL_API_KEY): never
+    echoed, whatever raised."""
+    found = [os.environ.get("HF_TOKEN"), os.environ.get("HUGGING_FACE_HUB_TOKEN"),
+             os.environ.get("ADAPTERCTL_API_KEY")]
     for i, arg in enumerate(args):
-        if arg == "--token" and i + 1 < len(args):
-            found.append(args[i + 1])
-        elif arg.startswith("--token="):
-            found.append(arg.partition("=")[2])
+        for flag in ("--token", "--api-key"):
+            if arg == flag and i + 1 < len(args):
+                found.append(args[i + 1])
+            elif arg.startswith(flag + "="):
+                found.append(arg.partition("=")[2])
     return [s for s in found if s and len(s) >= 6]
 
 

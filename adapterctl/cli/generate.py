@@ -14,12 +14,21 @@ import typer
 
 from adapterctl.cli.options import (
     PANEL_ADAPTERS,
+    ApiKey,
+    Concurrency,
     DeviceMap,
     Dtype,
+    EngineName,
+    GpuMemory,
     MaxMemory,
     OffloadFolder,
+    PipelineParallel,
     Quantize,
     Revision,
+    ServedModel,
+    ServerUrl,
+    TensorParallel,
+    Timeout,
     Token,
     TrustRemoteCode,
     adapter_weights,
@@ -98,11 +107,23 @@ def generate_cmd(
         help="Include each generated token's log-probability (JSON/JSONL).")] = False,
     revision: Revision = None,
     token: Token = None,
+    engine: EngineName = "adapterctl",
+    tensor_parallel_size: TensorParallel = None,
+    pipeline_parallel_size: PipelineParallel = None,
+    gpu_memory_utilization: GpuMemory = None,
+    endpoint: ServerUrl = None,
+    model: ServedModel = None,
+    concurrency: Concurrency = 8,
+    timeout: Timeout = 600.0,
+    api_key: ApiKey = None,
 ) -> None:
-    """Generate text with a base model and adapters: several adapters in one batch, streamed."""
+    """Generate text with a base model and adapters: several adapters in one batch, streamed.
+    The same prompts and results on vLLM (--engine vllm) or any OpenAI-compatible server
+    (--endpoint URL)."""
+    from adapterctl.cli.generate_engines import engine_choice
     from adapterctl.core.engine.session import AdapterChoice
-    from adapterctl.core.generate.decoding import DecodingConfig
     from adapterctl.core.generate.prompts import collect_prompts
+    from adapterctl.core.generate.results import DecodingConfig
     from adapterctl.core.generate.run import open_generation, run_generation
 
     out = get_output()
@@ -123,7 +144,22 @@ def generate_cmd(
     if batch_size < 1:  # before minutes of loading, not after
         raise UsageError(f"--batch-size must be at least 1, got {batch_size}")
     stdin = sys.stdin if use_stdin or prompts_file == "-" else None
+    elsewhere = engine_choice(
+        engine, endpoint, dtype=dtype, trust_remote_code=trust_remote_code,
+        hub=hub_options(revision, token), on_step=out.info,
+        vllm={"tensor_parallel_size": tensor_parallel_size,
+              "pipeline_parallel_size": pipeline_parallel_size,
+              "gpu_memory_utilization": gpu_memory_utilization},
+        remote={"model": model, "concurrency": concurrency, "timeout": timeout,
+                "api_key": api_key},
+        ours={"--no-fold": no_fold, "--device-map": device_map, "--max-memory": max_memory,
+              "--offload-folder": offload_folder, "--quantize": quantize})
     specs = collect_prompts(prompt or [], prompts_file, stdin)
+    on_complete = (lambda c: out.json_line(c.to_dict())) if jsonl else None
+    if elsewhere is not None:
+        report = elsewhere(base_ref, choices, specs, cfg, compare=compare, chat=chat,
+                           system=system, on_complete=on_complete)
+        return _finish(out, report, jsonl=jsonl, streamed=False)
     with out.status("loading"):
         gen = open_generation(base_ref, choices, specs, hub=hub_options(revision, token),
                               placement=placement(dtype, device_map, max_memory, offload_folder,
@@ -134,13 +170,21 @@ def generate_cmd(
             out.warn(f"{a.name}: {text}")
     stream = _Stream(out) if _should_stream(out, specs, compare, jsonl) else None
     report = run_generation(gen, specs, cfg, compare=compare, batch_size=batch_size, chat=chat,
-                            system=system, on_token=stream,
-                            on_complete=(lambda c: out.json_line(c.to_dict())) if jsonl else None)
+                            system=system, on_token=stream, on_complete=on_complete)
     if stream is not None and stream.started:
         out.stream("\n")
-    _report(out, report, jsonl=jsonl, streamed=bool(stream and stream.started))
-    if report.interrupted:
-        raise Interrupted("interrupted: printed what was generated so far")
+    _finish(out, report, jsonl=jsonl, streamed=bool(stream and stream.started))
+
+
+def _finish(out: Output, report, *, jsonl: bool, streamed: bool) -> None:
+    """Report, then fail the command if the run ended early (Ctrl-C, an endpoint that failed):
+    what was made is printed either way."""
+    error = next((r.error for r in report.results if r.error is not None), None)
+    if report.interrupted and error is None:
+        error = Interrupted("interrupted: printed what was generated so far")
+    _report(out, report, jsonl=jsonl, streamed=streamed, error=error)
+    if error is not None:
+        raise error
 
 
 class _Stream:
@@ -168,7 +212,7 @@ def _should_stream(out, specs, compare: bool, jsonl: bool) -> bool:
             and out.out.is_terminal)
 
 
-def _report(out: Output, report, *, jsonl: bool, streamed: bool) -> None:
+def _report(out: Output, report, *, jsonl: bool, streamed: bool, error=None) -> None:
     """Warnings and a summary on stderr; the results on stdout (unless JSONL already wrote them)."""
     for r in report.results:
         for w in r.warnings:
@@ -181,9 +225,8 @@ def _report(out: Output, report, *, jsonl: bool, streamed: bool) -> None:
         return
     if out.json:
         doc = report.to_dict()
-        if report.interrupted:  # one document still, saying both what failed and what was made
-            err = Interrupted("interrupted: printed what was generated so far")
-            return out.result({"error": err.to_dict(), **doc}, ok=False)
+        if error is not None:  # one document still, saying both what failed and what was made
+            return out.result({"error": error.to_dict(), **doc}, ok=False)
         return out.result(doc)
     if report.compare:
         out.result({}, lambda console: render_compare(console, report))

@@ -82,6 +82,37 @@ Endpoint = Annotated[str | None, typer.Option(
     rich_help_panel=PANEL_HUB, show_default=False)]
 
 
+# ----- other engines: vLLM's offline engine, an OpenAI-compatible server (generate, verify) -----
+PANEL_ENGINE = "Engine"
+EngineName = Annotated[str, typer.Option(
+    "--engine", metavar="ENGINE", help="adapterctl: our engine, in this process; vllm: vLLM's "
+    "offline engine (run adapterctl with the python vLLM is installed in).",
+    rich_help_panel=PANEL_ENGINE)]
+TensorParallel = Annotated[int | None, typer.Option(
+    "--tensor-parallel-size", help="vLLM: GPUs each model is split over (tensor parallel).",
+    rich_help_panel=PANEL_ENGINE, show_default=False)]
+PipelineParallel = Annotated[int | None, typer.Option(
+    "--pipeline-parallel-size", help="vLLM: pipeline stages (pipeline parallel).",
+    rich_help_panel=PANEL_ENGINE, show_default=False)]
+GpuMemory = Annotated[float | None, typer.Option(
+    "--gpu-memory-utilization", help="vLLM: share of GPU memory it may take (on a CPU build: of "
+    "RAM, for its KV cache); default vLLM's.", rich_help_panel=PANEL_ENGINE, show_default=False)]
+ServerUrl = Annotated[str | None, typer.Option(
+    "--endpoint", metavar="URL", help="Run the prompts on an OpenAI-compatible server (vLLM, "
+    "SGLang, llama.cpp, LoRAX, TGI) at URL; adapters go by their served names.",
+    rich_help_panel=PANEL_ENGINE, show_default=False)]
+ServedModel = Annotated[str | None, typer.Option(
+    "--model", help="--endpoint: the base model's served name (default: BASE, or the server's "
+    "only model).", rich_help_panel=PANEL_ENGINE, show_default=False)]
+Concurrency = Annotated[int, typer.Option(
+    "--concurrency", help="--endpoint: requests in flight at once.", rich_help_panel=PANEL_ENGINE)]
+Timeout = Annotated[float, typer.Option(
+    "--timeout", help="--endpoint: seconds to wait for one answer.", rich_help_panel=PANEL_ENGINE)]
+ApiKey = Annotated[str | None, typer.Option(
+    "--api-key", envvar="ADAPTERCTL_API_KEY", show_envvar=True, show_default=False,
+    help="--endpoint: the server's API key (sent as a Bearer token). Never printed.",
+    rich_help_panel=PANEL_ENGINE)]
+
 def hub_options(revision: str | None, token: str | None, endpoint: str | None = None):
     """Hub settings for io.resolve/io.hub: messages go to stderr, bars follow --quiet."""
     from adapterctl.cli.output import get_output

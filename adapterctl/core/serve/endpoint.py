@@ -115,7 +115,7 @@ def resolve_names(models: list[ServedModel] | None, url: str, model: str | None,
         if not match:
             served = [m.id for m in models if m.parent is not None]
             raise NotFoundError(f"{url} serves no adapter named {ref!r}"
-                                + (f" (nor one loaded from that folder)" if Path(ref).exists() else "")
+                                + (" (nor one loaded from that folder)" if Path(ref).exists() else "")
                                 + f"; its adapters: {', '.join(served) or 'none'}",
                                 hint="Use the served name (the NAME of --lora-modules NAME=PATH).")
         adapters[ref] = match[0]
