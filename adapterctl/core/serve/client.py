@@ -99,9 +99,9 @@ class Client:
             try:
                 with self._opener.open(req, timeout=self.opts.timeout) as resp:
                     raw = resp.read(MAX_BODY + 1)
-                return parse_json(raw, url, what)
+                return parse_json(raw, url, what, self._redact)
             except urllib.error.HTTPError as err:
-                text = error_text(err)
+                text = self._redact(error_text(err))  # a server may echo what it was sent
                 if err.code in RETRY_STATUSES and not last:
                     self._sleep(self._wait(attempt, err.headers.get("Retry-After")))
                     continue
@@ -119,6 +119,10 @@ class Client:
                     continue
                 raise self._unreachable(url, what, err.reason) from None
         raise AssertionError("unreachable")  # the loop returns or raises
+
+    def _redact(self, text: str) -> str:
+        key = self.opts.api_key
+        return text.replace(key, "***") if key else text
 
     def _wait(self, attempt: int, retry_after: str | None) -> float:
         wait = self.opts.backoff * (2 ** attempt)
@@ -145,14 +149,14 @@ class Client:
                              hint="Check the --endpoint URL and the network.")
 
 
-def parse_json(raw: bytes, url: str, what: str) -> dict:
+def parse_json(raw: bytes, url: str, what: str, redact=lambda text: text) -> dict:
     if len(raw) > MAX_BODY:
         raise EndpointError(f"{url}: malformed response ({what}): more than {MAX_BODY} bytes")
     try:
         doc = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
-        raise EndpointError(f"{url}: malformed response ({what}): not JSON: "
-                            f"{raw[:120].decode('utf-8', 'replace')!r}",
+        start = redact(raw[:120].decode("utf-8", "replace"))
+        raise EndpointError(f"{url}: malformed response ({what}): not JSON: {start!r}",
                             hint="Is --endpoint an OpenAI-compatible server?") from None
     if not isinstance(doc, dict):
         raise EndpointError(f"{url}: malformed response ({what}): a JSON "
