@@ -158,3 +158,40 @@ def verdicts(names: Sequence[tuple[str, str]], reference: Sequence[GenerationRes
         mine = [c for c in served.completions if c.adapter == name]
         out.append(judge(name, adapter, list(ours.completions), base, mine, decode))
     return out
+
+
+def run_verify(opts, pairs: Sequence[tuple[str, str]], specs: Sequence[PromptSpec], *,
+               base_ref: str | None = None, model: str | None = None,
+               max_new_tokens: int = 16, placement=None, hub=None, concurrency: int = 8,
+               on_step: Callable[[str], None] | None = None) -> VerifyReport:
+    """``pairs``: (served name, local adapter). The server is asked first (a server that is not
+    there fails in a second, not after loading the base), then our engine runs the reference:
+    the base alone and each adapter alone, greedy, in the given placement."""
+    from adapterctl.core.engine.session import AdapterChoice, Placement
+    from adapterctl.core.generate.run import open_generation, run_generation
+    from adapterctl.core.serve.client import Client
+    from adapterctl.core.serve.endpoint import EndpointRun, list_models, resolve_names
+    from adapterctl.errors import EndpointError
+
+    step = on_step or (lambda text: None)
+    cfg = greedy(max_new_tokens)
+    specs = verify_specs(specs)
+    client = Client(opts)
+    names = [n for n, _ in pairs]
+    served_names = resolve_names(list_models(client), client.root, model, base_ref, names)
+    step(f"asking {client.root} for {len(specs)} prompt(s) x {len(names)} adapter(s)")
+    pinned = [PromptSpec(s.id, s.prompt, n, s.max_new_tokens) for n in names for s in specs]
+    (served,) = EndpointRun(client, served_names, concurrency).generate(pinned, cfg)
+    if served.error is not None:
+        raise served.error
+    if len(served.completions) != len(pinned):
+        raise EndpointError(f"{client.root}: {len(pinned) - len(served.completions)} request(s) "
+                            "got no answer")
+    step("running the reference (adapterctl's engine on the local base)")
+    gen = open_generation(base_ref, [AdapterChoice(ref, name=n) for n, ref in pairs], specs,
+                          placement=placement or Placement(), hub=hub, on_step=step)
+    report = run_generation(gen, specs, cfg, compare=True)
+    tok = gen.session.base.tokenizer
+    results = verdicts(pairs, report.results, served,
+                       lambda ids: tok.decode(ids, skip_special_tokens=False))
+    return VerifyReport(client.root, report.base, results, max_new_tokens)
