@@ -83,6 +83,7 @@ def verify_cmd(
         hint="`adapterctl check ADAPTER --engine ENGINE` says what an engine changes; serve "
              "with `adapterctl serve` to convert where needed.")
     out.result({**doc, "error": err.to_dict()}, lambda console: _render(console, report), ok=False)
+    out.error(err)  # on stderr (the JSON document above already carries it)
     raise typer.Exit(err.exit_code)
 
 

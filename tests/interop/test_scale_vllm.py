@@ -104,7 +104,7 @@ def assert_same(theirs: list[dict], mine: list[dict]) -> None:
 def test_jsonl_mixing_five_adapters_and_the_base(tmp_path, adapters):
     prompts = mixed_prompts(tmp_path, adapters)
     args = [BASE, "--prompts", str(prompts), "-n", str(MAX_TOKENS), "--logprobs"]
-    res = vllm_cli("--json", *args, *ENGINE_FLAGS)
+    res = vllm_cli("--json", "generate", *args, *ENGINE_FLAGS)
     assert res.code == 0, res.stdout[-3000:] + res.stderr[-5000:]
     doc = res.json
     assert doc["mode"] == "vllm" and len(doc["completions"]) == 3 * 6
@@ -120,7 +120,7 @@ def test_jsonl_mixing_five_adapters_and_the_base(tmp_path, adapters):
 def test_compare_stop_and_logprobs(adapters):
     args = [BASE, "-a", UPPER, "-a", adapters["rank64"], "--compare", "-n", str(MAX_TOKENS),
             "--stop", ".", "--logprobs", *(x for p in PROMPTS for x in ("-p", p))]
-    res = vllm_cli("--json", *args, *ENGINE_FLAGS)
+    res = vllm_cli("--json", "generate", *args, *ENGINE_FLAGS)
     assert res.code == 0, res.stdout[-3000:] + res.stderr[-5000:]
     doc, mine = res.json, ours(*args, "--dtype", "float32")
     assert doc["mode"] == ["vllm"] * 3 and len(doc["compare"]) == len(PROMPTS)
