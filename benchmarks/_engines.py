@@ -118,8 +118,9 @@ def run_engines(model, folders, texts, args) -> None:
     threads = str(args.threads)
     env = {"OMP_NUM_THREADS": threads, "VLLM_CPU_OMP_THREADS_BIND": "nobind"}
     vllm_py = os.environ.get("ADAPTERCTL_VLLM_PYTHON") or str(DEFAULT_VLLM)
-    rows = {"ours": run_generate(sys.executable, [str(base), *common, "--batch-size",
-                                                  str(args.batch)], env)}
+    # ours in batches of 64 rows (mixed adapters, one forward pass per step); vLLM schedules its
+    # own batches (up to 256 sequences)
+    rows = {"ours": run_generate(sys.executable, [str(base), *common, "--batch-size", "64"], env)}
     if args.engine == "vllm":
         rows["vLLM offline"] = run_generate(vllm_py, [str(base), *common, "--engine", "vllm",
                                                       "--gpu-memory-utilization", "0.2"], env)

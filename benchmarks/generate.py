@@ -13,6 +13,11 @@ PEFT, then times greedy generation of ``--new-tokens`` tokens for a batch of ``-
 Ratios compare like with like: ours against our loop on the base, PEFT against ``model.generate``
 on the base (the loop PEFT runs). ``per step`` excludes the prefill: (t(N tokens) - t(1)) / (N - 1).
 Run: ``flock /tmp/adapterctl-bench.lock python benchmarks/generate.py``.
+
+``--engine vllm`` and/or ``--endpoint URL|auto`` compare engines instead (benchmarks/_engines.py):
+the same JSONL prompts file (``--prompts`` prompts x 4 adapters) through ``adapterctl generate``
+on our engine, on vLLM's offline engine (in vLLM's virtualenv, ``$ADAPTERCTL_VLLM_PYTHON``) and on
+a server (``auto``: ``adapterctl serve`` started on a free port), as tokens per second.
 """
 
 from __future__ import annotations
@@ -121,6 +126,12 @@ def main() -> None:
     ap.add_argument("--clock", choices=("cpu", "wall"), default="cpu",
                     help="process CPU time (default; use with --threads 1) or wall time")
     ap.add_argument("--json", action="store_true", help="print the figures as JSON")
+    ap.add_argument("--engine", choices=("vllm",), help="compare with vLLM's offline engine")
+    ap.add_argument("--endpoint", metavar="URL|auto", help="compare with a server (auto: start "
+                    "one with adapterctl serve)")
+    ap.add_argument("--prompts", type=int, default=64, help="--engine/--endpoint: prompts per "
+                    "adapter")
+    ap.add_argument("--concurrency", type=int, default=64, help="--endpoint: requests in flight")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.set_grad_enabled(False)
@@ -131,6 +142,13 @@ def main() -> None:
     texts = [" ".join(map(str, row.tolist())) for row in ids]
     with tempfile.TemporaryDirectory() as tmp:
         folders = make_adapters(model, Path(tmp), 4, args.r)
+        if args.engine or args.endpoint:
+            from benchmarks._engines import run_engines
+
+            g = torch.Generator().manual_seed(2)
+            more = torch.randint(3, args.vocab, (args.prompts, args.prompt_len), generator=g)
+            run_engines(model, folders, [" ".join(map(str, r.tolist())) for r in more], args)
+            return
         figures = run_all(model, folders, ids, texts, args)
     report(figures, n_params, args)
 

@@ -1,0 +1,109 @@
+"""``serve --dry-run``: the server's command line, the adapters checked with the engine's rules
+and converted where that is exact (DoRA for vLLM), the LoRA limits, reuse of converted copies,
+SGLang's flags, and every refusal. The real server is started in tests/interop/test_scale_vllm.py."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import make_peft_adapter
+from tests.helpers import REPO, invoke, run_cli
+
+BASE = "examples/tiny-base"
+UPPER = "examples/upper-lora"
+DORA = "examples/dragon-dora"
+
+
+def dry(*args, convert_dir: Path, extra=()):
+    return invoke("--json", "serve", BASE, *args, "--dry-run", "--convert-dir", str(convert_dir),
+                  *(["--", *extra] if extra else []))
+
+
+def test_vllm_command_line_with_a_converted_dora_adapter(tmp_path):
+    res = dry("-a", f"upper={UPPER}", "-a", f"dragon={DORA}", "--port", "8123",
+              convert_dir=tmp_path, extra=["--dtype", "float32"])
+    assert res.code == 0, res.stdout + res.stderr
+    doc = res.json
+    argv = doc["command"]
+    assert argv[1:3] == ["-m", "vllm.entrypoints.openai.api_server"]
+    upper, dragon = doc["adapters"]
+    assert not upper["converted"] and upper["verdict"] == "serves"
+    assert dragon["converted"] and dragon["verdict"] == "refuses"
+    assert Path(dragon["path"]).parent == tmp_path
+    cfg = json.loads((Path(dragon["path"]) / "adapter_config.json").read_text())
+    assert cfg["use_dora"] is False and cfg["r"] <= 256
+    i = argv.index("--lora-modules")
+    assert argv[i + 1:i + 3] == [f"upper={(REPO / UPPER).resolve()}", f"dragon={dragon['path']}"]
+    # DoRA as an exact LoRA has full rank (192 here): vLLM's next accepted rank is 256; one
+    # LoRA slot more than adapters (vLLM's CPU kernels send base rows to the last slot)
+    assert doc["limits"] == {"max_lora_rank": 256, "max_loras": 3}
+    assert argv[argv.index("--max-lora-rank") + 1] == "256"
+    assert argv[-6:] == ["--host", "127.0.0.1", "--port", "8123", "--dtype", "float32"]
+
+
+def test_converted_dora_generates_what_the_dora_adapter_does(tmp_path):
+    res = dry("-a", f"dragon={DORA}", convert_dir=tmp_path)
+    path = res.json["adapters"][0]["path"]
+    runs = [invoke("--json", "-q", "generate", BASE, "-a", a, "-p", "the little fox", "-p",
+                   "at night,", "-n", "16", "--dtype", "float32") for a in (DORA, path)]
+    ids = [[c["completion_token_ids"] for c in r.json["completions"]] for r in runs]
+    assert ids[0] == ids[1]
+
+
+def test_converted_copies_are_reused(tmp_path):
+    first = dry("-a", f"dragon={DORA}", convert_dir=tmp_path).json["adapters"][0]
+    second = dry("-a", f"dragon={DORA}", convert_dir=tmp_path).json["adapters"][0]
+    assert first["path"] == second["path"] and second["notes"] == ["converted copy reused"]
+
+
+def test_sglang_flags(tmp_path):
+    res = dry("-a", f"upper={UPPER}", "--engine", "sglang", convert_dir=tmp_path)
+    assert res.code == 0, res.stdout
+    argv = res.json["command"]
+    assert argv[1:5] == ["-m", "sglang.launch_server", "--model-path", BASE]
+    assert argv[argv.index("--lora-paths") + 1] == f"upper={(REPO / UPPER).resolve()}"
+    assert argv[argv.index("--max-loras-per-batch") + 1] == "1"
+    assert argv[argv.index("--max-lora-rank") + 1] == "8"
+
+
+def test_human_dry_run_prints_the_command_line(tmp_path):
+    res = invoke("serve", BASE, "-a", f"upper={UPPER}", "--dry-run", "--convert-dir",
+                 str(tmp_path))
+    assert res.code == 0
+    assert "vllm.entrypoints.openai.api_server --model examples/tiny-base --enable-lora" in \
+        res.stdout
+    assert "upper" in res.stdout and "serves" in res.stdout
+
+
+def test_an_adapter_no_exact_conversion_fixes_is_refused(tmp_path):
+    bad = make_peft_adapter(REPO / BASE, tmp_path / "biased", r=4, lora_alpha=8, lora_bias=True,
+                            target_modules=["q_proj"])
+    res = dry("-a", f"b={bad}", convert_dir=tmp_path / "conv")
+    assert res.code == 5
+    err = res.json["error"]
+    assert "vllm refuses" in err["message"] and "biased" in err["message"]
+    assert "--drop-unsupported" in err["hint"]
+
+
+@pytest.mark.parametrize("args, words", [
+    (["-a", f"x={UPPER}", "-a", f"x={DORA}"], "must be unique"),
+    (["-a", f"{BASE}={UPPER}"], "base model's name"),
+    (["--engine", "tgi"], "not an engine with a server"),
+    (["--port", "0"], "--port must be in 1-65535"),
+])
+def test_usage_errors(tmp_path, args, words):
+    res = dry(*args, convert_dir=tmp_path)
+    assert res.code == 2 and words in res.json["error"]["message"]
+
+
+def test_json_needs_dry_run():
+    res = invoke("--json", "serve", BASE, "-a", UPPER)
+    assert res.code == 2 and "--dry-run" in res.json["error"]["message"]
+
+
+def test_no_vllm_in_this_python_and_no_python_given():
+    res = run_cli("serve", BASE, "-a", UPPER)
+    assert res.code == 7 and "`vllm`" in res.stderr and "--python" in res.stderr
