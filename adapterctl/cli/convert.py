@@ -7,7 +7,7 @@ import typer
 from adapterctl.cli.common import RevisionOpt, TokenOpt, examples, hub_options
 from adapterctl.cli.output import get_output
 
-PANEL_MODE = "Conversion (pick one; --dtype, --for-serving and --to-safetensors combine)"
+PANEL_MODE = "Conversion (pick one; --dtype, --for and --to-safetensors combine)"
 PANEL_OUT = "Output"
 
 
@@ -39,9 +39,19 @@ def convert_cmd(
                                         "weights_only=True).", rich_help_panel=PANEL_MODE),
     dtype: str = typer.Option(None, "--dtype", metavar="DTYPE",
                               help="Cast the written tensors: float32, bfloat16 or float16.", rich_help_panel=PANEL_MODE),
-    for_serving: bool = typer.Option(False, "--for-serving", help="Strip full-weight extras "
-                                     "(modules_to_save, biases, embeddings, token rows) that "
-                                     "vLLM and llama.cpp reject.", rich_help_panel=PANEL_MODE),
+    for_engine: list[str] = typer.Option(None, "--for", metavar="ENGINE", help="Rewrite the "
+                                         "adapter so that this engine serves it as trained "
+                                         "(vllm, sglang, lorax, tgi, llama.cpp, mlx or all): "
+                                         "DoRA to LoRA, extras to full-rank LoRA, scales baked; "
+                                         "or refuse, naming what no LoRA can hold there.",
+                                         rich_help_panel=PANEL_MODE),
+    drop_unsupported: bool = typer.Option(False, "--drop-unsupported", help="With --for: drop "
+                                          "what the engine cannot serve (lora_B biases, norm "
+                                          "weights, ...) and report what that changes.",
+                                          rich_help_panel=PANEL_MODE),
+    for_serving: bool = typer.Option(False, "--for-serving", help="Alias of --for all "
+                                     "--drop-unsupported: what every engine serves, the rest "
+                                     "dropped and reported.", rich_help_panel=PANEL_MODE),
     force: bool = typer.Option(False, "--force", help="Replace an existing non-empty OUT.",
                                rich_help_panel=PANEL_OUT),
     revision: str = RevisionOpt,
@@ -53,7 +63,8 @@ def convert_cmd(
     out = get_output()
     req = ConvertRequest(source, output, force, pissa_init, base, extract, rank, energy, dtype,
                          for_serving, to_safetensors, skip_unfactorable, source_name=source,
-                         base_name=base or extract)
+                         base_name=base or extract, for_engine=tuple(for_engine or ()),
+                         drop_unsupported=drop_unsupported)
     if dtype is not None and dtype not in ("float32", "bfloat16", "float16"):
         from adapterctl.errors import UsageError
 
@@ -117,5 +128,6 @@ def register(app: typer.Typer) -> None:
             "adapterctl convert --pissa-init ./pissa-init ./pissa-trained ./lora",
             "adapterctl convert --rank 8 ./my-lora ./my-lora-r8",
             "adapterctl convert --extract ./base-model ./finetuned-model ./extracted --rank 32",
+            "adapterctl convert ./dora-adapter ./for-vllm --for vllm --base ./base-model --rank 64",
         ),
     )(convert_cmd)

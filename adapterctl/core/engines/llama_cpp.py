@@ -34,7 +34,7 @@ from adapterctl.core.engines.rules import (
     worst_fix,
 )
 
-VERSION = "llama-cpp-python 0.3.36 vendored tree"
+VERSION = "pypi-0.3.36"
 CONVERTER = Source("llama.cpp", VERSION, "convert_lora_to_gguf.py")
 MAPPER = Source("llama.cpp", VERSION, "conversion/base.py")
 ADAPTER = Source("llama.cpp", VERSION, "src/llama-adapter.cpp")

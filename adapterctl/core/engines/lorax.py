@@ -33,17 +33,15 @@ from adapterctl.core.engines.rules import (
     unmatched_modules,
 )
 
-VERSION = "main@a7394ba3 (after 0.12.1)"
+VERSION = "a7394ba3"
 LORA = Source("lorax", VERSION, "server/lorax_server/adapters/lora.py")
 MODEL = Source("lorax", VERSION, "server/lorax_server/models/model.py")
-
-CAPS = Caps(rslora=True, alpha_pattern=False, rank_pattern=False, dora=False, lora_bias=False,
-            embedding_lora=False, lm_head_lora=True, all_layers=True)
-
 
 #: ``ADAPTER_LAYERS`` of the Llama-family models (server/lorax_server/models/flash_llama.py)
 LLAMA_LAYERS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
                 "lm_head")
+CAPS = Caps(rslora=True, alpha_pattern=False, rank_pattern=False, dora=False, lora_bias=False,
+            embedding_lora=False, lm_head_lora=True, all_layers=True, lora_modules=LLAMA_LAYERS)
 
 
 def punica_rules(engine: str, lora: Source, unused: Source, unused_words: str,

@@ -98,6 +98,8 @@ class Caps:
     all_layers: bool = False  # a module kind must be adapted in every layer (else skipped)
     list_targets: bool = False  # target_modules must be a list (no regex string)
     max_rank: int | None = None
+    #: the only module names the engine attaches LoRA to (None: any linear layer)
+    lora_modules: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)

@@ -17,12 +17,12 @@ from adapterctl.core.engines.lorax import CAPS as LORAX_CAPS
 from adapterctl.core.engines.lorax import punica_rules
 from adapterctl.core.engines.rules import Engine, Source
 
-VERSION = "main@45d95bdc (3.3)"
+VERSION = "45d95bdc"
 LORA = Source("tgi", VERSION, "server/text_generation_server/adapters/lora.py")
 MODELS = Source("tgi", VERSION, "server/text_generation_server/models/__init__.py")
 #: ``adapter_layers`` in get_model_with_lora_adapters
 LAYERS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-CAPS = replace(LORAX_CAPS, lm_head_lora=False)
+CAPS = replace(LORAX_CAPS, lm_head_lora=False, lora_modules=LAYERS)
 
 ENGINE = Engine(name="tgi", title="TGI", version=VERSION, caps=CAPS,
                 rules=punica_rules("tgi", LORA, MODELS, '"unused adapter weights" warning',
