@@ -412,12 +412,14 @@ def _module_keys(work: _Work, path: str, kind: str) -> tuple[str, str]:
 
 def _finish(work: _Work, names: list[str], caps: Caps) -> AdapterDraft:
     config = _target_config(work, uniform=not caps.rank_pattern)
+    if not caps.rank_pattern and len({f.r for f in work.mods.values()}) > 1:
+        work.notes.append(f"ranks zero-padded to one r={config['r']} (the engine takes one rank "
+                          "for every module; zero rows and columns are exact)")
     if _needs_bake(work, config, names):
         config = _target_config(work, bake=True, uniform=not caps.rank_pattern)
         work.notes.append("scales baked into lora_B (use_rslora=false, no alpha_pattern, "
                           f"lora_alpha=r={config['r']}): the engine computes one scale per module "
-                          "from r and lora_alpha" + ("; ranks zero-padded to one r"
-                                                     if not caps.rank_pattern else ""))
+                          "from r and lora_alpha")
     tensors = _tensors(work, config)
     flags = _verify(work, config, tensors, names)
     if flags:

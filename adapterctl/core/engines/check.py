@@ -14,7 +14,6 @@ from pathlib import Path
 from adapterctl.core.engines import llama_cpp, lorax, mlx, sglang, tgi, vllm
 from adapterctl.core.engines.facts import AdapterFacts, BaseFacts
 from adapterctl.core.engines.rules import (
-    FIX_ORDER,
     CheckContext,
     Engine,
     EngineVerdict,
@@ -77,7 +76,7 @@ def fix_command(engine: Engine, facts: AdapterFacts, findings: list[Finding],
         return None
     out = f"{Path(facts.source.rstrip('/')).name or 'adapter'}-{engine.name.replace('.', '')}"
     cmd = ["adapterctl", "convert", facts.source, out, "--for", engine.name]
-    if any(FIX_ORDER[f.fix] >= FIX_ORDER["base"] for f in bad):
+    if any(f.fix == "base" for f in bad):
         cmd += ["--base", base_arg or facts.config.base_model_name_or_path or "BASE"]
     if fix == "drop":
         cmd.append("--drop-unsupported")

@@ -117,6 +117,11 @@ class BaseFacts:
         if self.params is None:
             return None
         key = find_checkpoint_key(param, self.params)
+        if key is None and param.endswith(".weight") and is_lm_head_name(param[:-7]) \
+                and self.tie_word_embeddings:
+            # a tied lm_head is not saved: it is the input embedding's table
+            key = next((k for k in self.params if k.endswith(".weight")
+                        and is_embedding_name(k[:-7])), None)
         return tuple(self.params[key]) if key else None
 
     @property
