@@ -58,21 +58,39 @@ def check_cmd(
 
 
 def render(console, report) -> None:
+    """A verdict matrix (adapters x engines), then, for each verdict that is not a plain
+    'serves', why (with the engine source) and the fix."""
     from rich.markup import escape
     from rich.table import Table
 
-    t = Table(show_lines=True)
-    for col in ("adapter", "engine", "verdict", "why", "fix"):
-        t.add_column(col, overflow="fold")
-    for r in report.results:
-        style = VERDICT_STYLE[r.verdict]
-        verdict = f"[{style}]{r.verdict}[/{style}]" + (" (flags)" if r.flags and r.verdict ==
-                                                       "serves" else "")
-        why = "\n".join(f"- {escape(f.message)} [dim]({escape(f.source.file)})[/dim]"
-                        for f in r.reasons) or "-"
-        fix = escape(r.fix) if r.fix else ("-" if r.verdict == "serves" else "[red]none[/red]")
-        t.add_row(escape(r.adapter), f"{r.engine} {escape(r.engine_version)}", verdict, why, fix)
+    engines = list(dict.fromkeys(r.engine for r in report.results))
+    adapters = list(dict.fromkeys(r.adapter for r in report.results))
+    cell = {(r.adapter, r.engine): r for r in report.results}
+    t = Table()
+    t.add_column("adapter")
+    for e in engines:
+        version = next(r.engine_version for r in report.results if r.engine == e)
+        t.add_column(f"{e}\n[dim]{escape(version)}[/dim]", justify="center")
+    for a in adapters:
+        row = []
+        for e in engines:
+            r = cell[(a, e)]
+            style = VERDICT_STYLE[r.verdict]
+            row.append(f"[{style}]{r.verdict}[/{style}]" + ("+flags" if r.flags else ""))
+        t.add_row(escape(a), *row)
     console.print(t)
+    for r in report.results:
+        if r.verdict == "serves" and not r.flags:
+            continue
+        style = VERDICT_STYLE[r.verdict]
+        console.print(f"\n{escape(r.adapter)} on {r.engine} {escape(r.engine_version)}: "
+                      f"[{style}]{r.verdict}[/{style}]")
+        for f in r.reasons:
+            console.print(f"  - {escape(f.message)} [dim]({escape(f.source.file)})[/dim]")
+        if r.fix:
+            console.print(f"  fix: {escape(r.fix)}")
+        elif r.verdict != "serves":
+            console.print("  fix: [red]none[/red] (adapterctl cannot rewrite this for the engine)")
 
 
 def register(app: typer.Typer) -> None:
