@@ -87,6 +87,8 @@ def render(console, report) -> None:
                       f"[{style}]{r.verdict}[/{style}]")
         for f in r.reasons:
             console.print(f"  - {escape(f.message)} [dim]({escape(f.source.file)})[/dim]")
+        if r.flags and r.verdict != "serves":
+            console.print(f"  serving flags: {escape(' '.join(r.flags))}")
         if r.fix:
             console.print(f"  fix: {escape(r.fix)}")
         elif r.verdict != "serves":

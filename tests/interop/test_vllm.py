@@ -75,9 +75,10 @@ def start_runner(tmp: Path, tag: str, adapters: dict[str, Path], max_lora_rank: 
            "TOKENIZERS_PARALLELISM": "false", "VLLM_CPU_OMP_THREADS_BIND": "nobind",
            "OMP_NUM_THREADS": "1"}
     env.pop("PYTHONPATH", None)  # vLLM's own environment, not ours
-    proc = subprocess.Popen([vllm_python(), str(REPO / "tests/interop/vllm_runner.py"),
-                             str(tmp / f"{tag}.spec.json"), str(tmp / f"{tag}.result.json")],
-                            stdout=open(log, "w"), stderr=subprocess.STDOUT, env=env, cwd=tmp)
+    with open(log, "w") as out:  # the child keeps its own copy of the descriptor
+        proc = subprocess.Popen([vllm_python(), str(REPO / "tests/interop/vllm_runner.py"),
+                                 str(tmp / f"{tag}.spec.json"), str(tmp / f"{tag}.result.json")],
+                                stdout=out, stderr=subprocess.STDOUT, env=env, cwd=tmp)
     return proc, tmp / f"{tag}.result.json", log
 
 
@@ -146,10 +147,10 @@ def engine_words(message: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def interop(tmp_path_factory):
+    import time
+
     from adapterctl.core.convert.pipeline import ConvertRequest, run_convert
     from adapterctl.errors import UnsupportedError
-
-    import time
 
     clock = [time.time()]
 

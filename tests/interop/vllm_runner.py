@@ -70,15 +70,16 @@ def engine(spec: dict) -> dict:
 def main(spec_path: str, result_path: str) -> None:
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     start = time.time()
-    spec = json.load(open(spec_path))
+    with open(spec_path) as f:
+        spec = json.load(f)
     import vllm
 
     adapters = validate(spec) if spec.get("mode") == "validate" else engine(spec)
     seconds = {"total": round(time.time() - start, 1)}
     if "_ready" in spec:
         seconds["engine_start"] = round(spec["_ready"] - start, 1)
-    json.dump({"vllm": vllm.__version__, "adapters": adapters, "seconds": seconds},
-              open(result_path, "w"))
+    with open(result_path, "w") as f:
+        json.dump({"vllm": vllm.__version__, "adapters": adapters, "seconds": seconds}, f)
 
 
 if __name__ == "__main__":  # vLLM's workers re-import the main module
