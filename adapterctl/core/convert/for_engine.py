@@ -138,7 +138,15 @@ def convert_for_engine(draft: AdapterDraft, req: ForEngine) -> AdapterDraft:
 
 # ----- refusals up front ---------------------------------------------------------------------
 def _refuse_unfixable(work: _Work, names: list[str]) -> None:
+    from adapterctl.core.engines.rules import resized_tables
+
     facts = _facts(work.draft.config, work.draft.tensors, work)
+    resized = resized_tables(facts)
+    if resized:
+        raise UnsupportedError(f"{work.draft.source}: {resized[0]}: the adapter was trained with "
+                               "a resized vocabulary, which no LoRA can add",
+                               hint="Serve the resized base model (merge the adapter into it: "
+                               "adapterctl merge).")
     for name in names:
         _, findings = evaluate(ENGINES[name], facts)
         for f in findings:

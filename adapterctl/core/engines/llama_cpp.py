@@ -96,7 +96,7 @@ def _full_tensors(facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
         extra = (" Embeddings is present in the adapter. This can be due to new tokens added "
                  "during fine tuning" if any(is_embedding_name(t.module) or is_lm_head_name(t.module)
                                              for t in others) else "")
-        fixes = [tensor_fix(t, CAPS) for t in others] + ["base"] * len(tokens)
+        fixes = [tensor_fix(t, CAPS, facts) for t in others] + ["base"] * len(tokens)
         out.append(_f("full_tensors", "refuses", _unexpected(first) + "." + extra
                       + f" ({len(others) + len(tokens)} such tensors)", CONVERTER,
                       worst_fix(fixes)))

@@ -74,7 +74,7 @@ def _extras(facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
     names += [f"{e}.token_adapter.trainable_tokens_delta" for e in facts.trainable_tokens]
     if not names:
         return []
-    fixes = [tensor_fix(t, CAPS) for t in full] + ["drop"] * sum(m.lora_bias for m in facts.modules)
+    fixes = [tensor_fix(t, CAPS, facts) for t in full] + ["drop"] * sum(m.lora_bias for m in facts.modules)
     fixes += ["base"] * len(facts.trainable_tokens)
     return [_f("not_adapter_parameters", "refuses", f"{names[0]}: not an adapter parameter in "
                f"the model ({len(names)} tensors other than lora_a/lora_b/m)", UTILS,

@@ -211,6 +211,16 @@ def partial_kinds(facts: AdapterFacts) -> dict[str, list[int]]:
             for name, seen in layers.items() if len(seen) < n}
 
 
+def resized_tables(facts: AdapterFacts) -> list[str]:
+    """Full tensors whose shape differs from the base's (a resized vocabulary), described."""
+    out = []
+    for t in facts.full_tensors:
+        base_shape = facts.base.param_shape(t.param) if facts.base else None
+        if base_shape is not None and base_shape != t.shape:
+            out.append(f"{t.param} is {list(t.shape)}, the base's {list(base_shape)}")
+    return out
+
+
 #: how hard a finding is to remove with ``convert --for``, easiest first
 FIX_ORDER = {"convert": 0, "base": 1, "drop": 2, None: 3}
 
@@ -219,9 +229,13 @@ def worst_fix(fixes) -> str | None:
     return max(fixes, key=lambda f: FIX_ORDER[f], default="convert")
 
 
-def tensor_fix(t: FullTensor, caps: Caps) -> str:
+def tensor_fix(t: FullTensor, caps: Caps, facts: AdapterFacts | None = None) -> str | None:
     """What convert can do with a full tensor: a 2-D weight of a module the engine adapts with
-    LoRA becomes a full-rank LoRA (exact, needs the base); anything else can only be dropped."""
+    LoRA becomes a full-rank LoRA (exact, needs the base); anything else can only be dropped.
+    A table of another shape than the base's (a resized vocabulary): nothing."""
+    base_shape = facts.base.param_shape(t.param) if facts is not None and facts.base else None
+    if base_shape is not None and base_shape != t.shape:
+        return None
     if len(t.shape) != 2 or not t.param.endswith(".weight"):
         return "drop"
     if is_embedding_name(t.module):

@@ -97,7 +97,7 @@ def _ignored_tensors(facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
     names += [f"{e}.token_adapter.trainable_tokens_delta" for e in facts.trainable_tokens]
     if not names:
         return []
-    fixes = [tensor_fix(t, CAPS) for t in full] + ["drop"] * sum(m.lora_bias for m in facts.modules)
+    fixes = [tensor_fix(t, CAPS, facts) for t in full] + ["drop"] * sum(m.lora_bias for m in facts.modules)
     fixes += ["base"] * len(facts.trainable_tokens)
     return [_f("ignored_tensors", "changes", f"{len(names)} tensors are not lora_A/lora_B "
                f"weights and never reach SGLang's LoRA buffers, so what they replace or add is "

@@ -30,6 +30,7 @@ from adapterctl.core.engines.rules import (
     Rule,
     Source,
     per_layer,
+    resized_tables,
     tensor_fix,
     unmatched_modules,
     worst_fix,
@@ -63,10 +64,13 @@ def _modules_to_save(facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
     bad = [m for m in facts.config.modules_to_save or [] if m not in CLASSIFIER_MODULES]
     if not bad:
         return []
-    fix = worst_fix([tensor_fix(t, CAPS) for t in facts.by_role("modules_to_save")] or ["convert"])
+    fix = worst_fix([tensor_fix(t, CAPS, facts) for t in facts.by_role("modules_to_save")]
+                    or ["convert"])
+    resized = resized_tables(facts)
     return [_f("modules_to_save", "refuses",
                'vLLM only supports modules_to_save being either None or ["classifier", "score"] '
-               f"for classification models. Unsupported modules_to_save: {bad}",
+               f"for classification models. Unsupported modules_to_save: {bad}"
+               + (f" (and the vocabulary was resized: {resized[0]})" if resized else ""),
                PEFT_HELPER, fix)]
 
 
@@ -152,7 +156,7 @@ def _tensor_names(facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
             and t.module.rsplit(".", 1)[-1] not in CLASSIFIER_MODULES
             and not (t.role == "modules_to_save" and facts.config.modules_to_save)]
     bad = [t.key for t in full]
-    fixes = [tensor_fix(t, CAPS) for t in full]
+    fixes = [tensor_fix(t, CAPS, facts) for t in full]
     for emb in facts.trainable_tokens:
         bad.append(emb + ".token_adapter.trainable_tokens_delta")
         fixes.append("base" if CAPS.embedding_lora else "drop")

@@ -160,3 +160,30 @@ def test_what_no_conversion_can_fix_is_refused_up_front(peft_adapter, tmp_path):
     (bad / "adapter_model.safetensors").write_bytes((src / "adapter_model.safetensors").read_bytes())
     res = invoke("--json", "convert", bad, tmp_path / "o", "--for", "vllm")
     assert res.code == 5 and "convert cannot make vllm serve" in res.json["error"]["message"]
+
+
+def test_dora_on_gpt2_conv1d_layers(peft_adapter, tiny_models, tmp_path):
+    """Conv1D stores W as (in, out): the DoRA change is transposed into the LoRA layout."""
+    base = tiny_models["gpt2"]
+    src = peft_adapter("gpt2", r=4, target_modules=["c_attn", "c_proj"], use_dora=True)
+    convert(src, tmp_path / "o", base, rank=64, for_engine=("vllm",))
+    same_logits(base, src, tmp_path / "o", atol=1e-4)
+
+
+def test_a_resized_vocabulary_is_refused(peft_adapter, tiny_models, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    src = peft_adapter("llama", r=4, target_modules=["q_proj"], modules_to_save=["lm_head"])
+    tensors = load_file(str(src / "adapter_model.safetensors"))
+    key = next(k for k in tensors if k.endswith("lm_head.weight"))
+    tensors[key] = torch.cat([tensors[key], tensors[key][:4]])  # 4 new tokens
+    bad = tmp_path / "resized"
+    bad.mkdir()
+    (bad / "adapter_config.json").write_text((src / "adapter_config.json").read_text())
+    save_file(tensors, str(bad / "adapter_model.safetensors"), metadata={"format": "pt"})
+    v = verdict(bad, "vllm", tiny_models["llama"])
+    assert v.verdict == "refuses" and v.fix is None
+    res = invoke("--json", "convert", bad, tmp_path / "o", "--for", "vllm", "--base",
+                 tiny_models["llama"])
+    assert res.code == 5 and "trained with a resized vocabulary" in res.json["error"]["message"]
+    assert "lm_head.weight is [388, 64], the base's [384, 64]" in res.json["error"]["message"]
