@@ -34,7 +34,8 @@ def check_cmd(
     out = get_output()
     names = engine_names(engine)  # usage errors before any download
     hub = hub_options(revision, token)
-    folders = [(str(resolve_adapter_dir(a, hub, header_only=True)), a) for a in adapters]
+    folders = [(str(resolve_adapter_dir(a, hub, need_weights=False, header_only=True)), a)
+               for a in adapters]
     base_ref = None
     if base:
         base_ref = (str(resolve_model_dir(base, hub_options(None, token), need_weights=False,
