@@ -108,3 +108,17 @@ def test_modules_of_another_wrapper_change_nothing_and_are_counted_per_layer(tmp
     assert "8 of 8 adapted modules match no module of" in reason
     assert "2 per layer in layers 0-3 (q_proj, v_proj)" in reason
     assert res.json["results"][0]["fix"] is None  # no conversion can guess the right module
+
+
+def test_a_broken_adapter_gets_inspects_error_not_verdicts(tmp_path):
+    import torch
+
+    folder = write_adapter(tmp_path / "broken", {"r": 4, "lora_alpha": 4},
+                           {"base_model.model.q_proj.lora_A.weight": torch.ones(8, 16),
+                            "base_model.model.q_proj.lora_B.weight": torch.ones(16, 8)})
+    res = invoke("--json", "check", folder)
+    assert res.code == 4 and "config gives r=4 but lora_A has shape [8, 16]" in \
+        res.json["error"]["message"]
+    (folder / "adapter_model.safetensors").unlink()
+    res = invoke("--json", "check", folder)
+    assert res.code == 3 and "no adapter_model.safetensors" in res.json["error"]["message"]

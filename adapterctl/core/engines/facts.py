@@ -181,14 +181,20 @@ def facts_from_parts(config_doc: dict, shapes: dict[str, tuple[int, ...]], sourc
                      files: frozenset[str] = frozenset(), base: BaseFacts | None = None,
                      added_token_ids: tuple[int, ...] = ()) -> AdapterFacts:
     """Facts from a parsed adapter_config.json and the tensor names/shapes of its weights."""
+    from adapterctl.errors import InvalidAdapterError
+
     cfg = parse_adapter_config(config_doc, source)
+    if not shapes:
+        raise InvalidAdapterError(f"{source}: the weights file holds no tensors",
+                                  hint="Save the adapter again after training.")
     layout = split_keys(shapes)
     model_type = base.model_type if base else None
     modules = []
     for path, mk in layout.modules.items():
-        if "A" not in mk.shapes or "B" not in mk.shapes:
-            continue  # inspect reports unpaired tensors; nothing an engine could load
-        _, alpha, scaling = module_scaling(cfg, path)  # the rank is the tensor's
+        r, alpha, scaling = module_scaling(cfg, path)
+        _check_module(mk, r, cfg, source)
+        if "A" not in mk.shapes:
+            continue  # KaSA's lora_diag alone; the tensor rules name it
         base_shape = base.param_shape(path + ".weight") if base else None
         kind = base_layer_kind(mk.embedding, mk.shapes["A"], mk.shapes["B"], base_shape,
                                model_type, cfg.fan_in_fan_out)
@@ -204,11 +210,30 @@ def facts_from_parts(config_doc: dict, shapes: dict[str, tuple[int, ...]], sourc
                         tokens, tuple(layout.unknown), files, base, added_token_ids)
 
 
+def _check_module(mk, r: int, cfg: LoraAdapterConfig, source: str) -> None:
+    """Broken files get an error, not verdicts (the same checks as inspect's, spec 11.4)."""
+    from adapterctl.errors import InvalidAdapterError
+
+    a, b = mk.shapes.get("A"), mk.shapes.get("B")
+    hint = "The file is incomplete or inconsistent; see adapterctl inspect, save it again."
+    if (a is None) != (b is None):
+        raise InvalidAdapterError(f"{source}: {mk.path}: has lora_{'A' if a else 'B'} but no "
+                                  f"lora_{'B' if a else 'A'}", hint=hint)
+    if a is None:
+        return
+    if len(a) < 2 or len(b) < 2 or a[0] != r or (len(a) == 2 and b[1] != a[0]):
+        raise InvalidAdapterError(f"{source}: {mk.path}: config gives r={r} but lora_A has shape "
+                                  f"{list(a)} and lora_B {list(b)}", hint=hint)
+    if "magnitude" in mk.keys and not cfg.use_dora:
+        raise InvalidAdapterError(f"{source}: {mk.path}: has lora_magnitude_vector but use_dora "
+                                  "is false", hint=hint)
+
+
 def read_adapter_facts(folder: str | Path, source: str | None = None,
                        base: BaseFacts | None = None) -> AdapterFacts:
     """Facts of an adapter folder, from adapter_config.json and the safetensors header."""
     from adapterctl.core.adapter.config import check_lora_type, read_adapter_config
-    from adapterctl.errors import UnsupportedError
+    from adapterctl.errors import NotFoundError, UnsupportedError
     from adapterctl.io.adapter_dir import locate_adapter_files
     from adapterctl.io.files import read_json_object
     from adapterctl.io.safetensors_header import read_safetensors_header
@@ -216,10 +241,12 @@ def read_adapter_facts(folder: str | Path, source: str | None = None,
     files = locate_adapter_files(folder, source)
     check_lora_type(read_adapter_config(files.config), files.source)
     doc = read_json_object(files.config, "adapter_config.json")
+    if files.weights is None:
+        raise NotFoundError(f"{files.source}: no adapter_model.safetensors (or adapter_model.bin)",
+                            hint="Copy or download the weights file too.")
     if files.weights_format != "safetensors":
         raise UnsupportedError(
-            f"{files.source}: " + ("no adapter_model.safetensors" if files.weights is None else
-                                   f"{files.weights.name} is a legacy pickle file"),
+            f"{files.source}: {files.weights.name} is a legacy pickle file",
             hint="check reads safetensors headers only; convert it first: "
             f"adapterctl convert --to-safetensors {files.source} OUT")
     header = read_safetensors_header(files.weights)
