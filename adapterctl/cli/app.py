@@ -66,9 +66,9 @@ def root(
 
 
 def _register_commands() -> None:
-    from adapterctl.cli import attach, convert, generate, inspect, merge, push
+    from adapterctl.cli import attach, check, convert, generate, inspect, merge, push
 
-    for module in (inspect, attach, convert, merge, push, generate):
+    for module in (inspect, check, attach, convert, merge, push, generate):
         module.register(app)
 
 
