@@ -20,6 +20,7 @@ EXIT_CODES: dict[int, str] = {
     7: "missing dependency or hardware (e.g. bitsandbytes, CUDA)",
     8: "Hub or network error (auth, permissions, connection, server errors)",
     9: "I/O error (disk full, permission denied, output locked by another run)",
+    10: "check found an engine that will not serve the adapter as trained (changes or refuses)",
     130: "interrupted (Ctrl-C)",
 }
 
@@ -96,6 +97,13 @@ class EndpointError(AdapterctlError):
 class OutputIOError(AdapterctlError):
     exit_code = 9
     kind = "io"
+
+
+class NotServedError(AdapterctlError):
+    """``check``: some engine changes or refuses an adapter (CI pipelines gate on this code)."""
+
+    exit_code = 10
+    kind = "not_served"
 
 
 class Interrupted(AdapterctlError):

@@ -66,9 +66,10 @@ def root(
 
 
 def _register_commands() -> None:
-    from adapterctl.cli import attach, convert, generate, inspect, merge, push, serve, verify
+    from adapterctl.cli import (attach, check, convert, generate, inspect, merge, push, serve,
+                                verify)
 
-    for module in (inspect, attach, convert, merge, push, generate, serve, verify):
+    for module in (inspect, check, attach, convert, merge, push, generate, serve, verify):
         module.register(app)
 
 

@@ -11,7 +11,7 @@ from adapterctl.cli.options import Revision, Token, dtype_option, examples, hub_
 from adapterctl.cli.output import get_output
 from adapterctl.errors import UsageError
 
-PANEL_MODE = "Conversion (pick one; --dtype, --for-serving and --to-safetensors combine)"
+PANEL_MODE = "Conversion (pick one; --dtype, --for and --to-safetensors combine)"
 CastDtype = dtype_option("Cast the written tensors", PANEL_MODE, auto=False)
 
 
@@ -43,9 +43,17 @@ def convert_cmd(
         "--to-safetensors", help="Rewrite a legacy adapter_model.bin as safetensors (loaded with "
         "weights_only=True).", rich_help_panel=PANEL_MODE)] = False,
     dtype: CastDtype = None,
+    for_engine: Annotated[list[str] | None, typer.Option(
+        "--for", metavar="ENGINE", help="Rewrite the adapter so that this engine serves it as "
+        "trained (vllm, sglang, lorax, tgi, llama.cpp, mlx or all): DoRA to LoRA, extras to "
+        "full-rank LoRA, scales baked; or refuse, naming what no LoRA can hold there.",
+        rich_help_panel=PANEL_MODE)] = None,
+    drop_unsupported: Annotated[bool, typer.Option(
+        "--drop-unsupported", help="With --for: drop what the engine cannot serve (lora_B biases, "
+        "norm weights, ...) and report what that changes.", rich_help_panel=PANEL_MODE)] = False,
     for_serving: Annotated[bool, typer.Option(
-        "--for-serving", help="Strip full-weight extras (modules_to_save, biases, embeddings, "
-        "token rows) that vLLM and llama.cpp reject.", rich_help_panel=PANEL_MODE)] = False,
+        "--for-serving", help="Alias of --for all --drop-unsupported: what every engine serves, "
+        "the rest dropped and reported.", rich_help_panel=PANEL_MODE)] = False,
     to: Annotated[str | None, typer.Option(
         "--to", metavar="FORMAT", help="Write another engine's adapter: gguf (llama.cpp / Ollama, "
         "OUT is a .gguf file) or mlx (MLX-LM folder). --base names the base model.",
@@ -68,7 +76,8 @@ def convert_cmd(
     req = ConvertRequest(source, output, force, pissa_init, base, extract, rank, energy, dtype,
                          for_serving, to_safetensors, skip_unfactorable, source_name=source,
                          base_name=base or extract, to=to, from_format=from_format,
-                         outtype=outtype)
+                         outtype=outtype, for_engine=tuple(for_engine or ()),
+                         drop_unsupported=drop_unsupported)
     if outtype not in ("f32", "f16", "bf16", "q8_0"):
         raise UsageError(f"--outtype {outtype!r} is not supported",
                          hint="Use f32, f16, bf16 or q8_0.")
@@ -142,5 +151,6 @@ def register(app: typer.Typer) -> None:
             "adapterctl convert ./my-lora my-lora.gguf --to gguf --base ./base-model",
             "adapterctl convert ./my-lora ./my-lora-mlx --to mlx --base ./base-model",
             "adapterctl convert --from gguf --base ./base-model my-lora.gguf ./my-lora",
+            "adapterctl convert ./dora-adapter ./for-vllm --for vllm --base ./base-model --rank 64",
         ),
     )(convert_cmd)

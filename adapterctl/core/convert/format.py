@@ -1,4 +1,5 @@
-"""Format steps of ``convert``: dtype casting and the serving cleanup (spec 3, 4.3)."""
+"""Format steps of ``convert``: dtype casting (spec 3). The serving cleanup (``--for-serving``)
+is ``--for all --drop-unsupported`` now: for_engine.py."""
 
 from __future__ import annotations
 
@@ -6,9 +7,7 @@ from dataclasses import replace
 
 import torch
 
-from adapterctl.core.adapter.compat import LayerKind
-from adapterctl.core.adapter.keys import split_keys
-from adapterctl.core.convert.draft import AdapterDraft, view_adapter
+from adapterctl.core.convert.draft import AdapterDraft
 from adapterctl.io.dtypes import check_dtype
 from adapterctl.io.stored import torch_dtype
 
@@ -23,38 +22,3 @@ def cast_draft(draft: AdapterDraft, dtype: str) -> AdapterDraft:
         notes += (f"PEFT upcasts {dtype} adapters to float32 when loading "
                   "(autocast_adapter_dtype=True), so only the file size changes there",)
     return replace(draft, tensors=tensors, steps=draft.steps + (f"dtype={dtype}",), notes=notes)
-
-
-def strip_for_serving(draft: AdapterDraft) -> AdapterDraft:
-    """Remove full-weight extras serving engines reject: vLLM loads only lora_A/lora_B (and
-    refuses modules_to_save other than lm_head/embeddings in recent versions), llama.cpp's
-    convert_lora_to_gguf fails on any non-LoRA tensor. The adapter then no longer reproduces
-    those replaced modules, which is reported tensor by tensor."""
-    layout = split_keys({k: tuple(v.shape) for k, v in draft.tensors.items()})
-    drop = {key: f"{path} (full weight replacement)" for path, key in layout.replacements.items()}
-    drop.update({key: f"{emb} (trainable token rows)" for emb, key in layout.trainable_tokens.items()})
-    tensors = {k: v for k, v in draft.tensors.items() if k not in drop}
-    config = dict(draft.config)
-    removed = [drop[k] for k in sorted(drop)]
-    for field, empty in (("modules_to_save", None), ("trainable_token_indices", None)):
-        if config.get(field):
-            removed.append(f"config {field}={config[field]!r}")
-            config[field] = empty
-    if config.get("bias", "none") != "none":
-        removed.append(f"config bias={config['bias']!r}")
-        config["bias"] = "none"
-    out = replace(draft, config=config, tensors=tensors, removed=draft.removed + tuple(removed),
-                  steps=draft.steps + ("for-serving",))
-    return replace(out, notes=out.notes + tuple(_serving_warnings(out)))
-
-
-def _serving_warnings(draft: AdapterDraft) -> list[str]:
-    view = view_adapter(draft)
-    notes = []
-    if view.config.use_dora:
-        notes.append("DoRA adapters are not supported by vLLM or llama.cpp (kept as is)")
-    if any(w.bias is not None for w in view.modules.values()):
-        notes.append("lora_B biases (lora_bias=true) are rejected by llama.cpp (kept as is)")
-    if any(w.kind is LayerKind.EMBEDDING for w in view.modules.values()):
-        notes.append("embedding LoRA is not supported by llama.cpp (kept as is)")
-    return notes

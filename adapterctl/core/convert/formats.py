@@ -45,7 +45,7 @@ def run_format_convert(req, steps: Callable, progress=None):
     from dataclasses import replace
 
     from adapterctl.core.convert import draft as C
-    from adapterctl.core.convert.format import cast_draft, strip_for_serving
+    from adapterctl.core.convert.format import cast_draft
 
     draft = _read_source(req, progress)
     if not (req.from_format or req.extract_base):
@@ -57,12 +57,15 @@ def run_format_convert(req, steps: Callable, progress=None):
                          f"{draft.config.get('init_lora_weights')!r}: the adapter was trained on a "
                          "residual base, so it must become plain LoRA before export",
                          hint="Add --base BASE (PiSSA/OLoRA) or --pissa-init INIT to this command.")
-    if req.for_serving:
-        draft = strip_for_serving(draft)
     if req.to == "gguf":
-        from adapterctl.core.convert.gguf import export_gguf
+        from adapterctl.core.convert.gguf import check_targets, export_gguf
 
-        return export_gguf(draft, _gguf_base(req, draft), req.output, req.outtype, req.force)
+        facts = _gguf_base(req, draft)
+        check_targets(draft, facts)
+        draft = _for_target_engine(draft, req)
+        return export_gguf(draft, facts, req.output, req.outtype, req.force)
+    if req.to or req.engines:
+        draft = _for_target_engine(draft, req)
     if req.to == "mlx":
         from adapterctl.core.convert.mlx import export_mlx, read_mlx_base
 
@@ -72,6 +75,28 @@ def run_format_convert(req, steps: Callable, progress=None):
     if req.dtype:
         draft = cast_draft(draft, req.dtype)
     return C.write_draft(draft, req.output, req.force)
+
+
+#: the engine whose rules a --to format must satisfy (core/engines)
+TARGET_ENGINE = {"gguf": "llama.cpp", "mlx": "mlx"}
+
+
+def _for_target_engine(draft, req):
+    """What the target format cannot express goes through ``convert --for ENGINE`` first (DoRA to
+    LoRA by SVD with --base, extras to exact full-rank LoRA, or a refusal naming the module), with
+    the same reporting; an adapter the format holds as it is passes through untouched."""
+    from adapterctl.core.convert.draft import view_adapter
+    from adapterctl.core.convert.for_engine import ForEngine, convert_for_engine
+    from adapterctl.core.convert.gguf import blockers
+
+    engines = req.engines
+    if not engines:
+        if req.to != "gguf" or not blockers(draft, view_adapter(draft)):
+            return draft
+        engines = (TARGET_ENGINE[req.to],)
+    return convert_for_engine(draft, ForEngine(engines, req.base, req.base_name, req.rank,
+                                               req.energy, req.drop_unsupported or
+                                               (req.for_serving and not req.for_engine)))
 
 
 def _read_source(req, progress):

@@ -144,6 +144,13 @@ def _target_name(facts: BaseFacts, path: str, kind: str, source: str) -> str:
     return name
 
 
+def check_targets(draft: AdapterDraft, facts: BaseFacts) -> None:
+    """Refuse, before any conversion work, LoRA modules that have no llama.cpp tensor to adapt
+    on this base (what ``convert --for llama.cpp`` cannot change either)."""
+    for path, w in view_adapter(draft).modules.items():
+        _target_name(facts, path, w.kind, draft.source)
+
+
 def export_gguf(draft: AdapterDraft, facts: BaseFacts, output: str | Path, outtype: str = "f32",
                 force: bool = False) -> GGUFExport:
     """Write ``draft`` as a llama.cpp LoRA adapter file at ``output`` (atomically)."""

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import torch
 
-from adapterctl.core.adapter.config import parse_adapter_config
 from adapterctl.core.adapter import compat as C
+from adapterctl.core.adapter.config import parse_adapter_config
 from adapterctl.core.adapter.problems import as_error
 from adapterctl.core.convert.draft import (
     AdapterDraft,

@@ -1,8 +1,12 @@
 """Run one ``convert`` request: check the mode combination, chain the steps, write atomically.
 
 Order: source (read an adapter, or extract one) -> mutated-init conversion -> rank reduction ->
-serving cleanup -> dtype cast (the single rounding) -> write. So ``--pissa-init INIT --rank 8``
-converts a PiSSA adapter (rank 2r) and brings it back to rank 8 in one run.
+serving conversion (``--for ENGINE``, for_engine.py) -> dtype cast (the single rounding) -> write.
+So ``--pissa-init INIT --rank 8`` converts a PiSSA adapter (rank 2r) and brings it back to rank 8
+in one run. With ``--for``, ``--rank``/``--energy`` set the rank of the DoRA -> LoRA SVD instead,
+and ``--base`` is the base the DoRA weight and full-rank replacements are measured against (and
+still recomputes a PiSSA/OLoRA init when the adapter has one). ``--for-serving`` is
+``--for all --drop-unsupported``: what every engine serves, the rest dropped and reported.
 """
 
 from __future__ import annotations
@@ -32,6 +36,13 @@ class ConvertRequest:
     to: str | None = None  # --to gguf|mlx (core/convert/formats.py); --base is then the base model
     from_format: str | None = None  # --from gguf|mlx
     outtype: str = "f32"  # --outtype of --to gguf
+    for_engine: tuple[str, ...] = ()  # --for ENGINE (repeatable; "all")
+    drop_unsupported: bool = False
+
+    @property
+    def engines(self) -> tuple[str, ...]:
+        """--for-serving is an alias of --for all --drop-unsupported (the strictest engine)."""
+        return self.for_engine or (("all",) if self.for_serving else ())
 
 
 def check_request(req: ConvertRequest) -> None:
@@ -56,17 +67,27 @@ def check_request(req: ConvertRequest) -> None:
     if req.skip_unfactorable and not req.extract_base:
         raise UsageError("--skip-unfactorable only applies to --extract",
                          hint="Drop it, or extract: convert --extract BASE FINETUNED OUT --rank R.")
+    if req.drop_unsupported and not req.engines:
+        raise UsageError("--drop-unsupported only applies to --for ENGINE",
+                         hint="e.g. convert ADAPTER OUT --for vllm --drop-unsupported")
+    if req.engines:
+        from adapterctl.core.engines.check import engine_names
+
+        engine_names(list(req.engines))  # unknown engine names are usage errors
+        if req.extract_base:
+            raise UsageError("--for cannot be combined with --extract",
+                             hint="Extract first, then convert the extracted adapter --for ENGINE.")
     if not (primary or req.rank is not None or req.energy is not None or req.dtype
-            or req.for_serving or req.to_safetensors or formats):
+            or req.for_serving or req.to_safetensors or req.engines or formats):
         raise UsageError("nothing to do: choose a conversion",
                          hint="One of --pissa-init, --base, --rank/--energy, --extract, "
-                         "--to-safetensors, --dtype, --for-serving.")
+                         "--to-safetensors, --dtype, --for ENGINE, --for-serving.")
 
 
 def run_convert(req: ConvertRequest, progress: Callable[[str, int, int], None] | None = None):
     """Execute ``req`` and return the ConvertResult of the written adapter."""
     from adapterctl.core.convert import draft as C
-    from adapterctl.core.convert.format import cast_draft, strip_for_serving
+    from adapterctl.core.convert.format import cast_draft
 
     check_request(req)
     if req.to or req.from_format:
@@ -81,8 +102,12 @@ def run_convert(req: ConvertRequest, progress: Callable[[str, int, int], None] |
     else:
         draft = C.read_draft(req.source, req.source_name)
         draft = _convert_steps(draft, req)
-    if req.for_serving:
-        draft = strip_for_serving(draft)
+    if req.engines:
+        from adapterctl.core.convert.for_engine import ForEngine, convert_for_engine
+
+        draft = convert_for_engine(draft, ForEngine(
+            req.engines, req.base, req.base_name, req.rank, req.energy,
+            req.drop_unsupported or (req.for_serving and not req.for_engine)))
     if req.dtype:
         draft = cast_draft(draft, req.dtype)
     elif req.to_safetensors and not draft.steps:
@@ -97,11 +122,17 @@ def _convert_steps(draft, req: ConvertRequest):
     if req.init:
         init = C.read_draft(req.init)
         draft = M.convert_mutated(draft, M.init_factors_from_adapter(init), init.source)
-    elif req.base:
+    elif req.base and (not req.engines or _init_kind(draft) in M.MUTATED_INITS):
         factors = M.init_factors_from_base(draft, req.base, req.base_name)
         draft = M.convert_mutated(draft, factors, req.base_name or req.base)
-    if req.rank is not None or req.energy is not None:
+    if (req.rank is not None or req.energy is not None) and not req.engines:
         from adapterctl.core.convert.rank_reduce import reduce_rank
 
         draft = reduce_rank(draft, req.rank, req.energy)
     return draft
+
+
+def _init_kind(draft) -> str:
+    from adapterctl.core.adapter.config import parse_adapter_config
+
+    return parse_adapter_config(draft.config, draft.source).init_kind

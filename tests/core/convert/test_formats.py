@@ -61,19 +61,30 @@ def test_llama_qk_rows_are_permuted_and_scales_folded(tiny_models, peft_adapter)
         assert abs((b @ a) * (alpha / w.r) - expect).max() < 1e-6
 
 
-@pytest.mark.parametrize("kw,needle", [
-    (dict(use_dora=True), "DoRA magnitude"),
-    (dict(lora_bias=True), "lora_B bias"),
-    (dict(modules_to_save=["lm_head"]), "full weight replacement"),
-])
-def test_gguf_refusals_name_the_module_and_the_for_step(kw, needle, tiny_models, peft_adapter,
-                                                        tmp_path):
-    lora = peft_adapter("llama", r=4, lora_alpha=8, target_modules=["q_proj"], **kw)
+def test_gguf_hands_what_llama_cpp_cannot_express_to_convert_for(tiny_models, peft_adapter,
+                                                                  tmp_path):
+    """DoRA and modules_to_save go through ``convert --for llama.cpp`` first, automatically (DoRA
+    to LoRA by SVD with its error reported; a saved lm_head as an exact full-rank LoRA)."""
+    from adapterctl.io.gguf_adapter import read_gguf_adapter
+
+    for kw, step_note in ((dict(use_dora=True), "DoRA -> LoRA"),
+                          (dict(modules_to_save=["lm_head"]), "LoRA on lm_head")):
+        lora = peft_adapter("llama", r=4, lora_alpha=8, target_modules=["q_proj"], **kw)
+        out = tmp_path / f"{next(iter(kw))}.gguf"
+        res = invoke("--json", "convert", lora, out, "--to", "gguf", "--base", tiny_models["llama"])
+        assert res.code == 0, res.stdout + res.stderr
+        assert res.json["steps"] == ["for-llama.cpp", "to-gguf"]
+        assert any(step_note in n for n in res.json["notes"]), res.json["notes"]
+        assert all(k.endswith((".lora_a", ".lora_b")) for k in read_gguf_adapter(out).tensors)
+
+
+def test_gguf_refuses_what_no_lora_can_hold_naming_the_module(tiny_models, peft_adapter, tmp_path):
+    lora = peft_adapter("llama", r=4, lora_alpha=8, target_modules=["q_proj"], lora_bias=True)
     res = invoke("--json", "convert", lora, tmp_path / "x.gguf", "--to", "gguf", "--base",
                  tiny_models["llama"])
     err = res.json["error"]
-    assert res.code == 5 and needle in err["message"], res.stdout
-    assert "--for llama.cpp" in err["hint"] and not (tmp_path / "x.gguf").exists()
+    assert res.code == 5 and "lora_B biases" in err["message"] and "q_proj" in err["message"]
+    assert "--drop-unsupported" in err["hint"] and not (tmp_path / "x.gguf").exists()
 
 
 @pytest.mark.parametrize("fmt,target,needle", [

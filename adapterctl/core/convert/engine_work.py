@@ -1,0 +1,83 @@
+"""The state of one ``convert --for`` run (for_engine.py): the adapter as per-module factors,
+the config being rewritten, what is dropped and reported, and the base, read lazily."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from adapterctl.core.adapter.compat import CONV1D_MODEL_TYPES
+from adapterctl.core.convert import full_rank as FR
+from adapterctl.core.convert.draft import (
+    AdapterDraft,
+    ModuleReport,
+    module_keys,
+    view_adapter,
+)
+from adapterctl.core.engines.facts import (
+    AdapterFacts,
+    BaseFacts,
+    facts_from_parts,
+    read_base_facts,
+)
+from adapterctl.errors import UsageError
+
+PREFIX = "base_model.model."
+
+
+@dataclass(frozen=True)
+class ForEngine:
+    engines: tuple[str, ...]
+    base: str | None = None  # local folder
+    base_name: str | None = None
+    rank: int | None = None
+    energy: float | None = None
+    drop_unsupported: bool = False
+
+
+class Work:
+    """The adapter while it is being rewritten: factors per module, config, dropped keys."""
+
+    def __init__(self, draft: AdapterDraft, req: ForEngine):
+        self.draft, self.req = draft, req
+        self.view = view_adapter(draft)
+        self.keys = module_keys(draft)
+        self.mods: dict[str, FR.Factors] = {p: FR.from_lora(w) for p, w in self.view.modules.items()}
+        self.config = dict(draft.config)
+        self.drop: set[str] = set()  # checkpoint keys not written
+        self.removed: list[str] = []
+        self.notes: list[str] = []
+        self.reports: list[ModuleReport] = []
+        self._reader = None
+        self.base_facts: BaseFacts | None = (
+            read_base_facts(req.base, req.base_name) if req.base else None)
+
+    @property
+    def conv1d(self) -> bool:
+        return bool(self.base_facts and self.base_facts.model_type in CONV1D_MODEL_TYPES)
+
+    def base_param(self, param: str, why: str) -> torch.Tensor:
+        if self.req.base is None:
+            raise UsageError(f"{self.draft.source}: {why} needs the base weights",
+                             hint="Add --base BASE (the model the adapter was trained on).")
+        if self._reader is None:
+            from adapterctl.io.checkpoint import CheckpointReader
+            from adapterctl.io.model_dir import locate_model_files
+
+            self._reader = CheckpointReader(locate_model_files(self.req.base, self.req.base_name))
+        return self._reader.load_param(param, self.draft.source)
+
+    def close(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+
+    def facts(self, config: dict, tensors: dict) -> AdapterFacts:
+        """The engines' view of a candidate output (headers' worth: names and shapes)."""
+        shapes = {k: tuple(v.shape) for k, v in tensors.items()}
+        return facts_from_parts(config, shapes, self.draft.source, base=self.base_facts)
+
+    def add(self, path: str, f: FR.Factors) -> None:
+        """Add factors to a module (concatenated with any LoRA it already has: ranks add)."""
+        have = self.mods.get(path)
+        self.mods[path] = FR.concat(have, f) if have is not None else f
