@@ -20,7 +20,7 @@ EXIT_CODES: dict[int, str] = {
     7: "missing dependency or hardware (e.g. bitsandbytes, CUDA)",
     8: "Hub or network error (auth, permissions, connection, server errors)",
     9: "I/O error (disk full, permission denied, output locked by another run)",
-    10: "check found an engine that will not serve the adapter as trained (changes or refuses)",
+    10: "an engine will not serve an adapter as trained (check: changes or refuses; verify: differs or no-op)",
     130: "interrupted (Ctrl-C)",
 }
 
@@ -100,7 +100,8 @@ class OutputIOError(AdapterctlError):
 
 
 class NotServedError(AdapterctlError):
-    """``check``: some engine changes or refuses an adapter (CI pipelines gate on this code)."""
+    """``check``: some engine changes or refuses an adapter; ``verify``: a served adapter differs
+    from the trained one or is a no-op (CI pipelines gate on this code)."""
 
     exit_code = 10
     kind = "not_served"
