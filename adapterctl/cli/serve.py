@@ -135,6 +135,9 @@ def _render(console, cmd, prepared) -> None:
         table.add_row(Text(p.name), Text(p.source), p.verdict + (" -> converted" if p.converted
                                                                  else ""), Text(str(p.path)))
     console.print(table)
+    for p in prepared:
+        if p.converted and p.notes:
+            console.print(Text(f"{p.name}: {p.notes[0]}", style="dim"))
 
 
 def register(app: typer.Typer) -> None:
