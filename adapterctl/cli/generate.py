@@ -159,6 +159,9 @@ def generate_cmd(
     if elsewhere is not None:
         report = elsewhere(base_ref, choices, specs, cfg, compare=compare, chat=chat,
                            system=system, on_complete=on_complete)
+        for a in report.adapters:
+            for text in a.to_dict()["warnings"]:
+                out.warn(f"{a.name}: {text}")
         return _finish(out, report, jsonl=jsonl, streamed=False)
     with out.status("loading"):
         gen = open_generation(base_ref, choices, specs, hub=hub_options(revision, token),

@@ -21,7 +21,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from adapterctl.core.generate.prompts import PromptSpec
@@ -65,6 +65,7 @@ class ServedNames:
     base: str
     adapters: dict[str, str]  # reference as given (name or local path) -> served name
     listed: tuple[str, ...] = ()  # every name the server lists (for messages)
+    notes: dict[str, str] = field(default_factory=dict)  # served name -> how it was matched
 
     def lookup(self, ref: str) -> str | None:
         return self.adapters.get(ref)
@@ -106,12 +107,23 @@ def resolve_names(models: list[ServedModel] | None, url: str, model: str | None,
     the server loaded it from). Unknown names are refused before any prompt is sent."""
     base = pick_base(models, url, model, base_ref)
     adapters: dict[str, str] = {}
+    notes: dict[str, str] = {}
     listed = tuple(m.id for m in models or [])
     for ref in refs:
         if models is None or ref in listed:
             adapters[ref] = ref
             continue
         match = [m.id for m in models if m.parent is not None and _same_path(m.root, ref)]
+        if not match and Path(ref).is_dir():
+            # served from elsewhere (a copy ``serve`` converted for the engine): the name
+            # ``serve -a FOLDER`` gives it, the one naming rule (the folder's name)
+            from adapterctl.core.engine.session import name_from_ref
+
+            match = [m.id for m in models if m.parent is not None and m.id == name_from_ref(ref)]
+            if match:
+                notes[match[0]] = (f"{ref} matched by its folder's name: the server loads "
+                                   f"{match[0]!r} from another folder (`adapterctl verify` "
+                                   "checks it is the same adapter)")
         if not match:
             served = [m.id for m in models if m.parent is not None]
             raise NotFoundError(f"{url} serves no adapter named {ref!r}"
@@ -119,7 +131,7 @@ def resolve_names(models: list[ServedModel] | None, url: str, model: str | None,
                                 + f"; its adapters: {', '.join(served) or 'none'}",
                                 hint="Use the served name (the NAME of --lora-modules NAME=PATH).")
         adapters[ref] = match[0]
-    return ServedNames(base, adapters, listed)
+    return ServedNames(base, adapters, listed, notes)
 
 
 def request_body(job: Job, model: str, cfg: DecodingConfig, chat: bool,

@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from adapterctl.errors import UnsupportedError, UsageError
+from adapterctl.errors import UnsupportedError
 
 #: largest relative error (||ΔW - ΔW'||_F / ||ΔW||_F per module) still called exact (float32)
 EXACT = 1e-5
@@ -106,9 +106,7 @@ def prepare_adapters(engine: str, adapters: Sequence[tuple[str, str, Path]],
             out.append(PreparedAdapter(name, shown, Path(folder), Path(folder), "serves",
                                        config_rank(Path(folder))))
             continue
-        step(f"{shown}: {engine} {verdict.verdict} it as it is; converting (convert --for "
-             f"{engine})")
-        out.append(_convert(engine, name, shown, Path(folder), verdict, base, workdir))
+        out.append(_convert(engine, name, shown, Path(folder), verdict, base, workdir, step))
     return out
 
 
@@ -118,7 +116,7 @@ def _why(verdict) -> str:
 
 
 def _convert(engine: str, name: str, shown: str, folder: Path, verdict, base: tuple[Path, str],
-             workdir: Path) -> PreparedAdapter:
+             workdir: Path, step: Callable[[str], None]) -> PreparedAdapter:
     from adapterctl.core.convert.pipeline import ConvertRequest, run_convert
     from adapterctl.core.engines.vllm import MAX_LORA_RANKS
 
@@ -132,6 +130,8 @@ def _convert(engine: str, name: str, shown: str, folder: Path, verdict, base: tu
                                           "the result.")
     dest = workdir / f"{name}-{engine}-{_digest(folder, engine, base[0])}"
     if not (dest / "adapter_config.json").is_file():
+        step(f"{shown}: {engine} {verdict.verdict} it as it is; converting (convert --for "
+             f"{engine}) into {dest}")
         workdir.mkdir(parents=True, exist_ok=True)
         # rank: a DoRA module becomes a LoRA of full rank (exact) up to the largest the engine
         # accepts; beyond that the SVD truncates and the error check below refuses it
@@ -141,6 +141,7 @@ def _convert(engine: str, name: str, shown: str, folder: Path, verdict, base: tu
         _check_exact(result, said, shown, engine, dest)
         notes = tuple(result.notes)
     else:
+        step(f"{shown}: {engine} {verdict.verdict} it as it is; using its converted copy {dest}")
         notes = ("converted copy reused",)
     return PreparedAdapter(name, shown, folder, dest, verdict.verdict, config_rank(dest), notes)
 
@@ -169,8 +170,3 @@ def _digest(folder: Path, engine: str, base: Path) -> str:
             h.update(json.dumps([p.name, st.st_size, st.st_mtime_ns]).encode())
     return h.hexdigest()[:12]
 
-
-def check_base_given(base: str | None) -> None:
-    if base is None:
-        raise UsageError("no base model given", hint="Pass BASE, or an adapter whose "
-                         "adapter_config.json names its base_model_name_or_path.")

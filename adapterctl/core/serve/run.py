@@ -99,7 +99,7 @@ def _notes(p) -> tuple[str, ...]:
     if not p.converted:
         return ()
     return (f"vLLM {p.verdict} it as it is: served as converted by convert --for vllm "
-            f"(exact)", *p.notes)
+            f"(exact)", *p.notes[:1])  # the conversion's own first note (e.g. DoRA's error)
 
 
 @dataclass(frozen=True)
@@ -109,10 +109,11 @@ class ServedRef:
     name: str
     source: str
     path: str | None
+    warnings: tuple[str, ...] = ()
 
     def to_dict(self) -> dict:
         return {"name": self.name, "source": self.source, "path": self.path, "weight": 1.0,
-                "warnings": []}
+                "warnings": list(self.warnings)}
 
 
 def generate_on_endpoint(opts, base_ref: str | None, model: str | None,
@@ -139,6 +140,7 @@ def generate_on_endpoint(opts, base_ref: str | None, model: str | None,
                            compare=chosen if compare else None, on_complete=on_complete)
     roots = {m.id: m.root for m in models or []}
     served = {names.adapters[r]: r for r in refs}
-    adapters = tuple(ServedRef(n, r, roots.get(n)) for n, r in served.items())
+    adapters = tuple(ServedRef(n, r, roots.get(n), tuple(filter(None, [names.notes.get(n)])))
+                     for n, r in served.items())
     return GenerateReport(names.base, adapters, tuple(results), compare,
                           tuple(names.adapters[r] for r in chosen))

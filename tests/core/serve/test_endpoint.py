@@ -290,3 +290,15 @@ def test_concurrency_is_bounded(stub):
     finally:
         Client.post = real
     assert len(result.completions) == 8 and peak[0] == 3
+
+
+def test_a_folder_served_from_a_converted_copy_matches_by_its_name(tmp_path):
+    """serve -a FOLDER names the adapter after the folder; a converted copy lives elsewhere."""
+    folder = tmp_path / "dragon-dora"
+    folder.mkdir()
+    listed = [ServedModel("tiny", "/srv/tiny"), ServedModel("dragon-dora", "/cache/x", "tiny")]
+    names = resolve_names(listed, "u", None, None, [str(folder)])
+    assert names.adapters == {str(folder): "dragon-dora"}
+    assert "matched by its folder's name" in names.notes["dragon-dora"]
+    with pytest.raises(NotFoundError):  # a name that is not a folder here is not guessed
+        resolve_names(listed, "u", None, None, [str(tmp_path / "missing" / "dragon-dora")])
