@@ -4,8 +4,8 @@ that python with PYTHONPATH=<repo>, as a user runs it from vLLM's own virtualenv
 
 vLLM starts three times in this module: one offline engine for a JSONL mixing the base and five
 adapters (plain, rsLoRA, rank/alpha patterns, rank 64, and DoRA, which vLLM refuses and which is
-converted on the fly to an exact full-rank LoRA), one for ``--compare`` with ``--stop`` and
-``--logprobs``, and one server (``adapterctl serve``) shared by the endpoint and verify tests.
+converted on the fly to an exact full-rank LoRA), one for ``--compare`` with ``--chat``,
+``--stop`` and ``--logprobs``, and one server (``adapterctl serve``) shared by the endpoint and verify tests.
 Every result is compared with ``generate --engine adapterctl`` (float32 on both sides: greedy
 tokens and texts equal, logprobs within 1e-3).
 """
@@ -117,9 +117,11 @@ def test_jsonl_mixing_five_adapters_and_the_base(tmp_path, adapters):
     assert all(t.strip() and t == t.upper() for t in upper)  # the README's upper-case style
 
 
-def test_compare_stop_and_logprobs(adapters):
+def test_compare_chat_stop_and_logprobs(adapters):
+    """--compare (base, plain, rank 64), the chat template with a system turn, a --stop string."""
     args = [BASE, "-a", UPPER, "-a", adapters["rank64"], "--compare", "-n", str(MAX_TOKENS),
-            "--stop", ".", "--logprobs", *(x for p in PROMPTS for x in ("-p", p))]
+            "--chat", "--system", "be brief", "--stop", ".", "--logprobs",
+            *(x for p in PROMPTS for x in ("-p", p))]
     res = vllm_cli("--json", "generate", *args, *ENGINE_FLAGS)
     assert res.code == 0, res.stdout[-3000:] + res.stderr[-5000:]
     doc, mine = res.json, ours(*args, "--dtype", "float32")
