@@ -29,3 +29,16 @@ def test_key_index_uses_tables_prefixes_and_aliases():
 
 def test_no_table_means_no_renames():
     assert checkpoint_renames("llama", ["model.embed_tokens.weight"]) == ({}, set())
+
+
+def test_tables_registered_under_the_class_name_apply():
+    """GPTNeoXForCausalLM's embed_out -> lm_head is registered under the class, not the model type:
+    the tables come from the model AutoModelForCausalLM builds (a meta skeleton), as on load."""
+    keys = ["embed_out.weight", "gpt_neox.embed_in.weight", "gpt_neox.layers.0.attention.dense.weight"]
+    renamed, fused = checkpoint_renames({"model_type": "gpt_neox", "num_hidden_layers": 1}, keys)
+    assert renamed == {"lm_head.weight": "embed_out.weight"} and not fused
+    assert KeyIndex(keys, {"model_type": "gpt_neox"}).find("lm_head.weight") == "embed_out.weight"
+
+
+def test_unknown_model_type_has_no_tables():
+    assert checkpoint_renames({"model_type": "not-a-model", "auto_map": {}}, ["a.weight"]) == ({}, set())

@@ -127,15 +127,15 @@ class KeyIndex:
     """Runtime parameter path -> checkpoint key: exact, base-model prefix dropped or added, then
     transformers' conversion tables; ``lm_head.weight`` of a tied model -> the embedding's key."""
 
-    def __init__(self, keys: list[str], model_type: str | None):
+    def __init__(self, keys: list[str], config: dict | str | None):
         self.keys = set(keys)
-        self.model_type = model_type
+        self.config = config  # config.json (or its model_type): which conversions apply
         self._renamed: tuple[dict[str, str], set[str]] | None = None
         self.alias: dict[str, str] = {}
 
     def _tables(self) -> tuple[dict[str, str], set[str]]:
         if self._renamed is None:  # imports transformers (seconds): only when a name misses
-            self._renamed = checkpoint_renames(self.model_type, self.keys)
+            self._renamed = checkpoint_renames(self.config, self.keys)
         return self._renamed
 
     @property
@@ -316,7 +316,7 @@ def plan_merge(base: str | Path, adapters: list[LoadedAdapter], options: MergeOp
     with CheckpointReader(files) as reader:  # quantized: merged into a dequantized copy (spec 6.4)
         stored = reader.logical_tensors()
     shapes = {s.key: s.shape for s in stored}
-    index = KeyIndex(list(shapes), files.model_type)
+    index = KeyIndex(list(shapes), files.config)
     tie = find_tie(files, index)
     if tie:
         index.alias[tie[0]] = tie[1]
