@@ -68,6 +68,11 @@ def merge_cmd(
     rank: int = typer.Option(None, "--rank", min=1, help="--to-adapter with svd/ties/dare: rank of the new "
                              "adapter (default: the largest source rank).",
                              rich_help_panel=PANEL_COMBINE),
+    tied_like_peft: bool = typer.Option(False, "--tied-like-peft", help="On a model whose lm_head "
+                                        "shares the embedding table, put every delta into the one "
+                                        "table as PEFT's merge_and_unload does (default: the merged "
+                                        "model equals the attached adapter, untying the table where "
+                                        "its two ends differ).", rich_help_panel=PANEL_OUT),
     token: str = TokenOpt,
 ) -> None:
     """Merge LoRA adapters into a base model and write a full checkpoint (streamed, never builds
@@ -81,11 +86,11 @@ def merge_cmd(
     if output is None and not dry_run:
         raise UsageError("--output is required (or pass --dry-run)")
     _merge_model(inputs, output, dtype, device, max_shard_size, force, dry_run, weights,
-                 combination or "linear", density, seed, token)
+                 combination or "linear", density, seed, token, tied_like_peft)
 
 
 def _merge_model(inputs, output, dtype, device, max_shard_size, force, dry_run, weights,
-                 combination, density, seed, token) -> None:
+                 combination, density, seed, token, tied_like_peft=False) -> None:
     from adapterctl.core.merge.plan import DTYPES, MergeOptions, load_adapters, plan_merge
     from adapterctl.core.merge.write import execute_merge
     from adapterctl.io.resolve import resolve_adapter_dir, resolve_model_dir
@@ -100,7 +105,8 @@ def _merge_model(inputs, output, dtype, device, max_shard_size, force, dry_run, 
     adapter_dirs = [resolve_adapter_dir(a, hub) for a in inputs[1:]]
     options = MergeOptions(weights=_parse_weights(weights), combination=combination,
                            density=density, seed=seed, dtype=None if dtype == "auto" else dtype,
-                           max_shard_size=_parse_size(max_shard_size))
+                           max_shard_size=_parse_size(max_shard_size),
+                           tied_like_peft=tied_like_peft)
     with out.status("planning the merge"):
         job = plan_merge(base_dir, load_adapters(adapter_dirs, inputs[1:]), options, inputs[0])
     plan = job.plan

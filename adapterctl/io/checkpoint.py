@@ -180,7 +180,8 @@ class CheckpointReader:
         self.close()
 
 
-def checkpoint_renames(config: dict | str | None, keys) -> tuple[dict[str, str], set[str]]:
+def checkpoint_renames(config: dict | str | None, keys
+                       ) -> tuple[dict[str, str], dict[str, list[str]]]:
     """transformers' own checkpoint -> runtime key conversions for this model (v5 loading).
 
     ``config`` is the checkpoint's config.json (or just its model_type). The renames are the ones
@@ -191,35 +192,46 @@ def checkpoint_renames(config: dict | str | None, keys) -> tuple[dict[str, str],
     renames and the base-model prefix added or dropped. Nothing is loaded and no repo code runs
     (a model type transformers does not know has no table).
 
-    Returns ``(runtime name -> checkpoint key)`` for plain renamings, and the checkpoint keys that a
-    many-to-one converter fuses (MoE experts): those have no single runtime parameter to add a
-    delta to. Empty when transformers is absent or has no table for this model.
+    Returns ``(runtime name -> checkpoint key)`` for plain renamings, and ``(checkpoint key ->
+    runtime names)`` for the keys a converter fuses (MoE experts stacked into one parameter) or
+    splits (a stored qkv cut into q, k and v): no runtime parameter is that whole stored tensor,
+    so no delta can be added to it as one. Empty when transformers is absent or has no table.
     """
     conf = {"model_type": config} if isinstance(config, str) or config is None else config
     try:
         from transformers.core_model_loading import WeightConverter, rename_source_key
     except ImportError:
-        return {}, set()
+        return {}, {}
     transforms, prefix, meta = _conversions(conf)
     renamings = [t for t in transforms if not isinstance(t, WeightConverter)]
     converters = [t for t in transforms if isinstance(t, WeightConverter)]
-    renamed, fused = {}, set()
+    renamed, fused = {}, {}
     for key in keys:
         try:
             name, pattern = rename_source_key(key, renamings, converters, prefix, meta)
         except Exception:  # a table that does not apply is the same as no table
             continue
         if pattern is not None:
-            fused.add(key)
+            fused[key] = _converter_targets(name, pattern, converters)
         elif name != key:
             renamed[name] = key
     return renamed, fused
 
 
+def _converter_targets(name: str, pattern: str, converters) -> list[str]:
+    """The runtime names a converted key feeds: ``name`` (the first target) and, for a converter
+    that splits one stored tensor (Chunk), the same name with each other target pattern."""
+    for conv in converters:
+        if pattern in conv.source_patterns:
+            first = conv.target_patterns[0]
+            return [name] + [name.replace(first, t) for t in conv.target_patterns[1:] if first in name]
+    return [name]
+
+
 def _conversions(config: dict) -> tuple[list, str | None, dict | None]:
     """(transforms, base_model_prefix, meta state dict) as ``from_pretrained`` would use them."""
     try:
-        skeleton = _meta_skeleton(config)
+        skeleton = meta_skeleton(config)
     except Exception:  # unknown or custom architectures: transformers has nothing to apply
         skeleton = None
     try:
@@ -238,7 +250,7 @@ def _conversions(config: dict) -> tuple[list, str | None, dict | None]:
         return [], None, None
 
 
-def _meta_skeleton(config: dict):
+def meta_skeleton(config: dict):
     """The model ``AutoModelForCausalLM.from_config`` builds for this config, on the meta device
     (no memory, no weights); None for a model type transformers does not know."""
     from transformers import AutoModelForCausalLM

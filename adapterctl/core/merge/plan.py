@@ -6,10 +6,11 @@ checkpoint keys, through transformers' conversion tables and tied embeddings) an
 :class:`MergeJob` whose ``plan`` (a :class:`MergePlan`) says what will be written;
 :func:`adapterctl.core.merge.write.execute_merge` streams it to disk.
 
-Semantics, as PEFT's ``merge_and_unload`` (the oracle): full replacement tensors first (they
-describe the base as trained), then the LoRA deltas, lora_B biases, trainable-token rows;
-modules_to_save copies replace their module's output. On a tied model the embedding and lm_head
-share storage: in-place changes reach both, a modules_to_save copy unties them (spec 10.12).
+Semantics: the merged model is the attached one (PEFT's unmerged forward, the oracle): full
+replacement tensors first (they describe the base as trained), then the LoRA deltas, lora_B
+biases, trainable-token rows; modules_to_save copies replace their module's output. On a tied
+model the two ends of the one table get what each end got when attached, untying the table where
+they differ (core/merge/tied.py, spec 10.12).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from adapterctl.core.adapter.layer_kind import base_layer_kind
 from adapterctl.core.adapter.targeting import in_modules_to_save
 from adapterctl.core.lora.combine import check_combination
 from adapterctl.core.lora.loaded import LoadedAdapter, LoraWeights, load_adapter
+from adapterctl.core.merge.tied import find_tie, split_tied
 from adapterctl.errors import IncompatibleBaseError, UnsupportedError, UsageError
 from adapterctl.io.checkpoint import CheckpointReader, base_float_dtype, checkpoint_renames
 from adapterctl.io.model_dir import (
@@ -45,6 +47,8 @@ class MergeOptions:
     seed: int = 0
     dtype: str | None = None  # None: the base's
     max_shard_size: int = 5_000_000_000
+    #: a tied table gets every delta, as PEFT's merge_and_unload does (core/merge/tied.py)
+    tied_like_peft: bool = False
 
 
 @dataclass(frozen=True)
@@ -139,7 +143,7 @@ class KeyIndex:
         return self._renamed
 
     @property
-    def fused(self) -> set[str]:
+    def fused(self) -> dict[str, list[str]]:
         return self._tables()[1]
 
     def find(self, param: str) -> str | None:
@@ -153,39 +157,14 @@ class KeyIndex:
         return key
 
 
-def tied_keys(model_type: str | None) -> dict[str, str]:
-    """The model class's ``_tied_weights_keys`` (output -> input embedding), or the usual names."""
-    try:
-        import transformers
-        from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
-
-        cls = getattr(transformers, MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(model_type or "", ""), None)
-        tied = getattr(cls, "_tied_weights_keys", None)
-        if isinstance(tied, dict) and tied:
-            return dict(tied)
-    except Exception:  # unknown or custom architectures: fall back to the common names
-        pass
-    return {"lm_head.weight": name for name in ("model.embed_tokens.weight", "transformer.wte.weight",
-                                                  "gpt_neox.embed_in.weight")}
-
-
-def find_tie(files: ModelFiles, index: KeyIndex) -> tuple[str, str] | None:
-    """(output param, embedding checkpoint key) when the checkpoint stores one shared table."""
-    if files.config.get("tie_word_embeddings", True) is False:
-        return None
-    if "lm_head.weight" in index.keys:  # the usual untied layout: no need to ask transformers
-        return None
-    for head, emb in tied_keys(files.model_type).items():
-        emb_key = index.find(emb)
-        if index.find(head) is None and emb_key is not None:
-            return head, emb_key
-    return None
-
-
 # ----- planning -------------------------------------------------------------------------------
-def _missing(adapter: LoadedAdapter, what: str, param: str, index: KeyIndex) -> IncompatibleBaseError:
-    where = " (transformers fuses it with other weights in this architecture)" if any(
-        k.startswith(param.rsplit(".", 1)[0]) for k in index.fused) else ""
+def _missing(adapter: LoadedAdapter, what: str, param: str, index: KeyIndex):
+    stored = next((k for k, names in index.fused.items() if param in names), None)
+    if stored is not None:
+        return UnsupportedError(
+            f"{adapter.source}: {what} {param} is built on load from part of the checkpoint's "
+            f"{stored} (transformers fuses or splits it): merging into part of a stored tensor "
+            "is not implemented", hint="Attach the adapter instead (adapterctl attach / generate).")
     return IncompatibleBaseError(
         f"{adapter.source}: {what} {param} lands nowhere: the base checkpoint has no such "
         f"parameter{where}", hint="Is this adapter for another model? Check with: adapterctl "
@@ -205,8 +184,11 @@ def _add_loras(i: int, ad: LoadedAdapter, index: KeyIndex, shapes: dict, model_t
         if w.bias is not None:
             bkey = index.find(path + ".bias")
             if bkey is None:
-                raise IncompatibleBaseError(f"{ad.source}: {path} has a lora_B bias but the base "
-                                            "layer has no bias", hint="PEFT refuses this merge too.")
+                # attach adds it at run time; a checkpoint has no tensor to hold it (spec 1.4)
+                raise UnsupportedError(f"{ad.source}: lora_bias on {path}, whose base layer has no "
+                                       "bias: a merged checkpoint has no bias tensor to put it in",
+                                       hint="Attach the adapter instead (adapterctl attach / "
+                                       "generate); PEFT cannot merge it either.")
             ops.setdefault(bkey, {}).setdefault("bias_loras", []).append(LoraOp(i, w, kind))
 
 
@@ -220,7 +202,8 @@ def _check_shape(ad: LoadedAdapter, path: str, w: LoraWeights, kind: str, base: 
             f"{list(b)} need {list(expected)}", hint="The adapter was trained on a different model.")
 
 
-def _add_extras(i: int, ad: LoadedAdapter, index: KeyIndex, shapes: dict, tie, ops: dict) -> None:
+def _add_extras(i: int, ad: LoadedAdapter, index: KeyIndex, shapes: dict, tie, ops: dict,
+                like_peft: bool) -> None:
     for param, t in ad.replacements.items():
         key = index.find(param)
         if key is None:
@@ -230,8 +213,11 @@ def _add_extras(i: int, ad: LoadedAdapter, index: KeyIndex, shapes: dict, tie, o
                 f"{ad.source}: saved {param} is {list(t.shape)} but the base has {list(shapes[key])}",
                 hint="Resized vocabulary? Resize the base model's embeddings first, then merge.")
         is_copy = in_modules_to_save(ad.config, param.rsplit(".", 1)[0])
-        slot = ("copy_head" if tie and param == tie[0] else "copy") if is_copy else "replacement"
+        head = like_peft and tie and param == tie[0]
+        slot = ("copy_head" if head else "copy") if is_copy else "replacement"
         entry = ops.setdefault(key, {})
+        if slot in entry and torch.equal(entry[slot][1], t):
+            continue  # the same table saved twice (PEFT saves a tied table under both names)
         if slot in entry:
             raise UsageError(f"two adapters replace {param}", hint="PEFT keeps only the active "
                              "adapter's copy; merge these adapters one at a time.")
@@ -278,11 +264,22 @@ def _task(s: StoredTensor, key: str, out_dtype: torch.dtype, entry: dict, adapte
 
 
 def build_tasks(stored: list[StoredTensor], ops: dict, out_dtype: torch.dtype, adapters,
-                tie: tuple[str, str] | None) -> tuple[list[TensorTask], bool]:
-    """One task per output tensor, in checkpoint order; an untied lm_head follows its embedding."""
+                tie: tuple[str, str] | None, like_peft: bool = False
+                ) -> tuple[list[TensorTask], bool]:
+    """One task per output tensor, in checkpoint order; an untied lm_head follows its embedding.
+
+    A tied table: the merged model is the attached one (core/merge/tied.py); with ``like_peft``
+    every delta went into the one table, and only a modules_to_save copy unties it (PEFT)."""
     tasks, untie = [], False
     for s in stored:
         entry = ops.get(s.key, {})
+        if tie and s.key == tie[1] and not like_peft:
+            entry, head = split_tied(entry, ops.get(tie[0], {}), tie)
+            tasks.append(_task(s, s.key, out_dtype, entry, adapters, "copy"))
+            if head is not None:  # the two ends differ: write lm_head and untie the config
+                untie = True
+                tasks.append(_task(s, tie[0], out_dtype, head, adapters, "copy"))
+            continue
         tasks.append(_task(s, s.key, out_dtype, entry, adapters, "copy"))
         if tie and s.key == tie[1] and ("copy" in entry or "copy_head" in entry):
             untie = True  # the two tables now differ: write lm_head and untie the config
@@ -302,6 +299,18 @@ def _warnings(adapters: list[LoadedAdapter], base: str) -> list[str]:
     return out
 
 
+def _tie_notes(tie: tuple[str, str] | None, untie: bool, options: MergeOptions) -> list[str]:
+    if not tie or not untie:
+        return []
+    if options.tied_like_peft:
+        return [f"{tie[0]} untied from {tie[1]}: a modules_to_save copy replaces one end "
+                "(tie_word_embeddings: false)"]
+    return [f"{tie[0]} untied from {tie[1]}: the adapter changes the input embedding and the "
+            "output layer differently, as attached; writing both tables and tie_word_embeddings: "
+            "false (--tied-like-peft puts every delta into the one shared table, as PEFT's "
+            "merge_and_unload does)"]
+
+
 def load_adapters(paths: list[str | Path], sources: list[str] | None = None) -> list[LoadedAdapter]:
     sources = sources or [str(p) for p in paths]
     return [load_adapter(p, name=f"adapter{i}", source=src)
@@ -317,16 +326,19 @@ def plan_merge(base: str | Path, adapters: list[LoadedAdapter], options: MergeOp
         stored = reader.logical_tensors()
     shapes = {s.key: s.shape for s in stored}
     index = KeyIndex(list(shapes), files.config)
-    tie = find_tie(files, index)
+    tie = find_tie(files.config, files.model_type, index)
     if tie:
-        index.alias[tie[0]] = tie[1]
+        # like PEFT: lm_head's ops land in the shared table; else they are kept apart under the
+        # output parameter's own name until build_tasks decides whether the ends differ
+        index.alias[tie[0]] = tie[1] if options.tied_like_peft else tie[0]
+        shapes[tie[0]] = shapes[tie[1]]
     ops: dict[str, dict] = {}
     for i, ad in enumerate(adapters):
         _add_loras(i, ad, index, shapes, files.model_type, ops)
-        _add_extras(i, ad, index, shapes, tie, ops)
+        _add_extras(i, ad, index, shapes, tie, ops, options.tied_like_peft)
     base_dtype = base_float_dtype(stored)
     out_dtype = DTYPES[options.dtype] if options.dtype else base_dtype
-    tasks, untie = build_tasks(stored, ops, out_dtype, adapters, tie)
+    tasks, untie = build_tasks(stored, ops, out_dtype, adapters, tie, options.tied_like_peft)
     shard_plan = plan_shards([TensorSpec(t.key, t.out_dtype, t.source.shape) for t in tasks],
                              options.max_shard_size)
     names = [ad.source for ad in adapters]
@@ -340,5 +352,6 @@ def plan_merge(base: str | Path, adapters: list[LoadedAdapter], options: MergeOp
         touched=[{"key": t.key, "shape": list(t.source.shape), "ops": t.sources(names)}
                  for t in tasks if t.changed],
         output_bytes=sum(s.nbytes for s in shard_plan), shards=[s.filename for s in shard_plan],
-        untie_embeddings=untie, warnings=_warnings(adapters, base_source or str(base)))
+        untie_embeddings=untie,
+        warnings=_warnings(adapters, base_source or str(base)) + _tie_notes(tie, untie, options))
     return MergeJob(files, adapters, options, tasks, shard_plan, plan)
