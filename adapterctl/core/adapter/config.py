@@ -93,6 +93,8 @@ class LoraAdapterConfig:
         if self.lora_bias:
             out.append("lora_bias")
         out += [name for key, name in UNSUPPORTED_VARIANTS.items() if self.raw.get(key)]
+        if self.raw.get("velora_config"):
+            out.append("VeLoRA")  # training only: the forward is plain LoRA (core/adapter/keys.py)
         return out
 
     @property

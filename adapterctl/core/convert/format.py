@@ -35,10 +35,13 @@ def strip_for_serving(draft: AdapterDraft) -> AdapterDraft:
     layout = split_keys({k: tuple(v.shape) for k, v in draft.tensors.items()})
     drop = {key: f"{path} (full weight replacement)" for path, key in layout.replacements.items()}
     drop.update({key: f"{emb} (trainable token rows)" for emb, key in layout.trainable_tokens.items()})
+    drop.update({key: f"{key} (training-only VeLoRA vector: the forward does not use it)"
+                 for key in layout.training_only})
     tensors = {k: v for k, v in draft.tensors.items() if k not in drop}
     config = dict(draft.config)
     removed = [drop[k] for k in sorted(drop)]
-    for field, empty in (("modules_to_save", None), ("trainable_token_indices", None)):
+    for field, empty in (("modules_to_save", None), ("trainable_token_indices", None),
+                         ("velora_config", None)):
         if config.get(field):
             removed.append(f"config {field}={config[field]!r}")
             config[field] = empty

@@ -101,8 +101,8 @@ def load_adapter(folder: str | Path, name: str = "default", source: str | None =
 
 def build_adapter(name: str, cfg: LoraAdapterConfig, files: AdapterFiles,
                   tensors: dict[str, torch.Tensor]) -> LoadedAdapter:
-    layout = split_keys({k: tuple(v.shape) for k, v in tensors.items()})
-    if layout.unknown:
+    layout = split_keys({k: tuple(v.shape) for k, v in tensors.items()})  # training-only keys
+    if layout.unknown:                                                   # are read past
         raise InvalidAdapterError(
             f"{files.source}: keys that match no LoRA tensor name: {', '.join(layout.unknown[:5])}",
             hint="Is this adapter from another tool or a newer PEFT version?")

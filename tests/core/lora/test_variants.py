@@ -1,0 +1,63 @@
+"""PEFT LoRA variants (spec 1.4): each one either attaches and merges to PEFT's unmerged forward
+(float32, 1e-4) or is refused by name with exit 5."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from adapterctl.core.engine.attach import attach_adapter
+from adapterctl.core.merge.plan import MergeOptions, load_adapters, plan_merge
+from adapterctl.core.merge.write import execute_merge
+from tests.helpers import invoke
+
+IDS = torch.tensor([[0, 5, 9, 42, 7, 3, 100, 200]])
+
+
+def _logits(model):
+    with torch.no_grad():
+        return model(input_ids=IDS).logits
+
+
+def _base(path):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).eval()
+
+
+def check_against_peft(base, adapter, tmp_path) -> None:
+    from peft import PeftModel
+
+    oracle = _logits(PeftModel.from_pretrained(_base(base), str(adapter)).eval())
+    assert float((oracle - _logits(_base(base))).abs().max()) > 1e-3  # the adapter does something
+    model = _base(base)
+    attach_adapter(model, adapter)
+    assert float((_logits(model) - oracle).abs().max()) <= 1e-4
+    job = plan_merge(base, load_adapters([adapter]), MergeOptions())
+    execute_merge(job, tmp_path / "merged", device="cpu")
+    assert float((_logits(_base(tmp_path / "merged")) - oracle).abs().max()) <= 1e-4
+
+
+def test_velora_is_plain_lora_in_the_forward(tiny_models, peft_adapter, tmp_path):
+    """VeLoRA's lora_velora_embed vectors only compress activations for the backward pass."""
+    adapter = peft_adapter("llama", r=4, lora_alpha=16, target_modules=["q_proj", "down_proj"],
+                           velora_config={"num_groups": 4, "init_type": "batch_average"})
+    check_against_peft(tiny_models["llama"], adapter, tmp_path)
+    res = invoke("--json", "inspect", adapter)
+    assert res.code == 0 and res.json["usable"] and "VeLoRA" in res.json["variants"]
+    assert not [p for p in res.json["problems"] if p["code"] == "unknown_key"]
+
+
+def test_velora_vectors_are_kept_by_convert_and_dropped_for_serving(tiny_models, peft_adapter,
+                                                                    tmp_path):
+    from safetensors import safe_open
+
+    adapter = peft_adapter("llama", r=4, target_modules=["q_proj"], velora_config={"num_groups": 4})
+    for flag, kept in (("--rank", True), ("--for-serving", False)):
+        out = tmp_path / flag.strip("-")
+        res = invoke("--json", "convert", *([flag, "2"] if flag == "--rank" else [flag]), adapter, out)
+        assert res.code == 0, res.stderr
+        with safe_open(str(out / "adapter_model.safetensors"), "pt") as f:
+            assert any("lora_velora_embed" in k for k in f.keys()) is kept
+        if not kept:
+            assert any("VeLoRA" in r for r in res.json["removed"])
