@@ -89,7 +89,6 @@ CONFIGS: dict[str, Callable[[ArchInfo], dict | None]] = {
 REFUSED: dict[str, str] = {
     "alora": "aLoRA",
     "kasa": "KaSA",
-    "bdlora": "BD-LoRA",
     "layer_replication": "layer_replication",
 }
 #: PEFT 0.21 turns "all-linear" on MoE models into target_parameters on the fused experts, which

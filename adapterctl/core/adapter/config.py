@@ -18,7 +18,6 @@ from adapterctl.io.files import read_json_object
 UNSUPPORTED_VARIANTS: dict[str, str] = {
     "alora_invocation_tokens": "aLoRA (activated LoRA)",
     "use_qalora": "QALoRA",
-    "use_bdlora": "BD-LoRA (block-diagonal LoRA)",
     "kasa_config": "KaSA",
     "arrow_config": "Arrow routing",
     "monteclora_config": "MonteCLoRA",
@@ -93,6 +92,8 @@ class LoraAdapterConfig:
         if self.lora_bias:
             out.append("lora_bias")
         out += [name for key, name in UNSUPPORTED_VARIANTS.items() if self.raw.get(key)]
+        if self.raw.get("use_bdlora"):
+            out.append("BD-LoRA")  # block-diagonal factors, stored compact (core/adapter/variants.py)
         if self.raw.get("velora_config"):
             out.append("VeLoRA")  # training only: the forward is plain LoRA (core/adapter/keys.py)
         return out

@@ -10,6 +10,7 @@ from pathlib import Path
 from adapterctl.core.adapter import problems as P
 from adapterctl.core.adapter.config import LoraAdapterConfig, check_lora_type, parse_adapter_config
 from adapterctl.core.adapter.keys import KeyLayout, ModuleKeys, split_keys
+from adapterctl.core.adapter.variants import expand_layout
 from adapterctl.core.adapter.layer_kind import base_layer_kind
 from adapterctl.core.adapter.targeting import matches_target, module_scaling
 from adapterctl.errors import AdapterctlError
@@ -296,6 +297,7 @@ def inspect_adapter(path: str | Path, base: str | Path | None = None, check_valu
     header = read_safetensors_header(files.weights)
     layout = split_keys({k: t.shape for k, t in header.tensors.items()},
                         {k: t.dtype for k, t in header.tensors.items()})
+    expand_layout(layout, cfg)  # BD-LoRA: the shapes the forward multiplies
     if not header.tensors:
         problems.insert(0, P.error("empty_adapter", f"{files.weights}: holds no tensors",
                                    "Save the adapter again after training."))

@@ -68,8 +68,11 @@ def reduce_rank(draft: AdapterDraft, rank: int | None = None, energy: float | No
         svds[path] = svd.truncate(k)
         reports.append(ModuleReport(path, w.r, k, relative_error(svd, k), captured_energy(svd, k)))
     config = ranked_config(draft.config, {p: s.S.numel() for p, s in svds.items()})
-    tensors = _refactor(draft, view, svds, config)
     notes = draft.notes
+    if config.get("use_bdlora"):  # the new factors are full matrices: plain LoRA
+        config = {**config, "use_bdlora": None}
+        notes += ("BD-LoRA: the reduced factors are full matrices; use_bdlora is dropped",)
+    tensors = _refactor(draft, view, svds, config)
     if view.config.use_dora:
         notes += ("DoRA: the magnitude vector is kept; the error report covers ΔW only",)
     return replace(draft, config=config, tensors=tensors, modules=tuple(reports), notes=notes,

@@ -19,6 +19,7 @@ from adapterctl.core.adapter.config import (
 )
 from adapterctl.core.adapter.keys import split_keys
 from adapterctl.core.adapter.targeting import module_scaling
+from adapterctl.core.adapter.variants import block_diagonal_factor
 from adapterctl.errors import InvalidAdapterError, NotFoundError, UsageError
 from adapterctl.io.adapter_dir import AdapterFiles, locate_adapter_files
 
@@ -112,6 +113,9 @@ def build_adapter(name: str, cfg: LoraAdapterConfig, files: AdapterFiles,
             raise InvalidAdapterError(f"{files.source}: {path} has {sorted(mk.keys)} but needs both "
                                       "lora_A and lora_B", hint="The file is incomplete; save it again.")
         A, B = tensors[mk.keys["A"]], tensors[mk.keys["B"]]
+        block = block_diagonal_factor(cfg, path)
+        if block:  # BD-LoRA: the stored diagonal blocks become the matrix the forward uses
+            A, B = _block_diagonal(files.source, path, block, A, B)
         r, alpha, scaling = module_scaling(cfg, path)
         if A.dim() < 2 or B.dim() < 2 or A.shape[0] != r:
             raise InvalidAdapterError(
@@ -142,6 +146,19 @@ def build_adapter(name: str, cfg: LoraAdapterConfig, files: AdapterFiles,
                 f"trainable_token_indices gives {None if indices is None else len(indices)}")
         tokens[emb] = (indices, rows)
     return LoadedAdapter(name, cfg, files, modules, replacements, tokens)
+
+
+def _block_diagonal(source: str, path: str, block: tuple[str, int], A: torch.Tensor,
+                    B: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """BD-LoRA (core/adapter/variants.py): ``torch.block_diag`` of the n stored row blocks, as
+    PEFT's ``BlockDiagonalLinear.weight_as_blockdiagonal_matrix``; exact (the zeros add nothing)."""
+    role, n = block
+    t = A if role == "A" else B
+    if t.dim() != 2 or t.shape[0] % n:
+        raise InvalidAdapterError(f"{source}: {path}: BD-LoRA lora_{role} {list(t.shape)} does not "
+                                  f"split into {n} blocks", hint="Check use_bdlora.nblocks.")
+    full = torch.block_diag(*t.chunk(n, dim=0))
+    return (full, B) if role == "A" else (A, full)
 
 
 def _token_indices(cfg: LoraAdapterConfig, emb_path: str) -> list[int] | None:

@@ -61,3 +61,33 @@ def test_velora_vectors_are_kept_by_convert_and_dropped_for_serving(tiny_models,
             assert any("lora_velora_embed" in k for k in f.keys()) is kept
         if not kept:
             assert any("VeLoRA" in r for r in res.json["removed"])
+
+
+BDLORA = dict(r=4, lora_alpha=16, target_modules=["q_proj", "v_proj", "o_proj"],
+              use_bdlora={"target_modules_bd_a": ["o_proj"], "target_modules_bd_b": ["q_proj", "v_proj"],
+                          "nblocks": 2})
+
+
+def test_bdlora_blocks_are_read_as_the_block_diagonal_matrix(tiny_models, peft_adapter, tmp_path):
+    adapter = peft_adapter("llama", **BDLORA)
+    check_against_peft(tiny_models["llama"], adapter, tmp_path)
+    res = invoke("--json", "inspect", adapter, "--base", tiny_models["llama"])
+    assert res.code == 0 and res.json["usable"] and "BD-LoRA" in res.json["variants"], res.stdout
+    mods = {m["name"].split(".", 3)[-1]: m for m in res.json["modules"]}
+    assert mods["self_attn.q_proj"]["b_shape"] == [64, 4] and mods["self_attn.o_proj"]["a_shape"] == [4, 64]
+
+
+def test_bdlora_rank_reduced_or_combined_is_plain_lora(tiny_models, peft_adapter, tmp_path):
+    """New factors are full matrices: the config drops use_bdlora, and PEFT loads the result."""
+    import json
+
+    from peft import PeftModel
+
+    adapter = peft_adapter("llama", **BDLORA)
+    assert invoke("convert", "--rank", "4", adapter, tmp_path / "cv").code == 0
+    assert invoke("merge", "--to-adapter", adapter, "-o", tmp_path / "ta").code == 0
+    oracle = _logits(PeftModel.from_pretrained(_base(tiny_models["llama"]), str(adapter)).eval())
+    for out in (tmp_path / "cv", tmp_path / "ta"):
+        assert not json.loads((out / "adapter_config.json").read_text()).get("use_bdlora")
+        got = _logits(PeftModel.from_pretrained(_base(tiny_models["llama"]), str(out)).eval())
+        assert float((got - oracle).abs().max()) <= 1e-4
