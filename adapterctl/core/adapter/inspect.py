@@ -124,8 +124,9 @@ def _check_module(mod: ModuleKeys, r_cfg: int, cfg: LoraAdapterConfig) -> list[P
         elif len(a) == 2 and b[1] != a[0]:
             out.append(P.error("rank_mismatch", f"{mod.path}: lora_A {list(a)} and lora_B {list(b)} "
                                "disagree on the rank"))
-    if "kasa_diag" in mod.keys:
-        out.append(P.error("unsupported_variant", f"{mod.path}: has lora_diag (KaSA)", exit_code=5))
+    if "kasa_diag" in mod.keys and not cfg.kasa:
+        out.append(P.error("kasa_mismatch", f"{mod.path}: has lora_diag (KaSA) but the config has "
+                           "no kasa_config"))
     if "magnitude" in mod.keys and not cfg.use_dora:
         out.append(P.error("dora_mismatch",
                            f"{mod.path}: has lora_magnitude_vector but use_dora is false"))

@@ -14,6 +14,7 @@ from adapterctl.core.convert.draft import (
     AdapterDraft,
     check_same_scaling,
     module_keys,
+    refuse_kasa,
     view_adapter,
 )
 from adapterctl.errors import IncompatibleBaseError, InvalidAdapterError, UnsupportedError
@@ -77,6 +78,7 @@ def init_factors_from_base(draft: AdapterDraft, base_dir: str | Path, base_sourc
 def check_mutated_source(draft: AdapterDraft) -> list[str]:
     """Refuse inits that cannot be converted; return notes for the merely suspicious ones."""
     cfg = parse_adapter_config(draft.config, draft.source)
+    refuse_kasa(cfg, draft.source, "its initialisation")
     if cfg.init_kind == "loftq":
         raise UnsupportedError(f"{draft.source}: LoftQ adapters replace the base with a quantised "
                                "copy; subtracting an initial adapter does not undo that",

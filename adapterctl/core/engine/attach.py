@@ -135,6 +135,8 @@ def attach_adapter(model: nn.Module, adapter: str | Path | LoadedAdapter, name: 
 
 
 def _mutating_init(la: LoadedAdapter) -> str | None:
+    if la.config.kasa:
+        return "kasa"  # SVD-truncated Linear bases (core/lora/delta.kasa_truncated)
     kind = la.config.init_kind
     return {"pissa": "pissa", "pissa_niter": "pissa", "olora": "olora"}.get(kind)
 
@@ -173,9 +175,10 @@ def base_mismatch(expected: str | None, model: nn.Module) -> str | None:
 
 
 def _recompute_residuals(model, la: LoadedAdapter, plan, init: str, record: _Record) -> None:
-    """PiSSA / OLoRA mutate the base at injection; PEFT recomputes that on load (spec 1.7)."""
+    """PiSSA / OLoRA / KaSA mutate the base at injection; PEFT recomputes that on load (spec 1.7).
+    KaSA truncates Linear layers only (PEFT refuses Conv1D)."""
     for path, (base, kind) in plan.lora.items():
-        if kind not in ("linear", "conv1d_hf"):
+        if kind not in ("linear", "conv1d_hf") or (init == "kasa" and kind != "linear"):
             continue
         w = la.modules[path]
         _, _, residual = mutated_init(base.weight.data, w.r, w.scaling, init,

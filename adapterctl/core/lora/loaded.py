@@ -125,6 +125,7 @@ def build_adapter(name: str, cfg: LoraAdapterConfig, files: AdapterFiles,
             raise InvalidAdapterError(
                 f"{files.source}: {path}: lora_B has shape {list(B.shape)} but r={r}",
                 hint="lora_A and lora_B disagree on the rank; the file is corrupt, save it again.")
+        B = _kasa_scaled(files.source, path, cfg, mk, tensors, A, B)
         if "magnitude" in mk.keys and not cfg.use_dora:
             raise InvalidAdapterError(f"{files.source}: {path} has lora_magnitude_vector but "
                                       "use_dora is false")
@@ -146,6 +147,23 @@ def build_adapter(name: str, cfg: LoraAdapterConfig, files: AdapterFiles,
                 f"trainable_token_indices gives {None if indices is None else len(indices)}")
         tokens[emb] = (indices, rows)
     return LoadedAdapter(name, cfg, files, modules, replacements, tokens)
+
+
+def _kasa_scaled(source: str, path: str, cfg: LoraAdapterConfig, mk, tensors: dict,
+                 A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
+    """KaSA: ΔW = s·B·diag(d)·A (PEFT: lora_B(lora_A(x) * d)), so B·diag(d) is the B of a plain
+    LoRA; exact up to float32 rounding. On the truncated base (core/lora/delta.kasa_truncated)."""
+    keys = mk.keys
+    if "kasa_diag" not in keys:  # PEFT's KaSA variant is for Linear layers only
+        if cfg.kasa and A.dim() == 2 and not mk.embedding:
+            raise InvalidAdapterError(f"{source}: {path}: kasa_config is set but lora_diag is "
+                                      "missing", hint="Save the adapter again with PEFT.")
+        return B
+    diag = tensors[keys["kasa_diag"]]
+    if not cfg.kasa or diag.shape != (B.shape[1],) or B.dim() != 2:
+        raise InvalidAdapterError(f"{source}: {path}: lora_diag {list(diag.shape)} needs "
+                                  f"kasa_config and r={B.shape[1]}")
+    return B * diag.to(B.dtype)
 
 
 def _block_diagonal(source: str, path: str, block: tuple[str, int], A: torch.Tensor,

@@ -66,7 +66,7 @@ class TensorTask:
     source: StoredTensor
     out_dtype: torch.dtype
     replacement: tuple[int, torch.Tensor] | None = None  # in place (shared storage), applied first
-    residual_init: str | None = None  # "pissa" | "olora": recompute the mutated base (spec 1.7)
+    residual_init: str | None = None  # "pissa" | "olora" | "kasa": recompute the mutated base (1.7)
     loras: tuple[LoraOp, ...] = ()
     bias_loras: tuple[LoraOp, ...] = ()
     tokens: tuple[tuple[int, list[int], torch.Tensor], ...] = ()
@@ -240,7 +240,8 @@ def _check_adapters(adapters: list[LoadedAdapter], options: MergeOptions) -> Non
             raise UnsupportedError(f"{ad.source}: init_lora_weights={ad.config.init_lora_weights!r} "
                                    "uses a randomised SVD whose residual cannot be recomputed exactly",
                                    hint="Convert it to plain LoRA first (adapterctl convert).")
-        if init in ("pissa", "olora") and len(adapters) > 1:
+        init = "KaSA" if ad.config.kasa else init
+        if init in ("pissa", "olora", "KaSA") and len(adapters) > 1:
             raise UnsupportedError(f"{ad.source}: {init} adapters mutate the base; merging one with "
                                    "other adapters is ambiguous", hint="Convert it first "
                                    "(adapterctl convert), then merge the plain LoRA adapters.")
@@ -252,11 +253,14 @@ def _check_adapters(adapters: list[LoadedAdapter], options: MergeOptions) -> Non
 def _task(s: StoredTensor, key: str, out_dtype: torch.dtype, entry: dict, adapters, copy_slot: str):
     init = None
     loras = tuple(entry.get("loras", ()))
-    if (loras and adapters[loras[0].adapter].config.init_kind in ("pissa", "olora")
-            and loras[0].kind in ("linear", "conv1d-transposed")):
+    cfg = adapters[loras[0].adapter].config if loras else None
+    if cfg and cfg.init_kind in ("pissa", "olora") and loras[0].kind in ("linear",
+                                                                         "conv1d-transposed"):
         # PEFT's PiSSA/OLoRA initialisers mutate Linear/Conv1D weights only, never embeddings
         # or convs (the engine recomputes residuals for the same layers)
-        init = adapters[loras[0].adapter].config.init_kind
+        init = cfg.init_kind
+    elif cfg and cfg.kasa and loras[0].kind == "linear":
+        init = "kasa"  # KaSA truncates Linear weights by SVD (core/lora/delta.kasa_truncated)
     dtype = out_dtype if s.dtype in DTYPE_NAMES else s.dtype
     return TensorTask(key, s, dtype, entry.get("replacement"), init, loras,
                       tuple(entry.get("bias_loras", ())), tuple(entry.get("tokens", ())),
@@ -290,6 +294,9 @@ def build_tasks(stored: list[StoredTensor], ops: dict, out_dtype: torch.dtype, a
 def _warnings(adapters: list[LoadedAdapter], base: str) -> list[str]:
     out = []
     for ad in adapters:
+        if ad.config.kasa:
+            out.append(f"{ad.source}: KaSA adapter: each adapted Linear weight loses its r "
+                       "smallest singular components first, as PEFT does when adding it")
         if ad.config.init_kind in ("pissa", "olora"):
             out.append(f"{ad.source}: {ad.config.init_kind} adapter: the residual base W - s·B0@A0 "
                        "is recomputed from the base (spec 1.7)")

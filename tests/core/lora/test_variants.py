@@ -91,3 +91,18 @@ def test_bdlora_rank_reduced_or_combined_is_plain_lora(tiny_models, peft_adapter
         assert not json.loads((out / "adapter_config.json").read_text()).get("use_bdlora")
         got = _logits(PeftModel.from_pretrained(_base(tiny_models["llama"]), str(out)).eval())
         assert float((got - oracle).abs().max()) <= 1e-4
+
+
+def test_kasa_recomputes_the_truncated_base(tiny_models, peft_adapter, tmp_path):
+    """KaSA: PEFT drops each adapted Linear's r smallest singular components when it adds the
+    adapter (on load too), and ΔW = s·B·diag(d)·A; attach and merge do the same."""
+    adapter = peft_adapter("llama", r=4, lora_alpha=16, target_modules=["q_proj", "down_proj"],
+                           kasa_config={})
+    check_against_peft(tiny_models["llama"], adapter, tmp_path)
+    res = invoke("--json", "inspect", adapter)
+    assert res.code == 0 and "KaSA" in res.json["variants"]
+    for args in (["convert", "--rank", "2", adapter, tmp_path / "cv"],
+                 ["merge", "--to-adapter", adapter, "-o", tmp_path / "ta"]):
+        res = invoke(*args)
+        assert res.code == 5 and "KaSA" in res.stderr
+    assert invoke("convert", "--dtype", "bfloat16", adapter, tmp_path / "bf").code == 0
