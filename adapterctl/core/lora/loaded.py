@@ -55,6 +55,22 @@ class LoadedAdapter:
         return self.files.source
 
 
+def is_tied_pair(emb: LoraWeights, head: LoraWeights) -> bool:
+    """True when ``head``'s LoRA is ``emb``'s transposed (PEFT's ``ensure_weight_tying``: lm_head's
+    lora_A is the embedding's lora_embedding_B.T, lora_B its lora_embedding_A.T), so the two ends
+    of a tied table get the same ΔW: s·B_h A_h = s·A_eᵀ B_eᵀ = (s·B_e A_e)ᵀ."""
+    return (emb.kind == "embedding" and head.kind == "linear" and emb.magnitude is None
+            and head.magnitude is None and head.bias is None and emb.scaling == head.scaling
+            and head.A.shape == emb.B.T.shape and head.B.shape == emb.A.T.shape
+            and torch.equal(head.A, emb.B.T) and torch.equal(head.B, emb.A.T))
+
+
+def tied_pairs(modules: dict[str, LoraWeights]) -> list[tuple[str, str]]:
+    """(embedding path, output-layer path) of every :func:`is_tied_pair` in an adapter."""
+    embs = [p for p, w in modules.items() if w.kind == "embedding"]
+    return [(e, h) for e in embs for h, w in modules.items() if is_tied_pair(modules[e], w)]
+
+
 def read_adapter_tensors(files: AdapterFiles, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
     """All tensors of the weights file; legacy .bin only through ``torch.load(weights_only=True)``."""
     if files.weights is None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import torch
 
+from adapterctl.core.lora.loaded import is_tied_pair
 from adapterctl.errors import InvalidAdapterError
 
 #: an entry's slots that act on one end of a tied table only (the others reach both ends)
@@ -93,13 +94,5 @@ def same_at_both_ends(emb: dict, head: dict) -> bool:
     loras_e, loras_h = emb.get("loras", []), head.get("loras", [])
     if len(loras_e) != len(loras_h):
         return False
-    for e, h in zip(loras_e, loras_h):
-        we, wh = e.weights, h.weights
-        if (e.adapter != h.adapter or we.kind != "embedding" or h.kind != "linear"
-                or we.magnitude is not None or wh.magnitude is not None or wh.bias is not None
-                or we.scaling != wh.scaling or wh.A.shape != we.B.T.shape
-                or wh.B.shape != we.A.T.shape):
-            return False
-        if not (torch.equal(wh.A, we.B.T) and torch.equal(wh.B, we.A.T)):
-            return False
-    return True
+    return all(e.adapter == h.adapter and h.kind == "linear" and is_tied_pair(e.weights, h.weights)
+               for e, h in zip(loras_e, loras_h))

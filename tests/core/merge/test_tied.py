@@ -154,3 +154,18 @@ def test_cli_flag_and_message(tiny_models, peft_adapter, tmp_path):
     peft = invoke("--json", "merge", tiny_models["llama_tied"], adapter, "-o", tmp_path / "c",
                   "--tied-like-peft")
     assert peft.code == 0 and peft.json["untie_embeddings"] is False
+
+
+def test_rank_reduced_ensure_weight_tying_adapter_stays_tied(tiny_models, peft_adapter, tmp_path):
+    """convert --rank reduces the embedding's LoRA and writes lm_head's as its transpose, so the
+    adapter still satisfies ensure_weight_tying: PEFT loads it, merge keeps one table."""
+    from adapterctl.core.lora.loaded import load_adapter, tied_pairs
+
+    base = tiny_models["llama_tied"]
+    adapter = peft_adapter("llama_tied", r=4, target_modules=["embed_tokens", "lm_head"],
+                           ensure_weight_tying=True)
+    assert invoke("convert", "--rank", "2", adapter, tmp_path / "r2").code == 0
+    assert tied_pairs(load_adapter(tmp_path / "r2").modules) == [("model.embed_tokens", "lm_head")]
+    job = merge(base, tmp_path / "r2", tmp_path / "out")
+    assert not job.plan.untie_embeddings
+    assert close(logits(load_out(tmp_path / "out")), logits(peft_unmerged(base, tmp_path / "r2")))
