@@ -88,7 +88,6 @@ CONFIGS: dict[str, Callable[[ArchInfo], dict | None]] = {
 #: configuration -> the name adapterctl's refusal (exit 5) must carry
 REFUSED: dict[str, str] = {
     "alora": "aLoRA",
-    "layer_replication": "layer_replication",
 }
 #: PEFT 0.21 turns "all-linear" on MoE models into target_parameters on the fused experts, which
 #: another issue covers: refused by that name, on every configuration

@@ -228,6 +228,7 @@ def main(archs: list[str]) -> int:
                       flush=True)
     ran = [r for r in results if r.status == "ran"]
     expected = [r for r in ran if not r.expected_refusal]
+    print_table(results, archs)
     print(f"\ncases {len(results)}: n/a {sum(r.status == 'n/a' for r in results)}, PEFT cannot "
           f"build {sum(r.status == 'peft-cannot-build' for r in results)}, built {len(ran)}")
     print(f"attach == PEFT {sum(r.attach_ok for r in expected)}/{len(expected)}, merged == PEFT "
@@ -235,6 +236,28 @@ def main(archs: list[str]) -> int:
           f"{sum(r.merge_refused_by_name for r in expected)}), refused by name "
           f"{sum(r.refused_by_name for r in ran)}/{len(ran) - len(expected)}")
     return 0
+
+
+def cell(res: CaseResult) -> str:
+    """The README compatibility table's cell for one case."""
+    try:
+        check(res)
+    except AssertionError:
+        return "FAIL"
+    if res.status != "ran":
+        return "n/a" if res.status == "n/a" else "—"
+    if res.expected_refusal:
+        return "refused" if res.refused_by_name else "FAIL"
+    return "✓ (attach)¹" if res.merge_refused_by_name else "✓"
+
+
+def print_table(results: list[CaseResult], archs: list[str]) -> None:
+    by = {(r.arch, r.config): r for r in results}
+    print("\n| configuration | " + " | ".join(archs) + " |")
+    print("|---|" + "---|" * len(archs))
+    for config in CONFIGS:
+        print(f"| `{config}` | " + " | ".join(cell(by[a, config]) if (a, config) in by else ""
+                                           for a in archs) + " |")
 
 
 def _fmt(x: float | None) -> str:

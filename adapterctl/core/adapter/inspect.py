@@ -10,7 +10,7 @@ from pathlib import Path
 from adapterctl.core.adapter import problems as P
 from adapterctl.core.adapter.config import LoraAdapterConfig, check_lora_type, parse_adapter_config
 from adapterctl.core.adapter.keys import KeyLayout, ModuleKeys, split_keys
-from adapterctl.core.adapter.variants import expand_layout
+from adapterctl.core.adapter.variants import base_module_path, expand_layout
 from adapterctl.core.adapter.layer_kind import base_layer_kind
 from adapterctl.core.adapter.targeting import matches_target, module_scaling
 from adapterctl.errors import AdapterctlError
@@ -310,7 +310,8 @@ def inspect_adapter(path: str | Path, base: str | Path | None = None, check_valu
     for name, mod in layout.modules.items():
         r, alpha, scaling = module_scaling(cfg, name)
         problems += _check_module(mod, r, cfg)
-        base_shape = _lookup_base_shape(base_shapes, name, mod) if base_shapes else None
+        base_shape = (_lookup_base_shape(base_shapes, base_module_path(cfg, name), mod)
+                      if base_shapes else None)
         kind = _module_kind(mod, cfg, base_shape, model_type)
         values = _values(header, mod, scaling) if check_values else {}
         modules.append(ModuleSummary(

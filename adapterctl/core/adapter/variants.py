@@ -6,9 +6,15 @@ BD-LoRA (``use_bdlora``, PEFT's ``BdLoraLinearVariant``): on the modules whose p
 of ``target_modules_bd_a`` the lora_A factor is block-diagonal, on ``target_modules_bd_b`` lora_B;
 PEFT stores only the diagonal blocks stacked, ``(r, in/n)`` for A and ``(out, r/n)`` for B, and its
 forward (and merge) equals plain LoRA with the block-diagonal matrix ``block_diag(*W.chunk(n))``.
+
+layer_replication: PEFT rebuilds the decoder's layer list from ``[start, end)`` ranges before
+injecting LoRA (copies share the base weights); the saved keys use the new layer indices, so
+module ``layers.j`` sits on the base's ``layers.{map[j]}``.
 """
 
 from __future__ import annotations
+
+import re
 
 from adapterctl.core.adapter.config import LoraAdapterConfig
 from adapterctl.core.adapter.keys import KeyLayout
@@ -58,3 +64,32 @@ def expand_layout(layout: KeyLayout, cfg: LoraAdapterConfig) -> None:
         found = block_diagonal_factor(cfg, path)
         if found and found[0] in mod.shapes and len(mod.shapes[found[0]]) == 2:
             mod.shapes[found[0]] = full_shape(found[0], mod.shapes[found[0]], found[1])
+
+
+#: no decoder has this many layers: a bound that keeps a hostile layer_replication cheap
+MAX_LAYERS = 10_000
+
+
+def layer_map(raw) -> list[int] | None:
+    """The source layer of every new layer, from ``layer_replication`` ([[start, end), ...])."""
+    if not raw:
+        return None
+    if not isinstance(raw, list) or not all(
+            isinstance(p, list) and len(p) == 2 and all(type(i) is int for i in p) and
+            0 <= p[0] < p[1] <= MAX_LAYERS for p in raw) or \
+            sum(p[1] - p[0] for p in raw) > MAX_LAYERS:
+        raise InvalidAdapterError(f"layer_replication must be a list of [start, end) pairs, found "
+                                  f"{raw!r}"[:300], hint="Save the adapter again with PEFT.")
+    return [i for start, end in raw for i in range(start, end)]
+
+
+_LAYER = re.compile(r"^((?:.*\.)?(?:layers|h)\.)(\d+)(\..+)$")
+
+
+def base_module_path(cfg: LoraAdapterConfig, path: str) -> str:
+    """The base module a (possibly replicated) module path sits on."""
+    sources = layer_map(cfg.raw.get("layer_replication"))
+    m = _LAYER.match(path) if sources else None
+    if m is None or int(m.group(2)) >= len(sources):
+        return path
+    return f"{m.group(1)}{sources[int(m.group(2))]}{m.group(3)}"

@@ -117,7 +117,10 @@ def convert_mutated(draft: AdapterDraft, init: dict[str, tuple[torch.Tensor, tor
     if extra:
         notes.append(f"{len(extra)} modules of the initial adapter are not in the trained one "
                      f"(ignored): {', '.join(extra[:3])}")
-    out = replace(draft, config=doubled_config(draft.config, view.config.use_rslora),
+    config = doubled_config(draft.config, view.config.use_rslora)
+    if config.get("use_bdlora"):  # the factors written are full (expanded) matrices
+        config["use_bdlora"] = None
+    out = replace(draft, config=config,
                   tensors=tensors, steps=draft.steps + ("mutated-init",),
                   notes=draft.notes + tuple(notes))
     check_same_scaling(view, view_adapter(out))

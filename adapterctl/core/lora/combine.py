@@ -101,6 +101,10 @@ def _check_combinable(adapters: list[LoadedAdapter]) -> None:
             raise UnsupportedError(
                 f"{ad.source}: DoRA magnitudes cannot be folded into a plain LoRA adapter",
                 hint="Merge the adapters into the base model instead (adapterctl merge BASE ...).")
+        if ad.config.raw.get("layer_replication"):
+            raise UnsupportedError(
+                f"{ad.source}: layer_replication adapters sit on replicated layers a plain LoRA "
+                "adapter cannot describe", hint="Merge it into the base model instead.")
         if ad.config.kasa:
             raise UnsupportedError(
                 f"{ad.source}: KaSA adapters act on an SVD-truncated base; a plain LoRA adapter "

@@ -22,8 +22,10 @@ import torch
 
 from adapterctl.core.adapter.layer_kind import base_layer_kind
 from adapterctl.core.adapter.targeting import in_modules_to_save
+from adapterctl.core.adapter.variants import layer_map
 from adapterctl.core.lora.combine import check_combination
 from adapterctl.core.lora.loaded import LoadedAdapter, LoraWeights, load_adapter
+from adapterctl.core.merge.replicated import replicate_entries
 from adapterctl.core.merge.tied import find_tie, split_tied
 from adapterctl.errors import IncompatibleBaseError, UnsupportedError, UsageError
 from adapterctl.io.checkpoint import CheckpointReader, base_float_dtype, checkpoint_renames
@@ -124,6 +126,8 @@ class MergeJob:
     tasks: list[TensorTask]
     shard_plan: list
     plan: MergePlan
+    #: config.json fields the output changes besides dtype and ties (layer_replication)
+    config_updates: dict = field(default_factory=dict)
 
 
 # ----- checkpoint keys ------------------------------------------------------------------------
@@ -167,7 +171,7 @@ def _missing(adapter: LoadedAdapter, what: str, param: str, index: KeyIndex):
             "is not implemented", hint="Attach the adapter instead (adapterctl attach / generate).")
     return IncompatibleBaseError(
         f"{adapter.source}: {what} {param} lands nowhere: the base checkpoint has no such "
-        f"parameter{where}", hint="Is this adapter for another model? Check with: adapterctl "
+        "parameter", hint="Is this adapter for another model? Check with: adapterctl "
         "inspect ADAPTER --base BASE")
 
 
@@ -267,7 +271,7 @@ def _task(s: StoredTensor, key: str, out_dtype: torch.dtype, entry: dict, adapte
                       entry.get(copy_slot))
 
 
-def build_tasks(stored: list[StoredTensor], ops: dict, out_dtype: torch.dtype, adapters,
+def build_tasks(stored: list[tuple[str, StoredTensor]], ops: dict, out_dtype: torch.dtype, adapters,
                 tie: tuple[str, str] | None, like_peft: bool = False
                 ) -> tuple[list[TensorTask], bool]:
     """One task per output tensor, in checkpoint order; an untied lm_head follows its embedding.
@@ -275,17 +279,17 @@ def build_tasks(stored: list[StoredTensor], ops: dict, out_dtype: torch.dtype, a
     A tied table: the merged model is the attached one (core/merge/tied.py); with ``like_peft``
     every delta went into the one table, and only a modules_to_save copy unties it (PEFT)."""
     tasks, untie = [], False
-    for s in stored:
-        entry = ops.get(s.key, {})
-        if tie and s.key == tie[1] and not like_peft:
+    for key, s in stored:
+        entry = ops.get(key, {})
+        if tie and key == tie[1] and not like_peft:
             entry, head = split_tied(entry, ops.get(tie[0], {}), tie)
-            tasks.append(_task(s, s.key, out_dtype, entry, adapters, "copy"))
+            tasks.append(_task(s, key, out_dtype, entry, adapters, "copy"))
             if head is not None:  # the two ends differ: write lm_head and untie the config
                 untie = True
                 tasks.append(_task(s, tie[0], out_dtype, head, adapters, "copy"))
             continue
-        tasks.append(_task(s, s.key, out_dtype, entry, adapters, "copy"))
-        if tie and s.key == tie[1] and ("copy" in entry or "copy_head" in entry):
+        tasks.append(_task(s, key, out_dtype, entry, adapters, "copy"))
+        if tie and key == tie[1] and ("copy" in entry or "copy_head" in entry):
             untie = True  # the two tables now differ: write lm_head and untie the config
             tasks.append(_task(s, tie[0], out_dtype, entry, adapters, "copy_head"))
     return tasks, untie
@@ -318,6 +322,21 @@ def _tie_notes(tie: tuple[str, str] | None, untie: bool, options: MergeOptions) 
             "merge_and_unload does)"]
 
 
+def _layout(files: ModelFiles, stored: list[StoredTensor], adapters: list[LoadedAdapter],
+            shown: str) -> tuple[list[tuple[str, StoredTensor]], dict]:
+    """The output tensors as (key, source) pairs: the checkpoint's, or with layer_replication
+    its layer list rebuilt (core/merge/replicated.py); plus the config fields that change."""
+    entries = [(s.key, s) for s in stored]
+    sources = [layer_map(ad.config.raw.get("layer_replication")) for ad in adapters]
+    if not any(s is not None for s in sources):
+        return entries, {}
+    if len(adapters) > 1:
+        raise UnsupportedError("layer_replication rebuilds the model's layers for one adapter; "
+                               "it cannot be merged together with other adapters",
+                               hint="Merge it alone.")
+    return replicate_entries(entries, sources[0], files.config, shown)
+
+
 def load_adapters(paths: list[str | Path], sources: list[str] | None = None) -> list[LoadedAdapter]:
     sources = sources or [str(p) for p in paths]
     return [load_adapter(p, name=f"adapter{i}", source=src)
@@ -331,7 +350,8 @@ def plan_merge(base: str | Path, adapters: list[LoadedAdapter], options: MergeOp
     _check_adapters(adapters, options)
     with CheckpointReader(files) as reader:  # quantized: merged into a dequantized copy (spec 6.4)
         stored = reader.logical_tensors()
-    shapes = {s.key: s.shape for s in stored}
+    entries, updates = _layout(files, stored, adapters, base_source or str(base))
+    shapes = {key: s.shape for key, s in entries}
     index = KeyIndex(list(shapes), files.config)
     tie = find_tie(files.config, files.model_type, index)
     if tie:
@@ -345,7 +365,7 @@ def plan_merge(base: str | Path, adapters: list[LoadedAdapter], options: MergeOp
         _add_extras(i, ad, index, shapes, tie, ops, options.tied_like_peft)
     base_dtype = base_float_dtype(stored)
     out_dtype = DTYPES[options.dtype] if options.dtype else base_dtype
-    tasks, untie = build_tasks(stored, ops, out_dtype, adapters, tie, options.tied_like_peft)
+    tasks, untie = build_tasks(entries, ops, out_dtype, adapters, tie, options.tied_like_peft)
     shard_plan = plan_shards([TensorSpec(t.key, t.out_dtype, t.source.shape) for t in tasks],
                              options.max_shard_size)
     names = [ad.source for ad in adapters]
@@ -361,4 +381,8 @@ def plan_merge(base: str | Path, adapters: list[LoadedAdapter], options: MergeOp
         output_bytes=sum(s.nbytes for s in shard_plan), shards=[s.filename for s in shard_plan],
         untie_embeddings=untie,
         warnings=_warnings(adapters, base_source or str(base)) + _tie_notes(tie, untie, options))
-    return MergeJob(files, adapters, options, tasks, shard_plan, plan)
+    if updates:
+        plan.warnings.append(f"layer_replication: writing {updates['num_hidden_layers']} layers, "
+                             "each copy with its own weights and LoRA (the attached model; PEFT's "
+                             "merge adds every copy's delta into the one shared weight)")
+    return MergeJob(files, adapters, options, tasks, shard_plan, plan, updates)

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import pytest
 import torch
 
 from adapterctl.core.engine.attach import attach_adapter
@@ -106,3 +105,26 @@ def test_kasa_recomputes_the_truncated_base(tiny_models, peft_adapter, tmp_path)
         res = invoke(*args)
         assert res.code == 5 and "KaSA" in res.stderr
     assert invoke("convert", "--dtype", "bfloat16", adapter, tmp_path / "bf").code == 0
+
+
+def test_layer_replication_attaches_and_merges_as_separate_layers(tiny_models, peft_adapter,
+                                                                  tmp_path):
+    """PEFT stacks layers [0, 1, 1] sharing weights, each copy with its own LoRA; merge writes
+    three layers of their own (PEFT's merge adds both copies' deltas into layer 1's weights)."""
+    import json
+
+    from adapterctl.core.engine.attach import detach
+
+    adapter = peft_adapter("llama", r=4, lora_alpha=16, target_modules=["q_proj", "v_proj"],
+                           layer_replication=[[0, 2], [1, 2]])
+    check_against_peft(tiny_models["llama"], adapter, tmp_path)
+    assert json.loads((tmp_path / "merged" / "config.json").read_text())["num_hidden_layers"] == 3
+    model = _base(tiny_models["llama"])
+    before = _logits(model)
+    attach_adapter(model, adapter)
+    assert len(model.model.layers) == 3 and model.config.num_hidden_layers == 3
+    detach(model, "default")
+    assert len(model.model.layers) == 2 and torch.equal(_logits(model), before)
+    res = invoke("--json", "inspect", adapter, "--base", tiny_models["llama"])
+    assert res.code == 0 and res.json["usable"], res.stdout
+    assert invoke("merge", "--to-adapter", adapter, "-o", tmp_path / "ta").code == 5
