@@ -24,6 +24,7 @@ class ArchInfo:
     layers: str  # name of the block list (layers, h)
     conv1d: bool  # projections are transformers Conv1D
     tied: bool
+    biased: tuple[str, ...] = ()  # leaf names of those layers that have a bias
 
     @property
     def first(self) -> str:
@@ -51,7 +52,8 @@ CONFIGS: dict[str, Callable[[ArchInfo], dict | None]] = {
                                       use_rslora=True, rank_pattern={a.first: 2},
                                       alpha_pattern={a.last: 5}),
     "lora_bias": lambda a: dict(target_modules="all-linear", r=4, lora_alpha=16, lora_bias=True),
-    "lora_bias_first": lambda a: dict(target_modules=[a.first], r=4, lora_alpha=128, lora_bias=True),
+    "lora_bias_biased": lambda a: dict(target_modules=list(a.biased), r=4, lora_alpha=16,
+                                       lora_bias=True) if a.biased else None,
     "bias_all": lambda a: dict(target_modules=[a.first, a.last], r=4, lora_alpha=16, bias="all"),
     "bias_lora_only": lambda a: dict(target_modules=[a.first, a.last], r=4, lora_alpha=16, bias="lora_only"),
     "exclude": lambda a: dict(target_modules="all-linear", r=4, lora_alpha=16, exclude_modules=[a.last]),
@@ -94,4 +96,4 @@ REFUSED: dict[str, str] = {
 OUT_OF_SCOPE = "target_parameters"
 #: configuration -> the name a refused merge must carry where the base cannot hold it (a lora_B
 #: bias on a layer without bias: attach adds it at run time, a checkpoint has no tensor for it)
-MERGE_REFUSED: dict[str, str] = {"lora_bias": "lora_bias", "lora_bias_first": "lora_bias"}
+MERGE_REFUSED: dict[str, str] = {"lora_bias": "lora_bias"}

@@ -89,17 +89,19 @@ def arch_info(model: torch.nn.Module) -> ArchInfo:
     names = dict(model.named_modules())
     emb = model.get_input_embeddings()
     emb_path = next(p for p, m in names.items() if m is emb)
-    linear, layers = [], ""
+    linear, biased, layers = [], [], ""
     for path, mod in names.items():
         if layer_kind(mod) in ("linear", "conv1d_hf") and ".0." in path:
             layers = layers or path.split(".0.")[0].rsplit(".", 1)[-1]
             leaf = path.rsplit(".", 1)[-1]
             if leaf not in linear:
                 linear.append(leaf)
+            if getattr(mod, "bias", None) is not None and leaf not in biased:
+                biased.append(leaf)
     conv1d = any(layer_kind(m) == "conv1d_hf" for m in names.values())
     tied = model.get_output_embeddings().weight is emb.weight
     return ArchInfo(model.config.model_type, emb_path.rsplit(".", 1)[-1], tuple(linear), layers,
-                    conv1d, tied)
+                    conv1d, tied, tuple(biased))
 
 
 def build_base(name: str, root: Path) -> Base:
