@@ -84,6 +84,11 @@ def merge_cmd(
     rank: Annotated[int | None, typer.Option(
         "--rank", min=1, help="--to-adapter with svd/ties/dare: rank of the new adapter (default: "
         "the largest source rank).", rich_help_panel=PANEL_COMBINE)] = None,
+    tied_like_peft: Annotated[bool, typer.Option(
+        "--tied-like-peft", help="On a model whose lm_head shares the embedding table, put every "
+        "delta into the one table as PEFT's merge_and_unload does (default: the merged model "
+        "equals the attached adapter, untying the table where its two ends differ).",
+        rich_help_panel=PANEL_OUT)] = False,
     token: Token = None,
 ) -> None:
     """Merge LoRA adapters into a base model and write a full checkpoint (streamed, never builds
@@ -101,11 +106,11 @@ def merge_cmd(
         raise UsageError("--output is required (or pass --dry-run)")
     refs, w = adapter_weights(inputs[1:], legacy)
     _merge_model(inputs[0], refs, w, output, dtype, device, max_shard_size, force, dry_run,
-                 combination or "linear", density, seed, token)
+                 combination or "linear", density, seed, token, tied_like_peft)
 
 
 def _merge_model(base, refs, weights, output, dtype, device, max_shard_size, force, dry_run,
-                 combination, density, seed, token) -> None:
+                 combination, density, seed, token, tied_like_peft=False) -> None:
     from adapterctl.core.merge.plan import MergeOptions
     from adapterctl.core.merge.run import MergeReport, plan_from_refs
     from adapterctl.core.merge.write import execute_merge
@@ -115,7 +120,8 @@ def _merge_model(base, refs, weights, output, dtype, device, max_shard_size, for
     out = get_output()
     options = MergeOptions(weights=tuple(weights), combination=combination, density=density,
                            seed=seed, dtype=None if dtype in (None, "auto") else dtype,
-                           max_shard_size=_parse_size(max_shard_size))
+                           max_shard_size=_parse_size(max_shard_size),
+                           tied_like_peft=tied_like_peft)
     with out.status("planning the merge"):
         job = plan_from_refs(base, refs, options, hub_options(None, token))
     plan = job.plan

@@ -180,33 +180,86 @@ class CheckpointReader:
         self.close()
 
 
-def checkpoint_renames(model_type: str | None, keys) -> tuple[dict[str, str], set[str]]:
-    """transformers' own checkpoint -> runtime key conversions for ``model_type`` (v5 tables).
+def checkpoint_renames(config: dict | str | None, keys
+                       ) -> tuple[dict[str, str], dict[str, list[str]]]:
+    """transformers' own checkpoint -> runtime key conversions for this model (v5 loading).
 
-    Returns ``(runtime name -> checkpoint key)`` for plain renamings, and the checkpoint keys that a
-    many-to-one converter fuses (MoE experts): those have no single runtime parameter to add a
-    delta to. Empty when transformers is absent or has no table for this model type.
+    ``config`` is the checkpoint's config.json (or just its model_type). The renames are the ones
+    ``from_pretrained`` applies, found the way it finds them: a parameter-free (meta) skeleton of
+    the class ``AutoModelForCausalLM`` builds, and ``get_model_conversion_mapping`` over it, which
+    looks each sub-model up by class name first (``GPTNeoXForCausalLM``: ``embed_out`` ->
+    ``lm_head``), then by model_type (Mixtral's ``block_sparse_moe`` -> ``mlp``), plus the legacy
+    renames and the base-model prefix added or dropped. Nothing is loaded and no repo code runs
+    (a model type transformers does not know has no table).
+
+    Returns ``(runtime name -> checkpoint key)`` for plain renamings, and ``(checkpoint key ->
+    runtime names)`` for the keys a converter fuses (MoE experts stacked into one parameter) or
+    splits (a stored qkv cut into q, k and v): no runtime parameter is that whole stored tensor,
+    so no delta can be added to it as one. Empty when transformers is absent or has no table.
     """
+    conf = {"model_type": config} if isinstance(config, str) or config is None else config
     try:
-        from transformers.conversion_mapping import get_checkpoint_conversion_mapping
-        from transformers.core_model_loading import WeightRenaming
+        from transformers.core_model_loading import WeightConverter, rename_source_key
     except ImportError:
-        return {}, set()
-    try:
-        transforms = get_checkpoint_conversion_mapping(model_type) if model_type else None
-    except Exception:  # a table that does not build is the same as no table
-        transforms = None
-    renamed, fused = {}, set()
+        return {}, {}
+    transforms, prefix, meta = _conversions(conf)
+    renamings = [t for t in transforms if not isinstance(t, WeightConverter)]
+    converters = [t for t in transforms if isinstance(t, WeightConverter)]
+    renamed, fused = {}, {}
     for key in keys:
-        name = key
-        for t in transforms or ():
-            new, pattern = t.rename_source_key(name)
-            if pattern is None:
-                continue
-            if not isinstance(t, WeightRenaming):
-                fused.add(key)
-                break
-            name = new
-        if name != key and key not in fused:
+        try:
+            name, pattern = rename_source_key(key, renamings, converters, prefix, meta)
+        except Exception:  # a table that does not apply is the same as no table
+            continue
+        if pattern is not None:
+            fused[key] = _converter_targets(name, pattern, converters)
+        elif name != key:
             renamed[name] = key
     return renamed, fused
+
+
+def _converter_targets(name: str, pattern: str, converters) -> list[str]:
+    """The runtime names a converted key feeds: ``name`` (the first target) and, for a converter
+    that splits one stored tensor (Chunk), the same name with each other target pattern."""
+    for conv in converters:
+        if pattern in conv.source_patterns:
+            first = conv.target_patterns[0]
+            return [name] + [name.replace(first, t) for t in conv.target_patterns[1:] if first in name]
+    return [name]
+
+
+def _conversions(config: dict) -> tuple[list, str | None, dict | None]:
+    """(transforms, base_model_prefix, meta state dict) as ``from_pretrained`` would use them."""
+    try:
+        skeleton = meta_skeleton(config)
+    except Exception:  # unknown or custom architectures: transformers has nothing to apply
+        skeleton = None
+    try:
+        from transformers.conversion_mapping import (
+            get_checkpoint_conversion_mapping,
+            get_model_conversion_mapping,
+        )
+
+        if skeleton is not None:
+            return (get_model_conversion_mapping(skeleton), skeleton.base_model_prefix,
+                    dict.fromkeys(skeleton.state_dict(), True))
+        model_type = config.get("model_type")
+        return list(get_checkpoint_conversion_mapping(model_type) or ()) if model_type else [], \
+            None, None
+    except Exception:  # a table that does not build is the same as no table
+        return [], None, None
+
+
+def meta_skeleton(config: dict):
+    """The model ``AutoModelForCausalLM.from_config`` builds for this config, on the meta device
+    (no memory, no weights); None for a model type transformers does not know."""
+    from transformers import AutoModelForCausalLM
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    model_type = config.get("model_type")
+    if not isinstance(model_type, str) or model_type not in CONFIG_MAPPING:
+        return None
+    fields = {k: v for k, v in config.items() if k not in ("auto_map", "quantization_config")}
+    conf = CONFIG_MAPPING[model_type].from_dict(fields)
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(conf)

@@ -158,7 +158,6 @@ def test_shape_mismatch(tiny_models, tmp_path):
 
 @pytest.mark.parametrize("key,value,label", [
     ("use_qalora", True, "QALoRA"), ("alora_invocation_tokens", [1, 2], "aLoRA"),
-    ("use_bdlora", {"nblocks": 2}, "BD-LoRA"), ("kasa_config", {"a": 1}, "KaSA"),
     ("arrow_config", {"top_k": 2}, "Arrow"), ("monteclora_config", {"x": 1}, "MonteCLoRA"),
     ("target_parameters", ["mlp.experts.gate_up_proj"], "target_parameters"),
 ])
@@ -166,6 +165,12 @@ def test_unsupported_variants_are_refused_by_name(tiny_models, tmp_path, key, va
     res = invoke("--json", "attach", tiny_models["llama"], _bad_adapter(tmp_path, {key: value}))
     assert res.code == 5
     assert key in res.json["error"]["message"] and label in res.json["error"]["message"]
+
+
+def test_kasa_without_its_diagonal_is_invalid(tiny_models, tmp_path):
+    """KaSA is supported (tests/core/lora/test_variants.py); a file without lora_diag is broken."""
+    res = invoke("--json", "attach", tiny_models["llama"], _bad_adapter(tmp_path, {"kasa_config": {}}))
+    assert res.code == 4 and "lora_diag" in res.json["error"]["message"]
 
 
 @pytest.mark.parametrize("init", ["corda", "loftq", "lora_ga"])

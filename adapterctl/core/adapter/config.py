@@ -18,12 +18,9 @@ from adapterctl.io.files import read_json_object
 UNSUPPORTED_VARIANTS: dict[str, str] = {
     "alora_invocation_tokens": "aLoRA (activated LoRA)",
     "use_qalora": "QALoRA",
-    "use_bdlora": "BD-LoRA (block-diagonal LoRA)",
-    "kasa_config": "KaSA",
     "arrow_config": "Arrow routing",
     "monteclora_config": "MonteCLoRA",
     "target_parameters": "target_parameters (LoRA on raw parameters / MoE experts)",
-    "layer_replication": "layer_replication",
 }
 #: Initialisers that only set A and B: the saved tensors overwrite them, so they leave no trace.
 PLAIN_INITS = {"gaussian", "orthogonal", "eva", "mica", "true", "false"}
@@ -83,6 +80,12 @@ class LoraAdapterConfig:
         return "unknown"
 
     @property
+    def kasa(self) -> bool:
+        """KaSA (arXiv:2412.06071): PEFT truncates each adapted Linear's base weight by SVD when
+        the adapter is added, and ΔW = s·B·diag(lora_diag)·A (spec 1.4)."""
+        return self.raw.get("kasa_config") is not None  # {} is KaSA with its defaults (PEFT)
+
+    @property
     def variants(self) -> list[str]:
         """Human names of the variants this adapter uses (supported or not)."""
         out = []
@@ -93,6 +96,14 @@ class LoraAdapterConfig:
         if self.lora_bias:
             out.append("lora_bias")
         out += [name for key, name in UNSUPPORTED_VARIANTS.items() if self.raw.get(key)]
+        if self.raw.get("layer_replication"):
+            out.append("layer_replication")  # shared-weight layer copies (core/engine/replicate.py)
+        if self.kasa:
+            out.append("KaSA")  # SVD-truncated base + lora_diag (core/lora/delta.py)
+        if self.raw.get("use_bdlora"):
+            out.append("BD-LoRA")  # block-diagonal factors, stored compact (core/adapter/variants.py)
+        if self.raw.get("velora_config"):
+            out.append("VeLoRA")  # training only: the forward is plain LoRA (core/adapter/keys.py)
         return out
 
     @property

@@ -11,6 +11,7 @@ from adapterctl.core.adapter import problems as P
 from adapterctl.core.adapter.config import LoraAdapterConfig, check_lora_type, parse_adapter_config
 from adapterctl.core.adapter.keys import KeyLayout, ModuleKeys, split_keys
 from adapterctl.core.adapter import compat as C
+from adapterctl.core.adapter.variants import base_module_path, expand_layout
 from adapterctl.core.adapter.targeting import matches_target, module_scaling
 from adapterctl.errors import AdapterctlError
 from adapterctl.io.adapter_dir import AdapterFiles, locate_adapter_files
@@ -110,8 +111,9 @@ def _check_module(mod: ModuleKeys, r_cfg: int, cfg: LoraAdapterConfig) -> list[P
         elif len(a) == 2 and b[1] != a[0]:
             out.append(P.error("rank_mismatch", f"{mod.path}: lora_A {list(a)} and lora_B {list(b)} "
                                "disagree on the rank"))
-    if "kasa_diag" in mod.keys:
-        out.append(P.error("unsupported_variant", f"{mod.path}: has lora_diag (KaSA)", exit_code=5))
+    if "kasa_diag" in mod.keys and not cfg.kasa:
+        out.append(P.error("kasa_mismatch", f"{mod.path}: has lora_diag (KaSA) but the config has "
+                           "no kasa_config"))
     if "magnitude" in mod.keys and not cfg.use_dora:
         out.append(P.error("dora_mismatch",
                            f"{mod.path}: has lora_magnitude_vector but use_dora is false"))
@@ -278,6 +280,7 @@ def inspect_adapter(path: str | Path, base: str | Path | None = None, check_valu
     header = read_safetensors_header(files.weights)
     layout = split_keys({k: t.shape for k, t in header.tensors.items()},
                         {k: t.dtype for k, t in header.tensors.items()})
+    expand_layout(layout, cfg)  # BD-LoRA: the shapes the forward multiplies
     if not header.tensors:
         problems.insert(0, P.error("empty_adapter", f"{files.weights}: holds no tensors",
                                    "Save the adapter again after training."))
@@ -289,7 +292,8 @@ def inspect_adapter(path: str | Path, base: str | Path | None = None, check_valu
     for name, mod in layout.modules.items():
         r, alpha, scaling = module_scaling(cfg, name)
         problems += _check_module(mod, r, cfg)
-        base_shape = _lookup_base_shape(base_shapes, name, mod) if base_shapes else None
+        base_shape = (_lookup_base_shape(base_shapes, base_module_path(cfg, name), mod)
+                      if base_shapes else None)
         kind = _module_kind(mod, cfg, base_shape, model_type)
         values = _values(header, mod, scaling) if check_values else {}
         modules.append(ModuleSummary(

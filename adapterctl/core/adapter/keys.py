@@ -23,6 +23,10 @@ LORA_SUFFIXES: dict[str, str] = {
     ".lora_diag": "kasa_diag",
 }
 TRAINABLE_TOKENS_SUFFIX = ".token_adapter.trainable_tokens_delta"
+#: tensors that only training uses: VeLoRA's projection vectors compress the activations PEFT
+#: keeps for the backward pass; its forward (and merge) is plain LoRA (peft/tuners/lora/variants.py
+#: VeloraLinearVariant, spec 1.4), so the vectors are read past
+TRAINING_ONLY_SUFFIXES: dict[str, str] = {".lora_velora_embed": "VeLoRA"}
 _LORA_COMPONENT = re.compile(r"(^|\.)lora_[A-Za-z_]+(\.|$)")
 
 
@@ -69,6 +73,8 @@ class KeyLayout:
     trainable_tokens: dict[str, str] = field(default_factory=dict)
     #: keys with a lora_ component we cannot place
     unknown: list[str] = field(default_factory=list)
+    #: keys only training uses (TRAINING_ONLY_SUFFIXES): no effect on the forward or a merge
+    training_only: list[str] = field(default_factory=list)
 
 
 def split_keys(
@@ -91,6 +97,8 @@ def split_keys(
             mod.keys[role] = key
             mod.shapes[role] = tuple(shapes[key])
             mod.dtypes[role] = dtypes.get(key, "")
+        elif rest.endswith(tuple(TRAINING_ONLY_SUFFIXES)):
+            layout.training_only.append(key)
         elif rest.endswith(TRAINABLE_TOKENS_SUFFIX):
             layout.trainable_tokens[rest[: -len(TRAINABLE_TOKENS_SUFFIX)]] = key
         elif _LORA_COMPONENT.search(rest):

@@ -105,6 +105,16 @@ def module_keys(draft: AdapterDraft) -> dict[str, ModuleKeys]:
     return split_keys({k: tuple(v.shape) for k, v in draft.tensors.items()}).modules
 
 
+def refuse_kasa(cfg, source: str, what: str) -> None:
+    """KaSA acts on an SVD-truncated base and its lora_diag sits between A and B: rewriting the
+    factors as another adapter is not exact (PEFT: supports_lora_conversion is False)."""
+    if cfg.kasa:
+        raise UnsupportedError(f"{source}: KaSA adapter: {what} cannot change exactly (it acts on "
+                               "an SVD-truncated base, with lora_diag between A and B)",
+                               hint="Merge it into the base model instead (adapterctl merge); "
+                               "--dtype and --for-serving apply as is.")
+
+
 def check_same_scaling(before: LoadedAdapter, after: LoadedAdapter) -> None:
     """Internal guard: a conversion that claims exactness must keep each module's s."""
     for path, w in before.modules.items():

@@ -64,6 +64,7 @@ def convert_for_engine(draft: AdapterDraft, req: ForEngine) -> AdapterDraft:
     work = Work(draft, req)
     try:
         _refuse_unfixable(work, names)
+        _drop_training_only(work)
         if work.view.config.use_dora and not caps.dora:
             _dora_to_lora(work)
         X.lora_biases(work, caps)
@@ -99,6 +100,20 @@ def _refuse_unfixable(work: Work, names: list[str]) -> None:
 
 
 # ----- the steps -------------------------------------------------------------------------------
+def _drop_training_only(work: Work) -> None:
+    """VeLoRA's vectors serve the backward pass only (the forward never reads them), and no engine
+    loads them: dropping them is exact."""
+    from adapterctl.core.adapter.keys import split_keys
+
+    layout = split_keys({k: tuple(v.shape) for k, v in work.draft.tensors.items()})
+    for key in layout.training_only:
+        work.drop.add(key)
+        work.removed.append(f"{key} (training-only VeLoRA vector: the forward does not use it)")
+    if work.config.get("velora_config"):
+        work.removed.append(f"config velora_config={work.config['velora_config']!r}")
+        work.config["velora_config"] = None
+
+
 def _dora_to_lora(work: Work) -> None:
     reps = []
     for path, w in work.view.modules.items():

@@ -45,7 +45,7 @@ def run_format_convert(req, steps: Callable, progress=None):
     from dataclasses import replace
 
     from adapterctl.core.convert import draft as C
-    from adapterctl.core.convert.format import cast_draft
+    from adapterctl.core.convert.cast import cast_draft
 
     draft = _read_source(req, progress)
     if not (req.from_format or req.extract_base):

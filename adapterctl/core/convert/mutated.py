@@ -15,6 +15,7 @@ from adapterctl.core.convert.draft import (
     AdapterDraft,
     check_same_scaling,
     module_keys,
+    refuse_kasa,
     view_adapter,
 )
 from adapterctl.errors import (
@@ -86,6 +87,7 @@ def init_factors_from_base(draft: AdapterDraft, base_dir: str | Path, base_sourc
 def check_mutated_source(draft: AdapterDraft) -> list[str]:
     """Refuse inits that cannot be converted; return notes for the merely suspicious ones."""
     cfg = parse_adapter_config(draft.config, draft.source)
+    refuse_kasa(cfg, draft.source, "its initialisation")
     if cfg.init_kind == "loftq":
         raise UnsupportedError(f"{draft.source}: LoftQ adapters replace the base with a quantised "
                                "copy; subtracting an initial adapter does not undo that",
@@ -124,7 +126,10 @@ def convert_mutated(draft: AdapterDraft, init: dict[str, tuple[torch.Tensor, tor
     if extra:
         notes.append(f"{len(extra)} modules of the initial adapter are not in the trained one "
                      f"(ignored): {', '.join(extra[:3])}")
-    out = replace(draft, config=doubled_config(draft.config, view.config.use_rslora),
+    config = doubled_config(draft.config, view.config.use_rslora)
+    if config.get("use_bdlora"):  # the factors written are full (expanded) matrices
+        config["use_bdlora"] = None
+    out = replace(draft, config=config,
                   tensors=tensors, steps=draft.steps + ("mutated-init",),
                   notes=draft.notes + tuple(notes))
     check_same_scaling(view, view_adapter(out))

@@ -87,7 +87,7 @@ def check_request(req: ConvertRequest) -> None:
 def run_convert(req: ConvertRequest, progress: Callable[[str, int, int], None] | None = None):
     """Execute ``req`` and return the ConvertResult of the written adapter."""
     from adapterctl.core.convert import draft as C
-    from adapterctl.core.convert.format import cast_draft
+    from adapterctl.core.convert.cast import cast_draft
 
     check_request(req)
     if req.to or req.from_format:

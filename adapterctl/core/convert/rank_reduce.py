@@ -20,9 +20,11 @@ from adapterctl.core.convert.draft import (
     AdapterDraft,
     ModuleReport,
     module_keys,
+    refuse_kasa,
     view_adapter,
 )
 from adapterctl.core.convert.mutated import MUTATED_INITS
+from adapterctl.core.lora.loaded import tied_pairs
 from adapterctl.core.lora.svd import (
     LowRankSVD,
     captured_energy,
@@ -62,19 +64,28 @@ def reduce_rank(draft: AdapterDraft, rank: int | None = None, energy: float | No
     if energy is not None and not 0 < energy <= 1:
         raise UsageError(f"--energy must be in (0, 1], got {energy}", hint=HINT)
     view = view_adapter(draft)
+    refuse_kasa(view.config, draft.source, "its rank")
     if view.config.init_kind in MUTATED_INITS:
         raise UsageError(f"{draft.source}: init_lora_weights={view.config.init_lora_weights!r}: "
                          "the adapter acts on a mutated base, its rank cannot change as is",
                          hint="Convert it in the same run: add --pissa-init INIT or --base BASE.")
     svds, reports = {}, []
-    for path, w in view.modules.items():
-        svd = module_svd(w)
-        k = choose_rank(svd, rank, energy)
+    pairs = dict((h, e) for e, h in tied_pairs(view.modules))  # ensure_weight_tying
+    for path, w in sorted(view.modules.items(), key=lambda kv: kv[0] in pairs):
+        svd = module_svd(w)  # a tied lm_head comes last and takes its embedding's rank
+        k = svds[pairs[path]].S.numel() if path in pairs else choose_rank(svd, rank, energy)
         svds[path] = svd.truncate(k)
         reports.append(ModuleReport(path, w.r, k, relative_error(svd, k), captured_energy(svd, k)))
     config = ranked_config(draft.config, {p: s.S.numel() for p, s in svds.items()})
-    tensors = _refactor(draft, view, svds, config)
     notes = draft.notes
+    if config.get("use_bdlora"):  # the new factors are full matrices: plain LoRA
+        config = {**config, "use_bdlora": None}
+        notes += ("BD-LoRA: the reduced factors are full matrices; use_bdlora is dropped",)
+    tensors = _refactor(draft, view, svds, config)
+    keys = module_keys(draft)
+    for head, emb in pairs.items():  # still the embedding's factors transposed: still tied
+        tensors[keys[head].keys["A"]] = tensors[keys[emb].keys["B"]].T.contiguous()
+        tensors[keys[head].keys["B"]] = tensors[keys[emb].keys["A"]].T.contiguous()
     if view.config.use_dora:
         notes += ("DoRA: the magnitude vector is kept; the error report covers ΔW only",)
     return replace(draft, config=config, tensors=tensors, modules=tuple(reports), notes=notes,

@@ -24,6 +24,7 @@ from torch import nn
 
 from adapterctl.core.adapter import compat as C
 from adapterctl.core.adapter.config import is_safe_adapter_name
+from adapterctl.core.adapter.variants import layer_map
 from adapterctl.core.engine.fit import find_module, find_param, plan_fit, require_float_base, unwrap
 from adapterctl.core.engine.layers import (
     BASE_ROW,
@@ -32,6 +33,7 @@ from adapterctl.core.engine.layers import (
     execution_device,
     offloaded_weight,
 )
+from adapterctl.core.engine.replicate import Replication, replicate_layers, restore_layers
 from adapterctl.core.engine.wrappers import SavedModuleWrapper, TokenRowsWrapper
 from adapterctl.core.lora.delta import mutated_init
 from adapterctl.core.lora.loaded import LoadedAdapter, load_adapter
@@ -72,6 +74,7 @@ class _Record:
     adapter: LoadedAdapter
     #: model parameter path -> original tensor, restored on detach (replacements, PiSSA residuals)
     originals: dict[str, torch.Tensor] = field(default_factory=dict)
+    replication: Replication | None = None  # layer_replication: the layer list before it
 
 
 def _records(model: nn.Module) -> dict[str, _Record]:
@@ -111,12 +114,18 @@ def attach_adapter(model: nn.Module, adapter: str | Path | LoadedAdapter, name: 
     if any(isinstance(m, LoraWrapper) and m.folded for m in model.modules()):
         raise UsageError("adapters are folded into the base weights", hint="Call unfold() first.")
     la = adapter if isinstance(adapter, LoadedAdapter) else load_adapter(adapter, name)
-    plan = plan_fit(model, la, la.source)
+    replication = _replicate(model, la, records)
+    try:
+        plan = plan_fit(model, la, la.source)
+    except Exception:
+        if replication is not None:
+            restore_layers(replication, model)
+        raise
     init = _mutating_init(la)
     if init:
         for path, (base, _) in plan.lora.items():
             require_float_base(path, base, str(la.config.init_lora_weights))
-    record = _Record(report=None, adapter=la)  # type: ignore[arg-type]
+    record = _Record(report=None, adapter=la, replication=replication)  # type: ignore[arg-type]
     warnings = _warnings(la, records, plan.unmatched_targets, init)
     mismatch = base_mismatch(la.config.base_model_name_or_path, model)
     if mismatch:
@@ -139,7 +148,22 @@ def attach_adapter(model: nn.Module, adapter: str | Path | LoadedAdapter, name: 
     return record.report
 
 
+def _replicate(model: nn.Module, la: LoadedAdapter, records: dict) -> Replication | None:
+    """layer_replication rebuilds the model's layers for this adapter's keys (engine/replicate.py):
+    it must be the only adapter, as the layers others were trained on are gone."""
+    sources = layer_map(la.config.raw.get("layer_replication"))
+    replicated = [n for n, r in records.items() if r.replication is not None]
+    if (sources is not None and records) or replicated:
+        raise UnsupportedError(
+            f"{la.source}: layer_replication rebuilds the model's layer list, so an adapter that "
+            f"uses it must be the only one attached (attached: {', '.join(records)})",
+            hint="Attach it alone (or detach the others first).")
+    return replicate_layers(model, sources) if sources is not None else None
+
+
 def _mutating_init(la: LoadedAdapter) -> str | None:
+    if la.config.kasa:
+        return "kasa"  # SVD-truncated Linear bases (core/lora/delta.kasa_truncated)
     kind = la.config.init_kind
     return {"pissa": "pissa", "pissa_niter": "pissa", "olora": "olora"}.get(kind)
 
@@ -167,10 +191,12 @@ def base_mismatch(expected: str | None, model: nn.Module) -> str | None:
 
 
 def _recompute_residuals(model, la: LoadedAdapter, plan, init: str, record: _Record) -> None:
-    """PiSSA / OLoRA mutate the base at injection; PEFT recomputes that on load (spec 1.7)."""
+    """PiSSA / OLoRA / KaSA mutate the base at injection; PEFT recomputes that on load (spec 1.7).
+    KaSA truncates Linear layers only (PEFT refuses Conv1D)."""
     for path, (base, kind) in plan.lora.items():
-        if kind not in (C.LayerKind.LINEAR, C.LayerKind.CONV1D_GPT2):
-            continue  # PEFT's PiSSA/OLoRA initialisers mutate Linear/Conv1D weights only
+        if kind not in (C.LayerKind.LINEAR, C.LayerKind.CONV1D_GPT2) or (
+                init == "kasa" and kind is not C.LayerKind.LINEAR):
+            continue  # PEFT's PiSSA/OLoRA initialisers mutate Linear/Conv1D weights only (KaSA: Linear)
         w = la.modules[path]
         _, _, residual = mutated_init(base.weight.data, w.r, w.scaling, init,
                                       fan_in_fan_out=kind.fan_in_fan_out)
@@ -325,6 +351,8 @@ def detach(model: nn.Module, name: str) -> None:
     with torch.no_grad():
         for ppath, original in record.originals.items():
             find_param(model, ppath).data.copy_(original)
+    if record.replication is not None:
+        restore_layers(record.replication, model)
     active = {n: w for n, w in active_adapters(model).items() if n != name}
     set_active(model, active)
 

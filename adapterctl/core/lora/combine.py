@@ -102,6 +102,14 @@ def _check_combinable(adapters: list[LoadedAdapter]) -> None:
             raise UnsupportedError(
                 f"{ad.source}: DoRA magnitudes cannot be folded into a plain LoRA adapter",
                 hint="Merge the adapters into the base model instead (adapterctl merge BASE ...).")
+        if ad.config.raw.get("layer_replication"):
+            raise UnsupportedError(
+                f"{ad.source}: layer_replication adapters sit on replicated layers a plain LoRA "
+                "adapter cannot describe", hint="Merge it into the base model instead.")
+        if ad.config.kasa:
+            raise UnsupportedError(
+                f"{ad.source}: KaSA adapters act on an SVD-truncated base; a plain LoRA adapter "
+                "cannot carry that", hint="Merge it into the base model instead (adapterctl merge).")
         if ad.config.init_kind != "plain":
             raise UnsupportedError(
                 f"{ad.source}: init_lora_weights={ad.config.init_lora_weights!r} adapters are "
@@ -205,8 +213,11 @@ def _new_config(adapters: list[LoadedAdapter], ranks: dict[str, int], paths: lis
     rank_pattern = _patterns(ranks, r)
     mts = sorted({m for ad in adapters for m in (ad.config.modules_to_save or [])})
     raw = dict(adapters[0].config.raw)
+    # the new tensors are plain LoRA: no variant layout (BD-LoRA blocks, VeLoRA vectors), and
+    # lm_head's LoRA is its own (ensure_weight_tying would re-tie it to the embedding's on load)
     for k in ("alora_invocation_tokens", "eva_config", "corda_config", "loftq_config",
-              "layer_replication", "megatron_config", "megatron_core"):
+              "layer_replication", "megatron_config", "megatron_core", "use_bdlora",
+              "velora_config", "ensure_weight_tying"):
         raw.pop(k, None)
     raw.update({
         "peft_type": "LORA", "r": r, "lora_alpha": r, "use_rslora": False, "use_dora": False,

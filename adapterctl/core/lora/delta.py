@@ -88,17 +88,33 @@ def fold_lora_bias(cur: torch.Tensor, w: LoraWeights, weight: float = 1.0,
     return cur + (bd if weight == 1.0 else bd * weight)
 
 
+def kasa_truncated(W: torch.Tensor, r: int) -> torch.Tensor:
+    """KaSA's base (Jiang et al. 2024, arXiv:2412.06071): W without its r smallest singular
+    components, as PEFT's ``KasaLinearVariant._truncate_base_weight`` computes it (float32 SVD of
+    the (out, in) weight, (U_p·S_p) @ Vh_p, rounded to W's dtype). Linear layers only."""
+    out_f, in_f = W.shape
+    if r >= min(out_f, in_f):
+        raise UnsupportedError(f"KaSA needs r={r} below min(in, out) = {min(out_f, in_f)}",
+                               hint="PEFT refuses this adapter too.")
+    U, S, Vh = torch.linalg.svd(W.detach().to(F32), full_matrices=False)
+    keep = min(out_f, in_f) - r
+    return ((U[:, :keep] * S[:keep]) @ Vh[:keep, :]).to(W.dtype)
+
+
 def mutated_init(W: torch.Tensor, r: int, scaling: float, init: str, fan_in_fan_out: bool = False
-                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                 ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor]:
     """Recompute PiSSA / OLoRA's initial (A0, B0) and the residual base W - s·B0@A0 (spec 1.7).
 
     PiSSA (Meng et al. 2024): full SVD of W (as (out, in)) in float32, A0 = sqrt(S_r/s) Vh_r,
     B0 = U_r sqrt(S_r/s). OLoRA (Büyükakyüz 2024): QR of W in float32, A0 = R[:r], B0 = Q[:, :r].
-    Returns float32 (A0, B0) and the residual rounded to W's dtype, in W's layout.
+    Returns float32 (A0, B0) and the residual rounded to W's dtype, in W's layout. ``"kasa"``: the
+    base KaSA trains on (:func:`kasa_truncated`), with no initial factors (None, None).
     """
     if W.dtype not in (torch.float32, torch.float16, torch.bfloat16):
         raise UnsupportedError(f"{init} residual needs a float base weight, got {W.dtype}",
                                hint="Load the base unquantized to recompute the residual.")
+    if init == "kasa":
+        return None, None, kasa_truncated(W, r)
     if init == "olora":
         Wf = W.to(F32)
         Q, R = torch.linalg.qr(Wf)

@@ -20,6 +20,7 @@ from adapterctl.core.adapter.config import (
 )
 from adapterctl.core.adapter.keys import split_keys
 from adapterctl.core.adapter.targeting import module_scaling
+from adapterctl.core.adapter.variants import block_diagonal_factor
 from adapterctl.errors import InvalidAdapterError, NotFoundError, UsageError
 from adapterctl.io.adapter_dir import AdapterFiles, locate_adapter_files
 
@@ -58,6 +59,22 @@ class LoadedAdapter:
     @property
     def source(self) -> str:
         return self.files.source
+
+
+def is_tied_pair(emb: LoraWeights, head: LoraWeights) -> bool:
+    """True when ``head``'s LoRA is ``emb``'s transposed (PEFT's ``ensure_weight_tying``: lm_head's
+    lora_A is the embedding's lora_embedding_B.T, lora_B its lora_embedding_A.T), so the two ends
+    of a tied table get the same ΔW: s·B_h A_h = s·A_eᵀ B_eᵀ = (s·B_e A_e)ᵀ."""
+    return (emb.kind == "embedding" and head.kind == "linear" and emb.magnitude is None
+            and head.magnitude is None and head.bias is None and emb.scaling == head.scaling
+            and head.A.shape == emb.B.T.shape and head.B.shape == emb.A.T.shape
+            and torch.equal(head.A, emb.B.T) and torch.equal(head.B, emb.A.T))
+
+
+def tied_pairs(modules: dict[str, LoraWeights]) -> list[tuple[str, str]]:
+    """(embedding path, output-layer path) of every :func:`is_tied_pair` in an adapter."""
+    embs = [p for p, w in modules.items() if w.kind == "embedding"]
+    return [(e, h) for e in embs for h, w in modules.items() if is_tied_pair(modules[e], w)]
 
 
 def read_adapter_tensors(files: AdapterFiles, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
@@ -107,8 +124,8 @@ def load_adapter(folder: str | Path, name: str = "default", source: str | None =
 
 def build_adapter(name: str, cfg: LoraAdapterConfig, files: AdapterFiles,
                   tensors: dict[str, torch.Tensor]) -> LoadedAdapter:
-    layout = split_keys({k: tuple(v.shape) for k, v in tensors.items()})
-    if layout.unknown:
+    layout = split_keys({k: tuple(v.shape) for k, v in tensors.items()})  # training-only keys
+    if layout.unknown:                                                   # are read past
         raise InvalidAdapterError(
             f"{files.source}: keys that match no LoRA tensor name: {', '.join(layout.unknown[:5])}",
             hint="Is this adapter from another tool or a newer PEFT version?")
@@ -118,6 +135,9 @@ def build_adapter(name: str, cfg: LoraAdapterConfig, files: AdapterFiles,
             raise InvalidAdapterError(f"{files.source}: {path} has {sorted(mk.keys)} but needs both "
                                       "lora_A and lora_B", hint="The file is incomplete; save it again.")
         A, B = tensors[mk.keys["A"]], tensors[mk.keys["B"]]
+        block = block_diagonal_factor(cfg, path)
+        if block:  # BD-LoRA: the stored diagonal blocks become the matrix the forward uses
+            A, B = _block_diagonal(files.source, path, block, A, B)
         r, alpha, scaling = module_scaling(cfg, path)
         if A.dim() < 2 or B.dim() < 2 or A.shape[0] != r:
             raise InvalidAdapterError(
@@ -127,6 +147,7 @@ def build_adapter(name: str, cfg: LoraAdapterConfig, files: AdapterFiles,
             raise InvalidAdapterError(
                 f"{files.source}: {path}: lora_B has shape {list(B.shape)} but r={r}",
                 hint="lora_A and lora_B disagree on the rank; the file is corrupt, save it again.")
+        B = _kasa_scaled(files.source, path, cfg, mk, tensors, A, B)
         if "magnitude" in mk.keys and not cfg.use_dora:
             raise InvalidAdapterError(f"{files.source}: {path} has lora_magnitude_vector but "
                                       "use_dora is false")
@@ -147,6 +168,36 @@ def build_adapter(name: str, cfg: LoraAdapterConfig, files: AdapterFiles,
                 f"trainable_token_indices gives {None if indices is None else len(indices)}")
         tokens[emb] = (indices, rows)
     return LoadedAdapter(name, cfg, files, modules, replacements, tokens)
+
+
+def _kasa_scaled(source: str, path: str, cfg: LoraAdapterConfig, mk, tensors: dict,
+                 A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
+    """KaSA: ΔW = s·B·diag(d)·A (PEFT: lora_B(lora_A(x) * d)), so B·diag(d) is the B of a plain
+    LoRA; exact up to float32 rounding. On the truncated base (core/lora/delta.kasa_truncated)."""
+    keys = mk.keys
+    if "kasa_diag" not in keys:  # PEFT's KaSA variant is for Linear layers only
+        if cfg.kasa and A.dim() == 2 and not mk.embedding:
+            raise InvalidAdapterError(f"{source}: {path}: kasa_config is set but lora_diag is "
+                                      "missing", hint="Save the adapter again with PEFT.")
+        return B
+    diag = tensors[keys["kasa_diag"]]
+    if not cfg.kasa or diag.shape != (B.shape[1],) or B.dim() != 2:
+        raise InvalidAdapterError(f"{source}: {path}: lora_diag {list(diag.shape)} needs "
+                                  f"kasa_config and r={B.shape[1]}")
+    return B * diag.to(B.dtype)
+
+
+def _block_diagonal(source: str, path: str, block: tuple[str, int], A: torch.Tensor,
+                    B: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """BD-LoRA (core/adapter/variants.py): ``torch.block_diag`` of the n stored row blocks, as
+    PEFT's ``BlockDiagonalLinear.weight_as_blockdiagonal_matrix``; exact (the zeros add nothing)."""
+    role, n = block
+    t = A if role == "A" else B
+    if t.dim() != 2 or t.shape[0] % n:
+        raise InvalidAdapterError(f"{source}: {path}: BD-LoRA lora_{role} {list(t.shape)} does not "
+                                  f"split into {n} blocks", hint="Check use_bdlora.nblocks.")
+    full = torch.block_diag(*t.chunk(n, dim=0))
+    return (full, B) if role == "A" else (A, full)
 
 
 def _token_indices(cfg: LoraAdapterConfig, emb_path: str) -> list[int] | None:

@@ -6,10 +6,11 @@ checkpoint keys, through transformers' conversion tables and tied embeddings) an
 :class:`MergeJob` whose ``plan`` (a :class:`MergePlan`) says what will be written;
 :func:`adapterctl.core.merge.write.execute_merge` streams it to disk.
 
-Semantics, as PEFT's ``merge_and_unload`` (the oracle): full replacement tensors first (they
-describe the base as trained), then the LoRA deltas, lora_B biases, trainable-token rows;
-modules_to_save copies replace their module's output. On a tied model the embedding and lm_head
-share storage: in-place changes reach both, a modules_to_save copy unties them (spec 10.12).
+Semantics: the merged model is the attached one (PEFT's unmerged forward, the oracle): full
+replacement tensors first (they describe the base as trained), then the LoRA deltas, lora_B
+biases, trainable-token rows; modules_to_save copies replace their module's output. On a tied
+model the two ends of the one table get what each end got when attached, untying the table where
+they differ (core/merge/tied.py, spec 10.12).
 """
 
 from __future__ import annotations
@@ -22,8 +23,11 @@ import torch
 from adapterctl.core.adapter import compat as C
 from adapterctl.core.adapter.problems import as_error
 from adapterctl.core.adapter.targeting import in_modules_to_save
+from adapterctl.core.adapter.variants import layer_map
 from adapterctl.core.lora.combine import check_combination
 from adapterctl.core.lora.loaded import LoadedAdapter, LoraWeights, load_adapter
+from adapterctl.core.merge.replicated import replicate_entries
+from adapterctl.core.merge.tied import find_tie, split_tied
 from adapterctl.errors import IncompatibleBaseError, UnsupportedError, UsageError
 from adapterctl.io.checkpoint import CheckpointReader, base_float_dtype, checkpoint_renames
 from adapterctl.io.model_card import card_base
@@ -44,6 +48,8 @@ class MergeOptions:
     seed: int = 0
     dtype: str | None = None  # None: the base's
     max_shard_size: int = 5_000_000_000
+    #: a tied table gets every delta, as PEFT's merge_and_unload does (core/merge/tied.py)
+    tied_like_peft: bool = False
 
 
 @dataclass(frozen=True)
@@ -61,7 +67,7 @@ class TensorTask:
     source: StoredTensor
     out_dtype: torch.dtype
     replacement: tuple[int, torch.Tensor] | None = None  # in place (shared storage), applied first
-    residual_init: str | None = None  # "pissa" | "olora": recompute the mutated base (spec 1.7)
+    residual_init: str | None = None  # "pissa" | "olora" | "kasa": recompute the mutated base (1.7)
     loras: tuple[LoraOp, ...] = ()
     bias_loras: tuple[LoraOp, ...] = ()
     tokens: tuple[tuple[int, list[int], torch.Tensor], ...] = ()
@@ -119,6 +125,8 @@ class MergeJob:
     tasks: list[TensorTask]
     shard_plan: list
     plan: MergePlan
+    #: config.json fields the output changes besides dtype and ties (layer_replication)
+    config_updates: dict = field(default_factory=dict)
 
 
 # ----- checkpoint keys ------------------------------------------------------------------------
@@ -126,19 +134,19 @@ class KeyIndex:
     """Runtime parameter path -> checkpoint key: exact, base-model prefix dropped or added, then
     transformers' conversion tables; ``lm_head.weight`` of a tied model -> the embedding's key."""
 
-    def __init__(self, keys: list[str], model_type: str | None):
+    def __init__(self, keys: list[str], config: dict | str | None):
         self.keys = set(keys)
-        self.model_type = model_type
+        self.config = config  # config.json (or its model_type): which conversions apply
         self._renamed: tuple[dict[str, str], set[str]] | None = None
         self.alias: dict[str, str] = {}
 
     def _tables(self) -> tuple[dict[str, str], set[str]]:
         if self._renamed is None:  # imports transformers (seconds): only when a name misses
-            self._renamed = checkpoint_renames(self.model_type, self.keys)
+            self._renamed = checkpoint_renames(self.config, self.keys)
         return self._renamed
 
     @property
-    def fused(self) -> set[str]:
+    def fused(self) -> dict[str, list[str]]:
         return self._tables()[1]
 
     def find(self, param: str) -> str | None:
@@ -152,42 +160,17 @@ class KeyIndex:
         return key
 
 
-def tied_keys(model_type: str | None) -> dict[str, str]:
-    """The model class's ``_tied_weights_keys`` (output -> input embedding), or the usual names."""
-    try:
-        import transformers
-        from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
-
-        cls = getattr(transformers, MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(model_type or "", ""), None)
-        tied = getattr(cls, "_tied_weights_keys", None)
-        if isinstance(tied, dict) and tied:
-            return dict(tied)
-    except Exception:  # unknown or custom architectures: fall back to the common names
-        pass
-    return {"lm_head.weight": name for name in ("model.embed_tokens.weight", "transformer.wte.weight",
-                                                  "gpt_neox.embed_in.weight")}
-
-
-def find_tie(files: ModelFiles, index: KeyIndex) -> tuple[str, str] | None:
-    """(output param, embedding checkpoint key) when the checkpoint stores one shared table."""
-    if files.config.get("tie_word_embeddings", True) is False:
-        return None
-    if "lm_head.weight" in index.keys:  # the usual untied layout: no need to ask transformers
-        return None
-    for head, emb in tied_keys(files.model_type).items():
-        emb_key = index.find(emb)
-        if index.find(head) is None and emb_key is not None:
-            return head, emb_key
-    return None
-
-
 # ----- planning -------------------------------------------------------------------------------
-def _missing(adapter: LoadedAdapter, what: str, param: str, index: KeyIndex) -> IncompatibleBaseError:
-    where = " (transformers fuses it with other weights in this architecture)" if any(
-        k.startswith(param.rsplit(".", 1)[0]) for k in index.fused) else ""
+def _missing(adapter: LoadedAdapter, what: str, param: str, index: KeyIndex):
+    stored = next((k for k, names in index.fused.items() if param in names), None)
+    if stored is not None:
+        return UnsupportedError(
+            f"{adapter.source}: {what} {param} is built on load from part of the checkpoint's "
+            f"{stored} (transformers fuses or splits it): merging into part of a stored tensor "
+            "is not implemented", hint="Attach the adapter instead (adapterctl attach / generate).")
     return IncompatibleBaseError(
         f"{adapter.source}: {what} {param} lands nowhere: the base checkpoint has no such "
-        f"parameter{where}", hint="Is this adapter for another model? Check with: adapterctl "
+        "parameter", hint="Is this adapter for another model? Check with: adapterctl "
         "inspect ADAPTER --base BASE")
 
 
@@ -207,12 +190,16 @@ def _add_loras(i: int, ad: LoadedAdapter, index: KeyIndex, shapes: dict, model_t
         if w.bias is not None:
             bkey = index.find(path + ".bias")
             if bkey is None:
-                raise IncompatibleBaseError(f"{ad.source}: {path} has a lora_B bias but the base "
-                                            "layer has no bias", hint="PEFT refuses this merge too.")
+                # attach adds it at run time; a checkpoint has no tensor to hold it (spec 1.4)
+                raise UnsupportedError(f"{ad.source}: lora_bias on {path}, whose base layer has no "
+                                       "bias: a merged checkpoint has no bias tensor to put it in",
+                                       hint="Attach the adapter instead (adapterctl attach / "
+                                       "generate); PEFT cannot merge it either.")
             ops.setdefault(bkey, {}).setdefault("bias_loras", []).append(LoraOp(i, w, kind))
 
 
-def _add_extras(i: int, ad: LoadedAdapter, index: KeyIndex, shapes: dict, tie, ops: dict) -> None:
+def _add_extras(i: int, ad: LoadedAdapter, index: KeyIndex, shapes: dict, tie, ops: dict,
+                like_peft: bool) -> None:
     for param, t in ad.replacements.items():
         key = index.find(param)
         if key is None:
@@ -221,8 +208,11 @@ def _add_extras(i: int, ad: LoadedAdapter, index: KeyIndex, shapes: dict, tie, o
         if problem:
             raise as_error(problem, ad.source)
         is_copy = in_modules_to_save(ad.config, param.rsplit(".", 1)[0])
-        slot = ("copy_head" if tie and param == tie[0] else "copy") if is_copy else "replacement"
+        head = like_peft and tie and param == tie[0]
+        slot = ("copy_head" if head else "copy") if is_copy else "replacement"
         entry = ops.setdefault(key, {})
+        if slot in entry and torch.equal(entry[slot][1], t):
+            continue  # the same table saved twice (PEFT saves a tied table under both names)
         if slot in entry:
             raise UsageError(f"two adapters replace {param}", hint="PEFT keeps only the active "
                              "adapter's copy; merge these adapters one at a time.")
@@ -248,7 +238,8 @@ def _check_adapters(adapters: list[LoadedAdapter], options: MergeOptions) -> Non
             raise UnsupportedError(f"{ad.source}: init_lora_weights={ad.config.init_lora_weights!r} "
                                    "uses a randomised SVD whose residual cannot be recomputed exactly",
                                    hint="Convert it to plain LoRA first (adapterctl convert).")
-        if init in ("pissa", "olora") and len(adapters) > 1:
+        init = "KaSA" if ad.config.kasa else init
+        if init in ("pissa", "olora", "KaSA") and len(adapters) > 1:
             raise UnsupportedError(f"{ad.source}: {init} adapters mutate the base; merging one with "
                                    "other adapters is ambiguous", hint="Convert it first "
                                    "(adapterctl convert), then merge the plain LoRA adapters.")
@@ -260,25 +251,39 @@ def _check_adapters(adapters: list[LoadedAdapter], options: MergeOptions) -> Non
 def _task(s: StoredTensor, key: str, out_dtype: torch.dtype, entry: dict, adapters, copy_slot: str):
     init = None
     loras = tuple(entry.get("loras", ()))
-    if (loras and adapters[loras[0].adapter].config.init_kind in ("pissa", "olora")
-            and loras[0].kind in (C.LayerKind.LINEAR, C.LayerKind.CONV1D_GPT2)):
+    cfg = adapters[loras[0].adapter].config if loras else None
+    if cfg and cfg.init_kind in ("pissa", "olora") and loras[0].kind in (C.LayerKind.LINEAR,
+                                                                         C.LayerKind.CONV1D_GPT2):
         # PEFT's PiSSA/OLoRA initialisers mutate Linear/Conv1D weights only, never embeddings
         # or convs (the engine recomputes residuals for the same layers)
-        init = adapters[loras[0].adapter].config.init_kind
+        init = cfg.init_kind
+    elif cfg and cfg.kasa and loras[0].kind is C.LayerKind.LINEAR:
+        init = "kasa"  # KaSA truncates Linear weights by SVD (core/lora/delta.kasa_truncated)
     dtype = out_dtype if s.dtype in FLOAT_DTYPES else s.dtype
     return TensorTask(key, s, dtype, entry.get("replacement"), init, loras,
                       tuple(entry.get("bias_loras", ())), tuple(entry.get("tokens", ())),
                       entry.get(copy_slot))
 
 
-def build_tasks(stored: list[StoredTensor], ops: dict, out_dtype: torch.dtype, adapters,
-                tie: tuple[str, str] | None) -> tuple[list[TensorTask], bool]:
-    """One task per output tensor, in checkpoint order; an untied lm_head follows its embedding."""
+def build_tasks(stored: list[tuple[str, StoredTensor]], ops: dict, out_dtype: torch.dtype, adapters,
+                tie: tuple[str, str] | None, like_peft: bool = False
+                ) -> tuple[list[TensorTask], bool]:
+    """One task per output tensor, in checkpoint order; an untied lm_head follows its embedding.
+
+    A tied table: the merged model is the attached one (core/merge/tied.py); with ``like_peft``
+    every delta went into the one table, and only a modules_to_save copy unties it (PEFT)."""
     tasks, untie = [], False
-    for s in stored:
-        entry = ops.get(s.key, {})
-        tasks.append(_task(s, s.key, out_dtype, entry, adapters, "copy"))
-        if tie and s.key == tie[1] and ("copy" in entry or "copy_head" in entry):
+    for key, s in stored:
+        entry = ops.get(key, {})
+        if tie and key == tie[1] and not like_peft:
+            entry, head = split_tied(entry, ops.get(tie[0], {}), tie)
+            tasks.append(_task(s, key, out_dtype, entry, adapters, "copy"))
+            if head is not None:  # the two ends differ: write lm_head and untie the config
+                untie = True
+                tasks.append(_task(s, tie[0], out_dtype, head, adapters, "copy"))
+            continue
+        tasks.append(_task(s, key, out_dtype, entry, adapters, "copy"))
+        if tie and key == tie[1] and ("copy" in entry or "copy_head" in entry):
             untie = True  # the two tables now differ: write lm_head and untie the config
             tasks.append(_task(s, tie[0], out_dtype, entry, adapters, "copy_head"))
     return tasks, untie
@@ -287,6 +292,9 @@ def build_tasks(stored: list[StoredTensor], ops: dict, out_dtype: torch.dtype, a
 def _warnings(adapters: list[LoadedAdapter], base: str) -> list[str]:
     out = []
     for ad in adapters:
+        if ad.config.kasa:
+            out.append(f"{ad.source}: KaSA adapter: each adapted Linear weight loses its r "
+                       "smallest singular components first, as PEFT does when adding it")
         if ad.config.init_kind in ("pissa", "olora"):
             out.append(f"{ad.source}: {ad.config.init_kind} adapter: the residual base W - s·B0@A0 "
                        "is recomputed from the base (spec 1.7)")
@@ -294,6 +302,33 @@ def _warnings(adapters: list[LoadedAdapter], base: str) -> list[str]:
         if problem:
             out.append(f"{ad.source}: {problem.text}")
     return out
+
+
+def _tie_notes(tie: tuple[str, str] | None, untie: bool, options: MergeOptions) -> list[str]:
+    if not tie or not untie:
+        return []
+    if options.tied_like_peft:
+        return [f"{tie[0]} untied from {tie[1]}: a modules_to_save copy replaces one end "
+                "(tie_word_embeddings: false)"]
+    return [f"{tie[0]} untied from {tie[1]}: the adapter changes the input embedding and the "
+            "output layer differently, as attached; writing both tables and tie_word_embeddings: "
+            "false (--tied-like-peft puts every delta into the one shared table, as PEFT's "
+            "merge_and_unload does)"]
+
+
+def _layout(files: ModelFiles, stored: list[StoredTensor], adapters: list[LoadedAdapter],
+            shown: str) -> tuple[list[tuple[str, StoredTensor]], dict]:
+    """The output tensors as (key, source) pairs: the checkpoint's, or with layer_replication
+    its layer list rebuilt (core/merge/replicated.py); plus the config fields that change."""
+    entries = [(s.key, s) for s in stored]
+    sources = [layer_map(ad.config.raw.get("layer_replication")) for ad in adapters]
+    if not any(s is not None for s in sources):
+        return entries, {}
+    if len(adapters) > 1:
+        raise UnsupportedError("layer_replication rebuilds the model's layers for one adapter; "
+                               "it cannot be merged together with other adapters",
+                               hint="Merge it alone.")
+    return replicate_entries(entries, sources[0], files.config, shown)
 
 
 def load_adapters(paths: list[str | Path], sources: list[str] | None = None) -> list[LoadedAdapter]:
@@ -309,18 +344,22 @@ def plan_merge(base: str | Path, adapters: list[LoadedAdapter], options: MergeOp
     _check_adapters(adapters, options)
     with CheckpointReader(files) as reader:  # quantized: merged into a dequantized copy (spec 6.4)
         stored = reader.logical_tensors()
-    shapes = {s.key: s.shape for s in stored}
-    index = KeyIndex(list(shapes), files.model_type)
-    tie = find_tie(files, index)
+    entries, updates = _layout(files, stored, adapters, base_source or str(base))
+    shapes = {key: s.shape for key, s in entries}
+    index = KeyIndex(list(shapes), files.config)
+    tie = find_tie(files.config, files.model_type, index)
     if tie:
-        index.alias[tie[0]] = tie[1]
+        # like PEFT: lm_head's ops land in the shared table; else they are kept apart under the
+        # output parameter's own name until build_tasks decides whether the ends differ
+        index.alias[tie[0]] = tie[1] if options.tied_like_peft else tie[0]
+        shapes[tie[0]] = shapes[tie[1]]
     ops: dict[str, dict] = {}
     for i, ad in enumerate(adapters):
         _add_loras(i, ad, index, shapes, files.model_type, ops)
-        _add_extras(i, ad, index, shapes, tie, ops)
+        _add_extras(i, ad, index, shapes, tie, ops, options.tied_like_peft)
     base_dtype = base_float_dtype(stored)
     out_dtype = torch_dtype(options.dtype) if options.dtype else base_dtype
-    tasks, untie = build_tasks(stored, ops, out_dtype, adapters, tie)
+    tasks, untie = build_tasks(entries, ops, out_dtype, adapters, tie, options.tied_like_peft)
     shard_plan = plan_shards([TensorSpec(t.key, t.out_dtype, t.source.shape) for t in tasks],
                              options.max_shard_size)
     names = [ad.source for ad in adapters]
@@ -335,5 +374,10 @@ def plan_merge(base: str | Path, adapters: list[LoadedAdapter], options: MergeOp
                  for t in tasks if t.changed],
         output_bytes=sum(s.nbytes for s in shard_plan), shards=[s.filename for s in shard_plan],
         untie_embeddings=untie,
-        warnings=_warnings(adapters, base_source or str(base)) + card_base(base_source or str(base))[1])
-    return MergeJob(files, adapters, options, tasks, shard_plan, plan)
+        warnings=_warnings(adapters, base_source or str(base)) + _tie_notes(tie, untie, options)
+        + card_base(base_source or str(base))[1])
+    if updates:
+        plan.warnings.append(f"layer_replication: writing {updates['num_hidden_layers']} layers, "
+                             "each copy with its own weights and LoRA (the attached model; PEFT's "
+                             "merge adds every copy's delta into the one shared weight)")
+    return MergeJob(files, adapters, options, tasks, shard_plan, plan, updates)

@@ -154,6 +154,7 @@ def _write_config(job: MergeJob, folder: Path) -> None:
     config.pop("quantization_config", None)
     if job.plan.untie_embeddings:
         config["tie_word_embeddings"] = False
+    config.update(job.config_updates)
     (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 

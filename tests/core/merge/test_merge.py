@@ -22,7 +22,6 @@ CASES = {
     "qwen2_biases": ("qwen2", dict(r=4, target_modules=["q_proj", "k_proj", "v_proj"], lora_bias=True,
                                    bias="all")),
     "llama_modules_to_save": ("llama", dict(r=4, target_modules=["q_proj"], modules_to_save=["lm_head"])),
-    "tied_lora_on_lm_head": ("llama_tied", dict(r=4, target_modules=["q_proj", "lm_head"])),
     "tied_modules_to_save": ("llama_tied", dict(r=4, target_modules=["q_proj"],
                                                 modules_to_save=["lm_head"])),
     "tied_trainable_tokens": ("llama_tied", dict(r=4, target_modules=["q_proj"],
