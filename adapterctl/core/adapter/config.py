@@ -28,6 +28,8 @@ PLAIN_INITS = {"gaussian", "orthogonal", "eva", "mica", "true", "false"}
 RECOMPUTABLE_INITS = {"pissa", "olora"}
 #: Initialisers whose base mutation cannot be recomputed from the adapter alone.
 NEEDS_CONVERSION_INITS = {"corda", "loftq", "lora_ga"}
+#: Every init_kind whose adapter was trained on a mutated (residual) base.
+BASE_MUTATING_INITS = RECOMPUTABLE_INITS | NEEDS_CONVERSION_INITS | {"pissa_niter"}
 OTHER_PEFT_TYPES = {
     "IA3", "LOKR", "LOHA", "OFT", "BOFT", "ADALORA", "PROMPT_TUNING", "PREFIX_TUNING",
     "P_TUNING", "MULTITASK_PROMPT_TUNING", "VERA", "FOURIERFT", "HRA", "VBLORA", "LN_TUNING",

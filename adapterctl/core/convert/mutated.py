@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from adapterctl.core.adapter import compat as C
-from adapterctl.core.adapter.config import parse_adapter_config
+from adapterctl.core.adapter.config import RECOMPUTABLE_INITS, parse_adapter_config
 from adapterctl.core.adapter.problems import as_error
 from adapterctl.core.convert.draft import (
     AdapterDraft,
@@ -57,7 +57,7 @@ def init_factors_from_base(draft: AdapterDraft, base_dir: str | Path, base_sourc
 
     view = view_adapter(draft)
     kind = view.config.init_kind
-    if kind not in ("pissa", "olora"):
+    if kind not in RECOMPUTABLE_INITS:
         raise UnsupportedError(
             f"{draft.source}: init_lora_weights={view.config.init_lora_weights!r} cannot be "
             "recomputed from the base" + (" (randomised SVD)" if kind == "pissa_niter" else ""),

@@ -28,6 +28,7 @@ from adapterctl.core.engines.rules import (
     Source,
     describe_scales,
     per_layer,
+    residual_fix,
     scale_changes,
     tensor_fix,
     unmatched_modules,
@@ -117,12 +118,12 @@ def _tied_lm_head(facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
 
 
 def _init(facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
-    kind = facts.config.init_kind
-    if kind not in ("pissa", "pissa_niter", "olora", "corda", "loftq", "lora_ga"):
+    fix = residual_fix(facts)
+    if fix is False:
         return []
     return [_f("init", "changes", f"init_lora_weights={facts.config.init_lora_weights!r} is not "
                "read by the converter: the adapter is applied to the unmodified base, not to the "
-               "residual it was trained on", CONVERTER, "base" if kind in ("pissa", "olora") else None)]
+               "residual it was trained on", CONVERTER, fix)]
 
 
 def _nothing(facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:

@@ -29,6 +29,7 @@ from adapterctl.core.engines.rules import (
     describe_scales,
     partial_kinds,
     per_layer,
+    residual_fix,
     scale_changes,
     unmatched_modules,
 )
@@ -111,12 +112,12 @@ def punica_rules(engine: str, lora: Source, unused: Source, unused_words: str,
                   f"tensors are left unused ({unused_words}), e.g. {odd[0]}", layers_source, "drop")]
 
     def init(facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
-        kind = facts.config.init_kind
-        if kind not in ("pissa", "pissa_niter", "olora", "corda", "loftq", "lora_ga"):
+        fix = residual_fix(facts)
+        if fix is False:
             return []
         return [f("init", "changes", f"init_lora_weights={facts.config.init_lora_weights!r}: "
                   "the adapter is applied to the unmodified base, not to the residual it was "
-                  "trained on", lora, "base" if kind in ("pissa", "olora") else None)]
+                  "trained on", lora, fix)]
 
     def nothing(facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
         missing = unmatched_modules(facts)

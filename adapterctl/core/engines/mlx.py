@@ -23,6 +23,7 @@ from adapterctl.core.engines.rules import (
     Source,
     fmt_scale,
     per_layer,
+    residual_fix,
     tensor_fix,
     unmatched_modules,
     worst_fix,
@@ -82,12 +83,12 @@ def _extras(facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
 
 
 def _init(facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
-    kind = facts.config.init_kind
-    if kind not in ("pissa", "pissa_niter", "olora", "corda", "loftq", "lora_ga"):
+    fix = residual_fix(facts)
+    if fix is False:
         return []
     return [_f("init", "changes", f"init_lora_weights={facts.config.init_lora_weights!r}: mlx-lm "
                "applies the adapter to the unmodified base, not to the residual it was trained on",
-               UTILS, "base" if kind in ("pissa", "olora") else None)]
+               UTILS, fix)]
 
 
 def _nothing(facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:

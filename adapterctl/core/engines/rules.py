@@ -23,6 +23,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from adapterctl.core.adapter.config import BASE_MUTATING_INITS, RECOMPUTABLE_INITS
 from adapterctl.core.engines.facts import (
     AdapterFacts,
     FullTensor,
@@ -187,6 +188,16 @@ def per_layer(paths: list[str]) -> str:
     if None in by_layer:
         parts.append(", ".join(sorted(set(by_layer[None]))[:5]) + " outside the layers")
     return "; ".join(parts)
+
+
+def residual_fix(facts: AdapterFacts) -> str | None | bool:
+    """False for an adapter trained on the unmodified base; else the fix for one trained on a
+    residual its initialiser made (spec 1.7): "base" (``convert --base`` recomputes PiSSA/OLoRA's
+    residual) or None (nothing can)."""
+    kind = facts.config.init_kind
+    if kind not in BASE_MUTATING_INITS:
+        return False
+    return "base" if kind in RECOMPUTABLE_INITS else None
 
 
 def unmatched_modules(facts: AdapterFacts) -> list[str]:

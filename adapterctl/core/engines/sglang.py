@@ -22,6 +22,7 @@ from adapterctl.core.engines.rules import (
     Source,
     describe_scales,
     per_layer,
+    residual_fix,
     scale_changes,
     tensor_fix,
     worst_fix,
@@ -105,12 +106,12 @@ def _ignored_tensors(facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
 
 
 def _init(facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
-    kind = facts.config.init_kind
-    if kind not in ("pissa", "pissa_niter", "olora", "corda", "loftq", "lora_ga"):
+    fix = residual_fix(facts)
+    if fix is False:
         return []
     return [_f("init", "changes", f"init_lora_weights={facts.config.init_lora_weights!r} is not "
                "read: the adapter is applied to the unmodified base, not to the residual it was "
-               "trained on", LORA_CONFIG, "base" if kind in ("pissa", "olora") else None)]
+               "trained on", LORA_CONFIG, fix)]
 
 
 def _nothing(facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:

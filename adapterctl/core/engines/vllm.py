@@ -30,6 +30,7 @@ from adapterctl.core.engines.rules import (
     Rule,
     Source,
     per_layer,
+    residual_fix,
     resized_tables,
     tensor_fix,
     unmatched_modules,
@@ -97,7 +98,7 @@ def _init(facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
                        "check, so an adapter trained on LoRA-GA's modified base runs on the "
                        "unmodified one", PEFT_HELPER, None)]
         return []
-    fix = "base" if facts.config.init_kind in ("pissa", "olora") else None
+    fix = residual_fix(facts) or None
     return [_f("init", "refuses", f"vLLM does not support init_lora_weights={init!r}. Inits such "
                "as PiSSA, OLoRA, CorDA and LoftQ modify the base model weights when PEFT loads "
                "the adapter.", PEFT_HELPER, fix)]

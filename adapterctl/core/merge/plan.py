@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from adapterctl.core.adapter import compat as C
+from adapterctl.core.adapter.config import RECOMPUTABLE_INITS
 from adapterctl.core.adapter.problems import as_error
 from adapterctl.core.adapter.targeting import in_modules_to_save
 from adapterctl.core.adapter.variants import layer_map
@@ -252,7 +253,7 @@ def _task(s: StoredTensor, key: str, out_dtype: torch.dtype, entry: dict, adapte
     init = None
     loras = tuple(entry.get("loras", ()))
     cfg = adapters[loras[0].adapter].config if loras else None
-    if cfg and cfg.init_kind in ("pissa", "olora") and loras[0].kind in (C.LayerKind.LINEAR,
+    if cfg and cfg.init_kind in RECOMPUTABLE_INITS and loras[0].kind in (C.LayerKind.LINEAR,
                                                                          C.LayerKind.CONV1D_GPT2):
         # PEFT's PiSSA/OLoRA initialisers mutate Linear/Conv1D weights only, never embeddings
         # or convs (the engine recomputes residuals for the same layers)
@@ -295,7 +296,7 @@ def _warnings(adapters: list[LoadedAdapter], base: str) -> list[str]:
         if ad.config.kasa:
             out.append(f"{ad.source}: KaSA adapter: each adapted Linear weight loses its r "
                        "smallest singular components first, as PEFT does when adding it")
-        if ad.config.init_kind in ("pissa", "olora"):
+        if ad.config.init_kind in RECOMPUTABLE_INITS:
             out.append(f"{ad.source}: {ad.config.init_kind} adapter: the residual base W - s·B0@A0 "
                        "is recomputed from the base (spec 1.7)")
         problem = C.base_name_problem(ad.config.base_model_name_or_path, base)
