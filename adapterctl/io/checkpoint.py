@@ -1,6 +1,7 @@
 """Read a model checkpoint tensor by tensor: safetensors with positioned reads at the offsets of
 its (validated) header, legacy ``.bin`` shards through ``torch.load(weights_only=True, mmap=True)``,
-bitsandbytes-quantized weights dequantized on read (io/quantized.py). The one reader of base and
+quantized weights (bitsandbytes, FP8, MXFP4, compressed-tensors) dequantized on read
+(io/quantized.py). The one reader of base and
 fine-tuned checkpoints: ``merge`` streams :class:`StoredTensor` lists, ``convert --base`` and
 ``--extract`` look tensors up by key (:meth:`CheckpointReader.load_param`).
 
@@ -19,7 +20,7 @@ import torch
 
 from adapterctl.errors import IncompatibleBaseError, InvalidAdapterError
 from adapterctl.io.model_dir import ModelFiles, find_checkpoint_key
-from adapterctl.io.quantized import dequantize, group_quantized, is_bnb_quantized
+from adapterctl.io.quantized import dequantize, group_logical
 from adapterctl.io.safetensors_header import read_safetensors_header
 from adapterctl.io.stored import FLOAT_DTYPES, ST_TO_TORCH, StoredTensor
 
@@ -90,12 +91,12 @@ class CheckpointReader:
 
     # ----- by key ----------------------------------------------------------------------------
     def logical_tensors(self) -> list[StoredTensor]:
-        """Every tensor, in storage order; a bitsandbytes weight and its side tensors are one
-        float tensor (in the checkpoint's dtype) dequantized on read (spec 6.4)."""
+        """Every tensor, in storage order; a quantized weight (bitsandbytes, FP8, MXFP4,
+        compressed-tensors) and its side tensors are one float tensor (in the checkpoint's float
+        dtype) dequantized on read (spec 6.4)."""
         stored = list_tensors(self.files)
-        if is_bnb_quantized(self.files.config):
-            stored = group_quantized(stored, self.get, base_float_dtype(stored))
-        return stored
+        return group_logical(stored, self.get, base_float_dtype(stored), self.files.config,
+                             str(self.files.root / "config.json"))
 
     @property
     def index(self) -> dict[str, StoredTensor]:

@@ -26,7 +26,7 @@ class Dtype:
 TABLE: tuple[Dtype, ...] = (
     Dtype("BOOL", "bool", 1), Dtype("U8", "uint8", 1, "u1"), Dtype("I8", "int8", 1, "i1"),
     Dtype("F8_E4M3", "float8_e4m3fn", 1), Dtype("F8_E5M2", "float8_e5m2", 1),
-    Dtype("F8_E8M0", None, 1),
+    Dtype("F8_E8M0", "float8_e8m0fnu", 1),  # FP8 checkpoints' ue8m0 block scales
     Dtype("I16", "int16", 2, "<i2"), Dtype("U16", None, 2), Dtype("F16", "float16", 2, "<f2"),
     Dtype("BF16", "bfloat16", 2),  # numpy has no bfloat16: widened by hand (io/tensor_values.py)
     Dtype("I32", "int32", 4, "<i4"), Dtype("U32", None, 4), Dtype("F32", "float32", 4, "<f4"),

@@ -1,6 +1,11 @@
-"""bitsandbytes-quantized checkpoints (``quantization_config.quant_method == "bitsandbytes"``):
-group each quantized weight with its side tensors and dequantize it on read (spec 6.4: merging
-into a dequantized copy is what stays closest to the trained model).
+"""Quantized checkpoints read as float tensors: the dispatch on ``quantization_config.quant_method``
+(:func:`group_logical`, :func:`dequantize`) and the bitsandbytes format. Each quantized weight is
+grouped with its side tensors into one logical tensor and dequantized on read, one tensor and its
+scales at a time (spec 6.4: merging into a dequantized copy is what stays closest to the trained
+model). The other formats: ``fp8`` (io/quantized_fp8.py), ``mxfp4`` (io/quantized_mxfp4.py),
+``compressed-tensors`` (io/compressed.py); any other method is refused by name.
+
+bitsandbytes (``quant_method == "bitsandbytes"``):
 
 - 4-bit: ``W.weight`` (packed uint8) + ``W.weight.absmax``, ``.quant_map``, optional ``.nested_*``
   and ``W.weight.quant_state.bitsandbytes__{nf4,fp4}`` (JSON: shape, dtype, blocksize).
@@ -16,15 +21,53 @@ from dataclasses import replace
 
 import torch
 
-from adapterctl.errors import InvalidAdapterError, MissingDependencyError
+from adapterctl.errors import InvalidAdapterError, MissingDependencyError, UnsupportedError
+from adapterctl.io.compressed import dequantize_compressed, group_compressed
+from adapterctl.io.quantized_fp8 import dequantize_fp8, group_fp8
+from adapterctl.io.quantized_mxfp4 import dequantize_mxfp4, group_mxfp4
 from adapterctl.io.stored import StoredTensor
 
 QS_SUFFIXES = (".quant_state.bitsandbytes__nf4", ".quant_state.bitsandbytes__fp4")
 
 
-def is_bnb_quantized(config: dict) -> bool:
+#: the quant_methods read here; the first is loaded quantized by attach, the others dequantized
+METHODS = ("bitsandbytes", "fp8", "mxfp4", "compressed-tensors")
+
+
+def quant_method(config: dict) -> str | None:
+    """config.json's ``quantization_config.quant_method`` (None: not quantized)."""
     q = config.get("quantization_config")
-    return isinstance(q, dict) and q.get("quant_method") == "bitsandbytes"
+    return str(q.get("quant_method")) if isinstance(q, dict) else None
+
+
+def is_bnb_quantized(config: dict) -> bool:
+    return quant_method(config) == "bitsandbytes"
+
+
+def dequantized_on_read(config: dict) -> bool:
+    """A base whose weights only this reader turns into floats (attach loads it through it)."""
+    return quant_method(config) in METHODS[1:]
+
+
+def group_logical(stored: list[StoredTensor], read, float_dtype: torch.dtype, config: dict,
+                  where: str) -> list[StoredTensor]:
+    """The checkpoint's logical tensors: each quantized weight as one float tensor of
+    ``float_dtype`` (dequantized by :func:`dequantize`); ``where`` names config.json in errors."""
+    method = quant_method(config)
+    if method is None:
+        return stored
+    qconf = config["quantization_config"]
+    if method == "bitsandbytes":
+        return group_quantized(stored, read, float_dtype)
+    if method == "fp8":
+        return group_fp8(stored, qconf, where, float_dtype)
+    if method == "mxfp4":
+        return group_mxfp4(stored, float_dtype)
+    if method == "compressed-tensors":
+        return group_compressed(stored, qconf, where, read, float_dtype)
+    raise UnsupportedError(f"{where}: quantization_config.quant_method {method!r} is not "
+                           f"supported (adapterctl reads {', '.join(METHODS)} checkpoints)",
+                           hint="Use the unquantized model (or one of those formats) as the base.")
 
 
 def _qs_json(t: torch.Tensor, key: str) -> dict:
@@ -67,6 +110,9 @@ def group_quantized(stored: list[StoredTensor], read, float_dtype: torch.dtype) 
 
 def dequantize(stored: StoredTensor, read) -> torch.Tensor:
     """The float tensor of a grouped quantized weight (float32 maths, returned in its dtype)."""
+    other = {"fp8": dequantize_fp8, "mxfp4": dequantize_mxfp4, "compressed": dequantize_compressed}
+    if stored.quant in other:
+        return other[stored.quant](stored, read)
     parts = {p.key: read(p) for p in stored.parts}
     if stored.quant == "8bit":
         scb = next(v for k, v in parts.items() if k.endswith(".SCB"))

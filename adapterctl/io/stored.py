@@ -40,5 +40,7 @@ class StoredTensor:
     file: Path
     offset: int = -1  # absolute byte offset in a safetensors file
     nbytes: int = 0
-    quant: str | None = None  # "4bit" | "8bit": a bitsandbytes weight, dequantized on read
+    #: "4bit" | "8bit" (bitsandbytes), "fp8", "mxfp4", "compressed": dequantized on read
+    quant: str | None = None
     parts: tuple["StoredTensor", ...] = ()  # its stored tensors (io/quantized.py)
+    scheme: tuple = ()  # (name, value) pairs the format's dequantization needs

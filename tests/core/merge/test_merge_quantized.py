@@ -1,0 +1,106 @@
+"""merge into FP8, MXFP4 and compressed-tensors bases (issue 17): the base is dequantized tensor by
+tensor, and the merged model equals PEFT's merge_and_unload on the same model dequantized by the
+format's own reference code (tests/quant_fixtures.py). Tolerance: float32 output max abs diff
+<= 1e-5 (the deltas' float32 order of operations); bfloat16 output: equal (one rounding each)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from tests.core.merge.test_merge import load_out, max_diff, ours, peft_merged
+from tests.quant_fixtures import build_compressed, build_fp8, build_mxfp4
+
+INT4_GROUP_ASYM = dict(num_bits=4, type="int", symmetric=False, strategy="group", group_size=32)
+BASES = {
+    # blocks that leave ragged rows and columns on every Llama matrix (64, 32, 96 by 64, 96)
+    "fp8_ragged_blocks": lambda src, root: build_fp8(src, root, (48, 40)),
+    "fp8_ue8m0_128": lambda src, root: build_fp8(src, root, (128, 128), ue8m0=True),
+    "ct_int4_group_asym": lambda src, root: build_compressed(src, root, "pack-quantized",
+                                                             INT4_GROUP_ASYM),
+    "ct_int8_channel": lambda src, root: build_compressed(
+        src, root, "pack-quantized", dict(num_bits=8, type="int", symmetric=True, strategy="channel")),
+    "ct_fp8_channel": lambda src, root: build_compressed(
+        src, root, "float-quantized", dict(num_bits=8, type="float", symmetric=True,
+                                           strategy="channel")),
+    "ct_int8_naive_tensor": lambda src, root: build_compressed(
+        src, root, "naive-quantized", dict(num_bits=8, type="int", symmetric=True, strategy="tensor")),
+}
+
+
+@pytest.fixture(scope="module")
+def quant_base(tiny_models, tmp_path_factory):
+    made = {}
+
+    def make(name):
+        if name not in made:
+            made[name] = BASES[name](tiny_models["llama"], tmp_path_factory.mktemp(name))
+        return made[name]
+
+    return make
+
+
+@pytest.mark.parametrize("name", list(BASES))
+def test_merge_equals_peft_on_the_dequantized_base(name, quant_base, peft_adapter, tmp_path):
+    qdir, dense = quant_base(name)
+    adapter = peft_adapter("llama", r=4, target_modules="all-linear")
+    job, result = ours(qdir, [adapter], tmp_path / "out", dtype="float32")
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert "quantization_config" not in config and config["dtype"] == "float32"
+    assert result.tensors_merged == 14  # 7 Linear layers x 2 decoder layers
+    assert max_diff(load_out(tmp_path / "out"), peft_merged(dense, [adapter])) <= 1e-5
+
+
+def test_bfloat16_output_rounds_once(quant_base, peft_adapter, tmp_path):
+    qdir, dense = quant_base("ct_int4_group_asym")
+    adapter = peft_adapter("llama", r=4, target_modules=["q_proj", "down_proj"])
+    ours(qdir, [adapter], tmp_path / "out", dtype="bfloat16")
+    got = load_out(tmp_path / "out", dtype=torch.bfloat16)
+    want = peft_merged(dense, [adapter]).to(torch.bfloat16)
+    assert max_diff(got, want) == 0.0
+
+
+@pytest.fixture(scope="module")
+def gpt_oss(tmp_path_factory):
+    """A tiny gpt-oss (4 experts) in float32, its MXFP4 checkpoint and the dequantized oracle."""
+    from transformers import GptOssConfig
+
+    from tests.conftest import VOCAB, build_model
+
+    cfg = GptOssConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=64, num_hidden_layers=2,
+                       num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                       num_local_experts=4, num_experts_per_tok=2, max_position_embeddings=128,
+                       sliding_window=32, bos_token_id=0, eos_token_id=1, pad_token_id=2)
+    root = tmp_path_factory.mktemp("gpt_oss")
+    return build_mxfp4(build_model(cfg, root / "float"), root)
+
+
+def test_mxfp4_experts_dequantize_to_the_fused_dense_tensors(gpt_oss):
+    from safetensors.torch import load_file
+
+    from adapterctl.io.checkpoint import CheckpointReader
+    from adapterctl.io.model_dir import locate_model_files
+
+    qdir, dense = gpt_oss
+    want = load_file(str(dense / "model.safetensors"))
+    with CheckpointReader(locate_model_files(qdir)) as reader:
+        assert set(reader.names) == set(want)  # _blocks/_scales read back under the model's names
+        assert reader.shape("model.layers.0.mlp.experts.gate_up_proj") == (4, 64, 128)
+        assert reader.shape("model.layers.1.mlp.experts.down_proj") == (4, 64, 64)
+        for key in want:
+            assert torch.equal(reader.load(key).float(), want[key].float()), key
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_attention_lora_into_an_mxfp4_gpt_oss(dtype, gpt_oss, tmp_path):
+    from tests.conftest import make_peft_adapter
+
+    qdir, dense = gpt_oss
+    adapter = make_peft_adapter(dense, tmp_path / "a", r=4, target_modules=["q_proj", "v_proj", "o_proj"])
+    _, result = ours(qdir, [adapter], tmp_path / "out", dtype=dtype)
+    assert result.tensors_merged == 6
+    tdtype = getattr(torch, dtype)
+    want = peft_merged(dense, [adapter]).to(tdtype)
+    assert max_diff(load_out(tmp_path / "out", dtype=tdtype), want) <= (1e-5 if dtype == "float32" else 0.0)

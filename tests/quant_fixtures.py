@@ -1,0 +1,158 @@
+"""Quantized checkpoints built from tiny float models with the formats' published rules, each with
+its oracle: the same model dequantized by the format's own reference code (transformers'
+``_dequantize_fp8_weight`` / ``convert_moe_packed_tensors``, compressed-tensors' compressors),
+saved as a plain float checkpoint for PEFT and transformers to load.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import torch
+
+FP8_MAX = 448.0  # float8_e4m3fn
+FP4_VALUES = torch.tensor([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0,
+                           -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0])
+
+
+def _state(src: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(src / "model.safetensors"))
+
+
+def _write(src: Path, out: Path, state: dict, qconf: dict | None) -> Path:
+    """``state`` as out/model.safetensors, src's config (+ quantization_config) and tokenizer."""
+    from safetensors.torch import save_file
+
+    out.mkdir(parents=True)
+    for p in src.iterdir():
+        if p.is_file() and not p.name.endswith(".safetensors") and p.name != "config.json":
+            shutil.copy2(p, out / p.name)
+    config = json.loads((src / "config.json").read_text())
+    if qconf is not None:
+        config["quantization_config"] = qconf
+    (out / "config.json").write_text(json.dumps(config, indent=2))
+    save_file({k: v.contiguous() for k, v in state.items()}, str(out / "model.safetensors"),
+              metadata={"format": "pt"})
+    return out
+
+
+def _linear_keys(state: dict) -> list[str]:
+    return [k for k, v in state.items() if k.endswith("_proj.weight") and v.ndim == 2]
+
+
+# ----- FP8 (DeepSeek / Qwen3-FP8) -----------------------------------------------------------------
+def fp8_quantize(w: torch.Tensor, block, ue8m0: bool = False):
+    """Per-block absmax / 448 (transformers' ``Fp8Quantize``), ragged edges padded then cut."""
+    n, k = w.shape
+    bn, bk = block
+    padded = torch.zeros(math.ceil(n / bn) * bn, math.ceil(k / bk) * bk)
+    padded[:n, :k] = w.float()
+    tiles = padded.unflatten(0, (-1, bn)).unflatten(-1, (-1, bk))  # (R, bn, C, bk)
+    amax = tiles.abs().amax(dim=(1, 3)).clamp(min=1e-12)
+    inv = amax / FP8_MAX
+    if ue8m0:
+        inv = torch.pow(2.0, torch.ceil(torch.log2(inv)))
+    q = (tiles / inv[:, None, :, None]).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
+    q = q.flatten(2).flatten(0, 1)[:n, :k]
+    return q, inv.to(torch.float8_e8m0fnu) if ue8m0 else inv
+
+
+def build_fp8(src: Path, root: Path, block=(32, 48), ue8m0: bool = False) -> tuple[Path, Path]:
+    """(fp8 checkpoint, its dequantized oracle) of the float model in ``src``."""
+    from transformers.integrations.finegrained_fp8 import _dequantize_fp8_weight
+
+    state, dense = _state(src), _state(src)
+    for key in _linear_keys(state):
+        q, inv = fp8_quantize(state[key], block, ue8m0)
+        state[key], state[key[: -len("weight")] + "weight_scale_inv"] = q, inv
+        dense[key] = _dequantize_fp8_weight(q, inv, list(block), torch.float32)
+    qconf = {"quant_method": "fp8", "activation_scheme": "dynamic",
+             "weight_block_size": list(block), "modules_to_not_convert": ["lm_head"]}
+    if ue8m0:
+        qconf["scale_fmt"] = "ue8m0"
+    return _write(src, root / "fp8", state, qconf), _write(src, root / "fp8-dense", dense, None)
+
+
+# ----- MXFP4 (gpt-oss) ----------------------------------------------------------------------------
+def mxfp4_quantize(dense: torch.Tensor):
+    """gpt-oss layout: the model's (E, in, out) as rows (E, out, in), 32 e2m1 values per block
+    with one e8m0 exponent (absmax / 6 rounded up to a power of two), low nibble first."""
+    rows = dense.transpose(1, 2).float()
+    experts, r, c = rows.shape
+    blocks = rows.reshape(experts, r, c // 32, 32)
+    amax = blocks.abs().amax(-1).clamp(min=2.0 ** -100)
+    exp = torch.ceil(torch.log2(amax / 6.0))
+    scaled = blocks / torch.pow(2.0, exp)[..., None]
+    idx = (scaled[..., None] - FP4_VALUES).abs().argmin(-1).to(torch.uint8)
+    packed = idx[..., 0::2] | (idx[..., 1::2] << 4)
+    return packed, (exp + 127).to(torch.uint8)
+
+
+def build_mxfp4(src: Path, root: Path) -> tuple[Path, Path]:
+    from transformers.integrations.mxfp4 import convert_moe_packed_tensors
+
+    state, dense = _state(src), _state(src)
+    for key in [k for k in state if k.endswith(("experts.gate_up_proj", "experts.down_proj"))]:
+        blocks, scales = mxfp4_quantize(state.pop(key))
+        state[key + "_blocks"], state[key + "_scales"] = blocks, scales
+        dense[key] = convert_moe_packed_tensors(blocks, scales, dtype=torch.float32)
+    qconf = {"quant_method": "mxfp4", "modules_to_not_convert": [
+        "model.layers.*.self_attn", "model.layers.*.mlp.router", "model.embed_tokens", "lm_head"]}
+    return _write(src, root / "mxfp4", state, qconf), _write(src, root / "mxfp4-dense", dense, None)
+
+
+# ----- compressed-tensors ---------------------------------------------------------------------------
+def build_compressed(src: Path, root: Path, fmt: str, weights: dict,
+                     name: str | None = None) -> tuple[Path, Path]:
+    """Compress every ``*_proj`` Linear with compressed-tensors' own compressor for ``fmt`` and
+    ``weights`` (QuantizationArgs); the oracle is that compressor's ``decompress``."""
+    from compressed_tensors.compressors import BaseCompressor
+    from compressed_tensors.quantization import QuantizationScheme
+    from compressed_tensors.quantization.utils import calculate_qparams
+
+    scheme = QuantizationScheme(targets=["Linear"], weights=weights)
+    args = scheme.weights
+    compressor = BaseCompressor.get_value_from_registry(fmt)
+    state, dense = _state(src), _state(src)
+    for key in _linear_keys(state):
+        module = key[: -len(".weight")]
+        w = state.pop(key)
+        scale, zp = _qparams(w, args, calculate_qparams)
+        local = {"weight": w, "weight_scale": scale, "weight_zero_point": zp}
+        if args.symmetric:
+            local.pop("weight_zero_point")
+        packed = compressor.compress(local, scheme)
+        state.update({f"{module}.{k}": v for k, v in packed.items()})
+        dense[key] = compressor.decompress(dict(packed), scheme)["weight"].to(torch.float32)
+    qconf = {"quant_method": "compressed-tensors", "format": fmt, "quantization_status": "compressed",
+             "config_groups": {"group_0": {"targets": ["Linear"],
+                                           "weights": json.loads(args.model_dump_json()),
+                                           "input_activations": None, "output_activations": None,
+                                           "format": fmt}},
+             "ignore": ["lm_head"]}
+    name = name or fmt
+    return (_write(src, root / name, state, qconf), _write(src, root / f"{name}-dense", dense, None))
+
+
+def _qparams(w: torch.Tensor, args, calculate_qparams):
+    """min/max scales and zero points of ``args``' strategy (llm-compressor's minmax observer)."""
+    strategy = str(getattr(args.strategy, "value", args.strategy))
+    if strategy == "group":
+        g = w.unflatten(-1, (-1, args.group_size))
+        lo, hi = g.amin(-1), g.amax(-1)
+    elif strategy == "channel":
+        lo, hi = w.amin(-1, keepdim=True), w.amax(-1, keepdim=True)
+    elif strategy == "block":
+        bh, bw = args.block_structure
+        pad = torch.zeros(math.ceil(w.shape[0] / bh) * bh, math.ceil(w.shape[1] / bw) * bw)
+        pad[: w.shape[0], : w.shape[1]] = w
+        tiles = pad.unflatten(0, (-1, bh)).unflatten(-1, (-1, bw))
+        lo, hi = tiles.amin(dim=(1, 3)), tiles.amax(dim=(1, 3))
+    else:
+        lo, hi = w.amin().reshape(1), w.amax().reshape(1)
+    return calculate_qparams(lo, hi, args)
