@@ -11,6 +11,7 @@ import math
 import shutil
 from pathlib import Path
 
+import pytest
 import torch
 
 FP8_MAX = 448.0  # float8_e4m3fn
@@ -156,3 +157,48 @@ def _qparams(w: torch.Tensor, args, calculate_qparams):
     else:
         lo, hi = w.amin().reshape(1), w.amax().reshape(1)
     return calculate_qparams(lo, hi, args)
+
+
+# ----- fixtures: the bases the merge and attach tests share -----------------------------------------
+INT4_GROUP_ASYM = dict(num_bits=4, type="int", symmetric=False, strategy="group", group_size=32)
+BASES = {
+    # blocks that leave ragged rows and columns on every Llama matrix (64, 32, 96 by 64, 96)
+    "fp8_ragged_blocks": lambda src, root: build_fp8(src, root, (48, 40)),
+    "fp8_ue8m0_128": lambda src, root: build_fp8(src, root, (128, 128), ue8m0=True),
+    "ct_int4_group_asym": lambda src, root: build_compressed(src, root, "pack-quantized",
+                                                             INT4_GROUP_ASYM),
+    "ct_int8_channel": lambda src, root: build_compressed(
+        src, root, "pack-quantized", dict(num_bits=8, type="int", symmetric=True, strategy="channel")),
+    "ct_fp8_channel": lambda src, root: build_compressed(
+        src, root, "float-quantized", dict(num_bits=8, type="float", symmetric=True,
+                                           strategy="channel")),
+    "ct_int8_naive_tensor": lambda src, root: build_compressed(
+        src, root, "naive-quantized", dict(num_bits=8, type="int", symmetric=True, strategy="tensor")),
+}
+
+
+@pytest.fixture(scope="module")
+def quant_base(tiny_models, tmp_path_factory):
+    made = {}
+
+    def make(name):
+        if name not in made:
+            made[name] = BASES[name](tiny_models["llama"], tmp_path_factory.mktemp(name))
+        return made[name]
+
+    return make
+
+
+@pytest.fixture(scope="module")
+def gpt_oss(tmp_path_factory):
+    """A tiny gpt-oss (4 experts) in float32, its MXFP4 checkpoint and the dequantized oracle."""
+    from transformers import GptOssConfig
+
+    from tests.conftest import VOCAB, build_model
+
+    cfg = GptOssConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=64, num_hidden_layers=2,
+                       num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                       num_local_experts=4, num_experts_per_tok=2, max_position_embeddings=128,
+                       sliding_window=32, bos_token_id=0, eos_token_id=1, pad_token_id=2)
+    root = tmp_path_factory.mktemp("gpt_oss")
+    return build_mxfp4(build_model(cfg, root / "float"), root)

@@ -1,4 +1,5 @@
-"""Load a base causal LM with transformers: dtype, accelerate placement, bitsandbytes quantization.
+"""Load a base causal LM with transformers: dtype, accelerate placement, bitsandbytes quantization
+(FP8, MXFP4 and compressed-tensors checkpoints: dequantized on load, core/engine/dequantized.py).
 
 The folder comes from :func:`adapterctl.io.resolve.resolve_model_dir` (the one place where a path
 or Hub id becomes a local folder). Library exceptions are translated into ours here.
@@ -131,6 +132,11 @@ def load_base(path_or_ref: str | Path, dtype: str = "auto", device_map=None, max
     folder = resolve_model_dir(path_or_ref, hub)
     files = locate_model_files(folder, str(path_or_ref))
     check_remote_code(files.config, trust_remote_code, str(path_or_ref))
+    from adapterctl.core.engine.dequantized import check_quantize, dequantized_on_read, load_dequantized
+
+    dequantize = dequantized_on_read(files.config)  # FP8 / MXFP4 / compressed-tensors (spec 6.4)
+    if dequantize:
+        check_quantize(files, quantize, str(path_or_ref))
     dmap = parse_device_map(device_map)
     kwargs: dict[str, Any] = {"dtype": _torch_dtype(dtype), "trust_remote_code": trust_remote_code}
     qconf = quantization_config(quantize, dtype if dtype != "auto" else _config_dtype(files.config))
@@ -145,7 +151,9 @@ def load_base(path_or_ref: str | Path, dtype: str = "auto", device_map=None, max
         kwargs["max_memory"] = parse_max_memory(max_memory)
     if offload_folder is not None:
         kwargs["offload_folder"] = str(offload_folder)
-    model = _from_pretrained(files.root, kwargs, str(path_or_ref))
+    load = (lambda: load_dequantized(files, kwargs, dtype if dtype != AUTO else
+                                     _config_dtype(files.config))) if dequantize else None
+    model = _from_pretrained(files.root, kwargs, str(path_or_ref), load)
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
@@ -218,13 +226,13 @@ def _default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _from_pretrained(root: Path, kwargs: dict, shown: str):
+def _from_pretrained(root: Path, kwargs: dict, shown: str, load=None):
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # the CLI shows its own progress; keep stderr readable
     try:
-        return AutoModelForCausalLM.from_pretrained(str(root), **kwargs)
+        return load() if load else AutoModelForCausalLM.from_pretrained(str(root), **kwargs)
     except AdapterctlError:
         raise
     except (ValueError, KeyError, RuntimeError, OSError, ImportError, TypeError) as err:
