@@ -111,6 +111,16 @@ def read_model_headers(files: ModelFiles) -> dict[str, tuple[SafetensorsHeader, 
     return out
 
 
+def read_model_shapes(files: ModelFiles) -> dict[str, tuple[int, ...]]:
+    """tensor name -> shape, plus the dense weights a quantized checkpoint stores packed (MXFP4
+    experts, compressed-tensors ``weight_packed``: io/quantized_header.py). Safetensors only."""
+    from adapterctl.io.quantized_header import logical_shapes
+
+    headers = read_model_headers(files)
+    shapes = {k: tuple(h.tensors[n].shape) for k, (h, n) in headers.items()}
+    return {**shapes, **logical_shapes(files.config, headers)}
+
+
 def find_checkpoint_key(param: str, keys: set[str] | dict) -> str | None:
     """Map a runtime parameter path to a checkpoint key.
 

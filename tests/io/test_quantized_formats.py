@@ -117,3 +117,26 @@ def test_attach_names_the_broken_key_too(quant_base, peft_adapter, tmp_path):
                     _drop(f"{Q}.weight_scale_inv"))
     res = invoke("attach", base, peft_adapter("llama", r=4, target_modules=["q_proj"]))
     assert res.code == 4 and f"{Q}.weight is float8 but has no" in res.stderr, res.stderr
+
+
+@pytest.mark.parametrize("name", ["fp8_ragged_blocks", "ct_int4_group_asym", "ct_int8_naive_tensor",
+                                  "gpt_oss"])
+def test_header_shapes_name_the_dense_weights(name, quant_base, gpt_oss):
+    """The torch-free shapes (inspect/check --base, attach's early check) hold every parameter the
+    dequantizing reader gives, with its shape."""
+    from adapterctl.io.checkpoint import CheckpointReader
+    from adapterctl.io.model_dir import locate_model_files, read_model_shapes
+
+    files = locate_model_files(gpt_oss[0] if name == "gpt_oss" else quant_base(name)[0])
+    shapes = read_model_shapes(files)
+    with CheckpointReader(files) as reader:
+        assert {k: reader.shape(k) for k in reader.names}.items() <= shapes.items()
+
+
+def test_inspect_and_check_against_a_packed_base(quant_base, peft_adapter):
+    base = quant_base("ct_int4_group_asym")[0]
+    adapter = peft_adapter("llama", r=4, target_modules="all-linear")
+    res = invoke("--json", "inspect", adapter, "--base", base)
+    assert res.code == 0 and res.json["usable"], res.stdout
+    res = invoke("--json", "check", adapter, "--base", base, "--engine", "vllm")
+    assert res.code == 0, res.stdout

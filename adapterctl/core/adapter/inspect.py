@@ -215,14 +215,13 @@ def _base_problems(base_name: str, summary_mods: list[ModuleSummary], layout: Ke
 
 
 def _base_shapes(base: str) -> tuple[dict[str, tuple], str | None, list[P.Problem]]:
-    from adapterctl.io.model_dir import locate_model_files, read_model_headers
+    from adapterctl.io.model_dir import locate_model_files, read_model_shapes
 
     files = locate_model_files(base)
     if files.weights_format != "safetensors":
         return {}, files.model_type, [P.warning(
             "base_bin", f"{base}: legacy .bin weights: shapes not checked without loading them")]
-    headers = read_model_headers(files)
-    return ({k: h.tensors[n].shape for k, (h, n) in headers.items()}, files.model_type, [])
+    return read_model_shapes(files), files.model_type, []
 
 
 def _values(header: SafetensorsHeader, mod: ModuleKeys, scaling: float) -> dict:

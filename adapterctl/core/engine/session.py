@@ -150,12 +150,12 @@ def precheck_base(base_dir: Path, shown: str, loaded: list) -> None:
     adapter on GPT-2). Finer checks (shapes, tied heads) run on the loaded model."""
     from adapterctl.core.adapter.compat import check_modules_present
     from adapterctl.core.adapter.problems import as_error
-    from adapterctl.io.model_dir import locate_model_files, read_model_headers
+    from adapterctl.io.model_dir import locate_model_files, read_model_shapes
 
     files = locate_model_files(base_dir, shown)
     if files.weights_format != "safetensors":
         return
-    keys = set(read_model_headers(files))
+    keys = set(read_model_shapes(files))
     tied = files.config.get("tie_word_embeddings", True)  # a tied head has no weight of its own
     for la in loaded:
         problem = check_modules_present(list(la.modules), keys, tied, shown, files.model_type)

@@ -262,12 +262,12 @@ def read_adapter_facts(folder: str | Path, source: str | None = None,
 
 def read_base_facts(folder: str | Path, source: str | None = None) -> BaseFacts:
     """The base's config.json and, for safetensors checkpoints, its parameter shapes."""
-    from adapterctl.io.model_dir import locate_model_files, read_model_headers
+    from adapterctl.io.model_dir import locate_model_files, read_model_shapes
 
     files = locate_model_files(folder, source)
     params = None
     if files.weights_format == "safetensors":
-        params = {k: tuple(h.tensors[n].shape) for k, (h, n) in read_model_headers(files).items()}
+        params = read_model_shapes(files)
     return BaseFacts(source or str(folder), dict(files.config), params)
 
 
