@@ -231,4 +231,4 @@ def dequantize_compressed(stored: StoredTensor, read) -> torch.Tensor:
             zp = unpack_int32(zp.transpose(-1, -2), bits, rows).transpose(-1, -2)
         q = q.sub_(_expand(zp.to(torch.float32), sch, shape, g_idx))
     scale = read(parts["weight_scale"]).to(torch.float32)
-    return q.mul_(_expand(scale, sch, shape, g_idx)).to(stored.dtype)
+    return q.mul_(_expand(scale, sch, shape, g_idx))  # float32: the caller rounds once

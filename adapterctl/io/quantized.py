@@ -23,6 +23,7 @@ import torch
 
 from adapterctl.errors import InvalidAdapterError, MissingDependencyError, UnsupportedError
 from adapterctl.io.compressed import dequantize_compressed, group_compressed
+from adapterctl.io.dtypes import WRITABLE
 from adapterctl.io.quantized_fp8 import dequantize_fp8, group_fp8
 from adapterctl.io.quantized_mxfp4 import dequantize_mxfp4, group_mxfp4
 from adapterctl.io.stored import StoredTensor
@@ -59,6 +60,10 @@ def group_logical(stored: list[StoredTensor], read, float_dtype: torch.dtype, co
     qconf = config["quantization_config"]
     if method == "bitsandbytes":
         return group_quantized(stored, read, float_dtype)
+    # the model's dtype, not the most common float among the tensors: float32 scales outnumber
+    # the few unquantized tensors (norms, embeddings) of a bfloat16 FP8 checkpoint
+    named = config.get("dtype") or config.get("torch_dtype")
+    float_dtype = getattr(torch, named) if named in WRITABLE else float_dtype
     if method == "fp8":
         return group_fp8(stored, qconf, where, float_dtype)
     if method == "mxfp4":
@@ -109,7 +114,9 @@ def group_quantized(stored: list[StoredTensor], read, float_dtype: torch.dtype) 
 
 
 def dequantize(stored: StoredTensor, read) -> torch.Tensor:
-    """The float tensor of a grouped quantized weight (float32 maths, returned in its dtype)."""
+    """The float tensor of a grouped quantized weight: FP8, MXFP4 and compressed-tensors ones in
+    float32, unrounded, so that merge and attach round once to their output dtype (``--dtype
+    float32`` keeps every bit of the dequantized value); bitsandbytes ones in their dtype."""
     other = {"fp8": dequantize_fp8, "mxfp4": dequantize_mxfp4, "compressed": dequantize_compressed}
     if stored.quant in other:
         return other[stored.quant](stored, read)

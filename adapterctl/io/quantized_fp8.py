@@ -100,13 +100,13 @@ def group_fp8(stored: list[StoredTensor], qconf: dict, where: str,
 
 
 def dequantize_fp8(stored: StoredTensor, read) -> torch.Tensor:
-    """``float(q) * scale`` per block, in float32, rounded once to the logical dtype."""
+    """``float(q) * scale`` per block, in float32 (the caller rounds once, to its output dtype)."""
     w_part, s_part = stored.parts
     block = dict(stored.scheme)["block"]
     w = read(w_part).to(torch.float32)
     scale = read(s_part).to(torch.float32)
     if block is None:
-        return w.mul_(scale.reshape(())).to(stored.dtype)
+        return w.mul_(scale.reshape(()))
     bn, bk = block
     n, k = w.shape[-2:]
     # expand the scales over rows only (small), and over columns through a view of the weight,
@@ -116,4 +116,4 @@ def dequantize_fp8(stored: StoredTensor, read) -> torch.Tensor:
     w[..., : full * bk].unflatten(-1, (full, bk)).mul_(rows[..., :full, None])
     if k % bk:
         w[..., full * bk:].mul_(rows[..., full:])
-    return w.to(stored.dtype)
+    return w

@@ -65,13 +65,13 @@ def group_mxfp4(stored: list[StoredTensor], float_dtype: torch.dtype) -> list[St
 
 
 def dequantize_mxfp4(stored: StoredTensor, read) -> torch.Tensor:
-    """The dense ``(E, G * 32, R)`` stack, one expert at a time in float32 (exact: every e2m1
-    value times a power of two is a bfloat16/float32 number), rounded into the output."""
+    """The dense ``(E, G * 32, R)`` stack in float32, one expert at a time (every e2m1 value times
+    a power of two is exact in float32 and, in range, in bfloat16); the caller rounds it."""
     b_part, s_part = stored.parts
     blocks, exps = read(b_part), read(s_part).to(torch.int32) - 127
     lut = torch.tensor(FP4_VALUES, dtype=torch.float32)
     experts, rows, groups, width = blocks.shape
-    out = torch.empty(stored.shape, dtype=stored.dtype)
+    out = torch.empty(stored.shape, dtype=torch.float32)
     for e in range(experts):
         blk = blocks[e]
         vals = torch.empty(rows, groups, width * 2, dtype=torch.float32)

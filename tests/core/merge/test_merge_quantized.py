@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from tests.core.merge.test_merge import load_out, max_diff, ours, peft_merged
-from tests.quant_fixtures import BASES, gpt_oss, quant_base  # noqa: F401 (fixtures)
+from tests.quant_fixtures import BASES, build_fp8, gpt_oss, quant_base  # noqa: F401 (fixtures)
 
 
 @pytest.mark.parametrize("name", list(BASES))
@@ -61,3 +61,20 @@ def test_attention_lora_into_an_mxfp4_gpt_oss(dtype, gpt_oss, tmp_path):
     tdtype = getattr(torch, dtype)
     want = peft_merged(dense, [adapter]).to(tdtype)
     assert max_diff(load_out(tmp_path / "out", dtype=tdtype), want) <= (1e-5 if dtype == "float32" else 0.0)
+
+
+def test_a_bf16_fp8_checkpoint_merges_into_float32_without_a_bf16_step(tmp_path):
+    """Real FP8 checkpoints keep their other tensors in bfloat16: --dtype float32 gets the exact
+    dequantized weights (not rounded to bfloat16 first), and the default output is bfloat16
+    (the checkpoint's float dtype), each rounded once."""
+    from tests.conftest import _llama_config, build_model, make_peft_adapter
+
+    src = build_model(_llama_config(tie_word_embeddings=False), tmp_path / "bf16", dtype=torch.bfloat16)
+    qdir, dense = build_fp8(src, tmp_path, (32, 32))
+    adapter = make_peft_adapter(src, tmp_path / "a", r=4, target_modules=["q_proj", "up_proj"])
+    want = peft_merged(dense, [adapter])  # float32 dequantized base, float32 maths
+    _, result = ours(qdir, [adapter], tmp_path / "f32", dtype="float32")
+    assert max_diff(load_out(tmp_path / "f32"), want) <= 1e-5
+    _, result = ours(qdir, [adapter], tmp_path / "auto")
+    assert result.dtype == "bfloat16"
+    assert max_diff(load_out(tmp_path / "auto", dtype=torch.bfloat16), want.to(torch.bfloat16)) == 0.0
