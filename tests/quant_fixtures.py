@@ -50,7 +50,7 @@ def _linear_keys(state: dict) -> list[str]:
 def fp8_quantize(w: torch.Tensor, block, ue8m0: bool = False):
     """Per-block absmax / 448 (transformers' ``Fp8Quantize``), ragged edges padded then cut."""
     n, k = w.shape
-    bn, bk = block
+    bn, bk = block or (n, k)  # no block size: one scale for the tensor
     padded = torch.zeros(math.ceil(n / bn) * bn, math.ceil(k / bk) * bk)
     padded[:n, :k] = w.float()
     tiles = padded.unflatten(0, (-1, bn)).unflatten(-1, (-1, bk))  # (R, bn, C, bk)
@@ -60,6 +60,7 @@ def fp8_quantize(w: torch.Tensor, block, ue8m0: bool = False):
         inv = torch.pow(2.0, torch.ceil(torch.log2(inv)))
     q = (tiles / inv[:, None, :, None]).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
     q = q.flatten(2).flatten(0, 1)[:n, :k]
+    inv = inv if block else inv.reshape(())
     return q, inv.to(torch.float8_e8m0fnu) if ue8m0 else inv
 
 
@@ -71,9 +72,9 @@ def build_fp8(src: Path, root: Path, block=(32, 48), ue8m0: bool = False) -> tup
     for key in _linear_keys(state):
         q, inv = fp8_quantize(state[key], block, ue8m0)
         state[key], state[key[: -len("weight")] + "weight_scale_inv"] = q, inv
-        dense[key] = _dequantize_fp8_weight(q, inv, list(block), torch.float32)
+        dense[key] = _dequantize_fp8_weight(q, inv, list(block) if block else None, torch.float32)
     qconf = {"quant_method": "fp8", "activation_scheme": "dynamic",
-             "weight_block_size": list(block), "modules_to_not_convert": ["lm_head"]}
+             "weight_block_size": list(block) if block else None, "modules_to_not_convert": ["lm_head"]}
     if ue8m0:
         qconf["scale_fmt"] = "ue8m0"
     return _write(src, root / "fp8", state, qconf), _write(src, root / "fp8-dense", dense, None)

@@ -100,3 +100,25 @@ def test_scales_in_another_shard(tiny_models, tmp_path):
     index.update({k: "model-00002-of-00002.safetensors" for k in scales})
     (qdir / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": index}))
     _assert_equal(qdir, dense)
+
+
+def test_fp8_per_tensor_scales_and_static_activation_scales(tiny_models, tmp_path):
+    """``weight_block_size: null``: one scale per tensor; a static scheme's ``activation_scale``
+    only serves the FP8 matmul and is not a parameter of the dequantized model."""
+    qdir, dense = build_fp8(tiny_models["llama"], tmp_path, None)
+    state = load_file(str(qdir / "model.safetensors"))
+    state["model.layers.0.self_attn.q_proj.activation_scale"] = torch.tensor(0.5)
+    save_file(state, str(qdir / "model.safetensors"), metadata={"format": "pt"})
+    _assert_equal(qdir, dense)
+
+
+def test_compressed_kv_cache_and_input_scales_are_dropped(tiny_models, tmp_path):
+    qdir, dense = build_compressed(tiny_models["llama"], tmp_path, "float-quantized",
+                                   dict(num_bits=8, type="float", symmetric=True, strategy="tensor"))
+    state = load_file(str(qdir / "model.safetensors"))
+    for layer in (0, 1):
+        state[f"model.layers.{layer}.self_attn.k_scale"] = torch.tensor(1.0)
+        state[f"model.layers.{layer}.self_attn.v_scale"] = torch.tensor(1.0)
+        state[f"model.layers.{layer}.mlp.up_proj.input_scale"] = torch.tensor([0.1])
+    save_file(state, str(qdir / "model.safetensors"), metadata={"format": "pt"})
+    _assert_equal(qdir, dense)
