@@ -122,3 +122,7 @@ def peft_adapter(tmp_path_factory, tiny_models):
         return out
 
     return make
+
+
+#: the quantized bases (FP8, MXFP4, compressed-tensors) of the merge, attach and reader tests
+pytest_plugins = ("tests.quant_fixtures",)

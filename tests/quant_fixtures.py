@@ -1,7 +1,9 @@
 """Quantized checkpoints built from tiny float models with the formats' published rules, each with
 its oracle: the same model dequantized by the format's own reference code (transformers'
 ``_dequantize_fp8_weight`` / ``convert_moe_packed_tensors``, compressed-tensors' compressors),
-saved as a plain float checkpoint for PEFT and transformers to load.
+saved as a plain float checkpoint for PEFT and transformers to load. Registered by
+tests/conftest.py (``pytest_plugins``), so torch is imported only inside the builders: the smoke
+tests run without it (.ci/lowest-deps.sh).
 """
 
 from __future__ import annotations
@@ -12,14 +14,12 @@ import shutil
 from pathlib import Path
 
 import pytest
-import torch
 
 FP8_MAX = 448.0  # float8_e4m3fn
-FP4_VALUES = torch.tensor([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0,
-                           -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0])
+FP4_VALUES = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0)
 
 
-def _state(src: Path) -> dict[str, torch.Tensor]:
+def _state(src: Path) -> dict:
     from safetensors.torch import load_file
 
     return load_file(str(src / "model.safetensors"))
@@ -47,8 +47,10 @@ def _linear_keys(state: dict) -> list[str]:
 
 
 # ----- FP8 (DeepSeek / Qwen3-FP8) -----------------------------------------------------------------
-def fp8_quantize(w: torch.Tensor, block, ue8m0: bool = False):
+def fp8_quantize(w, block, ue8m0: bool = False):
     """Per-block absmax / 448 (transformers' ``Fp8Quantize``), ragged edges padded then cut."""
+    import torch
+
     n, k = w.shape
     bn, bk = block or (n, k)  # no block size: one scale for the tensor
     padded = torch.zeros(math.ceil(n / bn) * bn, math.ceil(k / bk) * bk)
@@ -66,6 +68,7 @@ def fp8_quantize(w: torch.Tensor, block, ue8m0: bool = False):
 
 def build_fp8(src: Path, root: Path, block=(32, 48), ue8m0: bool = False) -> tuple[Path, Path]:
     """(fp8 checkpoint, its dequantized oracle) of the float model in ``src``."""
+    import torch
     from transformers.integrations.finegrained_fp8 import _dequantize_fp8_weight
 
     state, dense = _state(src), _state(src)
@@ -81,21 +84,24 @@ def build_fp8(src: Path, root: Path, block=(32, 48), ue8m0: bool = False) -> tup
 
 
 # ----- MXFP4 (gpt-oss) ----------------------------------------------------------------------------
-def mxfp4_quantize(dense: torch.Tensor):
+def mxfp4_quantize(dense):
     """gpt-oss layout: the model's (E, in, out) as rows (E, out, in), 32 e2m1 values per block
     with one e8m0 exponent (absmax / 6 rounded up to a power of two), low nibble first."""
+    import torch
+
     rows = dense.transpose(1, 2).float()
     experts, r, c = rows.shape
     blocks = rows.reshape(experts, r, c // 32, 32)
     amax = blocks.abs().amax(-1).clamp(min=2.0 ** -100)
     exp = torch.ceil(torch.log2(amax / 6.0))
     scaled = blocks / torch.pow(2.0, exp)[..., None]
-    idx = (scaled[..., None] - FP4_VALUES).abs().argmin(-1).to(torch.uint8)
+    idx = (scaled[..., None] - torch.tensor(FP4_VALUES)).abs().argmin(-1).to(torch.uint8)
     packed = idx[..., 0::2] | (idx[..., 1::2] << 4)
     return packed, (exp + 127).to(torch.uint8)
 
 
 def build_mxfp4(src: Path, root: Path) -> tuple[Path, Path]:
+    import torch
     from transformers.integrations.mxfp4 import convert_moe_packed_tensors
 
     state, dense = _state(src), _state(src)
@@ -113,6 +119,7 @@ def build_compressed(src: Path, root: Path, fmt: str, weights: dict,
                      name: str | None = None) -> tuple[Path, Path]:
     """Compress every ``*_proj`` Linear with compressed-tensors' own compressor for ``fmt`` and
     ``weights`` (QuantizationArgs); the oracle is that compressor's ``decompress``."""
+    import torch
     from compressed_tensors.compressors import BaseCompressor
     from compressed_tensors.quantization import QuantizationScheme
     from compressed_tensors.quantization.utils import calculate_qparams
@@ -141,8 +148,10 @@ def build_compressed(src: Path, root: Path, fmt: str, weights: dict,
     return (_write(src, root / name, state, qconf), _write(src, root / f"{name}-dense", dense, None))
 
 
-def _qparams(w: torch.Tensor, args, calculate_qparams):
+def _qparams(w, args, calculate_qparams):
     """min/max scales and zero points of ``args``' strategy (llm-compressor's minmax observer)."""
+    import torch
+
     strategy = str(getattr(args.strategy, "value", args.strategy))
     if strategy == "group":
         g = w.unflatten(-1, (-1, args.group_size))

@@ -11,7 +11,6 @@ import pytest
 import torch
 
 from tests.helpers import invoke
-from tests.quant_fixtures import gpt_oss, quant_base  # noqa: F401 (fixtures)
 
 
 def _variant(src, dst, edit_state=None, edit_qconf=None):

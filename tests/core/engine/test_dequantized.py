@@ -12,7 +12,6 @@ from adapterctl.core.engine.attach import attach_adapter
 from adapterctl.core.engine.model import load_base
 from tests.core.engine.test_attach import greedy, load_hf, logits, peft_model
 from tests.helpers import invoke, max_abs_diff
-from tests.quant_fixtures import gpt_oss, quant_base  # noqa: F401 (fixtures)
 
 
 @pytest.mark.parametrize("name,dtype", [

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from tests.core.merge.test_merge import load_out, max_diff, ours, peft_merged
-from tests.quant_fixtures import BASES, build_fp8, gpt_oss, quant_base  # noqa: F401 (fixtures)
+from tests.quant_fixtures import BASES, build_fp8
 
 
 @pytest.mark.parametrize("name", list(BASES))
