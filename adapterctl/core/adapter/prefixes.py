@@ -108,9 +108,9 @@ class KeyMapping:
         s, t = self.source, self.target
         out = [f"{s.root}* -> {t.root}*"] if s.root != t.root else []
         out += [f"{s.head} -> {t.head}"] if s.head != t.head else []
-        if s.vision is not None and s.vision != t.vision:
-            target = "refused (text-only base)" if t.vision is None else f"{t.vision}(same)*"
-            out.append(f"{s.vision}({'|'.join(VISION_PARTS)})* -> {target}")
+        if s.vision is not None and t.vision is not None and s.vision != t.vision:
+            parts = f"({'|'.join(VISION_PARTS)})"
+            out.append(f"{s.vision}{parts}* -> {t.vision}{parts}*")
         return out
 
     def describe(self) -> str:
@@ -140,6 +140,17 @@ def choose_mapping(paths: Iterable[str], target: Layout | None,
         if mapped <= sum(1 for p in paths if present(p)):
             return None
     return mapping
+
+
+def in_layout_of(paths: Iterable[str], names: Iterable[str]) -> list[str]:
+    """``paths`` spelled in the layout ``names`` (a checkpoint's keys) follow, for checks from
+    headers; vision paths a text-only checkpoint has no place for are left out (the loaders
+    refuse them, :func:`vision_problem`)."""
+    paths = list(paths)
+    mapping = choose_mapping(paths, detect_layout(names))
+    if mapping is None:
+        return paths
+    return [q for p in paths if (q := mapping.map(p)) is not None]
 
 
 def vision_problem(mapping: KeyMapping, paths: Iterable[str], base: str) -> P.Problem | None:

@@ -218,13 +218,28 @@ def _default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def model_class(config: dict):
+    """The Auto class that builds the whole model: a vision-language wrapper (Llava, Qwen2.5-VL,
+    Mllama: not causal LMs to transformers) as its ``...ForConditionalGeneration``, with the
+    vision tower an adapter may target; every other model as a causal LM."""
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES,
+    )
+
+    vlm = config.get("model_type") in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+    return AutoModelForImageTextToText if vlm else AutoModelForCausalLM
+
+
 def _from_pretrained(root: Path, kwargs: dict, shown: str):
-    from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
+
+    from adapterctl.io.files import read_json_object
 
     hf_logging.disable_progress_bar()  # the CLI shows its own progress; keep stderr readable
     try:
-        return AutoModelForCausalLM.from_pretrained(str(root), **kwargs)
+        auto = model_class(read_json_object(root / "config.json", "model config.json"))
+        return auto.from_pretrained(str(root), **kwargs)
     except AdapterctlError:
         raise
     except (ValueError, KeyError, RuntimeError, OSError, ImportError, TypeError) as err:

@@ -149,6 +149,7 @@ def precheck_base(base_dir: Path, shown: str, loaded: list) -> None:
     """Fail before loading the weights when an adapter names none of the base's modules (a Llama
     adapter on GPT-2). Finer checks (shapes, tied heads) run on the loaded model."""
     from adapterctl.core.adapter.compat import check_modules_present
+    from adapterctl.core.adapter.prefixes import in_layout_of
     from adapterctl.core.adapter.problems import as_error
     from adapterctl.io.model_dir import locate_model_files, read_model_headers
 
@@ -158,7 +159,8 @@ def precheck_base(base_dir: Path, shown: str, loaded: list) -> None:
     keys = set(read_model_headers(files))
     tied = files.config.get("tie_word_embeddings", True)  # a tied head has no weight of its own
     for la in loaded:
-        problem = check_modules_present(list(la.modules), keys, tied, shown, files.model_type)
+        paths = in_layout_of(la.modules, keys)  # a VLM adapter on its text-only extraction, ...
+        problem = check_modules_present(paths, keys, tied, shown, files.model_type)
         if problem:
             raise as_error(problem, la.source)
 
@@ -216,6 +218,9 @@ def open_session(base_ref: str | None, adapters: Sequence[str | AdapterChoice],
     for la, c, d in zip(loaded, choices, dirs):
         step(f"attaching {la.source} as {la.name!r}")
         report = attach_adapter(lb.model, la, la.name, trainable=trainable, weight=c.weight)
+        if report.key_mapping:
+            step(f"{la.source}: module paths mapped {report.key_mapping['from']} -> "
+                 f"{report.key_mapping['to']} ({'; '.join(report.key_mapping['rules'])})")
         session.adapters.append(AttachedAdapter(la.name, c.ref, Path(d), c.weight,
                                                 tuple(report.warnings), report))
     session.attach_seconds = time.perf_counter() - t1

@@ -1,0 +1,84 @@
+"""Adapters across vision-language wrappers and their text-only extractions, attached by the
+engine against PEFT (the oracle, with the adapter renamed by hand for the other layout): same
+logits in float32 within 1e-5, and the mapping named in the report (core/adapter/prefixes.py)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from adapterctl.core.engine.attach import attach_adapter
+from adapterctl.core.engine.model import load_base
+from adapterctl.errors import IncompatibleBaseError
+from tests.helpers import max_abs_diff
+from tests.vlm_fixtures import (
+    KINDS,
+    LANGUAGE_ONLY,
+    TEXT_TO_VLM,
+    VLM_TO_TEXT,
+    peft_logits,
+    rename_adapter,
+)
+
+IDS = torch.tensor([[5, 9, 20, 33, 7, 100, 200, 3, 44, 12]])
+TEXT_TARGETS = ["q_proj", "v_proj", "o_proj", "down_proj"]
+
+
+def ours(base, adapter):
+    lb = load_base(base, dtype="float32", tokenizer=False)
+    report = attach_adapter(lb.model, str(adapter), "a")
+    with torch.no_grad():
+        return lb.model(input_ids=IDS).logits, report
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_vlm_adapter_on_its_vlm(vlm_models, kind):
+    vlm, _ = vlm_models.pair(kind)
+    adapter = vlm_models.adapter(kind, target_modules=LANGUAGE_ONLY)
+    got, report = ours(vlm, adapter)
+    assert report.key_mapping is None
+    assert max_abs_diff(got, peft_logits(vlm, adapter, IDS)) <= 1e-5
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_vlm_adapter_on_the_text_extraction(vlm_models, kind, tmp_path):
+    _, text = vlm_models.pair(kind)
+    adapter = vlm_models.adapter(kind, target_modules=LANGUAGE_ONLY)
+    got, report = ours(text, adapter)
+    assert report.key_mapping["from"] == "vlm" and report.key_mapping["to"] == "text"
+    assert report.key_mapping["rules"][0] == "model.language_model.* -> model.*"
+    assert sum(report.modules.values()) == 8  # 4 modules x 2 layers, all landed
+    oracle = rename_adapter(adapter, tmp_path / "renamed", *VLM_TO_TEXT, TEXT_TARGETS)
+    assert max_abs_diff(got, peft_logits(text, oracle, IDS)) <= 1e-5
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_text_adapter_on_the_vlm(vlm_models, kind, tmp_path):
+    vlm, _ = vlm_models.pair(kind)
+    adapter = vlm_models.adapter(kind, on="text", target_modules=TEXT_TARGETS)
+    got, report = ours(vlm, adapter)
+    assert report.key_mapping["from"] == "text" and report.key_mapping["to"] == "vlm"
+    oracle = rename_adapter(adapter, tmp_path / "renamed", *TEXT_TO_VLM, LANGUAGE_ONLY)
+    assert max_abs_diff(got, peft_logits(vlm, oracle, IDS)) <= 1e-5
+
+
+def test_legacy_keys_on_the_current_vlm(vlm_models, tmp_path):
+    """An adapter saved before transformers 4.52 (language_model.model.layers...)."""
+    vlm, _ = vlm_models.pair("llava")
+    adapter = vlm_models.adapter("llava", target_modules=LANGUAGE_ONLY)
+    legacy = rename_adapter(adapter, tmp_path / "legacy", "model.language_model.",
+                            "language_model.model.", LANGUAGE_ONLY)
+    got, report = ours(vlm, legacy)
+    assert report.key_mapping["from"] == "vlm-legacy"
+    assert max_abs_diff(got, peft_logits(vlm, adapter, IDS)) <= 1e-5
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_vision_modules_refused_on_the_text_extraction(vlm_models, kind):
+    _, text = vlm_models.pair(kind)
+    adapter = vlm_models.adapter(kind, target_modules=["q_proj", "v_proj", "qkv"])
+    lb = load_base(text, dtype="float32", tokenizer=False)
+    with pytest.raises(IncompatibleBaseError, match="on the vision side .*model.vis") as err:
+        attach_adapter(lb.model, str(adapter), "a")
+    assert err.value.exit_code == 6 and "text-only model" in str(err.value)
+    assert not any("lora" in n for n, _ in lb.model.named_modules())  # nothing changed
