@@ -142,6 +142,16 @@ def choose_mapping(paths: Iterable[str], target: Layout | None,
     return mapping
 
 
+def checkpoint_spelling(keys: Iterable[str]) -> KeyMapping | None:
+    """From the layout transformers builds to the one a checkpoint's ``keys`` are stored in
+    (it still writes Llava / Gemma-3 / Mllama as ``language_model.model.*`` and Qwen2.5-VL as
+    ``model.layers.*`` + ``visual.*``, renaming on load): for looking runtime paths up in
+    headers. None when the two agree."""
+    stored = detect_layout(keys)
+    runtime = runtime_layout(stored)
+    return None if stored is None or stored == runtime else KeyMapping(runtime, stored)
+
+
 def in_layout_of(paths: Iterable[str], names: Iterable[str]) -> list[str]:
     """``paths`` spelled in the layout ``names`` (a checkpoint's keys) follow, for checks from
     headers; vision paths a text-only checkpoint has no place for are left out (the loaders

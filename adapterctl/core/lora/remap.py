@@ -6,7 +6,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import replace
 
-from adapterctl.core.adapter.prefixes import KeyMapping, choose_mapping, vision_problem
+from adapterctl.core.adapter.prefixes import (
+    KeyMapping,
+    choose_mapping,
+    detect_layout,
+    runtime_layout,
+    vision_problem,
+)
 from adapterctl.core.adapter.problems import as_error
 from adapterctl.core.lora.loaded import LoadedAdapter
 
@@ -45,3 +51,12 @@ def map_to_layout(la: LoadedAdapter, target, base: str,
     if problem:
         raise as_error(problem, la.source)
     return remap_adapter(la, mapping), mapping
+
+
+def map_to_checkpoint(adapters: list[LoadedAdapter], keys: list[str], base: str
+                      ) -> tuple[list[LoadedAdapter], list[KeyMapping | None]]:
+    """Each adapter in the layout transformers builds from a checkpoint with these ``keys``
+    (merge: the checkpoint's own spelling is found from there, prefixes.checkpoint_spelling)."""
+    target = runtime_layout(detect_layout(keys))
+    pairs = [map_to_layout(ad, target, base) for ad in adapters]
+    return [p[0] for p in pairs], [p[1] for p in pairs]
