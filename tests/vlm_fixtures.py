@@ -75,7 +75,10 @@ def text_model_for(kind: str, vlm):
     if kind == "llava":
         text = LlamaForCausalLM(tc)
     elif kind == "qwen2_5_vl":  # the same decoder as Qwen2 (M-RoPE equals RoPE on text alone)
-        text = Qwen2ForCausalLM(Qwen2Config(**TEXT, tie_word_embeddings=False))
+        theta = tc.rope_parameters["rope_theta"]
+        text = Qwen2ForCausalLM(Qwen2Config(**TEXT, tie_word_embeddings=False,
+                                            rope_parameters={"rope_type": "default",
+                                                             "rope_theta": theta}))
     elif kind == "gemma3":
         text = Gemma3ForCausalLM(tc)
     else:

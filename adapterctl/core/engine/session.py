@@ -60,7 +60,8 @@ class AttachedAdapter:
 
     def to_dict(self) -> dict:
         return {"name": self.name, "source": self.source, "path": str(self.folder),
-                "weight": self.weight, "warnings": list(self.warnings)}
+                "weight": self.weight, "warnings": list(self.warnings),
+                "key_mapping": getattr(self.report, "key_mapping", None)}  # text <-> VLM paths
 
 
 @dataclass

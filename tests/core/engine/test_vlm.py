@@ -82,3 +82,36 @@ def test_vision_modules_refused_on_the_text_extraction(vlm_models, kind):
         attach_adapter(lb.model, str(adapter), "a")
     assert err.value.exit_code == 6 and "text-only model" in str(err.value)
     assert not any("lora" in n for n, _ in lb.model.named_modules())  # nothing changed
+
+
+def peft_greedy(base, adapter, ids):
+    from peft import PeftModel
+
+    from tests.vlm_fixtures import load_any
+
+    pm = PeftModel.from_pretrained(load_any(base), str(adapter)).eval()
+    with torch.no_grad():
+        return pm.generate(input_ids=ids, max_new_tokens=6, do_sample=False)[0, ids.shape[1]:]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_generate_on_the_vlm_and_the_text_extraction_matches_peft(vlm_models, kind, tmp_path):
+    """generate's KV-cached loop on a VLM (Qwen2.5-VL's M-RoPE positions too), folded and not,
+    gives PEFT's greedy tokens; on the text extraction too, with the mapping named in --json."""
+    from transformers import AutoTokenizer
+
+    from tests.helpers import invoke
+
+    vlm, text = vlm_models.pair(kind)
+    adapter = vlm_models.adapter(kind, target_modules=LANGUAGE_ONLY)
+    ids = AutoTokenizer.from_pretrained(str(vlm))("the quick brown", return_tensors="pt").input_ids
+    on_vlm = peft_greedy(vlm, adapter, ids).tolist()
+    renamed = rename_adapter(adapter, tmp_path / "renamed", *VLM_TO_TEXT, TEXT_TARGETS)
+    on_text = peft_greedy(text, renamed, ids).tolist()
+    for base, fold, want, mapping in ((vlm, [], on_vlm, None), (vlm, ["--no-fold"], on_vlm, None),
+                                      (text, [], on_text, "text")):
+        res = invoke("--json", "generate", base, "-a", adapter, "--prompt", "the quick brown",
+                     "--max-new-tokens", "6", *fold)
+        assert res.code == 0, res.stderr
+        assert res.json["completions"][0]["completion_token_ids"] == want, (base, fold)
+        assert (res.json["adapters"][0]["key_mapping"] or {}).get("to") == mapping
