@@ -152,6 +152,19 @@ def checkpoint_spelling(keys: Iterable[str]) -> KeyMapping | None:
     return None if stored is None or stored == runtime else KeyMapping(runtime, stored)
 
 
+def spelling_for(paths: Iterable[str], keys: Iterable[str]) -> Callable[[str], str | None]:
+    """Path -> the same path spelled in the layout of a checkpoint's ``keys`` (None: a vision
+    path with no place there), for lookups in headers."""
+    mapping = choose_mapping(paths, detect_layout(keys))
+    return (lambda p: p) if mapping is None else mapping.map
+
+
+def base_mapping(paths: Iterable[str], keys: Iterable[str]) -> KeyMapping | None:
+    """The mapping attach and merge use for an adapter with ``paths`` on a base whose checkpoint
+    holds ``keys`` (to the layout transformers builds from it): what check and inspect report."""
+    return choose_mapping(paths, runtime_layout(detect_layout(keys)))
+
+
 def in_layout_of(paths: Iterable[str], names: Iterable[str]) -> list[str]:
     """``paths`` spelled in the layout ``names`` (a checkpoint's keys) follow, for checks from
     headers; vision paths a text-only checkpoint has no place for are left out (the loaders
