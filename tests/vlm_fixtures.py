@@ -160,6 +160,9 @@ def peft_logits(base: Path, adapter: Path, ids, merged: bool = False):
 
 
 KINDS = ("llava", "qwen2_5_vl", "gemma3")
+#: Mllama too where only the VLM is used (its text-only MllamaForCausalLM has a config,
+#: mllama_text_model, that transformers' Auto classes do not load)
+VLM_KINDS = (*KINDS, "mllama")
 #: (old, new) key prefixes after ``base_model.model.``: the language model in each layout
 VLM_TO_TEXT = ("model.language_model.", "model.")
 TEXT_TO_VLM = ("model.", "model.language_model.")

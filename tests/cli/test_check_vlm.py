@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from tests.helpers import invoke, write_adapter
-from tests.vlm_fixtures import KINDS, LANGUAGE_ONLY
+from tests.vlm_fixtures import LANGUAGE_ONLY, VLM_KINDS
 
 VISION = ["q_proj", "v_proj", "qkv", "down_proj"]
 
@@ -26,7 +26,7 @@ def test_check_names_the_mapping_onto_the_text_extraction(vlm_models):
     assert res.code == 10 and res.json["results"][0]["verdict"] == "changes"
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", VLM_KINDS)
 def test_check_and_inspect_find_a_vlm_adapter_in_its_own_checkpoint(vlm_models, kind):
     """transformers writes Llava/Gemma-3 as language_model.model.*, Qwen2.5-VL as model.layers.*
     + visual.*; the adapter says model.language_model.* (vLLM maps the same way: llava.py's

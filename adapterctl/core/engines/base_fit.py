@@ -9,7 +9,12 @@ refuses it (exit 6) instead of giving verdicts about an adapter that would chang
 from __future__ import annotations
 
 from adapterctl.core.adapter.compat import check_modules_present
-from adapterctl.core.adapter.prefixes import KeyMapping, base_mapping, in_layout_of, vision_problem
+from adapterctl.core.adapter.prefixes import (
+    KeyMapping,
+    base_mapping,
+    in_layout_of,
+    vision_problem,
+)
 from adapterctl.core.adapter.problems import as_error
 from adapterctl.core.engines.facts import AdapterFacts
 
