@@ -150,7 +150,7 @@ def precheck_base(base_dir: Path, shown: str, loaded: list) -> None:
     """Fail before loading the weights when an adapter names none of the base's modules (a Llama
     adapter on GPT-2). Finer checks (shapes, tied heads) run on the loaded model."""
     from adapterctl.core.adapter.compat import check_modules_present
-    from adapterctl.core.adapter.prefixes import in_layout_of
+    from adapterctl.core.adapter.prefixes import base_mapping, in_layout_of, vision_problem
     from adapterctl.core.adapter.problems import as_error
     from adapterctl.io.model_dir import locate_model_files, read_model_headers
 
@@ -160,8 +160,10 @@ def precheck_base(base_dir: Path, shown: str, loaded: list) -> None:
     keys = set(read_model_headers(files))
     tied = files.config.get("tie_word_embeddings", True)  # a tied head has no weight of its own
     for la in loaded:
+        mapping = base_mapping([*la.modules, *la.replacements, *la.trainable_tokens], keys)
+        problem = mapping and vision_problem(mapping, la.modules, shown)  # text-only extraction
         paths = in_layout_of(la.modules, keys)  # a VLM adapter on its text-only extraction, ...
-        problem = check_modules_present(paths, keys, tied, shown, files.model_type)
+        problem = problem or check_modules_present(paths, keys, tied, shown, files.model_type)
         if problem:
             raise as_error(problem, la.source)
 

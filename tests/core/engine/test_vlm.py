@@ -119,3 +119,13 @@ def test_generate_on_the_vlm_and_the_text_extraction_matches_peft(vlm_models, ki
         assert res.code == 0, res.stderr
         assert res.json["completions"][0]["completion_token_ids"] == want, (base, fold)
         assert (res.json["adapters"][0]["key_mapping"] or {}).get("to") == mapping
+
+
+def test_cli_attach_refuses_vision_modules_before_loading_the_base(vlm_models):
+    from tests.helpers import invoke
+
+    _, text = vlm_models.pair("gemma3")
+    adapter = vlm_models.adapter("gemma3", target_modules=["q_proj", "v_proj", "qkv"])
+    res = invoke("--json", "attach", text, adapter)
+    assert res.code == 6 and "loading base" not in res.stderr
+    assert "on the vision side (model.vision_tower." in res.json["error"]["message"]
