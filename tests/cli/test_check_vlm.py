@@ -79,3 +79,23 @@ def test_check_refuses_the_silent_no_op(vlm_models, tmp_path):
     assert "none of its 2 LoRA modules exist in" in err["message"]
     assert "e.g. transformer.h.0.attn.c_attn" in err["message"]
     assert "the base has weights like lm_head.weight, model.embed_tokens.weight" in err["message"]
+
+
+def test_vllm_applies_tower_lora_only_with_its_flag_and_model(vlm_models):
+    """vllm/lora/model_manager.py: tower/projector modules get no LoRA wrapper without
+    --enable-tower-connector-lora, nor on a model class without supports_tower_connector_lora."""
+    for kind, verdict in (("llava", "serves"), ("gemma3", "changes")):
+        vlm, _ = vlm_models.pair(kind)
+        adapter = vlm_models.adapter(kind, target_modules=VISION)
+        res = invoke("--json", "check", adapter, "--base", vlm, "--engine", "vllm")
+        result = res.json["results"][0]
+        assert result["verdict"] == verdict, result
+        tower = [r for r in result["reasons"] if r["rule"] == "vllm.tower_lora"]
+        assert tower and "on the vision tower / projector" in tower[0]["message"]
+        if kind == "llava":
+            assert result["flags"] == ["--enable-tower-connector-lora"] and res.code == 0
+        else:
+            assert "does not support LoRA on its tower" in tower[0]["message"] and res.code == 10
+    text_only = vlm_models.adapter("llava", target_modules=LANGUAGE_ONLY)
+    res = invoke("--json", "check", text_only, "--base", vlm_models.pair("llava")[0], "-e", "vllm")
+    assert res.code == 0 and res.json["results"][0]["flags"] == []

@@ -35,6 +35,11 @@ VISION_PARTS = ("vision_tower", "visual", "vision_model", "multi_modal_projector
 _VISION = re.compile(rf"^(?P<prefix>(?:model\.)?)(?P<part>{'|'.join(VISION_PARTS)})(?:\.|$)")
 
 
+def is_vision_path(path: str) -> bool:
+    """On the vision side (tower or projector) in any of the layouts below."""
+    return _VISION.match(path) is not None
+
+
 @dataclass(frozen=True)
 class Layout:
     """Where the decoder (``root``), the output layer (``head``) and the vision side
