@@ -174,11 +174,12 @@ def check_device_map(root: Path, dmap: dict, quantize: str | None,
     """An explicit map must name existing modules, cover every parameter, and use devices that
     exist here (transformers would silently guess, or fail deep inside accelerate)."""
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoConfig
 
     with torch.device("meta"):
         config = AutoConfig.from_pretrained(str(root), trust_remote_code=trust_remote_code)
-        skeleton = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+        auto = model_class({"model_type": config.model_type})  # the class load_base builds
+        skeleton = auto.from_config(config, trust_remote_code=trust_remote_code)
     modules = {name for name, _ in skeleton.named_modules()}
     unknown = [k for k in dmap if k not in modules]
     if unknown:

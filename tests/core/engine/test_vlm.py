@@ -129,3 +129,14 @@ def test_cli_attach_refuses_vision_modules_before_loading_the_base(vlm_models):
     res = invoke("--json", "attach", text, adapter)
     assert res.code == 6 and "loading base" not in res.stderr
     assert "on the vision side (model.vision_tower." in res.json["error"]["message"]
+
+
+def test_an_explicit_device_map_names_the_vlms_own_modules(vlm_models):
+    from adapterctl.errors import UsageError
+
+    vlm, _ = vlm_models.pair("llava")
+    lb = load_base(vlm, dtype="float32", tokenizer=False,
+                   device_map={"model.vision_tower": "cpu", "": "cpu"})
+    assert type(lb.model).__name__ == "LlavaForConditionalGeneration"
+    with pytest.raises(UsageError, match="places no device for .* model.vision_tower"):
+        load_base(vlm, dtype="float32", tokenizer=False, device_map={"model.language_model": "cpu"})
