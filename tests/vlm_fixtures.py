@@ -11,9 +11,9 @@ from pathlib import Path
 
 from tests.conftest import VOCAB, build_tokenizer
 
-TEXT = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-            bos_token_id=0, eos_token_id=1, pad_token_id=2)
+TEXT = {"vocab_size": VOCAB, "hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 128,
+        "bos_token_id": 0, "eos_token_id": 1, "pad_token_id": 2}
 #: the regex PEFT users give to keep LoRA off the vision tower
 LANGUAGE_ONLY = r".*language_model.*\.(q_proj|v_proj|o_proj|down_proj)"
 
@@ -35,28 +35,29 @@ def vlm_config(kind: str):
                                num_attention_heads=2, image_size=16, patch_size=8))
     if kind == "qwen2_5_vl":
         return Qwen2_5_VLConfig(
-            text_config=dict(TEXT, model_type="qwen2_5_vl_text",
-                             rope_scaling={"type": "mrope", "mrope_section": [2, 3, 3]}),
-            vision_config=dict(depth=1, hidden_size=32, intermediate_size=37, num_heads=2,
-                               out_hidden_size=64, patch_size=4, spatial_merge_size=1,
-                               temporal_patch_size=1, fullatt_block_indexes=[0]),
+            text_config={**TEXT, "model_type": "qwen2_5_vl_text",
+                         "rope_scaling": {"type": "mrope", "mrope_section": [2, 3, 3]}},
+            vision_config={"depth": 1, "hidden_size": 32, "intermediate_size": 37, "num_heads": 2,
+                           "out_hidden_size": 64, "patch_size": 4, "spatial_merge_size": 1,
+                           "temporal_patch_size": 1, "fullatt_block_indexes": [0]},
             image_token_id=VOCAB - 1, video_token_id=VOCAB - 2, vision_start_token_id=VOCAB - 3)
     if kind == "gemma3":
         return Gemma3Config(
-            text_config=dict(TEXT, head_dim=16, model_type="gemma3_text", sliding_window=16),
-            vision_config=dict(hidden_size=32, intermediate_size=37, num_hidden_layers=1,
-                               num_attention_heads=2, image_size=16, patch_size=8,
-                               model_type="siglip_vision_model"),
+            text_config={**TEXT, "head_dim": 16, "model_type": "gemma3_text", "sliding_window": 16},
+            vision_config={"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 1,
+                           "num_attention_heads": 2, "image_size": 16, "patch_size": 8,
+                           "model_type": "siglip_vision_model"},
             mm_tokens_per_image=4, image_token_index=VOCAB - 1, boi_token_index=VOCAB - 2,
             eoi_token_index=VOCAB - 3)
     if kind == "mllama":
         return MllamaConfig(
-            text_config=dict(TEXT, model_type="mllama_text_model", cross_attention_layers=[1],
-                             rope_scaling={"rope_type": "default"}),
-            vision_config=dict(hidden_size=32, intermediate_size=37, num_hidden_layers=1,
-                               num_global_layers=1, attention_heads=2, image_size=16,
-                               patch_size=8, vision_output_dim=64, intermediate_layers_indices=[0],
-                               max_num_tiles=1, supported_aspect_ratios=[[1, 1]]),
+            text_config={**TEXT, "model_type": "mllama_text_model", "cross_attention_layers": [1],
+                         "rope_scaling": {"rope_type": "default"}},
+            vision_config={"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 1,
+                           "num_global_layers": 1, "attention_heads": 2, "image_size": 16,
+                           "patch_size": 8, "vision_output_dim": 64,
+                           "intermediate_layers_indices": [0], "max_num_tiles": 1,
+                           "supported_aspect_ratios": [[1, 1]]},
             image_token_index=VOCAB - 1)
     raise ValueError(kind)
 

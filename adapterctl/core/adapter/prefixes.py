@@ -183,8 +183,8 @@ def in_layout_of(paths: Iterable[str], names: Iterable[str]) -> list[str]:
 
 def vision_problem(mapping: KeyMapping, paths: Iterable[str], base: str) -> P.Problem | None:
     """An error naming the adapter's vision-side modules when ``mapping`` goes to a text-only
-    base: they have no counterpart there, and merging or attaching the rest would silently
-    change the model's behaviour on images only it no longer has."""
+    base: they have no counterpart there, and attaching or merging the rest alone would give a
+    model the adapter was never trained as, without a word."""
     lost = sorted(p for p in paths if mapping.map(p) is None)
     if not lost:
         return None
