@@ -126,3 +126,11 @@ def peft_adapter(tmp_path_factory, tiny_models):
 
 #: the quantized bases (FP8, MXFP4, compressed-tensors) of the merge, attach and reader tests
 pytest_plugins = ("tests.quant_fixtures",)
+
+@pytest.fixture(scope="session")
+def vlm_models(tmp_path_factory):
+    """Tiny Llava / Qwen2.5-VL / Gemma-3 models, their text-only extractions and PEFT adapters
+    on them, built on first use (tests/vlm_fixtures.py)."""
+    from tests.vlm_fixtures import VlmModels
+
+    return VlmModels(tmp_path_factory.mktemp("vlm"))

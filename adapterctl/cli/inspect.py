@@ -72,6 +72,10 @@ def render(console, s) -> None:
     if s.base:
         rows.append(("base checked", f"{s.base['path']} ({s.base['model_type']}): "
                      + ("compatible" if s.base["compatible"] else "NOT compatible")))
+        m = s.base.get("key_mapping")
+        if m:
+            rows.append(("module paths", f"mapped {m['from']} -> {m['to']} ({'; '.join(m['rules'])})"
+                         " by attach, merge and generate"))
     for k, v in rows:
         if v is not None:
             head.add_row(k, Text(str(v)))  # user text: no markup

@@ -125,6 +125,11 @@ def _merge_model(base, refs, weights, output, dtype, device, max_shard_size, for
     with out.status("planning the merge"):
         job = plan_from_refs(base, refs, options, hub_options(None, token))
     plan = job.plan
+    for a in plan.adapters:
+        if a.get("key_mapping"):
+            m = a["key_mapping"]
+            out.info(f"{a['source']}: module paths mapped {m['from']} -> {m['to']} "
+                     f"({'; '.join(m['rules'])})")
     for warning in plan.warnings:
         out.warn(warning)
     if dry_run:

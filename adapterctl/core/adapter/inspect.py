@@ -7,6 +7,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from adapterctl.core.adapter import prefixes as X
 from adapterctl.core.adapter import problems as P
 from adapterctl.core.adapter.config import LoraAdapterConfig, check_lora_type, parse_adapter_config
 from adapterctl.core.adapter.keys import KeyLayout, ModuleKeys, split_keys
@@ -189,7 +190,7 @@ def _extras_problems(extras: dict[str, list[str]], cfg: LoraAdapterConfig) -> li
 
 def _base_problems(base_name: str, summary_mods: list[ModuleSummary], layout: KeyLayout,
                    adapter_shapes: dict[str, tuple], shapes_of_base: dict[str, tuple],
-                   cfg: LoraAdapterConfig) -> list[P.Problem]:
+                   cfg: LoraAdapterConfig, spell=lambda p: p) -> list[P.Problem]:
     from adapterctl.io.model_dir import find_checkpoint_key
 
     out = []
@@ -205,7 +206,7 @@ def _base_problems(base_name: str, summary_mods: list[ModuleSummary], layout: Ke
         if problem:
             out.append(problem)
     for param, key in sorted(layout.replacements.items()):
-        base_key = find_checkpoint_key(param, keys)
+        base_key = find_checkpoint_key(spell(param) or param, keys)
         problem = C.check_replacement(param, adapter_shapes[key],
                                       shapes_of_base[base_key] if base_key else None)
         if problem:
@@ -283,15 +284,16 @@ def inspect_adapter(path: str | Path, base: str | Path | None = None, check_valu
     if not header.tensors:
         problems.insert(0, P.error("empty_adapter", f"{files.weights}: holds no tensors",
                                    "Save the adapter again after training."))
-    base_shapes, model_type = None, None
+    base_shapes, model_type, spell = None, None, None
     if base is not None:
         base_shapes, model_type, base_probs = _base_shapes(str(base))
         problems += base_probs
+        spell = X.spelling_for(_paths(layout), base_shapes)  # text <-> VLM layouts
     modules = []
     for name, mod in layout.modules.items():
         r, alpha, scaling = module_scaling(cfg, name)
         problems += _check_module(mod, r, cfg)
-        base_shape = (_lookup_base_shape(base_shapes, base_module_path(cfg, name), mod)
+        base_shape = (_lookup_base_shape(base_shapes, spell(base_module_path(cfg, name)), mod)
                       if base_shapes else None)
         kind = _module_kind(mod, cfg, base_shape, model_type)
         values = _values(header, mod, scaling) if check_values else {}
@@ -320,19 +322,27 @@ def inspect_adapter(path: str | Path, base: str | Path | None = None, check_valu
                      for m in modules if m.nonfinite]
     base_info = None
     if base is not None:
+        mapping = X.base_mapping(_paths(layout), base_shapes) if base_shapes else None
         if base_shapes:
+            vision = mapping and X.vision_problem(mapping, _paths(layout), base_source or str(base))
+            problems += [vision] if vision else []
             problems += _base_problems(base_source or str(base), modules, layout,
                                        {k: t.shape for k, t in header.tensors.items()},
-                                       base_shapes, cfg)
+                                       base_shapes, cfg, spell)
         base_info = {"path": str(base), "model_type": model_type,
-                     "compatible": not any(p.exit_code == 6 for p in problems)}
+                     "compatible": not any(p.exit_code == 6 for p in problems),
+                     "key_mapping": mapping.to_dict() if mapping else None}
     return _summary(files, cfg, modules, layout, header, base_info, problems)
 
 
-def _lookup_base_shape(base_shapes: dict, name: str, mod: ModuleKeys) -> tuple | None:
+def _paths(layout: KeyLayout) -> list[str]:
+    return [*layout.modules, *layout.replacements, *layout.trainable_tokens]
+
+
+def _lookup_base_shape(base_shapes: dict, name: str | None, mod: ModuleKeys) -> tuple | None:
     from adapterctl.io.model_dir import find_checkpoint_key
 
-    key = find_checkpoint_key(name + ".weight", base_shapes)
+    key = find_checkpoint_key(name + ".weight", base_shapes) if name else None
     return base_shapes[key] if key else None
 
 

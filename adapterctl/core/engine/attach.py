@@ -26,6 +26,7 @@ from adapterctl.core.adapter import compat as C
 from adapterctl.core.adapter.config import is_safe_adapter_name
 from adapterctl.core.adapter.variants import layer_map
 from adapterctl.core.engine.fit import find_module, find_param, plan_fit, require_float_base, unwrap
+from adapterctl.core.engine.layout import map_to_model
 from adapterctl.core.engine.layers import (
     BASE_ROW,
     LoraSlot,
@@ -63,6 +64,9 @@ class AttachReport:
     init_recomputed: str | None
     warnings: list[str]
     seconds: float
+    #: how the adapter's module paths were rewritten to the model's layout (text <-> VLM,
+    #: core/adapter/prefixes.py): {"from", "to", "rules"}; None when they fit as they are
+    key_mapping: dict | None = None
 
     def to_dict(self) -> dict:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -114,6 +118,7 @@ def attach_adapter(model: nn.Module, adapter: str | Path | LoadedAdapter, name: 
     if any(isinstance(m, LoraWrapper) and m.folded for m in model.modules()):
         raise UsageError("adapters are folded into the base weights", hint="Call unfold() first.")
     la = adapter if isinstance(adapter, LoadedAdapter) else load_adapter(adapter, name)
+    la, mapping = map_to_model(model, la)
     replication = _replicate(model, la, records)
     try:
         plan = plan_fit(model, la, la.source)
@@ -141,7 +146,8 @@ def attach_adapter(model: nn.Module, adapter: str | Path | LoadedAdapter, name: 
         name=name, source=la.source, modules=dict(sorted(kinds.items())), parameters=params,
         devices=sorted(devices), dtype=_base_dtype(model), saved_modules=sorted(plan.saved_modules),
         replaced_parameters=sorted(plan.params), trainable_tokens=sorted(plan.tokens),
-        init_recomputed=init, warnings=warnings, seconds=round(time.perf_counter() - start, 3))
+        init_recomputed=init, warnings=warnings, seconds=round(time.perf_counter() - start, 3),
+        key_mapping=mapping.to_dict() if mapping else None)
     records[name] = record
     if activate:
         set_active(model, {**active_adapters(model), name: weight})

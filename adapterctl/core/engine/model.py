@@ -182,11 +182,12 @@ def check_device_map(root: Path, dmap: dict, quantize: str | None,
     """An explicit map must name existing modules, cover every parameter, and use devices that
     exist here (transformers would silently guess, or fail deep inside accelerate)."""
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoConfig
 
     with torch.device("meta"):
         config = AutoConfig.from_pretrained(str(root), trust_remote_code=trust_remote_code)
-        skeleton = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+        auto = model_class({"model_type": config.model_type})  # the class load_base builds
+        skeleton = auto.from_config(config, trust_remote_code=trust_remote_code)
     modules = {name for name, _ in skeleton.named_modules()}
     unknown = [k for k in dmap if k not in modules]
     if unknown:
@@ -226,13 +227,30 @@ def _default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def model_class(config: dict):
+    """The Auto class that builds the whole model: a vision-language wrapper (Llava, Qwen2.5-VL,
+    Mllama: not causal LMs to transformers) as its ``...ForConditionalGeneration``, with the
+    vision tower an adapter may target; every other model as a causal LM."""
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES,
+    )
+
+    vlm = config.get("model_type") in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+    return AutoModelForImageTextToText if vlm else AutoModelForCausalLM
+
+
 def _from_pretrained(root: Path, kwargs: dict, shown: str, load=None):
-    from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
+
+    from adapterctl.io.files import read_json_object
 
     hf_logging.disable_progress_bar()  # the CLI shows its own progress; keep stderr readable
     try:
-        return load() if load else AutoModelForCausalLM.from_pretrained(str(root), **kwargs)
+        if load:
+            return load()
+        auto = model_class(read_json_object(root / "config.json", "model config.json"))
+        return auto.from_pretrained(str(root), **kwargs)
     except AdapterctlError:
         raise
     except (ValueError, KeyError, RuntimeError, OSError, ImportError, TypeError) as err:

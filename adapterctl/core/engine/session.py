@@ -60,7 +60,8 @@ class AttachedAdapter:
 
     def to_dict(self) -> dict:
         return {"name": self.name, "source": self.source, "path": str(self.folder),
-                "weight": self.weight, "warnings": list(self.warnings)}
+                "weight": self.weight, "warnings": list(self.warnings),
+                "key_mapping": getattr(self.report, "key_mapping", None)}  # text <-> VLM paths
 
 
 @dataclass
@@ -149,6 +150,7 @@ def precheck_base(base_dir: Path, shown: str, loaded: list) -> None:
     """Fail before loading the weights when an adapter names none of the base's modules (a Llama
     adapter on GPT-2). Finer checks (shapes, tied heads) run on the loaded model."""
     from adapterctl.core.adapter.compat import check_modules_present
+    from adapterctl.core.adapter.prefixes import base_mapping, in_layout_of, vision_problem
     from adapterctl.core.adapter.problems import as_error
     from adapterctl.io.model_dir import locate_model_files, read_model_shapes
 
@@ -158,7 +160,10 @@ def precheck_base(base_dir: Path, shown: str, loaded: list) -> None:
     keys = set(read_model_shapes(files))
     tied = files.config.get("tie_word_embeddings", True)  # a tied head has no weight of its own
     for la in loaded:
-        problem = check_modules_present(list(la.modules), keys, tied, shown, files.model_type)
+        mapping = base_mapping([*la.modules, *la.replacements, *la.trainable_tokens], keys)
+        problem = mapping and vision_problem(mapping, la.modules, shown)  # text-only extraction
+        paths = in_layout_of(la.modules, keys)  # a VLM adapter on its text-only extraction, ...
+        problem = problem or check_modules_present(paths, keys, tied, shown, files.model_type)
         if problem:
             raise as_error(problem, la.source)
 
@@ -216,6 +221,9 @@ def open_session(base_ref: str | None, adapters: Sequence[str | AdapterChoice],
     for la, c, d in zip(loaded, choices, dirs):
         step(f"attaching {la.source} as {la.name!r}")
         report = attach_adapter(lb.model, la, la.name, trainable=trainable, weight=c.weight)
+        if report.key_mapping:
+            step(f"{la.source}: module paths mapped {report.key_mapping['from']} -> "
+                 f"{report.key_mapping['to']} ({'; '.join(report.key_mapping['rules'])})")
         session.adapters.append(AttachedAdapter(la.name, c.ref, Path(d), c.weight,
                                                 tuple(report.warnings), report))
     session.attach_seconds = time.perf_counter() - t1

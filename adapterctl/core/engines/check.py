@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from adapterctl.core.engines import llama_cpp, lorax, mlx, sglang, tgi, vllm
+from adapterctl.core.engines.base_fit import check_base_fit, mapping_note
 from adapterctl.core.engines.facts import AdapterFacts, BaseFacts
 from adapterctl.core.engines.rules import (
     CheckContext,
@@ -54,6 +55,8 @@ class CheckReport:
     results: list[EngineVerdict]
     base: str | None = None
     notes: list[str] = field(default_factory=list)
+    #: adapter (as typed) -> the text <-> VLM mapping attach/merge use on this base, or None
+    key_mappings: dict[str, dict | None] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -61,7 +64,7 @@ class CheckReport:
 
     def to_dict(self) -> dict:
         return {"ok": self.ok, "base": self.base, "results": [r.to_dict() for r in self.results],
-                "notes": list(self.notes)}
+                "notes": list(self.notes), "key_mappings": dict(self.key_mappings)}
 
 
 def fix_command(engine: Engine, facts: AdapterFacts, findings: list[Finding],
@@ -106,7 +109,7 @@ def check_adapters(adapters: list[tuple[str, str]], engines: list[str] | str | N
 
     names = engine_names(engines)
     base_facts = read_base_facts(base[0], base[1]) if base else None
-    facts_list, notes = [], []
+    facts_list, notes, mappings = [], [], {}
     for folder, shown in adapters:
         facts = read_adapter_facts(folder, shown, base_facts)
         if base_facts is None:
@@ -116,9 +119,12 @@ def check_adapters(adapters: list[tuple[str, str]], engines: list[str] | str | N
             else:
                 notes.append(f"{shown}: base not checked (give --base BASE): module names, "
                              "vocabulary and tied embeddings are not compared")
+        mapping = check_base_fit(facts)  # the silent no-op refused; text <-> VLM paths
+        mappings[shown] = mapping.to_dict() if mapping else None
+        notes += [mapping_note(facts, mapping)] if mapping else []
         facts_list.append(facts)
     return CheckReport(check_facts(facts_list, names, base[1] if base else None),
-                       base[1] if base else None, notes)
+                       base[1] if base else None, notes, mappings)
 
 
 def _local_base(facts: AdapterFacts) -> BaseFacts | None:

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 from adapterctl.core.adapter.compat import base_layer_kind
+from adapterctl.core.adapter.prefixes import KeyMapping, checkpoint_spelling
 from adapterctl.core.adapter.config import LoraAdapterConfig, parse_adapter_config
 from adapterctl.core.adapter.keys import natural_key, split_keys, strip_prefix
 from adapterctl.core.adapter.targeting import layer_index, module_scaling
@@ -117,12 +119,18 @@ class BaseFacts:
         if self.params is None:
             return None
         key = find_checkpoint_key(param, self.params)
+        if key is None and self._spelling is not None and (spelled := self._spelling.map(param)):
+            key = find_checkpoint_key(spelled, self.params)  # a VLM saved in its legacy layout
         if key is None and param.endswith(".weight") and is_lm_head_name(param[:-7]) \
                 and self.tie_word_embeddings:
             # a tied lm_head is not saved: it is the input embedding's table
             key = next((k for k in self.params if k.endswith(".weight")
                         and is_embedding_name(k[:-7])), None)
         return tuple(self.params[key]) if key else None
+
+    @cached_property
+    def _spelling(self) -> KeyMapping | None:
+        return checkpoint_spelling(self.params) if self.params else None
 
     @property
     def module_paths(self) -> set[str] | None:

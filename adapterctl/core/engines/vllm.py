@@ -36,6 +36,7 @@ from adapterctl.core.engines.rules import (
     unmatched_modules,
     worst_fix,
 )
+from adapterctl.core.engines.vllm_tower import tower_lora
 
 VERSION = "0.32.0"
 PEFT_HELPER = Source("vllm", VERSION, "vllm/lora/peft_helper.py")
@@ -242,5 +243,7 @@ ENGINE = Engine(
               "embedding layer of the model: ValueError", _expected_modules),
         _rule("no_such_module", MODEL_MANAGER, "modules the model does not have: skipped "
               "silently", _nothing),
+        _rule("tower_lora", MODEL_MANAGER, "LoRA on a VLM's vision tower or projector: needs "
+              "--enable-tower-connector-lora and a model that supports it", tower_lora),
     ),
 )

@@ -22,11 +22,13 @@ import torch
 
 from adapterctl.core.adapter import compat as C
 from adapterctl.core.adapter.config import RECOMPUTABLE_INITS
+from adapterctl.core.adapter.prefixes import checkpoint_spelling
 from adapterctl.core.adapter.problems import as_error
 from adapterctl.core.adapter.targeting import in_modules_to_save
 from adapterctl.core.adapter.variants import layer_map
 from adapterctl.core.lora.combine import check_combination
 from adapterctl.core.lora.loaded import LoadedAdapter, LoraWeights, load_adapter
+from adapterctl.core.lora.remap import map_to_checkpoint
 from adapterctl.core.merge.replicated import replicate_entries
 from adapterctl.core.merge.tied import find_tie, split_tied
 from adapterctl.errors import IncompatibleBaseError, UnsupportedError, UsageError
@@ -140,6 +142,7 @@ class KeyIndex:
         self.config = config  # config.json (or its model_type): which conversions apply
         self._renamed: tuple[dict[str, str], set[str]] | None = None
         self.alias: dict[str, str] = {}
+        self._spelling = checkpoint_spelling(self.keys)  # VLMs saved in their legacy layout
 
     def _tables(self) -> tuple[dict[str, str], set[str]]:
         if self._renamed is None:  # imports transformers (seconds): only when a name misses
@@ -154,6 +157,8 @@ class KeyIndex:
         if param in self.alias:
             return self.alias[param]
         key = find_checkpoint_key(param, self.keys)
+        if key is None and self._spelling is not None and (spelled := self._spelling.map(param)):
+            key = find_checkpoint_key(spelled, self.keys)
         if key is None:
             renamed = self._tables()[0]
             found = find_checkpoint_key(param, renamed) if renamed else None
@@ -354,6 +359,7 @@ def plan_merge(base: str | Path, adapters: list[LoadedAdapter], options: MergeOp
         # output parameter's own name until build_tasks decides whether the ends differ
         index.alias[tie[0]] = tie[1] if options.tied_like_peft else tie[0]
         shapes[tie[0]] = shapes[tie[1]]
+    adapters, mappings = map_to_checkpoint(adapters, list(shapes), base_source or str(base))
     ops: dict[str, dict] = {}
     for i, ad in enumerate(adapters):
         _add_loras(i, ad, index, shapes, files.model_type, ops)
@@ -368,7 +374,9 @@ def plan_merge(base: str | Path, adapters: list[LoadedAdapter], options: MergeOp
     plan = MergePlan(
         base=base_source or str(base), base_format=files.weights_format, model_type=files.model_type,
         adapters=[{"source": ad.source, "weight": w, "modules": len(ad.modules),
-                   "variants": ad.config.variants} for ad, w in zip(adapters, weights)],
+                   "variants": ad.config.variants,
+                   "key_mapping": m.to_dict() if m else None}
+                  for ad, w, m in zip(adapters, weights, mappings)],
         combination=options.combination, density=options.density, seed=options.seed,
         dtype=dtype_name(out_dtype), base_dtype=dtype_name(base_dtype), num_tensors=len(tasks),
         touched=[{"key": t.key, "shape": list(t.source.shape), "ops": t.sources(names)}

@@ -61,7 +61,7 @@ def test_open_session_names_weights_and_summary(tiny_models, peft_adapter):
     assert doc["active"] == {a.name: 1.0, b.name: 0.5} and doc["completions"] == []
     assert set(doc) == {"base", "adapters", "active", "attach_seconds", "completions"}
     assert s.adapters[0].to_dict() == {"name": a.name, "source": str(a), "path": str(a),
-                                       "weight": 1.0, "warnings": []}
+                                       "weight": 1.0, "warnings": [], "key_mapping": None}
     # the older calling style: references plus separate names and weights
     old = open_session(str(tiny_models["llama"]), [str(a), str(b)], names=["x", "y"],
                        weights=[1.0, 0.5])
