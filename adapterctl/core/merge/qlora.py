@@ -264,5 +264,9 @@ def _flagged(files: ModelFiles, quant_type: str, double_quant: bool, find, tasks
         keys, conv1d = found
     present = {t.source.key for t in tasks}
     keys &= present
+    if not keys:
+        warnings.append(f"--qlora: load_in_4bit quantizes none of this {files.model_type} model's "
+                        "weights (transformers replaces only exact nn.Linear and Conv1D layers), "
+                        "so the adapter saw the full-precision base: nothing to round-trip")
     return QloraPlan("flag", quant_type, double_quant, frozenset(keys),
                      frozenset(conv1d & keys), len(keys), evidence, tuple(warnings))

@@ -18,7 +18,9 @@ from adapterctl.core.merge.plan import MergeOptions, load_adapters, plan_merge
 from adapterctl.core.merge.qlora import CARD_PREFIX
 from adapterctl.core.merge.write import execute_merge
 from tests.conftest import build_model, make_peft_adapter, model_configs
+from tests.fidelity.archs import ARCHS, arch_configs
 from tests.helpers import invoke
+from tests.io.test_fourbit import bnb_dequantize
 
 pytest.importorskip("bitsandbytes")
 
@@ -66,11 +68,12 @@ def load_4bit(base, quant_type="nf4", double_quant=False):
                                                                                double_quant))
 
 
-def oracle_merge(base, adapter, quant_type="nf4", double_quant=False) -> dict:
+def oracle_merge(base, adapter, quant_type="nf4", double_quant=False, flat=False) -> dict:
     """bitsandbytes quantizes the base (transformers' load_in_4bit), bitsandbytes dequantizes
     each Linear4bit into the float model (transposed back for a GPT-2 Conv1D, which transformers
     transposed before quantizing; its own dequantize() turns Conv1D into Linear, which a
-    fan_in_fan_out adapter no longer fits), PEFT merges."""
+    fan_in_fan_out adapter no longer fits), PEFT merges. ``flat``: dequantize each weight as one
+    flat tensor (any input size; see the module docstring)."""
     import bitsandbytes as bnb
     from bitsandbytes.functional import dequantize_4bit
     from peft import PeftModel
@@ -82,7 +85,8 @@ def oracle_merge(base, adapter, quant_type="nf4", double_quant=False) -> dict:
     with torch.no_grad():
         for name, m in q.named_modules():
             if isinstance(m, bnb.nn.Linear4bit):
-                W = dequantize_4bit(m.weight.data, m.weight.quant_state)
+                W = (bnb_dequantize(m.weight.data, m.weight.quant_state) if flat else
+                     dequantize_4bit(m.weight.data, m.weight.quant_state))
                 target = model.get_submodule(name)
                 target.weight.copy_(W.T if isinstance(target, Conv1D) else W)
     return PeftModel.from_pretrained(model, str(adapter)).merge_and_unload().state_dict()
@@ -133,6 +137,30 @@ def test_qlora_merge_equals_bnb_dequantized_peft_merge(case, qmodels, qadapter, 
     assert diff(merged_state(tmp_path / "plain"), want) > 1e-3
     assert job.plan.qlora["rule"] == "flag" and plain.plan.qlora["rule"] == "none"
     assert job.plan.qlora["tensors"] == len(job.qlora.keys) > 0
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_qlora_merge_on_every_matrix_architecture(arch, tmp_path):
+    """The fidelity matrix's 13 architectures (README Compatibility, row `qlora`): all-linear LoRA
+    (q/v on Mixtral, whose all-linear PEFT turns into expert parameters), --qlora nf4 with double
+    quantization, against bitsandbytes' quantization + PEFT's merge; and exactly the weights
+    transformers turned into Linear4bit are round-tripped."""
+    import bitsandbytes as bnb
+
+    base = build_model(arch_configs()[arch], tmp_path / arch)
+    targets = ["q_proj", "v_proj"] if arch == "mixtral" else "all-linear"
+    fan = {"fan_in_fan_out": True} if arch == "gpt2" else {}
+    adapter = make_peft_adapter(base, tmp_path / "ad", r=4, target_modules=targets, **fan)
+    job = ours(base, adapter, tmp_path / "out", qlora="nf4", qlora_double_quant=True)
+    assert diff(merged_state(tmp_path / "out"), oracle_merge(base, adapter, "nf4", True,
+                                                             flat=True)) <= 1e-5
+    q = load_4bit(base, "nf4", True)
+    linear4 = {f"{n}.weight" for n, m in q.named_modules() if isinstance(m, bnb.nn.Linear4bit)}
+    assert len(job.qlora.keys) == len(linear4)
+    # Falcon's layers are FalconLinear, a subclass: replace_with_bnb_linear (``type(m) is
+    # nn.Linear``) quantizes none of them, so there is nothing to round-trip, and merge says so
+    assert (len(linear4) == 0) == (arch == "falcon")
+    assert (arch == "falcon") == any("quantizes none" in w for w in job.plan.warnings)
 
 
 def test_round_tripped_weights_are_transformers_choice(qmodels, qadapter, tmp_path):
