@@ -150,6 +150,27 @@ def dequantize_absmax(idx: torch.Tensor, absmax2: torch.Tensor, offset: torch.Te
     return values * absmax2.repeat_interleave(NESTED_BLOCKSIZE)[:n] + offset
 
 
+def dequantize_stored(packed: torch.Tensor, tensors: dict[str, torch.Tensor], qs: dict
+                      ) -> torch.Tensor:
+    """A 4-bit weight as a bitsandbytes checkpoint stores it: ``packed`` (W.weight), ``tensors``
+    its side tensors by suffix (``absmax``, with double quantization ``nested_absmax`` and
+    ``nested_quant_map``), ``qs`` the JSON of ``quant_state.bitsandbytes__*`` (quant_type,
+    blocksize, dtype, shape, nested_blocksize, nested_offset). As bitsandbytes' QuantState.from_dict
+    and dequantize_4bit read them: nested absmaxes are map[index] * nested absmax + offset, and
+    the 4-bit values are looked up in the quant type's own code."""
+    absmax = tensors["absmax"]
+    if "nested_absmax" in tensors:
+        n = absmax.numel()
+        scale = tensors["nested_absmax"].to(torch.float32).repeat_interleave(
+            int(qs["nested_blocksize"]))[:n]
+        code = tensors["nested_quant_map"].to(torch.float32)
+        absmax = code[absmax.reshape(-1).to(torch.int64)] * scale + torch.tensor(
+            float(qs["nested_offset"]), dtype=torch.float32)
+    dtype = getattr(torch, str(qs.get("dtype", "float32")))
+    return dequantize_4bit(packed.view(torch.uint8), absmax.to(torch.float32), qs["quant_type"],
+                           tuple(qs["shape"]), dtype, int(qs["blocksize"]))
+
+
 #: values quantized at a time by round_trip_4bit (a multiple of every block size): bounds the
 #: float32 temporaries to a few times 16 MB whatever the tensor's size
 CHUNK = 1 << 22

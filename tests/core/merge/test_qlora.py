@@ -217,21 +217,29 @@ def test_qlora_merge_equals_peft_attached_to_the_4bit_model(qmodels, tmp_path):
     assert float((got["without"] - want).abs().max()) > 1e-3
 
 
-def test_base_stored_in_4bit(qmodels, qadapter, tmp_path):
-    """The base is the 4-bit checkpoint: already merged dequantized (rule base-is-4bit); --qlora of
-    the same type changes nothing, of another type is refused."""
-    load_4bit(qmodels["llama"]).save_pretrained(str(tmp_path / "q4"))
+@pytest.mark.parametrize(("quant_type", "double_quant"), [("nf4", False), ("fp4", True)])
+def test_base_stored_in_4bit(quant_type, double_quant, qmodels, qadapter, tmp_path):
+    """The base is the 4-bit checkpoint: read dequantized in plain torch (io/fourbit.py, nested
+    absmaxes too) and merged as the adapter saw it (rule base-is-4bit); --qlora of the same type
+    changes nothing, of another type is refused."""
+    other_type = "fp4" if quant_type == "nf4" else "nf4"
+    load_4bit(qmodels["llama"], quant_type, double_quant).save_pretrained(str(tmp_path / "q4"))
     adapter = qadapter("llama", r=4, target_modules=["q_proj", "v_proj"])
     plain = invoke("--json", "merge", tmp_path / "q4", adapter, "-o", tmp_path / "a")
-    same = invoke("--json", "merge", tmp_path / "q4", adapter, "-o", tmp_path / "b", "--qlora", "nf4")
+    same = invoke("--json", "merge", tmp_path / "q4", adapter, "-o", tmp_path / "b", "--qlora",
+                  quant_type)
     assert plain.code == same.code == 0
     for doc in (plain.json, same.json):
         assert doc["plan"]["qlora"]["rule"] == "base-is-4bit"
-        assert doc["plan"]["qlora"]["quant_type"] == "nf4" and doc["plan"]["qlora"]["tensors"] == 14
+        assert doc["plan"]["qlora"]["quant_type"] == quant_type
+        assert doc["plan"]["qlora"]["double_quant"] is double_quant
+        assert doc["plan"]["qlora"]["tensors"] == 14
     assert diff(merged_state(tmp_path / "a"), merged_state(tmp_path / "b")) == 0
-    assert diff(merged_state(tmp_path / "a"), oracle_merge(qmodels["llama"], adapter)) <= 1e-5
-    other = invoke("merge", tmp_path / "q4", adapter, "-o", tmp_path / "c", "--qlora", "fp4")
-    assert other.code == 2 and "stored as nf4" in other.stderr and not (tmp_path / "c").exists()
+    want = oracle_merge(qmodels["llama"], adapter, quant_type, double_quant)
+    assert diff(merged_state(tmp_path / "a"), want) <= 1e-5
+    other = invoke("merge", tmp_path / "q4", adapter, "-o", tmp_path / "c", "--qlora", other_type)
+    assert other.code == 2 and f"stored as {quant_type}" in other.stderr
+    assert not (tmp_path / "c").exists()
 
 
 def test_refusals(qmodels, qadapter, tmp_path):
