@@ -38,8 +38,9 @@ from adapterctl.io.model_dir import ModelFiles
 #: config under this line when the adapter was trained on a quantized model
 CARD_PREFIX = "The following `bitsandbytes` quantization config was used during training:"
 _CARD_LINE = re.compile(r"^\s*-\s*(\w+):\s*(.+?)\s*$")
-#: Hub names of pre-quantized bitsandbytes 4-bit bases (unsloth/...-bnb-4bit and the like)
+#: axolotl's card quotes its YAML training config
 _AXOLOTL = re.compile(r"^\s*(adapter:\s*qlora|load_in_4bit:\s*true)\s*$", re.IGNORECASE | re.MULTILINE)
+#: Hub names of pre-quantized bitsandbytes 4-bit bases (unsloth/...-bnb-4bit and the like)
 _NAME_4BIT = re.compile(r"(bnb|bitsandbytes)[-_.]?4[-_]?bit|[-_]4bit\b|\bnf4\b", re.IGNORECASE)
 
 
@@ -218,6 +219,10 @@ def plan_qlora(files: ModelFiles, adapters: list[LoadedAdapter], quant_type: str
     """Decide the rule (module docstring) and, with ``--qlora``, the tensors to round trip."""
     _check_options(quant_type, double_quant)
     evidence = tuple(training_evidence(adapters))
+    if quant_type is not None and any(t.source.quant == "8bit" for t in tasks):
+        raise UsageError(f"--qlora {quant_type}: the base is stored in 8 bits (LLM.int8), and is "
+                         "merged dequantized: those are the weights an adapter trained on it saw",
+                         hint="Drop --qlora; it is for adapters trained on a 4-bit base.")
     stored = _stored_4bit(files, tasks)
     if stored is not None:  # the base is the 4-bit checkpoint: read dequantized, as trained
         if quant_type is not None and stored.quant_type not in (None, quant_type):

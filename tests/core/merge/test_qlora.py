@@ -258,6 +258,13 @@ def test_refusals(qmodels, qadapter, tmp_path):
         assert res.code == code and message in res.stderr, (args, res.stderr)
     as_json = invoke("--json", "merge", base, adapter, "-o", tmp_path / "o", "--qlora", "int3")
     assert as_json.code == 2 and as_json.json["error"]["type"] == "usage"
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    q8 = AutoModelForCausalLM.from_pretrained(str(base), device_map="cpu", dtype=torch.float32,
+                                              quantization_config=BitsAndBytesConfig(load_in_8bit=True))
+    q8.save_pretrained(str(tmp_path / "q8"))
+    res = invoke("merge", tmp_path / "q8", adapter, "-o", tmp_path / "o", "--qlora", "nf4")
+    assert res.code == 2 and "stored in 8 bits (LLM.int8)" in res.stderr
     pissa = qadapter("llama", r=4, target_modules=["q_proj"], init_lora_weights="pissa")
     res = invoke("merge", base, pissa, "-o", tmp_path / "o", "--qlora", "nf4")
     assert res.code == 5 and "PEFT quantizes the residual" in res.stderr
