@@ -89,11 +89,21 @@ def merge_cmd(
         "delta into the one table as PEFT's merge_and_unload does (default: the merged model "
         "equals the attached adapter, untying the table where its two ends differ).",
         rich_help_panel=PANEL_OUT)] = False,
+    qlora: Annotated[str | None, typer.Option(
+        "--qlora", metavar="nf4|fp4", help="The adapter was trained on a 4-bit base (QLoRA): merge "
+        "into the base's bitsandbytes 4-bit round trip (blocks of 64, every weight "
+        "load_in_4bit quantizes), the weights it saw.", rich_help_panel=PANEL_OUT)] = None,
+    qlora_double_quant: Annotated[bool, typer.Option(
+        "--qlora-double-quant", help="With --qlora: the 4-bit block scales were quantized too "
+        "(bnb_4bit_use_double_quant=True).", rich_help_panel=PANEL_OUT)] = False,
     token: Token = None,
 ) -> None:
     """Merge LoRA adapters into a base model and write a full checkpoint (streamed, never builds
     the model), or combine adapters into a new adapter with --to-adapter."""
     legacy = _parse_weights(weights)
+    if to_adapter and (qlora or qlora_double_quant):
+        raise UsageError("--qlora merges into a base model; --to-adapter writes no base",
+                         hint="Drop --qlora, or drop --to-adapter and give a BASE.")
     if to_adapter:
         texts = [r for r in inputs if not _is_model_dir(r)]  # a leading BASE is allowed, and unused
         refs, w = adapter_weights(texts, legacy)
@@ -106,11 +116,13 @@ def merge_cmd(
         raise UsageError("--output is required (or pass --dry-run)")
     refs, w = adapter_weights(inputs[1:], legacy)
     _merge_model(inputs[0], refs, w, output, dtype, device, max_shard_size, force, dry_run,
-                 combination or "linear", density, seed, token, tied_like_peft)
+                 combination or "linear", density, seed, token, tied_like_peft,
+                 (qlora, qlora_double_quant))
 
 
 def _merge_model(base, refs, weights, output, dtype, device, max_shard_size, force, dry_run,
-                 combination, density, seed, token, tied_like_peft=False) -> None:
+                 combination, density, seed, token, tied_like_peft=False,
+                 qlora=(None, False)) -> None:
     from adapterctl.core.merge.plan import MergeOptions
     from adapterctl.core.merge.run import MergeReport, plan_from_refs
     from adapterctl.core.merge.write import execute_merge
@@ -121,7 +133,8 @@ def _merge_model(base, refs, weights, output, dtype, device, max_shard_size, for
     options = MergeOptions(weights=tuple(weights), combination=combination, density=density,
                            seed=seed, dtype=None if dtype in (None, "auto") else dtype,
                            max_shard_size=_parse_size(max_shard_size),
-                           tied_like_peft=tied_like_peft)
+                           tied_like_peft=tied_like_peft, qlora=qlora[0],
+                           qlora_double_quant=qlora[1])
     with out.status("planning the merge"):
         job = plan_from_refs(base, refs, options, hub_options(None, token))
     plan = job.plan
@@ -188,6 +201,7 @@ def _render_plan(console, plan) -> None:
     console.print(f"{len(plan.touched)} of {plan.num_tensors} tensors touched, "
                   f"{human_bytes(plan.output_bytes)} in {len(plan.shards)} shard(s)"
                   + (", lm_head untied from the embedding" if plan.untie_embeddings else ""))
+    _render_qlora(console, plan.qlora)
     for t in plan.touched[:20]:
         console.print(f"  {t['key']} {t['shape']}: {', '.join(t['ops'])}", markup=False)
     if len(plan.touched) > 20:
@@ -198,6 +212,17 @@ def _render_result(console, result, plan) -> None:
     console.print(f"wrote {result.output}: {result.tensors_written} tensors ({result.tensors_merged} "
                   f"merged), {human_bytes(result.bytes_written)} in {len(result.shards)} shard(s), "
                   f"{result.dtype}, {result.seconds:.1f}s on {result.device}", markup=False)
+    _render_qlora(console, plan.qlora)
+
+
+def _render_qlora(console, q: dict) -> None:
+    if q.get("rule") == "flag":
+        console.print(f"qlora: {q['tensors']} weights merged into their {q['quant_type']} round "
+                      f"trip (blocks of {q['blocksize']}"
+                      + (", double-quantized scales)" if q["double_quant"] else ")"), markup=False)
+    elif q.get("rule") == "base-is-4bit":
+        console.print(f"qlora: the base is stored in 4 bits ({q['quant_type']}): its {q['tensors']} "
+                      "weights were merged dequantized, as the adapter saw them", markup=False)
 
 
 def register(app: typer.Typer) -> None:

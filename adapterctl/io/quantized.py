@@ -9,7 +9,10 @@ bitsandbytes (``quant_method == "bitsandbytes"``):
 
 - 4-bit: ``W.weight`` (packed uint8) + ``W.weight.absmax``, ``.quant_map``, optional ``.nested_*``
   and ``W.weight.quant_state.bitsandbytes__{nf4,fp4}`` (JSON: shape, dtype, blocksize).
-  Dequantized with ``bitsandbytes.functional.dequantize_4bit``.
+  Dequantized in plain torch (io/fourbit.py, equal to bitsandbytes' dequantize_4bit; bitsandbytes
+  is not needed). Blocks are blocks of the flattened weight, as bitsandbytes quantized them (its
+  AVX-512 CPU kernel reads 2-D absmaxes per row, wrong for an input size that is a multiple of 16
+  but not of 64; this reader is not).
 - 8-bit (LLM.int8): ``W.weight`` (int8) + ``W.SCB`` (per-row absmax), optional ``W.weight_format``:
   ``W = int8 * SCB / 127`` (bitsandbytes' ``int8_vectorwise_dequant``).
 """
@@ -21,9 +24,10 @@ from dataclasses import replace
 
 import torch
 
-from adapterctl.errors import InvalidAdapterError, MissingDependencyError, UnsupportedError
+from adapterctl.errors import InvalidAdapterError, UnsupportedError
 from adapterctl.io.compressed import dequantize_compressed, group_compressed
 from adapterctl.io.dtypes import WRITABLE
+from adapterctl.io.fourbit import dequantize_stored
 from adapterctl.io.quantized_fp8 import dequantize_fp8, group_fp8
 from adapterctl.io.quantized_mxfp4 import dequantize_mxfp4, group_mxfp4
 from adapterctl.io.stored import StoredTensor
@@ -125,12 +129,13 @@ def dequantize(stored: StoredTensor, read) -> torch.Tensor:
         scb = next(v for k, v in parts.items() if k.endswith(".SCB"))
         q = parts[stored.key]
         return (q.to(torch.float32) * (scb.to(torch.float32).view(-1, 1) / 127.0)).to(stored.dtype)
-    try:
-        import bitsandbytes.functional as F
-    except ImportError as err:
-        raise MissingDependencyError("dequantizing a 4-bit base needs bitsandbytes",
-                                     hint="pip install bitsandbytes") from err
     packed = parts.pop(stored.key)
-    state = F.QuantState.from_dict({k[len(stored.key) + 1:]: v for k, v in parts.items()},
-                                   device=torch.device("cpu"))
-    return F.dequantize_4bit(packed, state).to(stored.dtype)
+    tensors = {k[len(stored.key) + 1:]: v for k, v in parts.items()}
+    qs_key = next(k for k in tensors if k.startswith("quant_state."))
+    qs = _qs_json(tensors.pop(qs_key), f"{stored.key}.{qs_key}")
+    try:  # in plain torch (io/fourbit.py): blocks of the flattened weight, as bitsandbytes stores them
+        return dequantize_stored(packed, tensors, qs).to(stored.dtype)
+    except (KeyError, ValueError, TypeError, RuntimeError) as err:
+        raise InvalidAdapterError(f"{stored.key}: its 4-bit quant state cannot be read ({err})",
+                                  hint="The checkpoint is incomplete or from an unknown "
+                                  "bitsandbytes format.") from err

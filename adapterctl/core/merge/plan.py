@@ -29,6 +29,7 @@ from adapterctl.core.adapter.variants import layer_map
 from adapterctl.core.lora.combine import check_combination
 from adapterctl.core.lora.loaded import LoadedAdapter, LoraWeights, load_adapter
 from adapterctl.core.lora.remap import map_to_checkpoint
+from adapterctl.core.merge.qlora import QloraPlan, plan_qlora
 from adapterctl.core.merge.replicated import replicate_entries
 from adapterctl.core.merge.tied import find_tie, split_tied
 from adapterctl.errors import IncompatibleBaseError, UnsupportedError, UsageError
@@ -53,6 +54,9 @@ class MergeOptions:
     max_shard_size: int = 5_000_000_000
     #: a tied table gets every delta, as PEFT's merge_and_unload does (core/merge/tied.py)
     tied_like_peft: bool = False
+    #: merge into the bitsandbytes 4-bit round trip of the base ("nf4" | "fp4"; core/merge/qlora.py)
+    qlora: str | None = None
+    qlora_double_quant: bool = False
 
 
 @dataclass(frozen=True)
@@ -110,6 +114,7 @@ class MergePlan:
     shards: list[str]
     untie_embeddings: bool
     warnings: list[str] = field(default_factory=list)
+    qlora: dict = field(default_factory=dict)  # QloraPlan.to_dict() (core/merge/qlora.py)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -130,6 +135,7 @@ class MergeJob:
     plan: MergePlan
     #: config.json fields the output changes besides dtype and ties (layer_replication)
     config_updates: dict = field(default_factory=dict)
+    qlora: QloraPlan | None = None  # the base as a QLoRA adapter saw it (core/merge/qlora.py)
 
 
 # ----- checkpoint keys ------------------------------------------------------------------------
@@ -369,6 +375,7 @@ def plan_merge(base: str | Path, adapters: list[LoadedAdapter], options: MergeOp
     tasks, untie = build_tasks(entries, ops, out_dtype, adapters, tie, options.tied_like_peft)
     shard_plan = plan_shards([TensorSpec(t.key, t.out_dtype, t.source.shape) for t in tasks],
                              options.max_shard_size)
+    qlora = plan_qlora(files, adapters, options.qlora, options.qlora_double_quant, index.find, tasks)
     names = [ad.source for ad in adapters]
     weights = list(options.weights or [1.0] * len(adapters))
     plan = MergePlan(
@@ -384,9 +391,9 @@ def plan_merge(base: str | Path, adapters: list[LoadedAdapter], options: MergeOp
         output_bytes=sum(s.nbytes for s in shard_plan), shards=[s.filename for s in shard_plan],
         untie_embeddings=untie,
         warnings=_warnings(adapters, base_source or str(base)) + _tie_notes(tie, untie, options)
-        + card_base(base_source or str(base))[1])
+        + card_base(base_source or str(base))[1] + list(qlora.warnings), qlora=qlora.to_dict())
     if updates:
         plan.warnings.append(f"layer_replication: writing {updates['num_hidden_layers']} layers, "
                              "each copy with its own weights and LoRA (the attached model; PEFT's "
                              "merge adds every copy's delta into the one shared weight)")
-    return MergeJob(files, adapters, options, tasks, shard_plan, plan, updates)
+    return MergeJob(files, adapters, options, tasks, shard_plan, plan, updates, qlora)

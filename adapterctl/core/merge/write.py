@@ -24,6 +24,7 @@ from adapterctl.core.lora.combine import combine_deltas, module_generator
 from adapterctl.core.lora.delta import delta_weight, fold_lora, fold_lora_bias, mutated_init
 from adapterctl.core.merge.card import merged_card
 from adapterctl.core.merge.plan import MergeJob, TensorTask
+from adapterctl.core.merge.qlora import qlora_weight
 from adapterctl.errors import MissingDependencyError
 from adapterctl.io.checkpoint import CheckpointReader
 from adapterctl.io.output_dir import write_output_dir
@@ -185,7 +186,7 @@ def _stream(job: MergeJob, folder: Path, device: torch.device, on_progress: Prog
                                                             {"merged_by": "adapterctl"}) as writer, \
             ThreadPoolExecutor(max_workers=1) as pool:
         for task in job.tasks:
-            W = reader.get(task.source)
+            W = qlora_weight(job.qlora, task.source.key, reader.get(task.source))  # --qlora
             if task.changed or W.dtype != task.out_dtype:
                 out = merge_tensor(W, task, job, device).cpu()
                 merged += task.changed

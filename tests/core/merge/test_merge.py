@@ -167,7 +167,6 @@ def test_combinations_apply_peft_merge_utils_to_full_deltas(method, tiny_models,
 
 def test_quantized_4bit_base_is_dequantized(tiny_models, peft_adapter, tmp_path):
     pytest.importorskip("bitsandbytes")
-    from peft import PeftModel
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
     q = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
@@ -178,9 +177,12 @@ def test_quantized_4bit_base_is_dequantized(tiny_models, peft_adapter, tmp_path)
     adapter = peft_adapter("llama", r=4, target_modules=["q_proj", "v_proj"])
     job, _ = ours(tmp_path / "q4", [adapter], tmp_path / "out")
     assert "quantization_config" not in json.loads((tmp_path / "out" / "config.json").read_text())
-    reloaded = AutoModelForCausalLM.from_pretrained(str(tmp_path / "q4"), device_map="cpu")
-    oracle = PeftModel.from_pretrained(reloaded.dequantize().float(), str(adapter)).merge_and_unload()
-    assert max_diff(load_out(tmp_path / "out"), oracle) <= 1e-5
+    # bitsandbytes' dequantization of each weight as one flat tensor, then PEFT's merge (its
+    # AVX-512 CPU kernel gets down_proj's 96 inputs wrong: tests/core/merge/test_qlora.py)
+    from tests.core.merge.test_qlora import diff, merged_state, oracle_merge
+
+    oracle = oracle_merge(tiny_models["llama"], adapter, "nf4", flat=True)
+    assert diff(merged_state(tmp_path / "out"), oracle) <= 1e-5
 
 
 def test_legacy_bin_sharded_base(tiny_models, peft_adapter, tmp_path):
