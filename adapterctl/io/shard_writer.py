@@ -1,9 +1,12 @@
 """Write a sharded safetensors checkpoint tensor by tensor, with memory bounded by one tensor.
 
 The shard layout is planned up front from each tensor's name, dtype and shape (known before any
-value is computed), so every shard's header is written first and each tensor's bytes go straight
-to their final offset (``os.pwrite``): nothing is buffered, tensors may arrive in any order, and
-the writer knows nothing of what the tensors mean. File names and the index follow transformers
+value is computed), so every shard's header is written first, the file's blocks are reserved, and
+each tensor's bytes go straight to their final offset: nothing is buffered, tensors may arrive in
+any order (from several threads), and the writer knows nothing of what the tensors mean. A tensor
+is written three ways (io/file_pages.py): ``view`` hands out the output file's own pages as a
+tensor to compute into (no copy at all), ``copy_from`` copies a byte range of another file in the
+kernel, ``write`` copies a finished tensor in. File names and the index follow transformers
 (``model-00001-of-00003.safetensors``, ``model.safetensors.index.json`` with ``total_size``).
 """
 
@@ -13,12 +16,14 @@ import json
 import math
 import os
 import re
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from adapterctl.errors import InvalidAdapterError
+from adapterctl.io.file_pages import copy_range, map_range, reserve, start_writeback
 from adapterctl.io.output_dir import io_error
 from adapterctl.io.stored import ST_TO_TORCH
 
@@ -107,20 +112,41 @@ class ShardWriter:
         self._where: dict[str, tuple[int, int, TensorSpec]] = {}  # name -> (fd, offset, spec)
         self._fds: list[int] = []
         self._pending: set[str] = set()
+        self._lock = threading.Lock()  # the pending set, when tensors arrive from several threads
         meta = {"format": "pt", **(metadata or {})}
         try:
             for shard in shards:
                 path = self.folder / shard.filename
-                fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o644)
+                fd = os.open(path, os.O_CREAT | os.O_RDWR | os.O_TRUNC, 0o644)
                 self._fds.append(fd)
                 head, offsets = _header_bytes(shard, meta)
                 _pwrite_all(fd, head, 0, path)
+                reserve(fd, len(head) + shard.nbytes)
                 for t in shard.tensors:
                     self._where[t.name] = (fd, len(head) + offsets[t.name], t)
                     self._pending.add(t.name)
         except OSError as err:
             self.close()
             raise io_error(self.folder, err) from err
+
+    def spec(self, name: str) -> TensorSpec:
+        return self._where[name][2]
+
+    def view(self, name: str) -> torch.Tensor | None:
+        """The planned tensor's bytes in the output file, as a tensor of its dtype and shape to
+        compute into; call :meth:`wrote` when it is filled. None when its offset is not aligned to
+        its element size (mixed-dtype shards): compute elsewhere and :meth:`write` it. The map is
+        undone when the last reference to the tensor is dropped."""
+        fd, offset, spec = self._where[name]
+        size = torch.empty((), dtype=spec.dtype).element_size()
+        if spec.nbytes == 0 or offset % size:
+            return None
+        try:
+            m, start = map_range(fd, offset, spec.nbytes, writable_file=True)
+        except OSError as err:
+            raise io_error(self.folder / name, err) from err
+        return torch.frombuffer(m, dtype=spec.dtype, count=spec.nbytes // size,
+                                offset=start).view(spec.shape)
 
     def write(self, name: str, tensor: torch.Tensor) -> int:
         """Write one tensor's bytes at its planned offset; returns the bytes written."""
@@ -130,7 +156,28 @@ class ShardWriter:
                              f"{tensor.dtype} {list(tensor.shape)}")
         data = tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy()
         _pwrite_all(fd, memoryview(data), offset, self.folder / name)
-        self._pending.discard(name)
+        return self.wrote(name)
+
+    def copy_from(self, name: str, src_fd: int, src_offset: int) -> bool:
+        """Copy the planned tensor's bytes from another file (same dtype and shape, at
+        ``src_offset``) inside the kernel; False when the source ends before them."""
+        fd, offset, spec = self._where[name]
+        try:
+            got = copy_range(src_fd, src_offset, fd, offset, spec.nbytes)
+        except OSError as err:
+            raise io_error(self.folder / name, err) from err
+        if got != spec.nbytes:
+            return False
+        self.wrote(name)
+        return True
+
+    def wrote(self, name: str) -> int:
+        """Mark a tensor complete (after filling its :meth:`view`) and start writing its pages
+        to disk; returns its size in bytes."""
+        fd, offset, spec = self._where[name]
+        start_writeback(fd, offset, spec.nbytes)
+        with self._lock:
+            self._pending.discard(name)
         return spec.nbytes
 
     def finish(self) -> dict:
