@@ -161,7 +161,7 @@ class CheckpointReader:
             raise self._truncated(stored)
         if stored.offset % stored.dtype.itemsize == 0:
             try:
-                m, start = map_range(handle.fileno(), stored.offset, stored.nbytes, False)
+                m, start = map_range(handle.fileno(), stored.offset, stored.nbytes)
             except OSError as err:
                 raise InvalidAdapterError(f"{stored.file}: cannot read {stored.key}: "
                                           f"{err.strerror}") from err

@@ -3,10 +3,10 @@ between files, early writeback (stdlib only).
 
 Why: merge reads and writes the whole checkpoint. A positioned read into a fresh buffer costs a
 page fault and a zeroed page per 4 kB, then a copy; a positioned write from it costs another copy.
-Mapping the range instead lets the maths read the page cache's pages and write straight into the
-output file's pages; a tensor no adapter changes is copied file to file inside the kernel
-(``copy_file_range``), as ``cp`` does. Each map covers one tensor and is unmapped when its last
-user drops it, so resident memory stays bounded by the tensors in flight, not the file size.
+Mapping the range instead lets the maths read the page cache's own pages (each map covers one
+tensor and is unmapped when its last user drops it, so resident memory stays bounded by the
+tensors in flight, not the file size); a tensor no adapter changes is copied file to file inside
+the kernel (``copy_file_range``), as ``cp`` does.
 """
 
 from __future__ import annotations
@@ -16,28 +16,22 @@ import ctypes.util
 import errno
 import mmap
 import os
+import threading
 
 PAGE = mmap.ALLOCATIONGRANULARITY
 #: copy_file_range errors that mean "not between these two files": fall back to read + write
-_NO_KERNEL_COPY = {errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EBADF,
+_NO_KERNEL_COPY = {errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP,
                    getattr(errno, "ENOTSUP", errno.EOPNOTSUPP)}
 _CHUNK = 1 << 27  # 128 MiB per kernel copy call (keeps Ctrl-C responsive)
 
 
-def map_range(fd: int, offset: int, length: int, writable_file: bool) -> tuple[mmap.mmap, int]:
-    """A map of ``[offset, offset + length)`` of ``fd`` and where the range starts in it.
-
-    ``writable_file``: a shared map whose stores land in the file (an output). Otherwise a
-    private copy-on-write map: the range reads as the file and may be written to without
-    touching it (a tensor handed to code that might work in place)."""
+def map_range(fd: int, offset: int, length: int) -> tuple[mmap.mmap, int]:
+    """A private copy-on-write map of ``[offset, offset + length)`` of ``fd`` and where the range
+    starts in it: it reads as the file (the page cache's own pages, no copy) and may be written
+    to without touching the file (a tensor handed to code that might work in place)."""
     start = offset - offset % PAGE
-    size = offset + length - start
-    if writable_file:
-        m = mmap.mmap(fd, size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE,
-                      offset=start)
-    else:
-        m = mmap.mmap(fd, size, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE,
-                      offset=start)
+    m = mmap.mmap(fd, offset + length - start, flags=mmap.MAP_PRIVATE,
+                  prot=mmap.PROT_READ | mmap.PROT_WRITE, offset=start)
     return m, offset - start
 
 
@@ -103,8 +97,8 @@ def will_need(fd: int, offset: int, length: int) -> None:
 
 
 def reserve(fd: int, length: int) -> None:
-    """Allocate the file's blocks up front, so a full disk is an error here (ENOSPC, EFBIG)
-    rather than a SIGBUS when a mapped page is written later."""
+    """Allocate the file's blocks up front, so a full disk is an error before any tensor is
+    computed (ENOSPC, EFBIG), and the file is laid out in one piece."""
     if hasattr(os, "posix_fallocate"):
         try:
             os.posix_fallocate(fd, 0, length)
@@ -115,3 +109,38 @@ def reserve(fd: int, length: int) -> None:
     # no fallocate here (macOS, some filesystems): the free-space check before writing is
     # what is left
     os.ftruncate(fd, length)
+
+
+#: how much of a base ``prefetch_folder`` asks for: about what the disk reads while torch imports
+PREFETCH_BYTES = 2_000_000_000
+
+
+def prefetch_folder(folder: str, suffix: str = ".safetensors",
+                    limit: int = PREFETCH_BYTES) -> threading.Thread | None:
+    """Start reading the first ``limit`` bytes of a folder's weight files (in name order, as
+    shards are read) into the page cache, on a daemon thread, while this process goes on
+    (importing torch takes about a second: the disk can work meanwhile). A hint; None when
+    ``folder`` is not a local folder."""
+    if not os.path.isdir(folder) or not hasattr(os, "posix_fadvise"):
+        return None
+    names = sorted(n for n in os.listdir(folder) if n.endswith(suffix))
+
+    def run() -> None:
+        left = limit
+        for name in names:
+            if left <= 0:
+                return
+            try:
+                fd = os.open(os.path.join(folder, name), os.O_RDONLY)
+            except OSError:
+                continue
+            try:
+                size = os.fstat(fd).st_size
+                will_need(fd, 0, min(size, left))
+                left -= size
+            finally:
+                os.close(fd)
+
+    thread = threading.Thread(target=run, name="adapterctl-prefetch", daemon=True)
+    thread.start()
+    return thread

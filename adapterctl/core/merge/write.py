@@ -29,7 +29,7 @@ from adapterctl.core.merge.plan import MergeJob, TensorTask
 from adapterctl.errors import MissingDependencyError
 from adapterctl.io.checkpoint import CheckpointReader
 from adapterctl.io.output_dir import write_output_dir
-from adapterctl.io.shard_writer import ShardWriter
+from adapterctl.io.shard_writer import RowWriter, ShardWriter
 
 F32 = torch.float32
 #: weight files of any framework: never copied next to the merged weights
@@ -92,15 +92,16 @@ def _is_plain_lora(task: TensorTask, job: MergeJob) -> bool:
                     for op in task.loras))
 
 
-def fused_lora_merge(W: torch.Tensor, task: TensorTask, job: MergeJob,
-                     device: torch.device, out: torch.Tensor | None = None) -> torch.Tensor:
+def fused_lora_merge(W: torch.Tensor, task: TensorTask, job: MergeJob, device: torch.device,
+                     out: torch.Tensor | RowWriter | None = None) -> torch.Tensor | RowWriter:
     """W + Σ s_i·w_i·B_i A_i for plain LoRA on Linear/Conv1D, in cache-sized row blocks.
 
     Same maths as ``fold_lora`` (float32, one rounding at the end), but each block of rows is
     widened, gets ``addmm_`` (ΔW = s·B@A accumulated in float32; at most one float32 ulp from
     PEFT's (B@A)*s then add, far below the output rounding) and is rounded into the output while
-    it is still in cache: about 4x less memory traffic than full-size temporaries. ``out`` (the
-    output file's own pages, see ``ShardWriter.view``) receives the result instead of a new tensor.
+    it is still in cache: about 4x less memory traffic than full-size temporaries. ``out``
+    receives the rows instead of a new tensor: a tensor, or ``ShardWriter.rows`` (each block is
+    written to the output file while still in cache).
     """
     weights = job.options.weights or (1.0,) * len(job.adapters)
     factors = []
@@ -122,11 +123,11 @@ def fused_lora_merge(W: torch.Tensor, task: TensorTask, job: MergeJob,
 
 
 def merge_tensor(W: torch.Tensor, task: TensorTask, job: MergeJob, device: torch.device,
-                 out: torch.Tensor | None = None) -> torch.Tensor:
+                 out: torch.Tensor | RowWriter | None = None) -> torch.Tensor | RowWriter:
     """The output tensor for ``task`` from the base tensor ``W``, rounded once to its dtype.
 
-    ``out``: where the result may be computed (the output file's pages); the caller copies the
-    returned tensor there when it is another one."""
+    ``out``: where the rows of the result may go as they are computed (``ShardWriter.rows``);
+    returned when it was used, else the result is another tensor."""
     if task.loras and _is_plain_lora(task, job):
         return fused_lora_merge(W, task, job, device, out)
     if task.copy is not None and not (task.loras or task.bias_loras or task.tokens):
@@ -193,8 +194,9 @@ def write_task(task: TensorTask, reader: CheckpointReader, writer: ShardWriter, 
                device: torch.device) -> int:
     """Read, merge and write one output tensor; returns its size in bytes.
 
-    A tensor nothing changes is copied file to file in the kernel; a merged one is computed
-    straight into the output file's pages where it can be (CPU, aligned), else written."""
+    A tensor nothing changes is copied file to file in the kernel; a merged one is written block
+    of rows by block of rows as the maths makes them where it can (the fused LoRA path), else
+    as a whole."""
     if copies_as_stored(task):
         raw = reader.raw(task.source)
         if raw is not None and writer.copy_from(task.key, *raw):
@@ -202,13 +204,10 @@ def write_task(task: TensorTask, reader: CheckpointReader, writer: ShardWriter, 
     W = reader.get(task.source)
     if not (task.changed or W.dtype != task.out_dtype):
         return writer.write(task.key, W)
-    view = writer.view(task.key) if device.type == "cpu" else None
-    out = merge_tensor(W, task, job, device, out=view)
+    rows = writer.rows(task.key) if W.dim() >= 2 else None
+    out = merge_tensor(W, task, job, device, out=rows)
     del W
-    if out is view:
-        return writer.wrote(task.key)
-    if view is not None:
-        view.copy_(out)
+    if rows is not None and out is rows:
         return writer.wrote(task.key)
     return writer.write(task.key, out.cpu())
 
@@ -242,31 +241,40 @@ def _stream(job: MergeJob, folder: Path, device: torch.device, on_progress: Prog
     faults and the kernel copies release the GIL, so two cores work); the next tensors' bytes are
     asked of the disk ahead of time. At most ``WORKERS`` tensors are in flight, which keeps
     memory bounded. Each shard is fsynced once, at the end."""
-    readers, pending = _Readers(job), deque()
-    tasks = job.tasks
-    with ShardWriter(folder, job.shard_plan, {"merged_by": "adapterctl"}) as writer, \
-            ThreadPoolExecutor(max_workers=WORKERS) as pool:
-        ahead = CheckpointReader(job.files)
-        try:
-            for i, task in enumerate(tasks):
-                pending.append((pool.submit(_work, task, readers, writer, job, device), task.key))
-                if i + WORKERS < len(tasks):
-                    ahead.prefetch(tasks[i + WORKERS].source)
-                while len(pending) > WORKERS or (pending and pending[0][0].done()):
-                    _finish_write(pending.popleft(), on_progress)
-            while pending:
-                _finish_write(pending.popleft(), on_progress)
-        finally:
-            for future, _ in pending:
-                future.cancel()
-            readers.close()
-        writer.finish()
+    readers, tasks = _Readers(job), job.tasks
+    try:
+        with ShardWriter(folder, job.shard_plan, {"merged_by": "adapterctl"}) as writer, \
+                ThreadPoolExecutor(max_workers=WORKERS) as pool:
+            _run(tasks, pool, readers, writer, job, device, on_progress)
+            writer.finish()
+    finally:
+        readers.close()  # after the pool's exit: no worker uses them any more
     return sum(task.changed for task in tasks)
 
 
-def _finish_write(item, on_progress: Progress | None) -> None:
+def _run(tasks: list[TensorTask], pool: ThreadPoolExecutor, readers: _Readers,
+         writer: ShardWriter, job: MergeJob, device: torch.device,
+         on_progress: Progress | None) -> None:
+    pending: deque = deque()
+    ahead = CheckpointReader(job.files)
+    try:
+        for i, task in enumerate(tasks):
+            pending.append((pool.submit(_work, task, readers, writer, job, device), task.key))
+            if i + WORKERS < len(tasks):
+                ahead.prefetch(tasks[i + WORKERS].source)
+            while len(pending) > WORKERS or (pending and pending[0][0].done()):
+                _finish_write(pending.popleft(), writer, on_progress)
+        while pending:
+            _finish_write(pending.popleft(), writer, on_progress)
+    finally:
+        for future, _ in pending:  # on an error: what has not started never will
+            future.cancel()
+
+
+def _finish_write(item, writer: ShardWriter, on_progress: Progress | None) -> None:
     future, key = item
     n = future.result()  # re-raises a worker's error (disk full...) in this thread
+    writer.start_writeback(key)  # here: the main thread only waits, a blocked call costs nothing
     if on_progress:
         on_progress(n, key)
 
