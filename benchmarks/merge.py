@@ -129,22 +129,24 @@ def evict(folder: Path, drop_all: bool) -> int:
 
 def timed_once(cmd: list[str], out: Path, env_path: Path, cold: bool, base: Path,
                drop_all: bool) -> dict:
-    """Wall seconds (command + sync) and peak RSS (GB) of ``cmd`` in its own process."""
+    """Wall seconds (command + sync), peak RSS (GB) and CPU seconds of ``cmd`` in its process."""
     if out.exists():
         shutil.rmtree(out)
     subprocess.run(["sync"], check=True)
     cached = evict(base, drop_all) if cold else None
     env = {**os.environ, "PYTHONPATH": str(env_path), "HF_HUB_OFFLINE": "1"}
     start = time.perf_counter()
-    proc = subprocess.run(["/usr/bin/time", "-f", "%M", *cmd], capture_output=True, text=True,
+    proc = subprocess.run(["/usr/bin/time", "-f", "%M %U %S", *cmd], capture_output=True, text=True,
                           env=env, cwd=WORK)  # not the repo: -m would import its adapterctl
     subprocess.run(["sync"], check=True)
     wall = time.perf_counter() - start
     if proc.returncode != 0:
         raise SystemExit(f"{cmd[:3]} failed:\n{proc.stderr[-3000:]}")
-    rss_kb = int(proc.stderr.strip().splitlines()[-1])
+    rss_kb, user, system = proc.stderr.strip().splitlines()[-1].split()
     shutil.rmtree(out)
-    res = {"seconds": round(wall, 3), "peak_rss_gb": round(rss_kb / 1e6, 3)}
+    # CPU seconds (user + system) of the process: steadier than wall time on a shared machine
+    res = {"seconds": round(wall, 3), "peak_rss_gb": round(int(rss_kb) / 1e6, 3),
+           "cpu_seconds": round(float(user) + float(system), 2)}
     if cached is not None:
         res["base_bytes_cached_at_start"] = cached
     return res
@@ -177,6 +179,7 @@ def run_mode(mode: str, todo: dict, rounds: int, base: Path, drop_all: bool) -> 
             print(f"[{mode} round {r + 1}] {name}: {runs[name][-1]}", file=sys.stderr)
     result: dict = {name: {"median_seconds": statistics.median(x["seconds"] for x in rs),
                            "median_peak_rss_gb": statistics.median(x["peak_rss_gb"] for x in rs),
+                           "median_cpu_seconds": statistics.median(x["cpu_seconds"] for x in rs),
                            "runs": rs} for name, rs in runs.items()}
 
     def ratio(a, b, key="seconds"):
@@ -188,6 +191,7 @@ def run_mode(mode: str, todo: dict, rounds: int, base: Path, drop_all: bool) -> 
         ratios["rss_vs_peft"] = ratio("adapterctl", "peft", "peak_rss_gb")
     if "adapterctl_ref" in runs:
         ratios["wall_vs_ref"] = ratio("adapterctl", "adapterctl_ref")
+        ratios["cpu_vs_ref"] = ratio("adapterctl", "adapterctl_ref", "cpu_seconds")
         ratios["ref_wall_vs_cp"] = ratio("adapterctl_ref", "cp")
     result["ratios"] = ratios
     return result
