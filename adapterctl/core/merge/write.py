@@ -204,7 +204,8 @@ def write_task(task: TensorTask, reader: CheckpointReader, writer: ShardWriter, 
     W = reader.get(task.source)
     if not (task.changed or W.dtype != task.out_dtype):
         return writer.write(task.key, W)
-    rows = writer.rows(task.key) if W.dim() >= 2 else None
+    # on a GPU the result comes back in one transfer, as before (no GPU to measure blocks on)
+    rows = writer.rows(task.key) if W.dim() >= 2 and device.type == "cpu" else None
     out = merge_tensor(W, task, job, device, out=rows)
     del W
     if rows is not None and out is rows:
