@@ -123,6 +123,10 @@ def merge_cmd(
 def _merge_model(base, refs, weights, output, dtype, device, max_shard_size, force, dry_run,
                  combination, density, seed, token, tied_like_peft=False,
                  qlora=(None, False)) -> None:
+    from adapterctl.io.file_pages import prefetch_folder
+
+    if not dry_run:  # the disk reads the base while torch imports (torch-free module)
+        prefetch_folder(base)
     from adapterctl.core.merge.plan import MergeOptions
     from adapterctl.core.merge.run import MergeReport, plan_from_refs
     from adapterctl.core.merge.write import execute_merge

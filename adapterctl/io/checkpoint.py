@@ -6,8 +6,9 @@ fine-tuned checkpoints: ``merge`` streams :class:`StoredTensor` lists, ``convert
 ``--extract`` look tensors up by key (:meth:`CheckpointReader.load_param`).
 
 Why not ``safe_open``'s mmap: pages of a mapping stay resident (and count in RSS) until the whole
-file is unmapped, so a 5 GB shard costs 5 GB of RSS; a positioned read into a buffer we drop after
-use keeps memory at one tensor whatever the shard size.
+file is unmapped, so a 5 GB shard costs 5 GB of RSS. Here each tensor gets a map of its own byte
+range (io/file_pages.py, copy-on-write: code may work on it in place), undone when the tensor is
+dropped, so memory stays at the tensors in use whatever the shard size, and nothing is copied.
 """
 
 from __future__ import annotations
@@ -19,10 +20,15 @@ from typing import Iterator
 import torch
 
 from adapterctl.errors import IncompatibleBaseError, InvalidAdapterError
+from adapterctl.io.file_pages import map_range, will_need
 from adapterctl.io.model_dir import ModelFiles, find_checkpoint_key
 from adapterctl.io.quantized import dequantize, group_logical
 from adapterctl.io.safetensors_header import read_safetensors_header
 from adapterctl.io.stored import FLOAT_DTYPES, ST_TO_TORCH, StoredTensor
+
+
+#: False: every tensor is read into a fresh buffer (the reference path the tests compare with)
+MAP_READS = True
 
 
 def list_tensors(files: ModelFiles) -> list[StoredTensor]:
@@ -87,6 +93,7 @@ class CheckpointReader:
         self.files = files
         self._path: Path | None = None
         self._handle = None
+        self._size = 0  # of the open safetensors file: a map past its end would be a SIGBUS
         self._index: dict[str, StoredTensor] | None = None
 
     # ----- by key ----------------------------------------------------------------------------
@@ -139,6 +146,7 @@ class CheckpointReader:
             if self.files.weights_format == "safetensors":
                 try:
                     self._handle = open(path, "rb", buffering=0)
+                    self._size = os.fstat(self._handle.fileno()).st_size
                 except OSError as err:
                     raise InvalidAdapterError(f"{path}: cannot open: {err.strerror}") from err
             else:
@@ -152,18 +160,55 @@ class CheckpointReader:
         handle = self._open(stored.file)
         if isinstance(handle, dict):
             return handle[stored.key]
-        buf = bytearray(stored.nbytes)
+        if not stored.nbytes:
+            return torch.empty(stored.shape, dtype=stored.dtype)
+        if stored.offset + stored.nbytes > self._size:
+            raise self._truncated(stored)
+        if MAP_READS and stored.offset % stored.dtype.itemsize == 0:
+            try:
+                m, start = map_range(handle.fileno(), stored.offset, stored.nbytes)
+            except OSError as err:
+                raise InvalidAdapterError(f"{stored.file}: cannot read {stored.key}: "
+                                          f"{err.strerror}") from err
+            return torch.frombuffer(m, dtype=stored.dtype, count=stored.nbytes // stored.dtype.itemsize,
+                                    offset=start).view(stored.shape)
+        buf = bytearray(stored.nbytes)  # not aligned to its dtype: read it into a fresh buffer
         try:
             got = _pread_into(handle.fileno(), buf, stored.offset)
         except OSError as err:
             raise InvalidAdapterError(f"{stored.file}: cannot read {stored.key}: {err.strerror}") from err
         if got != stored.nbytes:
-            raise InvalidAdapterError(f"{stored.file}: truncated: {stored.key} needs bytes up to "
-                                      f"{stored.offset + stored.nbytes}, the file ends before",
-                                      hint="The shard is corrupt or incomplete; download it again.")
-        if not stored.nbytes:
-            return torch.empty(stored.shape, dtype=stored.dtype)
+            raise self._truncated(stored)
         return torch.frombuffer(buf, dtype=stored.dtype).reshape(stored.shape)
+
+    def _truncated(self, stored: StoredTensor) -> InvalidAdapterError:
+        return InvalidAdapterError(f"{stored.file}: truncated: {stored.key} needs bytes up to "
+                                   f"{stored.offset + stored.nbytes}, the file ends before",
+                                   hint="The shard is corrupt or incomplete; download it again.")
+
+    def raw(self, stored: StoredTensor) -> tuple[int, int] | None:
+        """(file descriptor, offset) of a tensor's bytes as stored, for a copy that needs no
+        tensor (valid until the reader moves to another file); None for a quantized or ``.bin``
+        tensor, or one the file is too short for."""
+        if stored.quant is not None or stored.offset < 0:
+            return None
+        handle = self._open(stored.file)
+        if isinstance(handle, dict) or stored.offset + stored.nbytes > self._size:
+            return None
+        return handle.fileno(), stored.offset
+
+    def prefetch(self, stored: StoredTensor) -> None:
+        """Start reading a safetensors tensor's bytes into the page cache (a hint)."""
+        if stored.quant is None and stored.offset >= 0 and \
+                self.files.weights_format == "safetensors":
+            try:
+                fd = os.open(stored.file, os.O_RDONLY)
+            except OSError:
+                return
+            try:
+                will_need(fd, stored.offset, stored.nbytes)
+            finally:
+                os.close(fd)
 
     def iter(self, stored: list[StoredTensor]) -> Iterator[tuple[StoredTensor, torch.Tensor]]:
         for s in stored:

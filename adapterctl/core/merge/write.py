@@ -1,14 +1,16 @@
 """Execute a :class:`~adapterctl.core.merge.plan.MergeJob`: stream base tensors through the deltas into
 output shards, then write config, tokenizer and the other files and a model card (spec 6, 11.7).
 
-One tensor is alive at a time (read, widened to float32, deltas added, rounded once, written), so
-peak memory is about the largest tensor plus the adapters, whatever the model's size.
+At most ``WORKERS`` (2) tensors are in flight (read, widened to float32 in cache-sized blocks,
+deltas added, rounded once, written), so peak memory is about twice the largest tensor's working
+set plus the adapters, whatever the model's size.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+import threading
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -28,7 +30,7 @@ from adapterctl.core.merge.qlora import qlora_weight
 from adapterctl.errors import MissingDependencyError
 from adapterctl.io.checkpoint import CheckpointReader
 from adapterctl.io.output_dir import write_output_dir
-from adapterctl.io.shard_writer import ShardWriter
+from adapterctl.io.shard_writer import RowWriter, ShardWriter
 
 F32 = torch.float32
 #: weight files of any framework: never copied next to the merged weights
@@ -37,8 +39,8 @@ SKIP_FILES = {"config.json", "README.md", "model.safetensors.index.json",
               "pytorch_model.bin.index.json"}
 
 Progress = Callable[[int, str], None]
-#: finished tensors allowed to wait for the writer thread
-MAX_PENDING = 2
+#: tensors read, merged and written at once (threads): bounds memory, uses two cores
+WORKERS = 2
 
 
 @dataclass(frozen=True)
@@ -91,14 +93,16 @@ def _is_plain_lora(task: TensorTask, job: MergeJob) -> bool:
                     for op in task.loras))
 
 
-def fused_lora_merge(W: torch.Tensor, task: TensorTask, job: MergeJob,
-                     device: torch.device) -> torch.Tensor:
+def fused_lora_merge(W: torch.Tensor, task: TensorTask, job: MergeJob, device: torch.device,
+                     out: torch.Tensor | RowWriter | None = None) -> torch.Tensor | RowWriter:
     """W + Σ s_i·w_i·B_i A_i for plain LoRA on Linear/Conv1D, in cache-sized row blocks.
 
     Same maths as ``fold_lora`` (float32, one rounding at the end), but each block of rows is
     widened, gets ``addmm_`` (ΔW = s·B@A accumulated in float32; at most one float32 ulp from
     PEFT's (B@A)*s then add, far below the output rounding) and is rounded into the output while
-    it is still in cache: about 4x less memory traffic than full-size temporaries.
+    it is still in cache: about 4x less memory traffic than full-size temporaries. ``out``
+    receives the rows instead of a new tensor: a tensor, or ``ShardWriter.rows`` (each block is
+    written to the output file while still in cache).
     """
     weights = job.options.weights or (1.0,) * len(job.adapters)
     factors = []
@@ -108,7 +112,8 @@ def fused_lora_merge(W: torch.Tensor, task: TensorTask, job: MergeJob,
         # Conv1D stores W as (in, out): its ΔW is (s·B@A)^T = s·A^T@B^T
         left, right = (A.T, B.T) if op.kind.fan_in_fan_out else (B, A)
         factors.append((left, right, op.weights.scaling * weights[op.adapter]))
-    out = torch.empty(W.shape, dtype=task.out_dtype, device=device)
+    if out is None:
+        out = torch.empty(W.shape, dtype=task.out_dtype, device=device)
     rows = max(1, (1 << 20) // max(1, W.shape[1]))  # 4 MB of float32 per block
     for r0 in range(0, W.shape[0], rows):
         block = W[r0:r0 + rows].to(device=device, dtype=F32)
@@ -118,10 +123,14 @@ def fused_lora_merge(W: torch.Tensor, task: TensorTask, job: MergeJob,
     return out
 
 
-def merge_tensor(W: torch.Tensor, task: TensorTask, job: MergeJob, device: torch.device) -> torch.Tensor:
-    """The output tensor for ``task`` from the base tensor ``W``, rounded once to its dtype."""
+def merge_tensor(W: torch.Tensor, task: TensorTask, job: MergeJob, device: torch.device,
+                 out: torch.Tensor | RowWriter | None = None) -> torch.Tensor | RowWriter:
+    """The output tensor for ``task`` from the base tensor ``W``, rounded once to its dtype.
+
+    ``out``: where the rows of the result may go as they are computed (``ShardWriter.rows``);
+    returned when it was used, else the result is another tensor."""
     if task.loras and _is_plain_lora(task, job):
-        return fused_lora_merge(W, task, job, device)
+        return fused_lora_merge(W, task, job, device, out)
     if task.copy is not None and not (task.loras or task.bias_loras or task.tokens):
         return task.copy[1].to(task.out_dtype)
     base0 = W.to(device)
@@ -176,35 +185,100 @@ def _copy_other_files(root: Path, folder: Path) -> list[str]:
     return copied
 
 
+def copies_as_stored(task: TensorTask, job: MergeJob) -> bool:
+    """Whether the output tensor is the base tensor's bytes as stored: nothing changes it, no
+    dtype change, not dequantized on read, not rounded by --qlora. Only these take the kernel-copy
+    path."""
+    return (not task.changed and task.source.quant is None and task.source.dtype == task.out_dtype
+            and not (job.qlora and task.source.key in job.qlora.keys))
+
+
+def write_task(task: TensorTask, reader: CheckpointReader, writer: ShardWriter, job: MergeJob,
+               device: torch.device) -> int:
+    """Read, merge and write one output tensor; returns its size in bytes.
+
+    A tensor nothing changes is copied file to file in the kernel; a merged one is written block
+    of rows by block of rows as the maths makes them where it can (the fused LoRA path), else
+    as a whole."""
+    if copies_as_stored(task, job):
+        raw = reader.raw(task.source)
+        if raw is not None and writer.copy_from(task.key, *raw):
+            return writer.spec(task.key).nbytes
+    W = qlora_weight(job.qlora, task.source.key, reader.get(task.source))  # --qlora
+    if not (task.changed or W.dtype != task.out_dtype):
+        return writer.write(task.key, W)
+    # on a GPU the result comes back in one transfer, as before (no GPU to measure blocks on)
+    rows = writer.rows(task.key) if W.dim() >= 2 and device.type == "cpu" else None
+    out = merge_tensor(W, task, job, device, out=rows)
+    del W
+    if rows is not None and out is rows:
+        return writer.wrote(task.key)
+    return writer.write(task.key, out.cpu())
+
+
+class _Readers:
+    """One checkpoint reader per worker thread (a reader keeps one open file)."""
+
+    def __init__(self, job: MergeJob):
+        self.job, self._local, self._all = job, threading.local(), []
+
+    def mine(self) -> CheckpointReader:
+        reader = getattr(self._local, "reader", None)
+        if reader is None:
+            reader = self._local.reader = CheckpointReader(self.job.files)
+            self._all.append(reader)
+        return reader
+
+    def close(self) -> None:
+        for reader in self._all:
+            reader.close()
+
+
+def _work(task: TensorTask, readers: _Readers, writer: ShardWriter, job: MergeJob,
+          device: torch.device) -> int:
+    with torch.inference_mode():  # thread-local: each worker enters it
+        return write_task(task, readers.mine(), writer, job, device)
+
+
 def _stream(job: MergeJob, folder: Path, device: torch.device, on_progress: Progress | None) -> int:
-    """Read, merge and write tensor by tensor. Writes run on one background thread (pwrite and
-    torch both release the GIL), so computing tensor n+1 overlaps writing tensor n; at most
-    ``MAX_PENDING`` finished tensors wait, which keeps memory bounded."""
-    merged = 0
+    """Read, merge and write tensor by tensor, ``WORKERS`` tensors at once (torch, the maps' page
+    faults and the kernel copies release the GIL, so two cores work); the next tensors' bytes are
+    asked of the disk ahead of time. At most ``WORKERS`` tensors are in flight, which keeps
+    memory bounded. Each shard is fsynced once, at the end."""
+    readers, tasks = _Readers(job), job.tasks
+    try:
+        with ShardWriter(folder, job.shard_plan, {"merged_by": "adapterctl"}) as writer, \
+                ThreadPoolExecutor(max_workers=WORKERS) as pool:
+            _run(tasks, pool, readers, writer, job, device, on_progress)
+            writer.finish()
+    finally:
+        readers.close()  # after the pool's exit: no worker uses them any more
+    return sum(task.changed for task in tasks)
+
+
+def _run(tasks: list[TensorTask], pool: ThreadPoolExecutor, readers: _Readers,
+         writer: ShardWriter, job: MergeJob, device: torch.device,
+         on_progress: Progress | None) -> None:
     pending: deque = deque()
-    with CheckpointReader(job.files) as reader, ShardWriter(folder, job.shard_plan,
-                                                            {"merged_by": "adapterctl"}) as writer, \
-            ThreadPoolExecutor(max_workers=1) as pool:
-        for task in job.tasks:
-            W = qlora_weight(job.qlora, task.source.key, reader.get(task.source))  # --qlora
-            if task.changed or W.dtype != task.out_dtype:
-                out = merge_tensor(W, task, job, device).cpu()
-                merged += task.changed
-            else:
-                out = W
-            pending.append((pool.submit(writer.write, task.key, out), task.key))
-            del W, out  # the writer thread holds the only reference until it is written
-            while len(pending) > MAX_PENDING or (pending and pending[0][0].done()):
-                _finish_write(pending.popleft(), on_progress)
+    ahead = CheckpointReader(job.files)
+    try:
+        for i, task in enumerate(tasks):
+            pending.append((pool.submit(_work, task, readers, writer, job, device), task.key))
+            if i + WORKERS < len(tasks):
+                ahead.prefetch(tasks[i + WORKERS].source)
+            while len(pending) > WORKERS or (pending and pending[0][0].done()):
+                _finish_write(pending.popleft(), writer, on_progress)
         while pending:
-            _finish_write(pending.popleft(), on_progress)
-        writer.finish()
-    return merged
+            _finish_write(pending.popleft(), writer, on_progress)
+    finally:
+        for future, _ in pending:  # on an error: what has not started never will
+            future.cancel()
 
 
-def _finish_write(item, on_progress: Progress | None) -> None:
+def _finish_write(item, writer: ShardWriter, on_progress: Progress | None) -> None:
     future, key = item
-    n = future.result()  # re-raises the writer's error (disk full...) in this thread
+    n = future.result()  # re-raises a worker's error (disk full...) in this thread
+    writer.start_writeback(key)  # here: the main thread only waits, a blocked call costs nothing
     if on_progress:
         on_progress(n, key)
 
