@@ -6,6 +6,8 @@ PEFT, then times greedy generation of ``--new-tokens`` tokens for a batch of ``-
 * base alone: our decode loop on the bare base, and transformers' ``model.generate``;
 * ours, one adapter (folded into the weights for the run);
 * ours, one adapter unmerged (``--no-fold``; the quantized-base path), for reference;
+* ours, one adapter as ``generate`` runs it: folded only when the run's decode steps outweigh
+  the fold (``routing.fold_pays``), else unmerged;
 * PEFT unmerged: ``PeftModel.generate``;
 * a mixed batch over 4 adapters (each row its own adapter): ours (``row_adapters``) and PEFT's
   (``generate(adapter_names=...)``).
@@ -125,7 +127,8 @@ def main() -> None:
                     help="torch threads (1 by default: steadier on a shared machine)")
     ap.add_argument("--clock", choices=("cpu", "wall"), default="cpu",
                     help="process CPU time (default; use with --threads 1) or wall time")
-    ap.add_argument("--json", action="store_true", help="print the figures as JSON")
+    ap.add_argument("--json", nargs="?", const="-", metavar="PATH",
+                    help="the figures as JSON: on stdout, or written to PATH")
     ap.add_argument("--engine", choices=("vllm",), help="compare with vLLM's offline engine")
     ap.add_argument("--endpoint", metavar="URL|auto", help="compare with a server (auto: start "
                     "one with adapterctl serve)")
@@ -172,9 +175,9 @@ def run_all(model, folders, ids, texts, args) -> dict:
     mixed_names = [f"a{i % 4}" for i in range(args.batch)]
     attention = torch.ones_like(ids)
 
-    def ours_fn(keys, fold=True):
+    def ours_fn(keys, fold=True, auto=False):
         specs = [PromptSpec(str(i), t, k) for i, (t, k) in enumerate(zip(texts, keys))]
-        router = EngineRouter(ours, adapters, {}, can_fold=fold)
+        router = EngineRouter(ours, adapters, {}, can_fold=fold, auto_fold=auto)
 
         def run(n):
             cfg = DecodingConfig(max_new_tokens=n)
@@ -194,6 +197,7 @@ def run_all(model, folders, ids, texts, args) -> dict:
         "base (transformers generate)": hf_fn(plain),
         "ours, 1 adapter (folded)": ours_fn(["a0"] * args.batch),
         "ours, 1 adapter (unmerged)": ours_fn(["a0"] * args.batch, fold=False),
+        "ours, 1 adapter (auto, as generate)": ours_fn(["a0"] * args.batch, auto=True),
         "ours, mixed 4 adapters": ours_fn(mixed_names),
         "PEFT unmerged": hf_fn(peft_model),
         "PEFT mixed 4 adapters": hf_fn(peft_model, adapter_names=mixed_names),
@@ -220,8 +224,11 @@ def report(figures: dict, n_params: int, args) -> None:
                      "vs_base_total": round(ratio(label, ref, "total_s"), 3),
                      "vs_base_step": round(ratio(label, ref, "step_s"), 3)})
     if args.json:
-        print(json.dumps({"params": n_params, "args": vars(args), "rows": rows}, indent=2))
-        return
+        doc = json.dumps({"params": n_params, "args": vars(args), "rows": rows}, indent=2)
+        if args.json == "-":
+            print(doc)
+            return
+        Path(args.json).write_text(doc + "\n")
     print(f"\n{n_params / 1e9:.2f}B-parameter bf16 Llama, batch {args.batch}, prompt "
           f"{args.prompt_len} tokens, {args.new_tokens} new tokens, r={args.r} all-linear, "
           f"{torch.get_num_threads()} thread(s), {args.clock} time, best of {args.reps}\n")
