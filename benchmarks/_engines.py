@@ -146,7 +146,5 @@ def run_engines(model, folders, texts, args) -> None:
     for label, r in rows.items():
         print(f"| {label} | {r['tokens_per_s']:.1f} | {r['tokens_per_s_wall']:.1f} | "
               f"{r['tokens_per_s'] / ref:.2f} |")
-    if args.json == "-":
+    if args.json:
         print(json.dumps(rows, indent=2))
-    elif args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
