@@ -6,6 +6,8 @@ PEFT, then times greedy generation of ``--new-tokens`` tokens for a batch of ``-
 * base alone: our decode loop on the bare base, and transformers' ``model.generate``;
 * ours, one adapter (folded into the weights for the run);
 * ours, one adapter unmerged (``--no-fold``; the quantized-base path), for reference;
+* ours, one adapter as ``generate`` runs it: folded only when the run's decode steps outweigh
+  the fold (``routing.fold_pays``), else unmerged;
 * PEFT unmerged: ``PeftModel.generate``;
 * a mixed batch over 4 adapters (each row its own adapter): ours (``row_adapters``) and PEFT's
   (``generate(adapter_names=...)``).
@@ -172,9 +174,9 @@ def run_all(model, folders, ids, texts, args) -> dict:
     mixed_names = [f"a{i % 4}" for i in range(args.batch)]
     attention = torch.ones_like(ids)
 
-    def ours_fn(keys, fold=True):
+    def ours_fn(keys, fold=True, auto=False):
         specs = [PromptSpec(str(i), t, k) for i, (t, k) in enumerate(zip(texts, keys))]
-        router = EngineRouter(ours, adapters, {}, can_fold=fold)
+        router = EngineRouter(ours, adapters, {}, can_fold=fold, auto_fold=auto)
 
         def run(n):
             cfg = DecodingConfig(max_new_tokens=n)
@@ -194,6 +196,7 @@ def run_all(model, folders, ids, texts, args) -> dict:
         "base (transformers generate)": hf_fn(plain),
         "ours, 1 adapter (folded)": ours_fn(["a0"] * args.batch),
         "ours, 1 adapter (unmerged)": ours_fn(["a0"] * args.batch, fold=False),
+        "ours, 1 adapter (auto, as generate)": ours_fn(["a0"] * args.batch, auto=True),
         "ours, mixed 4 adapters": ours_fn(mixed_names),
         "PEFT unmerged": hf_fn(peft_model),
         "PEFT mixed 4 adapters": hf_fn(peft_model, adapter_names=mixed_names),

@@ -12,7 +12,7 @@ import json
 import subprocess
 import sys
 
-from _common import WORK, python, run_timed
+from _common import REPO, WORK, python, run_timed
 
 # TinyLlama-1.1B shapes, r=16 on all linear layers: a realistic adapter (~50 MB in float32).
 HIDDEN, INTER, LAYERS, KV = 2048, 5632, 22, 256
@@ -62,6 +62,9 @@ def main() -> None:
         return
     # Made in a child: a parent that imported torch would pass its peak RSS on to every child.
     subprocess.run([python(), __file__, "--make-only"], check=True)
+    # an installed package has its bytecode compiled (pip does it); a checkout run with
+    # PYTHONDONTWRITEBYTECODE=1 would otherwise compile adapterctl's ~40 modules on every start
+    subprocess.run([python(), "-m", "compileall", "-q", str(REPO / "adapterctl")], check=True)
     adapter = WORK / "startup-adapter"
     py = python()
     rows = {

@@ -8,9 +8,8 @@ import os
 import sys
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable
-
-from rich.console import Console
+from functools import cached_property
+from typing import TYPE_CHECKING, Any, Callable
 
 from adapterctl.errors import AdapterctlError
 
@@ -23,13 +22,24 @@ class Settings:
     secrets: list = field(default_factory=list, repr=False)  # tokens to redact from errors
 
 
-class _Console(Console):
-    """A reader that went away (``adapterctl inspect X | head``) is not an error: Rich would exit
-    1; we silence stdout and let the command end normally (exit 0)."""
+if TYPE_CHECKING:
+    from rich.console import Console
 
-    def on_broken_pipe(self) -> None:
-        silence_stdout()
-        raise BrokenPipeError
+
+def _console(**kwargs) -> Console:
+    """A Rich console, made on first use: a ``--json`` run (and every early exit) never imports
+    Rich, a tenth of ``inspect``'s start-up."""
+    from rich.console import Console
+
+    class _Console(Console):
+        """A reader that went away (``adapterctl inspect X | head``) is not an error: Rich would
+        exit 1; we silence stdout and let the command end normally (exit 0)."""
+
+        def on_broken_pipe(self) -> None:
+            silence_stdout()
+            raise BrokenPipeError
+
+    return _Console(highlight=False, soft_wrap=True, **kwargs)
 
 
 def silence_stdout() -> None:
@@ -44,9 +54,15 @@ def silence_stdout() -> None:
 class Output:
     def __init__(self, settings: Settings | None = None) -> None:
         self.settings = settings or Settings()
-        self.out = _Console(highlight=False, soft_wrap=True)
-        self.err = _Console(stderr=True, highlight=False, soft_wrap=True)
         self.emitted = False
+
+    @cached_property
+    def out(self) -> Console:
+        return _console()
+
+    @cached_property
+    def err(self) -> Console:
+        return _console(stderr=True)
 
     @property
     def json(self) -> bool:

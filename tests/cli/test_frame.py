@@ -64,6 +64,28 @@ def test_help_imports_no_heavy_module():
     assert proc.returncode == 0, proc.stderr
 
 
+def test_json_inspect_imports_only_what_it_uses(peft_adapter):
+    """Start-up (issue 16): ``--json inspect`` builds only its own command, passes plain values
+    past Typer's pydantic coercion and renders nothing with Rich."""
+    ad = peft_adapter("llama", r=2, target_modules=["q_proj"])
+    code = (
+        "import sys\nfrom adapterctl.cli.app import main\n"
+        f"sys.argv=['adapterctl','--json','inspect',{str(ad)!r}]\n"
+        "try:\n    main()\nexcept SystemExit as e:\n    assert e.code == 0, e.code\n"
+        "heavy=[m for m in ('torch','numpy','pydantic','rich','yaml','safetensors','huggingface_hub',"
+        "'adapterctl.cli.merge','adapterctl.cli.generate') if m in sys.modules]\nassert not heavy, heavy\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert '"ok": true' in proc.stdout
+
+
+def test_plain_values_still_coerced_like_typer():
+    """typer_compat passes plain values through; anything else still meets Typer's own checks."""
+    res = invoke("generate", "x", "--max-new-tokens", "many")
+    assert res.code == 2 and "max-new-tokens" in res.stdout + res.stderr
+
+
 def test_completions_are_current():
     from adapterctl.cli.completions import SHELLS, completion_script
 

@@ -269,7 +269,11 @@ class LoraWrapper(nn.Module):
         return self._folded is not None
 
     def fold(self) -> None:
-        """Merge the active adapters into the base weight: float32 sum, one rounding (spec 6.2)."""
+        """Merge the active adapters into the base weight: float32 sum, one rounding (spec 6.2).
+
+        The merged weight is a new tensor swapped into the parameter; the original stays as it
+        was (never written: a memory-mapped checkpoint keeps its clean pages) and comes back on
+        :meth:`unfold`, exactly."""
         if self._folded is not None or not any(n in self.lora for n in self.active):
             return
         base = self.base_layer
@@ -278,38 +282,70 @@ class LoraWrapper(nn.Module):
                                    f"({type(base).__name__})", hint="Use the unfolded forward.")
         W = base.weight
         bias = getattr(base, "bias", None)
-        state = _Folded(W.detach().clone(), None if bias is None else bias.detach().clone())
-        W0 = W.detach().to(F32)
-        dora = any(n in self.lora and self.lora[n].magnitude is not None for n in self.active)
-        # W0 is read again only by DoRA's norm; a float32 W0 *is* W, which must stay intact
-        # until the end (a refusal below leaves the layer unfolded)
-        Wf = W0.clone() if dora or W0.data_ptr() == W.data_ptr() else W0
+        active = [(self.lora[n].weights(), w) for n, w in self.active.items() if n in self.lora]
         bf = None if bias is None else bias.detach().to(F32)
-        for name, weight in self.active.items():
-            if name not in self.lora:
-                continue
-            lw = self.lora[name].weights()
-            Wf = fold_lora(Wf, W0, lw, self.kind, weight, device=W.device)
+        for lw, weight in active:
             if lw.bias is not None:
                 if bf is None:
                     raise UnsupportedError(f"{lw.path}: lora_bias on a base layer without a bias "
                                            "cannot be folded")
                 bf = fold_lora_bias(bf, lw, weight, device=W.device)
-        with torch.no_grad():
-            W.copy_(Wf)  # one rounding of W + Σ ΔW to the base dtype (copy_ converts)
-            if bf is not None:
-                bias.copy_(bf.to(bias.dtype))
-        self._folded = state
+        if self.kind is LayerKind.LINEAR and all(lw.magnitude is None for lw, _ in active):
+            merged = fold_rows(W.detach(), active)
+        else:
+            merged = self._fold_whole(W.detach(), active)
+        self._folded = _Folded(W.data, None if bias is None else bias.data)
+        W.data = merged
+        if bf is not None:
+            bias.data = bf.to(bias.dtype)
+
+    def _fold_whole(self, W: torch.Tensor, active: list) -> torch.Tensor:
+        """Any layer kind, DoRA included: the whole weight in float32 at once."""
+        W0 = W.to(F32)
+        dora = any(lw.magnitude is not None for lw, _ in active)
+        # W0 is read again by DoRA's norm, and a float32 W0 *is* W: both stay intact
+        Wf = W0.clone() if dora or W0.data_ptr() == W.data_ptr() else W0
+        for lw, weight in active:
+            Wf = fold_lora(Wf, W0, lw, self.kind, weight, device=W.device)
+        return Wf.to(W.dtype)
 
     def unfold(self) -> None:
-        """Restore the exact original base weight (kept as a copy while folded)."""
+        """Restore the exact original base weight (kept aside while folded)."""
         if self._folded is None:
             return
-        with torch.no_grad():
-            self.base_layer.weight.copy_(self._folded.weight)
-            if self._folded.bias is not None:
-                self.base_layer.bias.copy_(self._folded.bias)
+        self.base_layer.weight.data = self._folded.weight
+        if self._folded.bias is not None:
+            self.base_layer.bias.data = self._folded.bias
         self._folded = None
+
+
+#: Rows of a weight folded at once: float32 blocks of about this many bytes stay in cache.
+FOLD_BLOCK_BYTES = 1 << 20
+
+
+def fold_rows(W: torch.Tensor, active: list) -> torch.Tensor:
+    """Plain LoRA on a Linear weight (out, in), folded a block of rows at a time: for each block,
+    ``W[rows].float() + Σ w·(s·B[rows] @ A)``, rounded once into a new tensor of W's dtype. The
+    same operations, in the same order, as :func:`fold_lora` on the whole weight (each row's
+    delta is the same dot products), without whole-weight float32 temporaries: the blocks stay
+    in cache, so folding costs about one read and one write of the weight."""
+    out_f, in_f = W.shape
+    rows = max(1, min(out_f, FOLD_BLOCK_BYTES // (4 * in_f)))
+    factors = [(lw.A.to(device=W.device, dtype=F32), lw.B.to(device=W.device, dtype=F32),
+                lw.scaling, weight) for lw, weight in active]
+    merged = torch.empty_like(W)
+    acc_buf = torch.empty((rows, in_f), dtype=F32, device=W.device)
+    delta_buf = torch.empty((rows, in_f), dtype=F32, device=W.device)
+    with torch.no_grad():
+        for lo in range(0, out_f, rows):
+            hi = min(lo + rows, out_f)
+            acc, delta = acc_buf[:hi - lo], delta_buf[:hi - lo]
+            acc.copy_(W[lo:hi])
+            for A, B, scaling, weight in factors:
+                torch.matmul(B[lo:hi], A, out=delta).mul_(scaling)
+                acc.add_(delta if weight == 1.0 else delta.mul_(weight))
+            merged[lo:hi].copy_(acc)  # the one rounding to the base dtype
+    return merged
 
 
 def _conv_fn(A: torch.Tensor):

@@ -3,6 +3,9 @@ modules and put back afterwards.
 
 * Folded run: each folded wrapper is replaced by its base layer (its weight already holds the
   delta), so a decode step runs exactly the base model's modules.
+* Unmerged run (one adapter or one combination for every row, not folded): each plain LoRA
+  wrapper is replaced by a :class:`LeanLoraLayer` holding only the active adapters' tensors: the
+  wrapper's forward, operation for operation, without its per-call lookups and branches.
 * Mixed batch (rows on different adapters): each plain LoRA layer computes every row's delta in
   two matmuls over the adapters' stacked ranks, as Punica / S-LoRA batch them (Chen et al. 2023,
   Sheng et al. 2023): ``h = x A_cat^T`` (all ranks), ``h *= mask`` (row i keeps only its adapter's
@@ -41,6 +44,46 @@ class PackedRowsLayer(nn.Module):
         h = F.linear(x.to(self.A.dtype), self.A) * mask
         # the delta in float32, rounded once to the base output dtype (PEFT's mixed-batch order)
         return result + F.linear(h, self.B).to(result.dtype)
+
+
+class LeanLoraLayer(nn.Module):
+    """A base layer plus the active adapters' (A, B, bias, s, weight): ``LoraWrapper.forward``'s
+    maths for plain LoRA (spec 5.1): each delta in float32, summed onto the base output, one
+    rounding at the end."""
+
+    def __init__(self, wrapper: LoraWrapper) -> None:
+        super().__init__()
+        self.base_layer = wrapper.base_layer
+        self.factors = [(s.A, s.B, s.bias, s.scaling, float(w)) for n, w in wrapper.active.items()
+                        if n in wrapper.lora for s in (wrapper.lora[n],)]
+
+    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        result = self.base_layer(x, *args, **kwargs)
+        dtype = result.dtype
+        for A, B, bias, scaling, weight in self.factors:
+            out = F.linear(F.linear(x.to(A.dtype), A), B, bias) * scaling
+            result = result + (out if weight == 1.0 else out * weight)
+        return result.to(dtype)
+
+
+def leanable(wrapper: LoraWrapper) -> bool:
+    """Plain LoRA on an unquantized matrix layer (what :class:`LeanLoraLayer` computes)."""
+    slots = [wrapper.lora[n] for n in wrapper.active if n in wrapper.lora]
+    if not wrapper.kind.matrix or wrapper.kind.quantized or wrapper.folded or not slots:
+        return False
+    if wrapper.rows is not None or (wrapper.training and any(s.dropout > 0 for s in slots)):
+        return False
+    return all(s.magnitude is None for s in slots)
+
+
+@contextmanager
+def lean_wrappers(model: nn.Module):
+    """An unmerged run on the active adapters: plain LoRA wrappers swapped for
+    :class:`LeanLoraLayer`, the rest kept (DoRA, embeddings, convolutions, quantized layers)."""
+    layers = {path: LeanLoraLayer(mod) for path, mod in model.named_modules()
+              if isinstance(mod, LoraWrapper) and leanable(mod)}
+    with swap_modules(model, layers):
+        yield
 
 
 def packable(wrapper: LoraWrapper, names: list[str]) -> bool:

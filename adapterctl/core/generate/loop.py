@@ -28,14 +28,15 @@ from adapterctl.core.generate.tokens import TokenPlan, encode_prompts, special_i
 
 class Router(Protocol):
     """Routes rows through adapters. ``key_for`` gives a row's adapter key (BASE_KEY, an adapter
-    name or a combination label); ``run(keys)`` wraps the whole run (e.g. folding one adapter into
-    the weights), ``batch(keys)`` each forward-pass batch (e.g. per-row adapters)."""
+    name or a combination label); ``run(keys, steps)`` wraps the whole run (e.g. folding one
+    adapter into the weights; ``steps``: the decode steps the run may take at most), ``batch(keys)``
+    each forward-pass batch (e.g. per-row adapters)."""
 
     mode: str
 
     def key_for(self, spec: PromptSpec) -> str: ...
 
-    def run(self, keys: list[str]) -> ContextManager: ...
+    def run(self, keys: list[str], steps: int | None = None) -> ContextManager: ...
 
     def batch(self, keys: list[str]) -> ContextManager: ...
 
@@ -53,7 +54,7 @@ class BaseRouter:
                              "are loaded", hint="Pass it with --adapter.")
         return BASE_KEY
 
-    def run(self, keys: list[str]) -> ContextManager:
+    def run(self, keys: list[str], steps: int | None = None) -> ContextManager:
         return contextlib.nullcontext()
 
     def batch(self, keys: list[str]) -> ContextManager:
@@ -98,7 +99,7 @@ def generate_completions(model, tokenizer, specs: list[PromptSpec], cfg: Decodin
     decoder = _Decoder(model, tokenizer, cfg, chooser, on_token, on_complete)
     start, interrupted, current = time.perf_counter(), False, []
     try:
-        with router.run([r.key for r in rows]), torch.inference_mode():
+        with router.run([r.key for r in rows], _steps(rows, batch_size)), torch.inference_mode():
             for i in range(0, len(rows), batch_size):
                 current = rows[i:i + batch_size]
                 with router.batch([r.key for r in current]):
@@ -111,6 +112,12 @@ def generate_completions(model, tokenizer, specs: list[PromptSpec], cfg: Decodin
     done = tuple(r.done for r in rows if r.done is not None)
     return GenerationResult(done, interrupted, chooser.seed, router.mode,
                             time.perf_counter() - start, tuple(warnings))
+
+
+def _steps(rows: list[_Row], batch_size: int) -> int:
+    """Forward passes after the prefill, at most: each batch steps until its longest row is done."""
+    return sum(max(r.plan.max_new_tokens for r in rows[i:i + batch_size])
+               for i in range(0, len(rows), batch_size))
 
 
 class _Decoder:

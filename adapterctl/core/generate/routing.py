@@ -4,7 +4,8 @@ module only routes rows.
 
 * every row on one adapter (or one fixed weighted combination), unquantized base: the delta is
   folded into the weights for the run (``engine.fold`` / ``unfold``), so decoding costs what the
-  base alone costs;
+  base alone costs, when the run is long enough for folding to pay (:func:`fold_pays`);
+  otherwise unmerged, through lean layers (``engine.packed.lean_wrappers``);
 * every row on one adapter, quantized base (folding would re-round 4/8-bit weights): unmerged;
 * rows on different adapters (JSONL ``adapter``, as LoRAX and S-LoRA batch them): one forward pass
   per step for the whole batch, each row through its own adapter's delta: stacked ranks for plain
@@ -17,7 +18,8 @@ import contextlib
 from pathlib import Path
 from typing import ContextManager
 
-from adapterctl.core.engine.packed import PackedRows, bypass_wrappers
+from adapterctl.core.engine.layers import LoraWrapper, execution_device
+from adapterctl.core.engine.packed import PackedRows, bypass_wrappers, lean_wrappers
 from adapterctl.core.engine.session import AttachedAdapter
 from adapterctl.core.generate.prompts import BASE_KEY, DEFAULT_KEY, PromptSpec
 from adapterctl.errors import UsageError
@@ -34,12 +36,13 @@ class EngineRouter:
     """Routes rows through adapters attached with :mod:`adapterctl.core.engine.attach`.
 
     ``default``: the command line's ``--adapter`` combination (name -> weight), used by prompts
-    that name no adapter; empty means the base model alone."""
+    that name no adapter; empty means the base model alone. ``can_fold``: fold where exact;
+    ``auto_fold``: only where the run is long enough to pay for it (:func:`fold_pays`)."""
 
     def __init__(self, model, adapters: list[AttachedAdapter], default: dict[str, float],
-                 can_fold: bool) -> None:
+                 can_fold: bool, auto_fold: bool = False) -> None:
         self.model, self.adapters, self.default = model, adapters, dict(default)
-        self.can_fold = can_fold
+        self.can_fold, self.auto_fold = can_fold, auto_fold
         self.mode = "base"
         self._packed: PackedRows | None = None
         # every label a row key may carry -> its weights: each adapter alone at its --adapter
@@ -69,14 +72,15 @@ class EngineRouter:
         path = Path(ref).expanduser()
         return self._lookup.get(str(path.resolve())) if path.exists() else None
 
-    def run(self, keys: list[str]) -> ContextManager:
-        """Pick the mode for the whole run and hold it: fold one combination, or get ready for
-        per-row adapters."""
+    def run(self, keys: list[str], steps: int | None = None) -> ContextManager:
+        """Pick the mode for the whole run and hold it: fold one combination (or not, for a run
+        of fewer than ``steps`` decode steps than folding costs), or get ready for per-row
+        adapters."""
         distinct = set(keys)
         if len(distinct) > 1:
             return self._run_mixed(distinct)
         key = next(iter(distinct), BASE_KEY)
-        return self._run_single(key)
+        return self._run_single(key, steps)
 
     def batch(self, keys: list[str]) -> ContextManager:
         if self.mode != "mixed":
@@ -87,7 +91,7 @@ class EngineRouter:
         return engine.row_adapters(self.model, keys)  # the layers left unpacked
 
     @contextlib.contextmanager
-    def _run_single(self, key: str):
+    def _run_single(self, key: str, steps: int | None = None):
         from adapterctl.core.engine import attach as engine
 
         weights = {} if key == BASE_KEY else self._combos.get(key, {key: 1.0})
@@ -97,13 +101,11 @@ class EngineRouter:
             with bypass_wrappers(self.model, folded_only=False):
                 yield
             return
-        if not self.can_fold:
+        fold = self.can_fold and (not self.auto_fold or fold_pays(self.model, steps))
+        if not fold or not _try_fold(self.model):
             self.mode = "unmerged"
-            yield
-            return
-        if not _try_fold(self.model):
-            self.mode = "unmerged"
-            yield
+            with lean_wrappers(self.model):
+                yield
             return
         self.mode = "folded"
         try:
@@ -134,6 +136,34 @@ class EngineRouter:
         """The row key of one adapter alone at its attach weight (a ``--compare`` variant)."""
         weight = next((a.weight for a in self.adapters if a.name == name), 1.0)
         return combination_label({name: weight})
+
+
+#: Folding against running unmerged, on CPU: seconds to fold one weight element per LoRA rank,
+#: over seconds one unmerged LoRA layer adds to a decode step. Measured side by side
+#: (benchmarks/generate.py's 0.2B bf16 Llama, r=16 all-linear, batch 8, one thread): folding
+#: cost 1.3e-10 s per element and rank, an unmerged layer 78 us per step; the ratio holds on a
+#: loaded and a quiet machine alike, the two timings moving together. Break-even there: ~44 steps.
+FOLD_COST_RATIO = 1.7e-6
+
+
+def fold_pays(model, steps: int | None) -> bool:
+    """Whether folding the active adapters costs less than ``steps`` unmerged decode steps would
+    add. From shapes alone, never timings, so a run's mode (and so its exact numbers) does not
+    depend on how busy the machine is. Off the CPU a fold is a few fast matmuls: always fold."""
+    if steps is None:
+        return True
+    work, layers = 0, 0
+    for mod in model.modules():
+        if not isinstance(mod, LoraWrapper):
+            continue
+        ranks = sum(mod.lora[n].r for n in mod.active if n in mod.lora)
+        if not ranks:
+            continue
+        if execution_device(mod.base_layer).type != "cpu":
+            return True
+        work += ranks * mod.base_layer.weight.numel()
+        layers += 1
+    return work * FOLD_COST_RATIO <= steps * layers
 
 
 def _try_fold(model) -> bool:

@@ -82,7 +82,8 @@ def open_generation(base_ref: str | None, choices: Sequence[AdapterChoice],
                     on_step: Callable[[str], None] | None = None) -> Generation:
     """Load the base (default: the first adapter's ``base_model_name_or_path``) with the chosen
     adapters and those the prompts name. ``fold``: fold one adapter (or one combination) into
-    the weights for a run where that is exact (never on a quantized base)."""
+    the weights for a run where that is exact (never on a quantized base) and the run is long
+    enough to pay for it (``routing.fold_pays``)."""
     choices = list(choices)
     more = [AdapterChoice(ref) for ref in prompt_adapters(choices, specs)]
     session = open_session(base_ref, choices + more, placement=placement, hub=hub, on_step=on_step)
@@ -91,7 +92,7 @@ def open_generation(base_ref: str | None, choices: Sequence[AdapterChoice],
     if not session.adapters:
         return Generation(session, BaseRouter(), [])
     router = EngineRouter(session.base.model, session.adapters, {a.name: a.weight for a in chosen},
-                          can_fold=fold and not is_quantized(session.base))
+                          can_fold=fold and not is_quantized(session.base), auto_fold=True)
     return Generation(session, router, [router.label_alone(a.name) for a in chosen])
 
 

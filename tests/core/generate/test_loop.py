@@ -104,6 +104,37 @@ def test_greedy_tokens_and_logprobs_match_peft(case, fold, tiny_models, peft_ada
         assert_same(c, *peft_greedy(pm, tok, prompt))
 
 
+@pytest.mark.parametrize("ratio, mode", [(0.0, "folded"), (1e9, "unmerged")])
+def test_auto_fold_decides_from_the_run_length(ratio, mode, tiny_models, peft_adapter, monkeypatch):
+    """generate folds only where the run's decode steps outweigh the fold (routing.fold_pays);
+    both ways match PEFT."""
+    from adapterctl.core.generate import routing
+
+    folder = peft_adapter("llama", r=4, target_modules="all-linear")
+    pm, tok = peft_model(tiny_models["llama"], {"a": folder})
+    model, _ = load(tiny_models["llama"])
+    router = attach(model, {"a": folder})
+    router.auto_fold = True
+    monkeypatch.setattr(routing, "FOLD_COST_RATIO", ratio)
+    res = run(model, tok, router=router, batch_size=3)
+    assert res.mode == mode
+    for prompt, c in zip(PROMPTS, res.completions):
+        assert_same(c, *peft_greedy(pm, tok, prompt))
+
+
+def test_fold_pays_counts_steps_against_fold_work(tiny_models, peft_adapter):
+    from adapterctl.core.generate.routing import FOLD_COST_RATIO, fold_pays
+
+    model, _ = load(tiny_models["llama"])
+    attach(model, {"a": peft_adapter("llama", r=4, target_modules="all-linear")})
+    engine.set_active(model, {"a": 1.0})
+    wrapped = [m for m in model.modules() if isinstance(m, engine.LoraWrapper)]
+    work = sum(4 * m.base_layer.weight.numel() for m in wrapped)
+    even = work * FOLD_COST_RATIO / len(wrapped)  # the break-even number of steps
+    assert fold_pays(model, int(even) + 1) and not fold_pays(model, max(int(even) - 1, 0))
+    assert fold_pays(model, None)
+
+
 def test_fold_is_undone_after_the_run(tiny_models, peft_adapter):
     model, tok = load(tiny_models["llama"])
     router = attach(model, {"a": peft_adapter("llama", r=4, target_modules="all-linear")})
