@@ -11,6 +11,7 @@ Prints one JSON document with the figures and the ratios. Run it alone on a quie
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
@@ -116,6 +117,9 @@ def timed_once(cmd: list[str], out: Path) -> dict:
 
 
 def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--json", metavar="PATH", help="also write the figures as JSON to PATH")
+    args = ap.parse_args()
     base, adapter = WORK / "base", WORK / "adapter"
     if not base.exists():
         make_base(base)
@@ -139,6 +143,8 @@ def main() -> None:
     for name in ("out-cp", "out-ours", "out-peft"):
         shutil.rmtree(WORK / name, ignore_errors=True)
     print(json.dumps(results, indent=2))
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
 
 
 if __name__ == "__main__":
