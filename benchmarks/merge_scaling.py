@@ -266,10 +266,12 @@ def measure_size(name: str, rounds: int, timeout: float) -> dict:
     n_params = sum(size.layers * (o * i) for o, i in size.linear_dims().values()) + \
         size.vocab * size.hidden * (1 if size.tie else 2) + size.hidden * (2 * size.layers + 1)
     tensor_name, tensor_bytes = largest_tensor(base)
+    merged_bytes = 2 * max(o * i for o, i in size.linear_dims().values())  # bf16
     result = {"size": name, "params": n_params, "base_bytes": base_bytes,
               "shards": len(list(base.glob("*.safetensors"))), "shard_limit_bytes": size.shard_bytes,
               "adapter_bytes": dir_bytes(adapter), "largest_tensor": tensor_name,
-              "largest_tensor_bytes": tensor_bytes, "tied_embeddings": size.tie,
+              "largest_tensor_bytes": tensor_bytes, "largest_merged_tensor_bytes": merged_bytes,
+              "tied_embeddings": size.tie,
               "build_seconds": round(build_s, 1), "skipped": skipped, "tools": {}}
     for tool, rs in runs.items():
         result["tools"][tool] = {
@@ -280,10 +282,12 @@ def measure_size(name: str, rounds: int, timeout: float) -> dict:
     return result
 
 
-def runtime_floor(rounds: int) -> float:
-    """Peak RSS (MB) of a process that only imports torch and the merge command's modules."""
-    return statistics.median(run_once([PY, "-c", FLOOR_SCRIPT], None, 300)["peak_rss_mb"]
-                             for _ in range(max(1, min(rounds, 3))))
+def runtime_floor(rounds: int) -> dict:
+    """Peak RSS (MB, and its parts) of a process that only imports torch and the merge command's
+    modules: what any merge costs before it touches a tensor."""
+    runs = [run_once([PY, "-c", FLOOR_SCRIPT], None, 300) for _ in range(max(1, min(rounds, 3)))]
+    return {k: statistics.median(r[k] for r in runs)
+            for k in ("seconds", "peak_rss_mb", "peak_anon_mb", "peak_file_mb")}
 
 
 def main() -> None:
@@ -307,7 +311,7 @@ def main() -> None:
             build_adapter(SIZES[n], root / "adapter", root / "base")
         return
     WORK.mkdir(parents=True, exist_ok=True)
-    doc = {"rounds": args.rounds, "runtime_floor_mb": runtime_floor(args.rounds),
+    doc = {"rounds": args.rounds, "runtime_floor": runtime_floor(args.rounds),
            "sizes": [measure_size(n, args.rounds, args.timeout) for n in names]}
     if args.clean:
         for n in names:
