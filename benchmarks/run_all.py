@@ -49,8 +49,8 @@ class Step:
 STEPS = [
     Step("merge_scaling", "merge_scaling.py", ["--rounds", "3"],
          ["--sizes", "tiny,small", "--rounds", "1"]),
-    # merge.py's own 1.1B headline (perfmerge's instrument), best of 2; its base is a fixed 1.1B
-    Step("merge", "merge.py", [], [], {"BENCH_REPEATS": "2"}, full_only=True),
+    # merge.py's own 1.1B headline (its sizes are fixed: full run only)
+    Step("merge", "merge.py", [], [], full_only=True),
     Step("generate", "generate.py", [],
          ["--hidden", "64", "--inter", "160", "--layers", "2", "--heads", "4", "--kv-heads", "2",
           "--vocab", "512", "--batch", "4", "--new-tokens", "4", "--reps", "1"]),
