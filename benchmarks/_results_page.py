@@ -12,6 +12,8 @@ GB, MB = 1e9, 1e6
 
 def nbytes(n: float) -> str:
     """1.23 GB / 45 MB / 300 kB: a size readable at any scale (the --quick models are tiny)."""
+    if n < 0:  # a part measured below its floor (noise)
+        return "-" + nbytes(-n)
     for unit, scale in (("GB", GB), ("MB", MB), ("kB", 1e3)):
         if n >= scale:
             return f"{n / scale:.3g} {unit}" if n < 10 * scale else f"{n / scale:.0f} {unit}"
@@ -159,31 +161,43 @@ def linearity(doc: dict) -> list[str]:
 
 def memory(doc: dict) -> list[str]:
     fl = doc["runtime_floor"]
+    ours0, peft0 = fl["adapterctl"], fl.get("peft")
+
+    def floor_words(f: dict) -> str:
+        return (f"{f['peak_rss_mb']:.0f} MB ({f['peak_anon_mb']:.0f} MB anonymous, "
+                f"{f['peak_file_mb']:.0f} MB file-backed: mapped libraries)")
+
     out = ["### Where the memory goes", "",
-           f"Runtime floor: a process that only imports torch and adapterctl's merge modules peaks "
-           f"at {fl['peak_rss_mb']:.0f} MB ({fl['peak_anon_mb']:.0f} MB anonymous, "
-           f"{fl['peak_file_mb']:.0f} MB file-backed: mapped libraries).", "",
+           "Runtime floor: the same command on a 0.15M-parameter base (every import and code path, "
+           f"tensors of no weight) peaks at {floor_words(ours0)} for adapterctl"
+           + (f" and {floor_words(peft0)} for PEFT." if peft0 else "."), "",
            "| base | largest tensor | largest merged weight | adapter file | adapterctl anonymous "
-           "above the floor | = x largest merged weight | adapterctl file-backed above the floor "
-           "| PEFT peak RSS / model size |", "|---|---|---|---|---|---|---|---|"]
+           "above its floor | = x largest merged weight | adapterctl file-backed above its floor "
+           "| PEFT anonymous above its floor | = x model size |", "|---|---|---|---|---|---|---|---|---|"]
     for s in doc["sizes"]:
-        ours = s["tools"]["adapterctl"]
-        extra_anon = ours["peak_anon_mb"] - fl["peak_anon_mb"]
-        extra_file = ours["peak_file_mb"] - fl["peak_file_mb"]
+        ours = s["tools"].get("adapterctl")
+        if not ours:
+            continue
+        extra_anon = ours["peak_anon_mb"] - ours0["peak_anon_mb"]
+        extra_file = ours["peak_file_mb"] - ours0["peak_file_mb"]
         merged = s["largest_merged_tensor_bytes"] / MB
-        peft = (f"{s['tools']['peft']['peak_rss_mb'] * MB / s['base_bytes']:.2f}x"
-                if "peft" in s["tools"] else "-")
+        peft, ratio = "-", "-"
+        if "peft" in s["tools"] and peft0:
+            extra = s["tools"]["peft"]["peak_anon_mb"] - peft0["peak_anon_mb"]
+            peft, ratio = nbytes(extra * MB), f"{extra * MB / s['base_bytes']:.2f}x"
         out.append(f"| {s['size']} | `{s['largest_tensor']}` {nbytes(s['largest_tensor_bytes'])} "
                    f"| {nbytes(merged * MB)} (bf16) | {nbytes(s['adapter_bytes'])} | "
-                   f"{extra_anon:.0f} MB | {extra_anon / merged:.1f}x | {extra_file:.0f} MB | {peft} |")
+                   f"{nbytes(extra_anon * MB)} | {extra_anon / merged:.1f}x | "
+                   f"{nbytes(extra_file * MB)} | {peft} | {ratio} |")
     return out + ["", "adapterctl streams: one weight at a time is read, widened to float32, has "
                   "its deltas added and is rounded once, with a couple of finished tensors "
                   "queued for the writer (`core/merge/write.py`), plus the adapter's own tensors. "
                   "So its anonymous memory above the runtime is the adapter plus a few times the "
                   "largest merged weight, whatever the model's size; its file-backed pages are "
-                  "the shards it maps while reading (page cache the kernel can drop, bounded by "
-                  "what is mapped at once). PEFT loads the whole model, so its peak grows with the "
-                  "model: about the model's size plus the runtime.", ""]
+                  "shard files mapped into memory (read, and written where the writer maps its "
+                  "output): page cache, which the kernel writes back and drops under pressure, "
+                  "bounded by what is mapped at once. PEFT loads the whole model, so its peak "
+                  "grows with the model: about the model's size plus the runtime.", ""]
 
 
 def table(headers: list[str], rows: list[list]) -> list[str]:

@@ -152,7 +152,10 @@ merged = PeftModel.from_pretrained(model, adapter).merge_and_unload()
 merged.save_pretrained(out)
 """
 
-FLOOR_SCRIPT = "import torch, adapterctl.core.merge.run, adapterctl.cli.app"
+
+
+class RunFailed(Exception):
+    """One run failed or timed out: recorded for its tool, the other tools carry on."""
 
 
 def rss_parts(pid: int) -> tuple[int, int]:
@@ -189,7 +192,7 @@ def run_once(cmd: list[str], out: Path | None, timeout: float) -> dict:
         if time.perf_counter() > deadline:
             proc.kill()
             proc.wait()
-            raise SystemExit(f"timed out after {timeout:.0f} s: {' '.join(cmd[:4])}")
+            raise RunFailed(f"timed out after {timeout:.0f} s")
         time.sleep(0.05)
     subprocess.run(["sync"], check=True)
     wall = time.perf_counter() - start
@@ -198,7 +201,9 @@ def run_once(cmd: list[str], out: Path | None, timeout: float) -> dict:
     errlog.close()
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
-        raise SystemExit(f"failed (exit {proc.returncode}): {' '.join(cmd[:4])}\n{err[-3000:]}")
+        log(f"failed (exit {proc.returncode}): {' '.join(cmd[:4])}\n{err[-3000:]}")
+        last = err.strip().splitlines()[-1:] or [""]
+        raise RunFailed(f"exit {proc.returncode}: {last[0][:300]}")
     if out is not None:
         shutil.rmtree(out, ignore_errors=True)
     return {"seconds": round(wall, 3), "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
@@ -244,13 +249,7 @@ def measure_size(name: str, rounds: int, timeout: float) -> dict:
         raise SystemExit(f"{name}: {free / 1e9:.1f} GB free on disk, need "
                          f"{2.2 * base_bytes / 1e9:.1f} GB for the outputs")
     subprocess.run(f"cat {base}/*.safetensors > /dev/null", shell=True, check=True)  # warm cache
-    tools = {
-        "cp": ["cp", "-r", str(base), str(root / "out-cp")],
-        "adapterctl": [PY, "-m", "adapterctl", "--quiet", "merge", str(base), str(adapter),
-                       "--output", str(root / "out-ours"), "--device", "cpu"],
-        "peft": [PY, "-c", PEFT_SCRIPT, str(base), str(adapter), str(root / "out-peft")],
-    }
-    outs = {"cp": root / "out-cp", "adapterctl": root / "out-ours", "peft": root / "out-peft"}
+    tools, outs = commands(root)
     skipped = {}
     if mem_available() < 1.5 * base_bytes:  # PEFT holds the whole model in memory
         skipped["peft"] = (f"only {mem_available() / 1e9:.1f} GB of memory available for a "
@@ -258,8 +257,14 @@ def measure_size(name: str, rounds: int, timeout: float) -> dict:
         tools.pop("peft")
     runs: dict[str, list[dict]] = {t: [] for t in tools}
     for i in range(rounds):
-        for tool, cmd in tools.items():
-            r = run_once(cmd, outs[tool], timeout)
+        for tool, cmd in list(tools.items()):
+            try:
+                r = run_once(cmd, outs[tool], timeout)
+            except RunFailed as err:
+                skipped[tool] = f"failed in round {i + 1}: {err}"
+                tools.pop(tool)
+                runs.pop(tool)
+                continue
             runs[tool].append(r)
             log(f"{name}: round {i + 1}/{rounds} {tool:10s} {r['seconds']:7.2f} s  "
                 f"peak RSS {r['peak_rss_mb']:8.0f} MB")
@@ -282,12 +287,30 @@ def measure_size(name: str, rounds: int, timeout: float) -> dict:
     return result
 
 
-def runtime_floor(rounds: int) -> dict:
-    """Peak RSS (MB, and its parts) of a process that only imports torch and the merge command's
-    modules: what any merge costs before it touches a tensor."""
-    runs = [run_once([PY, "-c", FLOOR_SCRIPT], None, 300) for _ in range(max(1, min(rounds, 3)))]
-    return {k: statistics.median(r[k] for r in runs)
-            for k in ("seconds", "peak_rss_mb", "peak_anon_mb", "peak_file_mb")}
+def commands(root: Path) -> tuple[dict[str, list[str]], dict[str, Path]]:
+    """Each tool's command on ``root``'s base and adapter, and the folder it writes."""
+    base, adapter = root / "base", root / "adapter"
+    outs = {"cp": root / "out-cp", "adapterctl": root / "out-ours", "peft": root / "out-peft"}
+    return {"cp": ["cp", "-r", str(base), str(outs["cp"])],
+            "adapterctl": [PY, "-m", "adapterctl", "--quiet", "merge", str(base), str(adapter),
+                           "--output", str(outs["adapterctl"]), "--device", "cpu"],
+            "peft": [PY, "-c", PEFT_SCRIPT, str(base), str(adapter), str(outs["peft"])]}, outs
+
+
+def runtime_floor(rounds: int, timeout: float) -> dict:
+    """Each tool's cost before its tensors: the same command on the ``tiny`` base (0.15M
+    parameters), so every import and code path is there and the tensors weigh nothing."""
+    root = WORK / "tiny"
+    if not (root / "base").exists() or not (root / "adapter").exists():
+        build_in_child("tiny")
+    tools, outs = commands(root)
+    floor = {}
+    for tool in ("adapterctl", "peft"):
+        runs = [run_once(tools[tool], outs[tool], timeout) for _ in range(max(1, min(rounds, 2)))]
+        floor[tool] = {k: statistics.median(r[k] for r in runs)
+                       for k in ("seconds", "peak_rss_mb", "peak_anon_mb", "peak_file_mb")}
+    log(f"runtime floor (tiny base): {floor}")
+    return floor
 
 
 def main() -> None:
@@ -311,7 +334,7 @@ def main() -> None:
             build_adapter(SIZES[n], root / "adapter", root / "base")
         return
     WORK.mkdir(parents=True, exist_ok=True)
-    doc = {"rounds": args.rounds, "runtime_floor": runtime_floor(args.rounds),
+    doc = {"rounds": args.rounds, "runtime_floor": runtime_floor(args.rounds, args.timeout),
            "sizes": [measure_size(n, args.rounds, args.timeout) for n in names]}
     if args.clean:
         for n in names:
