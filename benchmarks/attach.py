@@ -27,6 +27,11 @@ REPO = Path(__file__).resolve().parents[1]
 WORK = REPO / "benchmarks" / "_work"
 MODEL = WORK / "llama-1b-bf16"
 ADAPTER = WORK / "lora-r16-all-linear"
+SHAPE = dict(vocab_size=32000, hidden_size=2048, intermediate_size=5632, num_hidden_layers=16,
+             num_attention_heads=32, num_key_value_heads=4)
+#: --quick: a smoke test of this script (benchmarks/run_all.py --quick); its figures mean nothing
+QUICK_SHAPE = dict(vocab_size=512, hidden_size=64, intermediate_size=160, num_hidden_layers=2,
+                   num_attention_heads=4, num_key_value_heads=2)
 
 
 def make_model() -> None:
@@ -35,9 +40,7 @@ def make_model() -> None:
 
     if (MODEL / "config.json").is_file():
         return
-    cfg = LlamaConfig(vocab_size=32000, hidden_size=2048, intermediate_size=5632, num_hidden_layers=16,
-                      num_attention_heads=32, num_key_value_heads=4, max_position_embeddings=2048,
-                      tie_word_embeddings=False)
+    cfg = LlamaConfig(**SHAPE, max_position_embeddings=2048, tie_word_embeddings=False)
     torch.manual_seed(0)
     with torch.device("meta"):
         model = LlamaForCausalLM(cfg)
@@ -113,15 +116,21 @@ def measure(which: str, warm: Path | None) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--json", nargs="?", const="-", metavar="PATH",
+                    help="the figures as JSON: on stdout, or written to PATH (the table too)")
+    ap.add_argument("--quick", action="store_true", help="a 2-layer tiny model: smoke test only")
     args = ap.parse_args()
+    if args.quick:
+        global MODEL, ADAPTER, SHAPE
+        MODEL, ADAPTER, SHAPE = WORK / "llama-quick", WORK / "lora-quick", QUICK_SHAPE
     WORK.mkdir(parents=True, exist_ok=True)
     t = time.perf_counter()
     make_model()
     make_adapter()
     setup = time.perf_counter() - t
     tiny = make_tiny()
-    result = {"model": "random Llama, 1.1B params, bf16, 16 layers; adapter r=16 all-linear (fp32)",
+    result = {"model": "random Llama, 1.1B params, bf16, 16 layers; adapter r=16 all-linear (fp32)"
+              if not args.quick else "--quick: a 2-layer tiny Llama (smoke test)", "shape": SHAPE,
               "runs": args.runs, "setup_seconds": round(setup, 1)}
     for mode, warm in (("end_to_end", None), ("warm", tiny)):
         runs = {"peft": [], "adapterctl": []}
@@ -132,9 +141,11 @@ def main() -> None:
         result[mode] = {**med,
                         "time_ratio": med["adapterctl"]["seconds"] / med["peft"]["seconds"],
                         "rss_ratio": med["adapterctl"]["peak_rss_mib"] / med["peft"]["peak_rss_mib"]}
-    if args.json:
+    if args.json == "-":
         print(json.dumps(result, indent=2))
         return
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     for mode in ("end_to_end", "warm"):
         r = result[mode]
         for w in ("peft", "adapterctl"):

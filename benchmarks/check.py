@@ -24,6 +24,7 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from _common import REPO, WORK, env, python
 
@@ -88,7 +89,7 @@ def zoo() -> list[str]:
     return [str(root / n) for n in names]
 
 
-def check_timing(adapters: list[str], repeat: int) -> None:
+def check_timing(adapters: list[str], repeat: int) -> dict:
     """Process start to exit, median of ``repeat`` (check exits 10: some engines refuse)."""
     cmd = [python(), "-m", "adapterctl", "--json", "check", *adapters, "--engine", "all"]
     times = []
@@ -111,9 +112,11 @@ def check_timing(adapters: list[str], repeat: int) -> None:
     print(f"check --engine all, {len(adapters)} adapters x 6 engines: "
           f"{statistics.median(times):.3f} s wall, process start to exit (median of {repeat}; "
           f"goal < 0.5 s); heavy modules imported: {heavy}; verdicts {counts}")
+    return {"adapters": len(adapters), "seconds": statistics.median(times), "repeat": repeat,
+            "heavy_modules_imported": json.loads(heavy.replace("'", '"')), "verdicts": counts}
 
 
-def dora_table() -> None:
+def dora_table(ranks: tuple[int, ...]) -> list[dict]:
     import torch
 
     from adapterctl import attach_adapter, detach, greedy_complete, load_base
@@ -134,7 +137,8 @@ def dora_table() -> None:
     want = tokens(src)
     print("\n| rank | whole-adapter relative error | greedy tokens equal to the DoRA adapter's |")
     print("|---|---|---|")
-    for rank in (1, 2, 4, 8, 16, 32, 64, 128, 192):
+    rows = []
+    for rank in ranks:
         out = WORK / f"dora-r{rank}"
         res = run_convert(ConvertRequest(str(src), str(out), force=True, base=str(base_dir),
                                          rank=rank, for_engine=("vllm",)))
@@ -142,6 +146,9 @@ def dora_table() -> None:
         got = tokens(out)
         same = sum(_common_prefix(a, b) for a, b in zip(want, got))
         print(f"| {rank} | {err:.2e} | {same}/{sum(map(len, want))} |")
+        rows.append({"rank": rank, "relative_error": err, "tokens_equal": same,
+                     "tokens": sum(map(len, want))})
+    return rows
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:
@@ -156,9 +163,14 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--ranks", default="1,2,4,8,16,32,64,128,192", help="DoRA table's ranks")
+    ap.add_argument("--json", metavar="PATH", help="also write the figures as JSON to PATH")
     args = ap.parse_args()
-    check_timing(zoo(), args.repeat)
-    dora_table()
+    timing = check_timing(zoo(), args.repeat)
+    rows = dora_table(tuple(int(r) for r in args.ranks.split(",")))
+    if args.json:
+        doc = {"check_engine_all": timing, "dora_to_lora": rows}
+        Path(args.json).write_text(json.dumps(doc, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
 
 import torch
 
@@ -48,6 +49,7 @@ def main() -> None:
     ap.add_argument("--rank", type=int, default=64)
     ap.add_argument("--target", type=int, default=16)
     ap.add_argument("--dense-repeats", type=int, default=2)
+    ap.add_argument("--json", metavar="PATH", help="also write the figures as JSON to PATH")
     args = ap.parse_args()
     torch.manual_seed(0)
     n, r = args.size, args.rank
@@ -61,6 +63,8 @@ def main() -> None:
               "speedup": round(t_dense / t_ours, 1), "rel_error_ours": err_ours,
               "rel_error_dense": err_dense}
     print(json.dumps(result))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     print(f"| rank reduction {n}x{n} r={r} -> {args.target} | {t_ours * 1e3:.1f} ms | "
           f"dense torch.linalg.svd {t_dense:.2f} s | {t_dense / t_ours:.0f}x faster |")
 

@@ -127,7 +127,8 @@ def main() -> None:
                     help="torch threads (1 by default: steadier on a shared machine)")
     ap.add_argument("--clock", choices=("cpu", "wall"), default="cpu",
                     help="process CPU time (default; use with --threads 1) or wall time")
-    ap.add_argument("--json", action="store_true", help="print the figures as JSON")
+    ap.add_argument("--json", nargs="?", const="-", metavar="PATH",
+                    help="the figures as JSON: on stdout, or written to PATH (the table too)")
     ap.add_argument("--engine", choices=("vllm",), help="compare with vLLM's offline engine")
     ap.add_argument("--endpoint", metavar="URL|auto", help="compare with a server (auto: start "
                     "one with adapterctl serve)")
@@ -222,9 +223,12 @@ def report(figures: dict, n_params: int, args) -> None:
         rows.append({"case": label, **{k: round(v, 4) for k, v in figures[label].items()},
                      "vs_base_total": round(ratio(label, ref, "total_s"), 3),
                      "vs_base_step": round(ratio(label, ref, "step_s"), 3)})
-    if args.json:
-        print(json.dumps({"params": n_params, "args": vars(args), "rows": rows}, indent=2))
+    doc = {"params": n_params, "args": vars(args), "rows": rows}
+    if args.json == "-":
+        print(json.dumps(doc, indent=2))
         return
+    if args.json:
+        Path(args.json).write_text(json.dumps(doc, indent=2) + "\n")
     print(f"\n{n_params / 1e9:.2f}B-parameter bf16 Llama, batch {args.batch}, prompt "
           f"{args.prompt_len} tokens, {args.new_tokens} new tokens, r={args.r} all-linear, "
           f"{torch.get_num_threads()} thread(s), {args.clock} time, best of {args.reps}\n")

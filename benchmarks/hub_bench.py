@@ -71,6 +71,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--mb", type=int, default=32)
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--json", metavar="PATH", help="also write the figures as JSON to PATH")
     args = ap.parse_args()
     hub = serve({TOKEN: "bench"})
     tmp = Path(tempfile.mkdtemp(prefix="hubbench-"))
@@ -100,6 +101,10 @@ def main() -> None:
           f"{med['inspect']:.2f} s vs {med['peft']:.2f} s ({med['peft'] / med['inspect']:.1f}x faster)")
     print(f"push: {med['push']:.2f} s vs bare upload_folder {med['upload']:.2f} s "
           f"(ratio {med['push'] / med['upload']:.2f})")
+    if args.json:
+        doc = {"adapter_bytes": size, "repeat": args.repeat, "median_seconds": med,
+               "bytes_over_the_wire": {"inspect": bytes_["inspect"], "peft": bytes_["peft"]}}
+        Path(args.json).write_text(json.dumps(doc, indent=2) + "\n")
     hub.close()
     shutil.rmtree(tmp, ignore_errors=True)
 

@@ -205,6 +205,7 @@ def main() -> None:
     ap.add_argument("--ref", help="another adapterctl checkout to compare with")
     ap.add_argument("--drop-caches", action="store_true",
                     help="cold: drop every cached page (root), not only the base's")
+    ap.add_argument("--json", metavar="PATH", help="also write the figures as JSON to PATH")
     args = ap.parse_args()
     base, adapter = WORK / "base", WORK / "adapter"
     if not base.exists():
@@ -221,6 +222,8 @@ def main() -> None:
         results[mode] = run_mode(mode, todo, args.rounds, base, args.drop_caches)
     results["loadavg_at_end"] = os.getloadavg()
     print(json.dumps(results, indent=2))
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import argparse
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 from _common import REPO, WORK, python, run_timed
 
@@ -56,6 +57,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--make-only", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--json", metavar="PATH", help="also write the figures as JSON to PATH")
     args = ap.parse_args()
     if args.make_only:
         make_adapter()
@@ -81,6 +83,12 @@ def main() -> None:
     print(f"inspect / import torch: {inspect_t / torch_t:.3f}  (goal < 0.25)")
     print(f"help / import torch:    {help_t / torch_t:.3f}")
     print(f"PEFT route / inspect:   {peft_t / inspect_t:.1f}x  (goal >= 10x)")
+    if args.json:
+        doc = {"repeat": args.repeat, "rows": [{"case": name, "seconds": t, "peak_rss_mb": rss}
+                                               for name, (t, rss) in res.items()],
+               "inspect_vs_import_torch": inspect_t / torch_t, "help_vs_import_torch": help_t / torch_t,
+               "peft_route_vs_inspect": peft_t / inspect_t}
+        Path(args.json).write_text(json.dumps(doc, indent=2) + "\n")
 
 
 if __name__ == "__main__":
