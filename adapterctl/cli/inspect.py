@@ -99,7 +99,8 @@ def _module_table(s):
         t.add_column("NaN/Inf", justify="right")
     for m in s.modules:
         kind = m.kind + ("+dora" if m.dora else "") + ("+bias" if m.lora_bias else "")
-        row = [m.name, kind, str(m.r), f"{m.alpha:g}", f"{m.scaling:.4g}", _shape(m.a_shape),
+        rank = f"{m.experts}x{m.r}" if m.experts else str(m.r)  # experts x r per expert
+        row = [m.name, kind, rank, f"{m.alpha:g}", f"{m.scaling:.4g}", _shape(m.a_shape),
                _shape(m.b_shape), m.dtype]
         if values:
             row += [f"{m.delta_norm:.4g}" if m.delta_norm is not None else "-", str(m.nonfinite)]

@@ -11,6 +11,7 @@ from adapterctl.core.adapter import problems as P
 from adapterctl.core.adapter.config import LoraAdapterConfig, check_lora_type, parse_adapter_config
 from adapterctl.core.adapter.keys import KeyLayout, ModuleKeys, split_keys
 from adapterctl.core.adapter import compat as C
+from adapterctl.core.adapter import experts as X
 from adapterctl.core.adapter.variants import base_module_path, expand_layout
 from adapterctl.core.adapter.targeting import matches_target, module_scaling
 from adapterctl.errors import AdapterctlError
@@ -36,6 +37,9 @@ class ModuleSummary:
     b_norm: float | None = None
     delta_norm: float | None = None
     nonfinite: int | None = None
+    #: target_parameters on a 3-D parameter: the number of experts E (r is per expert; A holds
+    #: r·E rows, B r·E columns; kind "experts"); None for a module LoRA
+    experts: int | None = None
 
 
 @dataclass(frozen=True)
@@ -194,6 +198,7 @@ def _base_problems(base_name: str, summary_mods: list[ModuleSummary], layout: Ke
 
     out = []
     keys = set(shapes_of_base)
+    summary_mods = [m for m in summary_mods if m.experts is None]  # checked in _expert_summary
     for mod in summary_mods:
         if mod.base_shape is None:
             out.append(C.missing_module(mod.name, mod.a_shape, mod.b_shape))
@@ -225,7 +230,8 @@ def _base_shapes(base: str) -> tuple[dict[str, tuple], str | None, list[P.Proble
     return ({k: h.tensors[n].shape for k, (h, n) in headers.items()}, files.model_type, [])
 
 
-def _values(header: SafetensorsHeader, mod: ModuleKeys, scaling: float) -> dict:
+def _values(header: SafetensorsHeader, mod: ModuleKeys | X.ExpertKeys, scaling: float,
+            experts: int | None = None) -> dict:
     import numpy as np
 
     from adapterctl.io.tensor_values import read_tensor_f32
@@ -242,7 +248,12 @@ def _values(header: SafetensorsHeader, mod: ModuleKeys, scaling: float) -> dict:
     if a is not None and b is not None:
         a2, b2 = a.reshape(a.shape[0], -1), b.reshape(b.shape[0], -1)
         out["a_norm"], out["b_norm"] = float(np.linalg.norm(a2)), float(np.linalg.norm(b2))
-        if b2.shape[1] == a2.shape[0]:
+        if experts:  # ||ΔW||^2 = sum over experts of ||B_e A_e||^2 (spec 5.6 layouts)
+            a3 = a2.reshape(experts, -1, a2.shape[1]).astype(np.float64)
+            b3 = b2.reshape(b2.shape[0], -1, experts).transpose(2, 0, 1).astype(np.float64)
+            g, h = a3 @ a3.transpose(0, 2, 1), b3.transpose(0, 2, 1) @ b3
+            out["delta_norm"] = float(np.sqrt(max(float((g * h).sum()), 0.0)) * abs(scaling))
+        elif b2.shape[1] == a2.shape[0]:
             # ||B A||_F^2 = sum((A A^T) * (B^T B)): an r x r computation, never the full delta.
             g = (a2.astype(np.float64) @ a2.T.astype(np.float64))
             h = (b2.T.astype(np.float64) @ b2.astype(np.float64))
@@ -278,8 +289,11 @@ def inspect_adapter(path: str | Path, base: str | Path | None = None, check_valu
             "(attach and merge read it safely with weights_only=True)."))
         return _summary(files, cfg, [], KeyLayout(), None, None, problems)
     header = read_safetensors_header(files.weights)
-    layout = split_keys({k: t.shape for k, t in header.tensors.items()},
-                        {k: t.dtype for k, t in header.tensors.items()})
+    experts, rest, expert_problems = X.split_expert_keys(
+        {k: t.shape for k, t in header.tensors.items()}, cfg,
+        {k: t.dtype for k, t in header.tensors.items()})
+    problems += expert_problems
+    layout = split_keys(rest, {k: t.dtype for k, t in header.tensors.items()})
     expand_layout(layout, cfg)  # BD-LoRA: the shapes the forward multiplies
     if not header.tensors:
         problems.insert(0, P.error("empty_adapter", f"{files.weights}: holds no tensors",
@@ -289,6 +303,11 @@ def inspect_adapter(path: str | Path, base: str | Path | None = None, check_valu
         base_shapes, model_type, base_probs = _base_shapes(str(base))
         problems += base_probs
     modules = []
+    for ek in experts.values():
+        mod_summary, mod_problems = _expert_summary(ek, cfg, base_shapes, model_type, header,
+                                                    check_values)
+        modules.append(mod_summary)
+        problems += mod_problems
     for name, mod in layout.modules.items():
         r, alpha, scaling = module_scaling(cfg, name)
         problems += _check_module(mod, r, cfg)
@@ -328,6 +347,27 @@ def inspect_adapter(path: str | Path, base: str | Path | None = None, check_valu
         base_info = {"path": str(base), "model_type": model_type,
                      "compatible": not any(p.exit_code == 6 for p in problems)}
     return _summary(files, cfg, modules, layout, header, base_info, problems)
+
+
+def _expert_summary(ek: X.ExpertKeys, cfg: LoraAdapterConfig, base_shapes: dict | None,
+                    model_type: str | None, header: SafetensorsHeader, check_values: bool
+                    ) -> tuple[ModuleSummary, list[P.Problem]]:
+    """One target_parameters entry: per-expert rank, the fused parameter it needs (spec 5.6)."""
+    r, alpha, scaling = module_scaling(cfg, ek.path)  # PEFT matches patterns on module.param
+    problems = X.check_expert_keys(ek, r, cfg)
+    a, b = ek.shapes.get("A"), ek.shapes.get("B")
+    where = X.locate_param(ek.path, base_shapes) if base_shapes else None
+    if base_shapes and not problems:
+        problem = X.check_param_shape(ek, r, where.shape if where else None,
+                                      model_type in X.TRANSPOSED_EXPERTS)
+        problems += [problem] if problem else []
+    values = _values(header, ek, scaling, X.num_experts(a, r) if a else None) if (
+        check_values and not problems) else {}
+    return ModuleSummary(
+        name=ek.path, kind="experts", r=r, alpha=alpha, scaling=scaling,
+        a_shape=list(a) if a else None, b_shape=list(b) if b else None,
+        dtype=ek.dtypes.get("A", ""), base_shape=list(where.shape) if where else None,
+        experts=X.num_experts(a, r) if a else None, **values), problems
 
 
 def _lookup_base_shape(base_shapes: dict, name: str, mod: ModuleKeys) -> tuple | None:

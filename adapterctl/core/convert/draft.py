@@ -86,6 +86,7 @@ def read_draft(folder: str | Path, source: str | None = None) -> AdapterDraft:
         raise UnsupportedError(
             f"{files.source}: adapter uses {', '.join(bad.values())}, which convert cannot rewrite",
             hint="Converting it as plain LoRA would change its outputs; use PEFT for it.")
+    refuse_target_parameters(cfg, files.source)
     tensors = read_adapter_tensors(files)
     if not tensors:
         raise InvalidAdapterError(f"{files.weights}: holds no tensors")
@@ -103,6 +104,18 @@ def view_adapter(draft: AdapterDraft) -> LoadedAdapter:
 
 def module_keys(draft: AdapterDraft) -> dict[str, ModuleKeys]:
     return split_keys({k: tuple(v.shape) for k, v in draft.tensors.items()}).modules
+
+
+def refuse_target_parameters(cfg, source: str) -> None:
+    """LoRA on raw parameters (MoE experts, spec 5.6) keeps r·E rows per factor, nested keys and
+    no module of its own: convert's steps (rank reduction, casts, engine layouts, GGUF, MLX) are
+    written for module LoRA and would rewrite it wrongly, so it is refused as a whole."""
+    if cfg.raw.get("target_parameters"):
+        raise UnsupportedError(
+            f"{source}: adapter uses target_parameters {cfg.raw['target_parameters']} (LoRA on "
+            "MoE expert parameters), which convert cannot rewrite yet",
+            hint="attach, generate and merge apply it exactly; `adapterctl check` says which "
+            "serving engines load it.")
 
 
 def refuse_kasa(cfg, source: str, what: str) -> None:

@@ -234,6 +234,9 @@ def _check_adapters(adapters: list[LoadedAdapter], options: MergeOptions) -> Non
         raise UsageError(f"--weights has {len(options.weights)} values for {len(adapters)} adapters",
                          hint="Give one weight per adapter, e.g. --weights 0.7,0.3.")
     for ad in adapters:
+        if ad.experts:
+            raise UnsupportedError(f"{ad.source}: merging target_parameters (MoE expert) LoRA is "
+                                   "not implemented yet", hint="attach and generate apply it.")
         init = ad.config.init_kind
         if init == "pissa_niter":
             raise UnsupportedError(f"{ad.source}: init_lora_weights={ad.config.init_lora_weights!r} "
