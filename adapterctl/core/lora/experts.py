@@ -90,3 +90,39 @@ def check_param(w: ExpertWeights, param: torch.Tensor | None, transposed: bool, 
     if param is not None and param.dim() not in (2, 3):
         raise InvalidAdapterError(f"{source}: {w.path} is a {param.dim()}-D parameter; "
                                   "target_parameters LoRA adapts 2-D and 3-D ones (PEFT too)")
+
+
+# ----- merge: each expert's slice of a stored tensor -------------------------------------------
+@dataclass(frozen=True)
+class ExpertOp:
+    """Add adapter ``adapter``'s ΔW of expert ``expert`` to a stored tensor: the whole fused
+    parameter (``expert`` None, every expert in turn) or, for a checkpoint that stores experts
+    apart, rows ``rows`` of that expert's ΔW (out, in) (w1 / w3 halves of gate_up_proj)."""
+
+    adapter: int
+    weights: ExpertWeights
+    transposed: bool = False
+    expert: int | None = None
+    rows: tuple[int, int] | None = None
+
+
+def apply_expert_ops(cur: torch.Tensor, ops: tuple[ExpertOp, ...], stored_dtype: torch.dtype,
+                     adapter_weights, device: torch.device) -> torch.Tensor:
+    """``cur`` (float32) plus every op's delta, one expert slice at a time: the peak beyond the
+    tensor itself is one expert's ΔW. Each ΔW is cast to the stored dtype first, as PEFT's
+    ParamWrapper.merge adds ``get_delta_weight`` already in the parameter's dtype (spec 6.2)."""
+    for op in ops:
+        w = ExpertWeights(op.weights.module, op.weights.param, op.weights.depth,
+                          op.weights.A.to(device), op.weights.B.to(device), op.weights.r,
+                          op.weights.alpha, op.weights.scaling)
+        scale = adapter_weights[op.adapter]
+        experts = range(w.experts) if op.expert is None else [op.expert]
+        for e in experts:
+            d = expert_slice_delta(w, e)
+            if op.rows is not None:
+                d = d[op.rows[0]:op.rows[1]]
+            target = cur[e] if op.expert is None else cur
+            d = d.T if op.transposed else d
+            d = d.to(stored_dtype).to(torch.float32) if stored_dtype.is_floating_point else d
+            target.add_(d if scale == 1.0 else d * scale)
+    return cur
