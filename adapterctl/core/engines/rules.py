@@ -23,6 +23,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from adapterctl.core.adapter import experts as X
 from adapterctl.core.adapter.config import BASE_MUTATING_INITS, RECOMPUTABLE_INITS
 from adapterctl.core.engines.facts import (
     AdapterFacts,
@@ -136,6 +137,7 @@ def evaluate(engine: Engine, facts: AdapterFacts, ctx: CheckContext | None = Non
     """Run every rule of ``engine``; the verdict is the worst finding (serves when none)."""
     ctx = ctx or CheckContext()
     findings = [f for rule in engine.rules for f in rule.run(facts, ctx)]
+    findings += expert_findings(engine, facts)  # target_parameters (MoE experts), below
     findings.sort(key=lambda f: -_RANK[f.verdict])  # refusals first, then changes (stable)
     worst = max((_RANK[f.verdict] for f in findings), default=0)
     return VERDICTS[worst], findings
@@ -254,3 +256,41 @@ def tensor_fix(t: FullTensor, caps: Caps, facts: AdapterFacts | None = None) -> 
     if is_lm_head_name(t.module):
         return "base" if caps.lm_head_lora else "drop"
     return "base"
+
+
+# ----- target_parameters (LoRA on fused MoE expert parameters, spec 5.6) --------------------
+# What the serving engines do with ``target_parameters`` LoRA on fused MoE experts (spec 5.6).
+#
+# vLLM 0.32 reads PEFT's layout and has fused-MoE LoRA layers (vllm/lora/layers/fused_moe.py
+# ``FusedMoE3DWithLoRA``), but it assumes the nesting: ``vllm/lora/lora_model.py``
+# (check_unexpected_modules: "experts.base_layer is the gate_up_proj and experts is the down_proj")
+# and ``vllm/lora/peft_helper.py`` (get_rank_and_scaling maps ``.experts.base_layer`` to
+# ``gate_up_proj`` and ``.experts`` to ``down_proj``). An adapter whose outermost wrapper is not
+# ``down_proj`` (gate_up_proj alone) would land on the wrong parameter. adapterctl has not run such
+# an adapter through a real vLLM: the verdict says so. For the other engines adapterctl has no rule
+# read from their sources for expert parameters, so they are reported as not serving it.
+def expert_findings(engine: Engine, facts: AdapterFacts) -> list[Finding]:
+    if not facts.experts:
+        return []
+    rid, n = f"{engine.name}.target_parameters", len(facts.experts)
+    if engine.name != "vllm":
+        return [Finding(rid, "refuses", f"{n} target_parameters LoRA(s) on MoE expert parameters "
+                        f"(e.g. {facts.experts[0]}): adapterctl knows no support for LoRA on "
+                        f"fused expert parameters in {engine.title} {engine.version}",
+                        Source(engine.name, engine.version, "no rule read for expert parameters"))]
+    model = Source("vllm", engine.version, "vllm/lora/lora_model.py")
+    wrong = [p for p in facts.experts if not _vllm_layout(facts, p)]
+    if wrong:
+        return [Finding(rid, "refuses", f"vLLM maps PEFT's outer `experts` wrapper to down_proj "
+                        f"and `experts.base_layer` to gate_up_proj; this adapter's {wrong[0]} "
+                        "sits elsewhere, so vLLM would apply it to the wrong parameter", model)]
+    return [Finding(rid, "flag", f"{n} MoE expert LoRA(s) in PEFT's gate_up_proj/down_proj "
+                    "layout, which vLLM reads (FusedMoE3DWithLoRA); not yet run through a real "
+                    "vLLM by adapterctl's tests", model)]
+
+
+def _vllm_layout(facts: AdapterFacts, path: str) -> bool:
+    module, _, param = path.rpartition(".")
+    params = X.registration_order(X.params_of(facts.config, module))
+    depth = len(params) - 1 - params.index(param)
+    return (param, depth) in (("down_proj", 0), ("gate_up_proj", 1)) and len(params) <= 2

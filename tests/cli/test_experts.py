@@ -1,0 +1,35 @@
+"""The CLI on target_parameters (MoE expert) adapters: inspect's per-expert view, check's verdict
+per engine, and convert's refusal (exit code and message)."""
+
+from __future__ import annotations
+
+from tests.helpers import run_cli
+from tests.moe_fixtures import moe_adapter, moe_models  # noqa: F401
+
+
+def test_inspect_shows_experts_x_rank(moe_models, moe_adapter):  # noqa: F811
+    res = run_cli("inspect", moe_adapter("mixtral", r=2), "--base", moe_models["mixtral"])
+    assert res.code == 0, res.stderr
+    assert "model.layers.0.mlp.experts.gate_up_proj" in res.stdout and "4x2" in res.stdout
+    assert "usable" in res.stdout and "not usable" not in res.stdout
+    doc = run_cli("--json", "inspect", moe_adapter("mixtral", r=2)).json
+    assert {(m["kind"], m["experts"], m["r"]) for m in doc["modules"]} == {("experts", 4, 2)}
+
+
+def test_check_says_per_engine(moe_adapter):  # noqa: F811
+    doc = run_cli("--json", "check", moe_adapter("mixtral", r=2)).json
+    verdicts = {v["engine"]: v for v in doc["results"]}
+    assert verdicts["vllm"]["verdict"] == "serves"
+    assert any("lora_model.py" in r["source"] for r in verdicts["vllm"]["reasons"])
+    assert verdicts["sglang"]["verdict"] == "refuses"
+    lone = run_cli("--json", "check", moe_adapter("mixtral", r=2, target_parameters=[
+        "mlp.experts.gate_up_proj"]), "--engine", "vllm")
+    assert lone.code == 10 and "wrong parameter" in lone.stdout
+
+
+def test_convert_refuses(tmp_path, moe_adapter):  # noqa: F811
+    for extra in ([], ["--for", "vllm"]):
+        res = run_cli("convert", moe_adapter("mixtral", r=2), tmp_path / "out", "--dtype",
+                      "bfloat16", *extra)
+        assert res.code == 5 and "target_parameters" in res.stderr and "hint:" in res.stderr
+        assert not (tmp_path / "out").exists()
