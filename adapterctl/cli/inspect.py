@@ -60,7 +60,8 @@ def render(console, s) -> None:
         ("base model", s.base_model),
         ("r / alpha / scaling", f"{s.r} / {s.lora_alpha} / {s.scaling:.4g}" if s.r else None),
         ("variants", ", ".join(s.variants) or "none"), ("init_lora_weights", s.init_lora_weights),
-        ("target_modules", _fmt(s.target_modules)), ("exclude_modules", _fmt(s.exclude_modules)),
+        ("target_modules", _fmt(s.target_modules)),
+        ("target_parameters", _fmt(s.target_parameters)), ("exclude_modules", _fmt(s.exclude_modules)),
         ("modules_to_save", _fmt(s.modules_to_save)), ("bias", s.bias),
         ("peft_version", s.peft_version),
         ("weights", f"{s.weights_file} ({s.num_tensors} tensors, {s.num_parameters:,} parameters, "

@@ -19,8 +19,9 @@ def test_inspect_shows_experts_x_rank(moe_models, moe_adapter):  # noqa: F811
 def test_check_says_per_engine(moe_adapter):  # noqa: F811
     doc = run_cli("--json", "check", moe_adapter("mixtral", r=2)).json
     verdicts = {v["engine"]: v for v in doc["results"]}
-    assert verdicts["vllm"]["verdict"] == "serves"
-    assert any("lora_model.py" in r["source"] for r in verdicts["vllm"]["reasons"])
+    assert verdicts["vllm"]["verdict"] == "refuses"  # Triton-only kernels (tests/interop)
+    assert any("fused_moe.py" in r["source"] and "triton" in r["message"]
+               for r in verdicts["vllm"]["reasons"])
     assert verdicts["sglang"]["verdict"] == "refuses"
     lone = run_cli("--json", "check", moe_adapter("mixtral", r=2, target_parameters=[
         "mlp.experts.gate_up_proj"]), "--engine", "vllm")
@@ -33,3 +34,8 @@ def test_convert_refuses(tmp_path, moe_adapter):  # noqa: F811
                       "bfloat16", *extra)
         assert res.code == 5 and "target_parameters" in res.stderr and "hint:" in res.stderr
         assert not (tmp_path / "out").exists()
+
+
+def test_attach_on_a_dense_base_is_refused(tiny_models, moe_adapter):  # noqa: F811
+    res = run_cli("attach", tiny_models["llama"], moe_adapter("mixtral", r=2))
+    assert res.code == 6 and "experts.gate_up_proj" in res.stderr, res.stderr

@@ -36,13 +36,23 @@ def target_parameters(cfg: LoraAdapterConfig) -> list[str]:
     return [t for t in tp if isinstance(t, str)] if isinstance(tp, list) else []
 
 
-def params_of(cfg: LoraAdapterConfig, module: str) -> list[str]:
+def params_of(cfg: LoraAdapterConfig, module: str,
+              exists: Callable[[str, str], bool | None] | None = None) -> list[str]:
     """The parameter names ``target_parameters`` selects on module ``module`` (PEFT matches
-    ``f"{module}.{param}"`` equal to, or ending in ``"." +``, an entry), without duplicates."""
+    ``f"{module}.{param}"`` equal to, or ending in ``"." +``, an entry), without duplicates.
+
+    A bare name (``gate_up_proj``, as PEFT writes for ``all-linear`` on MoE models) selects the
+    parameter on whichever module has it: ``exists(module, param)`` says (the model; True or None
+    from a base checkpoint); unknown, a known expert name is taken to live on an ``experts``
+    module."""
     out: list[str] = []
     for t in target_parameters(cfg):
         mod_part, _, param = t.rpartition(".")
         if mod_part and not (module == mod_part or module.endswith("." + mod_part)):
+            continue
+        known = exists(module, param) if exists is not None else None
+        if known is False or (known is None and not mod_part and param in REGISTRATION_ORDER
+                              and not module.endswith("experts")):
             continue
         if param not in out:
             out.append(param)
@@ -79,11 +89,13 @@ def _depth(raw_path: str) -> int:
 def split_expert_keys(shapes: dict[str, tuple[int, ...]], cfg: LoraAdapterConfig,
                       dtypes: dict[str, str] | None = None,
                       order: Callable[[str, list[str]], list[str]] | None = None,
+                      exists: Callable[[str, str], bool | None] | None = None,
                       ) -> tuple[dict[str, ExpertKeys], dict[str, tuple[int, ...]], list[P.Problem]]:
     """Pull the keys of parameter-targeted modules out of ``shapes``: (``module.param`` ->
     ExpertKeys, the remaining keys for :func:`~adapterctl.core.adapter.keys.split_keys`, problems).
 
-    ``order(module, params)`` gives the registration order of ``params`` on ``module``."""
+    ``order(module, params)`` gives the registration order of ``params`` on ``module``;
+    ``exists`` as in :func:`params_of`."""
     if not target_parameters(cfg):
         return {}, dict(shapes), []
     order = order or (lambda _m, ps: registration_order(ps))
@@ -95,14 +107,14 @@ def split_expert_keys(shapes: dict[str, tuple[int, ...]], cfg: LoraAdapterConfig
         hit = next(((s, r) for s, r in LORA_SUFFIXES.items() if stripped.endswith(s)), None)
         raw = stripped[: -len(hit[0])] if hit else ""
         module = module_path_of(raw) if raw else ""
-        if not hit or not module or not params_of(cfg, module):
+        if not hit or not module or not params_of(cfg, module, exists):
             rest[key] = shape
             continue
         found.setdefault(module, {}).setdefault(_depth(raw), {})[hit[1]] = key
     out: dict[str, ExpertKeys] = {}
     problems: list[P.Problem] = []
     for module, by_depth in found.items():
-        params = order(module, params_of(cfg, module))
+        params = order(module, params_of(cfg, module, exists))
         if sorted(by_depth) != list(range(len(params))):
             problems.append(P.error(
                 "expert_nesting", f"{module}: target_parameters select {params} here, but the file "
@@ -212,6 +224,10 @@ def locate_param(path: str, shapes: dict[str, tuple[int, ...]]) -> ParamLocation
         return ParamLocation(tuple(shapes[key]), fused=key)
     module, _, param = path.rpartition(".")
     modules = [module] + [module.replace(a, b) for a, b in _MODULE_RENAMES if a in module]
+    for mod in modules[1:]:  # a renamed module, stored whole (Mixtral's router block_sparse_moe.gate)
+        key = find_checkpoint_key(f"{mod}.{param}", shapes)
+        if key is not None:
+            return ParamLocation(tuple(shapes[key]), fused=key)
     for mod in modules:
         for parts in SPLIT_PARTS.get(param, []):
             split = []

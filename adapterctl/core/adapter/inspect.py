@@ -38,7 +38,8 @@ class ModuleSummary:
     delta_norm: float | None = None
     nonfinite: int | None = None
     #: target_parameters on a 3-D parameter: the number of experts E (r is per expert; A holds
-    #: r·E rows, B r·E columns; kind "experts"); None for a module LoRA
+    #: r·E rows, B r·E columns; kind "experts"); None for a module LoRA and for a 2-D parameter
+    #: (kind "parameter": A (r, in), B (out, r), as a Linear)
     experts: int | None = None
 
 
@@ -70,6 +71,7 @@ class AdapterSummary:
     dtypes: dict[str, int]
     base: dict | None
     problems: list[P.Problem] = field(default_factory=list)
+    target_parameters: list[str] | None = None  # LoRA on raw parameters (MoE experts)
 
     @property
     def usable(self) -> bool:
@@ -198,7 +200,8 @@ def _base_problems(base_name: str, summary_mods: list[ModuleSummary], layout: Ke
 
     out = []
     keys = set(shapes_of_base)
-    summary_mods = [m for m in summary_mods if m.experts is None]  # checked in _expert_summary
+    summary_mods = [m for m in summary_mods if m.kind not in ("experts", "parameter")]  # checked
+    # in _expert_summary
     for mod in summary_mods:
         if mod.base_shape is None:
             out.append(C.missing_module(mod.name, mod.a_shape, mod.b_shape))
@@ -289,19 +292,21 @@ def inspect_adapter(path: str | Path, base: str | Path | None = None, check_valu
             "(attach and merge read it safely with weights_only=True)."))
         return _summary(files, cfg, [], KeyLayout(), None, None, problems)
     header = read_safetensors_header(files.weights)
+    base_shapes, model_type = None, None
+    if base is not None:
+        base_shapes, model_type, base_probs = _base_shapes(str(base))
+        problems += base_probs
     experts, rest, expert_problems = X.split_expert_keys(
         {k: t.shape for k, t in header.tensors.items()}, cfg,
-        {k: t.dtype for k, t in header.tensors.items()})
+        {k: t.dtype for k, t in header.tensors.items()},
+        exists=(lambda m, p: X.locate_param(f"{m}.{p}", base_shapes) is not None or None)
+        if base_shapes else None)
     problems += expert_problems
     layout = split_keys(rest, {k: t.dtype for k, t in header.tensors.items()})
     expand_layout(layout, cfg)  # BD-LoRA: the shapes the forward multiplies
     if not header.tensors:
         problems.insert(0, P.error("empty_adapter", f"{files.weights}: holds no tensors",
                                    "Save the adapter again after training."))
-    base_shapes, model_type = None, None
-    if base is not None:
-        base_shapes, model_type, base_probs = _base_shapes(str(base))
-        problems += base_probs
     modules = []
     for ek in experts.values():
         mod_summary, mod_problems = _expert_summary(ek, cfg, base_shapes, model_type, header,
@@ -363,11 +368,13 @@ def _expert_summary(ek: X.ExpertKeys, cfg: LoraAdapterConfig, base_shapes: dict 
         problems += [problem] if problem else []
     values = _values(header, ek, scaling, X.num_experts(a, r) if a else None) if (
         check_values and not problems) else {}
+    e = X.num_experts(a, r) if a else None
+    flat = len(where.shape) == 2 if where else e == 1  # a 2-D parameter (a router's weight)
     return ModuleSummary(
-        name=ek.path, kind="experts", r=r, alpha=alpha, scaling=scaling,
+        name=ek.path, kind="parameter" if flat else "experts", r=r, alpha=alpha, scaling=scaling,
         a_shape=list(a) if a else None, b_shape=list(b) if b else None,
         dtype=ek.dtypes.get("A", ""), base_shape=list(where.shape) if where else None,
-        experts=X.num_experts(a, r) if a else None, **values), problems
+        experts=None if flat else e, **values), problems
 
 
 def _lookup_base_shape(base_shapes: dict, name: str, mod: ModuleKeys) -> tuple | None:
@@ -394,7 +401,8 @@ def _summary(files: AdapterFiles, cfg: LoraAdapterConfig, modules: list[ModuleSu
         weights_format=files.weights_format, modules=modules, num_tensors=len(tensors),
         num_parameters=sum(t.numel for t in tensors.values()),
         size_bytes=(8 + header.header_size + header.total_bytes) if header else 0,
-        dtypes=dict(sorted(dtypes.items())), base=base_info, problems=problems)
+        dtypes=dict(sorted(dtypes.items())), base=base_info, problems=problems,
+        target_parameters=X.target_parameters(cfg) or None)
 
 
 def _empty_summary(files: AdapterFiles, doc: dict, problem: P.Problem) -> AdapterSummary:

@@ -140,7 +140,7 @@ def attach_adapter(model: nn.Module, adapter: str | Path | LoadedAdapter, name: 
         if init:
             _recompute_residuals(model, la, plan, init, record)
         kinds, devices, params = _inject_lora(model, la, plan, name)
-        params += _inject_experts(model, experts, name, kinds)
+        params += _inject_experts(model, experts, name, kinds, devices)
         _apply_replacements(model, la, plan, name, record)
         _inject_tokens(model, la, plan, name)
     _set_grads(model, name, trainable)
@@ -231,7 +231,7 @@ def _inject_lora(model, la: LoadedAdapter, plan, name: str):
     return kinds, devices, params
 
 
-def _inject_experts(model, experts: dict, name: str, kinds: Counter) -> int:
+def _inject_experts(model, experts: dict, name: str, kinds: Counter, devices: set) -> int:
     """target_parameters LoRA: one ExpertsWrapper per module holding the parameters."""
     params = 0
     for module_path, weights in experts.items():
@@ -242,6 +242,7 @@ def _inject_experts(model, experts: dict, name: str, kinds: Counter) -> int:
         wrapper.add(name, weights)
         wrapper.train(wrapper.base_layer.training)
         kinds["experts"] += len(weights)
+        devices.update(str(p.device) for p in wrapper.lora[name].parameters())
         params += sum(p.numel() for p in wrapper.lora[name].parameters())
     return params
 

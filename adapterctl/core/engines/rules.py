@@ -259,16 +259,17 @@ def tensor_fix(t: FullTensor, caps: Caps, facts: AdapterFacts | None = None) -> 
 
 
 # ----- target_parameters (LoRA on fused MoE expert parameters, spec 5.6) --------------------
-# What the serving engines do with ``target_parameters`` LoRA on fused MoE experts (spec 5.6).
-#
-# vLLM 0.32 reads PEFT's layout and has fused-MoE LoRA layers (vllm/lora/layers/fused_moe.py
-# ``FusedMoE3DWithLoRA``), but it assumes the nesting: ``vllm/lora/lora_model.py``
+# vLLM 0.32 reads PEFT's layout, assuming its nesting: vllm/lora/lora_model.py
 # (check_unexpected_modules: "experts.base_layer is the gate_up_proj and experts is the down_proj")
-# and ``vllm/lora/peft_helper.py`` (get_rank_and_scaling maps ``.experts.base_layer`` to
-# ``gate_up_proj`` and ``.experts`` to ``down_proj``). An adapter whose outermost wrapper is not
-# ``down_proj`` (gate_up_proj alone) would land on the wrong parameter. adapterctl has not run such
-# an adapter through a real vLLM: the verdict says so. For the other engines adapterctl has no rule
-# read from their sources for expert parameters, so they are reported as not serving it.
+# and vllm/lora/peft_helper.py (get_rank_and_scaling maps ``.experts.base_layer`` to gate_up_proj
+# and ``.experts`` to down_proj), so any other nesting (gate_up_proj alone, a router weight) lands
+# on the wrong parameter. In PEFT's nesting it loads (add_lora accepts it, "MoE model detected.
+# Using fused MoE LoRA implementation": vllm/lora/layers/fused_moe.py FusedMoE3DWithLoRA), but the
+# fused-MoE LoRA kernels are Triton ("Using TRITON Unquantized MoE LoRA backend"): on the CPU
+# build the engine dies on the first generation (AttributeError: module 'triton.language' has no
+# attribute 'float32'; measured on tiny Mixtral, tests/interop/test_vllm_moe.py). GPU builds are
+# not verified by adapterctl. The other engines: no rule read from their sources covers expert
+# parameters, so they are reported as not serving it.
 def expert_findings(engine: Engine, facts: AdapterFacts) -> list[Finding]:
     if not facts.experts:
         return []
@@ -278,15 +279,18 @@ def expert_findings(engine: Engine, facts: AdapterFacts) -> list[Finding]:
                         f"(e.g. {facts.experts[0]}): adapterctl knows no support for LoRA on "
                         f"fused expert parameters in {engine.title} {engine.version}",
                         Source(engine.name, engine.version, "no rule read for expert parameters"))]
-    model = Source("vllm", engine.version, "vllm/lora/lora_model.py")
     wrong = [p for p in facts.experts if not _vllm_layout(facts, p)]
     if wrong:
         return [Finding(rid, "refuses", f"vLLM maps PEFT's outer `experts` wrapper to down_proj "
                         f"and `experts.base_layer` to gate_up_proj; this adapter's {wrong[0]} "
-                        "sits elsewhere, so vLLM would apply it to the wrong parameter", model)]
-    return [Finding(rid, "flag", f"{n} MoE expert LoRA(s) in PEFT's gate_up_proj/down_proj "
-                    "layout, which vLLM reads (FusedMoE3DWithLoRA); not yet run through a real "
-                    "vLLM by adapterctl's tests", model)]
+                        "is not one of those, so vLLM would apply it to the wrong parameter",
+                        Source("vllm", engine.version, "vllm/lora/lora_model.py"))]
+    return [Finding(rid, "refuses", f"{n} MoE expert LoRA(s) in PEFT's gate_up_proj/down_proj "
+                    "layout: vLLM loads them into its fused-MoE LoRA layers, whose kernels are "
+                    "Triton; on vLLM's CPU build the engine dies at the first generation "
+                    "(\"module 'triton.language' has no attribute 'float32'\", measured); GPU "
+                    "builds are not verified by adapterctl",
+                    Source("vllm", engine.version, "vllm/lora/layers/fused_moe.py"))]
 
 
 def _vllm_layout(facts: AdapterFacts, path: str) -> bool:

@@ -121,7 +121,7 @@ def apply_expert_ops(cur: torch.Tensor, ops: tuple[ExpertOp, ...], stored_dtype:
             d = expert_slice_delta(w, e)
             if op.rows is not None:
                 d = d[op.rows[0]:op.rows[1]]
-            target = cur[e] if op.expert is None else cur
+            target = cur[e] if op.expert is None and cur.dim() == 3 else cur
             d = d.T if op.transposed else d
             d = d.to(stored_dtype).to(torch.float32) if stored_dtype.is_floating_point else d
             target.add_(d if scale == 1.0 else d * scale)

@@ -27,12 +27,12 @@ def add_expert_ops(i: int, ad: LoadedAdapter, shapes: dict, model_type: str | No
                 "--base BASE")
         ek = X.ExpertKeys(w.module, w.param, w.depth,
                           shapes={"A": tuple(w.A.shape), "B": tuple(w.B.shape)})
-        problem = X.check_param_shape(ek, w.r, where.shape, transposed and where.fused is not None)
+        problem = X.check_param_shape(ek, w.r, where.shape, transposed)
         if problem:
             raise as_error(problem, ad.source)
         if where.fused is not None:
             ops.setdefault(where.fused, {}).setdefault("experts", []).append(
-                ExpertOp(i, w, transposed))
+                ExpertOp(i, w, transposed and len(where.shape) == 3))
             continue
         for e, keys in enumerate(where.split):  # (rows, in) tensors stacked along the rows
             r0 = 0

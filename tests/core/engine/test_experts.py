@@ -15,6 +15,7 @@ from adapterctl.core.engine.attach import (
     row_adapters,
     set_active,
 )
+from adapterctl.core.lora.loaded import load_adapter
 from adapterctl.errors import IncompatibleBaseError, UnsupportedError
 from tests.helpers import max_abs_diff
 from tests.moe_fixtures import FAMILIES, IDS, moe_adapter, moe_models  # noqa: F401
@@ -25,6 +26,9 @@ CASES = {
                            rank_pattern={"down_proj": 3}, alpha_pattern={"gate_up_proj": 5}),
     "down-only": dict(r=4, lora_alpha=8, target_parameters=["mlp.experts.down_proj"]),
     "with-attention": dict(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"]),
+    # PEFT turns all-linear on MoE models into bare target_parameters names (gate_up_proj,
+    # down_proj, the router's gate.weight: a 2-D parameter) plus a gate_up_proj rank pattern
+    "all-linear": dict(r=2, lora_alpha=4, target_modules="all-linear", target_parameters=None),
 }
 
 
@@ -49,7 +53,8 @@ def test_matches_peft(family, case, moe_models, moe_adapter):  # noqa: F811
     with torch.no_grad():
         before = model(torch.tensor(IDS)).logits
     report = attach_adapter(model, adapter)
-    assert report.modules["experts"] == (2 if case == "down-only" else 4)
+    wanted = {"down-only": 2, "all-linear": len(load_adapter(adapter).experts)}.get(case, 4)
+    assert report.modules.get("experts", 0) == wanted  # 2 layers x targeted parameters
     expected = _peft_logits(moe_models[family], adapter)
     with torch.no_grad():
         ours = model(torch.tensor(IDS)).logits

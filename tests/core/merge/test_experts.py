@@ -45,6 +45,16 @@ def test_merge_matches_peft(family, tmp_path, moe_models, moe_adapter):  # noqa:
     assert max_abs_diff(_logits(tmp_path / "merged"), expected) <= 1e-5
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_merge_all_linear_matches_peft(family, tmp_path, moe_models, moe_adapter):  # noqa: F811
+    """all-linear: bare target_parameters names, a 2-D router weight, a gate_up_proj pattern."""
+    adapter = moe_adapter(family, r=2, lora_alpha=4, target_modules="all-linear",
+                          target_parameters=None)
+    execute_merge(plan_merge(moe_models[family], load_adapters([adapter]), MergeOptions()),
+                  tmp_path / "merged")
+    assert max_abs_diff(_logits(tmp_path / "merged"), _logits(moe_models[family], adapter)) <= 1e-5
+
+
 def test_weighted_merge_equals_weighted_attach(tmp_path, moe_models, moe_adapter):  # noqa: F811
     from transformers import AutoModelForCausalLM
 
