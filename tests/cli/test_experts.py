@@ -33,9 +33,29 @@ def test_convert_refuses(tmp_path, moe_adapter):  # noqa: F811
         res = run_cli("convert", moe_adapter("mixtral", r=2), tmp_path / "out", "--dtype",
                       "bfloat16", *extra)
         assert res.code == 5 and "target_parameters" in res.stderr and "hint:" in res.stderr
+        assert ("fused_moe.py" in res.stderr) == bool(extra)  # --for: the engine's own reason
         assert not (tmp_path / "out").exists()
 
 
 def test_attach_on_a_dense_base_is_refused(tiny_models, moe_adapter):  # noqa: F811
     res = run_cli("attach", tiny_models["llama"], moe_adapter("mixtral", r=2))
     assert res.code == 6 and "experts.gate_up_proj" in res.stderr, res.stderr
+
+
+def test_generate_gives_peft_greedy_tokens(moe_models, moe_adapter):  # noqa: F811
+    """generate (folding what it can, the experts wrapper staying live) against PEFT's greedy."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    base, adapter = moe_models["qwen3_moe"], moe_adapter("qwen3_moe", r=4, lora_alpha=16)
+    res = run_cli("--json", "generate", base, "-a", adapter, "-p", "the quick brown", "-n", "12",
+                  "--compare")
+    assert res.code == 0, res.stderr
+    ours = {c["adapter"]: c["completion_token_ids"] for c in res.json["completions"]}
+    ids = AutoTokenizer.from_pretrained(str(base))("the quick brown", return_tensors="pt")
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(str(base)), str(adapter))
+    with torch.no_grad():
+        out = model.eval().generate(**ids, max_new_tokens=12, do_sample=False, min_new_tokens=12)
+    expected = out[0, ids["input_ids"].shape[1]:].tolist()
+    assert ours[adapter.name] == expected and ours[None] != expected  # the adapter matters

@@ -37,7 +37,7 @@ def test_vllm_cpu_dies_on_fused_moe_lora(tmp_path: Path):
     env.pop("PYTHONPATH", None)
     proc = subprocess.run([vllm_python(), str(REPO / "tests/interop/vllm_runner.py"),
                            str(tmp_path / "spec.json"), str(tmp_path / "result.json")],
-                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=1500)
+                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=1500, check=False)
     log = proc.stdout + proc.stderr
     assert "Using fused MoE LoRA implementation" in log, log[-3000:]  # the adapter was accepted
     assert proc.returncode != 0 and not (tmp_path / "result.json").exists(), log[-3000:]

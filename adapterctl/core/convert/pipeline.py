@@ -100,7 +100,7 @@ def run_convert(req: ConvertRequest, progress: Callable[[str, int, int], None] |
         draft = extract_adapter(req.extract_base, req.source, req.rank, req.energy,
                                 req.skip_unfactorable, base_name=req.base_name, progress=progress)
     else:
-        draft = C.read_draft(req.source, req.source_name)
+        draft = C.read_draft(req.source, req.source_name, req.engines)
         draft = _convert_steps(draft, req)
     if req.engines:
         from adapterctl.core.convert.for_engine import ForEngine, convert_for_engine

@@ -113,7 +113,7 @@ def plan_experts(model: nn.Module, la: LoadedAdapter, find_module, unwrap
                                    "module LoRA or saved copy; it cannot also take target_parameters")
         if base is not None:
             real = registration_order(base, X.params_of(
-                la.config, module_path, lambda _m, p: isinstance(getattr(base, p, None), torch.Tensor)))
+                la.config, module_path, lambda _m, p, b=base: isinstance(getattr(b, p, None), torch.Tensor)))
             ws = [_renamed(w, real[len(real) - 1 - w.depth]) if w.depth < len(real) else w
                   for w in ws]
         for w in ws:
