@@ -16,10 +16,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from itertools import permutations
 
 from adapterctl.core.adapter import problems as P
 from adapterctl.core.adapter.config import LoraAdapterConfig
 from adapterctl.core.adapter.keys import LORA_SUFFIXES, module_path_of, strip_prefix
+from adapterctl.core.adapter.targeting import module_scaling
 
 #: registration order of the parameters of transformers' fused expert modules
 REGISTRATION_ORDER = ("gate_up_proj", "gate_proj", "up_proj", "down_proj")
@@ -121,14 +123,27 @@ def split_expert_keys(shapes: dict[str, tuple[int, ...]], cfg: LoraAdapterConfig
                 f"holds {len(by_depth)} nested LoRA wrapper(s)",
                 "The keys do not follow PEFT's ParamWrapper nesting; save the adapter again."))
             continue
-        for depth, roles in by_depth.items():
-            ek = ExpertKeys(module, params[len(params) - 1 - depth], depth)
-            for role, key in roles.items():
-                ek.keys[role] = key
-                ek.shapes[role] = tuple(shapes[key])
-                ek.dtypes[role] = dtypes.get(key, "")
-            out[ek.path] = ek
+        # the guessed order first; another one only where the ranks say the guess is wrong
+        for perm in [params, *(list(p) for p in permutations(params) if list(p) != params)]:
+            eks = [_expert_keys(module, perm, d, roles, shapes, dtypes)
+                   for d, roles in by_depth.items()]
+            if all(not check_expert_keys(ek, module_scaling(cfg, ek.path)[0], cfg) for ek in eks):
+                break
+        else:
+            eks = [_expert_keys(module, params, d, roles, shapes, dtypes)
+                   for d, roles in by_depth.items()]
+        out.update((ek.path, ek) for ek in eks)
     return out, rest, problems
+
+
+def _expert_keys(module: str, params: list[str], depth: int, roles: dict[str, str],
+                 shapes: dict, dtypes: dict) -> ExpertKeys:
+    ek = ExpertKeys(module, params[len(params) - 1 - depth], depth)
+    for role, key in roles.items():
+        ek.keys[role] = key
+        ek.shapes[role] = tuple(shapes[key])
+        ek.dtypes[role] = dtypes.get(key, "")
+    return ek
 
 
 # ----- shapes -----------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from adapterctl.core.adapter import experts as X
+from adapterctl.core.adapter.targeting import module_scaling
 from adapterctl.core.lora.experts import ExpertWeights, check_param, expert_delta
 from adapterctl.core.lora.loaded import LoadedAdapter
 from adapterctl.errors import UnsupportedError
@@ -114,7 +115,7 @@ def plan_experts(model: nn.Module, la: LoadedAdapter, find_module, unwrap
         if base is not None:
             real = registration_order(base, X.params_of(
                 la.config, module_path, lambda _m, p, b=base: isinstance(getattr(b, p, None), torch.Tensor)))
-            ws = [_renamed(w, real[len(real) - 1 - w.depth]) if w.depth < len(real) else w
+            ws = [_renamed(w, real[len(real) - 1 - w.depth], la) if w.depth < len(real) else w
                   for w in ws]
         for w in ws:
             param = getattr(base, w.param, None) if base is not None else None
@@ -124,6 +125,10 @@ def plan_experts(model: nn.Module, la: LoadedAdapter, find_module, unwrap
     return out
 
 
-def _renamed(w: ExpertWeights, param: str) -> ExpertWeights:
-    return w if w.param == param else ExpertWeights(w.module, param, w.depth, w.A, w.B, w.r,
-                                                    w.alpha, w.scaling)
+def _renamed(w: ExpertWeights, param: str, la: LoadedAdapter) -> ExpertWeights:
+    """``w`` as the LoRA of ``param`` (the model's order differs from the names' guess): its r,
+    alpha and scaling follow that parameter's patterns (PEFT matches ``module.param``)."""
+    if w.param == param:
+        return w
+    r, alpha, scaling = module_scaling(la.config, f"{w.module}.{param}")
+    return ExpertWeights(w.module, param, w.depth, w.A, w.B, r, alpha, scaling)

@@ -3,6 +3,7 @@ logits in float32 (<= 1e-5) on tiny Mixtral, Qwen3-MoE and gpt-oss; exact detach
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 
@@ -96,3 +97,51 @@ def test_refuses_nesting_it_cannot_place(tmp_path, moe_models, moe_adapter):  # 
     with pytest.raises(Exception, match="nested LoRA wrapper") as err:
         attach_adapter(_load(moe_models["mixtral"]), bad)
     assert err.value.exit_code == 4
+
+
+class _Experts(torch.nn.Module):
+    """Registers down_proj BEFORE gate_up_proj (transformers' fused experts do the opposite), so
+    the names-only guess is wrong and the engine must take the order from the module."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down_proj = torch.nn.Parameter(torch.randn(3, 8, 6) * 0.3)
+        self.gate_up_proj = torch.nn.Parameter(torch.randn(3, 12, 8) * 0.3)
+
+    def forward(self, x):  # every expert, summed: enough to see each expert's delta
+        h = torch.einsum("bi,eoi->beo", x, self.gate_up_proj)
+        h = torch.nn.functional.silu(h[..., :6]) * h[..., 6:]
+        return torch.einsum("bei,eoi->bo", h, self.down_proj)
+
+
+class _Toy(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.block = torch.nn.Module()
+        self.block.experts = _Experts()
+
+    def forward(self, x):
+        return self.block.experts(x)
+
+
+@pytest.mark.parametrize("patterns", [{}, {"down_proj": 1}])  # same ranks: only the model tells
+def test_registration_order_from_the_model(tmp_path, patterns):
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(0)
+    base = _Toy().eval()
+    x = torch.randn(5, 8)
+    with torch.no_grad():
+        before = base(x)
+    pm = get_peft_model(copy.deepcopy(base), LoraConfig(
+        r=2, lora_alpha=4, target_modules=[], init_lora_weights=False,
+        target_parameters=["experts.gate_up_proj", "experts.down_proj"],
+        rank_pattern=patterns))
+    with torch.no_grad():
+        expected = pm(x)
+    pm.save_pretrained(str(tmp_path / "toy"))
+    report = attach_adapter(base, tmp_path / "toy")
+    assert report.modules == {"experts": 2}
+    with torch.no_grad():
+        assert max_abs_diff(expected, before) > 1e-3
+        assert max_abs_diff(base(x), expected) <= 1e-6
