@@ -28,12 +28,16 @@ def test_check_says_per_engine(moe_adapter):  # noqa: F811
     assert lone.code == 10 and "wrong parameter" in lone.stdout
 
 
-def test_convert_refuses(tmp_path, moe_adapter):  # noqa: F811
-    for extra in ([], ["--for", "vllm"]):
-        res = run_cli("convert", moe_adapter("mixtral", r=2), tmp_path / "out", "--dtype",
-                      "bfloat16", *extra)
+def test_convert_casts_and_refuses_engines(tmp_path, moe_adapter):  # noqa: F811
+    adapter = moe_adapter("mixtral", r=2)
+    res = run_cli("convert", adapter, tmp_path / "bf16", "--dtype", "bfloat16")
+    assert res.code == 0, res.stderr
+    doc = run_cli("--json", "inspect", tmp_path / "bf16").json
+    assert doc["usable"] and doc["dtypes"] == {"BF16": 8}
+    for extra in (["--for", "vllm"], ["--to", "gguf"]):
+        res = run_cli("convert", adapter, tmp_path / "out", *extra)
         assert res.code == 5 and "target_parameters" in res.stderr and "hint:" in res.stderr
-        assert ("fused_moe.py" in res.stderr) == bool(extra)  # --for: the engine's own reason
+        assert ("fused_moe.py" in res.stderr) == (extra[0] == "--for")  # the engine's reason
         assert not (tmp_path / "out").exists()
 
 

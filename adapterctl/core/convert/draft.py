@@ -76,7 +76,7 @@ class ConvertResult:
 
 # ----- reading and validating --------------------------------------------------------------
 def read_draft(folder: str | Path, source: str | None = None,
-               engines: tuple[str, ...] = ()) -> AdapterDraft:
+               engines: tuple[str, ...] = (), experts_ok: bool = False) -> AdapterDraft:
     """Load an adapter folder for conversion. Unlike ``load_adapter`` this accepts mutated-init
     configs (pissa, olora, corda, lora_ga): converting them is the point."""
     files = locate_adapter_files(folder, source)
@@ -87,7 +87,8 @@ def read_draft(folder: str | Path, source: str | None = None,
         raise UnsupportedError(
             f"{files.source}: adapter uses {', '.join(bad.values())}, which convert cannot rewrite",
             hint="Converting it as plain LoRA would change its outputs; use PEFT for it.")
-    refuse_target_parameters(cfg, files.source, engines, folder)
+    if engines or not experts_ok:  # experts_ok: --rank/--energy, --dtype, --to-safetensors
+        refuse_target_parameters(cfg, files.source, engines, folder)
     tensors = read_adapter_tensors(files)
     if not tensors:
         raise InvalidAdapterError(f"{files.weights}: holds no tensors")
@@ -126,8 +127,9 @@ def refuse_target_parameters(cfg, source: str, engines: tuple[str, ...] = (),
         reasons = "; ".join(f"{f.message} ({f.source.cite()})" for f in found)
     raise UnsupportedError(
         f"{source}: adapter uses target_parameters {cfg.raw['target_parameters']} (LoRA on "
-        "MoE expert parameters), which convert cannot rewrite yet"
-        + (f", and no engine asked for serves it: {reasons}" if reasons else ""),
+        "MoE expert parameters): convert rewrites it only with --rank/--energy (per expert), "
+        "--dtype and --to-safetensors"
+        + (f"; no engine asked for serves it: {reasons}" if reasons else ""),
         hint="attach, generate and merge apply it exactly; `adapterctl check ADAPTER` gives each "
         "serving engine's verdict.")
 
@@ -164,6 +166,7 @@ def write_draft(draft: AdapterDraft, dest: str | Path, force: bool = False) -> C
         write_adapter_files(tmp, draft.config, draft.tensors, card)
     dtypes = sorted({str(t.dtype).removeprefix("torch.") for t in draft.tensors.values()})
     return ConvertResult(str(dest), draft.source, list(draft.steps), cfg.r, cfg.lora_alpha,
-                         cfg.use_rslora, dict(cfg.rank_pattern), len(view.modules), dtypes,
+                         cfg.use_rslora, dict(cfg.rank_pattern),
+                         len(view.modules) + len(view.experts), dtypes,
                          list(draft.modules), list(draft.removed), list(draft.notes) + card_notes)
 
