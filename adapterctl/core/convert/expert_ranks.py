@@ -24,7 +24,12 @@ from adapterctl.core.adapter.targeting import module_scaling
 from adapterctl.core.convert.draft import AdapterDraft, ModuleReport, view_adapter
 from adapterctl.core.convert.rank_reduce import ranked_config
 from adapterctl.core.lora.experts import ExpertWeights
-from adapterctl.core.lora.svd import LowRankSVD, choose_rank, lora_factors, svd_of_product
+from adapterctl.core.lora.svd import (
+    LowRankSVD,
+    choose_rank,
+    lora_factors,
+    svd_of_product,
+)
 from adapterctl.errors import UnsupportedError, UsageError
 
 HINT = "e.g. --rank 8 (every expert rank 8) or --energy 0.95."
