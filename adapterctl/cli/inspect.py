@@ -60,7 +60,8 @@ def render(console, s) -> None:
         ("base model", s.base_model),
         ("r / alpha / scaling", f"{s.r} / {s.lora_alpha} / {s.scaling:.4g}" if s.r else None),
         ("variants", ", ".join(s.variants) or "none"), ("init_lora_weights", s.init_lora_weights),
-        ("target_modules", _fmt(s.target_modules)), ("exclude_modules", _fmt(s.exclude_modules)),
+        ("target_modules", _fmt(s.target_modules)),
+        ("target_parameters", _fmt(s.target_parameters)), ("exclude_modules", _fmt(s.exclude_modules)),
         ("modules_to_save", _fmt(s.modules_to_save)), ("bias", s.bias),
         ("peft_version", s.peft_version),
         ("weights", f"{s.weights_file} ({s.num_tensors} tensors, {s.num_parameters:,} parameters, "
@@ -103,7 +104,8 @@ def _module_table(s):
         t.add_column("NaN/Inf", justify="right")
     for m in s.modules:
         kind = m.kind + ("+dora" if m.dora else "") + ("+bias" if m.lora_bias else "")
-        row = [m.name, kind, str(m.r), f"{m.alpha:g}", f"{m.scaling:.4g}", _shape(m.a_shape),
+        rank = f"{m.experts}x{m.r}" if m.experts else str(m.r)  # experts x r per expert
+        row = [m.name, kind, rank, f"{m.alpha:g}", f"{m.scaling:.4g}", _shape(m.a_shape),
                _shape(m.b_shape), m.dtype]
         if values:
             row += [f"{m.delta_norm:.4g}" if m.delta_norm is not None else "-", str(m.nonfinite)]

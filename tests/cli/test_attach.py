@@ -159,7 +159,6 @@ def test_shape_mismatch(tiny_models, tmp_path):
 @pytest.mark.parametrize("key,value,label", [
     ("use_qalora", True, "QALoRA"), ("alora_invocation_tokens", [1, 2], "aLoRA"),
     ("arrow_config", {"top_k": 2}, "Arrow"), ("monteclora_config", {"x": 1}, "MonteCLoRA"),
-    ("target_parameters", ["mlp.experts.gate_up_proj"], "target_parameters"),
 ])
 def test_unsupported_variants_are_refused_by_name(tiny_models, tmp_path, key, value, label):
     res = invoke("--json", "attach", tiny_models["llama"], _bad_adapter(tmp_path, {key: value}))

@@ -91,9 +91,8 @@ CONFIGS: dict[str, Callable[[ArchInfo], dict | None]] = {
 REFUSED: dict[str, str] = {
     "alora": "aLoRA",
 }
-#: PEFT 0.21 turns "all-linear" on MoE models into target_parameters on the fused experts, which
-#: another issue covers: refused by that name, on every configuration
-OUT_OF_SCOPE = "target_parameters"
+#: (PEFT 0.21 turns "all-linear" on MoE models into target_parameters on the fused experts and
+#: the router: applied since issue 17, core/adapter/experts.py, so no longer refused)
 #: configuration -> the name a refused merge must carry where the base cannot hold it (a lora_B
 #: bias on a layer without bias: attach adds it at run time, a checkpoint has no tensor for it)
 MERGE_REFUSED: dict[str, str] = {"lora_bias": "lora_bias"}

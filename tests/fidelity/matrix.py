@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from tests.fidelity.archs import ARCHS, arch_configs
-from tests.fidelity.configs import CONFIGS, MERGE_REFUSED, OUT_OF_SCOPE, REFUSED, ArchInfo
+from tests.fidelity.configs import CONFIGS, MERGE_REFUSED, REFUSED, ArchInfo
 
 #: float32 logits agree to 1e-4, relative to the largest logit where logits exceed 1 (a float32
 #: ulp at 1434 is 1.2e-4: embedding LoRA on tied heads makes logits that large)
@@ -55,8 +55,7 @@ class CaseResult:
 
     @property
     def expected_refusal(self) -> str | None:
-        return REFUSED.get(self.config) or (OUT_OF_SCOPE if _refusal(self.attach_error, OUT_OF_SCOPE)
-                                            else None)
+        return REFUSED.get(self.config)
 
     @property
     def refused_by_name(self) -> bool:

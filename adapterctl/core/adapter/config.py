@@ -20,7 +20,6 @@ UNSUPPORTED_VARIANTS: dict[str, str] = {
     "use_qalora": "QALoRA",
     "arrow_config": "Arrow routing",
     "monteclora_config": "MonteCLoRA",
-    "target_parameters": "target_parameters (LoRA on raw parameters / MoE experts)",
 }
 #: Initialisers that only set A and B: the saved tensors overwrite them, so they leave no trace.
 PLAIN_INITS = {"gaussian", "orthogonal", "eva", "mica", "true", "false"}
@@ -98,6 +97,8 @@ class LoraAdapterConfig:
         if self.lora_bias:
             out.append("lora_bias")
         out += [name for key, name in UNSUPPORTED_VARIANTS.items() if self.raw.get(key)]
+        if self.raw.get("target_parameters"):
+            out.append("target_parameters")  # LoRA on raw parameters, MoE experts (adapter/experts.py)
         if self.raw.get("layer_replication"):
             out.append("layer_replication")  # shared-weight layer copies (core/engine/replicate.py)
         if self.kasa:
@@ -222,6 +223,9 @@ def parse_adapter_config(doc: dict, source: str = "adapter_config.json") -> Lora
         peft_version=doc.get("peft_version") if isinstance(doc.get("peft_version"), str) else None,
         raw=dict(doc),
     )
+    tp = doc.get("target_parameters")
+    if tp is not None and not _str_list(tp):  # PEFT: a list, never a str (spec 1.5)
+        raise _type_error(source, "target_parameters", "a list of strings", tp)
     _check_regexes(doc, source)  # after the type checks: rank_pattern may be any JSON until then
     return cfg
 

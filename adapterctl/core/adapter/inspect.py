@@ -7,11 +7,12 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from adapterctl.core.adapter import prefixes as X
+from adapterctl.core.adapter import prefixes as PX
 from adapterctl.core.adapter import problems as P
 from adapterctl.core.adapter.config import LoraAdapterConfig, check_lora_type, parse_adapter_config
 from adapterctl.core.adapter.keys import KeyLayout, ModuleKeys, split_keys
 from adapterctl.core.adapter import compat as C
+from adapterctl.core.adapter import experts as X
 from adapterctl.core.adapter.variants import base_module_path, expand_layout
 from adapterctl.core.adapter.targeting import matches_target, module_scaling
 from adapterctl.errors import AdapterctlError
@@ -37,6 +38,10 @@ class ModuleSummary:
     b_norm: float | None = None
     delta_norm: float | None = None
     nonfinite: int | None = None
+    #: target_parameters on a 3-D parameter: the number of experts E (r is per expert; A holds
+    #: r·E rows, B r·E columns; kind "experts"); None for a module LoRA and for a 2-D parameter
+    #: (kind "parameter": A (r, in), B (out, r), as a Linear)
+    experts: int | None = None
 
 
 @dataclass(frozen=True)
@@ -67,6 +72,7 @@ class AdapterSummary:
     dtypes: dict[str, int]
     base: dict | None
     problems: list[P.Problem] = field(default_factory=list)
+    target_parameters: list[str] | None = None  # LoRA on raw parameters (MoE experts)
 
     @property
     def usable(self) -> bool:
@@ -195,6 +201,8 @@ def _base_problems(base_name: str, summary_mods: list[ModuleSummary], layout: Ke
 
     out = []
     keys = set(shapes_of_base)
+    summary_mods = [m for m in summary_mods if m.kind not in ("experts", "parameter")]  # checked
+    # in _expert_summary
     for mod in summary_mods:
         if mod.base_shape is None:
             out.append(C.missing_module(mod.name, mod.a_shape, mod.b_shape))
@@ -225,7 +233,8 @@ def _base_shapes(base: str) -> tuple[dict[str, tuple], str | None, list[P.Proble
     return read_model_shapes(files), files.model_type, []
 
 
-def _values(header: SafetensorsHeader, mod: ModuleKeys, scaling: float) -> dict:
+def _values(header: SafetensorsHeader, mod: ModuleKeys | X.ExpertKeys, scaling: float,
+            experts: int | None = None) -> dict:
     import numpy as np
 
     from adapterctl.io.tensor_values import read_tensor_f32
@@ -242,7 +251,12 @@ def _values(header: SafetensorsHeader, mod: ModuleKeys, scaling: float) -> dict:
     if a is not None and b is not None:
         a2, b2 = a.reshape(a.shape[0], -1), b.reshape(b.shape[0], -1)
         out["a_norm"], out["b_norm"] = float(np.linalg.norm(a2)), float(np.linalg.norm(b2))
-        if b2.shape[1] == a2.shape[0]:
+        if experts:  # ||ΔW||^2 = sum over experts of ||B_e A_e||^2 (spec 5.6 layouts)
+            a3 = a2.reshape(experts, -1, a2.shape[1]).astype(np.float64)
+            b3 = b2.reshape(b2.shape[0], -1, experts).transpose(2, 0, 1).astype(np.float64)
+            g, h = a3 @ a3.transpose(0, 2, 1), b3.transpose(0, 2, 1) @ b3
+            out["delta_norm"] = float(np.sqrt(max(float((g * h).sum()), 0.0)) * abs(scaling))
+        elif b2.shape[1] == a2.shape[0]:
             # ||B A||_F^2 = sum((A A^T) * (B^T B)): an r x r computation, never the full delta.
             g = (a2.astype(np.float64) @ a2.T.astype(np.float64))
             h = (b2.T.astype(np.float64) @ b2.astype(np.float64))
@@ -278,18 +292,29 @@ def inspect_adapter(path: str | Path, base: str | Path | None = None, check_valu
             "(attach and merge read it safely with weights_only=True)."))
         return _summary(files, cfg, [], KeyLayout(), None, None, problems)
     header = read_safetensors_header(files.weights)
-    layout = split_keys({k: t.shape for k, t in header.tensors.items()},
-                        {k: t.dtype for k, t in header.tensors.items()})
-    expand_layout(layout, cfg)  # BD-LoRA: the shapes the forward multiplies
-    if not header.tensors:
-        problems.insert(0, P.error("empty_adapter", f"{files.weights}: holds no tensors",
-                                   "Save the adapter again after training."))
     base_shapes, model_type, spell = None, None, None
     if base is not None:
         base_shapes, model_type, base_probs = _base_shapes(str(base))
         problems += base_probs
-        spell = X.spelling_for(_paths(layout), base_shapes)  # text <-> VLM layouts
+    experts, rest, expert_problems = X.split_expert_keys(
+        {k: t.shape for k, t in header.tensors.items()}, cfg,
+        {k: t.dtype for k, t in header.tensors.items()},
+        exists=(lambda m, p: X.locate_param(f"{m}.{p}", base_shapes) is not None or None)
+        if base_shapes else None)
+    problems += expert_problems
+    layout = split_keys(rest, {k: t.dtype for k, t in header.tensors.items()})
+    expand_layout(layout, cfg)  # BD-LoRA: the shapes the forward multiplies
+    if not header.tensors:
+        problems.insert(0, P.error("empty_adapter", f"{files.weights}: holds no tensors",
+                                   "Save the adapter again after training."))
+    if base_shapes is not None:
+        spell = PX.spelling_for(_paths(layout), base_shapes)  # text <-> VLM layouts
     modules = []
+    for ek in experts.values():
+        mod_summary, mod_problems = _expert_summary(ek, cfg, base_shapes, model_type, header,
+                                                    check_values)
+        modules.append(mod_summary)
+        problems += mod_problems
     for name, mod in layout.modules.items():
         r, alpha, scaling = module_scaling(cfg, name)
         problems += _check_module(mod, r, cfg)
@@ -322,9 +347,9 @@ def inspect_adapter(path: str | Path, base: str | Path | None = None, check_valu
                      for m in modules if m.nonfinite]
     base_info = None
     if base is not None:
-        mapping = X.base_mapping(_paths(layout), base_shapes) if base_shapes else None
+        mapping = PX.base_mapping(_paths(layout), base_shapes) if base_shapes else None
         if base_shapes:
-            vision = mapping and X.vision_problem(mapping, _paths(layout), base_source or str(base))
+            vision = mapping and PX.vision_problem(mapping, _paths(layout), base_source or str(base))
             problems += [vision] if vision else []
             problems += _base_problems(base_source or str(base), modules, layout,
                                        {k: t.shape for k, t in header.tensors.items()},
@@ -337,6 +362,29 @@ def inspect_adapter(path: str | Path, base: str | Path | None = None, check_valu
 
 def _paths(layout: KeyLayout) -> list[str]:
     return [*layout.modules, *layout.replacements, *layout.trainable_tokens]
+
+
+def _expert_summary(ek: X.ExpertKeys, cfg: LoraAdapterConfig, base_shapes: dict | None,
+                    model_type: str | None, header: SafetensorsHeader, check_values: bool
+                    ) -> tuple[ModuleSummary, list[P.Problem]]:
+    """One target_parameters entry: per-expert rank, the fused parameter it needs (spec 5.6)."""
+    r, alpha, scaling = module_scaling(cfg, ek.path)  # PEFT matches patterns on module.param
+    problems = X.check_expert_keys(ek, r, cfg)
+    a, b = ek.shapes.get("A"), ek.shapes.get("B")
+    where = X.locate_param(ek.path, base_shapes) if base_shapes else None
+    if base_shapes and not problems:
+        problem = X.check_param_shape(ek, r, where.shape if where else None,
+                                      model_type in X.TRANSPOSED_EXPERTS)
+        problems += [problem] if problem else []
+    values = _values(header, ek, scaling, X.num_experts(a, r) if a else None) if (
+        check_values and not problems) else {}
+    e = X.num_experts(a, r) if a else None
+    flat = len(where.shape) == 2 if where else e == 1  # a 2-D parameter (a router's weight)
+    return ModuleSummary(
+        name=ek.path, kind="parameter" if flat else "experts", r=r, alpha=alpha, scaling=scaling,
+        a_shape=list(a) if a else None, b_shape=list(b) if b else None,
+        dtype=ek.dtypes.get("A", ""), base_shape=list(where.shape) if where else None,
+        experts=None if flat else e, **values), problems
 
 
 def _lookup_base_shape(base_shapes: dict, name: str | None, mod: ModuleKeys) -> tuple | None:
@@ -363,7 +411,8 @@ def _summary(files: AdapterFiles, cfg: LoraAdapterConfig, modules: list[ModuleSu
         weights_format=files.weights_format, modules=modules, num_tensors=len(tensors),
         num_parameters=sum(t.numel for t in tensors.values()),
         size_bytes=(8 + header.header_size + header.total_bytes) if header else 0,
-        dtypes=dict(sorted(dtypes.items())), base=base_info, problems=problems)
+        dtypes=dict(sorted(dtypes.items())), base=base_info, problems=problems,
+        target_parameters=X.target_parameters(cfg) or None)
 
 
 def _empty_summary(files: AdapterFiles, doc: dict, problem: P.Problem) -> AdapterSummary:

@@ -75,7 +75,8 @@ class ConvertResult:
 
 
 # ----- reading and validating --------------------------------------------------------------
-def read_draft(folder: str | Path, source: str | None = None) -> AdapterDraft:
+def read_draft(folder: str | Path, source: str | None = None,
+               engines: tuple[str, ...] = (), experts_ok: bool = False) -> AdapterDraft:
     """Load an adapter folder for conversion. Unlike ``load_adapter`` this accepts mutated-init
     configs (pissa, olora, corda, lora_ga): converting them is the point."""
     files = locate_adapter_files(folder, source)
@@ -86,6 +87,8 @@ def read_draft(folder: str | Path, source: str | None = None) -> AdapterDraft:
         raise UnsupportedError(
             f"{files.source}: adapter uses {', '.join(bad.values())}, which convert cannot rewrite",
             hint="Converting it as plain LoRA would change its outputs; use PEFT for it.")
+    if engines or not experts_ok:  # experts_ok: --rank/--energy, --dtype, --to-safetensors
+        refuse_target_parameters(cfg, files.source, engines, folder)
     tensors = read_adapter_tensors(files)
     if not tensors:
         raise InvalidAdapterError(f"{files.weights}: holds no tensors")
@@ -103,6 +106,32 @@ def view_adapter(draft: AdapterDraft) -> LoadedAdapter:
 
 def module_keys(draft: AdapterDraft) -> dict[str, ModuleKeys]:
     return split_keys({k: tuple(v.shape) for k, v in draft.tensors.items()}).modules
+
+
+def refuse_target_parameters(cfg, source: str, engines: tuple[str, ...] = (),
+                             folder: str | Path | None = None) -> None:
+    """LoRA on raw parameters (MoE experts, spec 5.6) keeps r·E rows per factor, nested keys and
+    no module of its own: convert's steps (rank reduction, casts, engine layouts, GGUF, MLX) are
+    written for module LoRA and would rewrite it wrongly, so it is refused as a whole; with
+    ``--for ENGINE`` the refusal quotes each engine's own reason (core/engines/rules.py)."""
+    if not cfg.raw.get("target_parameters"):
+        return
+    reasons = ""
+    if engines and folder is not None:
+        from adapterctl.core.engines.check import ENGINES, engine_names
+        from adapterctl.core.engines.facts import read_adapter_facts
+        from adapterctl.core.engines.rules import expert_findings
+
+        facts = read_adapter_facts(folder, source)
+        found = [f for n in engine_names(list(engines)) for f in expert_findings(ENGINES[n], facts)]
+        reasons = "; ".join(f"{f.message} ({f.source.cite()})" for f in found)
+    raise UnsupportedError(
+        f"{source}: adapter uses target_parameters {cfg.raw['target_parameters']} (LoRA on "
+        "MoE expert parameters): convert rewrites it only with --rank/--energy (per expert), "
+        "--dtype and --to-safetensors"
+        + (f"; no engine asked for serves it: {reasons}" if reasons else ""),
+        hint="attach, generate and merge apply it exactly; `adapterctl check ADAPTER` gives each "
+        "serving engine's verdict.")
 
 
 def refuse_kasa(cfg, source: str, what: str) -> None:
@@ -137,6 +166,7 @@ def write_draft(draft: AdapterDraft, dest: str | Path, force: bool = False) -> C
         write_adapter_files(tmp, draft.config, draft.tensors, card)
     dtypes = sorted({str(t.dtype).removeprefix("torch.") for t in draft.tensors.values()})
     return ConvertResult(str(dest), draft.source, list(draft.steps), cfg.r, cfg.lora_alpha,
-                         cfg.use_rslora, dict(cfg.rank_pattern), len(view.modules), dtypes,
+                         cfg.use_rslora, dict(cfg.rank_pattern),
+                         len(view.modules) + len(view.experts), dtypes,
                          list(draft.modules), list(draft.removed), list(draft.notes) + card_notes)
 

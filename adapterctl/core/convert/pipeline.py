@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from adapterctl.errors import UsageError
+from adapterctl.errors import UnsupportedError, UsageError
 
 
 @dataclass(frozen=True)
@@ -100,7 +100,7 @@ def run_convert(req: ConvertRequest, progress: Callable[[str, int, int], None] |
         draft = extract_adapter(req.extract_base, req.source, req.rank, req.energy,
                                 req.skip_unfactorable, base_name=req.base_name, progress=progress)
     else:
-        draft = C.read_draft(req.source, req.source_name)
+        draft = C.read_draft(req.source, req.source_name, req.engines, experts_ok=True)
         draft = _convert_steps(draft, req)
     if req.engines:
         from adapterctl.core.convert.for_engine import ForEngine, convert_for_engine
@@ -125,10 +125,24 @@ def _convert_steps(draft, req: ConvertRequest):
     elif req.base and (not req.engines or _init_kind(draft) in M.MUTATED_INITS):
         factors = M.init_factors_from_base(draft, req.base, req.base_name)
         draft = M.convert_mutated(draft, factors, req.base_name or req.base)
+    if draft.config.get("target_parameters"):  # MoE expert LoRA: its own rank reduction
+        return _expert_steps(draft, req)
     if (req.rank is not None or req.energy is not None) and not req.engines:
         from adapterctl.core.convert.rank_reduce import reduce_rank
 
         draft = reduce_rank(draft, req.rank, req.energy)
+    return draft
+
+
+def _expert_steps(draft, req: ConvertRequest):
+    from adapterctl.core.convert.expert_ranks import reduce_expert_ranks
+
+    if req.init or req.base:
+        raise UnsupportedError(f"{draft.source}: target_parameters (MoE expert) LoRA with "
+                               "--pissa-init / --base: there is no mutated base to undo",
+                               hint="Drop the option; --rank/--energy reduce expert ranks.")
+    if req.rank is not None or req.energy is not None:
+        draft = reduce_expert_ranks(draft, req.rank, req.energy)
     return draft
 
 

@@ -25,6 +25,7 @@ from torch import nn
 from adapterctl.core.adapter import compat as C
 from adapterctl.core.adapter.config import is_safe_adapter_name
 from adapterctl.core.adapter.variants import layer_map
+from adapterctl.core.engine.experts import ExpertsWrapper, plan_experts
 from adapterctl.core.engine.fit import find_module, find_param, plan_fit, require_float_base, unwrap
 from adapterctl.core.engine.layout import map_to_model
 from adapterctl.core.engine.layers import (
@@ -34,14 +35,18 @@ from adapterctl.core.engine.layers import (
     execution_device,
     offloaded_weight,
 )
-from adapterctl.core.engine.replicate import Replication, replicate_layers, restore_layers
+from adapterctl.core.engine.replicate import (
+    Replication,
+    replicate_layers,
+    restore_layers,
+)
 from adapterctl.core.engine.wrappers import SavedModuleWrapper, TokenRowsWrapper
 from adapterctl.core.lora.delta import mutated_init
 from adapterctl.core.lora.loaded import LoadedAdapter, load_adapter
 from adapterctl.errors import UnsupportedError, UsageError
 
 _STATE = "_adapterctl_adapters"
-_WRAPPERS = (LoraWrapper, SavedModuleWrapper, TokenRowsWrapper)
+_WRAPPERS = (LoraWrapper, ExpertsWrapper, SavedModuleWrapper, TokenRowsWrapper)
 #: how a report names each layer kind
 LABELS = {C.LayerKind.LINEAR: "Linear", C.LayerKind.CONV1D_GPT2: "Conv1D",
           C.LayerKind.EMBEDDING: "Embedding", C.LayerKind.BNB4: "Linear4bit",
@@ -122,6 +127,7 @@ def attach_adapter(model: nn.Module, adapter: str | Path | LoadedAdapter, name: 
     replication = _replicate(model, la, records)
     try:
         plan = plan_fit(model, la, la.source)
+        experts = plan_experts(model, la, find_module, unwrap)  # target_parameters
     except Exception:
         if replication is not None:
             restore_layers(replication, model)
@@ -139,6 +145,7 @@ def attach_adapter(model: nn.Module, adapter: str | Path | LoadedAdapter, name: 
         if init:
             _recompute_residuals(model, la, plan, init, record)
         kinds, devices, params = _inject_lora(model, la, plan, name)
+        params += _inject_experts(model, experts, name, kinds, devices)
         _apply_replacements(model, la, plan, name, record)
         _inject_tokens(model, la, plan, name)
     _set_grads(model, name, trainable)
@@ -230,6 +237,22 @@ def _inject_lora(model, la: LoadedAdapter, plan, name: str):
     return kinds, devices, params
 
 
+def _inject_experts(model, experts: dict, name: str, kinds: Counter, devices: set) -> int:
+    """target_parameters LoRA: one ExpertsWrapper per module holding the parameters."""
+    params = 0
+    for module_path, weights in experts.items():
+        wrapper = find_module(model, module_path)
+        if not isinstance(wrapper, ExpertsWrapper):
+            wrapper = ExpertsWrapper(wrapper)
+            _set_module(model, module_path, wrapper)
+        wrapper.add(name, weights)
+        wrapper.train(wrapper.base_layer.training)
+        kinds["experts"] += len(weights)
+        devices.update(str(p.device) for p in wrapper.lora[name].parameters())
+        params += sum(p.numel() for p in wrapper.lora[name].parameters())
+    return params
+
+
 def _apply_replacements(model, la: LoadedAdapter, plan, name: str, record: _Record) -> None:
     """Full replacement tensors (spec 4.3): parameters overwritten in place (restored on detach);
     modules_to_save become per-adapter copies beside the original."""
@@ -294,7 +317,7 @@ def _set_grads(model: nn.Module, name: str, trainable: bool) -> None:
     mine: list[nn.Parameter] = []
     others: set[int] = set()
     for mod in _wrappers(model):
-        store = mod.lora if isinstance(mod, LoraWrapper) else (
+        store = mod.lora if isinstance(mod, (LoraWrapper, ExpertsWrapper)) else (
             mod.copies if isinstance(mod, SavedModuleWrapper) else mod.token_rows)
         for key, value in store.items():
             params = [value] if isinstance(value, nn.Parameter) else list(value.parameters())
@@ -345,7 +368,7 @@ def detach(model: nn.Module, name: str) -> None:
     for path, mod in list(model.named_modules()):
         if not isinstance(mod, _WRAPPERS):
             continue
-        store = {LoraWrapper: "lora", SavedModuleWrapper: "copies",
+        store = {LoraWrapper: "lora", ExpertsWrapper: "lora", SavedModuleWrapper: "copies",
                  TokenRowsWrapper: "token_rows"}[type(mod)]
         container = getattr(mod, store)
         if name in container:

@@ -13,12 +13,13 @@ from torch import nn
 from adapterctl.core.adapter import compat as C
 from adapterctl.core.adapter.problems import Problem
 from adapterctl.core.adapter.targeting import select_targets
+from adapterctl.core.engine.experts import ExpertsWrapper
 from adapterctl.core.engine.layers import LoraWrapper, layer_kind, lora_base_shape
 from adapterctl.core.engine.wrappers import SavedModuleWrapper, TokenRowsWrapper
 from adapterctl.core.lora.loaded import LoadedAdapter, LoraWeights
 from adapterctl.errors import IncompatibleBaseError, UnsupportedError
 
-WRAPPERS = (LoraWrapper, SavedModuleWrapper, TokenRowsWrapper)
+WRAPPERS = (LoraWrapper, ExpertsWrapper, SavedModuleWrapper, TokenRowsWrapper)
 
 
 @dataclass

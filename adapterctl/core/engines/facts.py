@@ -16,7 +16,9 @@ from pathlib import Path
 from adapterctl.core.adapter.compat import base_layer_kind
 from adapterctl.core.adapter.prefixes import KeyMapping, checkpoint_spelling
 from adapterctl.core.adapter.config import LoraAdapterConfig, parse_adapter_config
+from adapterctl.core.adapter.experts import check_expert_keys, split_expert_keys
 from adapterctl.core.adapter.keys import natural_key, split_keys, strip_prefix
+from adapterctl.core.adapter.problems import raise_first_error
 from adapterctl.core.adapter.targeting import layer_index, module_scaling
 from adapterctl.io.model_dir import find_checkpoint_key
 
@@ -154,6 +156,8 @@ class AdapterFacts:
     base: BaseFacts | None = None
     #: token ids of the folder's added_tokens.json (tokens added to the vocabulary in training)
     added_token_ids: tuple[int, ...] = ()
+    #: ``module.param`` of each target_parameters LoRA (MoE experts; core/adapter/experts.py)
+    experts: tuple[str, ...] = ()
 
     @property
     def max_rank(self) -> int:
@@ -195,7 +199,11 @@ def facts_from_parts(config_doc: dict, shapes: dict[str, tuple[int, ...]], sourc
     if not shapes:
         raise InvalidAdapterError(f"{source}: the weights file holds no tensors",
                                   hint="Save the adapter again after training.")
-    layout = split_keys(shapes)
+    experts, rest, problems = split_expert_keys(shapes, cfg)
+    problems += [p for ek in experts.values()
+                 for p in check_expert_keys(ek, module_scaling(cfg, ek.path)[0], cfg)]
+    raise_first_error(problems, source)
+    layout = split_keys(rest)
     model_type = base.model_type if base else None
     modules = []
     for path, mk in layout.modules.items():
@@ -215,7 +223,8 @@ def facts_from_parts(config_doc: dict, shapes: dict[str, tuple[int, ...]], sourc
     tokens = {emb: int(shapes[key][0]) if shapes[key] else 0
               for emb, key in layout.trainable_tokens.items()}
     return AdapterFacts(source, cfg, tuple(modules), tuple(sorted(full, key=lambda t: natural_key(t.key))),
-                        tokens, tuple(layout.unknown), files, base, added_token_ids)
+                        tokens, tuple(layout.unknown), files, base, added_token_ids,
+                        tuple(experts))
 
 
 def _check_module(mk, r: int, cfg: LoraAdapterConfig, source: str) -> None:

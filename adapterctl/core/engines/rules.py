@@ -23,6 +23,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from adapterctl.core.adapter import experts as X
 from adapterctl.core.adapter.config import BASE_MUTATING_INITS, RECOMPUTABLE_INITS
 from adapterctl.core.engines.facts import (
     AdapterFacts,
@@ -136,6 +137,7 @@ def evaluate(engine: Engine, facts: AdapterFacts, ctx: CheckContext | None = Non
     """Run every rule of ``engine``; the verdict is the worst finding (serves when none)."""
     ctx = ctx or CheckContext()
     findings = [f for rule in engine.rules for f in rule.run(facts, ctx)]
+    findings += expert_findings(engine, facts)  # target_parameters (MoE experts), below
     findings.sort(key=lambda f: -_RANK[f.verdict])  # refusals first, then changes (stable)
     worst = max((_RANK[f.verdict] for f in findings), default=0)
     return VERDICTS[worst], findings
@@ -254,3 +256,45 @@ def tensor_fix(t: FullTensor, caps: Caps, facts: AdapterFacts | None = None) -> 
     if is_lm_head_name(t.module):
         return "base" if caps.lm_head_lora else "drop"
     return "base"
+
+
+# ----- target_parameters (LoRA on fused MoE expert parameters, spec 5.6) --------------------
+# vLLM 0.32 reads PEFT's layout, assuming its nesting: vllm/lora/lora_model.py
+# (check_unexpected_modules: "experts.base_layer is the gate_up_proj and experts is the down_proj")
+# and vllm/lora/peft_helper.py (get_rank_and_scaling maps ``.experts.base_layer`` to gate_up_proj
+# and ``.experts`` to down_proj), so any other nesting (gate_up_proj alone, a router weight) lands
+# on the wrong parameter. In PEFT's nesting it loads (add_lora accepts it, "MoE model detected.
+# Using fused MoE LoRA implementation": vllm/lora/layers/fused_moe.py FusedMoE3DWithLoRA), but the
+# fused-MoE LoRA kernels are Triton ("Using TRITON Unquantized MoE LoRA backend"): on the CPU
+# build the engine dies on the first generation (AttributeError: module 'triton.language' has no
+# attribute 'float32'; measured on tiny Mixtral, tests/interop/test_vllm_moe.py). GPU builds are
+# not verified by adapterctl. The other engines: no rule read from their sources covers expert
+# parameters, so they are reported as not serving it.
+def expert_findings(engine: Engine, facts: AdapterFacts) -> list[Finding]:
+    if not facts.experts:
+        return []
+    rid, n = f"{engine.name}.target_parameters", len(facts.experts)
+    if engine.name != "vllm":
+        return [Finding(rid, "refuses", f"{n} target_parameters LoRA(s) on MoE expert parameters "
+                        f"(e.g. {facts.experts[0]}): adapterctl knows no support for LoRA on "
+                        f"fused expert parameters in {engine.title} {engine.version}",
+                        Source(engine.name, engine.version, "no rule read for expert parameters"))]
+    wrong = [p for p in facts.experts if not _vllm_layout(facts, p)]
+    if wrong:
+        return [Finding(rid, "refuses", f"vLLM maps PEFT's outer `experts` wrapper to down_proj "
+                        f"and `experts.base_layer` to gate_up_proj; this adapter's {wrong[0]} "
+                        "is not one of those, so vLLM would apply it to the wrong parameter",
+                        Source("vllm", engine.version, "vllm/lora/lora_model.py"))]
+    return [Finding(rid, "refuses", f"{n} MoE expert LoRA(s) in PEFT's gate_up_proj/down_proj "
+                    "layout: vLLM loads them into its fused-MoE LoRA layers, whose kernels are "
+                    "Triton; on vLLM's CPU build the engine dies at the first generation "
+                    "(\"module 'triton.language' has no attribute 'float32'\", measured); GPU "
+                    "builds are not verified by adapterctl",
+                    Source("vllm", engine.version, "vllm/lora/layers/fused_moe.py"))]
+
+
+def _vllm_layout(facts: AdapterFacts, path: str) -> bool:
+    module, _, param = path.rpartition(".")
+    params = X.registration_order(X.params_of(facts.config, module))
+    depth = len(params) - 1 - params.index(param)
+    return (param, depth) in (("down_proj", 0), ("gate_up_proj", 1)) and len(params) <= 2

@@ -106,6 +106,10 @@ def _check_combinable(adapters: list[LoadedAdapter]) -> None:
             raise UnsupportedError(
                 f"{ad.source}: layer_replication adapters sit on replicated layers a plain LoRA "
                 "adapter cannot describe", hint="Merge it into the base model instead.")
+        if ad.experts:  # their r·E factors and nested keys are not module LoRA (lora/experts.py)
+            raise UnsupportedError(
+                f"{ad.source}: target_parameters (MoE expert) LoRA cannot be combined into a new "
+                "adapter yet", hint="Merge it into the base model instead (adapterctl merge).")
         if ad.config.kasa:
             raise UnsupportedError(
                 f"{ad.source}: KaSA adapters act on an SVD-truncated base; a plain LoRA adapter "

@@ -21,6 +21,7 @@ from adapterctl.core.adapter.config import (
 from adapterctl.core.adapter.keys import split_keys
 from adapterctl.core.adapter.targeting import module_scaling
 from adapterctl.core.adapter.variants import block_diagonal_factor
+from adapterctl.core.lora.experts import ExpertWeights, build_experts
 from adapterctl.errors import InvalidAdapterError, NotFoundError, UsageError
 from adapterctl.io.adapter_dir import AdapterFiles, locate_adapter_files
 
@@ -55,6 +56,8 @@ class LoadedAdapter:
     replacements: dict[str, torch.Tensor] = field(default_factory=dict)
     #: embedding module path -> (token indices, replacement rows (len(indices), dim))
     trainable_tokens: dict[str, tuple[list[int], torch.Tensor]] = field(default_factory=dict)
+    #: ``module.param`` -> target_parameters LoRA (fused MoE experts; core/lora/experts.py)
+    experts: dict[str, ExpertWeights] = field(default_factory=dict)
 
     @property
     def source(self) -> str:
@@ -124,6 +127,7 @@ def load_adapter(folder: str | Path, name: str = "default", source: str | None =
 
 def build_adapter(name: str, cfg: LoraAdapterConfig, files: AdapterFiles,
                   tensors: dict[str, torch.Tensor]) -> LoadedAdapter:
+    experts, tensors = build_experts(files.source, cfg, tensors)
     layout = split_keys({k: tuple(v.shape) for k, v in tensors.items()})  # training-only keys
     if layout.unknown:                                                   # are read past
         raise InvalidAdapterError(
@@ -167,7 +171,7 @@ def build_adapter(name: str, cfg: LoraAdapterConfig, files: AdapterFiles,
                 f"{files.source}: {emb}: {rows.shape[0]} trainable token rows but "
                 f"trainable_token_indices gives {None if indices is None else len(indices)}")
         tokens[emb] = (indices, rows)
-    return LoadedAdapter(name, cfg, files, modules, replacements, tokens)
+    return LoadedAdapter(name, cfg, files, modules, replacements, tokens, experts)
 
 
 def _kasa_scaled(source: str, path: str, cfg: LoraAdapterConfig, mk, tensors: dict,

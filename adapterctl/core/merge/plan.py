@@ -27,9 +27,11 @@ from adapterctl.core.adapter.problems import as_error
 from adapterctl.core.adapter.targeting import in_modules_to_save
 from adapterctl.core.adapter.variants import layer_map
 from adapterctl.core.lora.combine import check_combination
+from adapterctl.core.lora.experts import ExpertOp
 from adapterctl.core.lora.loaded import LoadedAdapter, LoraWeights, load_adapter
 from adapterctl.core.lora.remap import map_to_checkpoint
 from adapterctl.core.merge.qlora import QloraPlan, plan_qlora
+from adapterctl.core.merge.experts import add_expert_ops
 from adapterctl.core.merge.replicated import replicate_entries
 from adapterctl.core.merge.tied import find_tie, split_tied
 from adapterctl.errors import IncompatibleBaseError, UnsupportedError, UsageError
@@ -79,20 +81,23 @@ class TensorTask:
     bias_loras: tuple[LoraOp, ...] = ()
     tokens: tuple[tuple[int, list[int], torch.Tensor], ...] = ()
     copy: tuple[int, torch.Tensor] | None = None  # a modules_to_save copy: the output, as a whole
+    experts: tuple[ExpertOp, ...] = ()  # target_parameters: expert slices (core/merge/experts.py)
 
     @property
     def changed(self) -> bool:
-        return bool(self.replacement or self.loras or self.bias_loras or self.tokens or self.copy)
+        return bool(self.replacement or self.loras or self.bias_loras or self.tokens or self.copy
+                    or self.experts)
 
     @property
     def changed_beyond_loras(self) -> bool:
         return bool(self.replacement or self.residual_init or self.bias_loras or self.tokens
-                    or self.copy)
+                    or self.copy or self.experts)
 
     def sources(self, names: list[str]) -> list[str]:
         out = [f"replace:{names[self.replacement[0]]}"] if self.replacement else []
         out += [f"lora:{names[op.adapter]}" for op in self.loras]
         out += [f"lora_bias:{names[op.adapter]}" for op in self.bias_loras]
+        out += [f"experts:{n}" for n in dict.fromkeys(names[op.adapter] for op in self.experts)]
         out += [f"tokens:{names[t[0]]}" for t in self.tokens]
         return out + ([f"copy:{names[self.copy[0]]}"] if self.copy else [])
 
@@ -245,6 +250,10 @@ def _check_adapters(adapters: list[LoadedAdapter], options: MergeOptions) -> Non
         raise UsageError(f"--weights has {len(options.weights)} values for {len(adapters)} adapters",
                          hint="Give one weight per adapter, e.g. --weights 0.7,0.3.")
     for ad in adapters:
+        if ad.experts and options.combination != "linear":
+            raise UnsupportedError(f"{ad.source}: target_parameters (MoE expert) LoRA cannot be "
+                                   f"merged with --combination {options.combination}",
+                                   hint="Use the default linear combination.")
         init = ad.config.init_kind
         if init == "pissa_niter":
             raise UnsupportedError(f"{ad.source}: init_lora_weights={ad.config.init_lora_weights!r} "
@@ -274,7 +283,7 @@ def _task(s: StoredTensor, key: str, out_dtype: torch.dtype, entry: dict, adapte
     dtype = out_dtype if s.dtype in FLOAT_DTYPES else s.dtype
     return TensorTask(key, s, dtype, entry.get("replacement"), init, loras,
                       tuple(entry.get("bias_loras", ())), tuple(entry.get("tokens", ())),
-                      entry.get(copy_slot))
+                      entry.get(copy_slot), tuple(entry.get("experts", ())))
 
 
 def build_tasks(stored: list[tuple[str, StoredTensor]], ops: dict, out_dtype: torch.dtype, adapters,
@@ -369,6 +378,7 @@ def plan_merge(base: str | Path, adapters: list[LoadedAdapter], options: MergeOp
     ops: dict[str, dict] = {}
     for i, ad in enumerate(adapters):
         _add_loras(i, ad, index, shapes, files.model_type, ops)
+        add_expert_ops(i, ad, shapes, files.model_type, ops)
         _add_extras(i, ad, index, shapes, tie, ops, options.tied_like_peft)
     base_dtype = base_float_dtype(stored)
     out_dtype = torch_dtype(options.dtype) if options.dtype else base_dtype
@@ -380,7 +390,7 @@ def plan_merge(base: str | Path, adapters: list[LoadedAdapter], options: MergeOp
     weights = list(options.weights or [1.0] * len(adapters))
     plan = MergePlan(
         base=base_source or str(base), base_format=files.weights_format, model_type=files.model_type,
-        adapters=[{"source": ad.source, "weight": w, "modules": len(ad.modules),
+        adapters=[{"source": ad.source, "weight": w, "modules": len(ad.modules) + len(ad.experts),
                    "variants": ad.config.variants,
                    "key_mapping": m.to_dict() if m else None}
                   for ad, w, m in zip(adapters, weights, mappings)],

@@ -24,6 +24,7 @@ import torch
 from adapterctl.core.adapter.compat import LayerKind
 from adapterctl.core.lora.combine import combine_deltas, module_generator
 from adapterctl.core.lora.delta import delta_weight, fold_lora, fold_lora_bias, mutated_init
+from adapterctl.core.lora.experts import apply_expert_ops
 from adapterctl.core.merge.card import merged_card
 from adapterctl.core.merge.plan import MergeJob, TensorTask
 from adapterctl.core.merge.qlora import qlora_weight
@@ -145,6 +146,8 @@ def merge_tensor(W: torch.Tensor, task: TensorTask, job: MergeJob, device: torch
     if task.loras:
         cur = _apply_loras(cur, base0, task, job, device)
     weights = job.options.weights or (1.0,) * len(job.adapters)
+    if task.experts:  # target_parameters: each expert's slice (core/lora/experts.py)
+        cur = apply_expert_ops(cur, task.experts, W.dtype, weights, device)
     for op in task.bias_loras:
         cur = fold_lora_bias(cur, op.weights, weights[op.adapter], device)
     for _, idx, rows in task.tokens:
