@@ -18,11 +18,12 @@ COMMANDS = ["inspect", "attach", "convert", "merge", "push", "generate"]
 EXAMPLES = ["upper-lora", "dragon-dora", "pissa-init", "pissa-trained"]
 INSPECT_KEYS = {"ok", "source", "path", "peft_type", "task_type", "base_model", "r", "lora_alpha",
                 "scaling", "use_rslora", "variants", "init_lora_weights", "target_modules",
-                "exclude_modules", "modules_to_save", "bias", "extras", "peft_version",
+                "target_parameters", "exclude_modules", "modules_to_save", "bias", "extras",
+                "peft_version",
                 "weights_file", "weights_format", "modules", "num_tensors", "num_parameters",
                 "size_bytes", "dtypes", "base", "problems", "usable"}
 MODULE_KEYS = {"name", "kind", "r", "alpha", "scaling", "a_shape", "b_shape", "dtype", "dora",
-               "lora_bias", "base_shape", "a_norm", "b_norm", "delta_norm", "nonfinite"}
+               "lora_bias", "base_shape", "a_norm", "b_norm", "delta_norm", "nonfinite", "experts"}
 PUSH_DRY_KEYS = {"ok", "dry_run", "repo", "revision", "kind", "base_model", "files", "total_bytes",
                  "card"}
 

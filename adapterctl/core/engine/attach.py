@@ -25,7 +25,7 @@ from torch import nn
 from adapterctl.core.adapter import compat as C
 from adapterctl.core.adapter.config import is_safe_adapter_name
 from adapterctl.core.adapter.variants import layer_map
-from adapterctl.core.engine.experts import ExpertsWrapper, plan_experts
+from adapterctl.core.engine.experts import ExpertsWrapper, inject_experts, plan_experts
 from adapterctl.core.engine.fit import find_module, find_param, plan_fit, require_float_base, unwrap
 from adapterctl.core.engine.layout import map_to_model
 from adapterctl.core.engine.layers import (
@@ -145,7 +145,7 @@ def attach_adapter(model: nn.Module, adapter: str | Path | LoadedAdapter, name: 
         if init:
             _recompute_residuals(model, la, plan, init, record)
         kinds, devices, params = _inject_lora(model, la, plan, name)
-        params += _inject_experts(model, experts, name, kinds, devices)
+        params += inject_experts(model, experts, name, kinds, devices, _set_module)
         _apply_replacements(model, la, plan, name, record)
         _inject_tokens(model, la, plan, name)
     _set_grads(model, name, trainable)
@@ -235,22 +235,6 @@ def _inject_lora(model, la: LoadedAdapter, plan, name: str):
         devices.add(str(device))
         params += sum(p.numel() for p in slot.parameters())
     return kinds, devices, params
-
-
-def _inject_experts(model, experts: dict, name: str, kinds: Counter, devices: set) -> int:
-    """target_parameters LoRA: one ExpertsWrapper per module holding the parameters."""
-    params = 0
-    for module_path, weights in experts.items():
-        wrapper = find_module(model, module_path)
-        if not isinstance(wrapper, ExpertsWrapper):
-            wrapper = ExpertsWrapper(wrapper)
-            _set_module(model, module_path, wrapper)
-        wrapper.add(name, weights)
-        wrapper.train(wrapper.base_layer.training)
-        kinds["experts"] += len(weights)
-        devices.update(str(p.device) for p in wrapper.lora[name].parameters())
-        params += sum(p.numel() for p in wrapper.lora[name].parameters())
-    return params
 
 
 def _apply_replacements(model, la: LoadedAdapter, plan, name: str, record: _Record) -> None:

@@ -132,3 +132,21 @@ def _renamed(w: ExpertWeights, param: str, la: LoadedAdapter) -> ExpertWeights:
         return w
     r, alpha, scaling = module_scaling(la.config, f"{w.module}.{param}")
     return ExpertWeights(w.module, param, w.depth, w.A, w.B, r, alpha, scaling)
+
+
+def inject_experts(model: nn.Module, experts: dict[str, list[ExpertWeights]], name: str,
+                   kinds, devices: set, set_module) -> int:
+    """Put adapter ``name``'s expert LoRAs (:func:`plan_experts`) on one ExpertsWrapper per
+    module; count them in ``kinds`` and ``devices``; return the parameters added."""
+    params = 0
+    for module_path, weights in experts.items():
+        wrapper = model.get_submodule(module_path)
+        if not isinstance(wrapper, ExpertsWrapper):
+            wrapper = ExpertsWrapper(wrapper)
+            set_module(model, module_path, wrapper)
+        wrapper.add(name, weights)
+        wrapper.train(wrapper.base_layer.training)  # new modules start in train mode
+        kinds["experts"] += len(weights)
+        devices.update(str(p.device) for p in wrapper.lora[name].parameters())
+        params += sum(p.numel() for p in wrapper.lora[name].parameters())
+    return params
