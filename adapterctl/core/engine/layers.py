@@ -326,9 +326,9 @@ FOLD_BLOCK_BYTES = 1 << 20
 def fold_rows(W: torch.Tensor, active: list) -> torch.Tensor:
     """Plain LoRA on a Linear weight (out, in), folded a block of rows at a time: for each block,
     ``W[rows].float() + Σ w·(s·B[rows] @ A)``, rounded once into a new tensor of W's dtype. The
-    same operations, in the same order, as :func:`fold_lora` on the whole weight (each row's
-    delta is the same dot products), without whole-weight float32 temporaries: the blocks stay
-    in cache, so folding costs about one read and one write of the weight."""
+    same operations, in the same order, as :func:`fold_lora` on the whole weight (a block's
+    matmul may round a last float32 bit unlike the whole one's, as any two BLAS calls may),
+    without whole-weight float32 temporaries: the blocks stay in cache."""
     out_f, in_f = W.shape
     rows = max(1, min(out_f, FOLD_BLOCK_BYTES // (4 * in_f)))
     factors = [(lw.A.to(device=W.device, dtype=F32), lw.B.to(device=W.device, dtype=F32),

@@ -188,3 +188,30 @@ def test_trainable_dora_with_dropout_matches_peft_in_train_mode(tiny_models, pef
     assert abs(float(got) - float(ref)) <= 1e-5
     got.backward()
     assert all(p.grad is not None for p in ours.parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("shape", [(300, 40), (40, 300), (7, 5)])
+def test_fold_by_row_blocks_equals_the_whole_weight_fold(dtype, shape, monkeypatch):
+    """The engine's fold (blocks of rows, layers.fold_rows) gives merge's values (fold_lora on the
+    whole weight in float32, one rounding) to the last bit of the base dtype: two adapters, one
+    at weight 0.3 (a block's matmul may round its last float32 bit unlike the whole one's)."""
+    from adapterctl.core.adapter.compat import LayerKind
+    from adapterctl.core.engine import layers
+    from adapterctl.core.lora.delta import fold_lora
+    from adapterctl.core.lora.loaded import LoraWeights
+
+    monkeypatch.setattr(layers, "FOLD_BLOCK_BYTES", 4 * shape[1] * 3)  # 3 rows a block
+    g = torch.Generator().manual_seed(0)
+    out_f, in_f = shape
+    W = (torch.randn(out_f, in_f, generator=g) * 0.02).to(dtype)
+    active = [(LoraWeights("m", LayerKind.LINEAR, torch.randn(4, in_f, generator=g) * 0.1,
+                           torch.randn(out_f, 4, generator=g) * 0.1, 4, 8, 2.0, None, None), w)
+              for w in (1.0, 0.3)]
+    ref = W.float()
+    for lw, w in active:
+        ref = fold_lora(ref, W.float(), lw, LayerKind.LINEAR, w)
+    got = layers.fold_rows(W, active)
+    assert got.dtype == dtype and got.shape == W.shape
+    eps = torch.finfo(dtype).eps
+    torch.testing.assert_close(got.float(), ref, rtol=eps, atol=eps * 1e-3)
