@@ -5,8 +5,8 @@ process, with each stage timed (wall seconds, and CPU seconds of the thread that
 
 Stages: importing torch and adapterctl, planning from headers, then per output tensor (summed
 over the worker threads): kernel copies of untouched tensors, reading the base tensor (the map;
-its pages are faulted in by the maths that touches them), the LoRA maths written into the output
-file's pages, and the final fsync of each shard. A worker's page faults count in its stage's time.
+its pages are faulted in by the maths that touches them), the LoRA maths with its rows written
+to the output file, and the final fsync of each shard. A worker's page faults count in its stage's time.
 Run benchmarks/merge.py once first (it builds the base and the adapter).
 """
 
@@ -73,7 +73,7 @@ def main() -> None:
     st = Stages()
     st.wrap(shard_writer.ShardWriter, "copy_from", "kernel copy (untouched tensors)")
     st.wrap(checkpoint.CheckpointReader, "get", "read (map the base tensor)")
-    st.wrap(write, "merge_tensor", "LoRA maths into the output pages")
+    st.wrap(write, "merge_tensor", "LoRA maths + rows written (pwrite from a cache-hot buffer)")
     st.wrap(shard_writer.ShardWriter, "wrote", "start writeback")
     st.wrap(shard_writer.ShardWriter, "finish", "fsync + index")
     st.wrap(write, "_finish_write", "main thread: waiting for workers")
