@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import statistics
 import subprocess
@@ -35,3 +36,26 @@ def run_timed(cmd: list[str], repeat: int = 1) -> tuple[float, float]:
 
 def python() -> str:
     return sys.executable
+
+
+def write_llama_lora(path: Path, layers: int, dims: dict[str, tuple[int, int]], base: Path,
+                     r: int = 16) -> None:
+    """A seeded random r-rank LoRA on every (out, in) linear module of ``dims`` in each of a
+    Llama's ``layers``, saved as PEFT saves it (alpha = 2r)."""
+    import torch
+    from safetensors.torch import save_file
+
+    gen = torch.Generator().manual_seed(1)
+    tensors = {}
+    for i in range(layers):
+        for name, (out, inp) in dims.items():
+            part = "mlp" if name in ("gate_proj", "up_proj", "down_proj") else "self_attn"
+            p = f"base_model.model.model.layers.{i}.{part}.{name}"
+            tensors[f"{p}.lora_A.weight"] = torch.randn(r, inp, generator=gen) * 0.01
+            tensors[f"{p}.lora_B.weight"] = torch.randn(out, r, generator=gen) * 0.01
+    path.mkdir(parents=True)
+    save_file(tensors, str(path / "adapter_model.safetensors"), metadata={"format": "pt"})
+    (path / "adapter_config.json").write_text(json.dumps({
+        "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": r, "lora_alpha": 2 * r,
+        "target_modules": list(dims), "bias": "none", "use_rslora": False, "use_dora": False,
+        "init_lora_weights": True, "base_model_name_or_path": str(base)}, indent=2))

@@ -37,6 +37,8 @@ import sys
 import time
 from pathlib import Path
 
+from _common import write_llama_lora
+
 REPO = Path(__file__).resolve().parents[1]
 WORK = REPO / "benchmarks" / "_work" / "merge"
 PY = sys.executable
@@ -74,27 +76,10 @@ def make_base(path: Path) -> None:
 
 
 def make_adapter(path: Path) -> None:
-    import torch
-    from safetensors.torch import save_file
-
-    cfg = llama_config()
-    r, gen = 16, torch.Generator().manual_seed(1)
     dims = {"q_proj": (2048, 2048), "k_proj": (256, 2048), "v_proj": (256, 2048),
             "o_proj": (2048, 2048), "gate_proj": (5632, 2048), "up_proj": (5632, 2048),
             "down_proj": (2048, 5632)}
-    tensors = {}
-    for i in range(cfg.num_hidden_layers):
-        for name, (out, inp) in dims.items():
-            part = "self_attn" if name.endswith(("q_proj", "k_proj", "v_proj", "o_proj")) else "mlp"
-            p = f"base_model.model.model.layers.{i}.{part}.{name}"
-            tensors[f"{p}.lora_A.weight"] = torch.randn(r, inp, generator=gen) * 0.01
-            tensors[f"{p}.lora_B.weight"] = torch.randn(out, r, generator=gen) * 0.01
-    path.mkdir(parents=True)
-    save_file(tensors, str(path / "adapter_model.safetensors"), metadata={"format": "pt"})
-    (path / "adapter_config.json").write_text(json.dumps({
-        "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": r, "lora_alpha": 32,
-        "target_modules": TARGETS, "bias": "none", "use_rslora": False, "use_dora": False,
-        "init_lora_weights": True, "base_model_name_or_path": str(WORK / "base")}, indent=2))
+    write_llama_lora(path, llama_config().num_hidden_layers, dims, WORK / "base")
 
 
 PEFT_SCRIPT = """

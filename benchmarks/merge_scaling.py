@@ -27,6 +27,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from _common import write_llama_lora
+
 REPO = Path(__file__).resolve().parents[1]
 WORK = REPO / "benchmarks" / "_work" / "scaling"
 PY = sys.executable
@@ -111,23 +113,7 @@ def build_base(size: Size, path: Path) -> None:
 
 
 def build_adapter(size: Size, path: Path, base: Path, r: int = 16) -> None:
-    import torch
-    from safetensors.torch import save_file
-
-    gen = torch.Generator().manual_seed(1)
-    tensors = {}
-    for i in range(size.layers):
-        for name, (out, inp) in size.linear_dims().items():
-            part = "mlp" if name in ("gate_proj", "up_proj", "down_proj") else "self_attn"
-            p = f"base_model.model.model.layers.{i}.{part}.{name}"
-            tensors[f"{p}.lora_A.weight"] = torch.randn(r, inp, generator=gen) * 0.01
-            tensors[f"{p}.lora_B.weight"] = torch.randn(out, r, generator=gen) * 0.01
-    path.mkdir(parents=True)
-    save_file(tensors, str(path / "adapter_model.safetensors"), metadata={"format": "pt"})
-    (path / "adapter_config.json").write_text(json.dumps({
-        "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": r, "lora_alpha": 2 * r,
-        "target_modules": list(TARGETS), "bias": "none", "use_rslora": False, "use_dora": False,
-        "init_lora_weights": True, "base_model_name_or_path": str(base)}, indent=2))
+    write_llama_lora(path, size.layers, size.linear_dims(), base, r)
 
 
 def build_in_child(name: str) -> None:
