@@ -28,7 +28,7 @@ from dataclasses import replace
 import torch
 
 from adapterctl.errors import InvalidAdapterError, UnsupportedError
-from adapterctl.io.stored import StoredTensor
+from adapterctl.io.stored import StoredTensor, regrouped
 
 PACKED, NAIVE = "pack-quantized", ("naive-quantized", "int-quantized", "float-quantized")
 SUPPORTED_FORMATS = (PACKED, *NAIVE)
@@ -139,18 +139,11 @@ def group_compressed(stored: list[StoredTensor], qconf: dict, where: str, read,
         scheme = (("format", fmt), ("bits", args["num_bits"]), ("strategy", args["strategy"]),
                   ("group_size", args.get("group_size")),
                   ("block", tuple(args.get("block_structure") or ())))
-        logical[module + ".weight"] = replace(q, key=module + ".weight", dtype=float_dtype,
+        logical[q.key] = replace(q, key=module + ".weight", dtype=float_dtype,
                                               shape=shape, quant="compressed",
                                               parts=(q, *sides.values()), scheme=scheme)
         consumed.update(p.key for p in (q, *sides.values()))
-    return [logical[k] if k in logical else by_key[k] for k in _order(stored, logical, consumed)]
-
-
-def _order(stored, logical, consumed) -> list[str]:
-    """Storage order, each logical weight where its quantized tensor was."""
-    sources = {v.parts[0].key: k for k, v in logical.items()}
-    return [sources.get(s.key, s.key) for s in stored
-            if s.key in sources or s.key not in consumed]
+    return regrouped(stored, logical, consumed)
 
 
 def _dense_shape(q: StoredTensor, sides: dict, args: dict, read) -> tuple[int, ...]:

@@ -30,7 +30,7 @@ from adapterctl.io.dtypes import WRITABLE
 from adapterctl.io.fourbit import dequantize_stored
 from adapterctl.io.quantized_fp8 import dequantize_fp8, group_fp8
 from adapterctl.io.quantized_mxfp4 import dequantize_mxfp4, group_mxfp4
-from adapterctl.io.stored import StoredTensor
+from adapterctl.io.stored import StoredTensor, regrouped
 
 QS_SUFFIXES = (".quant_state.bitsandbytes__nf4", ".quant_state.bitsandbytes__fp4")
 
@@ -108,13 +108,7 @@ def group_quantized(stored: list[StoredTensor], read, float_dtype: torch.dtype) 
                 parts = (by_key[wkey], s) + ((fmt,) if fmt else ())
                 logical[wkey] = replace(by_key[wkey], dtype=float_dtype, quant="8bit", parts=parts)
                 consumed.update(p.key for p in parts)
-    out = []
-    for s in stored:
-        if s.key in logical:
-            out.append(logical[s.key])
-        elif s.key not in consumed:
-            out.append(s)
-    return out
+    return regrouped(stored, logical, consumed)
 
 
 def dequantize(stored: StoredTensor, read) -> torch.Tensor:

@@ -20,7 +20,7 @@ from dataclasses import replace
 import torch
 
 from adapterctl.errors import InvalidAdapterError
-from adapterctl.io.stored import StoredTensor
+from adapterctl.io.stored import StoredTensor, regrouped
 
 FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
 #: ue8m0 scales need torch >= 2.7 (float8_e8m0fnu); older torch reads float32 scales only
@@ -96,7 +96,7 @@ def group_fp8(stored: list[StoredTensor], qconf: dict, where: str,
                                       "incomplete (a missing shard?); download it again.")
         if s.key.endswith(ACTIVATION_SUFFIXES):
             consumed.add(s.key)
-    return [logical.get(s.key, s) for s in stored if s.key not in consumed]
+    return regrouped(stored, logical, consumed)
 
 
 def dequantize_fp8(stored: StoredTensor, read) -> torch.Tensor:

@@ -19,7 +19,7 @@ from dataclasses import replace
 import torch
 
 from adapterctl.errors import InvalidAdapterError
-from adapterctl.io.stored import StoredTensor
+from adapterctl.io.stored import StoredTensor, regrouped
 
 FP4_VALUES = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0,
               -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0)
@@ -61,7 +61,7 @@ def group_mxfp4(stored: list[StoredTensor], float_dtype: torch.dtype) -> list[St
                                  shape=(experts, groups * width * 2, rows), quant="mxfp4",
                                  parts=(s, scales))
         consumed.add(scales.key)
-    return [logical.get(s.key, s) for s in stored if s.key not in consumed]
+    return regrouped(stored, logical, consumed)
 
 
 def dequantize_mxfp4(stored: StoredTensor, read) -> torch.Tensor:

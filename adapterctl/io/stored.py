@@ -44,3 +44,12 @@ class StoredTensor:
     quant: str | None = None
     parts: tuple["StoredTensor", ...] = ()  # its stored tensors (io/quantized.py)
     scheme: tuple = ()  # (name, value) pairs the format's dequantization needs
+
+
+def regrouped(stored: list[StoredTensor], logical: dict[str, StoredTensor],
+              consumed: set[str]) -> list[StoredTensor]:
+    """A quantized checkpoint's tensors as the model sees them, in storage order: each logical
+    (dequantized) tensor where the stored tensor it is keyed by was, the side tensors it
+    ``consumed`` (scales, quant states, packs) dropped. The one assembly of every format's
+    grouping (bitsandbytes, FP8, MXFP4, compressed-tensors)."""
+    return [logical.get(s.key, s) for s in stored if s.key in logical or s.key not in consumed]
