@@ -148,6 +148,16 @@ def _replace_into(tmp: Path, dest: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def _prepare_destination(dest: Path, force: bool, needed_bytes: int) -> None:
+    """Before anything is written: ``dest`` free (or ``force``), its folder made, the space there."""
+    check_destination(dest, force)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise io_error(dest.parent, err, "create the folder") from err
+    check_free_space(dest, needed_bytes)
+
+
 @contextmanager
 def write_output_dir(dest: str | Path, force: bool = False, needed_bytes: int = 0) -> Iterator[Path]:
     """Yield a temporary folder beside ``dest``; rename it to ``dest`` when the block succeeds.
@@ -156,12 +166,7 @@ def write_output_dir(dest: str | Path, force: bool = False, needed_bytes: int = 
     no concurrent run on the same ``dest``. On any failure the temporary folder is removed.
     """
     dest = Path(dest).expanduser().absolute()
-    check_destination(dest, force)
-    try:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise io_error(dest.parent, err, "create the folder") from err
-    check_free_space(dest, needed_bytes)
+    _prepare_destination(dest, force, needed_bytes)
     with lock_destination(dest):
         recover_leftovers(dest)  # no live run owns them: we hold the lock
         check_destination(dest, force)  # again, now that no other run can change it
@@ -187,12 +192,7 @@ def write_output_file(dest: str | Path, force: bool = False, needed_bytes: int =
     if dest.is_dir():
         raise OutputExistsError(f"{dest}: is a folder, expected a file name",
                                 hint="Give the path of the file to write, e.g. out.gguf.")
-    check_destination(dest, force)
-    try:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise io_error(dest.parent, err, "create the folder") from err
-    check_free_space(dest, needed_bytes)
+    _prepare_destination(dest, force, needed_bytes)
     with lock_destination(dest):
         check_destination(dest, force)
         fd, name = tempfile.mkstemp(prefix=f".{dest.name}.{TEMP_PREFIX}", dir=dest.parent)
