@@ -77,8 +77,8 @@ if which == "peft":
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 else:
-    from adapterctl.core.engine.attach import attach_adapter
-    from adapterctl.core.engine.model import load_base
+    from adapterctl.core.runtime.attach import attach_adapter
+    from adapterctl.core.runtime.model import load_base
 t0 = time.perf_counter()
 if which == "peft":
     m = AutoModelForCausalLM.from_pretrained(model, dtype="auto")

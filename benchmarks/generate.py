@@ -35,8 +35,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from adapterctl.core.engine import attach as engine  # noqa: E402
-from adapterctl.core.engine.session import AttachedAdapter  # noqa: E402
+from adapterctl.core.runtime import attach as engine  # noqa: E402
+from adapterctl.core.runtime.session import AttachedAdapter  # noqa: E402
 from adapterctl.core.generate.decoding import DecodingConfig  # noqa: E402
 from adapterctl.core.generate.loop import generate_completions  # noqa: E402
 from adapterctl.core.generate.prompts import PromptSpec  # noqa: E402

@@ -58,7 +58,7 @@ def make_base(path: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from adapterctl.io.shard_writer import ShardWriter, TensorSpec, plan_shards
+    from adapterctl.io.checkpoint.shard_writer import ShardWriter, TensorSpec, plan_shards
 
     cfg = llama_config()
     with torch.device("meta"):

@@ -65,7 +65,8 @@ def main() -> None:
     from adapterctl.core.merge import write
     from adapterctl.core.merge.plan import MergeOptions
     from adapterctl.core.merge.run import plan_from_refs
-    from adapterctl.io import checkpoint, shard_writer
+    from adapterctl.io.checkpoint import reader as checkpoint
+    from adapterctl.io.checkpoint import shard_writer
 
     t2 = time.perf_counter()
     job = plan_from_refs(str(base), [str(adapter)], MergeOptions())

@@ -86,7 +86,7 @@ def build_base(size: Size, path: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from adapterctl.io.shard_writer import ShardWriter, TensorSpec, plan_shards
+    from adapterctl.io.checkpoint.shard_writer import ShardWriter, TensorSpec, plan_shards
 
     cfg = size.config()
     with torch.device("meta"):

@@ -48,7 +48,7 @@ def nf4_base():
 def train(model, tok, out: Path):
     import torch
 
-    from adapterctl.core.engine.attach import attach_adapter
+    from adapterctl.core.runtime.attach import attach_adapter
 
     torch.manual_seed(ex.CONFIG["seed"])
     la, doc = ex.fresh_adapter(model, "qlora-upper", SPEC, out)
@@ -63,7 +63,7 @@ def train(model, tok, out: Path):
 
 def as_trained(adapter: Path):
     """The model the adapter was trained as: the NF4 round trip of the base, the adapter attached."""
-    from adapterctl.core.engine.attach import attach_adapter
+    from adapterctl.core.runtime.attach import attach_adapter
     from adapterctl.core.lora.loaded import load_adapter
 
     model = nf4_base()

@@ -199,7 +199,7 @@ def fresh_adapter(model, name: str, spec: dict, out: Path):
     from adapterctl.core.adapter.targeting import lora_scaling, select_targets
     from adapterctl.core.lora.delta import mutated_init
     from adapterctl.core.lora.loaded import LoadedAdapter, LoraWeights
-    from adapterctl.io.adapter_dir import AdapterFiles
+    from adapterctl.io.folders.adapter_dir import AdapterFiles
 
     doc = adapter_config_doc(spec)
     cfg = parse_adapter_config(doc, name)
@@ -256,7 +256,7 @@ def lora_tensors(la) -> dict:
 
 
 def trained_tensors(model, name: str) -> dict:
-    from adapterctl.core.engine.layers import LoraWrapper
+    from adapterctl.core.runtime.layers import LoraWrapper
 
     out = {}
     for mod in model.modules():
@@ -272,8 +272,8 @@ def trained_tensors(model, name: str) -> dict:
 def train_adapter(name: str, spec: dict) -> None:
     import torch
 
-    from adapterctl.core.engine.attach import attach_adapter, detach
-    from adapterctl.core.engine.model import load_base
+    from adapterctl.core.runtime.attach import attach_adapter, detach
+    from adapterctl.core.runtime.model import load_base
 
     torch.manual_seed(CONFIG["seed"])
     base = load_base(HERE / CONFIG["base"]["dir"], dtype="float32")

@@ -48,13 +48,13 @@ def test_adapter_configs_are_what_the_script_describes(name):
 
 @pytest.fixture(scope="module")
 def base():
-    from adapterctl.core.engine.model import load_base
+    from adapterctl.core.runtime.model import load_base
 
     return load_base(EX / "tiny-base", dtype="float32")
 
 
 def _complete(base, adapter=None):
-    from adapterctl.core.engine.attach import attach_adapter, detach
+    from adapterctl.core.runtime.attach import attach_adapter, detach
     from adapterctl.core.generate.textgen import greedy_complete
 
     if adapter:
@@ -99,7 +99,7 @@ def test_pissa_pair_converts_to_plain_lora_with_the_same_outputs(base, tmp_path)
     on the original base, gives the trained (residual-base) adapter's logits."""
     import torch
 
-    from adapterctl.core.engine.attach import attach_adapter, detach
+    from adapterctl.core.runtime.attach import attach_adapter, detach
     from tests.helpers import invoke
 
     out = tmp_path / "pissa-as-lora"

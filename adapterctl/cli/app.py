@@ -53,8 +53,9 @@ app = typer.Typer(
 
 def _version(value: bool) -> None:
     if value:  # through the output helper: with --json, one document like every command's
-        output_mod.get_output().result({"version": __version__},
-                                       lambda console: console.print(f"adapterctl {__version__}"))
+        output_mod.get_output().result(
+            {"version": __version__}, lambda console: console.print(f"adapterctl {__version__}")
+        )
         raise typer.Exit(0)
 
 
@@ -63,8 +64,9 @@ def root(
     json_output: bool = typer.Option(False, "--json", help="Print one JSON document on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No logs or progress on stderr."),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks for errors."),
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
-                                 help="Print the version and exit."),
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
 ) -> None:
     """Registered for --help; the flags themselves are taken off argv by :func:`main`."""
 
@@ -111,8 +113,11 @@ def _usage_error(err: ClickException) -> UsageError:
 def secrets_in(args: list[str]) -> list[str]:
     """Tokens this run knows (``--token``, HF_TOKEN; ``--api-key``, ADAPTERCTL_API_KEY): never
     echoed, whatever raised."""
-    found = [os.environ.get("HF_TOKEN"), os.environ.get("HUGGING_FACE_HUB_TOKEN"),
-             os.environ.get("ADAPTERCTL_API_KEY")]
+    found = [
+        os.environ.get("HF_TOKEN"),
+        os.environ.get("HUGGING_FACE_HUB_TOKEN"),
+        os.environ.get("ADAPTERCTL_API_KEY"),
+    ]
     for i, arg in enumerate(args):
         for flag in ("--token", "--api-key"):
             if arg == flag and i + 1 < len(args):
@@ -137,8 +142,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         _register_commands(args)
         command = typer.main.get_command(app)
-        rv = command.main(args=args, prog_name="adapterctl", standalone_mode=False,
-                          complete_var=COMPLETE_VAR)
+        rv = command.main(args=args, prog_name="adapterctl", standalone_mode=False, complete_var=COMPLETE_VAR)
         code = rv if isinstance(rv, int) else 0
         if code == Interrupted.exit_code:  # Typer turns Ctrl-C into a silent return of 130
             code = _report(out, Interrupted("interrupted"), settings)
@@ -154,8 +158,10 @@ def main(argv: list[str] | None = None) -> None:
         output_mod.silence_stdout()
         code = 0
     except Exception as err:  # a bug: say so, and how to get the details
-        wrapped = AdapterctlError(f"internal error: {type(err).__name__}: {err}",
-                                  hint="This is a bug in adapterctl; rerun with --debug and report it.")
+        wrapped = AdapterctlError(
+            f"internal error: {type(err).__name__}: {err}",
+            hint="This is a bug in adapterctl; rerun with --debug and report it.",
+        )
         code = _report(out, wrapped, settings, err)
     try:
         sys.stdout.flush()

@@ -14,34 +14,48 @@ VERDICT_STYLE = {"serves": "green", "changes": "yellow", "refuses": "red"}
 
 
 def check_cmd(
-    adapters: Annotated[list[str], typer.Argument(
-        metavar="ADAPTER...", help="Adapter folders or Hub ids (user/repo[@rev]).")],
-    engine: Annotated[list[str] | None, typer.Option(
-        "--engine", "-e", metavar="ENGINE", help="vllm, sglang, lorax, tgi, llama.cpp, mlx or all "
-        "(default); repeatable or comma-separated.")] = None,
-    base: Annotated[str | None, typer.Option(
-        "--base", metavar="BASE", help="Base model folder or Hub id (headers only): check module "
-        "names, vocabulary and tied embeddings (default: the adapter's base_model_name_or_path "
-        "when it is a local folder).")] = None,
+    adapters: Annotated[
+        list[str], typer.Argument(metavar="ADAPTER...", help="Adapter folders or Hub ids (user/repo[@rev]).")
+    ],
+    engine: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--engine",
+            "-e",
+            metavar="ENGINE",
+            help="vllm, sglang, lorax, tgi, llama.cpp, mlx or all (default); repeatable or comma-separated.",
+        ),
+    ] = None,
+    base: Annotated[
+        str | None,
+        typer.Option(
+            "--base",
+            metavar="BASE",
+            help="Base model folder or Hub id (headers only): check module "
+            "names, vocabulary and tied embeddings (default: the adapter's base_model_name_or_path "
+            "when it is a local folder).",
+        ),
+    ] = None,
     revision: Revision = None,
     token: Token = None,
 ) -> None:
     """Say, per adapter and serving engine, whether the engine serves it as trained ("serves"),
     loads it but computes something else ("changes") or refuses it ("refuses"), why (citing the
     engine's source), and the fix: serving flags or an `adapterctl convert --for` command."""
-    from adapterctl.core.engines.check import check_adapters, engine_names
+    from adapterctl.core.engine_rules.check import check_adapters, engine_names
     from adapterctl.errors import NotServedError
-    from adapterctl.io.resolve import resolve_adapter_dir, resolve_model_dir
+    from adapterctl.io.hub.resolve import resolve_adapter_dir, resolve_model_dir
 
     out = get_output()
     names = engine_names(engine)  # usage errors before any download
     hub = hub_options(revision, token)
-    folders = [(str(resolve_adapter_dir(a, hub, need_weights=False, header_only=True)), a)
-               for a in adapters]
+    folders = [(str(resolve_adapter_dir(a, hub, need_weights=False, header_only=True)), a) for a in adapters]
     base_ref = None
     if base:
-        base_ref = (str(resolve_model_dir(base, hub_options(None, token), need_weights=False,
-                                          header_only=True)), base)
+        base_ref = (
+            str(resolve_model_dir(base, hub_options(None, token), need_weights=False, header_only=True)),
+            base,
+        )
     report = check_adapters(folders, names, base_ref)
     for note in report.notes:
         out.info(note)
@@ -55,7 +69,8 @@ def check_cmd(
         f"{len(bad)} of {len(report.results)} verdicts are not 'serves': "
         + ", ".join(f"{r.engine} {r.verdict} {r.adapter}" for r in bad[:4])
         + (" ..." if len(bad) > 4 else ""),
-        hint="Each result names the fix: serving flags or an `adapterctl convert --for` command.")
+        hint="Each result names the fix: serving flags or an `adapterctl convert --for` command.",
+    )
     out.result({**data, "error": err.to_dict()}, lambda console: render(console, report), ok=False)
     raise typer.Exit(err.exit_code)
 
@@ -86,8 +101,9 @@ def render(console, report) -> None:
         if r.verdict == "serves" and not r.flags:
             continue
         style = VERDICT_STYLE[r.verdict]
-        console.print(f"\n{escape(r.adapter)} on {r.engine} {escape(r.engine_version)}: "
-                      f"[{style}]{r.verdict}[/{style}]")
+        console.print(
+            f"\n{escape(r.adapter)} on {r.engine} {escape(r.engine_version)}: [{style}]{r.verdict}[/{style}]"
+        )
         for f in r.reasons:
             console.print(f"  - {escape(f.message)} [dim]({escape(f.source.file)})[/dim]")
         if r.flags and r.verdict != "serves":

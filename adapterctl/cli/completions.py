@@ -22,10 +22,14 @@ def completion_script(shell: str) -> str:
     if shell not in SHELLS:
         raise ValueError(f"unknown shell {shell!r}")
     root = Path(__file__).resolve().parents[2]
-    env = {**os.environ, COMPLETE_VAR: f"source_{shell}",
-           "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.run([sys.executable, "-m", "adapterctl"], env=env, capture_output=True,
-                          text=True, check=True)
+    env = {
+        **os.environ,
+        COMPLETE_VAR: f"source_{shell}",
+        "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]),
+    }
+    proc = subprocess.run(
+        [sys.executable, "-m", "adapterctl"], env=env, capture_output=True, text=True, check=True
+    )
     return proc.stdout
 
 

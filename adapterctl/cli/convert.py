@@ -16,56 +16,141 @@ CastDtype = dtype_option("Cast the written tensors", PANEL_MODE, auto=False)
 
 
 def convert_cmd(
-    source: Annotated[str, typer.Argument(
-        metavar="SOURCE", help="Adapter folder (TRAINED / ADAPTER), or the fine-tuned model with "
-        "--extract. Hub ids work too.")],
-    output: Annotated[str, typer.Argument(
-        metavar="OUT", help="Output adapter folder (written atomically).")],
-    pissa_init: Annotated[str | None, typer.Option(
-        "--pissa-init", metavar="INIT", help="Initial adapter saved before training: convert a "
-        "PiSSA/OLoRA/CorDA/LoRA-GA adapter to plain LoRA.", rich_help_panel=PANEL_MODE)] = None,
-    base: Annotated[str | None, typer.Option(
-        "--base", metavar="BASE", help="Base model: recompute the PiSSA (full SVD) / OLoRA initial "
-        "weights instead of --pissa-init.", rich_help_panel=PANEL_MODE)] = None,
-    rank: Annotated[int | None, typer.Option(
-        "--rank", metavar="R", help="Target rank (rank reduction, or the rank of --extract).",
-        rich_help_panel=PANEL_MODE)] = None,
-    energy: Annotated[float | None, typer.Option(
-        "--energy", metavar="E", help="Keep this fraction of each module's squared Frobenius norm, "
-        "e.g. 0.95 (per-module ranks).", rich_help_panel=PANEL_MODE)] = None,
-    extract: Annotated[str | None, typer.Option(
-        "--extract", metavar="BASE", help="Extract a LoRA from the fully fine-tuned model SOURCE "
-        "against this base (needs --rank).", rich_help_panel=PANEL_MODE)] = None,
-    skip_unfactorable: Annotated[bool, typer.Option(
-        "--skip-unfactorable", help="With --extract: drop changed norms/biases/resized embeddings "
-        "instead of saving them as modules_to_save.", rich_help_panel=PANEL_MODE)] = False,
-    to_safetensors: Annotated[bool, typer.Option(
-        "--to-safetensors", help="Rewrite a legacy adapter_model.bin as safetensors (loaded with "
-        "weights_only=True).", rich_help_panel=PANEL_MODE)] = False,
+    source: Annotated[
+        str,
+        typer.Argument(
+            metavar="SOURCE",
+            help="Adapter folder (TRAINED / ADAPTER), or the fine-tuned model with "
+            "--extract. Hub ids work too.",
+        ),
+    ],
+    output: Annotated[str, typer.Argument(metavar="OUT", help="Output adapter folder (written atomically).")],
+    pissa_init: Annotated[
+        str | None,
+        typer.Option(
+            "--pissa-init",
+            metavar="INIT",
+            help="Initial adapter saved before training: convert a "
+            "PiSSA/OLoRA/CorDA/LoRA-GA adapter to plain LoRA.",
+            rich_help_panel=PANEL_MODE,
+        ),
+    ] = None,
+    base: Annotated[
+        str | None,
+        typer.Option(
+            "--base",
+            metavar="BASE",
+            help="Base model: recompute the PiSSA (full SVD) / OLoRA initial "
+            "weights instead of --pissa-init.",
+            rich_help_panel=PANEL_MODE,
+        ),
+    ] = None,
+    rank: Annotated[
+        int | None,
+        typer.Option(
+            "--rank",
+            metavar="R",
+            help="Target rank (rank reduction, or the rank of --extract).",
+            rich_help_panel=PANEL_MODE,
+        ),
+    ] = None,
+    energy: Annotated[
+        float | None,
+        typer.Option(
+            "--energy",
+            metavar="E",
+            help="Keep this fraction of each module's squared Frobenius norm, e.g. 0.95 (per-module ranks).",
+            rich_help_panel=PANEL_MODE,
+        ),
+    ] = None,
+    extract: Annotated[
+        str | None,
+        typer.Option(
+            "--extract",
+            metavar="BASE",
+            help="Extract a LoRA from the fully fine-tuned model SOURCE against this base (needs --rank).",
+            rich_help_panel=PANEL_MODE,
+        ),
+    ] = None,
+    skip_unfactorable: Annotated[
+        bool,
+        typer.Option(
+            "--skip-unfactorable",
+            help="With --extract: drop changed norms/biases/resized embeddings "
+            "instead of saving them as modules_to_save.",
+            rich_help_panel=PANEL_MODE,
+        ),
+    ] = False,
+    to_safetensors: Annotated[
+        bool,
+        typer.Option(
+            "--to-safetensors",
+            help="Rewrite a legacy adapter_model.bin as safetensors (loaded with weights_only=True).",
+            rich_help_panel=PANEL_MODE,
+        ),
+    ] = False,
     dtype: CastDtype = None,
-    for_engine: Annotated[list[str] | None, typer.Option(
-        "--for", metavar="ENGINE", help="Rewrite the adapter so that this engine serves it as "
-        "trained (vllm, sglang, lorax, tgi, llama.cpp, mlx or all): DoRA to LoRA, extras to "
-        "full-rank LoRA, scales baked; or refuse, naming what no LoRA can hold there.",
-        rich_help_panel=PANEL_MODE)] = None,
-    drop_unsupported: Annotated[bool, typer.Option(
-        "--drop-unsupported", help="With --for: drop what the engine cannot serve (lora_B biases, "
-        "norm weights, ...) and report what that changes.", rich_help_panel=PANEL_MODE)] = False,
-    for_serving: Annotated[bool, typer.Option(
-        "--for-serving", help="Alias of --for all --drop-unsupported: what every engine serves, "
-        "the rest dropped and reported.", rich_help_panel=PANEL_MODE)] = False,
-    to: Annotated[str | None, typer.Option(
-        "--to", metavar="FORMAT", help="Write another engine's adapter: gguf (llama.cpp / Ollama, "
-        "OUT is a .gguf file) or mlx (MLX-LM folder). --base names the base model.",
-        rich_help_panel=PANEL_OUT)] = None,
-    from_format: Annotated[str | None, typer.Option(
-        "--from", metavar="FORMAT", help="SOURCE is a gguf (llama.cpp) or mlx (MLX-LM) adapter: "
-        "write it as PEFT (gguf needs --base).", rich_help_panel=PANEL_MODE)] = None,
-    outtype: Annotated[str, typer.Option(
-        "--outtype", metavar="TYPE", help="With --to gguf: f32, f16, bf16 or q8_0.",
-        rich_help_panel=PANEL_OUT)] = "f32",
-    force: Annotated[bool, typer.Option(
-        "--force", help="Replace an existing non-empty OUT.", rich_help_panel=PANEL_OUT)] = False,
+    for_engine: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--for",
+            metavar="ENGINE",
+            help="Rewrite the adapter so that this engine serves it as "
+            "trained (vllm, sglang, lorax, tgi, llama.cpp, mlx or all): DoRA to LoRA, extras to "
+            "full-rank LoRA, scales baked; or refuse, naming what no LoRA can hold there.",
+            rich_help_panel=PANEL_MODE,
+        ),
+    ] = None,
+    drop_unsupported: Annotated[
+        bool,
+        typer.Option(
+            "--drop-unsupported",
+            help="With --for: drop what the engine cannot serve (lora_B biases, "
+            "norm weights, ...) and report what that changes.",
+            rich_help_panel=PANEL_MODE,
+        ),
+    ] = False,
+    for_serving: Annotated[
+        bool,
+        typer.Option(
+            "--for-serving",
+            help="Alias of --for all --drop-unsupported: what every engine serves, "
+            "the rest dropped and reported.",
+            rich_help_panel=PANEL_MODE,
+        ),
+    ] = False,
+    to: Annotated[
+        str | None,
+        typer.Option(
+            "--to",
+            metavar="FORMAT",
+            help="Write another engine's adapter: gguf (llama.cpp / Ollama, "
+            "OUT is a .gguf file) or mlx (MLX-LM folder). --base names the base model.",
+            rich_help_panel=PANEL_OUT,
+        ),
+    ] = None,
+    from_format: Annotated[
+        str | None,
+        typer.Option(
+            "--from",
+            metavar="FORMAT",
+            help="SOURCE is a gguf (llama.cpp) or mlx (MLX-LM) adapter: "
+            "write it as PEFT (gguf needs --base).",
+            rich_help_panel=PANEL_MODE,
+        ),
+    ] = None,
+    outtype: Annotated[
+        str,
+        typer.Option(
+            "--outtype",
+            metavar="TYPE",
+            help="With --to gguf: f32, f16, bf16 or q8_0.",
+            rich_help_panel=PANEL_OUT,
+        ),
+    ] = "f32",
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace an existing non-empty OUT.", rich_help_panel=PANEL_OUT)
+    ] = False,
     revision: Revision = None,
     token: Token = None,
 ) -> None:
@@ -73,14 +158,29 @@ def convert_cmd(
     from adapterctl.core.convert.pipeline import ConvertRequest, check_request
 
     out = get_output()
-    req = ConvertRequest(source, output, force, pissa_init, base, extract, rank, energy, dtype,
-                         for_serving, to_safetensors, skip_unfactorable, source_name=source,
-                         base_name=base or extract, to=to, from_format=from_format,
-                         outtype=outtype, for_engine=tuple(for_engine or ()),
-                         drop_unsupported=drop_unsupported)
+    req = ConvertRequest(
+        source,
+        output,
+        force,
+        pissa_init,
+        base,
+        extract,
+        rank,
+        energy,
+        dtype,
+        for_serving,
+        to_safetensors,
+        skip_unfactorable,
+        source_name=source,
+        base_name=base or extract,
+        to=to,
+        from_format=from_format,
+        outtype=outtype,
+        for_engine=tuple(for_engine or ()),
+        drop_unsupported=drop_unsupported,
+    )
     if outtype not in ("f32", "f16", "bf16", "q8_0"):
-        raise UsageError(f"--outtype {outtype!r} is not supported",
-                         hint="Use f32, f16, bf16 or q8_0.")
+        raise UsageError(f"--outtype {outtype!r} is not supported", hint="Use f32, f16, bf16 or q8_0.")
     check_request(req)  # usage errors before any download
     req = _resolve(req, revision, token)
     from adapterctl.core.convert.pipeline import run_convert
@@ -104,7 +204,7 @@ def convert_cmd(
 def _resolve(req, revision, token):
     from dataclasses import replace
 
-    from adapterctl.io.resolve import resolve_adapter_dir, resolve_model_dir
+    from adapterctl.io.hub.resolve import resolve_adapter_dir, resolve_model_dir
 
     hub = hub_options(revision, token)
     plain = hub_options(None, token)
@@ -113,11 +213,17 @@ def _resolve(req, revision, token):
 
         return resolve_format_request(req, hub, plain)
     if req.extract_base:
-        return replace(req, source=str(resolve_model_dir(req.source, hub)),
-                       extract_base=str(resolve_model_dir(req.extract_base, plain)))
-    return replace(req, source=str(resolve_adapter_dir(req.source, hub)),
-                   init=str(resolve_adapter_dir(req.init, plain)) if req.init else None,
-                   base=str(resolve_model_dir(req.base, plain)) if req.base else None)
+        return replace(
+            req,
+            source=str(resolve_model_dir(req.source, hub)),
+            extract_base=str(resolve_model_dir(req.extract_base, plain)),
+        )
+    return replace(
+        req,
+        source=str(resolve_adapter_dir(req.source, hub)),
+        init=str(resolve_adapter_dir(req.init, plain)) if req.init else None,
+        base=str(resolve_model_dir(req.base, plain)) if req.base else None,
+    )
 
 
 def render(console, r) -> None:
@@ -125,17 +231,23 @@ def render(console, r) -> None:
     from rich.table import Table
 
     pattern = f", rank_pattern: {len(r.rank_pattern)} entries" if r.rank_pattern else ""
-    console.print(f"[green]wrote[/green] {escape(str(r.output))} ({', '.join(r.steps)}): {r.num_modules} "
-                  f"modules, r={r.r}, lora_alpha={r.lora_alpha:g}"
-                  f"{', rsLoRA' if r.use_rslora else ''}{pattern}, {', '.join(r.dtypes)}")
+    console.print(
+        f"[green]wrote[/green] {escape(str(r.output))} ({', '.join(r.steps)}): {r.num_modules} "
+        f"modules, r={r.r}, lora_alpha={r.lora_alpha:g}"
+        f"{', rsLoRA' if r.use_rslora else ''}{pattern}, {', '.join(r.dtypes)}"
+    )
     if r.modules:
         t = Table(title="per-module result", title_justify="left")
         for col in ("module", "r before", "r after", "rel. error", "energy kept"):
             t.add_column(col, justify="left" if col == "module" else "right")
         for m in r.modules:
-            t.add_row(escape(m.module), str(m.r_before), str(m.r_after),
-                      "-" if m.rel_error is None else f"{m.rel_error:.3e}",
-                      "-" if m.energy is None else f"{m.energy:.4f}")
+            t.add_row(
+                escape(m.module),
+                str(m.r_before),
+                str(m.r_after),
+                "-" if m.rel_error is None else f"{m.rel_error:.3e}",
+                "-" if m.energy is None else f"{m.energy:.4f}",
+            )
         console.print(t)
     for item in r.removed:
         console.print(f"[yellow]removed[/yellow] {escape(str(item))}")

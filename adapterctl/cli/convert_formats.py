@@ -8,7 +8,7 @@ from dataclasses import replace
 def resolve_format_request(req, hub, plain):
     """Local paths for SOURCE and --base. A GGUF or MLX source is a local file or folder; the
     base is read for its config and tensor names only (headers, never the weights)."""
-    from adapterctl.io.resolve import (
+    from adapterctl.io.hub.resolve import (
         resolve_adapter_dir,
         resolve_local,
         resolve_model_dir,
@@ -20,13 +20,16 @@ def resolve_format_request(req, hub, plain):
         source = resolve_model_dir(req.source, hub)
     else:
         source = resolve_adapter_dir(req.source, hub)
-    base = resolve_model_dir(req.base, plain, need_weights=False, header_only=True) \
-        if req.base else None
+    base = resolve_model_dir(req.base, plain, need_weights=False, header_only=True) if req.base else None
     init = resolve_adapter_dir(req.init, plain) if req.init else None
     extract = resolve_model_dir(req.extract_base, plain) if req.extract_base else None
-    return replace(req, source=str(source), base=str(base) if base else None,
-                   init=str(init) if init else None,
-                   extract_base=str(extract) if extract else None)
+    return replace(
+        req,
+        source=str(source),
+        base=str(base) if base else None,
+        init=str(init) if init else None,
+        extract_base=str(extract) if extract else None,
+    )
 
 
 def render_export(console, r) -> None:
@@ -34,14 +37,17 @@ def render_export(console, r) -> None:
 
     if r.format == "gguf":
         types = ", ".join(f"{k} x{v}" for k, v in sorted(r.types.items()))
-        console.print(f"[green]wrote[/green] {escape(r.output)} (llama.cpp LoRA adapter, "
-                      f"architecture {r.arch}): {r.num_modules} modules, {r.num_tensors} tensors "
-                      f"({types}), adapter.lora.alpha={r.lora_alpha:g}")
+        console.print(
+            f"[green]wrote[/green] {escape(r.output)} (llama.cpp LoRA adapter, "
+            f"architecture {r.arch}): {r.num_modules} modules, {r.num_tensors} tensors "
+            f"({types}), adapter.lora.alpha={r.lora_alpha:g}"
+        )
         console.print(f"llama.cpp: llama-cli -m BASE.gguf --lora {escape(r.output)}")
-        console.print(f"Ollama Modelfile: FROM <base model>\n                  "
-                      f"{escape(r.ollama_modelfile)}")
+        console.print(f"Ollama Modelfile: FROM <base model>\n                  {escape(r.ollama_modelfile)}")
     else:
-        console.print(f"[green]wrote[/green] {escape(r.output)} (MLX-LM {r.fine_tune_type} "
-                      f"adapter): {r.num_modules} modules, rank {r.rank}, scale {r.scale:.6g}, "
-                      f"num_layers {r.num_layers}, keys {', '.join(r.keys)}")
+        console.print(
+            f"[green]wrote[/green] {escape(r.output)} (MLX-LM {r.fine_tune_type} "
+            f"adapter): {r.num_modules} modules, rank {r.rank}, scale {r.scale:.6g}, "
+            f"num_layers {r.num_layers}, keys {', '.join(r.keys)}"
+        )
         console.print(f"MLX-LM: mlx_lm.generate --model BASE --adapter-path {escape(r.output)}")

@@ -12,17 +12,23 @@ from adapterctl.cli.output import get_output, human_bytes
 
 def inspect_cmd(
     adapter: Annotated[str, typer.Argument(help="Adapter folder (or Hub id user/repo[@rev]).")],
-    base: Annotated[str | None, typer.Option(
-        "--base", help="Base model folder or Hub id: check that every adapted module exists and "
-        "shapes fit (reads headers only).")] = None,
-    check_values: Annotated[bool, typer.Option(
-        "--check-values", help="Read the tensors: report NaN/Inf and per-module norms.")] = False,
+    base: Annotated[
+        str | None,
+        typer.Option(
+            "--base",
+            help="Base model folder or Hub id: check that every adapted module exists and "
+            "shapes fit (reads headers only).",
+        ),
+    ] = None,
+    check_values: Annotated[
+        bool, typer.Option("--check-values", help="Read the tensors: report NaN/Inf and per-module norms.")
+    ] = False,
     revision: Revision = None,
     token: Token = None,
 ) -> None:
     """Show what an adapter holds and whether it can be used (config and safetensors header only)."""
     from adapterctl.core.adapter.inspect import inspect_adapter
-    from adapterctl.io.resolve import resolve_adapter_dir, resolve_model_dir
+    from adapterctl.io.hub.resolve import resolve_adapter_dir, resolve_model_dir
 
     out = get_output()
     from adapterctl.cli.inspect_foreign import inspect_other_format
@@ -31,18 +37,26 @@ def inspect_cmd(
         return
     hub = hub_options(revision, token)
     folder = resolve_adapter_dir(adapter, hub, need_weights=check_values, header_only=True)
-    base_dir = resolve_model_dir(base, hub_options(None, token), need_weights=False,
-                                 header_only=True) if base else None
-    summary = inspect_adapter(folder, base=base_dir, check_values=check_values, source=adapter,
-                              base_source=base)
+    base_dir = (
+        resolve_model_dir(base, hub_options(None, token), need_weights=False, header_only=True)
+        if base
+        else None
+    )
+    summary = inspect_adapter(
+        folder, base=base_dir, check_values=check_values, source=adapter, base_source=base
+    )
     data = summary.to_dict()
     if summary.usable:
         out.result(data, lambda console: render(console, summary))
     else:
         # the JSON failure document carries the summary too: scripts read problems from it
         first = next(p for p in summary.problems if p.severity == "error")
-        error = {"type": first.code, "message": first.message, "hint": first.hint,
-                 "exit_code": first.exit_code}
+        error = {
+            "type": first.code,
+            "message": first.message,
+            "hint": first.hint,
+            "exit_code": first.exit_code,
+        }
         out.result({**data, "error": error}, lambda console: render(console, summary), ok=False)
     if not summary.usable:
         raise typer.Exit(summary.exit_code)
@@ -56,27 +70,47 @@ def render(console, s) -> None:
     head.add_column(style="bold")
     head.add_column()
     rows = [
-        ("adapter", s.source), ("peft_type", s.peft_type), ("task_type", s.task_type),
+        ("adapter", s.source),
+        ("peft_type", s.peft_type),
+        ("task_type", s.task_type),
         ("base model", s.base_model),
         ("r / alpha / scaling", f"{s.r} / {s.lora_alpha} / {s.scaling:.4g}" if s.r else None),
-        ("variants", ", ".join(s.variants) or "none"), ("init_lora_weights", s.init_lora_weights),
+        ("variants", ", ".join(s.variants) or "none"),
+        ("init_lora_weights", s.init_lora_weights),
         ("target_modules", _fmt(s.target_modules)),
-        ("target_parameters", _fmt(s.target_parameters)), ("exclude_modules", _fmt(s.exclude_modules)),
-        ("modules_to_save", _fmt(s.modules_to_save)), ("bias", s.bias),
+        ("target_parameters", _fmt(s.target_parameters)),
+        ("exclude_modules", _fmt(s.exclude_modules)),
+        ("modules_to_save", _fmt(s.modules_to_save)),
+        ("bias", s.bias),
         ("peft_version", s.peft_version),
-        ("weights", f"{s.weights_file} ({s.num_tensors} tensors, {s.num_parameters:,} parameters, "
-                    f"{human_bytes(s.size_bytes)}, {_fmt(s.dtypes)})" if s.weights_file else None),
+        (
+            "weights",
+            f"{s.weights_file} ({s.num_tensors} tensors, {s.num_parameters:,} parameters, "
+            f"{human_bytes(s.size_bytes)}, {_fmt(s.dtypes)})"
+            if s.weights_file
+            else None,
+        ),
     ]
     for key, values in (s.extras or {}).items():
         if values:
             rows.append((f"saved {key}", _fmt(values)))
     if s.base:
-        rows.append(("base checked", f"{s.base['path']} ({s.base['model_type']}): "
-                     + ("compatible" if s.base["compatible"] else "NOT compatible")))
+        rows.append(
+            (
+                "base checked",
+                f"{s.base['path']} ({s.base['model_type']}): "
+                + ("compatible" if s.base["compatible"] else "NOT compatible"),
+            )
+        )
         m = s.base.get("key_mapping")
         if m:
-            rows.append(("module paths", f"mapped {m['from']} -> {m['to']} ({'; '.join(m['rules'])})"
-                         " by attach, merge and generate"))
+            rows.append(
+                (
+                    "module paths",
+                    f"mapped {m['from']} -> {m['to']} ({'; '.join(m['rules'])})"
+                    " by attach, merge and generate",
+                )
+            )
     for k, v in rows:
         if v is not None:
             head.add_row(k, Text(str(v)))  # user text: no markup
@@ -105,8 +139,16 @@ def _module_table(s):
     for m in s.modules:
         kind = m.kind + ("+dora" if m.dora else "") + ("+bias" if m.lora_bias else "")
         rank = f"{m.experts}x{m.r}" if m.experts else str(m.r)  # experts x r per expert
-        row = [m.name, kind, rank, f"{m.alpha:g}", f"{m.scaling:.4g}", _shape(m.a_shape),
-               _shape(m.b_shape), m.dtype]
+        row = [
+            m.name,
+            kind,
+            rank,
+            f"{m.alpha:g}",
+            f"{m.scaling:.4g}",
+            _shape(m.a_shape),
+            _shape(m.b_shape),
+            m.dtype,
+        ]
         if values:
             row += [f"{m.delta_norm:.4g}" if m.delta_norm is not None else "-", str(m.nonfinite)]
         t.add_row(Text(row[0]), *row[1:])

@@ -6,10 +6,11 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from adapterctl.errors import AdapterctlError
 
@@ -69,8 +70,7 @@ class Output:
         return self.settings.json
 
     # ----- results (stdout) ----------------------------------------------------------------
-    def result(self, data: dict, render: Callable[[Console], None] | None = None,
-               ok: bool = True) -> None:
+    def result(self, data: dict, render: Callable[[Console], None] | None = None, ok: bool = True) -> None:
         """Print the command's result: the JSON document, or the human rendering. ``ok=False``
         is a result that is also a failure (``data`` then holds an ``error`` object)."""
         self.emitted = True
@@ -129,8 +129,13 @@ class Output:
             TimeRemainingColumn,
         )
 
-        cols = [TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(),
-                TimeElapsedColumn(), TimeRemainingColumn()]
+        cols = [
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TaskProgressColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+        ]
         with Progress(*cols, console=self.err, transient=True) as prog:
             task = prog.add_task(description, total=total)
             yield lambda n=1, **kw: prog.update(task, advance=n, **kw)

@@ -15,33 +15,68 @@ PANEL_FILES = "Files"
 
 
 def push_cmd(
-    folder: Annotated[Path, typer.Argument(
-        help="Adapter folder (adapter_config.json) or merged model folder (config.json).")],
-    repo_id: Annotated[str, typer.Argument(
-        help="Hub repo to push to: user/repo (created if missing).")],
-    revision: Annotated[str | None, typer.Option(
-        "--revision", help="Branch to push to (created from main if missing).",
-        rich_help_panel=PANEL_HUB)] = None,
-    private: Annotated[bool, typer.Option(
-        "--private", help="Create the repo as private (when this push creates it).",
-        rich_help_panel=PANEL_HUB)] = False,
-    message: Annotated[str | None, typer.Option(
-        "--message", "-m", help="Commit message.", rich_help_panel=PANEL_HUB)] = None,
-    create_pr: Annotated[bool, typer.Option(
-        "--create-pr", help="Open a pull request instead of committing to the branch.",
-        rich_help_panel=PANEL_HUB)] = False,
-    base_model: Annotated[str | None, typer.Option(
-        "--base-model", help="Base model id for the card (default: the card's, else the adapter "
-        "config's).", rich_help_panel=PANEL_FILES)] = None,
-    include: Annotated[list[str] | None, typer.Option(
-        "--include", help="Also upload files matching this glob (repeatable).",
-        rich_help_panel=PANEL_FILES)] = None,
-    exclude: Annotated[list[str] | None, typer.Option(
-        "--exclude", help="Do not upload files matching this glob (repeatable).",
-        rich_help_panel=PANEL_FILES)] = None,
-    dry_run: Annotated[bool, typer.Option(
-        "--dry-run", help="List what would be uploaded, sizes and the card; change nothing.",
-        rich_help_panel=PANEL_FILES)] = False,
+    folder: Annotated[
+        Path,
+        typer.Argument(help="Adapter folder (adapter_config.json) or merged model folder (config.json)."),
+    ],
+    repo_id: Annotated[str, typer.Argument(help="Hub repo to push to: user/repo (created if missing).")],
+    revision: Annotated[
+        str | None,
+        typer.Option(
+            "--revision", help="Branch to push to (created from main if missing).", rich_help_panel=PANEL_HUB
+        ),
+    ] = None,
+    private: Annotated[
+        bool,
+        typer.Option(
+            "--private",
+            help="Create the repo as private (when this push creates it).",
+            rich_help_panel=PANEL_HUB,
+        ),
+    ] = False,
+    message: Annotated[
+        str | None, typer.Option("--message", "-m", help="Commit message.", rich_help_panel=PANEL_HUB)
+    ] = None,
+    create_pr: Annotated[
+        bool,
+        typer.Option(
+            "--create-pr",
+            help="Open a pull request instead of committing to the branch.",
+            rich_help_panel=PANEL_HUB,
+        ),
+    ] = False,
+    base_model: Annotated[
+        str | None,
+        typer.Option(
+            "--base-model",
+            help="Base model id for the card (default: the card's, else the adapter config's).",
+            rich_help_panel=PANEL_FILES,
+        ),
+    ] = None,
+    include: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--include",
+            help="Also upload files matching this glob (repeatable).",
+            rich_help_panel=PANEL_FILES,
+        ),
+    ] = None,
+    exclude: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--exclude",
+            help="Do not upload files matching this glob (repeatable).",
+            rich_help_panel=PANEL_FILES,
+        ),
+    ] = None,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="List what would be uploaded, sizes and the card; change nothing.",
+            rich_help_panel=PANEL_FILES,
+        ),
+    ] = False,
     token: Token = None,
     endpoint: Endpoint = None,
 ) -> None:
@@ -50,8 +85,9 @@ def push_cmd(
 
     out = get_output()
     hub = hub_options(revision, token, endpoint)
-    plan = plan_push(folder, repo_id, include=include or [], exclude=exclude or [],
-                     base_model=base_model, hub=hub)
+    plan = plan_push(
+        folder, repo_id, include=include or [], exclude=exclude or [], base_model=base_model, hub=hub
+    )
     for w in plan.warnings:
         out.warn(w)
     if dry_run:
@@ -80,8 +116,11 @@ def _render_dry_run(console, plan) -> None:
 
 def _render(console, res) -> None:
     if not res.changed:
-        console.print(f"No changes: {res.repo_id}@{res.revision} already holds these files; no new "
-                      f"commit ({res.commit_id[:12]}).", markup=False)
+        console.print(
+            f"No changes: {res.repo_id}@{res.revision} already holds these files; no new "
+            f"commit ({res.commit_id[:12]}).",
+            markup=False,
+        )
         return
     if res.pr_url:
         console.print(f"Opened pull request {res.pr_url}", markup=False)

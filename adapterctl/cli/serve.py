@@ -31,7 +31,7 @@ def parse_named(texts: list[str]) -> list[tuple[str | None, str]]:
 
 def served_pairs(texts: list[str]) -> list[tuple[str, str]]:
     """(served name, adapter reference); unnamed adapters are named by the one naming rule."""
-    from adapterctl.core.engine.session import adapter_names
+    from adapterctl.core.runtime.session import adapter_names
 
     pairs = parse_named(texts)
     names = adapter_names([r for _, r in pairs], [n for n, _ in pairs])
@@ -45,37 +45,66 @@ def default_convert_dir() -> Path:
 
 def serve_cmd(
     base: Annotated[str, typer.Argument(metavar="BASE", help="Base model folder or Hub id.")],
-    extra: Annotated[list[str] | None, typer.Argument(
-        metavar="[-- EXTRA...]", show_default=False,
-        help="After `--`: more flags for the server, passed as they are (last, so they win).")]
-    = None,
-    adapter: Annotated[list[str] | None, typer.Option(
-        "--adapter", "-a", metavar="NAME=ADAPTER", show_default=False,
-        help="An adapter folder or Hub id to serve under NAME (repeatable; NAME defaults to "
-        "the folder's name).")] = None,
-    engine: Annotated[str, typer.Option(
-        "--engine", metavar="ENGINE", help="vllm or sglang.", rich_help_panel=PANEL_SERVER)]
-    = "vllm",
-    host: Annotated[str, typer.Option("--host", help="Address to listen on.",
-                                      rich_help_panel=PANEL_SERVER)] = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port", help="Port to listen on.",
-                                      rich_help_panel=PANEL_SERVER)] = 8000,
-    python: Annotated[str | None, typer.Option(
-        "--python", help="The python the engine is installed in (default: this one).",
-        rich_help_panel=PANEL_SERVER, show_default=False)] = None,
-    convert_dir: Annotated[Path | None, typer.Option(
-        "--convert-dir", help="Where adapters converted for the engine are written (default: "
-        "~/.cache/adapterctl/serve; reused by later runs).", show_default=False)] = None,
-    dry_run: Annotated[bool, typer.Option(
-        "--dry-run", help="Print the server's command line and the converted adapters' paths; "
-        "start nothing.")] = False,
+    extra: Annotated[
+        list[str] | None,
+        typer.Argument(
+            metavar="[-- EXTRA...]",
+            show_default=False,
+            help="After `--`: more flags for the server, passed as they are (last, so they win).",
+        ),
+    ] = None,
+    adapter: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--adapter",
+            "-a",
+            metavar="NAME=ADAPTER",
+            show_default=False,
+            help="An adapter folder or Hub id to serve under NAME (repeatable; NAME defaults to "
+            "the folder's name).",
+        ),
+    ] = None,
+    engine: Annotated[
+        str, typer.Option("--engine", metavar="ENGINE", help="vllm or sglang.", rich_help_panel=PANEL_SERVER)
+    ] = "vllm",
+    host: Annotated[
+        str, typer.Option("--host", help="Address to listen on.", rich_help_panel=PANEL_SERVER)
+    ] = "127.0.0.1",
+    port: Annotated[
+        int, typer.Option("--port", help="Port to listen on.", rich_help_panel=PANEL_SERVER)
+    ] = 8000,
+    python: Annotated[
+        str | None,
+        typer.Option(
+            "--python",
+            help="The python the engine is installed in (default: this one).",
+            rich_help_panel=PANEL_SERVER,
+            show_default=False,
+        ),
+    ] = None,
+    convert_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--convert-dir",
+            help="Where adapters converted for the engine are written (default: "
+            "~/.cache/adapterctl/serve; reused by later runs).",
+            show_default=False,
+        ),
+    ] = None,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="Print the server's command line and the converted adapters' paths; start nothing.",
+        ),
+    ] = False,
     revision: Revision = None,
     token: Token = None,
 ) -> None:
     """Serve a base with adapters on vLLM or SGLang: each adapter is checked with the engine's
     rules first (converted where that is exact, refused otherwise), then this process becomes
     the engine's OpenAI-compatible server (signals go straight to it)."""
-    from adapterctl.core.engine.session import base_hub
+    from adapterctl.core.runtime.session import base_hub
     from adapterctl.core.serve.prepare import lora_limits, prepare_adapters
     from adapterctl.core.serve.server import (
         ServedAdapter,
@@ -84,29 +113,49 @@ def serve_cmd(
         find_server_python,
         server_command,
     )
-    from adapterctl.io.resolve import resolve_adapter_dir, resolve_model_dir
+    from adapterctl.io.hub.resolve import resolve_adapter_dir, resolve_model_dir
 
     out = get_output()
     engine = engine.lower()
     check_engine(engine)
     if out.json and not dry_run:
-        raise UsageError("--json needs --dry-run",
-                         hint="serve becomes the server, whose logs are not one JSON document.")
+        raise UsageError(
+            "--json needs --dry-run", hint="serve becomes the server, whose logs are not one JSON document."
+        )
     pairs = served_pairs(list(adapter or []))
     check_served_names([n for n, _ in pairs], base)
     python = python or (sys.executable if dry_run else find_server_python(engine, None))
     hub = hub_options(revision, token)
     dirs = [resolve_adapter_dir(ref, hub) for _, ref in pairs]
     base_dir = resolve_model_dir(base, base_hub(hub))
-    prepared = prepare_adapters(engine, [(n, r, d) for (n, r), d in zip(pairs, dirs)],
-                                (base_dir, base), convert_dir or default_convert_dir(), out.info)
+    prepared = prepare_adapters(
+        engine,
+        [(n, r, d) for (n, r), d in zip(pairs, dirs)],
+        (base_dir, base),
+        convert_dir or default_convert_dir(),
+        out.info,
+    )
     limits = lora_limits(engine, prepared)
-    cmd = server_command(engine, python, base, [ServedAdapter(p.name, str(Path(p.path).resolve()))
-                                                for p in prepared],
-                         limits.max_lora_rank, limits.max_loras, host, port, list(extra or []))
+    cmd = server_command(
+        engine,
+        python,
+        base,
+        [ServedAdapter(p.name, str(Path(p.path).resolve())) for p in prepared],
+        limits.max_lora_rank,
+        limits.max_loras,
+        host,
+        port,
+        list(extra or []),
+    )
     if dry_run:
-        doc = {"dry_run": True, "engine": engine, "command": cmd.argv, "command_line": cmd.text,
-               "limits": limits.to_dict(), "adapters": [p.to_dict() for p in prepared]}
+        doc = {
+            "dry_run": True,
+            "engine": engine,
+            "command": cmd.argv,
+            "command_line": cmd.text,
+            "limits": limits.to_dict(),
+            "adapters": [p.to_dict() for p in prepared],
+        }
         out.result(doc, lambda console: _render(console, cmd, prepared))
         return
     out.info(f"starting: {cmd.text}")
@@ -117,8 +166,9 @@ def serve_cmd(
     except OSError as err:
         from adapterctl.errors import MissingDependencyError
 
-        raise MissingDependencyError(f"cannot start {cmd.argv[0]}: {err.strerror}",
-                                     hint="Check --python.") from err
+        raise MissingDependencyError(
+            f"cannot start {cmd.argv[0]}: {err.strerror}", hint="Check --python."
+        ) from err
 
 
 def _render(console, cmd, prepared) -> None:
@@ -132,8 +182,12 @@ def _render(console, cmd, prepared) -> None:
     for col in ("name", "adapter", "verdict", "served from"):
         table.add_column(col, overflow="fold")
     for p in prepared:
-        table.add_row(Text(p.name), Text(p.source), p.verdict + (" -> converted" if p.converted
-                                                                 else ""), Text(str(p.path)))
+        table.add_row(
+            Text(p.name),
+            Text(p.source),
+            p.verdict + (" -> converted" if p.converted else ""),
+            Text(str(p.path)),
+        )
     console.print(table)
     for p in prepared:
         if p.converted and p.notes:

@@ -58,8 +58,9 @@ def install() -> None:
     def get_runtime_param(self):
         desc = getattr(self, "type_descriptor", None)
         if self._runtime_param is None and desc is not None and desc.file_annotation is None:
-            self._runtime_param = PlainParam(parameter_info=desc.parameter_info,
-                                             annotation=desc.annotation, descriptor=desc)
+            self._runtime_param = PlainParam(
+                parameter_info=desc.parameter_info, annotation=desc.annotation, descriptor=desc
+            )
         return original(self)
 
     param_cls.get_runtime_param = get_runtime_param

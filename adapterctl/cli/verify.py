@@ -25,23 +25,45 @@ VERDICT_STYLE = {"matches": "green", "differs": "red", "no-op": "red"}
 
 
 def verify_cmd(
-    endpoint: Annotated[str, typer.Option(
-        "--endpoint", metavar="URL", help="The OpenAI-compatible server to check.",
-        show_default=False)],
-    adapter: Annotated[list[str], typer.Option(
-        "--adapter", "-a", metavar="NAME=ADAPTER", show_default=False,
-        help="A served adapter NAME and the local adapter (folder or Hub id) it should be "
-        "(repeatable).")],
-    base: Annotated[str | None, typer.Option(
-        "--base", help="The base model for the reference (default: the first adapter's "
-        "base_model_name_or_path).", show_default=False)] = None,
-    prompt: Annotated[list[str] | None, typer.Option(
-        "--prompt", "-p", show_default=False, help="A prompt (repeatable).")] = None,
-    prompts_file: Annotated[str | None, typer.Option(
-        "--prompts", help="Prompts file (text or JSONL; each prompt runs on every adapter). "
-        "Default: five short built-in prompts.", show_default=False)] = None,
-    max_new_tokens: Annotated[int, typer.Option(
-        "--max-new-tokens", "-n", help="Greedy tokens compared per prompt.")] = 16,
+    endpoint: Annotated[
+        str,
+        typer.Option(
+            "--endpoint", metavar="URL", help="The OpenAI-compatible server to check.", show_default=False
+        ),
+    ],
+    adapter: Annotated[
+        list[str],
+        typer.Option(
+            "--adapter",
+            "-a",
+            metavar="NAME=ADAPTER",
+            show_default=False,
+            help="A served adapter NAME and the local adapter (folder or Hub id) it should be (repeatable).",
+        ),
+    ],
+    base: Annotated[
+        str | None,
+        typer.Option(
+            "--base",
+            help="The base model for the reference (default: the first adapter's base_model_name_or_path).",
+            show_default=False,
+        ),
+    ] = None,
+    prompt: Annotated[
+        list[str] | None, typer.Option("--prompt", "-p", show_default=False, help="A prompt (repeatable).")
+    ] = None,
+    prompts_file: Annotated[
+        str | None,
+        typer.Option(
+            "--prompts",
+            help="Prompts file (text or JSONL; each prompt runs on every adapter). "
+            "Default: five short built-in prompts.",
+            show_default=False,
+        ),
+    ] = None,
+    max_new_tokens: Annotated[
+        int, typer.Option("--max-new-tokens", "-n", help="Greedy tokens compared per prompt.")
+    ] = 16,
     dtype: Dtype = "auto",
     trust_remote_code: TrustRemoteCode = False,
     model: ServedModel = None,
@@ -68,10 +90,18 @@ def verify_cmd(
     else:
         specs = [PromptSpec(str(i), p) for i, p in enumerate(DEFAULT_PROMPTS)]
     opts = EndpointOptions(endpoint, api_key=api_key, timeout=timeout)
-    report = run_verify(opts, pairs, specs, base_ref=base, model=model,
-                        max_new_tokens=max_new_tokens, concurrency=concurrency,
-                        placement=placement(dtype, None, None, None, None, trust_remote_code),
-                        hub=hub_options(None, None), on_step=out.info)
+    report = run_verify(
+        opts,
+        pairs,
+        specs,
+        base_ref=base,
+        model=model,
+        max_new_tokens=max_new_tokens,
+        concurrency=concurrency,
+        placement=placement(dtype, None, None, None, None, trust_remote_code),
+        hub=hub_options(None, None),
+        on_step=out.info,
+    )
     doc = report.to_dict()
     if report.ok:
         out.result(doc, lambda console: _render(console, report))
@@ -79,9 +109,11 @@ def verify_cmd(
     bad = [r for r in report.results if not r.ok]
     err = NotServedError(
         f"{len(bad)} of {len(report.results)} served adapters do not match: "
-        + ", ".join(f"{r.name} {r.verdict}" for r in bad[:4]) + (" ..." if len(bad) > 4 else ""),
+        + ", ".join(f"{r.name} {r.verdict}" for r in bad[:4])
+        + (" ..." if len(bad) > 4 else ""),
         hint="`adapterctl check ADAPTER --engine ENGINE` says what an engine changes; serve "
-             "with `adapterctl serve` to convert where needed.")
+        "with `adapterctl serve` to convert where needed.",
+    )
     out.result({**doc, "error": err.to_dict()}, lambda console: _render(console, report), ok=False)
     out.error(err)  # on stderr (the JSON document above already carries it)
     raise typer.Exit(err.exit_code)
@@ -103,8 +135,12 @@ def _render(console, report) -> None:
             details.append("first divergence: " + r.first_divergence.describe())
         if r.max_logprob_diff is not None:
             details.append(f"max |logprob difference| {r.max_logprob_diff:.2e}")
-        table.add_row(Text(r.name), Text(r.adapter), Text(VERDICT_TEXT[r.verdict], style=style),
-                      Text("\n".join(details)))
+        table.add_row(
+            Text(r.name),
+            Text(r.adapter),
+            Text(VERDICT_TEXT[r.verdict], style=style),
+            Text("\n".join(details)),
+        )
     console.print(table)
 
 

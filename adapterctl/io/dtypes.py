@@ -1,6 +1,6 @@
 """The one table of tensor dtypes: safetensors' names, torch's names, sizes, and which of them
 adapterctl writes (``--dtype``). Stdlib only, so the start-up tier (safetensors headers,
-``inspect``, ``--help``) reads it without torch; :func:`adapterctl.io.stored.torch_dtype` turns a
+``inspect``, ``--help``) reads it without torch; :func:`adapterctl.io.checkpoint.stored.torch_dtype` turns a
 name into a torch dtype where torch is loaded anyway.
 
 Every other module derives its view from this table (header validation, numpy reads, checkpoint
@@ -24,14 +24,25 @@ class Dtype:
 
 #: Every dtype the safetensors format defines (its ``Dtype`` enum), in size order.
 TABLE: tuple[Dtype, ...] = (
-    Dtype("BOOL", "bool", 1), Dtype("U8", "uint8", 1, "u1"), Dtype("I8", "int8", 1, "i1"),
-    Dtype("F8_E4M3", "float8_e4m3fn", 1), Dtype("F8_E5M2", "float8_e5m2", 1),
+    Dtype("BOOL", "bool", 1),
+    Dtype("U8", "uint8", 1, "u1"),
+    Dtype("I8", "int8", 1, "i1"),
+    Dtype("F8_E4M3", "float8_e4m3fn", 1),
+    Dtype("F8_E5M2", "float8_e5m2", 1),
     Dtype("F8_E8M0", "float8_e8m0fnu", 1),  # FP8 checkpoints' ue8m0 block scales
-    Dtype("I16", "int16", 2, "<i2"), Dtype("U16", None, 2), Dtype("F16", "float16", 2, "<f2"),
-    Dtype("BF16", "bfloat16", 2),  # numpy has no bfloat16: widened by hand (io/tensor_values.py)
-    Dtype("I32", "int32", 4, "<i4"), Dtype("U32", None, 4), Dtype("F32", "float32", 4, "<f4"),
-    Dtype("I64", "int64", 8, "<i8"), Dtype("U64", None, 8), Dtype("F64", "float64", 8, "<f8"),
-    Dtype("F4", None, 0.5), Dtype("F6_E2M3", None, 0.75), Dtype("F6_E3M2", None, 0.75),
+    Dtype("I16", "int16", 2, "<i2"),
+    Dtype("U16", None, 2),
+    Dtype("F16", "float16", 2, "<f2"),
+    Dtype("BF16", "bfloat16", 2),  # numpy has no bfloat16: widened by hand (io/safetensors/values.py)
+    Dtype("I32", "int32", 4, "<i4"),
+    Dtype("U32", None, 4),
+    Dtype("F32", "float32", 4, "<f4"),
+    Dtype("I64", "int64", 8, "<i8"),
+    Dtype("U64", None, 8),
+    Dtype("F64", "float64", 8, "<f8"),
+    Dtype("F4", None, 0.5),
+    Dtype("F6_E2M3", None, 0.75),
+    Dtype("F6_E3M2", None, 0.75),
 )
 BY_ST: dict[str, Dtype] = {d.st: d for d in TABLE}
 
@@ -53,8 +64,10 @@ def check_dtype(value: str | None, auto: bool = True, option: str = "--dtype") -
     choices = dtype_choices(auto)
     if value is None or value in choices:
         return value
-    raise UsageError(f"{option} {value!r} is not one of {', '.join(choices)}",
-                     hint=f"Use {option} {choices[0]} (or {', '.join(choices[1:])}).")
+    raise UsageError(
+        f"{option} {value!r} is not one of {', '.join(choices)}",
+        hint=f"Use {option} {choices[0]} (or {', '.join(choices[1:])}).",
+    )
 
 
 def torch_name(st_name: str) -> str | None:

@@ -38,7 +38,7 @@ def test_merge_json_document(tiny_models, lora, tmp_path):
 def test_weights_syntax_and_the_card(tiny_models, lora, peft_adapter, tmp_path):
     """ADAPTER=WEIGHT and the deprecated --weights write the same model; the card is the one
     writer's merged-model card, and names no base_model for a local base (and says so)."""
-    from adapterctl.io.model_card import split_card
+    from adapterctl.io.folders.model_card import split_card
 
     other = peft_adapter("llama", seed=1, r=2, target_modules=["v_proj"])
     new = invoke("--json", "merge", tiny_models["llama"], f"{lora}=0.7", f"{other}=0.3",

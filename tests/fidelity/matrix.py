@@ -84,7 +84,7 @@ def _refusal(err: Exception | None, name: str) -> bool:
 
 def arch_info(model: torch.nn.Module) -> ArchInfo:
     from adapterctl.core.adapter.compat import LayerKind
-    from adapterctl.core.engine.layers import layer_kind
+    from adapterctl.core.runtime.layers import layer_kind
 
     names = dict(model.named_modules())
     emb = model.get_input_embeddings()
@@ -147,7 +147,7 @@ def build_peft(base: Base, kwargs: dict, out: Path, seed: int = 0) -> torch.Tens
 def run_case(base: Base, config: str, work: Path) -> CaseResult:
     from transformers import AutoModelForCausalLM
 
-    from adapterctl.core.engine.attach import attach_adapter
+    from adapterctl.core.runtime.attach import attach_adapter
     from adapterctl.core.merge.plan import MergeOptions, load_adapters, plan_merge
     from adapterctl.core.merge.write import execute_merge
     from adapterctl.errors import AdapterctlError

@@ -20,7 +20,7 @@ import pytest
 
 from tests.helpers import REPO, run_cli
 
-#: the one atomic-output helper names its temporary folders like this (io/output_dir.py)
+#: the one atomic-output helper names its temporary folders like this (io/folders/output_dir.py)
 TEMP_MARK = ".adapterctl-tmp"
 
 
@@ -201,7 +201,7 @@ def test_output_locked_by_another_run_is_refused(cmd, inputs, tmp_path):
 def test_ctrl_c_in_a_command_reports_interrupted(monkeypatch):
     """Found here: Typer turns KeyboardInterrupt into a silent return of 130, so Ctrl-C printed
     nothing, and with --json no JSON document at all."""
-    import adapterctl.io.resolve as resolve
+    import adapterctl.io.hub.resolve as resolve
     from tests.helpers import invoke
 
     def interrupted(ref, kind):
@@ -219,7 +219,7 @@ def test_next_run_restores_an_output_whose_force_swap_was_cut_short(tmp_path):
     sits in .out.adapterctl-old-*/x and the new one in .out.adapterctl-tmp-*. The next run puts
     the previous output back (then refuses it without --force) and removes the rest."""
     from adapterctl.errors import OutputExistsError
-    from adapterctl.io.output_dir import write_output_dir
+    from adapterctl.io.folders.output_dir import write_output_dir
 
     (tmp_path / ".out.adapterctl-old-k1" / "x").mkdir(parents=True)
     (tmp_path / ".out.adapterctl-old-k1" / "x" / "model.safetensors").write_text("previous")

@@ -20,9 +20,9 @@ from adapterctl.core.adapter.config import (
 )
 from adapterctl.core.adapter.keys import split_keys
 from adapterctl.errors import EXIT_CODES, AdapterctlError
-from adapterctl.io.files import read_json_object
-from adapterctl.io.model_dir import locate_model_files
-from adapterctl.io.safetensors_header import (
+from adapterctl.io.folders.files import read_json_object
+from adapterctl.io.folders.model_dir import locate_model_files
+from adapterctl.io.safetensors.header import (
     DTYPE_SIZES,
     SafetensorsHeader,
     parse_header_bytes,

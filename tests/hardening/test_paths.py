@@ -11,7 +11,7 @@ import torch
 
 from adapterctl.core.lora.loaded import load_adapter
 from adapterctl.errors import AdapterctlError
-from adapterctl.io.model_dir import locate_model_files
+from adapterctl.io.folders.model_dir import locate_model_files
 from tests.helpers import invoke, write_adapter
 
 

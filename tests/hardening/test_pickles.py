@@ -155,7 +155,7 @@ def test_known_model_type_with_auto_map_never_imports_the_code(tiny_models, peft
 
 
 def test_trust_remote_code_opts_in(custom_code_model, peft_adapter):
-    from adapterctl.core.engine.model import load_base
+    from adapterctl.core.runtime.model import load_base
 
     with pytest.raises(AdapterctlError) as err:
         load_base(custom_code_model)

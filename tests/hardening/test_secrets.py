@@ -79,7 +79,7 @@ def test_known_token_never_leaks(hub, lora, tiny_models, tmp_path):
 def test_internal_error_quoting_the_token_is_redacted(monkeypatch, tmp_path):
     """Defence in depth: a library exception whose text holds the token (an internal error, and
     its --debug traceback) is printed with the token replaced by ***."""
-    import adapterctl.io.resolve as resolve
+    import adapterctl.io.hub.resolve as resolve
 
     def boom(ref, kind):
         raise RuntimeError(f"library said: Authorization: Bearer {SECRET}")

@@ -1,4 +1,4 @@
-"""Hub ids through io/resolve.py (what every command uses): only the needed files cross the wire,
+"""Hub ids through io/hub/resolve.py (what every command uses): only the needed files cross the wire,
 revisions pin, offline mode uses the cache and says so. Real client, real HTTP, local server."""
 
 from __future__ import annotations
@@ -8,9 +8,9 @@ import filecmp
 import pytest
 
 from adapterctl.errors import HubError, NotFoundError
-from adapterctl.io.hub_ref import HubOptions
-from adapterctl.io.resolve import resolve_adapter_dir, resolve_model_dir
-from adapterctl.io.safetensors_header import read_safetensors_header
+from adapterctl.io.hub.ref import HubOptions
+from adapterctl.io.hub.resolve import resolve_adapter_dir, resolve_model_dir
+from adapterctl.io.safetensors.header import read_safetensors_header
 
 
 @pytest.fixture
@@ -147,7 +147,7 @@ def test_sharded_model_full_and_header_only(hub, tiny_models, tmp_path):
     full = resolve_model_dir("testuser/sharded", HubOptions())
     for shard in ("model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"):
         assert filecmp.cmp(full / shard, base / shard, shallow=False)
-    from adapterctl.io.model_dir import locate_model_files
+    from adapterctl.io.folders.model_dir import locate_model_files
 
     assert len(locate_model_files(full).weight_files) == len(locate_model_files(heads).weight_files) == 2
 

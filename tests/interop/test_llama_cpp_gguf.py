@@ -144,7 +144,7 @@ def test_rslora_and_patterns_are_folded_exactly(gguf_world):
 
 @pytest.mark.parametrize("arch", TENSOR_ARCHS)
 def test_tensors_equal_llama_cpp_converter(gguf_world, arch):
-    from adapterctl.io.gguf_adapter import read_gguf_adapter
+    from adapterctl.io.formats.gguf_adapter import read_gguf_adapter
 
     root, models, adapters, ref_errors = gguf_world
     assert ref_errors[arch] is None, ref_errors[arch]
@@ -161,7 +161,7 @@ def test_gpt2_llama_cpp_converter_transposes_conv1d_lora(gguf_world):
     Conv1D base weights, but PEFT's factors are already (out, in)-oriented: c_attn fails its
     shape check and square c_proj would be applied transposed. Ours match llama.cpp's generation
     (test above); here the converter's output is checked to be what that analysis says."""
-    from adapterctl.io.gguf_adapter import read_gguf_adapter
+    from adapterctl.io.formats.gguf_adapter import read_gguf_adapter
 
     root, models, adapters, ref_errors = gguf_world
     ours = read_gguf_adapter(_ours(root, "gpt2", adapters["gpt2"], models["gpt2"]))

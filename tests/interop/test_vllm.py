@@ -125,7 +125,7 @@ def our_tokens(folders: dict[str, Path]) -> dict[str, list[list[int]]]:
 def check_each(adapters: dict[str, Path]) -> dict:
     """``check --engine vllm --base examples/tiny-base`` of each adapter on its own (served one
     at a time, so no --max-loras)."""
-    from adapterctl.core.engines.check import check_adapters
+    from adapterctl.core.engine_rules.check import check_adapters
 
     return {n: check_adapters([(str(p), n)], ["vllm"], (str(BASE), "examples/tiny-base")).results[0]
             for n, p in adapters.items()}

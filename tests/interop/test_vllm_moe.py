@@ -1,5 +1,5 @@
 """What the real vLLM (0.32, CPU build) does with a PEFT target_parameters adapter on fused MoE
-experts: the measured fact behind check's vLLM verdict (core/engines/rules.expert_findings).
+experts: the measured fact behind check's vLLM verdict (core/engine_rules/rules.expert_findings).
 
 vLLM accepts the adapter (its loader reads PEFT's ``experts`` / ``experts.base_layer`` keys) and
 picks its fused-MoE LoRA implementation, whose kernels are Triton; the CPU build has no Triton

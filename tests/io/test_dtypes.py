@@ -6,9 +6,9 @@ import torch
 
 from adapterctl.errors import UsageError
 from adapterctl.io.dtypes import BY_ST, TABLE, WRITABLE, check_dtype, dtype_choices, st_name, torch_name
-from adapterctl.io.safetensors_header import DTYPE_SIZES
-from adapterctl.io.shard_writer import ST_DTYPES
-from adapterctl.io.stored import FLOAT_DTYPES, ST_TO_TORCH, dtype_name, torch_dtype
+from adapterctl.io.safetensors.header import DTYPE_SIZES
+from adapterctl.io.checkpoint.shard_writer import ST_DTYPES
+from adapterctl.io.checkpoint.stored import FLOAT_DTYPES, ST_TO_TORCH, dtype_name, torch_dtype
 from tests.helpers import invoke
 
 

@@ -24,8 +24,8 @@ from enum import Enum
 from pathlib import Path
 
 from adapterctl.core.adapter import problems as P
-from adapterctl.io.hub_ref import looks_like_hub_id
-from adapterctl.io.model_dir import find_checkpoint_key
+from adapterctl.io.folders.model_dir import find_checkpoint_key
+from adapterctl.io.hub.ref import looks_like_hub_id
 
 #: model_types whose attention/MLP projections are transformers Conv1D (weights stored (in, out)).
 CONV1D_MODEL_TYPES = {"gpt2", "openai-gpt", "imagegpt", "decision_transformer"}
@@ -79,9 +79,14 @@ def lora_kind(embedding: bool, a_shape: Iterable[int] | None) -> LayerKind:
     return LayerKind.CONV if len(tuple(a_shape or ())) > 2 else LayerKind.LINEAR
 
 
-def base_layer_kind(embedding: bool, a_shape: Iterable[int] | None, b_shape: Iterable[int] | None,
-                    base_shape: Iterable[int] | None, model_type: str | None,
-                    fan_in_fan_out: bool = False) -> LayerKind:
+def base_layer_kind(
+    embedding: bool,
+    a_shape: Iterable[int] | None,
+    b_shape: Iterable[int] | None,
+    base_shape: Iterable[int] | None,
+    model_type: str | None,
+    fan_in_fan_out: bool = False,
+) -> LayerKind:
     """The base layer's kind from shapes and the model type alone (no model is built).
 
     With the base weight's shape known, a (in, out) weight means Conv1D; a square weight is
@@ -107,14 +112,15 @@ def base_layer_kind(embedding: bool, a_shape: Iterable[int] | None, b_shape: Ite
 
 
 # ----- shapes -----------------------------------------------------------------------------------
-def expected_base_shape(kind: LayerKind, a_shape: Iterable[int] | None,
-                        b_shape: Iterable[int] | None) -> tuple[int, ...] | None:
+def expected_base_shape(
+    kind: LayerKind, a_shape: Iterable[int] | None, b_shape: Iterable[int] | None
+) -> tuple[int, ...] | None:
     """The base weight lora_A (r, in, ...) and lora_B (out, r, ...) need, in the base's stored
     layout (spec 4.1): Linear (out, in), Conv1D (in, out), Embedding (V, d) with A_e (r, V) and
     B_e (d, r), conv (Cout, Cin, k...). None when a tensor is missing or has fewer than 2 dims.
 
     A grouped conv stores (Cout, Cin/groups, k...): the engine passes the ungrouped shape
-    (:func:`adapterctl.core.engine.layers.lora_base_shape`)."""
+    (:func:`adapterctl.core.runtime.layers.lora_base_shape`)."""
     a, b = tuple(a_shape or ()), tuple(b_shape or ())
     if len(a) < 2 or len(b) < 2:
         return None
@@ -137,29 +143,43 @@ def _shape(shape: Iterable[int] | None) -> list[int] | None:
     return None if shape is None else list(shape)
 
 
-def missing_module(path: str, a_shape: Iterable[int] | None,
-                   b_shape: Iterable[int] | None) -> P.Problem:
-    return P.error("module_not_in_base", f"{path}: no such module in the base (lora_A "
-                   f"{_shape(a_shape)}, lora_B {_shape(b_shape)})",
-                   "Is this adapter for another architecture?", exit_code=6)
+def missing_module(path: str, a_shape: Iterable[int] | None, b_shape: Iterable[int] | None) -> P.Problem:
+    return P.error(
+        "module_not_in_base",
+        f"{path}: no such module in the base (lora_A {_shape(a_shape)}, lora_B {_shape(b_shape)})",
+        "Is this adapter for another architecture?",
+        exit_code=6,
+    )
 
 
 def check_layer(path: str, lora: LayerKind, base: LayerKind | None, layer: str) -> P.Problem | None:
     """Can a LoRA of kind ``lora`` wrap this base layer (``layer``: its class name)?"""
     if base is None:
-        return P.error("unsupported_layer", f"{path}: is a {layer}, which LoRA cannot wrap",
-                       "Target Linear, Conv1D, Embedding or Conv layers only.", exit_code=6)
+        return P.error(
+            "unsupported_layer",
+            f"{path}: is a {layer}, which LoRA cannot wrap",
+            "Target Linear, Conv1D, Embedding or Conv layers only.",
+            exit_code=6,
+        )
     if lora is not base.lora_layout:
-        return P.error("layer_kind_mismatch", f"{path}: adapter holds {lora} LoRA tensors but "
-                       f"the base layer is {layer}", "Is this adapter for another architecture?",
-                       exit_code=6)
+        return P.error(
+            "layer_kind_mismatch",
+            f"{path}: adapter holds {lora} LoRA tensors but the base layer is {layer}",
+            "Is this adapter for another architecture?",
+            exit_code=6,
+        )
     return None
 
 
-def check_shapes(path: str, kind: LayerKind, a_shape: Iterable[int] | None,
-                 b_shape: Iterable[int] | None, base_shape: Iterable[int],
-                 bias_shape: Iterable[int] | None = None, layer: str | None = None
-                 ) -> P.Problem | None:
+def check_shapes(
+    path: str,
+    kind: LayerKind,
+    a_shape: Iterable[int] | None,
+    b_shape: Iterable[int] | None,
+    base_shape: Iterable[int],
+    bias_shape: Iterable[int] | None = None,
+    layer: str | None = None,
+) -> P.Problem | None:
     """Do lora_A / lora_B (and a lora_B bias) fit a base weight of ``base_shape``?"""
     expected = expected_base_shape(kind, a_shape, b_shape)
     if expected is None:
@@ -172,48 +192,68 @@ def check_shapes(path: str, kind: LayerKind, a_shape: Iterable[int] | None,
             "shape_mismatch",
             f"{path}: base weight is {list(base)} ({what}in {fan_in}, out {fan_out}) but lora_A "
             f"{_shape(a_shape)} and lora_B {_shape(b_shape)} need {list(expected)}",
-            "The adapter was trained on a different model size.", exit_code=6)
+            "The adapter was trained on a different model size.",
+            exit_code=6,
+        )
     if bias_shape is not None and tuple(bias_shape) != (fan_out,):
-        return P.error("shape_mismatch", f"{path}: lora_B.bias {_shape(bias_shape)} does not fit "
-                       f"out={fan_out}", "The file is inconsistent; save the adapter again.",
-                       exit_code=6)
+        return P.error(
+            "shape_mismatch",
+            f"{path}: lora_B.bias {_shape(bias_shape)} does not fit out={fan_out}",
+            "The file is inconsistent; save the adapter again.",
+            exit_code=6,
+        )
     return None
 
 
-def check_replacement(param: str, shape: Iterable[int], base_shape: Iterable[int] | None
-                      ) -> P.Problem | None:
+def check_replacement(param: str, shape: Iterable[int], base_shape: Iterable[int] | None) -> P.Problem | None:
     """Does a full tensor saved in the adapter (modules_to_save, biases, saved embeddings; spec
     4.3) replace a base parameter of the same shape?"""
     if base_shape is None:
-        return P.error("replacement_not_in_base", f"{param}: saved in the adapter (shape "
-                       f"{_shape(shape)}) but the base has no such parameter",
-                       "Is this adapter for another architecture?", exit_code=6)
+        return P.error(
+            "replacement_not_in_base",
+            f"{param}: saved in the adapter (shape {_shape(shape)}) but the base has no such parameter",
+            "Is this adapter for another architecture?",
+            exit_code=6,
+        )
     if tuple(shape) != tuple(base_shape):
-        return P.error("replacement_shape_mismatch", f"{param}: saved in the adapter as "
-                       f"{_shape(shape)} but the base parameter is {_shape(base_shape)}",
-                       "Resized vocabulary? Resize the base model's embeddings first.",
-                       exit_code=6)
+        return P.error(
+            "replacement_shape_mismatch",
+            f"{param}: saved in the adapter as "
+            f"{_shape(shape)} but the base parameter is {_shape(base_shape)}",
+            "Resized vocabulary? Resize the base model's embeddings first.",
+            exit_code=6,
+        )
     return None
 
 
-def check_token_rows(emb: str, indices: list[int], rows_shape: Iterable[int],
-                     table_shape: Iterable[int]) -> P.Problem | None:
+def check_token_rows(
+    emb: str, indices: list[int], rows_shape: Iterable[int], table_shape: Iterable[int]
+) -> P.Problem | None:
     """Do trainable-token rows (len(indices), d) fit an embedding table (V, d)? (spec 4.3)"""
     rows, table = tuple(rows_shape), tuple(table_shape)
     top = max(indices, default=0)
-    if len(rows) != 2 or len(table) != 2 or rows[1] != table[1] or top >= table[0] or (
-            min(indices, default=0) < 0):
-        return P.error("token_rows_mismatch", f"{emb}: token rows {list(rows)} / max index {top} "
-                       f"do not fit the embedding table {list(table)}",
-                       "Resized vocabulary? Resize the base model's embeddings first.",
-                       exit_code=6)
+    if (
+        len(rows) != 2
+        or len(table) != 2
+        or rows[1] != table[1]
+        or top >= table[0]
+        or (min(indices, default=0) < 0)
+    ):
+        return P.error(
+            "token_rows_mismatch",
+            f"{emb}: token rows {list(rows)} / max index {top} do not fit the embedding table {list(table)}",
+            "Resized vocabulary? Resize the base model's embeddings first.",
+            exit_code=6,
+        )
     return None
 
 
-def check_modules_present(paths: list[str], base_keys: set[str], tied_head: bool,
-                          shown: str, model_type: str | None) -> P.Problem | None:
+def check_modules_present(
+    paths: list[str], base_keys: set[str], tied_head: bool, shown: str, model_type: str | None
+) -> P.Problem | None:
     """The early check before a base is loaded: refuse an adapter none of whose modules exist in
     the checkpoint (a Llama adapter on GPT-2). A tied head has no weight of its own."""
+
     def present(path: str) -> bool:
         return bool(find_checkpoint_key(path + ".weight", base_keys)) or (tied_head and "head" in path)
 
@@ -226,7 +266,8 @@ def check_modules_present(paths: list[str], base_keys: set[str], tied_head: bool
         f"none of its {len(paths)} LoRA modules exist in {shown} ({model}); e.g. "
         f"{', '.join(paths[:3])}; the base has weights like {', '.join(sorted(base_keys)[:3])}",
         "Use the base model the adapter was trained on (see base_model_name_or_path).",
-        exit_code=6)
+        exit_code=6,
+    )
 
 
 # ----- base names -------------------------------------------------------------------------------
@@ -266,6 +307,8 @@ def base_name_problem(trained_on: str | None, given: str | None) -> P.Problem | 
     """A warning when the adapter names another base than ``given`` (PEFT never checks, 1.8)."""
     if not trained_on or not given or same_base(trained_on, given):
         return None
-    return P.warning("base_name_differs", f"adapter was trained on {trained_on!r}, base given is "
-                     f"{given!r}", "Shapes fit; check it is the same model (on another base the "
-                     "outputs may be meaningless).")
+    return P.warning(
+        "base_name_differs",
+        f"adapter was trained on {trained_on!r}, base given is {given!r}",
+        "Shapes fit; check it is the same model (on another base the outputs may be meaningless).",
+    )

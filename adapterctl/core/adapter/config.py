@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from adapterctl.errors import InvalidAdapterError, UnsupportedError
-from adapterctl.io.files import read_json_object
+from adapterctl.io.folders.files import read_json_object
 
 #: Variant fields that change the maths; truthy values are refused by name (spec 1.4, 11.1).
 UNSUPPORTED_VARIANTS: dict[str, str] = {
@@ -30,10 +30,36 @@ NEEDS_CONVERSION_INITS = {"corda", "loftq", "lora_ga"}
 #: Every init_kind whose adapter was trained on a mutated (residual) base.
 BASE_MUTATING_INITS = RECOMPUTABLE_INITS | NEEDS_CONVERSION_INITS | {"pissa_niter"}
 OTHER_PEFT_TYPES = {
-    "IA3", "LOKR", "LOHA", "OFT", "BOFT", "ADALORA", "PROMPT_TUNING", "PREFIX_TUNING",
-    "P_TUNING", "MULTITASK_PROMPT_TUNING", "VERA", "FOURIERFT", "HRA", "VBLORA", "LN_TUNING",
-    "POLY", "XLORA", "BONE", "CPT", "RANDLORA", "SHIRA", "C3A", "MISS", "ROAD", "WAVEFT",
-    "DELORA", "OSF", "GRALORA", "ADAPTION_PROMPT", "TRAINABLE_TOKENS",
+    "IA3",
+    "LOKR",
+    "LOHA",
+    "OFT",
+    "BOFT",
+    "ADALORA",
+    "PROMPT_TUNING",
+    "PREFIX_TUNING",
+    "P_TUNING",
+    "MULTITASK_PROMPT_TUNING",
+    "VERA",
+    "FOURIERFT",
+    "HRA",
+    "VBLORA",
+    "LN_TUNING",
+    "POLY",
+    "XLORA",
+    "BONE",
+    "CPT",
+    "RANDLORA",
+    "SHIRA",
+    "C3A",
+    "MISS",
+    "ROAD",
+    "WAVEFT",
+    "DELORA",
+    "OSF",
+    "GRALORA",
+    "ADAPTION_PROMPT",
+    "TRAINABLE_TOKENS",
 }
 
 
@@ -100,7 +126,7 @@ class LoraAdapterConfig:
         if self.raw.get("target_parameters"):
             out.append("target_parameters")  # LoRA on raw parameters, MoE experts (adapter/experts.py)
         if self.raw.get("layer_replication"):
-            out.append("layer_replication")  # shared-weight layer copies (core/engine/replicate.py)
+            out.append("layer_replication")  # shared-weight layer copies (core/runtime/replicate.py)
         if self.kasa:
             out.append("KaSA")  # SVD-truncated base + lora_diag (core/lora/delta.py)
         if self.raw.get("use_bdlora"):
@@ -173,8 +199,14 @@ def parse_adapter_config(doc: dict, source: str = "adapter_config.json") -> Lora
     peft_type = doc.get("peft_type")
     if peft_type is not None and not isinstance(peft_type, str):
         raise _type_error(source, "peft_type", "a string", peft_type)
-    r = _get(doc, "r", 8, lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0,
-             "a positive integer", source)
+    r = _get(
+        doc,
+        "r",
+        8,
+        lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0,
+        "a positive integer",
+        source,
+    )
     alpha = _get(doc, "lora_alpha", 8, lambda v: _is_num(v) and abs(v) < 1e30, "a number", source)
     ltt = doc.get("layers_to_transform")
     if isinstance(ltt, int) and not isinstance(ltt, bool):
@@ -189,23 +221,33 @@ def parse_adapter_config(doc: dict, source: str = "adapter_config.json") -> Lora
     tti = doc.get("trainable_token_indices")
     if tti is not None and not (
         (isinstance(tti, list) and all(isinstance(i, int) for i in tti))
-        or (isinstance(tti, dict) and all(
-            isinstance(v, list) and all(isinstance(i, int) for i in v) for v in tti.values()))
+        or (
+            isinstance(tti, dict)
+            and all(isinstance(v, list) and all(isinstance(i, int) for i in v) for v in tti.values())
+        )
     ):
         raise _type_error(source, "trainable_token_indices", "a list of ints or a dict", tti)
     init = doc.get("init_lora_weights", True)
     if not isinstance(init, (bool, str)):
         raise _type_error(source, "init_lora_weights", "a bool or a string", init)
-    bias = _get(doc, "bias", "none", lambda v: v in ("none", "all", "lora_only"),
-                "'none', 'all' or 'lora_only'", source)
+    bias = _get(
+        doc,
+        "bias",
+        "none",
+        lambda v: v in ("none", "all", "lora_only"),
+        "'none', 'all' or 'lora_only'",
+        source,
+    )
     cfg = LoraAdapterConfig(
         peft_type=peft_type,
         r=r,
         lora_alpha=alpha,
         target_modules=_get(doc, "target_modules", None, _str_or_list, "a string or a list", source),
         task_type=_get(doc, "task_type", None, lambda v: isinstance(v, str), "a string", source),
-        base_model_name_or_path=_get(doc, "base_model_name_or_path", None,
-                                     lambda v: isinstance(v, str), "a string", source) or None,
+        base_model_name_or_path=_get(
+            doc, "base_model_name_or_path", None, lambda v: isinstance(v, str), "a string", source
+        )
+        or None,
         revision=_get(doc, "revision", None, lambda v: isinstance(v, str), "a string", source),
         use_rslora=bool(doc.get("use_rslora") or False),
         use_dora=bool(doc.get("use_dora") or False),
@@ -232,8 +274,7 @@ def parse_adapter_config(doc: dict, source: str = "adapter_config.json") -> Lora
 
 def _check_regexes(doc: dict, source: str) -> None:
     """Fields PEFT uses as regular expressions must compile: a broken one is invalid input."""
-    checks = [(k, doc.get(k)) for k in ("target_modules", "exclude_modules")
-              if isinstance(doc.get(k), str)]
+    checks = [(k, doc.get(k)) for k in ("target_modules", "exclude_modules") if isinstance(doc.get(k), str)]
     lp = doc.get("layers_pattern")
     checks += [("layers_pattern", p) for p in ([lp] if isinstance(lp, str) else lp or [])]
     for key in ("rank_pattern", "alpha_pattern"):
@@ -245,7 +286,8 @@ def _check_regexes(doc: dict, source: str) -> None:
             raise InvalidAdapterError(
                 f"{source}: adapter_config.json {key} holds an invalid regular expression "
                 f"{str(pattern)[:80]!r} ({err})",
-                hint="Fix the pattern; PEFT would fail on it too.") from err
+                hint="Fix the pattern; PEFT would fail on it too.",
+            ) from err
 
 
 def read_adapter_config(path: str | Path) -> LoraAdapterConfig:

@@ -38,8 +38,9 @@ def target_parameters(cfg: LoraAdapterConfig) -> list[str]:
     return [t for t in tp if isinstance(t, str)] if isinstance(tp, list) else []
 
 
-def params_of(cfg: LoraAdapterConfig, module: str,
-              exists: Callable[[str, str], bool | None] | None = None) -> list[str]:
+def params_of(
+    cfg: LoraAdapterConfig, module: str, exists: Callable[[str, str], bool | None] | None = None
+) -> list[str]:
     """The parameter names ``target_parameters`` selects on module ``module`` (PEFT matches
     ``f"{module}.{param}"`` equal to, or ending in ``"." +``, an entry), without duplicates.
 
@@ -53,8 +54,9 @@ def params_of(cfg: LoraAdapterConfig, module: str,
         if mod_part and not (module == mod_part or module.endswith("." + mod_part)):
             continue
         known = exists(module, param) if exists is not None else None
-        if known is False or (known is None and not mod_part and param in REGISTRATION_ORDER
-                              and not module.endswith("experts")):
+        if known is False or (
+            known is None and not mod_part and param in REGISTRATION_ORDER and not module.endswith("experts")
+        ):
             continue
         if param not in out:
             out.append(param)
@@ -88,11 +90,13 @@ def _depth(raw_path: str) -> int:
     return raw_path.count(".base_layer.") + int(raw_path.endswith(".base_layer"))
 
 
-def split_expert_keys(shapes: dict[str, tuple[int, ...]], cfg: LoraAdapterConfig,
-                      dtypes: dict[str, str] | None = None,
-                      order: Callable[[str, list[str]], list[str]] | None = None,
-                      exists: Callable[[str, str], bool | None] | None = None,
-                      ) -> tuple[dict[str, ExpertKeys], dict[str, tuple[int, ...]], list[P.Problem]]:
+def split_expert_keys(
+    shapes: dict[str, tuple[int, ...]],
+    cfg: LoraAdapterConfig,
+    dtypes: dict[str, str] | None = None,
+    order: Callable[[str, list[str]], list[str]] | None = None,
+    exists: Callable[[str, str], bool | None] | None = None,
+) -> tuple[dict[str, ExpertKeys], dict[str, tuple[int, ...]], list[P.Problem]]:
     """Pull the keys of parameter-targeted modules out of ``shapes``: (``module.param`` ->
     ExpertKeys, the remaining keys for :func:`~adapterctl.core.adapter.keys.split_keys`, problems).
 
@@ -118,26 +122,29 @@ def split_expert_keys(shapes: dict[str, tuple[int, ...]], cfg: LoraAdapterConfig
     for module, by_depth in found.items():
         params = order(module, params_of(cfg, module, exists))
         if sorted(by_depth) != list(range(len(params))):
-            problems.append(P.error(
-                "expert_nesting", f"{module}: target_parameters select {params} here, but the file "
-                f"holds {len(by_depth)} nested LoRA wrapper(s)",
-                "The keys do not follow PEFT's ParamWrapper nesting; save the adapter again."))
+            problems.append(
+                P.error(
+                    "expert_nesting",
+                    f"{module}: target_parameters select {params} here, but the file "
+                    f"holds {len(by_depth)} nested LoRA wrapper(s)",
+                    "The keys do not follow PEFT's ParamWrapper nesting; save the adapter again.",
+                )
+            )
             continue
         # the guessed order first; another one only where the ranks say the guess is wrong
         for perm in [params, *(list(p) for p in permutations(params) if list(p) != params)]:
-            eks = [_expert_keys(module, perm, d, roles, shapes, dtypes)
-                   for d, roles in by_depth.items()]
+            eks = [_expert_keys(module, perm, d, roles, shapes, dtypes) for d, roles in by_depth.items()]
             if all(not check_expert_keys(ek, module_scaling(cfg, ek.path)[0], cfg) for ek in eks):
                 break
         else:
-            eks = [_expert_keys(module, params, d, roles, shapes, dtypes)
-                   for d, roles in by_depth.items()]
+            eks = [_expert_keys(module, params, d, roles, shapes, dtypes) for d, roles in by_depth.items()]
         out.update((ek.path, ek) for ek in eks)
     return out, rest, problems
 
 
-def _expert_keys(module: str, params: list[str], depth: int, roles: dict[str, str],
-                 shapes: dict, dtypes: dict) -> ExpertKeys:
+def _expert_keys(
+    module: str, params: list[str], depth: int, roles: dict[str, str], shapes: dict, dtypes: dict
+) -> ExpertKeys:
     ek = ExpertKeys(module, params[len(params) - 1 - depth], depth)
     for role, key in roles.items():
         ek.keys[role] = key
@@ -152,8 +159,9 @@ def num_experts(a_shape: tuple[int, ...], r: int) -> int | None:
     return a_shape[0] // r if len(a_shape) == 2 and r > 0 and a_shape[0] % r == 0 else None
 
 
-def expected_param_shape(a_shape: tuple[int, ...], b_shape: tuple[int, ...], r: int,
-                         transposed: bool, ndim: int = 3) -> tuple[int, ...] | None:
+def expected_param_shape(
+    a_shape: tuple[int, ...], b_shape: tuple[int, ...], r: int, transposed: bool, ndim: int = 3
+) -> tuple[int, ...] | None:
     """The parameter lora_A (r·E, in) and lora_B (out, r·E) need: (E, out, in), or (E, in, out)
     for ``is_transposed`` experts, or (out, in) for a 2-D parameter (spec 5.6)."""
     e = num_experts(a_shape, r)
@@ -169,41 +177,65 @@ def check_expert_keys(ek: ExpertKeys, r: int, cfg: LoraAdapterConfig) -> list[P.
     feature ParamWrapper refuses."""
     a, b = ek.shapes.get("A"), ek.shapes.get("B")
     out = []
-    bad = [name for f, name in _REFUSED.items() if getattr(cfg, f)] + (
-        ["lora_B bias"] if "B_bias" in ek.keys else []) + (
-        ["DoRA magnitude"] if "magnitude" in ek.keys else [])
+    bad = (
+        [name for f, name in _REFUSED.items() if getattr(cfg, f)]
+        + (["lora_B bias"] if "B_bias" in ek.keys else [])
+        + (["DoRA magnitude"] if "magnitude" in ek.keys else [])
+    )
     if bad:
-        out.append(P.error("expert_variant", f"{ek.path}: {', '.join(bad)} with target_parameters",
-                           "PEFT's ParamWrapper refuses these; save the adapter again.",
-                           exit_code=5))
+        out.append(
+            P.error(
+                "expert_variant",
+                f"{ek.path}: {', '.join(bad)} with target_parameters",
+                "PEFT's ParamWrapper refuses these; save the adapter again.",
+                exit_code=5,
+            )
+        )
     if a is None or b is None:
-        out.append(P.error("unpaired_lora", f"{ek.path}: needs both lora_A and lora_B, has "
-                           f"{sorted(ek.keys)}", "The file is incomplete; save the adapter again."))
+        out.append(
+            P.error(
+                "unpaired_lora",
+                f"{ek.path}: needs both lora_A and lora_B, has {sorted(ek.keys)}",
+                "The file is incomplete; save the adapter again.",
+            )
+        )
         return out
     if len(a) != 2 or len(b) != 2 or num_experts(a, r) is None or b[1] != a[0]:
-        out.append(P.error(
-            "rank_mismatch", f"{ek.path}: config gives r={r} but lora_A {list(a)} / lora_B "
-            f"{list(b)} are not (r·E, in) / (out, r·E)",
-            "Fix r or rank_pattern in adapter_config.json to match the tensors."))
+        out.append(
+            P.error(
+                "rank_mismatch",
+                f"{ek.path}: config gives r={r} but lora_A {list(a)} / lora_B "
+                f"{list(b)} are not (r·E, in) / (out, r·E)",
+                "Fix r or rank_pattern in adapter_config.json to match the tensors.",
+            )
+        )
     return out
 
 
-def check_param_shape(ek: ExpertKeys, r: int, base_shape: tuple[int, ...] | None,
-                      transposed: bool) -> P.Problem | None:
+def check_param_shape(
+    ek: ExpertKeys, r: int, base_shape: tuple[int, ...] | None, transposed: bool
+) -> P.Problem | None:
     """Do the factors fit the base parameter (``None``: the base has no such parameter)?"""
     a, b = ek.shapes.get("A", ()), ek.shapes.get("B", ())
     if base_shape is None:
-        return P.error("module_not_in_base", f"{ek.path}: no such parameter in the base (lora_A "
-                       f"{list(a)}, lora_B {list(b)})", "Is this adapter for another architecture?",
-                       exit_code=6)
+        return P.error(
+            "module_not_in_base",
+            f"{ek.path}: no such parameter in the base (lora_A {list(a)}, lora_B {list(b)})",
+            "Is this adapter for another architecture?",
+            exit_code=6,
+        )
     need = expected_param_shape(a, b, r, transposed, len(base_shape))
     if need is None or tuple(base_shape) == need:
         return None
     layout = "(E, in, out)" if transposed else "(E, out, in)"
-    return P.error("shape_mismatch", f"{ek.path}: base parameter is {list(base_shape)} but lora_A "
-                   f"{list(a)} and lora_B {list(b)} with r={r} need {list(need)} "
-                   f"{layout if len(base_shape) == 3 else ''}".rstrip(),
-                   "The adapter was trained on a different model size.", exit_code=6)
+    return P.error(
+        "shape_mismatch",
+        f"{ek.path}: base parameter is {list(base_shape)} but lora_A "
+        f"{list(a)} and lora_B {list(b)} with r={r} need {list(need)} "
+        f"{layout if len(base_shape) == 3 else ''}".rstrip(),
+        "The adapter was trained on a different model size.",
+        exit_code=6,
+    )
 
 
 # ----- where a fused parameter lives in a checkpoint -------------------------------------------
@@ -232,7 +264,7 @@ class ParamLocation:
 def locate_param(path: str, shapes: dict[str, tuple[int, ...]]) -> ParamLocation | None:
     """Where parameter ``path`` (``model.layers.0.mlp.experts.gate_up_proj``) is stored in a
     checkpoint with these key shapes; None when it is not."""
-    from adapterctl.io.model_dir import find_checkpoint_key
+    from adapterctl.io.folders.model_dir import find_checkpoint_key
 
     key = find_checkpoint_key(path, shapes)
     if key is not None:

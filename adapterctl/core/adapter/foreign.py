@@ -42,8 +42,8 @@ class ForeignAdapterSummary:
 
 def inspect_foreign(path: str | Path, source: str | None = None) -> ForeignAdapterSummary | None:
     """The summary when ``path`` is a GGUF file or an MLX-LM adapter folder, else None."""
-    from adapterctl.io.gguf_header import is_gguf_file
-    from adapterctl.io.mlx_adapter import is_mlx_adapter_dir
+    from adapterctl.io.formats.gguf_header import is_gguf_file
+    from adapterctl.io.formats.mlx_adapter import is_mlx_adapter_dir
 
     shown = source or str(path)
     if is_gguf_file(path):
@@ -61,14 +61,15 @@ def _count(values) -> dict[str, int]:
 
 
 def _gguf(path, shown: str) -> ForeignAdapterSummary:
-    from adapterctl.io.gguf_header import read_gguf_header
+    from adapterctl.io.formats.gguf_header import read_gguf_header
 
     h = read_gguf_header(path)
     if h.get("general.type") != "adapter" or h.get("adapter.type") != "lora":
         raise InvalidAdapterError(
             f"{shown}: a GGUF file, but not a llama.cpp LoRA adapter (general.type="
             f"{h.get('general.type')!r}, adapter.type={h.get('adapter.type')!r})",
-            hint="A GGUF base model is not an adapter; inspect reads LoRA adapters.")
+            hint="A GGUF base model is not an adapter; inspect reads LoRA adapters.",
+        )
     pairs: dict[str, dict] = {}
     for t in h.tensors.values():
         stem, _, role = t.name.rpartition(".")
@@ -77,24 +78,36 @@ def _gguf(path, shown: str) -> ForeignAdapterSummary:
     for stem, p in sorted(pairs.items()):
         a, b = p.get("lora_a"), p.get("lora_b")
         r = b.shape[-1] if b is not None and b.shape else None
-        modules.append(ForeignModule(stem, r, list(a.shape) if a else None,
-                                     list(b.shape) if b else None, (a or b).ggml_type))
+        modules.append(
+            ForeignModule(
+                stem, r, list(a.shape) if a else None, list(b.shape) if b else None, (a or b).ggml_type
+            )
+        )
     ranks = [m.r for m in modules if m.r]
     alpha = h.get("adapter.lora.alpha")
     return ForeignAdapterSummary(
-        shown, "gguf", "llama.cpp", h.get("general.architecture"), "lora",
-        float(alpha) if isinstance(alpha, (int, float)) else None, None,
-        max(set(ranks), key=ranks.count) if ranks else None, None, None, len(h.tensors),
-        _count(t.ggml_type for t in h.tensors.values()), modules,
-        f"adapterctl convert --from gguf --base BASE {shown} OUT")
+        shown,
+        "gguf",
+        "llama.cpp",
+        h.get("general.architecture"),
+        "lora",
+        float(alpha) if isinstance(alpha, (int, float)) else None,
+        None,
+        max(set(ranks), key=ranks.count) if ranks else None,
+        None,
+        None,
+        len(h.tensors),
+        _count(t.ggml_type for t in h.tensors.values()),
+        modules,
+        f"adapterctl convert --from gguf --base BASE {shown} OUT",
+    )
 
 
 def _mlx(path, shown: str) -> ForeignAdapterSummary:
-    from adapterctl.io.mlx_adapter import read_mlx_header
+    from adapterctl.io.formats.mlx_adapter import read_mlx_header
 
     m = read_mlx_header(path)
-    lp = m.config.get("lora_parameters") if isinstance(m.config.get("lora_parameters"), dict) \
-        else {}
+    lp = m.config.get("lora_parameters") if isinstance(m.config.get("lora_parameters"), dict) else {}
     stems: dict[str, dict] = {}
     for name, t in m.header.tensors.items():
         stem, _, role = name.rpartition(".")
@@ -102,17 +115,31 @@ def _mlx(path, shown: str) -> ForeignAdapterSummary:
     modules = []
     for stem, p in sorted(stems.items()):
         a, b = p.get("lora_a"), p.get("lora_b")
-        modules.append(ForeignModule(stem, a.shape[-1] if a else None,
-                                     list(a.shape) if a else None, list(b.shape) if b else None,
-                                     (a or b or next(iter(p.values()))).dtype))
+        modules.append(
+            ForeignModule(
+                stem,
+                a.shape[-1] if a else None,
+                list(a.shape) if a else None,
+                list(b.shape) if b else None,
+                (a or b or next(iter(p.values()))).dtype,
+            )
+        )
     kind = m.config.get("fine_tune_type", "lora")
     scale = lp.get("scale")
     keys = lp.get("keys")
     return ForeignAdapterSummary(
-        shown, "mlx", "mlx-lm", m.config.get("model"), str(kind), None,
+        shown,
+        "mlx",
+        "mlx-lm",
+        m.config.get("model"),
+        str(kind),
+        None,
         float(scale) if isinstance(scale, (int, float)) else None,
         lp.get("rank") if isinstance(lp.get("rank"), int) else None,
         m.config.get("num_layers") if isinstance(m.config.get("num_layers"), int) else None,
-        keys if isinstance(keys, list) else None, len(m.header.tensors),
-        _count(t.dtype for t in m.header.tensors.values()), modules,
-        f"adapterctl convert --from mlx [--base BASE] {shown} OUT")
+        keys if isinstance(keys, list) else None,
+        len(m.header.tensors),
+        _count(t.dtype for t in m.header.tensors.values()),
+        modules,
+        f"adapterctl convert --from mlx [--base BASE] {shown} OUT",
+    )

@@ -38,7 +38,7 @@ def natural_key(key: str) -> list:
 def strip_prefix(key: str) -> str:
     for p in PREFIXES:
         if key.startswith(p):
-            return key[len(p):]
+            return key[len(p) :]
     return key
 
 
@@ -77,9 +77,7 @@ class KeyLayout:
     training_only: list[str] = field(default_factory=list)
 
 
-def split_keys(
-    shapes: dict[str, tuple[int, ...]], dtypes: dict[str, str] | None = None
-) -> KeyLayout:
+def split_keys(shapes: dict[str, tuple[int, ...]], dtypes: dict[str, str] | None = None) -> KeyLayout:
     """Group checkpoint keys (name -> shape) by module."""
     layout = KeyLayout()
     dtypes = dtypes or {}

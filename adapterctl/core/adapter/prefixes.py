@@ -102,11 +102,11 @@ class KeyMapping:
         """``path`` in the target layout; None for a vision module when the target has none."""
         s, t = self.source, self.target
         if s.is_vision(path):
-            return None if t.vision is None else t.vision + path[len(s.vision or ""):]
+            return None if t.vision is None else t.vision + path[len(s.vision or "") :]
         if path.startswith(s.root):
-            return t.root + path[len(s.root):]
+            return t.root + path[len(s.root) :]
         if path == s.head or path.startswith(s.head + "."):
-            return t.head + path[len(s.head):]
+            return t.head + path[len(s.head) :]
         return path
 
     def rules(self) -> list[str]:
@@ -126,8 +126,9 @@ class KeyMapping:
         return {"from": self.source.name, "to": self.target.name, "rules": self.rules()}
 
 
-def choose_mapping(paths: Iterable[str], target: Layout | None,
-                   present: Callable[[str], bool] | None = None) -> KeyMapping | None:
+def choose_mapping(
+    paths: Iterable[str], target: Layout | None, present: Callable[[str], bool] | None = None
+) -> KeyMapping | None:
     """The mapping from the layout ``paths`` (an adapter's module and parameter paths) are in to
     ``target`` (the base's runtime layout); None when none is needed or known.
 
@@ -194,4 +195,6 @@ def vision_problem(mapping: KeyMapping, paths: Iterable[str], base: str) -> P.Pr
         f"{' ...' if len(lost) > 3 else ''}), but {base} is a text-only model "
         f"({mapping.target.root}layers...: no {', '.join(VISION_PARTS)})",
         "Use the vision-language base the adapter was trained on, or an adapter trained on the "
-        "language model only.", exit_code=6)
+        "language model only.",
+        exit_code=6,
+    )

@@ -31,8 +31,13 @@ class Problem:
         return f"{self.message}. {self.hint}" if self.hint else self.message
 
     def to_dict(self) -> dict:
-        return {"severity": self.severity, "code": self.code, "message": self.message,
-                "hint": self.hint, "exit_code": self.exit_code}
+        return {
+            "severity": self.severity,
+            "code": self.code,
+            "message": self.message,
+            "hint": self.hint,
+            "exit_code": self.exit_code,
+        }
 
 
 def error(code: str, message: str, hint: str | None = None, exit_code: int = 4) -> Problem:
@@ -45,8 +50,12 @@ def warning(code: str, message: str, hint: str | None = None) -> Problem:
 
 #: exit code -> the error a refusing caller raises for a problem with that code
 _ERRORS: dict[int, type[AdapterctlError]] = {
-    2: UsageError, 3: NotFoundError, 4: InvalidAdapterError, 5: UnsupportedError,
-    6: IncompatibleBaseError, 7: MissingDependencyError,
+    2: UsageError,
+    3: NotFoundError,
+    4: InvalidAdapterError,
+    5: UnsupportedError,
+    6: IncompatibleBaseError,
+    7: MissingDependencyError,
 }
 
 

@@ -15,13 +15,27 @@ from adapterctl.core.adapter.config import LoraAdapterConfig
 #: PEFT's TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING for the common causal LMs: used when
 #: target_modules is null.
 DEFAULT_TARGETS: dict[str, list[str]] = {
-    "llama": ["q_proj", "v_proj"], "mistral": ["q_proj", "v_proj"], "mixtral": ["q_proj", "v_proj"],
-    "qwen2": ["q_proj", "v_proj"], "qwen3": ["q_proj", "v_proj"], "gemma": ["q_proj", "v_proj"],
-    "gemma2": ["q_proj", "v_proj"], "gemma3_text": ["q_proj", "v_proj"], "phi3": ["qkv_proj"],
-    "gpt2": ["c_attn"], "gpt_bigcode": ["c_attn"], "gpt_neox": ["query_key_value"],
-    "bloom": ["query_key_value"], "falcon": ["query_key_value"], "opt": ["q_proj", "v_proj"],
-    "gptj": ["q_proj", "v_proj"], "phi": ["q_proj", "v_proj"], "stablelm": ["q_proj", "v_proj"],
-    "olmo": ["q_proj", "v_proj"], "olmo2": ["q_proj", "v_proj"], "granite": ["q_proj", "v_proj"],
+    "llama": ["q_proj", "v_proj"],
+    "mistral": ["q_proj", "v_proj"],
+    "mixtral": ["q_proj", "v_proj"],
+    "qwen2": ["q_proj", "v_proj"],
+    "qwen3": ["q_proj", "v_proj"],
+    "gemma": ["q_proj", "v_proj"],
+    "gemma2": ["q_proj", "v_proj"],
+    "gemma3_text": ["q_proj", "v_proj"],
+    "phi3": ["qkv_proj"],
+    "gpt2": ["c_attn"],
+    "gpt_bigcode": ["c_attn"],
+    "gpt_neox": ["query_key_value"],
+    "bloom": ["query_key_value"],
+    "falcon": ["query_key_value"],
+    "opt": ["q_proj", "v_proj"],
+    "gptj": ["q_proj", "v_proj"],
+    "phi": ["q_proj", "v_proj"],
+    "stablelm": ["q_proj", "v_proj"],
+    "olmo": ["q_proj", "v_proj"],
+    "olmo2": ["q_proj", "v_proj"],
+    "granite": ["q_proj", "v_proj"],
 }
 
 
@@ -62,9 +76,7 @@ def is_excluded(cfg: LoraAdapterConfig, path: str) -> bool:
 
 
 def in_modules_to_save(cfg: LoraAdapterConfig, path: str) -> bool:
-    return any(
-        re.match(rf"(^|.*\.){re.escape(m)}($|\..*)", path) for m in (cfg.modules_to_save or [])
-    )
+    return any(re.match(rf"(^|.*\.){re.escape(m)}($|\..*)", path) for m in (cfg.modules_to_save or []))
 
 
 def layer_index(path: str, layers_pattern: list[str] | None) -> int | None:

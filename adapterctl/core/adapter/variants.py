@@ -28,12 +28,14 @@ def bdlora_settings(cfg: LoraAdapterConfig) -> tuple[list[str], list[str], int] 
         return None
     if not isinstance(doc, dict):
         raise InvalidAdapterError(f"use_bdlora must be an object, found {doc!r}"[:200])
-    a, b, n = doc.get("target_modules_bd_a") or [], doc.get("target_modules_bd_b") or [], \
-        doc.get("nblocks")
+    a, b, n = doc.get("target_modules_bd_a") or [], doc.get("target_modules_bd_b") or [], doc.get("nblocks")
     if not (isinstance(n, int) and not isinstance(n, bool) and n > 0) or not all(
-            isinstance(p, str) for p in [*a, *b]):
-        raise InvalidAdapterError(f"use_bdlora {doc!r} needs nblocks > 0 and lists of module "
-                                  "names"[:300], hint="Save the adapter again with PEFT.")
+        isinstance(p, str) for p in [*a, *b]
+    ):
+        raise InvalidAdapterError(
+            f"use_bdlora {doc!r} needs nblocks > 0 and lists of module names"[:300],
+            hint="Save the adapter again with PEFT.",
+        )
     return list(a), list(b), n
 
 
@@ -46,8 +48,10 @@ def block_diagonal_factor(cfg: LoraAdapterConfig, path: str) -> tuple[str, int] 
     a, b, n = settings
     in_a, in_b = any(p in path for p in a), any(p in path for p in b)
     if in_a and in_b:
-        raise InvalidAdapterError(f"{path}: use_bdlora makes both lora_A and lora_B block-diagonal",
-                                  hint="PEFT refuses this configuration too.")
+        raise InvalidAdapterError(
+            f"{path}: use_bdlora makes both lora_A and lora_B block-diagonal",
+            hint="PEFT refuses this configuration too.",
+        )
     return ("A", n) if in_a else ("B", n) if in_b else None
 
 
@@ -74,12 +78,21 @@ def layer_map(raw) -> list[int] | None:
     """The source layer of every new layer, from ``layer_replication`` ([[start, end), ...])."""
     if not raw:
         return None
-    if not isinstance(raw, list) or not all(
-            isinstance(p, list) and len(p) == 2 and all(type(i) is int for i in p) and
-            0 <= p[0] < p[1] <= MAX_LAYERS for p in raw) or \
-            sum(p[1] - p[0] for p in raw) > MAX_LAYERS:
-        raise InvalidAdapterError(f"layer_replication must be a list of [start, end) pairs, found "
-                                  f"{raw!r}"[:300], hint="Save the adapter again with PEFT.")
+    if (
+        not isinstance(raw, list)
+        or not all(
+            isinstance(p, list)
+            and len(p) == 2
+            and all(type(i) is int for i in p)
+            and 0 <= p[0] < p[1] <= MAX_LAYERS
+            for p in raw
+        )
+        or sum(p[1] - p[0] for p in raw) > MAX_LAYERS
+    ):
+        raise InvalidAdapterError(
+            f"layer_replication must be a list of [start, end) pairs, found {raw!r}"[:300],
+            hint="Save the adapter again with PEFT.",
+        )
     return [i for start, end in raw for i in range(start, end)]
 
 

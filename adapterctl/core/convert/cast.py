@@ -8,8 +8,8 @@ from dataclasses import replace
 import torch
 
 from adapterctl.core.convert.draft import AdapterDraft
+from adapterctl.io.checkpoint.stored import torch_dtype
 from adapterctl.io.dtypes import check_dtype
-from adapterctl.io.stored import torch_dtype
 
 
 def cast_draft(draft: AdapterDraft, dtype: str) -> AdapterDraft:
@@ -19,6 +19,8 @@ def cast_draft(draft: AdapterDraft, dtype: str) -> AdapterDraft:
     tensors = {k: v.to(target) if v.is_floating_point() else v for k, v in draft.tensors.items()}
     notes = draft.notes
     if target != torch.float32:
-        notes += (f"PEFT upcasts {dtype} adapters to float32 when loading "
-                  "(autocast_adapter_dtype=True), so only the file size changes there",)
+        notes += (
+            f"PEFT upcasts {dtype} adapters to float32 when loading "
+            "(autocast_adapter_dtype=True), so only the file size changes there",
+        )
     return replace(draft, tensors=tensors, steps=draft.steps + (f"dtype={dtype}",), notes=notes)

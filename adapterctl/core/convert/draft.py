@@ -27,10 +27,10 @@ from adapterctl.core.lora.loaded import (
     read_adapter_tensors,
 )
 from adapterctl.errors import AdapterctlError, InvalidAdapterError, UnsupportedError
-from adapterctl.io.adapter_dir import AdapterFiles, locate_adapter_files
-from adapterctl.io.adapter_writer import write_adapter_files
-from adapterctl.io.model_card import adapter_card
-from adapterctl.io.output_dir import write_output_dir
+from adapterctl.io.checkpoint.adapter_writer import write_adapter_files
+from adapterctl.io.folders.adapter_dir import AdapterFiles, locate_adapter_files
+from adapterctl.io.folders.model_card import adapter_card
+from adapterctl.io.folders.output_dir import write_output_dir
 
 
 @dataclass(frozen=True)
@@ -75,8 +75,9 @@ class ConvertResult:
 
 
 # ----- reading and validating --------------------------------------------------------------
-def read_draft(folder: str | Path, source: str | None = None,
-               engines: tuple[str, ...] = (), experts_ok: bool = False) -> AdapterDraft:
+def read_draft(
+    folder: str | Path, source: str | None = None, engines: tuple[str, ...] = (), experts_ok: bool = False
+) -> AdapterDraft:
     """Load an adapter folder for conversion. Unlike ``load_adapter`` this accepts mutated-init
     configs (pissa, olora, corda, lora_ga): converting them is the point."""
     files = locate_adapter_files(folder, source)
@@ -86,7 +87,8 @@ def read_draft(folder: str | Path, source: str | None = None,
     if bad:
         raise UnsupportedError(
             f"{files.source}: adapter uses {', '.join(bad.values())}, which convert cannot rewrite",
-            hint="Converting it as plain LoRA would change its outputs; use PEFT for it.")
+            hint="Converting it as plain LoRA would change its outputs; use PEFT for it.",
+        )
     if engines or not experts_ok:  # experts_ok: --rank/--energy, --dtype, --to-safetensors
         refuse_target_parameters(cfg, files.source, engines, folder)
     tensors = read_adapter_tensors(files)
@@ -108,19 +110,20 @@ def module_keys(draft: AdapterDraft) -> dict[str, ModuleKeys]:
     return split_keys({k: tuple(v.shape) for k, v in draft.tensors.items()}).modules
 
 
-def refuse_target_parameters(cfg, source: str, engines: tuple[str, ...] = (),
-                             folder: str | Path | None = None) -> None:
+def refuse_target_parameters(
+    cfg, source: str, engines: tuple[str, ...] = (), folder: str | Path | None = None
+) -> None:
     """LoRA on raw parameters (MoE experts, spec 5.6) keeps r·E rows per factor, nested keys and
     no module of its own: convert's steps (rank reduction, casts, engine layouts, GGUF, MLX) are
     written for module LoRA and would rewrite it wrongly, so it is refused as a whole; with
-    ``--for ENGINE`` the refusal quotes each engine's own reason (core/engines/rules.py)."""
+    ``--for ENGINE`` the refusal quotes each engine's own reason (core/engine_rules/rules.py)."""
     if not cfg.raw.get("target_parameters"):
         return
     reasons = ""
     if engines and folder is not None:
-        from adapterctl.core.engines.check import ENGINES, engine_names
-        from adapterctl.core.engines.facts import read_adapter_facts
-        from adapterctl.core.engines.rules import expert_findings
+        from adapterctl.core.engine_rules.check import ENGINES, engine_names
+        from adapterctl.core.engine_rules.facts import read_adapter_facts
+        from adapterctl.core.engine_rules.rules import expert_findings
 
         facts = read_adapter_facts(folder, source)
         found = [f for n in engine_names(list(engines)) for f in expert_findings(ENGINES[n], facts)]
@@ -128,20 +131,22 @@ def refuse_target_parameters(cfg, source: str, engines: tuple[str, ...] = (),
     raise UnsupportedError(
         f"{source}: adapter uses target_parameters {cfg.raw['target_parameters']} (LoRA on "
         "MoE expert parameters): convert rewrites it only with --rank/--energy (per expert), "
-        "--dtype and --to-safetensors"
-        + (f"; no engine asked for serves it: {reasons}" if reasons else ""),
+        "--dtype and --to-safetensors" + (f"; no engine asked for serves it: {reasons}" if reasons else ""),
         hint="attach, generate and merge apply it exactly; `adapterctl check ADAPTER` gives each "
-        "serving engine's verdict.")
+        "serving engine's verdict.",
+    )
 
 
 def refuse_kasa(cfg, source: str, what: str) -> None:
     """KaSA acts on an SVD-truncated base and its lora_diag sits between A and B: rewriting the
     factors as another adapter is not exact (PEFT: supports_lora_conversion is False)."""
     if cfg.kasa:
-        raise UnsupportedError(f"{source}: KaSA adapter: {what} cannot change exactly (it acts on "
-                               "an SVD-truncated base, with lora_diag between A and B)",
-                               hint="Merge it into the base model instead (adapterctl merge); "
-                               "--dtype and --for-serving apply as is.")
+        raise UnsupportedError(
+            f"{source}: KaSA adapter: {what} cannot change exactly (it acts on "
+            "an SVD-truncated base, with lora_diag between A and B)",
+            hint="Merge it into the base model instead (adapterctl merge); "
+            "--dtype and --for-serving apply as is.",
+        )
 
 
 def check_same_scaling(before: LoadedAdapter, after: LoadedAdapter) -> None:
@@ -149,8 +154,10 @@ def check_same_scaling(before: LoadedAdapter, after: LoadedAdapter) -> None:
     for path, w in before.modules.items():
         s = after.modules[path].scaling
         if not math.isclose(s, w.scaling, rel_tol=1e-9):
-            raise AdapterctlError(f"internal error: {path}: scaling changed {w.scaling} -> {s}",
-                                  hint="This is a bug in adapterctl; please report it.")
+            raise AdapterctlError(
+                f"internal error: {path}: scaling changed {w.scaling} -> {s}",
+                hint="This is a bug in adapterctl; please report it.",
+            )
 
 
 # ----- writing -----------------------------------------------------------------------------
@@ -158,15 +165,31 @@ def write_draft(draft: AdapterDraft, dest: str | Path, force: bool = False) -> C
     """Validate the draft with the shared loader, then write it atomically to ``dest``."""
     view = view_adapter(draft)
     cfg = view.config
-    summary = ("Written by `adapterctl convert` (" + ", ".join(draft.steps or ("rewrite",)) + ")."
-               + (" It is a plain LoRA adapter for the original (unmodified) base model."
-                  if "mutated-init" in draft.steps else ""))
+    summary = (
+        "Written by `adapterctl convert` ("
+        + ", ".join(draft.steps or ("rewrite",))
+        + ")."
+        + (
+            " It is a plain LoRA adapter for the original (unmodified) base model."
+            if "mutated-init" in draft.steps
+            else ""
+        )
+    )
     card, card_notes = adapter_card(cfg.base_model_name_or_path, "LoRA adapter", summary)
     with write_output_dir(dest, force) as tmp:
         write_adapter_files(tmp, draft.config, draft.tensors, card)
     dtypes = sorted({str(t.dtype).removeprefix("torch.") for t in draft.tensors.values()})
-    return ConvertResult(str(dest), draft.source, list(draft.steps), cfg.r, cfg.lora_alpha,
-                         cfg.use_rslora, dict(cfg.rank_pattern),
-                         len(view.modules) + len(view.experts), dtypes,
-                         list(draft.modules), list(draft.removed), list(draft.notes) + card_notes)
-
+    return ConvertResult(
+        str(dest),
+        draft.source,
+        list(draft.steps),
+        cfg.r,
+        cfg.lora_alpha,
+        cfg.use_rslora,
+        dict(cfg.rank_pattern),
+        len(view.modules) + len(view.experts),
+        dtypes,
+        list(draft.modules),
+        list(draft.removed),
+        list(draft.notes) + card_notes,
+    )

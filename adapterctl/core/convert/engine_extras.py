@@ -13,8 +13,8 @@ import torch
 
 from adapterctl.core.convert import full_rank as FR
 from adapterctl.core.convert.engine_work import Work
-from adapterctl.core.engines.facts import is_embedding_name, is_lm_head_name
-from adapterctl.core.engines.rules import Caps, tensor_fix
+from adapterctl.core.engine_rules.facts import is_embedding_name, is_lm_head_name
+from adapterctl.core.engine_rules.rules import Caps, tensor_fix
 from adapterctl.errors import AdapterctlError, UnsupportedError
 
 
@@ -26,13 +26,16 @@ def lora_biases(work: Work, caps: Caps) -> None:
         raise UnsupportedError(
             f"{work.draft.source}: lora_B biases on {len(with_bias)} modules ({with_bias[0]}, ...):"
             " no LoRA can hold a bias, and the engine does not serve lora_bias",
-            hint="--drop-unsupported drops them and reports what that changes.")
+            hint="--drop-unsupported drops them and reports what that changes.",
+        )
     for path in with_bias:
         w = work.view.modules[path]
         sb = w.bias.float() * w.scaling
         work.drop.add(work.keys[path].keys["B_bias"])
-        work.removed.append(f"{path}.lora_B.bias (lora_bias): output offset of norm "
-                            f"{float(sb.norm()):.4g}" + _relative(work, path + ".bias", sb, add=True))
+        work.removed.append(
+            f"{path}.lora_B.bias (lora_bias): output offset of norm "
+            f"{float(sb.norm()):.4g}" + _relative(work, path + ".bias", sb, add=True)
+        )
     work.config["lora_bias"] = False
 
 
@@ -56,8 +59,10 @@ def full_tensors(work: Work, caps: Caps) -> None:
         saved = work.draft.tensors[t.key]
         if t.role == "frozen_copy" and _frozen_copy_is_base(work, t, saved):
             work.drop.add(t.key)
-            work.notes.append(f"{t.key}: PEFT's saved copy of the frozen base layer "
-                              "(save_embedding_layers), equal to the base's; not written")
+            work.notes.append(
+                f"{t.key}: PEFT's saved copy of the frozen base layer "
+                "(save_embedding_layers), equal to the base's; not written"
+            )
             continue
         if work.req.base is not None and _equals_base(work, t.param, saved):
             work.drop.add(t.key)
@@ -68,8 +73,9 @@ def full_tensors(work: Work, caps: Caps) -> None:
             delta = FR.lora_layout(saved.float() - W.float(), kind, work.conv1d)
             work.add(t.module, FR.full_rank(delta, kind, torch.float32))
             work.drop.add(t.key)
-            work.notes.append(f"{t.param} ({t.role}) -> LoRA on {t.module} of rank "
-                              f"{min(delta.shape)} (exact)")
+            work.notes.append(
+                f"{t.param} ({t.role}) -> LoRA on {t.module} of rank {min(delta.shape)} (exact)"
+            )
         else:
             _drop_or_refuse(work, t.key, t.param, f"{t.role}", saved)
     for field, empty in (("modules_to_save", None), ("bias", "none")):
@@ -97,10 +103,13 @@ def _drop_or_refuse(work: Work, key: str, param: str, what: str, saved: torch.Te
     if not work.req.drop_unsupported:
         raise UnsupportedError(
             f"{work.draft.source}: {param} ({what}) cannot be held by a LoRA the engine serves",
-            hint="--drop-unsupported drops it and reports what that changes.")
+            hint="--drop-unsupported drops it and reports what that changes.",
+        )
     work.drop.add(key)
-    work.removed.append(f"{param} ({what}, full weight replacement): norm "
-                        f"{float(saved.float().norm()):.4g}" + _relative(work, param, saved.float()))
+    work.removed.append(
+        f"{param} ({what}, full weight replacement): norm "
+        f"{float(saved.float().norm()):.4g}" + _relative(work, param, saved.float())
+    )
 
 
 def trainable_tokens(work: Work, caps: Caps) -> None:
@@ -108,8 +117,7 @@ def trainable_tokens(work: Work, caps: Caps) -> None:
     if not tokens:
         return
     for emb, (indices, rows) in tokens.items():
-        key = next(k for k in work.draft.tensors if k.endswith(emb + ".token_adapter."
-                                                               "trainable_tokens_delta"))
+        key = next(k for k in work.draft.tensors if k.endswith(emb + ".token_adapter.trainable_tokens_delta"))
         if not caps.embedding_lora:
             _drop_or_refuse(work, key, emb + ".weight", "trainable token rows", rows)
             continue
@@ -120,8 +128,10 @@ def trainable_tokens(work: Work, caps: Caps) -> None:
         if head is not None:
             work.add(head, f_head)
         work.drop.add(key)
-        work.notes.append(f"{emb}: {len(indices)} trainable token rows -> embedding LoRA of rank "
-                          f"{len(indices)} (exact)" + (f", and on the tied {head}" if head else ""))
+        work.notes.append(
+            f"{emb}: {len(indices)} trainable token rows -> embedding LoRA of rank "
+            f"{len(indices)} (exact)" + (f", and on the tied {head}" if head else "")
+        )
     work.config["trainable_token_indices"] = None
 
 
@@ -129,13 +139,17 @@ def _tied_head(work: Work) -> str | None:
     bf = work.base_facts
     if bf is None or not bf.tie_word_embeddings or not bf.params:
         return None
-    heads = [p[: -len(".weight")] for p in bf.params if p.endswith(".weight")
-             and is_lm_head_name(p[: -len(".weight")])]
+    heads = [
+        p[: -len(".weight")]
+        for p in bf.params
+        if p.endswith(".weight") and is_lm_head_name(p[: -len(".weight")])
+    ]
     return heads[0] if heads else "lm_head"
 
 
 def unservable_modules(work: Work, caps: Caps) -> None:
     """LoRA modules the engine never adapts (an embedding, lm_head, a module outside its list)."""
+
     def served(path: str, f: FR.Factors) -> bool:
         if f.kind == "embedding":
             return caps.embedding_lora
@@ -147,9 +161,10 @@ def unservable_modules(work: Work, caps: Caps) -> None:
         if served(path, f):
             continue
         if not work.req.drop_unsupported:
-            raise UnsupportedError(f"{work.draft.source}: {path}: the engine does not adapt this "
-                                   "module with LoRA", hint="--drop-unsupported drops it and "
-                                   "reports what that changes.")
+            raise UnsupportedError(
+                f"{work.draft.source}: {path}: the engine does not adapt this module with LoRA",
+                hint="--drop-unsupported drops it and reports what that changes.",
+            )
         from adapterctl.core.lora.svd import svd_of_product
 
         norm = math.sqrt(svd_of_product(f.Bs.flatten(1), f.A.flatten(1)).total_energy)
@@ -162,5 +177,3 @@ def unservable_modules(work: Work, caps: Caps) -> None:
             W = work.base_param(path + ".weight", "")
             rel = f", relative to the base weight {norm / float(W.float().norm()):.4g}"
         work.removed.append(f"{path} (LoRA the engine does not apply): ||ΔW||_F {norm:.4g}{rel}")
-
-

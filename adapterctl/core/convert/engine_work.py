@@ -15,7 +15,7 @@ from adapterctl.core.convert.draft import (
     module_keys,
     view_adapter,
 )
-from adapterctl.core.engines.facts import (
+from adapterctl.core.engine_rules.facts import (
     AdapterFacts,
     BaseFacts,
     facts_from_parts,
@@ -50,8 +50,7 @@ class Work:
         self.notes: list[str] = []
         self.reports: list[ModuleReport] = []
         self._reader = None
-        self.base_facts: BaseFacts | None = (
-            read_base_facts(req.base, req.base_name) if req.base else None)
+        self.base_facts: BaseFacts | None = read_base_facts(req.base, req.base_name) if req.base else None
 
     @property
     def conv1d(self) -> bool:
@@ -59,11 +58,13 @@ class Work:
 
     def base_param(self, param: str, why: str) -> torch.Tensor:
         if self.req.base is None:
-            raise UsageError(f"{self.draft.source}: {why} needs the base weights",
-                             hint="Add --base BASE (the model the adapter was trained on).")
+            raise UsageError(
+                f"{self.draft.source}: {why} needs the base weights",
+                hint="Add --base BASE (the model the adapter was trained on).",
+            )
         if self._reader is None:
-            from adapterctl.io.checkpoint import CheckpointReader
-            from adapterctl.io.model_dir import locate_model_files
+            from adapterctl.io.checkpoint.reader import CheckpointReader
+            from adapterctl.io.folders.model_dir import locate_model_files
 
             self._reader = CheckpointReader(locate_model_files(self.req.base, self.req.base_name))
         return self._reader.load_param(param, self.draft.source)

@@ -35,22 +35,28 @@ from adapterctl.errors import UnsupportedError, UsageError
 HINT = "e.g. --rank 8 (every expert rank 8) or --energy 0.95."
 
 
-def reduce_expert_ranks(draft: AdapterDraft, rank: int | None = None,
-                        energy: float | None = None) -> AdapterDraft:
-    if (rank is None) == (energy is None) or (rank is not None and rank < 1) or (
-            energy is not None and not 0 < energy <= 1):
+def reduce_expert_ranks(
+    draft: AdapterDraft, rank: int | None = None, energy: float | None = None
+) -> AdapterDraft:
+    if (
+        (rank is None) == (energy is None)
+        or (rank is not None and rank < 1)
+        or (energy is not None and not 0 < energy <= 1)
+    ):
         raise UsageError("give exactly one of --rank (>= 1) and --energy (in (0, 1])", hint=HINT)
     view = view_adapter(draft)
     if view.modules:
         raise UnsupportedError(
             f"{draft.source}: holds module LoRA ({len(view.modules)} modules) besides "
             "target_parameters: convert reduces the rank of one or the other",
-            hint="Attach or merge it as it is; rank reduction covers expert-only adapters.")
+            hint="Attach or merge it as it is; rank reduction covers expert-only adapters.",
+        )
     svds: dict[str, list[LowRankSVD]] = {}
     reports = []
     for path, w in sorted(view.experts.items()):
-        per_expert = [svd_of_product(_b(w, e).float() * w.scaling, _a(w, e).float())
-                      for e in range(w.experts)]
+        per_expert = [
+            svd_of_product(_b(w, e).float() * w.scaling, _a(w, e).float()) for e in range(w.experts)
+        ]
         k = min(w.r, max(choose_rank(s, rank, energy) for s in per_expert))
         svds[path] = [s.truncate(k) for s in per_expert]
         total = sum(s.total_energy for s in per_expert)
@@ -59,24 +65,28 @@ def reduce_expert_ranks(draft: AdapterDraft, rank: int | None = None,
         reports.append(ModuleReport(path, w.r, k, math.sqrt(max(0.0, 1.0 - share)), share))
     config = ranked_config(draft.config, {p: _rank(s) for p, s in svds.items()})
     cfg = parse_adapter_config(config, draft.source)
-    found, _, _ = X.split_expert_keys({k: tuple(t.shape) for k, t in draft.tensors.items()},
-                                      view.config)
+    found, _, _ = X.split_expert_keys({k: tuple(t.shape) for k, t in draft.tensors.items()}, view.config)
     tensors = dict(draft.tensors)
     for path, parts in svds.items():
         w, keys = view.experts[path], found[path].keys
         A, B = _packed(parts, _rank(parts), module_scaling(cfg, path)[2])
         tensors[keys["A"]] = A.to(w.A.dtype)  # float32 until here: one rounding
         tensors[keys["B"]] = B.to(w.B.dtype)
-    return replace(draft, config=config, tensors=tensors, modules=tuple(reports),
-                   steps=draft.steps + ("rank-reduce-experts",))
+    return replace(
+        draft,
+        config=config,
+        tensors=tensors,
+        modules=tuple(reports),
+        steps=draft.steps + ("rank-reduce-experts",),
+    )
 
 
 def _a(w: ExpertWeights, e: int) -> torch.Tensor:
-    return w.A[e * w.r:(e + 1) * w.r]  # rows expert-major
+    return w.A[e * w.r : (e + 1) * w.r]  # rows expert-major
 
 
 def _b(w: ExpertWeights, e: int) -> torch.Tensor:
-    return w.B[:, e::w.experts]  # columns rank-major, expert-minor
+    return w.B[:, e :: w.experts]  # columns rank-major, expert-minor
 
 
 def _rank(parts: list[LowRankSVD]) -> int:

@@ -25,9 +25,9 @@ from adapterctl.core.lora.svd import (
     svd_of_matrix,
 )
 from adapterctl.errors import UsageError
-from adapterctl.io.adapter_writer import lora_key, replacement_key
-from adapterctl.io.checkpoint import CheckpointReader
-from adapterctl.io.model_dir import locate_model_files
+from adapterctl.io.checkpoint.adapter_writer import lora_key, replacement_key
+from adapterctl.io.checkpoint.reader import CheckpointReader
+from adapterctl.io.folders.model_dir import locate_model_files
 
 
 @dataclass
@@ -45,31 +45,51 @@ def is_embedding(module: str) -> bool:
     return "embed" in leaf or leaf in ("wte", "wpe")
 
 
-def extract_adapter(base_dir: str | Path, ft_dir: str | Path, rank: int,
-                    energy: float | None = None, skip_unfactorable: bool = False,
-                    base_name: str | None = None,
-                    progress: Callable[[str, int, int], None] | None = None) -> AdapterDraft:
+def extract_adapter(
+    base_dir: str | Path,
+    ft_dir: str | Path,
+    rank: int,
+    energy: float | None = None,
+    skip_unfactorable: bool = False,
+    base_name: str | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> AdapterDraft:
     if rank is None or rank < 1:
-        raise UsageError("--extract needs --rank R (R >= 1)",
-                         hint="--energy may lower the rank per module below R.")
+        raise UsageError(
+            "--extract needs --rank R (R >= 1)", hint="--energy may lower the rank per module below R."
+        )
     if energy is not None and not 0 < energy <= 1:
-        raise UsageError(f"--energy must be in (0, 1], got {energy}",
-                         hint="e.g. --energy 0.9 keeps 90% of each ΔW's squared norm.")
+        raise UsageError(
+            f"--energy must be in (0, 1], got {energy}",
+            hint="e.g. --energy 0.9 keeps 90% of each ΔW's squared norm.",
+        )
     base_files, ft_files = locate_model_files(base_dir), locate_model_files(ft_dir)
     with CheckpointReader(base_files) as base, CheckpointReader(ft_files) as ft:
         tied = bool(ft_files.config.get("tie_word_embeddings"))
         conv1d = (ft_files.model_type or "") in CONV1D_MODEL_TYPES
         scan = _scan(base, ft, rank, energy, conv1d, tied, progress)
-        config, tensors = _assemble(scan, ft, rank, conv1d, skip_unfactorable, ft_files.config,
-                                    base_name or str(base_dir))
-    notes = tuple(f"{p}: changed but not factored ({why})" + (", skipped" if skip_unfactorable
-                  else ", saved in modules_to_save") for p, why in sorted(scan.changed_other.items()))
-    return AdapterDraft(config, tensors, str(ft_dir), steps=("extract",),
-                        modules=tuple(scan.reports), notes=notes)
+        config, tensors = _assemble(
+            scan, ft, rank, conv1d, skip_unfactorable, ft_files.config, base_name or str(base_dir)
+        )
+    notes = tuple(
+        f"{p}: changed but not factored ({why})"
+        + (", skipped" if skip_unfactorable else ", saved in modules_to_save")
+        for p, why in sorted(scan.changed_other.items())
+    )
+    return AdapterDraft(
+        config, tensors, str(ft_dir), steps=("extract",), modules=tuple(scan.reports), notes=notes
+    )
 
 
-def _scan(base: CheckpointReader, ft: CheckpointReader, rank: int, energy: float | None, conv1d: bool,
-          tied: bool, progress) -> _Scan:
+def _scan(
+    base: CheckpointReader,
+    ft: CheckpointReader,
+    rank: int,
+    energy: float | None,
+    conv1d: bool,
+    tied: bool,
+    progress,
+) -> _Scan:
     scan = _Scan()
     by_file = sorted(ft.names, key=lambda n: (str(ft.file_of(n)), n))  # shard by shard
     for i, name in enumerate(by_file):
@@ -123,17 +143,29 @@ def _targets(scan: _Scan) -> list[str]:
     return out
 
 
-def _assemble(scan: _Scan, ft: CheckpointReader, rank: int, conv1d: bool, skip: bool,
-              model_config: dict, base_name: str) -> tuple[dict, dict]:
+def _assemble(
+    scan: _Scan, ft: CheckpointReader, rank: int, conv1d: bool, skip: bool, model_config: dict, base_name: str
+) -> tuple[dict, dict]:
     if not scan.svds:
-        raise UsageError("the fine-tuned model has no changed weight matrix to factor",
-                         hint="Is FINETUNED really a fine-tune of BASE (and not the same model)?")
+        raise UsageError(
+            "the fine-tuned model has no changed weight matrix to factor",
+            hint="Is FINETUNED really a fine-tune of BASE (and not the same model)?",
+        )
     archs = model_config.get("architectures") or []
-    doc = {"peft_type": "LORA", "task_type": "CAUSAL_LM" if any(
-        str(a).endswith("ForCausalLM") for a in archs) else None, "r": rank, "lora_alpha": rank,
-        "target_modules": _targets(scan), "fan_in_fan_out": conv1d, "use_rslora": False,
-        "use_dora": False, "bias": "lora_only" if scan.lora_biases else "none",
-        "base_model_name_or_path": base_name, "init_lora_weights": True, "alpha_pattern": {}}
+    doc = {
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM" if any(str(a).endswith("ForCausalLM") for a in archs) else None,
+        "r": rank,
+        "lora_alpha": rank,
+        "target_modules": _targets(scan),
+        "fan_in_fan_out": conv1d,
+        "use_rslora": False,
+        "use_dora": False,
+        "bias": "lora_only" if scan.lora_biases else "none",
+        "base_model_name_or_path": base_name,
+        "init_lora_weights": True,
+        "alpha_pattern": {},
+    }
     doc = ranked_config(doc, {m: s.S.numel() for m, s in scan.svds.items()})
     doc["lora_alpha"] = doc["r"]
     from adapterctl.core.adapter.config import parse_adapter_config

@@ -1,7 +1,7 @@
 """``convert --for ENGINE``: the same adapter rewritten so that ENGINE serves it as trained, or a
 clear refusal naming what no LoRA can hold there.
 
-The engine's rules (core/engines) say what it does with the adapter; this step removes each
+The engine's rules (core/engine_rules) say what it does with the adapter; this step removes each
 finding with the smallest exact change, in this order:
 
 1. DoRA, where the engine does not serve it: the exact DoRA weight minus the base, as a
@@ -34,8 +34,8 @@ from adapterctl.core.convert import full_rank as FR
 from adapterctl.core.convert.draft import AdapterDraft, ModuleReport
 from adapterctl.core.convert.engine_work import PREFIX, ForEngine, Work
 from adapterctl.core.convert.rank_reduce import ranked_config
-from adapterctl.core.engines.check import ENGINES, engine_names
-from adapterctl.core.engines.rules import Caps, evaluate
+from adapterctl.core.engine_rules.check import ENGINES, engine_names
+from adapterctl.core.engine_rules.rules import Caps, evaluate
 from adapterctl.errors import AdapterctlError, UnsupportedError, UsageError
 
 __all__ = ["ForEngine", "combined_caps", "convert_for_engine"]
@@ -48,14 +48,26 @@ def combined_caps(names: list[str]) -> Caps:
     """What every engine in ``names`` serves (the strictest of each)."""
     caps = [ENGINES[n].caps for n in names]
     ranks = [c.max_rank for c in caps if c.max_rank]
-    bools = {f: all(getattr(c, f) for c in caps) for f in (
-        "rslora", "alpha_pattern", "rank_pattern", "dora", "lora_bias", "embedding_lora",
-        "lm_head_lora")}
+    bools = {
+        f: all(getattr(c, f) for c in caps)
+        for f in (
+            "rslora",
+            "alpha_pattern",
+            "rank_pattern",
+            "dora",
+            "lora_bias",
+            "embedding_lora",
+            "lm_head_lora",
+        )
+    }
     lists = [set(c.lora_modules) for c in caps if c.lora_modules is not None]
-    return Caps(**bools, all_layers=any(c.all_layers for c in caps),
-                list_targets=any(c.list_targets for c in caps),
-                max_rank=min(ranks) if ranks else None,
-                lora_modules=tuple(sorted(set.intersection(*lists))) if lists else None)
+    return Caps(
+        **bools,
+        all_layers=any(c.all_layers for c in caps),
+        list_targets=any(c.list_targets for c in caps),
+        max_rank=min(ranks) if ranks else None,
+        lora_modules=tuple(sorted(set.intersection(*lists))) if lists else None,
+    )
 
 
 def convert_for_engine(draft: AdapterDraft, req: ForEngine) -> AdapterDraft:
@@ -81,22 +93,25 @@ def convert_for_engine(draft: AdapterDraft, req: ForEngine) -> AdapterDraft:
 
 # ----- refusals up front ---------------------------------------------------------------------
 def _refuse_unfixable(work: Work, names: list[str]) -> None:
-    from adapterctl.core.engines.rules import resized_tables
+    from adapterctl.core.engine_rules.rules import resized_tables
 
     facts = work.facts(work.draft.config, work.draft.tensors)
     resized = resized_tables(facts)
     if resized:
-        raise UnsupportedError(f"{work.draft.source}: {resized[0]}: the adapter was trained with "
-                               "a resized vocabulary, which no LoRA can add",
-                               hint="Serve the resized base model (merge the adapter into it: "
-                               "adapterctl merge).")
+        raise UnsupportedError(
+            f"{work.draft.source}: {resized[0]}: the adapter was trained with "
+            "a resized vocabulary, which no LoRA can add",
+            hint="Serve the resized base model (merge the adapter into it: adapterctl merge).",
+        )
     for name in names:
         _, findings = evaluate(ENGINES[name], facts)
         for f in findings:
             if f.verdict in ("changes", "refuses") and f.fix is None:
-                raise UnsupportedError(f"{work.draft.source}: convert cannot make {name} serve "
-                                       f"this adapter as trained: {f.message}",
-                                       hint=f"({f.source.cite()})")
+                raise UnsupportedError(
+                    f"{work.draft.source}: convert cannot make {name} serve "
+                    f"this adapter as trained: {f.message}",
+                    hint=f"({f.source.cite()})",
+                )
 
 
 # ----- the steps -------------------------------------------------------------------------------
@@ -120,35 +135,37 @@ def _dora_to_lora(work: Work) -> None:
         if w.magnitude is None:
             continue
         W = work.base_param(path + ".weight", "DoRA -> LoRA (the DoRA weight minus the base)")
-        f, rep = FR.dora_as_lora(w, W, work.conv1d and w.kind == "linear", work.req.rank,
-                                 work.req.energy)
+        f, rep = FR.dora_as_lora(w, W, work.conv1d and w.kind == "linear", work.req.rank, work.req.energy)
         work.mods[path] = f
         work.drop.add(work.keys[path].keys["magnitude"])
         work.reports.append(ModuleReport(path, rep.r_before, rep.r_after, rep.rel_error, rep.energy))
         reps.append(rep)
     work.config["use_dora"] = False
     err = FR.whole_error(reps)
-    work.notes.append(f"DoRA -> LoRA: {len(reps)} modules, whole-adapter relative error "
-                      f"{err:.3e} (||ΔW_dora - ΔW_lora||_F / ||ΔW_dora||_F over all modules); "
-                      + ("raise --rank (or --energy) for less" if err > 1e-5 else "exact to float32"))
+    work.notes.append(
+        f"DoRA -> LoRA: {len(reps)} modules, whole-adapter relative error "
+        f"{err:.3e} (||ΔW_dora - ΔW_lora||_F / ||ΔW_dora||_F over all modules); "
+        + ("raise --rank (or --energy) for less" if err > 1e-5 else "exact to float32")
+    )
 
 
 def _fill_layers(work: Work) -> None:
-    from adapterctl.core.engines.facts import layer_of
-    from adapterctl.core.engines.rules import partial_kinds
+    from adapterctl.core.engine_rules.facts import layer_of
+    from adapterctl.core.engine_rules.rules import partial_kinds
 
     config = _target_config(work)
     facts = work.facts(config, _tensors(work, config))
     for name, missing in partial_kinds(facts).items():
-        sibling = next(p for p in work.mods if p.rsplit(".", 1)[-1] == name
-                       and layer_of(p) is not None)
+        sibling = next(p for p in work.mods if p.rsplit(".", 1)[-1] == name and layer_of(p) is not None)
         idx = layer_of(sibling)
         for i in missing:
             path = sibling.replace(f".{idx}.", f".{i}.", 1)
             work.mods[path] = FR.zeros_like_module(work.mods[sibling])
-        work.notes.append(f"{name}: zero LoRA added in layers {missing[:8]}"
-                          f"{' ...' if len(missing) > 8 else ''} (the engine skips a module kind "
-                          "that some layer lacks; zeros are exact)")
+        work.notes.append(
+            f"{name}: zero LoRA added in layers {missing[:8]}"
+            f"{' ...' if len(missing) > 8 else ''} (the engine skips a module kind "
+            "that some layer lacks; zeros are exact)"
+        )
 
 
 def _cap_ranks(work: Work, caps: Caps) -> None:
@@ -158,9 +175,11 @@ def _cap_ranks(work: Work, caps: Caps) -> None:
     if not big:
         return
     if work.req.rank is None or work.req.rank > caps.max_rank:
-        raise UsageError(f"{work.draft.source}: {big[0]} has rank {work.mods[big[0]].r}, above "
-                         f"the {caps.max_rank} the engine accepts",
-                         hint=f"Add --rank {caps.max_rank} (truncated SVD, error reported).")
+        raise UsageError(
+            f"{work.draft.source}: {big[0]} has rank {work.mods[big[0]].r}, above "
+            f"the {caps.max_rank} the engine accepts",
+            hint=f"Add --rank {caps.max_rank} (truncated SVD, error reported).",
+        )
     from adapterctl.core.lora.svd import lora_factors, relative_error, svd_of_product
 
     for p in big:
@@ -182,8 +201,7 @@ def _target_config(work: Work, bake: bool = False, uniform: bool = False) -> dic
         ranks = dict.fromkeys(ranks, top)
     doc = ranked_config(work.config, ranks)
     tm = doc.get("target_modules")
-    if set(work.mods) != set(work.view.modules) or (
-            isinstance(tm, str) and tm.lower() != "all-linear"):
+    if set(work.mods) != set(work.view.modules) or (isinstance(tm, str) and tm.lower() != "all-linear"):
         doc["target_modules"] = sorted(work.mods)
         doc["layers_to_transform"] = None
         doc["layers_pattern"] = None
@@ -220,22 +238,31 @@ def _module_keys(work: Work, path: str, kind: str) -> tuple[str, str]:
 def _finish(work: Work, names: list[str], caps: Caps) -> AdapterDraft:
     config = _target_config(work, uniform=not caps.rank_pattern)
     if not caps.rank_pattern and len({f.r for f in work.mods.values()}) > 1:
-        work.notes.append(f"ranks zero-padded to one r={config['r']} (the engine takes one rank "
-                          "for every module; zero rows and columns are exact)")
+        work.notes.append(
+            f"ranks zero-padded to one r={config['r']} (the engine takes one rank "
+            "for every module; zero rows and columns are exact)"
+        )
     if _needs_bake(work, config, names):
         config = _target_config(work, bake=True, uniform=not caps.rank_pattern)
-        work.notes.append("scales baked into lora_B (use_rslora=false, no alpha_pattern, "
-                          f"lora_alpha=r={config['r']}): the engine computes one scale per module "
-                          "from r and lora_alpha")
+        work.notes.append(
+            "scales baked into lora_B (use_rslora=false, no alpha_pattern, "
+            f"lora_alpha=r={config['r']}): the engine computes one scale per module "
+            "from r and lora_alpha"
+        )
     tensors = _tensors(work, config)
     flags = _verify(work, config, tensors, names)
     if flags:
         work.notes.append("serve with " + " ".join(flags))
     steps = work.draft.steps + (f"for-{'+'.join(names)}",)
-    return replace(work.draft, config=config, tensors=tensors, steps=steps,
-                   notes=work.draft.notes + tuple(work.notes),
-                   removed=work.draft.removed + tuple(work.removed),
-                   modules=work.draft.modules + tuple(work.reports))
+    return replace(
+        work.draft,
+        config=config,
+        tensors=tensors,
+        steps=steps,
+        notes=work.draft.notes + tuple(work.notes),
+        removed=work.draft.removed + tuple(work.removed),
+        modules=work.draft.modules + tuple(work.reports),
+    )
 
 
 def _needs_bake(work: Work, config: dict, names: list[str]) -> bool:
@@ -255,10 +282,9 @@ def _verify(work: Work, config: dict, tensors: dict, names: list[str]) -> list[s
         verdict, findings = evaluate(ENGINES[name], facts)
         if verdict != "serves":
             bad = "; ".join(f.message for f in findings if f.verdict != "flag")
-            raise AdapterctlError(f"internal error: the converted adapter still gets "
-                                  f"'{verdict}' from {name}: {bad}",
-                                  hint="This is a bug in adapterctl; please report it.")
+            raise AdapterctlError(
+                f"internal error: the converted adapter still gets '{verdict}' from {name}: {bad}",
+                hint="This is a bug in adapterctl; please report it.",
+            )
         flags += [flag for f in findings for flag in f.flags if "--max-loras" not in flag]
     return list(dict.fromkeys(flags))
-
-

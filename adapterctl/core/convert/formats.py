@@ -19,25 +19,36 @@ def check_format_request(req) -> None:
     """Usage errors of the format options (exit 2), before anything is read."""
     for flag, value in (("--to", req.to), ("--from", req.from_format)):
         if value is not None and value not in FORMATS:
-            raise UsageError(f"{flag} {value!r} is not a known format",
-                             hint="Use gguf (llama.cpp / Ollama) or mlx (MLX-LM).")
+            raise UsageError(
+                f"{flag} {value!r} is not a known format",
+                hint="Use gguf (llama.cpp / Ollama) or mlx (MLX-LM).",
+            )
     if req.to and req.to == req.from_format:
-        raise UsageError(f"--from {req.from_format} and --to {req.to} name the same format",
-                         hint="Drop --to to get a PEFT adapter back.")
+        raise UsageError(
+            f"--from {req.from_format} and --to {req.to} name the same format",
+            hint="Drop --to to get a PEFT adapter back.",
+        )
     if req.from_format and (req.init or req.extract_base):
-        raise UsageError("--from cannot be combined with --pissa-init or --extract",
-                         hint="A GGUF or MLX adapter is plain LoRA already.")
+        raise UsageError(
+            "--from cannot be combined with --pissa-init or --extract",
+            hint="A GGUF or MLX adapter is plain LoRA already.",
+        )
     if req.from_format == "gguf" and not req.base:
-        raise UsageError("--from gguf needs --base BASE",
-                         hint="The transformers base model names the tensors and attention heads: "
-                         "convert --from gguf --base ./base-model adapter.gguf OUT")
+        raise UsageError(
+            "--from gguf needs --base BASE",
+            hint="The transformers base model names the tensors and attention heads: "
+            "convert --from gguf --base ./base-model adapter.gguf OUT",
+        )
     if req.outtype != "f32" and req.to != "gguf":
-        raise UsageError("--outtype applies to --to gguf only",
-                         hint="For a PEFT output use --dtype float32|bfloat16|float16.")
+        raise UsageError(
+            "--outtype applies to --to gguf only",
+            hint="For a PEFT output use --dtype float32|bfloat16|float16.",
+        )
     if req.to and req.dtype:
-        raise UsageError("--dtype applies to PEFT outputs; with --to gguf use --outtype",
-                         hint="--outtype f32|f16|bf16|q8_0 (GGUF); MLX adapters are written in "
-                         "float32.")
+        raise UsageError(
+            "--dtype applies to PEFT outputs; with --to gguf use --outtype",
+            hint="--outtype f32|f16|bf16|q8_0 (GGUF); MLX adapters are written in float32.",
+        )
 
 
 def run_format_convert(req, steps: Callable, progress=None):
@@ -53,10 +64,12 @@ def run_format_convert(req, steps: Callable, progress=None):
     elif req.from_format and (req.rank is not None or req.energy is not None):
         draft = steps(draft, replace(req, base=None))
     if req.to and _is_mutated(draft):
-        raise UsageError(f"{draft.source}: init_lora_weights="
-                         f"{draft.config.get('init_lora_weights')!r}: the adapter was trained on a "
-                         "residual base, so it must become plain LoRA before export",
-                         hint="Add --base BASE (PiSSA/OLoRA) or --pissa-init INIT to this command.")
+        raise UsageError(
+            f"{draft.source}: init_lora_weights="
+            f"{draft.config.get('init_lora_weights')!r}: the adapter was trained on a "
+            "residual base, so it must become plain LoRA before export",
+            hint="Add --base BASE (PiSSA/OLoRA) or --pissa-init INIT to this command.",
+        )
     if req.to == "gguf":
         from adapterctl.core.convert.gguf import check_targets, export_gguf
 
@@ -70,14 +83,13 @@ def run_format_convert(req, steps: Callable, progress=None):
         from adapterctl.core.convert.mlx import export_mlx, read_mlx_base
 
         base = _base_dir(req, draft, "--to mlx")
-        return export_mlx(draft, read_mlx_base(base, req.base_name or str(base)), req.output,
-                          req.force)
+        return export_mlx(draft, read_mlx_base(base, req.base_name or str(base)), req.output, req.force)
     if req.dtype:
         draft = cast_draft(draft, req.dtype)
     return C.write_draft(draft, req.output, req.force)
 
 
-#: the engine whose rules a --to format must satisfy (core/engines)
+#: the engine whose rules a --to format must satisfy (core/engine_rules)
 TARGET_ENGINE = {"gguf": "llama.cpp", "mlx": "mlx"}
 
 
@@ -94,9 +106,17 @@ def _for_target_engine(draft, req):
         if req.to != "gguf" or not blockers(draft, view_adapter(draft)):
             return draft
         engines = (TARGET_ENGINE[req.to],)
-    return convert_for_engine(draft, ForEngine(engines, req.base, req.base_name, req.rank,
-                                               req.energy, req.drop_unsupported or
-                                               (req.for_serving and not req.for_engine)))
+    return convert_for_engine(
+        draft,
+        ForEngine(
+            engines,
+            req.base,
+            req.base_name,
+            req.rank,
+            req.energy,
+            req.drop_unsupported or (req.for_serving and not req.for_engine),
+        ),
+    )
 
 
 def _read_source(req, progress):
@@ -116,8 +136,15 @@ def _read_source(req, progress):
     if req.extract_base:
         from adapterctl.core.convert.extract import extract_adapter
 
-        return extract_adapter(req.extract_base, req.source, req.rank, req.energy,
-                               req.skip_unfactorable, base_name=req.base_name, progress=progress)
+        return extract_adapter(
+            req.extract_base,
+            req.source,
+            req.rank,
+            req.energy,
+            req.skip_unfactorable,
+            base_name=req.base_name,
+            progress=progress,
+        )
     return C.read_draft(req.source, req.source_name)
 
 
@@ -133,9 +160,11 @@ def _base_dir(req, draft, flag: str) -> Path:
     name = draft.config.get("base_model_name_or_path")
     if isinstance(name, str) and Path(name).is_dir():
         return Path(name)
-    raise UsageError(f"{flag} needs the base model: pass --base BASE",
-                     hint=f"The adapter's base_model_name_or_path ({name!r}) is not a local "
-                     "folder; give the transformers base model folder or Hub id with --base.")
+    raise UsageError(
+        f"{flag} needs the base model: pass --base BASE",
+        hint=f"The adapter's base_model_name_or_path ({name!r}) is not a local "
+        "folder; give the transformers base model folder or Hub id with --base.",
+    )
 
 
 def _gguf_base(req, draft):

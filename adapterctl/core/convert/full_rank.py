@@ -58,20 +58,21 @@ class Factors:
         if extra <= 0:
             return self
         A = torch.cat([self.A, self.A.new_zeros((extra, *self.A.shape[1:]))], dim=0)
-        Bs = torch.cat([self.Bs, self.Bs.new_zeros((self.Bs.shape[0], extra, *self.Bs.shape[2:]))],
-                       dim=1)
+        Bs = torch.cat([self.Bs, self.Bs.new_zeros((self.Bs.shape[0], extra, *self.Bs.shape[2:]))], dim=1)
         return replace(self, A=A, Bs=Bs, original=None)
 
 
 def from_lora(w: LoraWeights) -> Factors:
-    return Factors(w.kind, w.A.to(F32), w.B.to(F32) * w.scaling, w.A.dtype,
-                   (w.A, w.B, w.scaling), w.magnitude)
+    return Factors(
+        w.kind, w.A.to(F32), w.B.to(F32) * w.scaling, w.A.dtype, (w.A, w.B, w.scaling), w.magnitude
+    )
 
 
 def concat(a: Factors, b: Factors) -> Factors:
     """ΔW_a + ΔW_b as one LoRA of rank r_a + r_b: [A_a; A_b], [Bs_a | Bs_b]."""
-    return replace(a, A=torch.cat([a.A, b.A.to(F32)], 0), Bs=torch.cat([a.Bs, b.Bs.to(F32)], 1),
-                   original=None)
+    return replace(
+        a, A=torch.cat([a.A, b.A.to(F32)], 0), Bs=torch.cat([a.Bs, b.Bs.to(F32)], 1), original=None
+    )
 
 
 def lora_layout(delta: torch.Tensor, kind: str, fan_in_fan_out: bool) -> torch.Tensor:
@@ -90,8 +91,9 @@ def full_rank(delta: torch.Tensor, kind: str, dtype: torch.dtype) -> Factors:
     return Factors(kind, torch.eye(inp, dtype=F32), D.clone(), dtype)  # A = I
 
 
-def token_rows(indices: list[int], rows: torch.Tensor, W: torch.Tensor, dtype: torch.dtype
-               ) -> tuple[Factors, Factors]:
+def token_rows(
+    indices: list[int], rows: torch.Tensor, W: torch.Tensor, dtype: torch.dtype
+) -> tuple[Factors, Factors]:
     """Trainable tokens W[idx] = rows as (embedding LoRA, linear LoRA on a tied lm_head)."""
     D = rows.to(F32) - W[indices].to(F32)  # (k, d)
     k, V = len(indices), W.shape[0]
@@ -103,8 +105,7 @@ def token_rows(indices: list[int], rows: torch.Tensor, W: torch.Tensor, dtype: t
 
 
 def zeros_like_module(f: Factors) -> Factors:
-    return replace(f, A=torch.zeros_like(f.A), Bs=torch.zeros_like(f.Bs), original=None,
-                   magnitude=None)
+    return replace(f, A=torch.zeros_like(f.A), Bs=torch.zeros_like(f.Bs), original=None, magnitude=None)
 
 
 @dataclass(frozen=True)
@@ -116,17 +117,19 @@ class SvdReport:
     sq_norm: float  # ||ΔW_dora||_F^2, to weight the whole-adapter error
 
 
-def dora_as_lora(w: LoraWeights, W: torch.Tensor, fan_in_fan_out: bool, rank: int | None,
-                 energy: float | None) -> tuple[Factors, SvdReport]:
+def dora_as_lora(
+    w: LoraWeights, W: torch.Tensor, fan_in_fan_out: bool, rank: int | None, energy: float | None
+) -> tuple[Factors, SvdReport]:
     """The exact DoRA weight minus the base (spec 6.3), as a truncated-SVD LoRA of ``rank``
     (default: the module's own rank) or the rank keeping ``energy`` of ||ΔW||_F^2."""
     if w.kind == "conv":
-        raise UnsupportedError(f"{w.path}: DoRA on a conv layer cannot be converted to LoRA here",
-                               hint="No serving engine adapts conv layers of a language model.")
+        raise UnsupportedError(
+            f"{w.path}: DoRA on a conv layer cannot be converted to LoRA here",
+            hint="No serving engine adapts conv layers of a language model.",
+        )
     kind = LayerKind.CONV1D_GPT2 if fan_in_fan_out else w.kind  # the base layer's kind
     W32 = W.to(F32)
-    D = lora_layout(fold_lora(W32.clone(), W, w, kind, device=W.device) - W32, w.kind,
-                    fan_in_fan_out)
+    D = lora_layout(fold_lora(W32.clone(), W, w, kind, device=W.device) - W32, w.kind, fan_in_fan_out)
     k_max = min(D.shape)
     svd = svd_of_matrix(D, min(rank or w.r, k_max))
     k = choose_rank(svd, rank if rank is not None or energy is not None else w.r, energy)
@@ -142,12 +145,12 @@ def _tail_error(svd, k: int, k_max: int) -> float:
     if svd.S.numel() < k_max:
         return relative_error(svd, k)
     S = svd.S.double()
-    total = float((S ** 2).sum())
+    total = float((S**2).sum())
     return math.sqrt(float((S[k:] ** 2).sum()) / total) if total > 0 else 0.0
 
 
 def whole_error(reports: list[SvdReport]) -> float:
     """||ΔW_dora - ΔW_lora||_F / ||ΔW_dora||_F over all modules together."""
     total = sum(r.sq_norm for r in reports)
-    lost = sum(r.sq_norm * r.rel_error ** 2 for r in reports)
+    lost = sum(r.sq_norm * r.rel_error**2 for r in reports)
     return math.sqrt(lost / total) if total > 0 else 0.0

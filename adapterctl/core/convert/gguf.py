@@ -32,11 +32,13 @@ from adapterctl.errors import (
     InvalidAdapterError,
     UnsupportedError,
 )
-from adapterctl.io.adapter_writer import lora_key
+from adapterctl.io.checkpoint.adapter_writer import lora_key
 
-FOR_ENGINE_HINT = ("Rewrite it for llama.cpp first: adapterctl convert --for llama.cpp --base BASE "
-                   "SOURCE OUT (folds or drops what llama.cpp cannot load, listing each), then "
-                   "convert that output --to gguf.")
+FOR_ENGINE_HINT = (
+    "Rewrite it for llama.cpp first: adapterctl convert --for llama.cpp --base BASE "
+    "SOURCE OUT (folds or drops what llama.cpp cannot load, listing each), then "
+    "convert that output --to gguf."
+)
 
 
 @dataclass(frozen=True)
@@ -79,8 +81,9 @@ def blockers(draft: AdapterDraft, view) -> list[str]:
             out.append(f"{path}: lora_B bias (lora_bias=true)")
         if w.kind == "conv":
             out.append(f"{path}: convolution LoRA")
-    out += [f"{p}: full weight replacement (modules_to_save / bias / saved embedding)"
-            for p in view.replacements]
+    out += [
+        f"{p}: full weight replacement (modules_to_save / bias / saved embedding)" for p in view.replacements
+    ]
     out += [f"{e}: trainable token rows (trainable_token_indices)" for e in view.trainable_tokens]
     return out
 
@@ -89,14 +92,18 @@ def draft_to_gguf_tensors(draft: AdapterDraft, facts: BaseFacts) -> tuple[dict, 
     """GGUF tensors (float32 numpy, in writing order), adapter.lora.alpha, and the modules whose
     scaling was folded into lora_b."""
     view = view_adapter(draft)
-    names = {path: _target_name(facts, path, w.kind, draft.source)  # names the module first
-             for path, w in view.modules.items()}
+    names = {
+        path: _target_name(facts, path, w.kind, draft.source)  # names the module first
+        for path, w in view.modules.items()
+    }
     bad = blockers(draft, view)
     if bad:
-        raise UnsupportedError(f"{draft.source}: llama.cpp LoRA adapters cannot express: "
-                               + "; ".join(bad[:6]) + (f" (and {len(bad) - 6} more)"
-                                                       if len(bad) > 6 else ""),
-                               hint=FOR_ENGINE_HINT)
+        raise UnsupportedError(
+            f"{draft.source}: llama.cpp LoRA adapters cannot express: "
+            + "; ".join(bad[:6])
+            + (f" (and {len(bad) - 6} more)" if len(bad) > 6 else ""),
+            hint=FOR_ENGINE_HINT,
+        )
     alpha = float(view.config.lora_alpha)
     tensors, folded = {}, []
     for path, w in sorted(view.modules.items()):
@@ -124,23 +131,32 @@ def _target_name(facts: BaseFacts, path: str, kind: str, source: str) -> str:
     if name is None:
         raise IncompatibleBaseError(
             f"{source}: {path}: llama.cpp's {facts.rule.gguf_arch!r} architecture has no tensor "
-            "for this module", hint="Is the adapter for this base? Modules llama.cpp cannot "
-            "adapt must be dropped from the adapter first.")
+            "for this module",
+            hint="Is the adapter for this base? Modules llama.cpp cannot "
+            "adapt must be dropped from the adapter first.",
+        )
     gkind = gguf_tensor_kind(facts, name)
     if kind == "embedding" and gkind != "token_embd":
-        raise UnsupportedError(f"{source}: {path}: llama.cpp applies embedding LoRA to the token "
-                               f"embedding only, not to {name}", hint=FOR_ENGINE_HINT)
+        raise UnsupportedError(
+            f"{source}: {path}: llama.cpp applies embedding LoRA to the token embedding only, not to {name}",
+            hint=FOR_ENGINE_HINT,
+        )
     if gkind == "token_embd" and (facts.tied or facts.rule.trims_vocab):
-        why = ("the base ties lm_head to the token embedding, and llama.cpp would apply the "
-               "embedding LoRA to the output projection too" if facts.tied else
-               "llama.cpp's converter cuts the token embedding to the tokenizer's vocabulary")
-        raise UnsupportedError(f"{source}: {path}: embedding LoRA cannot be expressed for this "
-                               f"base: {why}", hint=FOR_ENGINE_HINT)
+        why = (
+            "the base ties lm_head to the token embedding, and llama.cpp would apply the "
+            "embedding LoRA to the output projection too"
+            if facts.tied
+            else "llama.cpp's converter cuts the token embedding to the tokenizer's vocabulary"
+        )
+        raise UnsupportedError(
+            f"{source}: {path}: embedding LoRA cannot be expressed for this base: {why}", hint=FOR_ENGINE_HINT
+        )
     if gkind == "output" and facts.tied:
         raise UnsupportedError(
             f"{source}: {path}: the base ties lm_head to the token embedding, so llama.cpp has no "
             "separate output tensor to adapt (its own converter refuses this too)",
-            hint=FOR_ENGINE_HINT)
+            hint=FOR_ENGINE_HINT,
+        )
     return name
 
 
@@ -151,52 +167,78 @@ def check_targets(draft: AdapterDraft, facts: BaseFacts) -> None:
         _target_name(facts, path, w.kind, draft.source)
 
 
-def export_gguf(draft: AdapterDraft, facts: BaseFacts, output: str | Path, outtype: str = "f32",
-                force: bool = False) -> GGUFExport:
+def export_gguf(
+    draft: AdapterDraft, facts: BaseFacts, output: str | Path, outtype: str = "f32", force: bool = False
+) -> GGUFExport:
     """Write ``draft`` as a llama.cpp LoRA adapter file at ``output`` (atomically)."""
-    from adapterctl.io.gguf_adapter import write_gguf_adapter
-    from adapterctl.io.output_dir import write_output_file
+    from adapterctl.io.folders.output_dir import write_output_file
+    from adapterctl.io.formats.gguf_adapter import write_gguf_adapter
 
     tensors, alpha, folded = draft_to_gguf_tensors(draft, facts)
     with write_output_file(output, force) as tmp:
-        stored = write_gguf_adapter(tmp, facts.rule.gguf_arch, alpha, tensors, outtype,
-                                    name=Path(str(output)).stem)
+        stored = write_gguf_adapter(
+            tmp, facts.rule.gguf_arch, alpha, tensors, outtype, name=Path(str(output)).stem
+        )
     notes = list(draft.notes)
     if folded:
-        why = "rsLoRA's alpha/sqrt(r)" if view_adapter(draft).config.use_rslora else \
-            "per-module rank/alpha patterns"
-        notes.append(f"{len(folded)} module(s) scale differently from llama.cpp's alpha/r "
-                     f"({why}): their scaling is folded into lora_b (exact)")
+        why = (
+            "rsLoRA's alpha/sqrt(r)"
+            if view_adapter(draft).config.use_rslora
+            else "per-module rank/alpha patterns"
+        )
+        notes.append(
+            f"{len(folded)} module(s) scale differently from llama.cpp's alpha/r "
+            f"({why}): their scaling is folded into lora_b (exact)"
+        )
     fallback = [k for k, t in stored.items() if outtype == "q8_0" and t != "Q8_0"]
     if fallback:
-        notes.append(f"{len(fallback)} tensor(s) have rows shorter than a Q8_0 block (32) and "
-                     "are stored as F16, as llama.cpp's converter does")
+        notes.append(
+            f"{len(fallback)} tensor(s) have rows shorter than a Q8_0 block (32) and "
+            "are stored as F16, as llama.cpp's converter does"
+        )
     out = str(output)
-    return GGUFExport(out, draft.source, "gguf", facts.rule.gguf_arch, facts.path, alpha, outtype,
-                      len(tensors) // 2, len(tensors), dict(Counter(stored.values())), folded,
-                      list(draft.steps) + ["to-gguf"], notes, f"ADAPTER ./{Path(out).name}")
+    return GGUFExport(
+        out,
+        draft.source,
+        "gguf",
+        facts.rule.gguf_arch,
+        facts.path,
+        alpha,
+        outtype,
+        len(tensors) // 2,
+        len(tensors),
+        dict(Counter(stored.values())),
+        folded,
+        list(draft.steps) + ["to-gguf"],
+        notes,
+        f"ADAPTER ./{Path(out).name}",
+    )
 
 
 # ----- GGUF -> PEFT ------------------------------------------------------------------------
-def draft_from_gguf(path: str | Path, facts: BaseFacts, base_name: str | None = None,
-                    source: str | None = None) -> AdapterDraft:
+def draft_from_gguf(
+    path: str | Path, facts: BaseFacts, base_name: str | None = None, source: str | None = None
+) -> AdapterDraft:
     """A llama.cpp LoRA adapter as a PEFT draft: names mapped back through the base checkpoint's
     keys, the q/k permutation undone, ranks per module (rank_pattern), alpha as stored."""
-    from adapterctl.io.gguf_adapter import read_gguf_adapter
+    from adapterctl.io.formats.gguf_adapter import read_gguf_adapter
 
     src = source or str(path)
     f = read_gguf_adapter(path)
     if f.arch != facts.rule.gguf_arch:
-        raise IncompatibleBaseError(f"{src}: adapter is for llama.cpp architecture {f.arch!r}, "
-                                    f"the base {facts.path} is {facts.rule.gguf_arch!r}")
+        raise IncompatibleBaseError(
+            f"{src}: adapter is for llama.cpp architecture {f.arch!r}, "
+            f"the base {facts.path} is {facts.rule.gguf_arch!r}"
+        )
     back = _inverse_names(facts, src)
     pairs = _pairs(f.tensors, src)
     tensors, ranks, embedding = {}, {}, set()
     for gname, (a, b) in sorted(pairs.items()):
         if gname not in back:
-            raise IncompatibleBaseError(f"{src}: {gname}: the base {facts.path} has no tensor "
-                                        "with this llama.cpp name", hint="Give the base model "
-                                        "the adapter was made for with --base.")
+            raise IncompatibleBaseError(
+                f"{src}: {gname}: the base {facts.path} has no tensor with this llama.cpp name",
+                hint="Give the base model the adapter was made for with --base.",
+            )
         path_ = back[gname]
         kind = gguf_tensor_kind(facts, gname)
         if kind == "token_embd":
@@ -204,11 +246,13 @@ def draft_from_gguf(path: str | Path, facts: BaseFacts, base_name: str | None = 
         else:
             A, B, emb = a, b, False
             if facts.rule.qk_permute and kind in ("q", "k"):
-                B = permute_rows(B, facts.n_head, facts.n_head if kind == "q" else facts.n_head_kv,
-                                 inverse=True)
+                B = permute_rows(
+                    B, facts.n_head, facts.n_head if kind == "q" else facts.n_head_kv, inverse=True
+                )
         if A.shape[0] != B.shape[1]:
-            raise InvalidAdapterError(f"{src}: {gname}: lora_a {list(a.shape)} and lora_b "
-                                      f"{list(b.shape)} disagree on the rank")
+            raise InvalidAdapterError(
+                f"{src}: {gname}: lora_a {list(a.shape)} and lora_b {list(b.shape)} disagree on the rank"
+            )
         ranks[path_] = int(A.shape[0])
         if emb:
             embedding.add(path_)
@@ -225,11 +269,14 @@ def _pairs(tensors: dict, src: str) -> dict[str, tuple]:
     for name, t in tensors.items():
         stem, dot, role = name.rpartition(".")
         if not dot or role not in ("lora_a", "lora_b"):
-            raise UnsupportedError(f"{src}: tensor {name!r} is not a lora_a/lora_b tensor",
-                                   hint="Only plain LoRA pairs can become a PEFT adapter.")
+            raise UnsupportedError(
+                f"{src}: tensor {name!r} is not a lora_a/lora_b tensor",
+                hint="Only plain LoRA pairs can become a PEFT adapter.",
+            )
         if t.ndim != 2:
-            raise InvalidAdapterError(f"{src}: tensor {name!r} has shape {list(t.shape)}, "
-                                      "expected 2 dimensions")
+            raise InvalidAdapterError(
+                f"{src}: tensor {name!r} has shape {list(t.shape)}, expected 2 dimensions"
+            )
         pairs.setdefault(stem, {})[role] = t
     missing = [s for s, p in pairs.items() if len(p) != 2]
     if missing:
@@ -239,9 +286,11 @@ def _pairs(tensors: dict, src: str) -> dict[str, tuple]:
 
 def _inverse_names(facts: BaseFacts, src: str) -> dict[str, str]:
     if not facts.keys:
-        raise UnsupportedError(f"{src}: the base {facts.path} has legacy .bin weights; the "
-                               "tensor names are read from safetensors headers",
-                               hint="Use a safetensors copy of the base model.")
+        raise UnsupportedError(
+            f"{src}: the base {facts.path} has legacy .bin weights; the "
+            "tensor names are read from safetensors headers",
+            hint="Use a safetensors copy of the base model.",
+        )
     _, names = tensor_name_map(facts)
     back = {}
     for key in sorted(facts.keys):
@@ -267,16 +316,25 @@ def _peft_config(alpha: float, ranks: dict[str, int], facts: BaseFacts, base_nam
     rank_pattern = {p: k for p, k in ranks.items() if k != r}
     alpha_pattern = dict(rank_pattern) if alpha == 0 else {}
     suffixes = sorted({p.rsplit(".", 1)[-1] for p in ranks})
-    return {"peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": base_name,
-            "r": r, "lora_alpha": _number(alpha) if alpha else r, "rank_pattern": rank_pattern,
-            "alpha_pattern": alpha_pattern, "target_modules": _targets(ranks, suffixes, facts),
-            "use_rslora": False, "use_dora": False, "bias": "none", "init_lora_weights": True}
+    return {
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "base_model_name_or_path": base_name,
+        "r": r,
+        "lora_alpha": _number(alpha) if alpha else r,
+        "rank_pattern": rank_pattern,
+        "alpha_pattern": alpha_pattern,
+        "target_modules": _targets(ranks, suffixes, facts),
+        "use_rslora": False,
+        "use_dora": False,
+        "bias": "none",
+        "init_lora_weights": True,
+    }
 
 
 def _targets(ranks: dict[str, int], suffixes: list[str], facts: BaseFacts) -> list[str]:
     """Module names when they select exactly the adapted modules of the base, else full paths."""
-    stems = {_module_path(k.removesuffix(".weight"), facts) for k in facts.keys
-             if k.endswith(".weight")}
+    stems = {_module_path(k.removesuffix(".weight"), facts) for k in facts.keys if k.endswith(".weight")}
     selected = {s for s in stems if s.rsplit(".", 1)[-1] in suffixes}
     return suffixes if selected == set(ranks) else sorted(ranks)
 

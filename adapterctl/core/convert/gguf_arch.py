@@ -70,11 +70,12 @@ def _int(config: dict, *names: str, default: int | None = None) -> int:
 
 def read_base_facts(base: str | Path, shown: str | None = None) -> BaseFacts:
     """Read config.json (and safetensors headers when present) of the base model folder."""
-    from adapterctl.io.model_dir import locate_model_files, read_model_headers
+    from adapterctl.io.folders.model_dir import locate_model_files, read_model_headers
 
     files = locate_model_files(base, shown)
-    cfg = files.config.get("text_config") if isinstance(files.config.get("text_config"), dict) \
-        else files.config
+    cfg = (
+        files.config.get("text_config") if isinstance(files.config.get("text_config"), dict) else files.config
+    )
     archs = files.config.get("architectures") or []
     hf_arch = archs[0] if archs and isinstance(archs[0], str) else str(files.model_type)
     rule = ARCHS.get(hf_arch)
@@ -83,19 +84,30 @@ def read_base_facts(base: str | Path, shown: str | None = None) -> BaseFacts:
             f"{shown or base}: architecture {hf_arch!r} is not one adapterctl converts to/from "
             "llama.cpp GGUF adapters",
             hint="Supported: " + ", ".join(sorted(ARCHS)) + ". Others may need tensor "
-            "rearrangements llama.cpp's converter applies; use its convert_lora_to_gguf.py.")
-    keys = frozenset(read_model_headers(files)) if files.weights_format == "safetensors" else \
-        frozenset()
-    tied = bool(cfg.get("tie_word_embeddings", True)) if not keys else \
-        not any(k.endswith("lm_head.weight") for k in keys)
+            "rearrangements llama.cpp's converter applies; use its convert_lora_to_gguf.py.",
+        )
+    keys = frozenset(read_model_headers(files)) if files.weights_format == "safetensors" else frozenset()
+    tied = (
+        bool(cfg.get("tie_word_embeddings", True))
+        if not keys
+        else not any(k.endswith("lm_head.weight") for k in keys)
+    )
     n_head = _int(cfg, "num_attention_heads", "n_head")
-    return BaseFacts(str(shown or base), hf_arch, rule,
-                     _int(cfg, "num_hidden_layers", "n_layer"), n_head,
-                     _int(cfg, "num_key_value_heads", default=n_head), keys, tied, cfg)
+    return BaseFacts(
+        str(shown or base),
+        hf_arch,
+        rule,
+        _int(cfg, "num_hidden_layers", "n_layer"),
+        n_head,
+        _int(cfg, "num_key_value_heads", default=n_head),
+        keys,
+        tied,
+        cfg,
+    )
 
 
 def tensor_name_map(facts: BaseFacts):
-    from adapterctl.io.gguf_adapter import import_gguf
+    from adapterctl.io.formats.gguf_adapter import import_gguf
 
     gguf = import_gguf()
     arch = next(a for a, n in gguf.MODEL_ARCH_NAMES.items() if n == facts.rule.gguf_arch)

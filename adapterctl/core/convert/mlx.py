@@ -25,7 +25,7 @@ import torch
 
 from adapterctl.core.convert.draft import AdapterDraft, view_adapter
 from adapterctl.errors import InvalidAdapterError, UnsupportedError
-from adapterctl.io.adapter_writer import lora_key
+from adapterctl.io.checkpoint.adapter_writer import lora_key
 
 #: transformers module path prefix -> mlx-lm's, where its model classes name things differently
 PREFIXES: dict[str, tuple[str, str]] = {"gpt2": ("transformer.", "model.")}
@@ -65,7 +65,7 @@ class MLXBase:
 
 
 def read_mlx_base(base: str | Path, shown: str | None = None) -> MLXBase:
-    from adapterctl.io.model_dir import locate_model_files, read_model_headers
+    from adapterctl.io.folders.model_dir import locate_model_files, read_model_headers
 
     files = locate_model_files(base, shown)
     cfg = files.config
@@ -81,12 +81,12 @@ def read_mlx_base(base: str | Path, shown: str | None = None) -> MLXBase:
 
 def to_mlx_path(path: str, model_type: str) -> str:
     old, new = PREFIXES.get(model_type, ("", ""))
-    return new + path[len(old):] if old and path.startswith(old) else path
+    return new + path[len(old) :] if old and path.startswith(old) else path
 
 
 def from_mlx_path(path: str, model_type: str) -> str:
     old, new = PREFIXES.get(model_type, ("", ""))
-    return old + path[len(new):] if new and path.startswith(new) else path
+    return old + path[len(new) :] if new and path.startswith(new) else path
 
 
 def _refusals(view, base: MLXBase) -> list[str]:
@@ -98,16 +98,22 @@ def _refusals(view, base: MLXBase) -> list[str]:
         if w.kind == "conv":
             out.append(f"{path}: convolution LoRA")
         if w.kind == "embedding" and w.magnitude is not None:
-            out.append(f"{path}: DoRA on an embedding (mlx-lm normalises per token row, PEFT per "
-                       "embedding dimension)")
+            out.append(
+                f"{path}: DoRA on an embedding (mlx-lm normalises per token row, PEFT per "
+                "embedding dimension)"
+            )
         if w.kind == "embedding" and base.tied:
-            out.append(f"{path}: embedding LoRA on a base with tied lm_head (mlx-lm would apply it "
-                       "to the output projection too, PEFT does not)")
+            out.append(
+                f"{path}: embedding LoRA on a base with tied lm_head (mlx-lm would apply it "
+                "to the output projection too, PEFT does not)"
+            )
         if leaf == "lm_head" and base.tied:
-            out.append(f"{path}: lm_head LoRA on a base with tied embeddings (mlx-lm has no "
-                       "lm_head module there)")
-    out += [f"{p}: full weight replacement (modules_to_save / bias / saved embedding)"
-            for p in view.replacements]
+            out.append(
+                f"{path}: lm_head LoRA on a base with tied embeddings (mlx-lm has no lm_head module there)"
+            )
+    out += [
+        f"{p}: full weight replacement (modules_to_save / bias / saved embedding)" for p in view.replacements
+    ]
     out += [f"{e}: trainable token rows" for e in view.trainable_tokens]
     return out
 
@@ -117,11 +123,13 @@ def draft_to_mlx(draft: AdapterDraft, base: MLXBase) -> tuple[dict, dict, list[s
     view = view_adapter(draft)
     bad = _refusals(view, base)
     if bad:
-        raise UnsupportedError(f"{draft.source}: MLX-LM adapters have no equivalent for: "
-                               + "; ".join(bad[:6]) + (f" (and {len(bad) - 6} more)"
-                                                       if len(bad) > 6 else ""),
-                               hint="Remove them first (convert --for-serving drops full-weight "
-                               "extras), or keep using the adapter with PEFT.")
+        raise UnsupportedError(
+            f"{draft.source}: MLX-LM adapters have no equivalent for: "
+            + "; ".join(bad[:6])
+            + (f" (and {len(bad) - 6} more)" if len(bad) > 6 else ""),
+            hint="Remove them first (convert --for-serving drops full-weight "
+            "extras), or keep using the adapter with PEFT.",
+        )
     mods = view.modules
     rank = max(w.r for w in mods.values())
     scale = Counter(w.scaling for w in mods.values()).most_common(1)[0][0]
@@ -158,10 +166,9 @@ def draft_to_mlx(draft: AdapterDraft, base: MLXBase) -> tuple[dict, dict, list[s
     return config, tensors, padded, folded
 
 
-def export_mlx(draft: AdapterDraft, base: MLXBase, output: str | Path,
-               force: bool = False) -> MLXExport:
-    from adapterctl.io.mlx_adapter import write_mlx_files
-    from adapterctl.io.output_dir import write_output_dir
+def export_mlx(draft: AdapterDraft, base: MLXBase, output: str | Path, force: bool = False) -> MLXExport:
+    from adapterctl.io.folders.output_dir import write_output_dir
+    from adapterctl.io.formats.mlx_adapter import write_mlx_files
 
     config, tensors, padded, folded = draft_to_mlx(draft, base)
     with write_output_dir(output, force) as tmp:
@@ -169,35 +176,59 @@ def export_mlx(draft: AdapterDraft, base: MLXBase, output: str | Path,
     notes = list(draft.notes)
     lp = config["lora_parameters"]
     if padded:
-        notes.append(f"{len(padded)} module(s) of lower rank are zero-padded to mlx-lm's one "
-                     f"rank {lp['rank']} (exact)")
+        notes.append(
+            f"{len(padded)} module(s) of lower rank are zero-padded to mlx-lm's one rank {lp['rank']} (exact)"
+        )
     if folded:
-        notes.append(f"{len(folded)} module(s) scale differently from mlx-lm's one scale "
-                     f"{lp['scale']:.6g}: the ratio is folded into lora_b (exact)")
+        notes.append(
+            f"{len(folded)} module(s) scale differently from mlx-lm's one scale "
+            f"{lp['scale']:.6g}: the ratio is folded into lora_b (exact)"
+        )
     n_mod = sum(1 for k in tensors if k.endswith(".lora_a"))
-    return MLXExport(str(output), draft.source, "mlx", config["fine_tune_type"], lp["rank"],
-                     lp["scale"], config["num_layers"], lp["keys"], n_mod, len(tensors), padded,
-                     folded, list(draft.steps) + ["to-mlx"], notes)
+    return MLXExport(
+        str(output),
+        draft.source,
+        "mlx",
+        config["fine_tune_type"],
+        lp["rank"],
+        lp["scale"],
+        config["num_layers"],
+        lp["keys"],
+        n_mod,
+        len(tensors),
+        padded,
+        folded,
+        list(draft.steps) + ["to-mlx"],
+        notes,
+    )
 
 
 # ----- MLX -> PEFT -------------------------------------------------------------------------
-def draft_from_mlx(folder: str | Path, model_type: str | None, base_name: str | None = None,
-                   source: str | None = None) -> AdapterDraft:
+def draft_from_mlx(
+    folder: str | Path, model_type: str | None, base_name: str | None = None, source: str | None = None
+) -> AdapterDraft:
     """An mlx-lm adapter folder as a PEFT draft (LoRA or DoRA; ``full`` fine-tunes refused)."""
-    from adapterctl.io.mlx_adapter import read_mlx_header, read_mlx_tensors
+    from adapterctl.io.formats.mlx_adapter import read_mlx_header, read_mlx_tensors
 
     src = source or str(folder)
     head = read_mlx_header(folder)
     cfg = head.config
     kind = cfg.get("fine_tune_type", "lora")
     if kind not in ("lora", "dora"):
-        raise UnsupportedError(f"{src}: fine_tune_type {kind!r} is not a LoRA adapter",
-                               hint="A full fine-tune is a model, not an adapter.")
+        raise UnsupportedError(
+            f"{src}: fine_tune_type {kind!r} is not a LoRA adapter",
+            hint="A full fine-tune is a model, not an adapter.",
+        )
     lp = cfg.get("lora_parameters")
-    if not (isinstance(lp, dict) and isinstance(lp.get("rank"), int) and lp["rank"] > 0
-            and isinstance(lp.get("scale"), (int, float))):
-        raise InvalidAdapterError(f"{src}: adapter_config.json needs lora_parameters with an "
-                                  "integer rank and a numeric scale")
+    if not (
+        isinstance(lp, dict)
+        and isinstance(lp.get("rank"), int)
+        and lp["rank"] > 0
+        and isinstance(lp.get("scale"), (int, float))
+    ):
+        raise InvalidAdapterError(
+            f"{src}: adapter_config.json needs lora_parameters with an integer rank and a numeric scale"
+        )
     rank, scale = lp["rank"], float(lp["scale"])
     arrays = read_mlx_tensors(head)
     modules: dict[str, dict] = {}
@@ -214,11 +245,14 @@ def draft_from_mlx(folder: str | Path, model_type: str | None, base_name: str | 
             raise InvalidAdapterError(f"{src}: {stem}: needs both lora_a and lora_b")
         a, b = parts["lora_a"], parts["lora_b"]
         if a.ndim != 2 or b.ndim != 2 or a.shape[1] != rank or b.shape[0] != rank:
-            raise InvalidAdapterError(f"{src}: {stem}: lora_a {list(a.shape)} / lora_b "
-                                      f"{list(b.shape)} do not have rank {rank}")
+            raise InvalidAdapterError(
+                f"{src}: {stem}: lora_a {list(a.shape)} / lora_b {list(b.shape)} do not have rank {rank}"
+            )
         if emb and kind == "dora":
-            raise UnsupportedError(f"{src}: {stem}: DoRA on an embedding normalises per token row "
-                                   "in mlx-lm, per embedding dimension in PEFT: no equivalent")
+            raise UnsupportedError(
+                f"{src}: {stem}: DoRA on an embedding normalises per token row "
+                "in mlx-lm, per embedding dimension in PEFT: no equivalent"
+            )
         tensors[lora_key(path, "A", emb)] = torch.from_numpy(np.ascontiguousarray(a.T))
         tensors[lora_key(path, "B", emb)] = torch.from_numpy(np.ascontiguousarray(b.T))
         if kind == "dora":
@@ -229,10 +263,18 @@ def draft_from_mlx(folder: str | Path, model_type: str | None, base_name: str | 
         raise InvalidAdapterError(f"{src}: {head.root / 'adapters.safetensors'} holds no tensors")
     alpha, rslora = _alpha_for(cfg.get(PEFT_KEY), rank, scale)
     suffixes = sorted({from_mlx_path(s, model_type or "").rsplit(".", 1)[-1] for s in modules})
-    config = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": rank, "lora_alpha": alpha,
-              "use_rslora": rslora, "use_dora": kind == "dora", "target_modules": suffixes,
-              "base_model_name_or_path": base_name or cfg.get("model"), "bias": "none",
-              "init_lora_weights": True}
+    config = {
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "r": rank,
+        "lora_alpha": alpha,
+        "use_rslora": rslora,
+        "use_dora": kind == "dora",
+        "target_modules": suffixes,
+        "base_model_name_or_path": base_name or cfg.get("model"),
+        "bias": "none",
+        "init_lora_weights": True,
+    }
     draft = AdapterDraft(config, tensors, src, steps=("from-mlx",))
     view_adapter(draft)
     return draft
@@ -247,4 +289,3 @@ def _alpha_for(saved, rank: int, scale: float) -> tuple[float, bool]:
             return alpha, rs
     alpha = scale * rank
     return (int(alpha) if float(alpha).is_integer() else alpha), False
-

@@ -52,36 +52,66 @@ def check_request(req: ConvertRequest) -> None:
         from adapterctl.core.convert.formats import check_format_request
 
         check_format_request(req)
-    primary = [f for f, v in (("--pissa-init", req.init), ("--base", req.base and not formats),
-                              ("--extract", req.extract_base)) if v]
+    primary = [
+        f
+        for f, v in (
+            ("--pissa-init", req.init),
+            ("--base", req.base and not formats),
+            ("--extract", req.extract_base),
+        )
+        if v
+    ]
     if len(primary) > 1:
-        raise UsageError(f"{' and '.join(primary)} cannot be combined",
-                         hint="--pissa-init INIT or --base BASE convert a PiSSA/OLoRA adapter; "
-                         "--extract BASE builds an adapter from a fine-tuned model.")
+        raise UsageError(
+            f"{' and '.join(primary)} cannot be combined",
+            hint="--pissa-init INIT or --base BASE convert a PiSSA/OLoRA adapter; "
+            "--extract BASE builds an adapter from a fine-tuned model.",
+        )
     if req.extract_base and req.rank is None:
-        raise UsageError("--extract needs --rank R", hint="e.g. convert --extract BASE FINETUNED "
-                         "OUT --rank 16 (add --energy 0.9 to lower ranks per module)")
+        raise UsageError(
+            "--extract needs --rank R",
+            hint="e.g. convert --extract BASE FINETUNED "
+            "OUT --rank 16 (add --energy 0.9 to lower ranks per module)",
+        )
     if not req.extract_base and req.rank is not None and req.energy is not None:
-        raise UsageError("--rank and --energy cannot be combined for rank reduction",
-                         hint="--rank R gives every module rank R; --energy E picks each rank.")
+        raise UsageError(
+            "--rank and --energy cannot be combined for rank reduction",
+            hint="--rank R gives every module rank R; --energy E picks each rank.",
+        )
     if req.skip_unfactorable and not req.extract_base:
-        raise UsageError("--skip-unfactorable only applies to --extract",
-                         hint="Drop it, or extract: convert --extract BASE FINETUNED OUT --rank R.")
+        raise UsageError(
+            "--skip-unfactorable only applies to --extract",
+            hint="Drop it, or extract: convert --extract BASE FINETUNED OUT --rank R.",
+        )
     if req.drop_unsupported and not req.engines:
-        raise UsageError("--drop-unsupported only applies to --for ENGINE",
-                         hint="e.g. convert ADAPTER OUT --for vllm --drop-unsupported")
+        raise UsageError(
+            "--drop-unsupported only applies to --for ENGINE",
+            hint="e.g. convert ADAPTER OUT --for vllm --drop-unsupported",
+        )
     if req.engines:
-        from adapterctl.core.engines.check import engine_names
+        from adapterctl.core.engine_rules.check import engine_names
 
         engine_names(list(req.engines))  # unknown engine names are usage errors
         if req.extract_base:
-            raise UsageError("--for cannot be combined with --extract",
-                             hint="Extract first, then convert the extracted adapter --for ENGINE.")
-    if not (primary or req.rank is not None or req.energy is not None or req.dtype
-            or req.for_serving or req.to_safetensors or req.engines or formats):
-        raise UsageError("nothing to do: choose a conversion",
-                         hint="One of --pissa-init, --base, --rank/--energy, --extract, "
-                         "--to-safetensors, --dtype, --for ENGINE, --for-serving.")
+            raise UsageError(
+                "--for cannot be combined with --extract",
+                hint="Extract first, then convert the extracted adapter --for ENGINE.",
+            )
+    if not (
+        primary
+        or req.rank is not None
+        or req.energy is not None
+        or req.dtype
+        or req.for_serving
+        or req.to_safetensors
+        or req.engines
+        or formats
+    ):
+        raise UsageError(
+            "nothing to do: choose a conversion",
+            hint="One of --pissa-init, --base, --rank/--energy, --extract, "
+            "--to-safetensors, --dtype, --for ENGINE, --for-serving.",
+        )
 
 
 def run_convert(req: ConvertRequest, progress: Callable[[str, int, int], None] | None = None):
@@ -97,17 +127,32 @@ def run_convert(req: ConvertRequest, progress: Callable[[str, int, int], None] |
     if req.extract_base:
         from adapterctl.core.convert.extract import extract_adapter
 
-        draft = extract_adapter(req.extract_base, req.source, req.rank, req.energy,
-                                req.skip_unfactorable, base_name=req.base_name, progress=progress)
+        draft = extract_adapter(
+            req.extract_base,
+            req.source,
+            req.rank,
+            req.energy,
+            req.skip_unfactorable,
+            base_name=req.base_name,
+            progress=progress,
+        )
     else:
         draft = C.read_draft(req.source, req.source_name, req.engines, experts_ok=True)
         draft = _convert_steps(draft, req)
     if req.engines:
         from adapterctl.core.convert.for_engine import ForEngine, convert_for_engine
 
-        draft = convert_for_engine(draft, ForEngine(
-            req.engines, req.base, req.base_name, req.rank, req.energy,
-            req.drop_unsupported or (req.for_serving and not req.for_engine)))
+        draft = convert_for_engine(
+            draft,
+            ForEngine(
+                req.engines,
+                req.base,
+                req.base_name,
+                req.rank,
+                req.energy,
+                req.drop_unsupported or (req.for_serving and not req.for_engine),
+            ),
+        )
     if req.dtype:
         draft = cast_draft(draft, req.dtype)
     elif req.to_safetensors and not draft.steps:
@@ -138,9 +183,11 @@ def _expert_steps(draft, req: ConvertRequest):
     from adapterctl.core.convert.expert_ranks import reduce_expert_ranks
 
     if req.init or req.base:
-        raise UnsupportedError(f"{draft.source}: target_parameters (MoE expert) LoRA with "
-                               "--pissa-init / --base: there is no mutated base to undo",
-                               hint="Drop the option; --rank/--energy reduce expert ranks.")
+        raise UnsupportedError(
+            f"{draft.source}: target_parameters (MoE expert) LoRA with "
+            "--pissa-init / --base: there is no mutated base to undo",
+            hint="Drop the option; --rank/--energy reduce expert ranks.",
+        )
     if req.rank is not None or req.energy is not None:
         draft = reduce_expert_ranks(draft, req.rank, req.energy)
     return draft

@@ -53,8 +53,7 @@ def module_svd(w) -> LowRankSVD:
     return svd_of_product(B2.float() * w.scaling, A2.float())
 
 
-def reduce_rank(draft: AdapterDraft, rank: int | None = None, energy: float | None = None
-                ) -> AdapterDraft:
+def reduce_rank(draft: AdapterDraft, rank: int | None = None, energy: float | None = None) -> AdapterDraft:
     """Rank-reduce every module to ``rank`` or to the smallest rank keeping ``energy`` of
     ||ΔW||_F^2 (Eckart-Young: the truncated SVD is the best approximation of that rank)."""
     if (rank is None) == (energy is None):
@@ -66,9 +65,11 @@ def reduce_rank(draft: AdapterDraft, rank: int | None = None, energy: float | No
     view = view_adapter(draft)
     refuse_kasa(view.config, draft.source, "its rank")
     if view.config.init_kind in MUTATED_INITS:
-        raise UsageError(f"{draft.source}: init_lora_weights={view.config.init_lora_weights!r}: "
-                         "the adapter acts on a mutated base, its rank cannot change as is",
-                         hint="Convert it in the same run: add --pissa-init INIT or --base BASE.")
+        raise UsageError(
+            f"{draft.source}: init_lora_weights={view.config.init_lora_weights!r}: "
+            "the adapter acts on a mutated base, its rank cannot change as is",
+            hint="Convert it in the same run: add --pissa-init INIT or --base BASE.",
+        )
     svds, reports = {}, []
     pairs = dict((h, e) for e, h in tied_pairs(view.modules))  # ensure_weight_tying
     for path, w in sorted(view.modules.items(), key=lambda kv: kv[0] in pairs):
@@ -88,8 +89,14 @@ def reduce_rank(draft: AdapterDraft, rank: int | None = None, energy: float | No
         tensors[keys[head].keys["B"]] = tensors[keys[emb].keys["A"]].T.contiguous()
     if view.config.use_dora:
         notes += ("DoRA: the magnitude vector is kept; the error report covers ΔW only",)
-    return replace(draft, config=config, tensors=tensors, modules=tuple(reports), notes=notes,
-                   steps=draft.steps + ("rank-reduce",))
+    return replace(
+        draft,
+        config=config,
+        tensors=tensors,
+        modules=tuple(reports),
+        notes=notes,
+        steps=draft.steps + ("rank-reduce",),
+    )
 
 
 def _refactor(draft: AdapterDraft, view, svds: dict[str, LowRankSVD], config: dict) -> dict:

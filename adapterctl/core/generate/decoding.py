@@ -32,8 +32,9 @@ class TokenChooser:
         if self.generator is not None:
             self.generator.manual_seed(self.seed)
 
-    def choose(self, logits: torch.Tensor,
-               seen: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def choose(
+        self, logits: torch.Tensor, seen: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``logits`` (B, V) float32 -> (tokens (B,), log-probabilities (B,) or None).
 
         Log-probabilities are those of the model itself (log-softmax of the raw logits, as

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager as ContextManager
 from dataclasses import dataclass, field
-from typing import Callable, ContextManager, Protocol
+from typing import Protocol
 
 import torch
 
@@ -50,8 +52,10 @@ class BaseRouter:
         from adapterctl.errors import UsageError
 
         if spec.adapter not in (None, BASE_KEY):
-            raise UsageError(f"prompt {spec.id!r} names adapter {spec.adapter!r} but no adapters "
-                             "are loaded", hint="Pass it with --adapter.")
+            raise UsageError(
+                f"prompt {spec.id!r} names adapter {spec.adapter!r} but no adapters are loaded",
+                hint="Pass it with --adapter.",
+            )
         return BASE_KEY
 
     def run(self, keys: list[str], steps: int | None = None) -> ContextManager:
@@ -79,11 +83,20 @@ class _Row:
     done: Completion | None = None
 
 
-def generate_completions(model, tokenizer, specs: list[PromptSpec], cfg: DecodingConfig, *,
-                         router: Router | None = None, batch_size: int = 8, chat: bool = False,
-                         system: str | None = None, on_token: OnToken | None = None,
-                         on_complete: OnComplete | None = None,
-                         chooser: TokenChooser | None = None) -> GenerationResult:
+def generate_completions(
+    model,
+    tokenizer,
+    specs: list[PromptSpec],
+    cfg: DecodingConfig,
+    *,
+    router: Router | None = None,
+    batch_size: int = 8,
+    chat: bool = False,
+    system: str | None = None,
+    on_token: OnToken | None = None,
+    on_complete: OnComplete | None = None,
+    chooser: TokenChooser | None = None,
+) -> GenerationResult:
     """Complete every prompt; batches of ``batch_size`` rows in prompt order, one forward pass per
     step for the whole batch whatever adapters its rows name. Ctrl-C ends the run early with
     ``interrupted=True``: finished rows are kept, rows in flight end with reason "interrupted"."""
@@ -101,7 +114,7 @@ def generate_completions(model, tokenizer, specs: list[PromptSpec], cfg: Decodin
     try:
         with router.run([r.key for r in rows], _steps(rows, batch_size)), torch.inference_mode():
             for i in range(0, len(rows), batch_size):
-                current = rows[i:i + batch_size]
+                current = rows[i : i + batch_size]
                 with router.batch([r.key for r in current]):
                     decoder.run_batch(current)
     except KeyboardInterrupt:
@@ -110,21 +123,30 @@ def generate_completions(model, tokenizer, specs: list[PromptSpec], cfg: Decodin
             if r.done is None:
                 decoder.finish(r, "interrupted", time.perf_counter(), decoder.t0)
     done = tuple(r.done for r in rows if r.done is not None)
-    return GenerationResult(done, interrupted, chooser.seed, router.mode,
-                            time.perf_counter() - start, tuple(warnings))
+    return GenerationResult(
+        done, interrupted, chooser.seed, router.mode, time.perf_counter() - start, tuple(warnings)
+    )
 
 
 def _steps(rows: list[_Row], batch_size: int) -> int:
     """Forward passes after the prefill, at most: each batch steps until its longest row is done."""
-    return sum(max(r.plan.max_new_tokens for r in rows[i:i + batch_size])
-               for i in range(0, len(rows), batch_size))
+    return sum(
+        max(r.plan.max_new_tokens for r in rows[i : i + batch_size]) for i in range(0, len(rows), batch_size)
+    )
 
 
 class _Decoder:
     """The KV-cached decode loop for one batch, plus per-row text bookkeeping."""
 
-    def __init__(self, model, tokenizer, cfg: DecodingConfig, chooser: TokenChooser,
-                 on_token: OnToken | None, on_complete: OnComplete | None) -> None:
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        cfg: DecodingConfig,
+        chooser: TokenChooser,
+        on_token: OnToken | None,
+        on_complete: OnComplete | None,
+    ) -> None:
         self.model, self.tokenizer, self.cfg, self.chooser = model, tokenizer, cfg, chooser
         self.on_token, self.on_complete = on_token, on_complete
         self.eos, self.pad = special_ids(model, tokenizer)
@@ -157,8 +179,14 @@ class _Decoder:
 
     def _forward(self, ids, mask, positions, cache) -> torch.Tensor:
         kw = {"logits_to_keep": 1} if self.keep_last else {}
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
-                         past_key_values=cache, use_cache=True, **kw)
+        out = self.model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=positions,
+            past_key_values=cache,
+            use_cache=True,
+            **kw,
+        )
         return out.logits[:, -1]
 
     def _seen_mask(self, rows: list[_Row], vocab: int) -> torch.Tensor | None:
@@ -204,10 +232,16 @@ class _Decoder:
             self._stream(r, final=True)
         spec = r.plan.spec
         r.done = Completion(
-            id=spec.id, prompt=spec.prompt, adapter=None if r.key == BASE_KEY else r.key,
-            completion=r.text, completion_token_ids=tuple(r.tokens), finish_reason=reason,
-            prompt_tokens=len(r.plan.ids), tokens_per_second=len(r.tokens) / max(now - t0, 1e-9),
-            logprobs=tuple(r.logprobs) if self.cfg.logprobs else None)
+            id=spec.id,
+            prompt=spec.prompt,
+            adapter=None if r.key == BASE_KEY else r.key,
+            completion=r.text,
+            completion_token_ids=tuple(r.tokens),
+            finish_reason=reason,
+            prompt_tokens=len(r.plan.ids),
+            tokens_per_second=len(r.tokens) / max(now - t0, 1e-9),
+            logprobs=tuple(r.logprobs) if self.cfg.logprobs else None,
+        )
         if self.on_complete is not None:
             self.on_complete(r.done)
 
@@ -216,7 +250,7 @@ class _Decoder:
         (decoded as U+FFFD) and any tail that could still grow into a stop string."""
         end = len(r.text) if final else _stable_prefix(r.text, self.cfg.stop)
         if end > r.streamed:
-            self.on_token(r.plan.spec, r.text[r.streamed:end])
+            self.on_token(r.plan.spec, r.text[r.streamed : end])
             r.streamed = end
 
     def _decode(self, tokens: list[int]) -> str:
@@ -245,8 +279,8 @@ def _left_pad(seqs: list[list[int]], pad: int, device) -> tuple[torch.Tensor, to
     ids = torch.full((len(seqs), width), pad, dtype=torch.long)
     mask = torch.zeros((len(seqs), width), dtype=torch.long)
     for i, s in enumerate(seqs):
-        ids[i, width - len(s):] = torch.tensor(s, dtype=torch.long)
-        mask[i, width - len(s):] = 1
+        ids[i, width - len(s) :] = torch.tensor(s, dtype=torch.long)
+        mask[i, width - len(s) :] = 1
     return ids.to(device), mask.to(device)
 
 
@@ -259,7 +293,7 @@ def _new_cache(model):
 def _input_device(model) -> torch.device:
     """Where input ids go: the embedding's execution device (its accelerate hook's when it is
     offloaded to cpu/disk, whose weight then sits on the meta device)."""
-    from adapterctl.core.engine.layers import execution_device
+    from adapterctl.core.runtime.layers import execution_device
 
     return execution_device(model.get_input_embeddings())
 
@@ -270,8 +304,9 @@ def _accepts_logits_to_keep(model) -> bool:
     return "logits_to_keep" in inspect.signature(model.forward).parameters
 
 
-def compare_completions(model, tokenizer, specs: list[PromptSpec], cfg: DecodingConfig,
-                        router: Router, variants: list[str], **kw) -> list[GenerationResult]:
+def compare_completions(
+    model, tokenizer, specs: list[PromptSpec], cfg: DecodingConfig, router: Router, variants: list[str], **kw
+) -> list[GenerationResult]:
     """The same prompts once per variant (BASE_KEY or an adapter name), one homogeneous run each
     (so each is folded when it can be). Every variant restarts the seeded random stream, so
     sampled runs differ only by the adapter. Stops after an interrupted variant."""
@@ -280,8 +315,9 @@ def compare_completions(model, tokenizer, specs: list[PromptSpec], cfg: Decoding
     for variant in variants:
         chooser.reset()
         pinned = [PromptSpec(s.id, s.prompt, variant, s.max_new_tokens) for s in specs]
-        results.append(generate_completions(model, tokenizer, pinned, cfg, router=router,
-                                            chooser=chooser, **kw))
+        results.append(
+            generate_completions(model, tokenizer, pinned, cfg, router=router, chooser=chooser, **kw)
+        )
         if results[-1].interrupted:
             break
     return results

@@ -9,9 +9,10 @@ model alone), ``max_new_tokens`` and ``id``. Pure Python: no torch.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, TextIO
+from typing import Any, TextIO
 
 from adapterctl.errors import InvalidAdapterError, NotFoundError, UsageError
 
@@ -34,8 +35,9 @@ class PromptSpec:
     max_new_tokens: int | None = None
 
 
-def collect_prompts(texts: Iterable[str] = (), file: str | Path | None = None,
-                    stdin: TextIO | None = None) -> list[PromptSpec]:
+def collect_prompts(
+    texts: Iterable[str] = (), file: str | Path | None = None, stdin: TextIO | None = None
+) -> list[PromptSpec]:
     """All prompts in order: ``--prompt`` texts, then the file, then ``stdin`` (the caller passes
     it for ``-`` or ``--prompts -``; text or JSONL, guessed from content). Ids default to the
     prompt's position (``"0"``, ``"1"``...); duplicate ids are refused."""
@@ -45,8 +47,10 @@ def collect_prompts(texts: Iterable[str] = (), file: str | Path | None = None,
     if stdin is not None:
         specs += parse_prompt_lines(stdin.read(), "<stdin>")
     if not specs:
-        raise UsageError("no prompts given",
-                         hint="Pass --prompt TEXT, --prompts FILE (text or JSONL), or '-' to read stdin.")
+        raise UsageError(
+            "no prompts given",
+            hint="Pass --prompt TEXT, --prompts FILE (text or JSONL), or '-' to read stdin.",
+        )
     return _number(specs)
 
 
@@ -65,23 +69,32 @@ def _parse_jsonl_line(line: str, source: str, lineno: int) -> PromptSpec:
     try:
         doc = json.loads(line)
     except json.JSONDecodeError as err:
-        raise InvalidAdapterError(f"{where}: not valid JSON ({err.msg})",
-                                  hint="Each line of a JSONL prompts file is one JSON object.") from err
+        raise InvalidAdapterError(
+            f"{where}: not valid JSON ({err.msg})",
+            hint="Each line of a JSONL prompts file is one JSON object.",
+        ) from err
     except RecursionError as err:  # json raises it for deep nesting, an internal error otherwise
         raise InvalidAdapterError(f"{where}: JSON nested too deeply") from err
     if not isinstance(doc, dict):
         raise InvalidAdapterError(f"{where}: expected a JSON object, got {type(doc).__name__}")
     prompt = doc.get("prompt")
     if not isinstance(prompt, str):
-        raise InvalidAdapterError(f"{where}: needs a string 'prompt'",
-                                  hint='Write {"prompt": "...", "adapter": "...", "id": "..."}.')
+        raise InvalidAdapterError(
+            f"{where}: needs a string 'prompt'",
+            hint='Write {"prompt": "...", "adapter": "...", "id": "..."}.',
+        )
     unknown = sorted(set(doc) - {"prompt", "adapter", "max_new_tokens", "id"})
     if unknown:
-        raise InvalidAdapterError(f"{where}: unknown keys {', '.join(unknown)}",
-                                  hint="Allowed keys: prompt, adapter, max_new_tokens, id.")
-    return PromptSpec(id=_field_id(doc.get("id"), where), prompt=prompt,
-                      adapter=_field_adapter(doc, where),
-                      max_new_tokens=_field_max_new(doc.get("max_new_tokens"), where))
+        raise InvalidAdapterError(
+            f"{where}: unknown keys {', '.join(unknown)}",
+            hint="Allowed keys: prompt, adapter, max_new_tokens, id.",
+        )
+    return PromptSpec(
+        id=_field_id(doc.get("id"), where),
+        prompt=prompt,
+        adapter=_field_adapter(doc, where),
+        max_new_tokens=_field_max_new(doc.get("max_new_tokens"), where),
+    )
 
 
 def _field_id(value: Any, where: str) -> str:

@@ -38,15 +38,19 @@ class DecodingConfig:
         if self.max_new_tokens < 1:
             raise UsageError(f"--max-new-tokens must be at least 1, got {self.max_new_tokens}")
         if self.temperature is not None and self.temperature < 0:
-            raise UsageError(f"--temperature must be >= 0, got {self.temperature}",
-                             hint="Use 0 (or leave it out) for greedy decoding.")
+            raise UsageError(
+                f"--temperature must be >= 0, got {self.temperature}",
+                hint="Use 0 (or leave it out) for greedy decoding.",
+            )
         if self.top_p is not None and not 0 < self.top_p <= 1:
             raise UsageError(f"--top-p must be in (0, 1], got {self.top_p}")
         if self.top_k is not None and self.top_k < 1:
             raise UsageError(f"--top-k must be at least 1, got {self.top_k}")
         if self.repetition_penalty is not None and self.repetition_penalty <= 0:
-            raise UsageError(f"--repetition-penalty must be > 0, got {self.repetition_penalty}",
-                             hint="1.0 means no penalty; values above 1 discourage repeats.")
+            raise UsageError(
+                f"--repetition-penalty must be > 0, got {self.repetition_penalty}",
+                hint="1.0 means no penalty; values above 1 discourage repeats.",
+            )
         if any(s == "" for s in self.stop):
             raise UsageError("--stop strings must not be empty")
 
@@ -77,12 +81,17 @@ class Completion:
 
     def to_dict(self) -> dict:
         ids = self.completion_token_ids
-        d = {"id": self.id, "prompt": self.prompt, "adapter": self.adapter,
-             "completion": self.completion,
-             "completion_token_ids": list(ids) if ids is not None else None,
-             "finish_reason": self.finish_reason, "prompt_tokens": self.prompt_tokens,
-             "completion_tokens": self.num_tokens,
-             "tokens_per_second": round(self.tokens_per_second, 2)}
+        d = {
+            "id": self.id,
+            "prompt": self.prompt,
+            "adapter": self.adapter,
+            "completion": self.completion,
+            "completion_token_ids": list(ids) if ids is not None else None,
+            "finish_reason": self.finish_reason,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.num_tokens,
+            "tokens_per_second": round(self.tokens_per_second, 2),
+        }
         if self.logprobs is not None:
             d["logprobs"] = list(self.logprobs)
         return d
@@ -106,8 +115,12 @@ class GenerationResult:
         return n / self.elapsed_s if self.elapsed_s > 0 else 0.0
 
     def to_dict(self) -> dict:
-        return {"mode": self.mode, "seed": self.seed, "interrupted": self.interrupted,
-                "elapsed_s": round(self.elapsed_s, 3),
-                "tokens_per_second": round(self.tokens_per_second, 2),
-                "warnings": list(self.warnings),
-                "completions": [c.to_dict() for c in self.completions]}
+        return {
+            "mode": self.mode,
+            "seed": self.seed,
+            "interrupted": self.interrupted,
+            "elapsed_s": round(self.elapsed_s, 3),
+            "tokens_per_second": round(self.tokens_per_second, 2),
+            "warnings": list(self.warnings),
+            "completions": [c.to_dict() for c in self.completions],
+        }

@@ -1,5 +1,5 @@
 """Which adapter each generated row goes through, and how the engine applies it. The adapters
-are loaded, named and attached by the one loader (:mod:`adapterctl.core.engine.session`); this
+are loaded, named and attached by the one loader (:mod:`adapterctl.core.runtime.session`); this
 module only routes rows.
 
 * every row on one adapter (or one fixed weighted combination), unquantized base: the delta is
@@ -9,19 +9,19 @@ module only routes rows.
 * every row on one adapter, quantized base (folding would re-round 4/8-bit weights): unmerged;
 * rows on different adapters (JSONL ``adapter``, as LoRAX and S-LoRA batch them): one forward pass
   per step for the whole batch, each row through its own adapter's delta: stacked ranks for plain
-  LoRA layers (:mod:`adapterctl.core.engine.packed`), ``engine.row_adapters`` for the rest.
+  LoRA layers (:mod:`adapterctl.core.runtime.packed`), ``engine.row_adapters`` for the rest.
 """
 
 from __future__ import annotations
 
 import contextlib
+from contextlib import AbstractContextManager as ContextManager
 from pathlib import Path
-from typing import ContextManager
 
-from adapterctl.core.engine.layers import LoraWrapper, execution_device
-from adapterctl.core.engine.packed import PackedRows, bypass_wrappers, lean_wrappers
-from adapterctl.core.engine.session import AttachedAdapter
 from adapterctl.core.generate.prompts import BASE_KEY, DEFAULT_KEY, PromptSpec
+from adapterctl.core.runtime.layers import LoraWrapper, execution_device
+from adapterctl.core.runtime.packed import PackedRows, bypass_wrappers, lean_wrappers
+from adapterctl.core.runtime.session import AttachedAdapter
 from adapterctl.errors import UsageError
 
 
@@ -33,14 +33,20 @@ def combination_label(weights: dict[str, float]) -> str:
 
 
 class EngineRouter:
-    """Routes rows through adapters attached with :mod:`adapterctl.core.engine.attach`.
+    """Routes rows through adapters attached with :mod:`adapterctl.core.runtime.attach`.
 
     ``default``: the command line's ``--adapter`` combination (name -> weight), used by prompts
     that name no adapter; empty means the base model alone. ``can_fold``: fold where exact;
     ``auto_fold``: only where the run is long enough to pay for it (:func:`fold_pays`)."""
 
-    def __init__(self, model, adapters: list[AttachedAdapter], default: dict[str, float],
-                 can_fold: bool, auto_fold: bool = False) -> None:
+    def __init__(
+        self,
+        model,
+        adapters: list[AttachedAdapter],
+        default: dict[str, float],
+        can_fold: bool,
+        auto_fold: bool = False,
+    ) -> None:
         self.model, self.adapters, self.default = model, adapters, dict(default)
         self.can_fold, self.auto_fold = can_fold, auto_fold
         self.mode = "base"
@@ -61,8 +67,10 @@ class EngineRouter:
             return spec.adapter
         name = self.lookup(spec.adapter)
         if name is None:
-            raise UsageError(f"prompt {spec.id!r} names adapter {spec.adapter!r}, which is not loaded",
-                             hint="Name an adapter given with --adapter (by name or path).")
+            raise UsageError(
+                f"prompt {spec.id!r} names adapter {spec.adapter!r}, which is not loaded",
+                hint="Name an adapter given with --adapter (by name or path).",
+            )
         return name
 
     def lookup(self, ref: str) -> str | None:
@@ -85,14 +93,14 @@ class EngineRouter:
     def batch(self, keys: list[str]) -> ContextManager:
         if self.mode != "mixed":
             return contextlib.nullcontext()
-        from adapterctl.core.engine import attach as engine
+        from adapterctl.core.runtime import attach as engine
 
         self._packed.set_rows(keys)
         return engine.row_adapters(self.model, keys)  # the layers left unpacked
 
     @contextlib.contextmanager
     def _run_single(self, key: str, steps: int | None = None):
-        from adapterctl.core.engine import attach as engine
+        from adapterctl.core.runtime import attach as engine
 
         weights = {} if key == BASE_KEY else self._combos.get(key, {key: 1.0})
         engine.set_active(self.model, weights)
@@ -121,8 +129,10 @@ class EngineRouter:
         if combos:  # the engine's per-row path applies one whole adapter per row
             raise UsageError(
                 f"the weighted combination {combos[0]} cannot share a batch with prompts that "
-                "name other adapters", hint="Give each JSONL prompt its own 'adapter' (rows use "
-                "one adapter at weight 1), or run the combination separately.")
+                "name other adapters",
+                hint="Give each JSONL prompt its own 'adapter' (rows use "
+                "one adapter at weight 1), or run the combination separately.",
+            )
         self.mode = "mixed"
         packed = PackedRows(self.model, sorted(k for k in keys if k != BASE_KEY))
         with packed.installed():
@@ -169,7 +179,7 @@ def fold_pays(model, steps: int | None) -> bool:
 def _try_fold(model) -> bool:
     """Fold the active adapters; False (and nothing folded) where some layer cannot be folded
     (lora_bias on a layer without a bias, an offloaded layer): the unmerged forward is exact."""
-    from adapterctl.core.engine import attach as engine
+    from adapterctl.core.runtime import attach as engine
     from adapterctl.errors import UnsupportedError
 
     try:

@@ -8,18 +8,10 @@ Nothing here prints: streamed text and finished completions go to the caller's `
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
-from adapterctl.core.engine.session import (
-    AdapterChoice,
-    AttachedAdapter,
-    Placement,
-    Session,
-    adapter_names,
-    open_session,
-)
 from adapterctl.core.generate.decoding import DecodingConfig
 from adapterctl.core.generate.loop import (
     BaseRouter,
@@ -31,7 +23,15 @@ from adapterctl.core.generate.loop import (
 )
 from adapterctl.core.generate.prompts import BASE_KEY, DEFAULT_KEY, PromptSpec
 from adapterctl.core.generate.routing import EngineRouter
-from adapterctl.io.hub_ref import HubOptions
+from adapterctl.core.runtime.session import (
+    AdapterChoice,
+    AttachedAdapter,
+    Placement,
+    Session,
+    adapter_names,
+    open_session,
+)
+from adapterctl.io.hub.ref import HubOptions
 
 
 @dataclass
@@ -76,10 +76,15 @@ def is_quantized(base) -> bool:
     return getattr(getattr(base.model, "config", None), "quantization_config", None) is not None
 
 
-def open_generation(base_ref: str | None, choices: Sequence[AdapterChoice],
-                    specs: Sequence[PromptSpec] = (), placement: Placement = Placement(),
-                    hub: HubOptions | None = None, fold: bool = True,
-                    on_step: Callable[[str], None] | None = None) -> Generation:
+def open_generation(
+    base_ref: str | None,
+    choices: Sequence[AdapterChoice],
+    specs: Sequence[PromptSpec] = (),
+    placement: Placement = Placement(),
+    hub: HubOptions | None = None,
+    fold: bool = True,
+    on_step: Callable[[str], None] | None = None,
+) -> Generation:
     """Load the base (default: the first adapter's ``base_model_name_or_path``) with the chosen
     adapters and those the prompts name. ``fold``: fold one adapter (or one combination) into
     the weights for a run where that is exact (never on a quantized base) and the run is long
@@ -88,11 +93,16 @@ def open_generation(base_ref: str | None, choices: Sequence[AdapterChoice],
     more = [AdapterChoice(ref) for ref in prompt_adapters(choices, specs)]
     session = open_session(base_ref, choices + more, placement=placement, hub=hub, on_step=on_step)
     session.require_tokenizer("it cannot generate")
-    chosen = session.adapters[:len(choices)]
+    chosen = session.adapters[: len(choices)]
     if not session.adapters:
         return Generation(session, BaseRouter(), [])
-    router = EngineRouter(session.base.model, session.adapters, {a.name: a.weight for a in chosen},
-                          can_fold=fold and not is_quantized(session.base), auto_fold=True)
+    router = EngineRouter(
+        session.base.model,
+        session.adapters,
+        {a.name: a.weight for a in chosen},
+        can_fold=fold and not is_quantized(session.base),
+        auto_fold=True,
+    )
     return Generation(session, router, [router.label_alone(a.name) for a in chosen])
 
 
@@ -122,32 +132,46 @@ class GenerateReport:
 
     def to_dict(self) -> dict:
         results = self.results
-        doc = {"base": self.base, "adapters": [a.to_dict() for a in self.adapters],
-               **results[0].to_dict()}
+        doc = {"base": self.base, "adapters": [a.to_dict() for a in self.adapters], **results[0].to_dict()}
         if self.compare:
-            doc.update(mode=[r.mode for r in results], interrupted=self.interrupted,
-                       elapsed_s=round(sum(r.elapsed_s for r in results), 3),
-                       warnings=sorted({w for r in results for w in r.warnings}),
-                       completions=[c.to_dict() for r in results for c in r.completions],
-                       compare=self.compare_rows())
+            doc.update(
+                mode=[r.mode for r in results],
+                interrupted=self.interrupted,
+                elapsed_s=round(sum(r.elapsed_s for r in results), 3),
+                warnings=sorted({w for r in results for w in r.warnings}),
+                completions=[c.to_dict() for r in results for c in r.completions],
+                compare=self.compare_rows(),
+            )
             doc.pop("tokens_per_second")
         return doc
 
 
-def run_generation(gen: Generation, specs: Sequence[PromptSpec], cfg: DecodingConfig, *,
-                   compare: bool = False, batch_size: int = 8, chat: bool = False,
-                   system: str | None = None,
-                   on_token: Callable[[PromptSpec, str], None] | None = None,
-                   on_complete: Callable[[Completion], None] | None = None) -> GenerateReport:
+def run_generation(
+    gen: Generation,
+    specs: Sequence[PromptSpec],
+    cfg: DecodingConfig,
+    *,
+    compare: bool = False,
+    batch_size: int = 8,
+    chat: bool = False,
+    system: str | None = None,
+    on_token: Callable[[PromptSpec, str], None] | None = None,
+    on_complete: Callable[[Completion], None] | None = None,
+) -> GenerateReport:
     """Complete every prompt (Ctrl-C ends early: the report says ``interrupted``). ``compare``:
     once on the base and once per command-line adapter alone, side by side."""
     model, tokenizer = gen.session.base.model, gen.session.base.tokenizer
-    kw = {"batch_size": batch_size, "chat": chat, "system": system, "on_token": on_token,
-          "on_complete": on_complete}
+    kw = {
+        "batch_size": batch_size,
+        "chat": chat,
+        "system": system,
+        "on_token": on_token,
+        "on_complete": on_complete,
+    }
     if compare:
-        results = compare_completions(model, tokenizer, list(specs), cfg, gen.router,
-                                      [BASE_KEY, *gen.variants], **kw)
+        results = compare_completions(
+            model, tokenizer, list(specs), cfg, gen.router, [BASE_KEY, *gen.variants], **kw
+        )
     else:
         results = [generate_completions(model, tokenizer, list(specs), cfg, router=gen.router, **kw)]
-    return GenerateReport(gen.base, tuple(gen.session.adapters), tuple(results), compare,
-                          tuple(gen.variants))
+    return GenerateReport(gen.base, tuple(gen.session.adapters), tuple(results), compare, tuple(gen.variants))

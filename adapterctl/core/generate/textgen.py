@@ -13,8 +13,11 @@ class Completion:
     completion_token_ids: list[int]
 
     def to_dict(self) -> dict:
-        return {"prompt": self.prompt, "completion": self.completion,
-                "completion_token_ids": self.completion_token_ids}
+        return {
+            "prompt": self.prompt,
+            "completion": self.completion,
+            "completion_token_ids": self.completion_token_ids,
+        }
 
 
 def greedy_complete(model, tokenizer, prompts: list[str], max_new_tokens: int = 32) -> list[Completion]:
@@ -25,7 +28,7 @@ def greedy_complete(model, tokenizer, prompts: list[str], max_new_tokens: int = 
     from adapterctl.core.generate.prompts import BASE_KEY, PromptSpec
 
     specs = [PromptSpec(str(i), p, adapter=BASE_KEY) for i, p in enumerate(prompts)]
-    result = generate_completions(model, tokenizer, specs, DecodingConfig(max_new_tokens=max_new_tokens),
-                                  batch_size=1)
-    return [Completion(c.prompt, c.completion, list(c.completion_token_ids))
-            for c in result.completions]
+    result = generate_completions(
+        model, tokenizer, specs, DecodingConfig(max_new_tokens=max_new_tokens), batch_size=1
+    )
+    return [Completion(c.prompt, c.completion, list(c.completion_token_ids)) for c in result.completions]

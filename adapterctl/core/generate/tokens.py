@@ -17,22 +17,37 @@ class TokenPlan:
     max_new_tokens: int
 
 
-def encode_prompts(model, tokenizer, specs: list[PromptSpec], max_new_tokens: int, chat: bool,
-                   system: str | None) -> tuple[list[TokenPlan], list[str]]:
+def encode_prompts(
+    model, tokenizer, specs: list[PromptSpec], max_new_tokens: int, chat: bool, system: str | None
+) -> tuple[list[TokenPlan], list[str]]:
     """Token ids per prompt, plus warnings (a generation limit lowered to fit the context).
 
     A prompt that fills the model's context on its own is refused naming its id and lengths."""
-    return plan_tokens(tokenizer, specs, max_new_tokens, chat, system,
-                       context_length(model) if tokenizer is not None else None)
+    return plan_tokens(
+        tokenizer,
+        specs,
+        max_new_tokens,
+        chat,
+        system,
+        context_length(model) if tokenizer is not None else None,
+    )
 
 
-def plan_tokens(tokenizer, specs: list[PromptSpec], max_new_tokens: int, chat: bool,
-                system: str | None, context: int | None) -> tuple[list[TokenPlan], list[str]]:
+def plan_tokens(
+    tokenizer,
+    specs: list[PromptSpec],
+    max_new_tokens: int,
+    chat: bool,
+    system: str | None,
+    context: int | None,
+) -> tuple[list[TokenPlan], list[str]]:
     """:func:`encode_prompts` for any engine: the tokenizer and the context length as given (vLLM's
     tokenizer and ``max_model_len`` for ``--engine vllm``)."""
     if tokenizer is None:
-        raise NotFoundError("the base model has no tokenizer",
-                            hint="Copy tokenizer.json / tokenizer_config.json into the model folder.")
+        raise NotFoundError(
+            "the base model has no tokenizer",
+            hint="Copy tokenizer.json / tokenizer_config.json into the model folder.",
+        )
     if chat:
         check_chat_template(tokenizer)
     plans, warnings = [], []
@@ -44,10 +59,13 @@ def plan_tokens(tokenizer, specs: list[PromptSpec], max_new_tokens: int, chat: b
                 raise UsageError(
                     f"prompt {spec.id!r} is {len(ids)} tokens but the model's context is {context} "
                     "tokens, which leaves no room to generate",
-                    hint="Shorten the prompt (or use a model with a longer context).")
+                    hint="Shorten the prompt (or use a model with a longer context).",
+                )
             if len(ids) + limit > context:
-                warnings.append(f"prompt {spec.id!r}: max_new_tokens lowered from {limit} to "
-                                f"{context - len(ids)} to fit the context of {context} tokens")
+                warnings.append(
+                    f"prompt {spec.id!r}: max_new_tokens lowered from {limit} to "
+                    f"{context - len(ids)} to fit the context of {context} tokens"
+                )
                 limit = context - len(ids)
         plans.append(TokenPlan(spec, ids, limit))
     return plans, warnings
@@ -55,13 +73,16 @@ def plan_tokens(tokenizer, specs: list[PromptSpec], max_new_tokens: int, chat: b
 
 def encode_one(tokenizer, spec: PromptSpec, chat: bool, system: str | None) -> list[int]:
     if chat:
-        messages = ([{"role": "system", "content": system}] if system else []) + \
-                   [{"role": "user", "content": spec.prompt}]
+        messages = ([{"role": "system", "content": system}] if system else []) + [
+            {"role": "user", "content": spec.prompt}
+        ]
         try:
             text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         except Exception as err:  # jinja errors: a template that refuses a system turn, etc.
-            raise InvalidAdapterError(f"prompt {spec.id!r}: the chat template failed: {err}",
-                                      hint="Leave out --system if the template has no system role.") from err
+            raise InvalidAdapterError(
+                f"prompt {spec.id!r}: the chat template failed: {err}",
+                hint="Leave out --system if the template has no system role.",
+            ) from err
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]  # the template holds BOS
     else:
         ids = tokenizer(spec.prompt)["input_ids"]
@@ -75,9 +96,11 @@ def encode_one(tokenizer, spec: PromptSpec, chat: bool, system: str | None) -> l
 
 def check_chat_template(tokenizer) -> None:
     if not getattr(tokenizer, "chat_template", None):
-        raise UsageError("--chat: the tokenizer has no chat template",
-                         hint="Use a chat/instruct model (its tokenizer_config.json or "
-                              "chat_template.jinja holds one), or drop --chat and --system.")
+        raise UsageError(
+            "--chat: the tokenizer has no chat template",
+            hint="Use a chat/instruct model (its tokenizer_config.json or "
+            "chat_template.jinja holds one), or drop --chat and --system.",
+        )
 
 
 def context_length(model) -> int | None:

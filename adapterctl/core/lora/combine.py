@@ -24,7 +24,7 @@ from adapterctl.core.adapter.compat import LayerKind
 from adapterctl.core.adapter.keys import TRAINABLE_TOKENS_SUFFIX
 from adapterctl.core.lora.loaded import LoadedAdapter, LoraWeights
 from adapterctl.errors import IncompatibleBaseError, UnsupportedError, UsageError
-from adapterctl.io.adapter_writer import lora_key, replacement_key
+from adapterctl.io.checkpoint.adapter_writer import lora_key, replacement_key
 
 F32 = torch.float32
 COMBINATIONS = ("linear", "ties", "dare_linear", "dare_ties", "magnitude_prune")
@@ -35,8 +35,10 @@ def check_combination(method: str, density: float | None, n_adapters: int) -> No
     if method not in COMBINATIONS:
         raise UsageError(f"unknown combination {method!r}", hint=f"Use one of: {', '.join(COMBINATIONS)}.")
     if method != "linear" and density is None:
-        raise UsageError(f"--combination {method} needs --density (the fraction of entries kept)",
-                         hint="For example --density 0.5.")
+        raise UsageError(
+            f"--combination {method} needs --density (the fraction of entries kept)",
+            hint="For example --density 0.5.",
+        )
     if density is not None and not 0 < density <= 1:
         raise UsageError(f"--density must be in (0, 1], got {density}")
 
@@ -72,9 +74,14 @@ def _disjoint(stack: torch.Tensor, weights: torch.Tensor, method: str = "total")
     return (weighted * agree).sum(dim=0) / agree.sum(dim=0).clamp(min=1)
 
 
-def combine_deltas(deltas: list[torch.Tensor], weights: list[float], method: str = "linear",
-                   density: float | None = None, generator: torch.Generator | None = None,
-                   majority_sign_method: str = "total") -> torch.Tensor:
+def combine_deltas(
+    deltas: list[torch.Tensor],
+    weights: list[float],
+    method: str = "linear",
+    density: float | None = None,
+    generator: torch.Generator | None = None,
+    majority_sign_method: str = "total",
+) -> torch.Tensor:
     """One float32 tensor from full deltas of the same shape (see the module docstring)."""
     d = [x.to(F32) for x in deltas]
     if method in ("ties", "magnitude_prune"):
@@ -101,24 +108,31 @@ def _check_combinable(adapters: list[LoadedAdapter]) -> None:
         if ad.config.use_dora:
             raise UnsupportedError(
                 f"{ad.source}: DoRA magnitudes cannot be folded into a plain LoRA adapter",
-                hint="Merge the adapters into the base model instead (adapterctl merge BASE ...).")
+                hint="Merge the adapters into the base model instead (adapterctl merge BASE ...).",
+            )
         if ad.config.raw.get("layer_replication"):
             raise UnsupportedError(
                 f"{ad.source}: layer_replication adapters sit on replicated layers a plain LoRA "
-                "adapter cannot describe", hint="Merge it into the base model instead.")
+                "adapter cannot describe",
+                hint="Merge it into the base model instead.",
+            )
         if ad.experts:  # their r·E factors and nested keys are not module LoRA (lora/experts.py)
             raise UnsupportedError(
-                f"{ad.source}: target_parameters (MoE expert) LoRA cannot be combined into a new "
-                "adapter yet", hint="Merge it into the base model instead (adapterctl merge).")
+                f"{ad.source}: target_parameters (MoE expert) LoRA cannot be combined into a new adapter yet",
+                hint="Merge it into the base model instead (adapterctl merge).",
+            )
         if ad.config.kasa:
             raise UnsupportedError(
                 f"{ad.source}: KaSA adapters act on an SVD-truncated base; a plain LoRA adapter "
-                "cannot carry that", hint="Merge it into the base model instead (adapterctl merge).")
+                "cannot carry that",
+                hint="Merge it into the base model instead (adapterctl merge).",
+            )
         if ad.config.init_kind != "plain":
             raise UnsupportedError(
                 f"{ad.source}: init_lora_weights={ad.config.init_lora_weights!r} adapters are "
                 "relative to a mutated base; convert first",
-                hint="adapterctl convert --base BASE ADAPTER OUT makes it a plain LoRA adapter.")
+                hint="adapterctl convert --base BASE ADAPTER OUT makes it a plain LoRA adapter.",
+            )
 
 
 def _factors(w: LoraWeights) -> tuple[torch.Tensor, torch.Tensor]:
@@ -127,15 +141,21 @@ def _factors(w: LoraWeights) -> tuple[torch.Tensor, torch.Tensor]:
     return w.A.to(F32).flatten(1), w.B.to(F32).flatten(1)
 
 
-def _new_factors(parts: list[tuple[float, LoraWeights]], method: str, rank: int | None,
-                 density: float | None, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def _new_factors(
+    parts: list[tuple[float, LoraWeights]],
+    method: str,
+    rank: int | None,
+    density: float | None,
+    generator: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor]:
     if method == "cat":  # exact: Σ w_i s_i B_i A_i = [B_1 ... B_n] [w_1 s_1 A_1; ...; w_n s_n A_n]
         A = torch.cat([_factors(w)[0] * (c * w.scaling) for c, w in parts], dim=0)
         B = torch.cat([_factors(w)[1] for _, w in parts], dim=1)
         return A, B
     deltas = [_factors(w)[1] @ _factors(w)[0] * w.scaling for _, w in parts]
-    full = combine_deltas(deltas, [c for c, _ in parts], "linear" if method == "svd" else method,
-                          density, generator)
+    full = combine_deltas(
+        deltas, [c for c, _ in parts], "linear" if method == "svd" else method, density, generator
+    )
     k = min(rank or max(w.r for _, w in parts), *full.shape)
     U, S, Vh = torch.linalg.svd(full, full_matrices=False)  # best rank-k approximation (Eckart-Young)
     return Vh[:k].contiguous(), (U[:, :k] * S[:k]).contiguous()
@@ -163,8 +183,10 @@ def _merge_extras(adapters: list[LoadedAdapter]) -> tuple[dict[str, torch.Tensor
             tti[emb] = idx
         for key, t in items:
             if key in out and not torch.equal(out[key], t):
-                raise UsageError(f"{owner[key]} and {ad.source} both replace {key} with different "
-                                 "values", hint="Combine adapters whose saved modules do not overlap.")
+                raise UsageError(
+                    f"{owner[key]} and {ad.source} both replace {key} with different values",
+                    hint="Combine adapters whose saved modules do not overlap.",
+                )
             out[key], owner[key] = t, ad.source
     return out, tti
 
@@ -173,9 +195,14 @@ def _patterns(ranks: dict[str, int], r: int) -> dict[str, int]:
     return {p: k for p, k in ranks.items() if k != r}
 
 
-def combine_adapters(adapters: list[LoadedAdapter], weights: list[float], method: str = "cat",
-                     rank: int | None = None, density: float | None = None,
-                     seed: int = 0) -> CombinedAdapter:
+def combine_adapters(
+    adapters: list[LoadedAdapter],
+    weights: list[float],
+    method: str = "cat",
+    rank: int | None = None,
+    density: float | None = None,
+    seed: int = 0,
+) -> CombinedAdapter:
     """A new LoRA adapter whose ΔW is the chosen combination of the sources' ΔW (spec 8, fixed)."""
     if method not in ADAPTER_METHODS:
         raise UsageError(f"unknown method {method!r}", hint=f"Use one of: {', '.join(ADAPTER_METHODS)}.")
@@ -189,10 +216,13 @@ def combine_adapters(adapters: list[LoadedAdapter], weights: list[float], method
         parts = [(c, ad.modules[path]) for c, ad in zip(weights, adapters) if path in ad.modules]
         kinds = {w.kind for _, w in parts}
         if len(kinds) > 1 or len({(w.B.shape[0], *w.A.shape[1:]) for _, w in parts}) > 1:
-            raise IncompatibleBaseError(f"{path}: the adapters disagree on the layer's kind or shape",
-                                        hint="Combine adapters trained on the same base model.")
-        A, B = _shape_back(parts[0][1], *_new_factors(parts, method, rank, density,
-                                                     module_generator(seed, path)))
+            raise IncompatibleBaseError(
+                f"{path}: the adapters disagree on the layer's kind or shape",
+                hint="Combine adapters trained on the same base model.",
+            )
+        A, B = _shape_back(
+            parts[0][1], *_new_factors(parts, method, rank, density, module_generator(seed, path))
+        )
         key_a, key_b, key_bias = _module_keys(path, parts[0][1].kind)
         tensors[key_a], tensors[key_b] = A.contiguous(), B.contiguous()
         ranks[path] = A.shape[0]
@@ -210,8 +240,9 @@ def combine_adapters(adapters: list[LoadedAdapter], weights: list[float], method
     return CombinedAdapter(_new_config(adapters, ranks, paths, lora_bias, tti), tensors, ranks)
 
 
-def _new_config(adapters: list[LoadedAdapter], ranks: dict[str, int], paths: list[str],
-                lora_bias: bool, tti: dict) -> dict:
+def _new_config(
+    adapters: list[LoadedAdapter], ranks: dict[str, int], paths: list[str], lora_bias: bool, tti: dict
+) -> dict:
     values = list(ranks.values()) or [adapters[0].config.r]
     r = max(set(values), key=values.count)  # the most common rank; the others in rank_pattern
     rank_pattern = _patterns(ranks, r)
@@ -219,18 +250,39 @@ def _new_config(adapters: list[LoadedAdapter], ranks: dict[str, int], paths: lis
     raw = dict(adapters[0].config.raw)
     # the new tensors are plain LoRA: no variant layout (BD-LoRA blocks, VeLoRA vectors), and
     # lm_head's LoRA is its own (ensure_weight_tying would re-tie it to the embedding's on load)
-    for k in ("alora_invocation_tokens", "eva_config", "corda_config", "loftq_config",
-              "layer_replication", "megatron_config", "megatron_core", "use_bdlora",
-              "velora_config", "ensure_weight_tying"):
+    for k in (
+        "alora_invocation_tokens",
+        "eva_config",
+        "corda_config",
+        "loftq_config",
+        "layer_replication",
+        "megatron_config",
+        "megatron_core",
+        "use_bdlora",
+        "velora_config",
+        "ensure_weight_tying",
+    ):
         raw.pop(k, None)
-    raw.update({
-        "peft_type": "LORA", "r": r, "lora_alpha": r, "use_rslora": False, "use_dora": False,
-        "lora_bias": lora_bias, "init_lora_weights": True, "inference_mode": True,
-        # full module paths: exactly the modules that have tensors, whatever each source targeted
-        "target_modules": paths, "exclude_modules": None, "layers_to_transform": None,
-        "layers_pattern": None, "rank_pattern": rank_pattern,
-        # scaling = alpha / r = 1 in every module (the sources' scalings are in the tensors)
-        "alpha_pattern": {p: float(k) for p, k in rank_pattern.items()},
-        "modules_to_save": mts or None, "trainable_token_indices": tti or None,
-    })
+    raw.update(
+        {
+            "peft_type": "LORA",
+            "r": r,
+            "lora_alpha": r,
+            "use_rslora": False,
+            "use_dora": False,
+            "lora_bias": lora_bias,
+            "init_lora_weights": True,
+            "inference_mode": True,
+            # full module paths: exactly the modules that have tensors, whatever each source targeted
+            "target_modules": paths,
+            "exclude_modules": None,
+            "layers_to_transform": None,
+            "layers_pattern": None,
+            "rank_pattern": rank_pattern,
+            # scaling = alpha / r = 1 in every module (the sources' scalings are in the tensors)
+            "alpha_pattern": {p: float(k) for p, k in rank_pattern.items()},
+            "modules_to_save": mts or None,
+            "trainable_token_indices": tti or None,
+        }
+    )
     return raw

@@ -30,8 +30,10 @@ def delta_weight(w: LoraWeights, kind: LayerKind | None = None, device=None) -> 
         return (B @ A).T * w.scaling
     if kind is LayerKind.CONV:
         if B.shape[1] != A.shape[0]:
-            raise UnsupportedError(f"{w.path}: grouped conv LoRA (groups > 1) cannot be merged",
-                                   hint="PEFT refuses this too; use the adapter unmerged.")
+            raise UnsupportedError(
+                f"{w.path}: grouped conv LoRA (groups > 1) cannot be merged",
+                hint="PEFT refuses this too; use the adapter unmerged.",
+            )
         # (Cout, r) x (r, Cin, k...) -> (Cout, Cin, k...)
         return torch.einsum("or,ri...->oi...", B.flatten(1), A) * w.scaling
     delta = (B @ A).mul_(w.scaling)  # in place on the fresh product: same values, no 2nd buffer
@@ -45,8 +47,9 @@ def bias_delta(w: LoraWeights, device=None) -> torch.Tensor | None:
     return w.bias.to(device=device, dtype=F32) * w.scaling
 
 
-def dora_scale(W: torch.Tensor, delta: torch.Tensor, magnitude: torch.Tensor,
-               kind: LayerKind) -> torch.Tensor:
+def dora_scale(
+    W: torch.Tensor, delta: torch.Tensor, magnitude: torch.Tensor, kind: LayerKind
+) -> torch.Tensor:
     """DoRA's factor m/||W+ΔW|| (Liu et al. 2024; spec 6.3), float32, shaped to broadcast on W.
 
     ``W`` is the unmerged base weight (PEFT >= 0.21 takes the norm on it, #3608). The norm runs
@@ -63,8 +66,9 @@ def dora_scale(W: torch.Tensor, delta: torch.Tensor, magnitude: torch.Tensor,
     return (m / Wf.norm(p=2, dim=1)).view(-1, 1)
 
 
-def fold_lora(cur: torch.Tensor, base0: torch.Tensor, w: LoraWeights, kind: LayerKind,
-              weight: float = 1.0, device=None) -> torch.Tensor:
+def fold_lora(
+    cur: torch.Tensor, base0: torch.Tensor, w: LoraWeights, kind: LayerKind, weight: float = 1.0, device=None
+) -> torch.Tensor:
     """One adapter folded into the float32 weight ``cur`` (the one kernel of merge and the
     engine's fold; spec 6.2, 6.3). Returns the new weight, ``cur`` itself where it can.
 
@@ -79,8 +83,7 @@ def fold_lora(cur: torch.Tensor, base0: torch.Tensor, w: LoraWeights, kind: Laye
     return cur.add_(delta if weight == 1.0 else delta.mul_(weight))
 
 
-def fold_lora_bias(cur: torch.Tensor, w: LoraWeights, weight: float = 1.0,
-                   device=None) -> torch.Tensor:
+def fold_lora_bias(cur: torch.Tensor, w: LoraWeights, weight: float = 1.0, device=None) -> torch.Tensor:
     """The lora_B bias folded into the float32 base bias ``cur``: ``cur + weight·s·b_B``."""
     bd = bias_delta(w, device)
     if bd is None:
@@ -94,15 +97,17 @@ def kasa_truncated(W: torch.Tensor, r: int) -> torch.Tensor:
     the (out, in) weight, (U_p·S_p) @ Vh_p, rounded to W's dtype). Linear layers only."""
     out_f, in_f = W.shape
     if r >= min(out_f, in_f):
-        raise UnsupportedError(f"KaSA needs r={r} below min(in, out) = {min(out_f, in_f)}",
-                               hint="PEFT refuses this adapter too.")
+        raise UnsupportedError(
+            f"KaSA needs r={r} below min(in, out) = {min(out_f, in_f)}", hint="PEFT refuses this adapter too."
+        )
     U, S, Vh = torch.linalg.svd(W.detach().to(F32), full_matrices=False)
     keep = min(out_f, in_f) - r
     return ((U[:, :keep] * S[:keep]) @ Vh[:keep, :]).to(W.dtype)
 
 
-def mutated_init(W: torch.Tensor, r: int, scaling: float, init: str, fan_in_fan_out: bool = False
-                 ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor]:
+def mutated_init(
+    W: torch.Tensor, r: int, scaling: float, init: str, fan_in_fan_out: bool = False
+) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor]:
     """Recompute PiSSA / OLoRA's initial (A0, B0) and the residual base W - s·B0@A0 (spec 1.7).
 
     PiSSA (Meng et al. 2024): full SVD of W (as (out, in)) in float32, A0 = sqrt(S_r/s) Vh_r,
@@ -111,8 +116,10 @@ def mutated_init(W: torch.Tensor, r: int, scaling: float, init: str, fan_in_fan_
     base KaSA trains on (:func:`kasa_truncated`), with no initial factors (None, None).
     """
     if W.dtype not in (torch.float32, torch.float16, torch.bfloat16):
-        raise UnsupportedError(f"{init} residual needs a float base weight, got {W.dtype}",
-                               hint="Load the base unquantized to recompute the residual.")
+        raise UnsupportedError(
+            f"{init} residual needs a float base weight, got {W.dtype}",
+            hint="Load the base unquantized to recompute the residual.",
+        )
     if init == "kasa":
         return None, None, kasa_truncated(W, r)
     if init == "olora":

@@ -42,8 +42,9 @@ class ExpertWeights:
         return self.A.shape[0] // self.r
 
 
-def build_experts(source: str, cfg: LoraAdapterConfig, tensors: dict[str, torch.Tensor]
-                  ) -> tuple[dict[str, ExpertWeights], dict[str, torch.Tensor]]:
+def build_experts(
+    source: str, cfg: LoraAdapterConfig, tensors: dict[str, torch.Tensor]
+) -> tuple[dict[str, ExpertWeights], dict[str, torch.Tensor]]:
     """Split ``tensors`` into the target_parameters LoRAs (``module.param`` -> weights) and the
     rest (module LoRA, saved tensors), refusing what PEFT could not have written."""
     shapes = {k: tuple(v.shape) for k, v in tensors.items()}
@@ -53,8 +54,9 @@ def build_experts(source: str, cfg: LoraAdapterConfig, tensors: dict[str, torch.
         r, alpha, scaling = module_scaling(cfg, path)  # PEFT: patterns match "module.param"
         problems += X.check_expert_keys(ek, r, cfg)
         if "A" in ek.keys and "B" in ek.keys:
-            out[path] = ExpertWeights(ek.module, ek.param, ek.depth, tensors[ek.keys["A"]],
-                                      tensors[ek.keys["B"]], r, alpha, scaling)
+            out[path] = ExpertWeights(
+                ek.module, ek.param, ek.depth, tensors[ek.keys["A"]], tensors[ek.keys["B"]], r, alpha, scaling
+            )
     for p in problems:
         if p.severity == "error":
             raise P.as_error(p, source)
@@ -75,21 +77,22 @@ def expert_delta(w: ExpertWeights, transposed: bool, ndim: int = 3) -> torch.Ten
 
 def expert_slice_delta(w: ExpertWeights, expert: int) -> torch.Tensor:
     """ΔW of one expert as (out, in): what merge adds to that expert's slice (spec 5.6)."""
-    a = w.A[expert * w.r:(expert + 1) * w.r]  # rows expert-major
-    b = w.B[:, expert::w.experts]  # columns rank-major, expert-minor
+    a = w.A[expert * w.r : (expert + 1) * w.r]  # rows expert-major
+    b = w.B[:, expert :: w.experts]  # columns rank-major, expert-minor
     return (b @ a) * w.scaling
 
 
 def check_param(w: ExpertWeights, param: torch.Tensor | None, transposed: bool, source: str) -> None:
     """Raise when ``param`` (the model's parameter) is missing or has another shape."""
-    ek = X.ExpertKeys(w.module, w.param, w.depth, shapes={"A": tuple(w.A.shape),
-                                                          "B": tuple(w.B.shape)})
+    ek = X.ExpertKeys(w.module, w.param, w.depth, shapes={"A": tuple(w.A.shape), "B": tuple(w.B.shape)})
     problem = X.check_param_shape(ek, w.r, None if param is None else tuple(param.shape), transposed)
     if problem is not None:
         raise P.as_error(problem, source)
     if param is not None and param.dim() not in (2, 3):
-        raise InvalidAdapterError(f"{source}: {w.path} is a {param.dim()}-D parameter; "
-                                  "target_parameters LoRA adapts 2-D and 3-D ones (PEFT too)")
+        raise InvalidAdapterError(
+            f"{source}: {w.path} is a {param.dim()}-D parameter; "
+            "target_parameters LoRA adapts 2-D and 3-D ones (PEFT too)"
+        )
 
 
 # ----- merge: each expert's slice of a stored tensor -------------------------------------------
@@ -106,21 +109,33 @@ class ExpertOp:
     rows: tuple[int, int] | None = None
 
 
-def apply_expert_ops(cur: torch.Tensor, ops: tuple[ExpertOp, ...], stored_dtype: torch.dtype,
-                     adapter_weights, device: torch.device) -> torch.Tensor:
+def apply_expert_ops(
+    cur: torch.Tensor,
+    ops: tuple[ExpertOp, ...],
+    stored_dtype: torch.dtype,
+    adapter_weights,
+    device: torch.device,
+) -> torch.Tensor:
     """``cur`` (float32) plus every op's delta, one expert slice at a time: the peak beyond the
     tensor itself is one expert's ΔW. Each ΔW is cast to the stored dtype first, as PEFT's
     ParamWrapper.merge adds ``get_delta_weight`` already in the parameter's dtype (spec 6.2)."""
     for op in ops:
-        w = ExpertWeights(op.weights.module, op.weights.param, op.weights.depth,
-                          op.weights.A.to(device), op.weights.B.to(device), op.weights.r,
-                          op.weights.alpha, op.weights.scaling)
+        w = ExpertWeights(
+            op.weights.module,
+            op.weights.param,
+            op.weights.depth,
+            op.weights.A.to(device),
+            op.weights.B.to(device),
+            op.weights.r,
+            op.weights.alpha,
+            op.weights.scaling,
+        )
         scale = adapter_weights[op.adapter]
         experts = range(w.experts) if op.expert is None else [op.expert]
         for e in experts:
             d = expert_slice_delta(w, e)
             if op.rows is not None:
-                d = d[op.rows[0]:op.rows[1]]
+                d = d[op.rows[0] : op.rows[1]]
             target = cur[e] if op.expert is None and cur.dim() == 3 else cur
             d = d.T if op.transposed else d
             d = d.to(stored_dtype).to(torch.float32) if stored_dtype.is_floating_point else d

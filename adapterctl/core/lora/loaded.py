@@ -23,7 +23,7 @@ from adapterctl.core.adapter.targeting import module_scaling
 from adapterctl.core.adapter.variants import block_diagonal_factor
 from adapterctl.core.lora.experts import ExpertWeights, build_experts
 from adapterctl.errors import InvalidAdapterError, NotFoundError, UsageError
-from adapterctl.io.adapter_dir import AdapterFiles, locate_adapter_files
+from adapterctl.io.folders.adapter_dir import AdapterFiles, locate_adapter_files
 
 
 @dataclass
@@ -68,10 +68,18 @@ def is_tied_pair(emb: LoraWeights, head: LoraWeights) -> bool:
     """True when ``head``'s LoRA is ``emb``'s transposed (PEFT's ``ensure_weight_tying``: lm_head's
     lora_A is the embedding's lora_embedding_B.T, lora_B its lora_embedding_A.T), so the two ends
     of a tied table get the same ΔW: s·B_h A_h = s·A_eᵀ B_eᵀ = (s·B_e A_e)ᵀ."""
-    return (emb.kind == "embedding" and head.kind == "linear" and emb.magnitude is None
-            and head.magnitude is None and head.bias is None and emb.scaling == head.scaling
-            and head.A.shape == emb.B.T.shape and head.B.shape == emb.A.T.shape
-            and torch.equal(head.A, emb.B.T) and torch.equal(head.B, emb.A.T))
+    return (
+        emb.kind == "embedding"
+        and head.kind == "linear"
+        and emb.magnitude is None
+        and head.magnitude is None
+        and head.bias is None
+        and emb.scaling == head.scaling
+        and head.A.shape == emb.B.T.shape
+        and head.B.shape == emb.A.T.shape
+        and torch.equal(head.A, emb.B.T)
+        and torch.equal(head.B, emb.A.T)
+    )
 
 
 def tied_pairs(modules: dict[str, LoraWeights]) -> list[tuple[str, str]]:
@@ -83,12 +91,14 @@ def tied_pairs(modules: dict[str, LoraWeights]) -> list[tuple[str, str]]:
 def read_adapter_tensors(files: AdapterFiles, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
     """All tensors of the weights file; legacy .bin only through ``torch.load(weights_only=True)``."""
     if files.weights is None:
-        raise NotFoundError(f"{files.source}: no adapter_model.safetensors (or adapter_model.bin)",
-                            hint="Copy or download the weights file too.")
+        raise NotFoundError(
+            f"{files.source}: no adapter_model.safetensors (or adapter_model.bin)",
+            hint="Copy or download the weights file too.",
+        )
     if files.weights_format == "safetensors":
         from safetensors.torch import load_file
 
-        from adapterctl.io.safetensors_header import read_safetensors_header
+        from adapterctl.io.safetensors.header import read_safetensors_header
 
         read_safetensors_header(files.weights)  # validates before anything is allocated
         try:
@@ -108,36 +118,43 @@ def read_adapter_tensors(files: AdapterFiles, device: str | torch.device = "cpu"
     return state
 
 
-def load_adapter(folder: str | Path, name: str = "default", source: str | None = None,
-                 device: str | torch.device = "cpu") -> LoadedAdapter:
+def load_adapter(
+    folder: str | Path, name: str = "default", source: str | None = None, device: str | torch.device = "cpu"
+) -> LoadedAdapter:
     """Read and validate an adapter folder. Raises AdapterctlError subclasses on bad input."""
     if not is_safe_adapter_name(name):
-        raise UsageError(f"adapter name {name!r} is not allowed",
-                         hint="Use letters, digits, '.', '_' and '-' only.")
+        raise UsageError(
+            f"adapter name {name!r} is not allowed", hint="Use letters, digits, '.', '_' and '-' only."
+        )
     files = locate_adapter_files(folder, source)
     cfg = read_adapter_config(files.config)
     check_lora_type(cfg, files.source)
     cfg.require_supported(files.source)
     tensors = read_adapter_tensors(files, device)
     if not tensors:
-        raise InvalidAdapterError(f"{files.weights}: holds no tensors",
-                                  hint="Save the adapter again after training.")
+        raise InvalidAdapterError(
+            f"{files.weights}: holds no tensors", hint="Save the adapter again after training."
+        )
     return build_adapter(name, cfg, files, tensors)
 
 
-def build_adapter(name: str, cfg: LoraAdapterConfig, files: AdapterFiles,
-                  tensors: dict[str, torch.Tensor]) -> LoadedAdapter:
+def build_adapter(
+    name: str, cfg: LoraAdapterConfig, files: AdapterFiles, tensors: dict[str, torch.Tensor]
+) -> LoadedAdapter:
     experts, tensors = build_experts(files.source, cfg, tensors)
     layout = split_keys({k: tuple(v.shape) for k, v in tensors.items()})  # training-only keys
-    if layout.unknown:                                                   # are read past
+    if layout.unknown:  # are read past
         raise InvalidAdapterError(
             f"{files.source}: keys that match no LoRA tensor name: {', '.join(layout.unknown[:5])}",
-            hint="Is this adapter from another tool or a newer PEFT version?")
+            hint="Is this adapter from another tool or a newer PEFT version?",
+        )
     modules = {}
     for path, mk in layout.modules.items():
         if "A" not in mk.keys or "B" not in mk.keys:
-            raise InvalidAdapterError(f"{files.source}: {path} has {sorted(mk.keys)} but needs both "
-                                      "lora_A and lora_B", hint="The file is incomplete; save it again.")
+            raise InvalidAdapterError(
+                f"{files.source}: {path} has {sorted(mk.keys)} but needs both lora_A and lora_B",
+                hint="The file is incomplete; save it again.",
+            )
         A, B = tensors[mk.keys["A"]], tensors[mk.keys["B"]]
         block = block_diagonal_factor(cfg, path)
         if block:  # BD-LoRA: the stored diagonal blocks become the matrix the forward uses
@@ -146,21 +163,33 @@ def build_adapter(name: str, cfg: LoraAdapterConfig, files: AdapterFiles,
         if A.dim() < 2 or B.dim() < 2 or A.shape[0] != r:
             raise InvalidAdapterError(
                 f"{files.source}: {path}: config gives r={r} but lora_A has shape {list(A.shape)}",
-                hint="Fix r or rank_pattern in adapter_config.json to match the tensors.")
+                hint="Fix r or rank_pattern in adapter_config.json to match the tensors.",
+            )
         if B.shape[1] != r:  # B is (out, r, ...) for every layer kind (spec 4.1)
             raise InvalidAdapterError(
                 f"{files.source}: {path}: lora_B has shape {list(B.shape)} but r={r}",
-                hint="lora_A and lora_B disagree on the rank; the file is corrupt, save it again.")
+                hint="lora_A and lora_B disagree on the rank; the file is corrupt, save it again.",
+            )
         B = _kasa_scaled(files.source, path, cfg, mk, tensors, A, B)
         if "magnitude" in mk.keys and not cfg.use_dora:
-            raise InvalidAdapterError(f"{files.source}: {path} has lora_magnitude_vector but "
-                                      "use_dora is false")
-        modules[path] = LoraWeights(path, lora_kind(mk.embedding, A.shape), A, B, r, alpha, scaling,
-                                    bias=tensors.get(mk.keys.get("B_bias", "")),
-                                    magnitude=tensors.get(mk.keys.get("magnitude", "")))
+            raise InvalidAdapterError(
+                f"{files.source}: {path} has lora_magnitude_vector but use_dora is false"
+            )
+        modules[path] = LoraWeights(
+            path,
+            lora_kind(mk.embedding, A.shape),
+            A,
+            B,
+            r,
+            alpha,
+            scaling,
+            bias=tensors.get(mk.keys.get("B_bias", "")),
+            magnitude=tensors.get(mk.keys.get("magnitude", "")),
+        )
         if cfg.use_dora and modules[path].magnitude is None:
-            raise InvalidAdapterError(f"{files.source}: {path}: use_dora is true but "
-                                      "lora_magnitude_vector is missing")
+            raise InvalidAdapterError(
+                f"{files.source}: {path}: use_dora is true but lora_magnitude_vector is missing"
+            )
     replacements = {p: tensors[k] for p, k in layout.replacements.items()}
     tokens = {}
     for emb, key in layout.trainable_tokens.items():
@@ -169,37 +198,45 @@ def build_adapter(name: str, cfg: LoraAdapterConfig, files: AdapterFiles,
         if indices is None or len(indices) != rows.shape[0]:
             raise InvalidAdapterError(
                 f"{files.source}: {emb}: {rows.shape[0]} trainable token rows but "
-                f"trainable_token_indices gives {None if indices is None else len(indices)}")
+                f"trainable_token_indices gives {None if indices is None else len(indices)}"
+            )
         tokens[emb] = (indices, rows)
     return LoadedAdapter(name, cfg, files, modules, replacements, tokens, experts)
 
 
-def _kasa_scaled(source: str, path: str, cfg: LoraAdapterConfig, mk, tensors: dict,
-                 A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
+def _kasa_scaled(
+    source: str, path: str, cfg: LoraAdapterConfig, mk, tensors: dict, A: torch.Tensor, B: torch.Tensor
+) -> torch.Tensor:
     """KaSA: ΔW = s·B·diag(d)·A (PEFT: lora_B(lora_A(x) * d)), so B·diag(d) is the B of a plain
     LoRA; exact up to float32 rounding. On the truncated base (core/lora/delta.kasa_truncated)."""
     keys = mk.keys
     if "kasa_diag" not in keys:  # PEFT's KaSA variant is for Linear layers only
         if cfg.kasa and A.dim() == 2 and not mk.embedding:
-            raise InvalidAdapterError(f"{source}: {path}: kasa_config is set but lora_diag is "
-                                      "missing", hint="Save the adapter again with PEFT.")
+            raise InvalidAdapterError(
+                f"{source}: {path}: kasa_config is set but lora_diag is missing",
+                hint="Save the adapter again with PEFT.",
+            )
         return B
     diag = tensors[keys["kasa_diag"]]
     if not cfg.kasa or diag.shape != (B.shape[1],) or B.dim() != 2:
-        raise InvalidAdapterError(f"{source}: {path}: lora_diag {list(diag.shape)} needs "
-                                  f"kasa_config and r={B.shape[1]}")
+        raise InvalidAdapterError(
+            f"{source}: {path}: lora_diag {list(diag.shape)} needs kasa_config and r={B.shape[1]}"
+        )
     return B * diag.to(B.dtype)
 
 
-def _block_diagonal(source: str, path: str, block: tuple[str, int], A: torch.Tensor,
-                    B: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _block_diagonal(
+    source: str, path: str, block: tuple[str, int], A: torch.Tensor, B: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """BD-LoRA (core/adapter/variants.py): ``torch.block_diag`` of the n stored row blocks, as
     PEFT's ``BlockDiagonalLinear.weight_as_blockdiagonal_matrix``; exact (the zeros add nothing)."""
     role, n = block
     t = A if role == "A" else B
     if t.dim() != 2 or t.shape[0] % n:
-        raise InvalidAdapterError(f"{source}: {path}: BD-LoRA lora_{role} {list(t.shape)} does not "
-                                  f"split into {n} blocks", hint="Check use_bdlora.nblocks.")
+        raise InvalidAdapterError(
+            f"{source}: {path}: BD-LoRA lora_{role} {list(t.shape)} does not split into {n} blocks",
+            hint="Check use_bdlora.nblocks.",
+        )
     full = torch.block_diag(*t.chunk(n, dim=0))
     return (full, B) if role == "A" else (A, full)
 

@@ -25,6 +25,7 @@ def adapter_paths(la: LoadedAdapter) -> list[str]:
 def remap_adapter(la: LoadedAdapter, mapping: KeyMapping) -> LoadedAdapter:
     """``la`` with every path in ``mapping``'s target layout (call :func:`map_to_layout` first:
     a vision path has no counterpart in a text-only layout)."""
+
     def new(path: str) -> str:
         mapped = mapping.map(path)
         if mapped is None:
@@ -32,14 +33,16 @@ def remap_adapter(la: LoadedAdapter, mapping: KeyMapping) -> LoadedAdapter:
         return mapped
 
     return replace(
-        la, modules={new(p): replace(w, path=new(p)) for p, w in la.modules.items()},
+        la,
+        modules={new(p): replace(w, path=new(p)) for p, w in la.modules.items()},
         replacements={new(p): t for p, t in la.replacements.items()},
-        trainable_tokens={new(p): v for p, v in la.trainable_tokens.items()})
+        trainable_tokens={new(p): v for p, v in la.trainable_tokens.items()},
+    )
 
 
-def map_to_layout(la: LoadedAdapter, target, base: str,
-                  present: Callable[[str], bool] | None = None
-                  ) -> tuple[LoadedAdapter, KeyMapping | None]:
+def map_to_layout(
+    la: LoadedAdapter, target, base: str, present: Callable[[str], bool] | None = None
+) -> tuple[LoadedAdapter, KeyMapping | None]:
     """``la`` in the base's layout ``target`` (a :class:`~adapterctl.core.adapter.prefixes.Layout`)
     and the mapping used (None: the paths stay as they are). Refuses vision modules when the
     base is text-only (exit 6), naming them."""
@@ -53,8 +56,9 @@ def map_to_layout(la: LoadedAdapter, target, base: str,
     return remap_adapter(la, mapping), mapping
 
 
-def map_to_checkpoint(adapters: list[LoadedAdapter], keys: list[str], base: str
-                      ) -> tuple[list[LoadedAdapter], list[KeyMapping | None]]:
+def map_to_checkpoint(
+    adapters: list[LoadedAdapter], keys: list[str], base: str
+) -> tuple[list[LoadedAdapter], list[KeyMapping | None]]:
     """Each adapter in the layout transformers builds from a checkpoint with these ``keys``
     (merge: the checkpoint's own spelling is found from there, prefixes.checkpoint_spelling)."""
     target = runtime_layout(detect_layout(keys))

@@ -30,20 +30,20 @@ from adapterctl.core.lora.combine import check_combination
 from adapterctl.core.lora.experts import ExpertOp
 from adapterctl.core.lora.loaded import LoadedAdapter, LoraWeights, load_adapter
 from adapterctl.core.lora.remap import map_to_checkpoint
-from adapterctl.core.merge.qlora import QloraPlan, plan_qlora
 from adapterctl.core.merge.experts import add_expert_ops
+from adapterctl.core.merge.qlora import QloraPlan, plan_qlora
 from adapterctl.core.merge.replicated import replicate_entries
 from adapterctl.core.merge.tied import find_tie, split_tied
 from adapterctl.errors import IncompatibleBaseError, UnsupportedError, UsageError
-from adapterctl.io.checkpoint import CheckpointReader, base_float_dtype, checkpoint_renames
-from adapterctl.io.model_card import card_base
-from adapterctl.io.model_dir import (
+from adapterctl.io.checkpoint.reader import CheckpointReader, base_float_dtype, checkpoint_renames
+from adapterctl.io.checkpoint.shard_writer import TensorSpec, plan_shards
+from adapterctl.io.checkpoint.stored import FLOAT_DTYPES, StoredTensor, dtype_name, torch_dtype
+from adapterctl.io.folders.model_card import card_base
+from adapterctl.io.folders.model_dir import (
     ModelFiles,
     find_checkpoint_key,
     locate_model_files,
 )
-from adapterctl.io.shard_writer import TensorSpec, plan_shards
-from adapterctl.io.stored import FLOAT_DTYPES, StoredTensor, dtype_name, torch_dtype
 
 
 @dataclass(frozen=True)
@@ -85,13 +85,20 @@ class TensorTask:
 
     @property
     def changed(self) -> bool:
-        return bool(self.replacement or self.loras or self.bias_loras or self.tokens or self.copy
-                    or self.experts)
+        return bool(
+            self.replacement or self.loras or self.bias_loras or self.tokens or self.copy or self.experts
+        )
 
     @property
     def changed_beyond_loras(self) -> bool:
-        return bool(self.replacement or self.residual_init or self.bias_loras or self.tokens
-                    or self.copy or self.experts)
+        return bool(
+            self.replacement
+            or self.residual_init
+            or self.bias_loras
+            or self.tokens
+            or self.copy
+            or self.experts
+        )
 
     def sources(self, names: list[str]) -> list[str]:
         out = [f"replace:{names[self.replacement[0]]}"] if self.replacement else []
@@ -184,23 +191,33 @@ def _missing(adapter: LoadedAdapter, what: str, param: str, index: KeyIndex):
         return UnsupportedError(
             f"{adapter.source}: {what} {param} is built on load from part of the checkpoint's "
             f"{stored} (transformers fuses or splits it): merging into part of a stored tensor "
-            "is not implemented", hint="Attach the adapter instead (adapterctl attach / generate).")
+            "is not implemented",
+            hint="Attach the adapter instead (adapterctl attach / generate).",
+        )
     return IncompatibleBaseError(
-        f"{adapter.source}: {what} {param} lands nowhere: the base checkpoint has no such "
-        "parameter", hint="Is this adapter for another model? Check with: adapterctl "
-        "inspect ADAPTER --base BASE")
+        f"{adapter.source}: {what} {param} lands nowhere: the base checkpoint has no such parameter",
+        hint="Is this adapter for another model? Check with: adapterctl inspect ADAPTER --base BASE",
+    )
 
 
-def _add_loras(i: int, ad: LoadedAdapter, index: KeyIndex, shapes: dict, model_type: str | None,
-               ops: dict) -> None:
+def _add_loras(
+    i: int, ad: LoadedAdapter, index: KeyIndex, shapes: dict, model_type: str | None, ops: dict
+) -> None:
     for path, w in ad.modules.items():
         key = index.find(path + ".weight")
         if key is None:
             raise _missing(ad, "LoRA module", path + ".weight", index)
-        kind = C.base_layer_kind(w.kind is C.LayerKind.EMBEDDING, w.A.shape, w.B.shape,
-                                 shapes[key], model_type, ad.config.fan_in_fan_out)
-        problem = C.check_shapes(path, kind, w.A.shape, w.B.shape, shapes[key],
-                                 None if w.bias is None else w.bias.shape)
+        kind = C.base_layer_kind(
+            w.kind is C.LayerKind.EMBEDDING,
+            w.A.shape,
+            w.B.shape,
+            shapes[key],
+            model_type,
+            ad.config.fan_in_fan_out,
+        )
+        problem = C.check_shapes(
+            path, kind, w.A.shape, w.B.shape, shapes[key], None if w.bias is None else w.bias.shape
+        )
         if problem:
             raise as_error(problem, ad.source)
         ops.setdefault(key, {}).setdefault("loras", []).append(LoraOp(i, w, kind))
@@ -208,15 +225,18 @@ def _add_loras(i: int, ad: LoadedAdapter, index: KeyIndex, shapes: dict, model_t
             bkey = index.find(path + ".bias")
             if bkey is None:
                 # attach adds it at run time; a checkpoint has no tensor to hold it (spec 1.4)
-                raise UnsupportedError(f"{ad.source}: lora_bias on {path}, whose base layer has no "
-                                       "bias: a merged checkpoint has no bias tensor to put it in",
-                                       hint="Attach the adapter instead (adapterctl attach / "
-                                       "generate); PEFT cannot merge it either.")
+                raise UnsupportedError(
+                    f"{ad.source}: lora_bias on {path}, whose base layer has no "
+                    "bias: a merged checkpoint has no bias tensor to put it in",
+                    hint="Attach the adapter instead (adapterctl attach / "
+                    "generate); PEFT cannot merge it either.",
+                )
             ops.setdefault(bkey, {}).setdefault("bias_loras", []).append(LoraOp(i, w, kind))
 
 
-def _add_extras(i: int, ad: LoadedAdapter, index: KeyIndex, shapes: dict, tie, ops: dict,
-                like_peft: bool) -> None:
+def _add_extras(
+    i: int, ad: LoadedAdapter, index: KeyIndex, shapes: dict, tie, ops: dict, like_peft: bool
+) -> None:
     for param, t in ad.replacements.items():
         key = index.find(param)
         if key is None:
@@ -231,8 +251,10 @@ def _add_extras(i: int, ad: LoadedAdapter, index: KeyIndex, shapes: dict, tie, o
         if slot in entry and torch.equal(entry[slot][1], t):
             continue  # the same table saved twice (PEFT saves a tied table under both names)
         if slot in entry:
-            raise UsageError(f"two adapters replace {param}", hint="PEFT keeps only the active "
-                             "adapter's copy; merge these adapters one at a time.")
+            raise UsageError(
+                f"two adapters replace {param}",
+                hint="PEFT keeps only the active adapter's copy; merge these adapters one at a time.",
+            )
         entry[slot] = (i, t)
     for emb, (idx, rows) in ad.trainable_tokens.items():
         key = index.find(emb + ".weight")
@@ -247,48 +269,74 @@ def _add_extras(i: int, ad: LoadedAdapter, index: KeyIndex, shapes: dict, tie, o
 def _check_adapters(adapters: list[LoadedAdapter], options: MergeOptions) -> None:
     check_combination(options.combination, options.density, len(adapters))
     if options.weights is not None and len(options.weights) != len(adapters):
-        raise UsageError(f"--weights has {len(options.weights)} values for {len(adapters)} adapters",
-                         hint="Give one weight per adapter, e.g. --weights 0.7,0.3.")
+        raise UsageError(
+            f"--weights has {len(options.weights)} values for {len(adapters)} adapters",
+            hint="Give one weight per adapter, e.g. --weights 0.7,0.3.",
+        )
     for ad in adapters:
         if ad.experts and options.combination != "linear":
-            raise UnsupportedError(f"{ad.source}: target_parameters (MoE expert) LoRA cannot be "
-                                   f"merged with --combination {options.combination}",
-                                   hint="Use the default linear combination.")
+            raise UnsupportedError(
+                f"{ad.source}: target_parameters (MoE expert) LoRA cannot be "
+                f"merged with --combination {options.combination}",
+                hint="Use the default linear combination.",
+            )
         init = ad.config.init_kind
         if init == "pissa_niter":
-            raise UnsupportedError(f"{ad.source}: init_lora_weights={ad.config.init_lora_weights!r} "
-                                   "uses a randomised SVD whose residual cannot be recomputed exactly",
-                                   hint="Convert it to plain LoRA first (adapterctl convert).")
+            raise UnsupportedError(
+                f"{ad.source}: init_lora_weights={ad.config.init_lora_weights!r} "
+                "uses a randomised SVD whose residual cannot be recomputed exactly",
+                hint="Convert it to plain LoRA first (adapterctl convert).",
+            )
         init = "KaSA" if ad.config.kasa else init
         if init in ("pissa", "olora", "KaSA") and len(adapters) > 1:
-            raise UnsupportedError(f"{ad.source}: {init} adapters mutate the base; merging one with "
-                                   "other adapters is ambiguous", hint="Convert it first "
-                                   "(adapterctl convert), then merge the plain LoRA adapters.")
+            raise UnsupportedError(
+                f"{ad.source}: {init} adapters mutate the base; merging one with other adapters is ambiguous",
+                hint="Convert it first (adapterctl convert), then merge the plain LoRA adapters.",
+            )
         if ad.config.use_dora and options.combination != "linear":
-            raise UnsupportedError(f"{ad.source}: DoRA cannot be combined with --combination "
-                                   f"{options.combination}", hint="Use the default linear combination.")
+            raise UnsupportedError(
+                f"{ad.source}: DoRA cannot be combined with --combination {options.combination}",
+                hint="Use the default linear combination.",
+            )
 
 
 def _task(s: StoredTensor, key: str, out_dtype: torch.dtype, entry: dict, adapters, copy_slot: str):
     init = None
     loras = tuple(entry.get("loras", ()))
     cfg = adapters[loras[0].adapter].config if loras else None
-    if cfg and cfg.init_kind in RECOMPUTABLE_INITS and loras[0].kind in (C.LayerKind.LINEAR,
-                                                                         C.LayerKind.CONV1D_GPT2):
+    if (
+        cfg
+        and cfg.init_kind in RECOMPUTABLE_INITS
+        and loras[0].kind in (C.LayerKind.LINEAR, C.LayerKind.CONV1D_GPT2)
+    ):
         # PEFT's PiSSA/OLoRA initialisers mutate Linear/Conv1D weights only, never embeddings
         # or convs (the engine recomputes residuals for the same layers)
         init = cfg.init_kind
     elif cfg and cfg.kasa and loras[0].kind is C.LayerKind.LINEAR:
         init = "kasa"  # KaSA truncates Linear weights by SVD (core/lora/delta.kasa_truncated)
     dtype = out_dtype if s.dtype in FLOAT_DTYPES else s.dtype
-    return TensorTask(key, s, dtype, entry.get("replacement"), init, loras,
-                      tuple(entry.get("bias_loras", ())), tuple(entry.get("tokens", ())),
-                      entry.get(copy_slot), tuple(entry.get("experts", ())))
+    return TensorTask(
+        key,
+        s,
+        dtype,
+        entry.get("replacement"),
+        init,
+        loras,
+        tuple(entry.get("bias_loras", ())),
+        tuple(entry.get("tokens", ())),
+        entry.get(copy_slot),
+        tuple(entry.get("experts", ())),
+    )
 
 
-def build_tasks(stored: list[tuple[str, StoredTensor]], ops: dict, out_dtype: torch.dtype, adapters,
-                tie: tuple[str, str] | None, like_peft: bool = False
-                ) -> tuple[list[TensorTask], bool]:
+def build_tasks(
+    stored: list[tuple[str, StoredTensor]],
+    ops: dict,
+    out_dtype: torch.dtype,
+    adapters,
+    tie: tuple[str, str] | None,
+    like_peft: bool = False,
+) -> tuple[list[TensorTask], bool]:
     """One task per output tensor, in checkpoint order; an untied lm_head follows its embedding.
 
     A tied table: the merged model is the attached one (core/merge/tied.py); with ``like_peft``
@@ -314,11 +362,15 @@ def _warnings(adapters: list[LoadedAdapter], base: str) -> list[str]:
     out = []
     for ad in adapters:
         if ad.config.kasa:
-            out.append(f"{ad.source}: KaSA adapter: each adapted Linear weight loses its r "
-                       "smallest singular components first, as PEFT does when adding it")
+            out.append(
+                f"{ad.source}: KaSA adapter: each adapted Linear weight loses its r "
+                "smallest singular components first, as PEFT does when adding it"
+            )
         if ad.config.init_kind in RECOMPUTABLE_INITS:
-            out.append(f"{ad.source}: {ad.config.init_kind} adapter: the residual base W - s·B0@A0 "
-                       "is recomputed from the base (spec 1.7)")
+            out.append(
+                f"{ad.source}: {ad.config.init_kind} adapter: the residual base W - s·B0@A0 "
+                "is recomputed from the base (spec 1.7)"
+            )
         problem = C.base_name_problem(ad.config.base_model_name_or_path, base)
         if problem:
             out.append(f"{ad.source}: {problem.text}")
@@ -329,16 +381,21 @@ def _tie_notes(tie: tuple[str, str] | None, untie: bool, options: MergeOptions) 
     if not tie or not untie:
         return []
     if options.tied_like_peft:
-        return [f"{tie[0]} untied from {tie[1]}: a modules_to_save copy replaces one end "
-                "(tie_word_embeddings: false)"]
-    return [f"{tie[0]} untied from {tie[1]}: the adapter changes the input embedding and the "
-            "output layer differently, as attached; writing both tables and tie_word_embeddings: "
-            "false (--tied-like-peft puts every delta into the one shared table, as PEFT's "
-            "merge_and_unload does)"]
+        return [
+            f"{tie[0]} untied from {tie[1]}: a modules_to_save copy replaces one end "
+            "(tie_word_embeddings: false)"
+        ]
+    return [
+        f"{tie[0]} untied from {tie[1]}: the adapter changes the input embedding and the "
+        "output layer differently, as attached; writing both tables and tie_word_embeddings: "
+        "false (--tied-like-peft puts every delta into the one shared table, as PEFT's "
+        "merge_and_unload does)"
+    ]
 
 
-def _layout(files: ModelFiles, stored: list[StoredTensor], adapters: list[LoadedAdapter],
-            shown: str) -> tuple[list[tuple[str, StoredTensor]], dict]:
+def _layout(
+    files: ModelFiles, stored: list[StoredTensor], adapters: list[LoadedAdapter], shown: str
+) -> tuple[list[tuple[str, StoredTensor]], dict]:
     """The output tensors as (key, source) pairs: the checkpoint's, or with layer_replication
     its layer list rebuilt (core/merge/replicated.py); plus the config fields that change."""
     entries = [(s.key, s) for s in stored]
@@ -346,20 +403,22 @@ def _layout(files: ModelFiles, stored: list[StoredTensor], adapters: list[Loaded
     if not any(s is not None for s in sources):
         return entries, {}
     if len(adapters) > 1:
-        raise UnsupportedError("layer_replication rebuilds the model's layers for one adapter; "
-                               "it cannot be merged together with other adapters",
-                               hint="Merge it alone.")
+        raise UnsupportedError(
+            "layer_replication rebuilds the model's layers for one adapter; "
+            "it cannot be merged together with other adapters",
+            hint="Merge it alone.",
+        )
     return replicate_entries(entries, sources[0], files.config, shown)
 
 
 def load_adapters(paths: list[str | Path], sources: list[str] | None = None) -> list[LoadedAdapter]:
     sources = sources or [str(p) for p in paths]
-    return [load_adapter(p, name=f"adapter{i}", source=src)
-            for i, (p, src) in enumerate(zip(paths, sources))]
+    return [load_adapter(p, name=f"adapter{i}", source=src) for i, (p, src) in enumerate(zip(paths, sources))]
 
 
-def plan_merge(base: str | Path, adapters: list[LoadedAdapter], options: MergeOptions,
-               base_source: str | None = None) -> MergeJob:
+def plan_merge(
+    base: str | Path, adapters: list[LoadedAdapter], options: MergeOptions, base_source: str | None = None
+) -> MergeJob:
     """Check everything that can be checked before writing, and decide every output tensor."""
     files = locate_model_files(base, base_source)
     _check_adapters(adapters, options)
@@ -383,27 +442,48 @@ def plan_merge(base: str | Path, adapters: list[LoadedAdapter], options: MergeOp
     base_dtype = base_float_dtype(stored)
     out_dtype = torch_dtype(options.dtype) if options.dtype else base_dtype
     tasks, untie = build_tasks(entries, ops, out_dtype, adapters, tie, options.tied_like_peft)
-    shard_plan = plan_shards([TensorSpec(t.key, t.out_dtype, t.source.shape) for t in tasks],
-                             options.max_shard_size)
+    shard_plan = plan_shards(
+        [TensorSpec(t.key, t.out_dtype, t.source.shape) for t in tasks], options.max_shard_size
+    )
     qlora = plan_qlora(files, adapters, options.qlora, options.qlora_double_quant, index.find, tasks)
     names = [ad.source for ad in adapters]
     weights = list(options.weights or [1.0] * len(adapters))
     plan = MergePlan(
-        base=base_source or str(base), base_format=files.weights_format, model_type=files.model_type,
-        adapters=[{"source": ad.source, "weight": w, "modules": len(ad.modules) + len(ad.experts),
-                   "variants": ad.config.variants,
-                   "key_mapping": m.to_dict() if m else None}
-                  for ad, w, m in zip(adapters, weights, mappings)],
-        combination=options.combination, density=options.density, seed=options.seed,
-        dtype=dtype_name(out_dtype), base_dtype=dtype_name(base_dtype), num_tensors=len(tasks),
-        touched=[{"key": t.key, "shape": list(t.source.shape), "ops": t.sources(names)}
-                 for t in tasks if t.changed],
-        output_bytes=sum(s.nbytes for s in shard_plan), shards=[s.filename for s in shard_plan],
+        base=base_source or str(base),
+        base_format=files.weights_format,
+        model_type=files.model_type,
+        adapters=[
+            {
+                "source": ad.source,
+                "weight": w,
+                "modules": len(ad.modules) + len(ad.experts),
+                "variants": ad.config.variants,
+                "key_mapping": m.to_dict() if m else None,
+            }
+            for ad, w, m in zip(adapters, weights, mappings)
+        ],
+        combination=options.combination,
+        density=options.density,
+        seed=options.seed,
+        dtype=dtype_name(out_dtype),
+        base_dtype=dtype_name(base_dtype),
+        num_tensors=len(tasks),
+        touched=[
+            {"key": t.key, "shape": list(t.source.shape), "ops": t.sources(names)} for t in tasks if t.changed
+        ],
+        output_bytes=sum(s.nbytes for s in shard_plan),
+        shards=[s.filename for s in shard_plan],
         untie_embeddings=untie,
-        warnings=_warnings(adapters, base_source or str(base)) + _tie_notes(tie, untie, options)
-        + card_base(base_source or str(base))[1] + list(qlora.warnings), qlora=qlora.to_dict())
+        warnings=_warnings(adapters, base_source or str(base))
+        + _tie_notes(tie, untie, options)
+        + card_base(base_source or str(base))[1]
+        + list(qlora.warnings),
+        qlora=qlora.to_dict(),
+    )
     if updates:
-        plan.warnings.append(f"layer_replication: writing {updates['num_hidden_layers']} layers, "
-                             "each copy with its own weights and LoRA (the attached model; PEFT's "
-                             "merge adds every copy's delta into the one shared weight)")
+        plan.warnings.append(
+            f"layer_replication: writing {updates['num_hidden_layers']} layers, "
+            "each copy with its own weights and LoRA (the attached model; PEFT's "
+            "merge adds every copy's delta into the one shared weight)"
+        )
     return MergeJob(files, adapters, options, tasks, shard_plan, plan, updates, qlora)

@@ -3,7 +3,7 @@
 An adapter trained on a base loaded in 4 bits (QLoRA: transformers' ``BitsAndBytesConfig(
 load_in_4bit=True)``) learned its ΔW for ``dequant(quant(W))``, not for ``W`` (spec 6.4: merge
 into what the adapter saw). With ``--qlora`` every weight transformers quantizes on such a load is
-replaced by its 4-bit round trip (:mod:`adapterctl.io.fourbit`, bitsandbytes' blocks of 64,
+replaced by its 4-bit round trip (:mod:`adapterctl.io.checkpoint.fourbit`, bitsandbytes' blocks of 64,
 absmaxes double-quantized with ``--qlora-double-quant``) before the deltas are added:
 ``W' = dequant(quant(W)) + ΔW``, in float32, rounded once to ``--dtype``.
 
@@ -17,7 +17,7 @@ the model; Conv1D weights are quantized transposed, as transformers does before 
 
 Without ``--qlora`` merge looks for signs that the adapter was trained on a 4-bit base (PEFT's
 model card, the base it names) and warns; when the base *is* a bitsandbytes 4-bit checkpoint the
-reader already dequantizes it (io/quantized.py), which is the faithful merge: ``rule`` says which.
+reader already dequantizes it (io/checkpoint/quantized.py), which is the faithful merge: ``rule`` says which.
 """
 
 from __future__ import annotations
@@ -29,10 +29,10 @@ import torch
 
 from adapterctl.core.lora.loaded import LoadedAdapter
 from adapterctl.errors import AdapterctlError, UnsupportedError, UsageError
-from adapterctl.io.checkpoint import meta_skeleton
-from adapterctl.io.files import read_json_object
-from adapterctl.io.fourbit import BLOCKSIZE, QUANT_TYPES, round_trip_4bit
-from adapterctl.io.model_dir import ModelFiles
+from adapterctl.io.checkpoint.fourbit import BLOCKSIZE, QUANT_TYPES, round_trip_4bit
+from adapterctl.io.checkpoint.reader import meta_skeleton
+from adapterctl.io.folders.files import read_json_object
+from adapterctl.io.folders.model_dir import ModelFiles
 
 #: PEFT's model card (PeftModel.create_or_update_model_card) lists the base's quantization
 #: config under this line when the adapter was trained on a quantized model
@@ -71,9 +71,14 @@ class QloraPlan:
     warnings: tuple[str, ...] = field(default=(), compare=False)
 
     def to_dict(self) -> dict:
-        return {"rule": self.rule, "quant_type": self.quant_type, "double_quant": self.double_quant,
-                "blocksize": BLOCKSIZE, "tensors": self.tensors,
-                "evidence": [f"{e.source}: {e.text}" for e in self.evidence]}
+        return {
+            "rule": self.rule,
+            "quant_type": self.quant_type,
+            "double_quant": self.double_quant,
+            "blocksize": BLOCKSIZE,
+            "tensors": self.tensors,
+            "evidence": [f"{e.source}: {e.text}" for e in self.evidence],
+        }
 
 
 def qlora_weight(plan: QloraPlan | None, key: str, W: torch.Tensor) -> torch.Tensor:
@@ -110,10 +115,14 @@ def _card_evidence(ad: LoadedAdapter) -> Evidence | None:
         return None
     qt = fields.get("bnb_4bit_quant_type")
     dq = fields.get("bnb_4bit_use_double_quant")
-    return Evidence(ad.source, "README.md (PEFT's card): trained with load_in_4bit: True"
-                    + (f", bnb_4bit_quant_type: {qt}" if qt else "")
-                    + (f", bnb_4bit_use_double_quant: {dq}" if dq else ""),
-                    qt if qt in QUANT_TYPES else None, None if dq is None else dq == "True")
+    return Evidence(
+        ad.source,
+        "README.md (PEFT's card): trained with load_in_4bit: True"
+        + (f", bnb_4bit_quant_type: {qt}" if qt else "")
+        + (f", bnb_4bit_use_double_quant: {dq}" if dq else ""),
+        qt if qt in QUANT_TYPES else None,
+        None if dq is None else dq == "True",
+    )
 
 
 def _axolotl_evidence(ad: LoadedAdapter) -> Evidence | None:
@@ -135,9 +144,13 @@ def _saved_config_evidence(ad: LoadedAdapter) -> Evidence | None:
     if not isinstance(q, dict) or not q.get("load_in_4bit"):
         return None
     qt, dq = q.get("bnb_4bit_quant_type"), q.get("bnb_4bit_use_double_quant")
-    return Evidence(ad.source, f"config.json beside the adapter: quantization_config load_in_4bit, "
-                    f"bnb_4bit_quant_type: {qt}, bnb_4bit_use_double_quant: {dq}",
-                    qt if qt in QUANT_TYPES else None, None if dq is None else bool(dq))
+    return Evidence(
+        ad.source,
+        f"config.json beside the adapter: quantization_config load_in_4bit, "
+        f"bnb_4bit_quant_type: {qt}, bnb_4bit_use_double_quant: {dq}",
+        qt if qt in QUANT_TYPES else None,
+        None if dq is None else bool(dq),
+    )
 
 
 def training_evidence(adapters: list[LoadedAdapter]) -> list[Evidence]:
@@ -147,13 +160,13 @@ def training_evidence(adapters: list[LoadedAdapter]) -> list[Evidence]:
     axolotl's, a saved base config and the base's name do."""
     out = []
     for ad in adapters:
-        found = [e for e in (_card_evidence(ad), _axolotl_evidence(ad),
-                             _saved_config_evidence(ad)) if e]
+        found = [e for e in (_card_evidence(ad), _axolotl_evidence(ad), _saved_config_evidence(ad)) if e]
         out += found
         name = ad.config.base_model_name_or_path
         if isinstance(name, str) and _NAME_4BIT.search(name):
-            out.append(Evidence(ad.source, f"base_model_name_or_path {name!r} names a 4-bit "
-                                "bitsandbytes checkpoint"))
+            out.append(
+                Evidence(ad.source, f"base_model_name_or_path {name!r} names a 4-bit bitsandbytes checkpoint")
+            )
     return out
 
 
@@ -191,9 +204,11 @@ def quantized_weights(config: dict, find) -> tuple[set[str], set[str]] | None:
 # ----- the plan -------------------------------------------------------------------------------
 def _check_options(quant_type: str | None, double_quant: bool) -> None:
     if quant_type is not None and quant_type not in QUANT_TYPES:
-        raise UsageError(f"--qlora {quant_type!r}: not a bitsandbytes 4-bit type; use nf4 or fp4",
-                         hint="The type the adapter was trained with: bnb_4bit_quant_type in its "
-                         "training script (or in its README's quantization config).")
+        raise UsageError(
+            f"--qlora {quant_type!r}: not a bitsandbytes 4-bit type; use nf4 or fp4",
+            hint="The type the adapter was trained with: bnb_4bit_quant_type in its "
+            "training script (or in its README's quantization config).",
+        )
     if double_quant and quant_type is None:
         raise UsageError("--qlora-double-quant needs --qlora nf4|fp4")
 
@@ -203,8 +218,9 @@ def _stored_4bit(files: ModelFiles, tasks) -> QloraPlan | None:
     n4 = sum(1 for t in tasks if t.source.quant == "4bit")
     if not n4:
         return None
-    return QloraPlan("base-is-4bit", q.get("bnb_4bit_quant_type"),
-                     bool(q.get("bnb_4bit_use_double_quant")), tensors=n4)
+    return QloraPlan(
+        "base-is-4bit", q.get("bnb_4bit_quant_type"), bool(q.get("bnb_4bit_use_double_quant")), tensors=n4
+    )
 
 
 def _suggestion(evidence: list[Evidence]) -> str:
@@ -214,64 +230,87 @@ def _suggestion(evidence: list[Evidence]) -> str:
     return flags
 
 
-def plan_qlora(files: ModelFiles, adapters: list[LoadedAdapter], quant_type: str | None,
-               double_quant: bool, find, tasks) -> QloraPlan:
+def plan_qlora(
+    files: ModelFiles, adapters: list[LoadedAdapter], quant_type: str | None, double_quant: bool, find, tasks
+) -> QloraPlan:
     """Decide the rule (module docstring) and, with ``--qlora``, the tensors to round trip."""
     _check_options(quant_type, double_quant)
     evidence = tuple(training_evidence(adapters))
     if quant_type is not None and any(t.source.quant == "8bit" for t in tasks):
-        raise UsageError(f"--qlora {quant_type}: the base is stored in 8 bits (LLM.int8), and is "
-                         "merged dequantized: those are the weights an adapter trained on it saw",
-                         hint="Drop --qlora; it is for adapters trained on a 4-bit base.")
+        raise UsageError(
+            f"--qlora {quant_type}: the base is stored in 8 bits (LLM.int8), and is "
+            "merged dequantized: those are the weights an adapter trained on it saw",
+            hint="Drop --qlora; it is for adapters trained on a 4-bit base.",
+        )
     stored = _stored_4bit(files, tasks)
     if stored is not None:  # the base is the 4-bit checkpoint: read dequantized, as trained
         if quant_type is not None and stored.quant_type not in (None, quant_type):
-            raise UsageError(f"--qlora {quant_type}: the base is stored as "
-                             f"{stored.quant_type} (its quantization_config)",
-                             hint="Drop --qlora: a 4-bit base is always merged into its "
-                             "dequantized weights, the ones the adapter saw.")
-        return QloraPlan(stored.rule, stored.quant_type, stored.double_quant,
-                         tensors=stored.tensors, evidence=evidence)
+            raise UsageError(
+                f"--qlora {quant_type}: the base is stored as {stored.quant_type} (its quantization_config)",
+                hint="Drop --qlora: a 4-bit base is always merged into its "
+                "dequantized weights, the ones the adapter saw.",
+            )
+        return QloraPlan(
+            stored.rule, stored.quant_type, stored.double_quant, tensors=stored.tensors, evidence=evidence
+        )
     if quant_type is None:
         if not evidence:
             return QloraPlan()
         flags = _suggestion(list(evidence))
-        notes = tuple(f"{e.source}: trained on a 4-bit base ({e.text}): its deltas were learned for "
-                      "the 4-bit round trip of the base weights, not for these full-precision "
-                      f"ones; {flags} merges into the weights it saw" for e in evidence)
+        notes = tuple(
+            f"{e.source}: trained on a 4-bit base ({e.text}): its deltas were learned for "
+            "the 4-bit round trip of the base weights, not for these full-precision "
+            f"ones; {flags} merges into the weights it saw"
+            for e in evidence
+        )
         return QloraPlan("suggested", evidence=evidence, warnings=notes)
     if any(ad.config.init_kind != "plain" or ad.config.kasa for ad in adapters):
-        raise UnsupportedError("--qlora with an adapter whose init mutates the base (PiSSA, OLoRA, "
-                               "KaSA, LoftQ...): PEFT quantizes the residual, not the base",
-                               hint="Convert the adapter to plain LoRA first (adapterctl convert).")
+        raise UnsupportedError(
+            "--qlora with an adapter whose init mutates the base (PiSSA, OLoRA, "
+            "KaSA, LoftQ...): PEFT quantizes the residual, not the base",
+            hint="Convert the adapter to plain LoRA first (adapterctl convert).",
+        )
     return _flagged(files, quant_type, double_quant, find, tasks, evidence)
 
 
-def _flagged(files: ModelFiles, quant_type: str, double_quant: bool, find, tasks,
-             evidence: tuple[Evidence, ...]) -> QloraPlan:
+def _flagged(
+    files: ModelFiles, quant_type: str, double_quant: bool, find, tasks, evidence: tuple[Evidence, ...]
+) -> QloraPlan:
     warnings = []
     for e in evidence:
         if e.quant_type and e.quant_type != quant_type:
-            warnings.append(f"--qlora {quant_type}, but {e.source} says bnb_4bit_quant_type: "
-                            f"{e.quant_type}")
+            warnings.append(f"--qlora {quant_type}, but {e.source} says bnb_4bit_quant_type: {e.quant_type}")
         if e.double_quant is not None and e.double_quant != double_quant:
-            warnings.append(f"{e.source} says bnb_4bit_use_double_quant: {e.double_quant}; "
-                            f"{'add' if e.double_quant else 'drop'} --qlora-double-quant to match")
+            warnings.append(
+                f"{e.source} says bnb_4bit_use_double_quant: {e.double_quant}; "
+                f"{'add' if e.double_quant else 'drop'} --qlora-double-quant to match"
+            )
     found = quantized_weights(files.config, find)
     if found is None:  # no skeleton: the linear weights LoRA targets are what we know
         keys = {t.source.key for t in tasks if any(op.kind.matrix for op in t.loras)}
-        conv1d = {t.source.key for t in tasks
-                  if any(op.kind.fan_in_fan_out for op in t.loras)}
-        warnings.append(f"--qlora: transformers cannot build model type "
-                        f"{files.model_type!r}, so which weights it quantizes is unknown: only "
-                        f"the {len(keys)} LoRA-targeted linear weights are round-tripped")
+        conv1d = {t.source.key for t in tasks if any(op.kind.fan_in_fan_out for op in t.loras)}
+        warnings.append(
+            f"--qlora: transformers cannot build model type "
+            f"{files.model_type!r}, so which weights it quantizes is unknown: only "
+            f"the {len(keys)} LoRA-targeted linear weights are round-tripped"
+        )
     else:
         keys, conv1d = found
     present = {t.source.key for t in tasks}
     keys &= present
     if not keys:
-        warnings.append(f"--qlora: load_in_4bit quantizes none of this {files.model_type} model's "
-                        "weights (transformers replaces only exact nn.Linear and Conv1D layers), "
-                        "so the adapter saw the full-precision base: nothing to round-trip")
-    return QloraPlan("flag", quant_type, double_quant, frozenset(keys),
-                     frozenset(conv1d & keys), len(keys), evidence, tuple(warnings))
+        warnings.append(
+            f"--qlora: load_in_4bit quantizes none of this {files.model_type} model's "
+            "weights (transformers replaces only exact nn.Linear and Conv1D layers), "
+            "so the adapter saw the full-precision base: nothing to round-trip"
+        )
+    return QloraPlan(
+        "flag",
+        quant_type,
+        double_quant,
+        frozenset(keys),
+        frozenset(conv1d & keys),
+        len(keys),
+        evidence,
+        tuple(warnings),
+    )

@@ -7,12 +7,13 @@ from dataclasses import dataclass
 
 from adapterctl.core.merge.plan import MergeJob, MergeOptions, MergePlan, load_adapters, plan_merge
 from adapterctl.core.merge.write import MergeResult
-from adapterctl.io.hub_ref import HubOptions
-from adapterctl.io.resolve import resolve_adapter_dir, resolve_model_dir
+from adapterctl.io.hub.ref import HubOptions
+from adapterctl.io.hub.resolve import resolve_adapter_dir, resolve_model_dir
 
 
-def plan_from_refs(base: str, adapters: list[str], options: MergeOptions = MergeOptions(),
-                   hub: HubOptions | None = None) -> MergeJob:
+def plan_from_refs(
+    base: str, adapters: list[str], options: MergeOptions = MergeOptions(), hub: HubOptions | None = None
+) -> MergeJob:
     """The merge job for a base and adapters given as folders or Hub ids (``user/repo[@rev]``);
     execute it with :func:`adapterctl.core.merge.write.execute_merge`."""
     base_dir = resolve_model_dir(base, hub)

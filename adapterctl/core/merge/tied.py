@@ -26,7 +26,7 @@ OWN_SLOTS = ("loras", "bias_loras", "copy")
 SHARED_SLOTS = ("replacement", "tokens")
 
 
-def tied_keys(model_type: str | None) -> dict[str, str]:
+def tied_keys(model_type: str | None) -> list[tuple[str, str]]:
     """The model class's ``_tied_weights_keys`` (output -> input embedding), or the usual names."""
     try:
         import transformers
@@ -35,11 +35,14 @@ def tied_keys(model_type: str | None) -> dict[str, str]:
         cls = getattr(transformers, MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(model_type or "", ""), None)
         tied = getattr(cls, "_tied_weights_keys", None)
         if isinstance(tied, dict) and tied:
-            return dict(tied)
+            return list(tied.items())
     except Exception:  # unknown or custom architectures: fall back to the common names
         pass
-    return {"lm_head.weight": name for name in ("model.embed_tokens.weight", "transformer.wte.weight",
-                                                  "gpt_neox.embed_in.weight")}
+    # one candidate pair per common layout (a dict keyed by the output name would keep only the last)
+    return [
+        ("lm_head.weight", name)
+        for name in ("model.embed_tokens.weight", "transformer.wte.weight", "gpt_neox.embed_in.weight")
+    ]
 
 
 def find_tie(config: dict, model_type: str | None, index) -> tuple[str, str] | None:
@@ -48,7 +51,7 @@ def find_tie(config: dict, model_type: str | None, index) -> tuple[str, str] | N
         return None
     if "lm_head.weight" in index.keys:  # the usual untied layout: no need to ask transformers
         return None
-    for head, emb in tied_keys(model_type).items():
+    for head, emb in tied_keys(model_type):
         emb_key = index.find(emb)
         if index.find(head) is None and emb_key is not None:
             return head, emb_key
@@ -77,8 +80,10 @@ def _shared(emb: dict, head: dict, names: tuple[str, str]) -> dict:
         if "replacement" in out and not torch.equal(out["replacement"][1], head["replacement"][1]):
             raise InvalidAdapterError(
                 f"the adapter saves two different tables for {names[0]} and {names[1]}, which the "
-                "base stores as one tied table", hint="Save the adapter again from the tied model "
-                "(PEFT saves the one shared table under both names).")
+                "base stores as one tied table",
+                hint="Save the adapter again from the tied model "
+                "(PEFT saves the one shared table under both names).",
+            )
         out.setdefault("replacement", head["replacement"])
     return out
 
@@ -94,5 +99,7 @@ def same_at_both_ends(emb: dict, head: dict) -> bool:
     loras_e, loras_h = emb.get("loras", []), head.get("loras", [])
     if len(loras_e) != len(loras_h):
         return False
-    return all(e.adapter == h.adapter and h.kind == "linear" and is_tied_pair(e.weights, h.weights)
-               for e, h in zip(loras_e, loras_h))
+    return all(
+        e.adapter == h.adapter and h.kind == "linear" and is_tied_pair(e.weights, h.weights)
+        for e, h in zip(loras_e, loras_h)
+    )

@@ -13,11 +13,11 @@ from pathlib import Path
 from adapterctl.core.lora.combine import CombinedAdapter, combine_adapters
 from adapterctl.core.merge.plan import load_adapters
 from adapterctl.errors import UsageError
-from adapterctl.io.adapter_writer import write_adapter_files
-from adapterctl.io.hub_ref import HubOptions
-from adapterctl.io.model_card import adapter_card
-from adapterctl.io.output_dir import write_output_dir
-from adapterctl.io.resolve import resolve_adapter_dir
+from adapterctl.io.checkpoint.adapter_writer import write_adapter_files
+from adapterctl.io.folders.model_card import adapter_card
+from adapterctl.io.folders.output_dir import write_output_dir
+from adapterctl.io.hub.ref import HubOptions
+from adapterctl.io.hub.resolve import resolve_adapter_dir
 
 
 @dataclass(frozen=True)
@@ -40,29 +40,41 @@ class CombineResult:
 
 def combined_card(combined: CombinedAdapter) -> tuple[str, list[str]]:
     cfg = combined.config
-    summary = (f"Written by `adapterctl merge --to-adapter` ({len(combined.ranks)} modules, "
-               f"r={cfg['r']}): one adapter combining several.")
+    summary = (
+        f"Written by `adapterctl merge --to-adapter` ({len(combined.ranks)} modules, "
+        f"r={cfg['r']}): one adapter combining several."
+    )
     return adapter_card(cfg.get("base_model_name_or_path"), "LoRA adapter", summary)
 
 
 def write_combined_adapter(combined: CombinedAdapter, folder: str | Path) -> list[str]:
     """adapter_config.json (sorted keys), adapter_model.safetensors and the model card, written by
-    the same writer as ``convert`` (io/adapter_writer.py); returns the card's notes."""
+    the same writer as ``convert`` (io/checkpoint/adapter_writer.py); returns the card's notes."""
     card, notes = combined_card(combined)
     write_adapter_files(folder, combined.config, combined.tensors, card)
     return notes
 
 
-def combine_to_adapter(refs: list[str], output: str | Path | None, *,
-                       weights: list[float] | None = None, method: str = "cat",
-                       rank: int | None = None, density: float | None = None, seed: int = 0,
-                       force: bool = False, dry_run: bool = False,
-                       hub: HubOptions | None = None) -> CombineResult:
+def combine_to_adapter(
+    refs: list[str],
+    output: str | Path | None,
+    *,
+    weights: list[float] | None = None,
+    method: str = "cat",
+    rank: int | None = None,
+    density: float | None = None,
+    seed: int = 0,
+    force: bool = False,
+    dry_run: bool = False,
+    hub: HubOptions | None = None,
+) -> CombineResult:
     """Combine the adapters ``refs`` (folders or Hub ids) with ``method`` (``linear`` is the exact
     ``cat``) and write the new adapter to ``output`` atomically, unless ``dry_run``."""
     if not refs or (output is None and not dry_run):
-        raise UsageError("--to-adapter needs at least one ADAPTER and --output",
-                         hint="adapterctl merge --to-adapter ./lora-a ./lora-b --output ./combined")
+        raise UsageError(
+            "--to-adapter needs at least one ADAPTER and --output",
+            hint="adapterctl merge --to-adapter ./lora-a ./lora-b --output ./combined",
+        )
     method = "cat" if method == "linear" else method
     weights = list(weights or [1.0] * len(refs))
     if len(weights) != len(refs):
@@ -73,6 +85,14 @@ def combine_to_adapter(refs: list[str], output: str | Path | None, *,
     if not dry_run:
         with write_output_dir(output, force) as tmp:
             write_combined_adapter(combined, tmp)
-    return CombineResult(dry_run, str(output) if output else None, method, list(refs), weights,
-                         len(combined.ranks), combined.config["r"],
-                         combined.config["rank_pattern"], notes)
+    return CombineResult(
+        dry_run,
+        str(output) if output else None,
+        method,
+        list(refs),
+        weights,
+        len(combined.ranks),
+        combined.config["r"],
+        combined.config["rank_pattern"],
+        notes,
+    )

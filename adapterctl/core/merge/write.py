@@ -13,11 +13,11 @@ import shutil
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -29,15 +29,14 @@ from adapterctl.core.merge.card import merged_card
 from adapterctl.core.merge.plan import MergeJob, TensorTask
 from adapterctl.core.merge.qlora import qlora_weight
 from adapterctl.errors import MissingDependencyError
-from adapterctl.io.checkpoint import CheckpointReader
-from adapterctl.io.output_dir import write_output_dir
-from adapterctl.io.shard_writer import RowWriter, ShardWriter
+from adapterctl.io.checkpoint.reader import CheckpointReader
+from adapterctl.io.checkpoint.shard_writer import RowWriter, ShardWriter
+from adapterctl.io.folders.output_dir import write_output_dir
 
 F32 = torch.float32
 #: weight files of any framework: never copied next to the merged weights
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".gguf")
-SKIP_FILES = {"config.json", "README.md", "model.safetensors.index.json",
-              "pytorch_model.bin.index.json"}
+SKIP_FILES = {"config.json", "README.md", "model.safetensors.index.json", "pytorch_model.bin.index.json"}
 
 Progress = Callable[[int, str], None]
 #: tensors read, merged and written at once (threads): bounds memory, uses two cores
@@ -66,20 +65,28 @@ def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise MissingDependencyError("--device cuda: no CUDA device is available",
-                                     hint="Use --device cpu (the default when no GPU is found).")
+        raise MissingDependencyError(
+            "--device cuda: no CUDA device is available",
+            hint="Use --device cpu (the default when no GPU is found).",
+        )
     return torch.device(device)
 
 
 # ----- the maths of one tensor ----------------------------------------------------------------
-def _apply_loras(cur: torch.Tensor, base0: torch.Tensor, task: TensorTask, job: MergeJob,
-                 device: torch.device) -> torch.Tensor:
+def _apply_loras(
+    cur: torch.Tensor, base0: torch.Tensor, task: TensorTask, job: MergeJob, device: torch.device
+) -> torch.Tensor:
     weights = job.options.weights or (1.0,) * len(job.adapters)
     if job.options.combination != "linear":
         deltas = [delta_weight(op.weights, op.kind, device) for op in task.loras]
         gen = module_generator(job.options.seed, task.key)
-        return cur + combine_deltas(deltas, [weights[op.adapter] for op in task.loras],
-                                    job.options.combination, job.options.density, gen)
+        return cur + combine_deltas(
+            deltas,
+            [weights[op.adapter] for op in task.loras],
+            job.options.combination,
+            job.options.density,
+            gen,
+        )
     # PEFT's merge_and_unload order: adapter after adapter, with the engine's fold kernel, so a
     # merged model equals the attached one for any weight (DoRA included)
     for op in task.loras:
@@ -88,14 +95,23 @@ def _apply_loras(cur: torch.Tensor, base0: torch.Tensor, task: TensorTask, job: 
 
 
 def _is_plain_lora(task: TensorTask, job: MergeJob) -> bool:
-    return (job.options.combination == "linear" and not task.changed_beyond_loras
-            and all(op.weights.magnitude is None and op.kind in (LayerKind.LINEAR,
-                                                                   LayerKind.CONV1D_GPT2)
-                    for op in task.loras))
+    return (
+        job.options.combination == "linear"
+        and not task.changed_beyond_loras
+        and all(
+            op.weights.magnitude is None and op.kind in (LayerKind.LINEAR, LayerKind.CONV1D_GPT2)
+            for op in task.loras
+        )
+    )
 
 
-def fused_lora_merge(W: torch.Tensor, task: TensorTask, job: MergeJob, device: torch.device,
-                     out: torch.Tensor | RowWriter | None = None) -> torch.Tensor | RowWriter:
+def fused_lora_merge(
+    W: torch.Tensor,
+    task: TensorTask,
+    job: MergeJob,
+    device: torch.device,
+    out: torch.Tensor | RowWriter | None = None,
+) -> torch.Tensor | RowWriter:
     """W + Σ s_i·w_i·B_i A_i for plain LoRA on Linear/Conv1D, in cache-sized row blocks.
 
     Same maths as ``fold_lora`` (float32, one rounding at the end), but each block of rows is
@@ -117,15 +133,20 @@ def fused_lora_merge(W: torch.Tensor, task: TensorTask, job: MergeJob, device: t
         out = torch.empty(W.shape, dtype=task.out_dtype, device=device)
     rows = max(1, (1 << 20) // max(1, W.shape[1]))  # 4 MB of float32 per block
     for r0 in range(0, W.shape[0], rows):
-        block = W[r0:r0 + rows].to(device=device, dtype=F32)
+        block = W[r0 : r0 + rows].to(device=device, dtype=F32)
         for left, right, scale in factors:
-            block.addmm_(left[r0:r0 + rows], right, alpha=scale)
-        out[r0:r0 + rows] = block  # the single rounding to the output dtype
+            block.addmm_(left[r0 : r0 + rows], right, alpha=scale)
+        out[r0 : r0 + rows] = block  # the single rounding to the output dtype
     return out
 
 
-def merge_tensor(W: torch.Tensor, task: TensorTask, job: MergeJob, device: torch.device,
-                 out: torch.Tensor | RowWriter | None = None) -> torch.Tensor | RowWriter:
+def merge_tensor(
+    W: torch.Tensor,
+    task: TensorTask,
+    job: MergeJob,
+    device: torch.device,
+    out: torch.Tensor | RowWriter | None = None,
+) -> torch.Tensor | RowWriter:
     """The output tensor for ``task`` from the base tensor ``W``, rounded once to its dtype.
 
     ``out``: where the rows of the result may go as they are computed (``ShardWriter.rows``);
@@ -139,8 +160,9 @@ def merge_tensor(W: torch.Tensor, task: TensorTask, job: MergeJob, device: torch
         base0 = task.replacement[1].to(device=device, dtype=W.dtype)
     if task.residual_init is not None:  # PiSSA/OLoRA: the base as trained is W - s·B0@A0 (1.7)
         op = task.loras[0]
-        base0 = mutated_init(base0, op.weights.r, op.weights.scaling, task.residual_init,
-                             op.kind.fan_in_fan_out)[2]
+        base0 = mutated_init(
+            base0, op.weights.r, op.weights.scaling, task.residual_init, op.kind.fan_in_fan_out
+        )[2]
     # Deltas in float32, rounded once to the output dtype at the end (PEFT's unsafe merge, 6.2).
     cur = base0.to(F32, copy=True)
     if task.loras:
@@ -182,8 +204,12 @@ def _copy_other_files(root: Path, folder: Path) -> list[str]:
             copied.append(p.name)
         elif p.is_dir():
             # sub-folders may hold other copies of the weights (Llama's original/*.pth): skip them
-            shutil.copytree(p, folder / p.name, symlinks=False,
-                            ignore=shutil.ignore_patterns(*(f"*{s}" for s in WEIGHT_SUFFIXES)))
+            shutil.copytree(
+                p,
+                folder / p.name,
+                symlinks=False,
+                ignore=shutil.ignore_patterns(*(f"*{s}" for s in WEIGHT_SUFFIXES)),
+            )
             copied.append(p.name + "/")
     return copied
 
@@ -192,12 +218,17 @@ def copies_as_stored(task: TensorTask, job: MergeJob) -> bool:
     """Whether the output tensor is the base tensor's bytes as stored: nothing changes it, no
     dtype change, not dequantized on read, not rounded by --qlora. Only these take the kernel-copy
     path."""
-    return (not task.changed and task.source.quant is None and task.source.dtype == task.out_dtype
-            and not (job.qlora and task.source.key in job.qlora.keys))
+    return (
+        not task.changed
+        and task.source.quant is None
+        and task.source.dtype == task.out_dtype
+        and not (job.qlora and task.source.key in job.qlora.keys)
+    )
 
 
-def write_task(task: TensorTask, reader: CheckpointReader, writer: ShardWriter, job: MergeJob,
-               device: torch.device) -> int:
+def write_task(
+    task: TensorTask, reader: CheckpointReader, writer: ShardWriter, job: MergeJob, device: torch.device
+) -> int:
     """Read, merge and write one output tensor; returns its size in bytes.
 
     A tensor nothing changes is copied file to file in the kernel; a merged one is written block
@@ -237,8 +268,9 @@ class _Readers:
             reader.close()
 
 
-def _work(task: TensorTask, readers: _Readers, writer: ShardWriter, job: MergeJob,
-          device: torch.device) -> int:
+def _work(
+    task: TensorTask, readers: _Readers, writer: ShardWriter, job: MergeJob, device: torch.device
+) -> int:
     with torch.inference_mode():  # thread-local: each worker enters it
         return write_task(task, readers.mine(), writer, job, device)
 
@@ -250,8 +282,10 @@ def _stream(job: MergeJob, folder: Path, device: torch.device, on_progress: Prog
     memory bounded. Each shard is fsynced once, at the end."""
     readers, tasks = _Readers(job), job.tasks
     try:
-        with ShardWriter(folder, job.shard_plan, {"merged_by": "adapterctl"}) as writer, \
-                ThreadPoolExecutor(max_workers=WORKERS) as pool:
+        with (
+            ShardWriter(folder, job.shard_plan, {"merged_by": "adapterctl"}) as writer,
+            ThreadPoolExecutor(max_workers=WORKERS) as pool,
+        ):
             _run(tasks, pool, readers, writer, job, device, on_progress)
             writer.finish()
     finally:
@@ -259,9 +293,15 @@ def _stream(job: MergeJob, folder: Path, device: torch.device, on_progress: Prog
     return sum(task.changed for task in tasks)
 
 
-def _run(tasks: list[TensorTask], pool: ThreadPoolExecutor, readers: _Readers,
-         writer: ShardWriter, job: MergeJob, device: torch.device,
-         on_progress: Progress | None) -> None:
+def _run(
+    tasks: list[TensorTask],
+    pool: ThreadPoolExecutor,
+    readers: _Readers,
+    writer: ShardWriter,
+    job: MergeJob,
+    device: torch.device,
+    on_progress: Progress | None,
+) -> None:
     pending: deque = deque()
     ahead = CheckpointReader(job.files)
     try:
@@ -303,21 +343,40 @@ def single_cpu_thread(device: torch.device):
         torch.set_num_threads(before)
 
 
-def execute_merge(job: MergeJob, output: str | Path, force: bool = False, device: str = "auto",
-                  on_progress: Progress | None = None, command: str | None = None) -> MergeResult:
+def execute_merge(
+    job: MergeJob,
+    output: str | Path,
+    force: bool = False,
+    device: str = "auto",
+    on_progress: Progress | None = None,
+    command: str | None = None,
+) -> MergeResult:
     """Write the merged checkpoint into ``output`` atomically (nothing partial on any failure)."""
     start = time.monotonic()
     dev = resolve_device(device)
-    extra = sum(p.stat().st_size for p in job.files.root.iterdir() if p.is_file()
-                and not p.name.endswith(WEIGHT_SUFFIXES))
-    with torch.inference_mode(), single_cpu_thread(dev), \
-            write_output_dir(output, force, job.plan.output_bytes + extra) as tmp:
+    extra = sum(
+        p.stat().st_size
+        for p in job.files.root.iterdir()
+        if p.is_file() and not p.name.endswith(WEIGHT_SUFFIXES)
+    )
+    with (
+        torch.inference_mode(),
+        single_cpu_thread(dev),
+        write_output_dir(output, force, job.plan.output_bytes + extra) as tmp,
+    ):
         merged = _stream(job, tmp, dev, on_progress)
         _write_config(job, tmp)
         copied = _copy_other_files(job.files.root, tmp)
         (tmp / "README.md").write_text(merged_card(job.plan, command))
     return MergeResult(
-        output=str(Path(output).expanduser().absolute()), tensors_written=len(job.tasks),
-        tensors_merged=merged, bytes_written=job.plan.output_bytes, shards=job.plan.shards,
-        files_copied=copied, untie_embeddings=job.plan.untie_embeddings, dtype=job.plan.dtype,
-        device=str(dev), seconds=round(time.monotonic() - start, 3))
+        output=str(Path(output).expanduser().absolute()),
+        tensors_written=len(job.tasks),
+        tensors_merged=merged,
+        bytes_written=job.plan.output_bytes,
+        shards=job.plan.shards,
+        files_copied=copied,
+        untie_embeddings=job.plan.untie_embeddings,
+        dtype=job.plan.dtype,
+        device=str(dev),
+        seconds=round(time.monotonic() - start, 3),
+    )

@@ -1,5 +1,5 @@
 """``push``: what to upload from an adapter folder or a merged model folder, validated first
-(:func:`plan_push`, with the card from :mod:`adapterctl.io.model_card`), and the one commit that
+(:func:`plan_push`, with the card from :mod:`adapterctl.io.folders.model_card`), and the one commit that
 uploads it (:func:`push_plan`); :class:`PushReport` is the command's result.
 
 Only the files that make the adapter (or model) are uploaded by default: PEFT's own set
@@ -12,25 +12,46 @@ Never imports torch.
 from __future__ import annotations
 
 import fnmatch
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from adapterctl import errors as E
-from adapterctl.io.hub_ref import HubOptions, looks_like_hub_id
-from adapterctl.io.hub_upload import PushResult, Upload, fetch_card, push_commit
-from adapterctl.io.model_card import ADAPTER, local_base_note, looks_like_model_id, render_card, split_card
+from adapterctl.io.folders.model_card import (
+    ADAPTER,
+    local_base_note,
+    looks_like_model_id,
+    render_card,
+    split_card,
+)
+from adapterctl.io.hub.ref import HubOptions, looks_like_hub_id
+from adapterctl.io.hub.upload import PushResult, Upload, fetch_card, push_commit
 
-TOKENIZER = ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
-             "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja",
-             "chat_template.json"]
+TOKENIZER = [
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "tokenizer.model",
+    "vocab.json",
+    "merges.txt",
+    "added_tokens.json",
+    "chat_template.jinja",
+    "chat_template.json",
+]
 ADAPTER_DEFAULT = ["adapter_config.json", "adapter_model.safetensors", *TOKENIZER]
-MODEL_DEFAULT = ["config.json", "generation_config.json", "model.safetensors",
-                 "model-*-of-*.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-                 "pytorch_model-*-of-*.bin", "pytorch_model.bin.index.json", *TOKENIZER]
+MODEL_DEFAULT = [
+    "config.json",
+    "generation_config.json",
+    "model.safetensors",
+    "model-*-of-*.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model-*-of-*.bin",
+    "pytorch_model.bin.index.json",
+    *TOKENIZER,
+]
 CARD = "README.md"
-_BY_EXIT = {3: E.NotFoundError, 4: E.InvalidAdapterError, 5: E.UnsupportedError,
-            6: E.IncompatibleBaseError}
+_BY_EXIT = {3: E.NotFoundError, 4: E.InvalidAdapterError, 5: E.UnsupportedError, 6: E.IncompatibleBaseError}
 
 
 @dataclass(frozen=True)
@@ -57,21 +78,24 @@ class PushPlan:
 
 def detect_kind(folder: Path) -> str:
     if not folder.is_dir():
-        raise E.NotFoundError(f"{folder}: no such directory",
-                              hint="Give the adapter folder (adapter_config.json) or a merged model "
-                                   "folder (config.json).")
+        raise E.NotFoundError(
+            f"{folder}: no such directory",
+            hint="Give the adapter folder (adapter_config.json) or a merged model folder (config.json).",
+        )
     if (folder / "adapter_config.json").is_file():
         return "adapter"
     if (folder / "config.json").is_file():
         return "model"
-    raise E.NotFoundError(f"{folder}: neither adapter_config.json nor config.json here",
-                          hint="push uploads an adapter folder or a model folder written by merge.")
+    raise E.NotFoundError(
+        f"{folder}: neither adapter_config.json nor config.json here",
+        hint="push uploads an adapter folder or a model folder written by merge.",
+    )
 
 
 def validate_folder(folder: Path, kind: str) -> tuple[str | None, list[str]]:
     """Refuse what cannot be used; return (base model named by the files, warnings)."""
     if kind == "model":
-        from adapterctl.io.model_dir import locate_model_files, read_model_headers
+        from adapterctl.io.folders.model_dir import locate_model_files, read_model_headers
 
         files = locate_model_files(folder)
         if files.weights_format == "safetensors":
@@ -84,8 +108,10 @@ def validate_folder(folder: Path, kind: str) -> tuple[str | None, list[str]]:
     if errors:
         listing = "; ".join(f"{p.code}: {p.message}" for p in errors)
         cls = _BY_EXIT.get(errors[0].exit_code, E.InvalidAdapterError)
-        raise cls(f"{folder}: refusing to push an adapter that cannot be used: {listing}",
-                  hint=errors[0].hint or f"Run 'adapterctl inspect {folder}' for details.")
+        raise cls(
+            f"{folder}: refusing to push an adapter that cannot be used: {listing}",
+            hint=errors[0].hint or f"Run 'adapterctl inspect {folder}' for details.",
+        )
     return summary.base_model, [p.message for p in summary.problems]
 
 
@@ -100,7 +126,8 @@ def select_files(folder: Path, kind: str, include: list[str], exclude: list[str]
         if not p.is_file() or rel == CARD or rel.startswith(".") or "/." in rel:
             continue
         picked = ("/" not in rel and any(fnmatch.fnmatchcase(rel, g) for g in defaults)) or any(
-            fnmatch.fnmatchcase(rel, g) for g in include)
+            fnmatch.fnmatchcase(rel, g) for g in include
+        )
         if picked and not any(fnmatch.fnmatchcase(rel, g) for g in exclude):
             chosen.append(check_inside(folder, p))
     return chosen
@@ -110,18 +137,20 @@ def check_inside(folder: Path, path: Path) -> Path:
     """Refuse a file that is a symlink out of ``folder``: pushing a stranger's folder must not
     publish what its links point at (``~/.cache/huggingface/token``, keys). A Hugging Face cache
     snapshot's links into its own ``blobs/`` are fine."""
-    from adapterctl.io.model_dir import symlink_roots
+    from adapterctl.io.folders.model_dir import symlink_roots
 
     target = path.resolve()
     if not any(target.is_relative_to(root) for root in symlink_roots(folder)):
-        raise E.InvalidAdapterError(f"{path}: is a symlink to {target}, outside {folder}; refusing "
-                                    "to upload it", hint="Copy the file into the folder if it "
-                                    "should be published, or --exclude it.")
+        raise E.InvalidAdapterError(
+            f"{path}: is a symlink to {target}, outside {folder}; refusing to upload it",
+            hint="Copy the file into the folder if it should be published, or --exclude it.",
+        )
     return path
 
 
-def choose_base(kind: str, override: str | None, from_files: str | None,
-                card: str | None) -> tuple[str | None, list[str]]:
+def choose_base(
+    kind: str, override: str | None, from_files: str | None, card: str | None
+) -> tuple[str | None, list[str]]:
     """Base model id for the card: --base-model, else the card's, else the files' own name."""
     if override:
         return override, []
@@ -137,13 +166,21 @@ def choose_base(kind: str, override: str | None, from_files: str | None,
 
 def check_repo_id(repo_id: str) -> None:
     if not looks_like_hub_id(repo_id) or "@" in repo_id:
-        raise E.UsageError(f"{repo_id!r} is not a Hub repo id",
-                           hint="Use user/repo (and --revision for a branch).")
+        raise E.UsageError(
+            f"{repo_id!r} is not a Hub repo id", hint="Use user/repo (and --revision for a branch)."
+        )
 
 
-def plan_push(folder: Path, repo_id: str, *, include: list[str] = (), exclude: list[str] = (),
-              base_model: str | None = None, hub: HubOptions | None = None,
-              remote_card: Callable[[], str | None] | None = None) -> PushPlan:
+def plan_push(
+    folder: Path,
+    repo_id: str,
+    *,
+    include: list[str] = (),
+    exclude: list[str] = (),
+    base_model: str | None = None,
+    hub: HubOptions | None = None,
+    remote_card: Callable[[], str | None] | None = None,
+) -> PushPlan:
     """Validate ``folder`` and list what to upload, with the rendered model card.
 
     The card starts from the folder's README.md, else from ``remote_card()`` (default: the one on
@@ -156,8 +193,10 @@ def plan_push(folder: Path, repo_id: str, *, include: list[str] = (), exclude: l
     local_card = folder / CARD
     existing = _read_text(check_inside(folder, local_card)) if local_card.is_file() else remote_card()
     base, base_warnings = choose_base(kind, base_model, named_base, existing)
-    files = [PushFile(p.relative_to(folder).as_posix(), p, p.stat().st_size)
-             for p in select_files(folder, kind, include, exclude)]
+    files = [
+        PushFile(p.relative_to(folder).as_posix(), p, p.stat().st_size)
+        for p in select_files(folder, kind, include, exclude)
+    ]
     if not files:
         raise E.UsageError(f"{folder}: nothing to upload after --include/--exclude")
     card = None
@@ -179,12 +218,27 @@ class PushReport:
         plan, c = self.plan, self.commit
         files = [{"path": f.path_in_repo, "size": f.size} for f in plan.files]
         if c is None:
-            return {"dry_run": True, "repo": plan.repo_id, "revision": self.revision or "main",
-                    "kind": plan.kind, "base_model": plan.base_model, "files": files,
-                    "total_bytes": plan.total_bytes, "card": plan.card}
-        return {"repo": c.repo_id, "revision": c.revision, "commit_id": c.commit_id,
-                "commit_url": c.commit_url, "pr_url": c.pr_url, "changed": c.changed,
-                "created_repo": c.created_repo, "created_branch": c.created_branch, "files": files}
+            return {
+                "dry_run": True,
+                "repo": plan.repo_id,
+                "revision": self.revision or "main",
+                "kind": plan.kind,
+                "base_model": plan.base_model,
+                "files": files,
+                "total_bytes": plan.total_bytes,
+                "card": plan.card,
+            }
+        return {
+            "repo": c.repo_id,
+            "revision": c.revision,
+            "commit_id": c.commit_id,
+            "commit_url": c.commit_url,
+            "pr_url": c.pr_url,
+            "changed": c.changed,
+            "created_repo": c.created_repo,
+            "created_branch": c.created_branch,
+            "files": files,
+        }
 
 
 def default_message(plan: PushPlan) -> str:
@@ -192,15 +246,28 @@ def default_message(plan: PushPlan) -> str:
     return f"Upload {what} with adapterctl"
 
 
-def push_plan(plan: PushPlan, hub: HubOptions | None = None, *, message: str | None = None,
-              private: bool = False, create_pr: bool = False) -> PushReport:
+def push_plan(
+    plan: PushPlan,
+    hub: HubOptions | None = None,
+    *,
+    message: str | None = None,
+    private: bool = False,
+    create_pr: bool = False,
+) -> PushReport:
     """Upload the planned files and the card in one commit to ``plan.repo_id`` (branch
     ``hub.revision``, else main; the repo and branch are created when missing)."""
     hub = hub or HubOptions()
-    uploads = [Upload(f.path_in_repo, f.local, plan.card.encode() if f.local is None else None)
-               for f in plan.files]
-    commit = push_commit(plan.repo_id, uploads, hub, message=message or default_message(plan),
-                         private=private, create_pr=create_pr)
+    uploads = [
+        Upload(f.path_in_repo, f.local, plan.card.encode() if f.local is None else None) for f in plan.files
+    ]
+    commit = push_commit(
+        plan.repo_id,
+        uploads,
+        hub,
+        message=message or default_message(plan),
+        private=private,
+        create_pr=create_pr,
+    )
     return PushReport(plan, hub.revision, commit)
 
 

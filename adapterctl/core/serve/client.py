@@ -31,8 +31,12 @@ from adapterctl.errors import EndpointError, NotFoundError, UsageError
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 #: the most bytes read from one answer (a completion is kilobytes; a misbehaving server is not)
 MAX_BODY = 32 * 1024 * 1024
-_TRANSIENT = (http.client.RemoteDisconnected, http.client.IncompleteRead, ConnectionResetError,
-              BrokenPipeError)
+_TRANSIENT = (
+    http.client.RemoteDisconnected,
+    http.client.IncompleteRead,
+    ConnectionResetError,
+    BrokenPipeError,
+)
 
 
 @dataclass(frozen=True)
@@ -56,8 +60,10 @@ def api_root(url: str) -> str:
     """``http://host:8000``, ``http://host:8000/`` or ``http://host:8000/v1`` -> ``.../v1``."""
     parts = urllib.parse.urlsplit(url.strip())
     if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise UsageError(f"--endpoint {url!r} is not an http(s) URL",
-                         hint="Give the server's base URL, e.g. http://127.0.0.1:8000 (or .../v1).")
+        raise UsageError(
+            f"--endpoint {url!r} is not an http(s) URL",
+            hint="Give the server's base URL, e.g. http://127.0.0.1:8000 (or .../v1).",
+        )
     path = parts.path.rstrip("/")
     if not path.endswith("/v1"):
         path += "/v1"
@@ -84,8 +90,11 @@ class Client:
         return self._call("POST", path, body, what)
 
     def _headers(self) -> dict[str, str]:
-        headers = {"Accept": "application/json", "Content-Type": "application/json",
-                   "User-Agent": "adapterctl"}
+        headers = {
+            "Accept": "application/json",
+            "Content-Type": "application/json",
+            "User-Agent": "adapterctl",
+        }
         if self.opts.api_key:
             headers["Authorization"] = f"Bearer {self.opts.api_key}"
         return headers
@@ -108,10 +117,12 @@ class Client:
                 raise status_error(err.code, text, url, what, attempt + 1) from None
             except _TRANSIENT as err:
                 if last:
-                    raise EndpointError(f"{url}: the server closed the connection ({what}; "
-                                        f"{type(err).__name__}, {attempt + 1} tries)") from None
+                    raise EndpointError(
+                        f"{url}: the server closed the connection ({what}; "
+                        f"{type(err).__name__}, {attempt + 1} tries)"
+                    ) from None
                 self._sleep(self._wait(attempt, None))
-            except (TimeoutError, socket.timeout):
+            except TimeoutError:
                 raise self._timeout(url, what) from None
             except urllib.error.URLError as err:
                 if isinstance(err.reason, _TRANSIENT) and not last:
@@ -125,7 +136,7 @@ class Client:
         return text.replace(key, "***") if key else text
 
     def _wait(self, attempt: int, retry_after: str | None) -> float:
-        wait = self.opts.backoff * (2 ** attempt)
+        wait = self.opts.backoff * (2**attempt)
         if retry_after:
             try:
                 wait = max(wait, float(retry_after))
@@ -134,19 +145,24 @@ class Client:
         return min(wait, self.opts.max_wait)
 
     def _timeout(self, url: str, what: str) -> EndpointError:
-        return EndpointError(f"{url}: no answer within {self.opts.timeout:g}s ({what})",
-                             hint="Raise --timeout, lower --concurrency, or check the server's "
-                                  "load.")
+        return EndpointError(
+            f"{url}: no answer within {self.opts.timeout:g}s ({what})",
+            hint="Raise --timeout, lower --concurrency, or check the server's load.",
+        )
 
     def _unreachable(self, url: str, what: str, reason) -> EndpointError:
         if isinstance(reason, (TimeoutError, socket.timeout)):
             return self._timeout(url, what)
         if isinstance(reason, ConnectionRefusedError):
-            return EndpointError(f"{url}: connection refused ({what})",
-                                 hint="Is the server running and listening on that host and port? "
-                                      "(`adapterctl serve` starts one.)")
-        return EndpointError(f"{url}: cannot reach the server ({what}): {reason}",
-                             hint="Check the --endpoint URL and the network.")
+            return EndpointError(
+                f"{url}: connection refused ({what})",
+                hint="Is the server running and listening on that host and port? "
+                "(`adapterctl serve` starts one.)",
+            )
+        return EndpointError(
+            f"{url}: cannot reach the server ({what}): {reason}",
+            hint="Check the --endpoint URL and the network.",
+        )
 
 
 def parse_json(raw: bytes, url: str, what: str, redact=lambda text: text) -> dict:
@@ -156,12 +172,15 @@ def parse_json(raw: bytes, url: str, what: str, redact=lambda text: text) -> dic
         doc = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         start = redact(raw[:120].decode("utf-8", "replace"))
-        raise EndpointError(f"{url}: malformed response ({what}): not JSON: {start!r}",
-                            hint="Is --endpoint an OpenAI-compatible server?") from None
+        raise EndpointError(
+            f"{url}: malformed response ({what}): not JSON: {start!r}",
+            hint="Is --endpoint an OpenAI-compatible server?",
+        ) from None
     if not isinstance(doc, dict):
-        raise EndpointError(f"{url}: malformed response ({what}): a JSON "
-                            f"{type(doc).__name__}, not an object",
-                            hint="Is --endpoint an OpenAI-compatible server?")
+        raise EndpointError(
+            f"{url}: malformed response ({what}): a JSON {type(doc).__name__}, not an object",
+            hint="Is --endpoint an OpenAI-compatible server?",
+        )
     return doc
 
 
@@ -193,14 +212,19 @@ def error_text(err: urllib.error.HTTPError) -> str:
 def status_error(code: int, text: str, url: str, what: str, tries: int):
     said = f": {text}" if text else ""
     if code in (401, 403):
-        return EndpointError(f"{url}: the server refused the request ({code}{said})",
-                             hint="Pass the server's key with --api-key or ADAPTERCTL_API_KEY.")
+        return EndpointError(
+            f"{url}: the server refused the request ({code}{said})",
+            hint="Pass the server's key with --api-key or ADAPTERCTL_API_KEY.",
+        )
     if code == 404:
-        return NotFoundError(f"{url}: not found (404, {what}){said}",
-                             hint="Check the model/adapter name (the server's /v1/models lists "
-                                  "them) and that --endpoint is an OpenAI-compatible server.")
+        return NotFoundError(
+            f"{url}: not found (404, {what}){said}",
+            hint="Check the model/adapter name (the server's /v1/models lists "
+            "them) and that --endpoint is an OpenAI-compatible server.",
+        )
     if code in RETRY_STATUSES:
-        return EndpointError(f"{url}: server error {code} after {tries} tries ({what}){said}",
-                             hint="The server is overloaded or failing; retry later or lower "
-                                  "--concurrency.")
+        return EndpointError(
+            f"{url}: server error {code} after {tries} tries ({what}){said}",
+            hint="The server is overloaded or failing; retry later or lower --concurrency.",
+        )
     return EndpointError(f"{url}: the server refused the request ({code}, {what}){said}")

@@ -53,8 +53,13 @@ def list_models(client: Client) -> list[ServedModel] | None:
     for item in data:
         if isinstance(item, dict) and isinstance(item.get("id"), str):
             root, parent = item.get("root"), item.get("parent")
-            out.append(ServedModel(item["id"], root if isinstance(root, str) else None,
-                                   parent if isinstance(parent, str) else None))
+            out.append(
+                ServedModel(
+                    item["id"],
+                    root if isinstance(root, str) else None,
+                    parent if isinstance(parent, str) else None,
+                )
+            )
     return out
 
 
@@ -80,8 +85,7 @@ def _same_path(a: str | None, b: str) -> bool:
         return False
 
 
-def pick_base(models: list[ServedModel] | None, url: str, model: str | None,
-              base_ref: str | None) -> str:
+def pick_base(models: list[ServedModel] | None, url: str, model: str | None, base_ref: str | None) -> str:
     if model:
         return model
     roots = [m for m in models or [] if m.parent is None]
@@ -94,15 +98,20 @@ def pick_base(models: list[ServedModel] | None, url: str, model: str | None,
     if len(roots) == 1 or (roots and len({m.root for m in roots}) == 1 and roots[0].root):
         return roots[0].id  # one model (maybe under several served names): its first name
     if models is None:
-        raise UsageError(f"{url} does not list its models (/v1/models)",
-                         hint="Name the served base model with --model NAME.")
+        raise UsageError(
+            f"{url} does not list its models (/v1/models)",
+            hint="Name the served base model with --model NAME.",
+        )
     names = ", ".join(m.id for m in roots) or "none"
-    raise UsageError(f"{url} serves {len(roots)} base models ({names}): which one?",
-                     hint="Pass --model NAME (or BASE as the server names it).")
+    raise UsageError(
+        f"{url} serves {len(roots)} base models ({names}): which one?",
+        hint="Pass --model NAME (or BASE as the server names it).",
+    )
 
 
-def resolve_names(models: list[ServedModel] | None, url: str, model: str | None,
-                  base_ref: str | None, refs: Sequence[str]) -> ServedNames:
+def resolve_names(
+    models: list[ServedModel] | None, url: str, model: str | None, base_ref: str | None, refs: Sequence[str]
+) -> ServedNames:
     """Served names for the base and every adapter reference (a served name, or the local folder
     the server loaded it from). Unknown names are refused before any prompt is sent."""
     base = pick_base(models, url, model, base_ref)
@@ -117,30 +126,39 @@ def resolve_names(models: list[ServedModel] | None, url: str, model: str | None,
         if not match and Path(ref).is_dir():
             # served from elsewhere (a copy ``serve`` converted for the engine): the name
             # ``serve -a FOLDER`` gives it, the one naming rule (the folder's name)
-            from adapterctl.core.engine.session import name_from_ref
+            from adapterctl.core.runtime.session import name_from_ref
 
             match = [m.id for m in models if m.parent is not None and m.id == name_from_ref(ref)]
             if match:
-                notes[match[0]] = (f"{ref} matched by its folder's name: the server loads "
-                                   f"{match[0]!r} from another folder (`adapterctl verify` "
-                                   "checks it is the same adapter)")
+                notes[match[0]] = (
+                    f"{ref} matched by its folder's name: the server loads "
+                    f"{match[0]!r} from another folder (`adapterctl verify` "
+                    "checks it is the same adapter)"
+                )
         if not match:
             served = [m.id for m in models if m.parent is not None]
-            raise NotFoundError(f"{url} serves no adapter named {ref!r}"
-                                + (" (nor one loaded from that folder)" if Path(ref).exists() else "")
-                                + f"; its adapters: {', '.join(served) or 'none'}",
-                                hint="Use the served name (the NAME of --lora-modules NAME=PATH).")
+            raise NotFoundError(
+                f"{url} serves no adapter named {ref!r}"
+                + (" (nor one loaded from that folder)" if Path(ref).exists() else "")
+                + f"; its adapters: {', '.join(served) or 'none'}",
+                hint="Use the served name (the NAME of --lora-modules NAME=PATH).",
+            )
         adapters[ref] = match[0]
     return ServedNames(base, adapters, listed, notes)
 
 
-def request_body(job: Job, model: str, cfg: DecodingConfig, chat: bool,
-                 system: str | None) -> tuple[str, dict]:
+def request_body(
+    job: Job, model: str, cfg: DecodingConfig, chat: bool, system: str | None
+) -> tuple[str, dict]:
     """(path, JSON body) of one prompt's request."""
-    body: dict = {"model": model, "max_tokens": job.spec.max_new_tokens or cfg.max_new_tokens,
-                  "n": 1, "return_token_ids": True}
+    body: dict = {
+        "model": model,
+        "max_tokens": job.spec.max_new_tokens or cfg.max_new_tokens,
+        "n": 1,
+        "return_token_ids": True,
+    }
     if chat:
-        messages = ([{"role": "system", "content": system}] if system else [])
+        messages = [{"role": "system", "content": system}] if system else []
         body["messages"] = [*messages, {"role": "user", "content": job.spec.prompt}]
     else:
         body["prompt"] = job.spec.prompt
@@ -163,8 +181,7 @@ def request_body(job: Job, model: str, cfg: DecodingConfig, chat: bool,
     return ("/chat/completions" if chat else "/completions"), body
 
 
-def parse_choice(doc: dict, job: Job, chat: bool, url: str, latency: float,
-                 logprobs: bool) -> Completion:
+def parse_choice(doc: dict, job: Job, chat: bool, url: str, latency: float, logprobs: bool) -> Completion:
     """One completion from a response; anything missing or of the wrong type is "malformed"."""
     where = f"{url}: malformed response for prompt {job.spec.id!r}"
     choices = doc.get("choices")
@@ -184,11 +201,17 @@ def parse_choice(doc: dict, job: Job, chat: bool, url: str, latency: float,
     n = len(ids) if ids is not None else (count or 0)
     prompt_tokens = usage.get("prompt_tokens")
     return Completion(
-        id=job.spec.id, prompt=job.spec.prompt, adapter=job.label, completion=text,
-        completion_token_ids=ids, finish_reason=finish_reason(c, where),
+        id=job.spec.id,
+        prompt=job.spec.prompt,
+        adapter=job.label,
+        completion=text,
+        completion_token_ids=ids,
+        finish_reason=finish_reason(c, where),
         prompt_tokens=prompt_tokens if type(prompt_tokens) is int else None,
         tokens_per_second=n / latency if latency > 0 else 0.0,
-        logprobs=_logprobs(c, chat) if logprobs else None, token_count=count)
+        logprobs=_logprobs(c, chat) if logprobs else None,
+        token_count=count,
+    )
 
 
 def finish_reason(choice: dict, where: str) -> str:
@@ -198,8 +221,10 @@ def finish_reason(choice: dict, where: str) -> str:
     if reason in ("stop", "eos", "eos_token", None):
         # vLLM: stop_reason is the --stop string that matched, None at the end of sequence
         return "stop" if isinstance(choice.get("stop_reason"), str) else "eos"
-    raise EndpointError(f"{where}: the server ended it with finish_reason {reason!r}",
-                        hint="The server aborted the request; see its log.")
+    raise EndpointError(
+        f"{where}: the server ended it with finish_reason {reason!r}",
+        hint="The server aborted the request; see its log.",
+    )
 
 
 def _logprobs(choice: dict, chat: bool) -> tuple[float, ...] | None:
@@ -208,8 +233,11 @@ def _logprobs(choice: dict, chat: bool) -> tuple[float, ...] | None:
         return None
     if chat:
         items = lp.get("content")
-        values = [i.get("logprob") for i in items] if isinstance(items, list) and all(
-            isinstance(i, dict) for i in items) else None
+        values = (
+            [i.get("logprob") for i in items]
+            if isinstance(items, list) and all(isinstance(i, dict) for i in items)
+            else None
+        )
     else:
         values = lp.get("token_logprobs")
     if not isinstance(values, list) or not all(isinstance(v, (int, float)) for v in values):
@@ -227,32 +255,43 @@ class EndpointRun:
     chat: bool = False
     system: str | None = None
 
-    def generate(self, specs: Sequence[PromptSpec], cfg: DecodingConfig,
-                 default: str | None = None, compare: Sequence[str] | None = None,
-                 on_complete: Callable[[Completion], None] | None = None
-                 ) -> list[GenerationResult]:
+    def generate(
+        self,
+        specs: Sequence[PromptSpec],
+        cfg: DecodingConfig,
+        default: str | None = None,
+        compare: Sequence[str] | None = None,
+        on_complete: Callable[[Completion], None] | None = None,
+    ) -> list[GenerationResult]:
         """One result, or one per variant with ``compare`` (base first). ``default``/``compare``
         are adapter references as given; results name adapters by their served names."""
         if self.concurrency < 1:
             raise UsageError(f"--concurrency must be at least 1, got {self.concurrency}")
         served = [self.names.lookup(r) or r for r in compare] if compare is not None else None
-        jobs = plan_jobs(specs, self.names.lookup(default) if default else None,
-                         self.names.lookup, served)
+        jobs = plan_jobs(specs, self.names.lookup(default) if default else None, self.names.lookup, served)
         start = time.perf_counter()
         done, interrupted, error = self._run(jobs, cfg, on_complete)
-        return split_runs(jobs, done, mode=MODE, seed=cfg.seed, interrupted=interrupted,
-                          error=error, elapsed_s=time.perf_counter() - start)
+        return split_runs(
+            jobs,
+            done,
+            mode=MODE,
+            seed=cfg.seed,
+            interrupted=interrupted,
+            error=error,
+            elapsed_s=time.perf_counter() - start,
+        )
 
     def _one(self, job: Job, cfg: DecodingConfig) -> Completion:
         path, body = request_body(job, job.label or self.names.base, cfg, self.chat, self.system)
         t0 = time.perf_counter()
         doc = self.client.post(path, body, f"prompt {job.spec.id!r}")
-        return parse_choice(doc, job, self.chat, self.client.root + path,
-                            time.perf_counter() - t0, cfg.logprobs)
+        return parse_choice(
+            doc, job, self.chat, self.client.root + path, time.perf_counter() - t0, cfg.logprobs
+        )
 
-    def _run(self, jobs: list[Job], cfg: DecodingConfig,
-             on_complete: Callable[[Completion], None] | None
-             ) -> tuple[list[Completion | None], bool, AdapterctlError | None]:
+    def _run(
+        self, jobs: list[Job], cfg: DecodingConfig, on_complete: Callable[[Completion], None] | None
+    ) -> tuple[list[Completion | None], bool, AdapterctlError | None]:
         """At most ``concurrency`` requests in flight (daemon threads: Ctrl-C does not wait for
         them). Results are handed to ``on_complete`` from this thread, in the order they come."""
         todo: queue.SimpleQueue[int] = queue.SimpleQueue()
@@ -274,8 +313,10 @@ class EndpointRun:
                     stop.set()  # here, so that no worker takes another job first
                     results.put((i, None, err))
 
-        threads = [threading.Thread(target=work, daemon=True, name=f"adapterctl-endpoint-{k}")
-                   for k in range(min(self.concurrency, len(jobs)))]
+        threads = [
+            threading.Thread(target=work, daemon=True, name=f"adapterctl-endpoint-{k}")
+            for k in range(min(self.concurrency, len(jobs)))
+        ]
         for t in threads:
             t.start()
         done: list[Completion | None] = [None] * len(jobs)

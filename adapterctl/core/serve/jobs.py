@@ -33,19 +33,25 @@ class Job:
 def check_one_adapter_per_request(weights: Sequence[float], compare: bool, engine: str) -> None:
     """These engines run one adapter per request at its trained scale: no sums, no weights."""
     if any(w != 1.0 for w in weights):
-        raise UsageError(f"{engine} applies adapters at weight 1 only",
-                         hint="Drop the =WEIGHT suffix, or use --engine adapterctl for weighted "
-                              "combinations.")
+        raise UsageError(
+            f"{engine} applies adapters at weight 1 only",
+            hint="Drop the =WEIGHT suffix, or use --engine adapterctl for weighted combinations.",
+        )
     if len(weights) > 1 and not compare:
-        raise UsageError(f"{engine} applies one adapter per request: several --adapter options "
-                         "would be a weighted combination",
-                         hint="Pass one --adapter, add --compare to run each alone, or name each "
-                              "prompt's adapter in a JSONL prompts file.")
+        raise UsageError(
+            f"{engine} applies one adapter per request: several --adapter options "
+            "would be a weighted combination",
+            hint="Pass one --adapter, add --compare to run each alone, or name each "
+            "prompt's adapter in a JSONL prompts file.",
+        )
 
 
-def plan_jobs(specs: Sequence[PromptSpec], default: str | None,
-              lookup: Callable[[str], str | None], compare: Sequence[str] | None = None
-              ) -> list[Job]:
+def plan_jobs(
+    specs: Sequence[PromptSpec],
+    default: str | None,
+    lookup: Callable[[str], str | None],
+    compare: Sequence[str] | None = None,
+) -> list[Job]:
     """Jobs in prompt order. ``default``: the ``--adapter`` label (None: the base); ``lookup``:
     an adapter label from what a prompt names, or None if the engine has no such adapter;
     ``compare``: the adapter labels to compare with the base (one run each, base first)."""
@@ -61,16 +67,25 @@ def plan_jobs(specs: Sequence[PromptSpec], default: str | None,
         else:
             label = lookup(s.adapter)
             if label is None:
-                raise UsageError(f"prompt {s.id!r} names adapter {s.adapter!r}, which is not loaded",
-                                 hint="Name an adapter given with --adapter, by name or path.")
+                raise UsageError(
+                    f"prompt {s.id!r} names adapter {s.adapter!r}, which is not loaded",
+                    hint="Name an adapter given with --adapter, by name or path.",
+                )
             jobs.append(Job(s, label))
     return jobs
 
 
-def split_runs(jobs: Sequence[Job], done: Sequence[Completion | None], *, mode: str,
-               seed: int | None, elapsed_s: float, interrupted: bool = False,
-               error: AdapterctlError | None = None, warnings: Sequence[str] = ()
-               ) -> list[GenerationResult]:
+def split_runs(
+    jobs: Sequence[Job],
+    done: Sequence[Completion | None],
+    *,
+    mode: str,
+    seed: int | None,
+    elapsed_s: float,
+    interrupted: bool = False,
+    error: AdapterctlError | None = None,
+    warnings: Sequence[str] = (),
+) -> list[GenerationResult]:
     """One result per variant, completions in prompt order; jobs without a completion (never
     started, after a failure) are left out. The elapsed time is shared: the variants ran
     together."""
@@ -79,8 +94,10 @@ def split_runs(jobs: Sequence[Job], done: Sequence[Completion | None], *, mode: 
     for job, c in zip(jobs, done):
         if c is not None:
             runs[job.variant].append(c)
-    return [GenerationResult(tuple(r), interrupted, seed, mode, elapsed_s / n, tuple(warnings),
-                             error) for r in runs]
+    return [
+        GenerationResult(tuple(r), interrupted, seed, mode, elapsed_s / n, tuple(warnings), error)
+        for r in runs
+    ]
 
 
 def interrupted_completion(job: Job) -> Completion:

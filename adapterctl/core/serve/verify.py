@@ -21,11 +21,19 @@ from adapterctl.core.generate.prompts import PromptSpec
 from adapterctl.core.generate.results import Completion, DecodingConfig, GenerationResult
 
 MATCHES, DIFFERS, NO_OP = "matches", "differs", "no-op"
-VERDICT_TEXT = {MATCHES: "matches", DIFFERS: "differs from the trained adapter",
-                NO_OP: "is a no-op (the server's output is the base model's)"}
+VERDICT_TEXT = {
+    MATCHES: "matches",
+    DIFFERS: "differs from the trained adapter",
+    NO_OP: "is a no-op (the server's output is the base model's)",
+}
 #: prompts ``verify`` uses without --prompts: short, varied, any tokenizer
-DEFAULT_PROMPTS = ("Once upon a time", "The capital of France is", "def fibonacci(n):",
-                   "Hello, my name is", "at night,")
+DEFAULT_PROMPTS = (
+    "Once upon a time",
+    "The capital of France is",
+    "def fibonacci(n):",
+    "Hello, my name is",
+    "at night,",
+)
 
 
 @dataclass(frozen=True)
@@ -38,14 +46,25 @@ class Divergence:
     served_id: int | None = None
 
     def to_dict(self) -> dict:
-        return {"prompt_id": self.prompt_id, "position": self.position, "ours": self.ours,
-                "served": self.served, "ours_id": self.ours_id, "served_id": self.served_id}
+        return {
+            "prompt_id": self.prompt_id,
+            "position": self.position,
+            "ours": self.ours,
+            "served": self.served,
+            "ours_id": self.ours_id,
+            "served_id": self.served_id,
+        }
 
     def describe(self) -> str:
-        ids = (f" (token {self.ours_id} vs {self.served_id})"
-               if self.ours_id is not None and self.served_id is not None else "")
-        return (f"prompt {self.prompt_id!r}, token {self.position}: ours {self.ours!r}, "
-                f"served {self.served!r}{ids}")
+        ids = (
+            f" (token {self.ours_id} vs {self.served_id})"
+            if self.ours_id is not None and self.served_id is not None
+            else ""
+        )
+        return (
+            f"prompt {self.prompt_id!r}, token {self.position}: ours {self.ours!r}, "
+            f"served {self.served!r}{ids}"
+        )
 
 
 @dataclass(frozen=True)
@@ -63,12 +82,16 @@ class AdapterVerdict:
         return self.verdict == MATCHES
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "adapter": self.adapter, "verdict": self.verdict,
-                "says": VERDICT_TEXT[self.verdict], "prompts": self.prompts,
-                "compared": self.compared,
-                "first_divergence": self.first_divergence.to_dict() if self.first_divergence
-                else None,
-                "max_logprob_diff": self.max_logprob_diff}
+        return {
+            "name": self.name,
+            "adapter": self.adapter,
+            "verdict": self.verdict,
+            "says": VERDICT_TEXT[self.verdict],
+            "prompts": self.prompts,
+            "compared": self.compared,
+            "first_divergence": self.first_divergence.to_dict() if self.first_divergence else None,
+            "max_logprob_diff": self.max_logprob_diff,
+        }
 
 
 @dataclass(frozen=True)
@@ -83,9 +106,12 @@ class VerifyReport:
         return all(r.ok for r in self.results)
 
     def to_dict(self) -> dict:
-        return {"endpoint": self.endpoint, "base": self.base,
-                "max_new_tokens": self.max_new_tokens,
-                "results": [r.to_dict() for r in self.results]}
+        return {
+            "endpoint": self.endpoint,
+            "base": self.base,
+            "max_new_tokens": self.max_new_tokens,
+            "results": [r.to_dict() for r in self.results],
+        }
 
 
 def _same(ours: Completion, served: Completion, by_ids: bool) -> bool:
@@ -94,17 +120,23 @@ def _same(ours: Completion, served: Completion, by_ids: bool) -> bool:
     return ours.completion == served.completion
 
 
-def first_divergence(ours: Completion, served: Completion, by_ids: bool,
-                     decode: Callable[[list[int]], str]) -> Divergence:
+def first_divergence(
+    ours: Completion, served: Completion, by_ids: bool, decode: Callable[[list[int]], str]
+) -> Divergence:
     if by_ids:
         a, b = list(ours.completion_token_ids or ()), list(served.completion_token_ids or ())
         i = next((k for k, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
-        return Divergence(ours.id, i, decode(a[i:i + 1]) if i < len(a) else "<end>",
-                          decode(b[i:i + 1]) if i < len(b) else "<end>",
-                          a[i] if i < len(a) else None, b[i] if i < len(b) else None)
+        return Divergence(
+            ours.id,
+            i,
+            decode(a[i : i + 1]) if i < len(a) else "<end>",
+            decode(b[i : i + 1]) if i < len(b) else "<end>",
+            a[i] if i < len(a) else None,
+            b[i] if i < len(b) else None,
+        )
     x, y = ours.completion, served.completion
     i = next((k for k, (p, q) in enumerate(zip(x, y)) if p != q), min(len(x), len(y)))
-    return Divergence(ours.id, i, x[i:i + 12] or "<end>", y[i:i + 12] or "<end>")
+    return Divergence(ours.id, i, x[i : i + 12] or "<end>", y[i : i + 12] or "<end>")
 
 
 def max_logprob_diff(pairs: Sequence[tuple[Completion, Completion]]) -> float | None:
@@ -121,8 +153,14 @@ def max_logprob_diff(pairs: Sequence[tuple[Completion, Completion]]) -> float | 
     return round(max(diffs), 6) if diffs else None
 
 
-def judge(name: str, adapter: str, ours: Sequence[Completion], base: Sequence[Completion],
-          served: Sequence[Completion], decode: Callable[[list[int]], str]) -> AdapterVerdict:
+def judge(
+    name: str,
+    adapter: str,
+    ours: Sequence[Completion],
+    base: Sequence[Completion],
+    served: Sequence[Completion],
+    decode: Callable[[list[int]], str],
+) -> AdapterVerdict:
     """One served adapter's verdict. ``ours``/``base``/``served``: completions of the same
     prompts, in the same order (our engine with the adapter, our engine on the base alone, the
     server under ``name``)."""
@@ -148,8 +186,12 @@ def greedy(max_new_tokens: int) -> DecodingConfig:
     return DecodingConfig(max_new_tokens=max_new_tokens, logprobs=True)
 
 
-def verdicts(names: Sequence[tuple[str, str]], reference: Sequence[GenerationResult],
-             served: GenerationResult, decode: Callable[[list[int]], str]) -> list[AdapterVerdict]:
+def verdicts(
+    names: Sequence[tuple[str, str]],
+    reference: Sequence[GenerationResult],
+    served: GenerationResult,
+    decode: Callable[[list[int]], str],
+) -> list[AdapterVerdict]:
     """``names``: (served name, local adapter) in order; ``reference``: our base run, then one
     run per adapter in that order; ``served``: the server's completions, all adapters mixed."""
     base = list(reference[0].completions)
@@ -160,15 +202,24 @@ def verdicts(names: Sequence[tuple[str, str]], reference: Sequence[GenerationRes
     return out
 
 
-def run_verify(opts, pairs: Sequence[tuple[str, str]], specs: Sequence[PromptSpec], *,
-               base_ref: str | None = None, model: str | None = None,
-               max_new_tokens: int = 16, placement=None, hub=None, concurrency: int = 8,
-               on_step: Callable[[str], None] | None = None) -> VerifyReport:
+def run_verify(
+    opts,
+    pairs: Sequence[tuple[str, str]],
+    specs: Sequence[PromptSpec],
+    *,
+    base_ref: str | None = None,
+    model: str | None = None,
+    max_new_tokens: int = 16,
+    placement=None,
+    hub=None,
+    concurrency: int = 8,
+    on_step: Callable[[str], None] | None = None,
+) -> VerifyReport:
     """``pairs``: (served name, local adapter). The server is asked first (a server that is not
     there fails in a second, not after loading the base), then our engine runs the reference:
     the base alone and each adapter alone, greedy, in the given placement."""
-    from adapterctl.core.engine.session import AdapterChoice, Placement
     from adapterctl.core.generate.run import open_generation, run_generation
+    from adapterctl.core.runtime.session import AdapterChoice, Placement
     from adapterctl.core.serve.client import Client
     from adapterctl.core.serve.endpoint import EndpointRun, list_models, resolve_names
     from adapterctl.errors import EndpointError
@@ -185,13 +236,19 @@ def run_verify(opts, pairs: Sequence[tuple[str, str]], specs: Sequence[PromptSpe
     if served.error is not None:
         raise served.error
     if len(served.completions) != len(pinned):
-        raise EndpointError(f"{client.root}: {len(pinned) - len(served.completions)} request(s) "
-                            "got no answer")
+        raise EndpointError(
+            f"{client.root}: {len(pinned) - len(served.completions)} request(s) got no answer"
+        )
     step("running the reference (adapterctl's engine on the local base)")
-    gen = open_generation(base_ref, [AdapterChoice(ref, name=n) for n, ref in pairs], specs,
-                          placement=placement or Placement(), hub=hub, on_step=step)
+    gen = open_generation(
+        base_ref,
+        [AdapterChoice(ref, name=n) for n, ref in pairs],
+        specs,
+        placement=placement or Placement(),
+        hub=hub,
+        on_step=step,
+    )
     report = run_generation(gen, specs, cfg, compare=True)
     tok = gen.session.base.tokenizer
-    results = verdicts(pairs, report.results, served,
-                       lambda ids: tok.decode(ids, skip_special_tokens=False))
+    results = verdicts(pairs, report.results, served, lambda ids: tok.decode(ids, skip_special_tokens=False))
     return VerifyReport(client.root, report.base, results, max_new_tokens)

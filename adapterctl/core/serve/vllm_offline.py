@@ -43,8 +43,10 @@ class VllmOptions:
     trust_remote_code: bool = False
 
     def check(self) -> None:
-        for flag, value in (("--tensor-parallel-size", self.tensor_parallel_size),
-                            ("--pipeline-parallel-size", self.pipeline_parallel_size)):
+        for flag, value in (
+            ("--tensor-parallel-size", self.tensor_parallel_size),
+            ("--pipeline-parallel-size", self.pipeline_parallel_size),
+        ):
             if value < 1:
                 raise UsageError(f"{flag} must be at least 1, got {value}")
         util = self.gpu_memory_utilization
@@ -79,9 +81,10 @@ def import_vllm():
             f"--engine vllm needs vLLM, which this python ({sys.executable}) cannot import "
             f"({err.msg}); install the package `{package}`",
             hint=f"vLLM pins its own torch and transformers: make a virtualenv for it "
-                 f"(`python -m venv vllm-env && vllm-env/bin/pip install {package} adapterctl`) "
-                 "and run `vllm-env/bin/adapterctl generate --engine vllm ...`; or use "
-                 "--endpoint with a running server.") from err
+            f"(`python -m venv vllm-env && vllm-env/bin/pip install {package} adapterctl`) "
+            "and run `vllm-env/bin/adapterctl generate --engine vllm ...`; or use "
+            "--endpoint with a running server.",
+        ) from err
     return vllm
 
 
@@ -98,8 +101,15 @@ def _engine_env(opts: VllmOptions) -> None:
 class VllmEngine:
     """A started vLLM engine with adapters loaded; :meth:`generate` runs prompts on it."""
 
-    def __init__(self, base: str, adapters: Sequence[EngineAdapter], max_lora_rank: int,
-                 max_loras: int, opts: VllmOptions, seed: int | None = None) -> None:
+    def __init__(
+        self,
+        base: str,
+        adapters: Sequence[EngineAdapter],
+        max_lora_rank: int,
+        max_loras: int,
+        opts: VllmOptions,
+        seed: int | None = None,
+    ) -> None:
         opts.check()
         _engine_env(opts)
         import_vllm()
@@ -107,11 +117,15 @@ class VllmEngine:
         from vllm.lora.request import LoRARequest
         from vllm.platforms import current_platform
 
-        kw = {"tensor_parallel_size": opts.tensor_parallel_size,
-              "pipeline_parallel_size": opts.pipeline_parallel_size, "dtype": opts.dtype,
-              "seed": seed or 0, "trust_remote_code": opts.trust_remote_code,
-              # compiling graphs pays off on a GPU; on a CPU it costs minutes of start-up
-              "enforce_eager": current_platform.is_cpu()}
+        kw = {
+            "tensor_parallel_size": opts.tensor_parallel_size,
+            "pipeline_parallel_size": opts.pipeline_parallel_size,
+            "dtype": opts.dtype,
+            "seed": seed or 0,
+            "trust_remote_code": opts.trust_remote_code,
+            # compiling graphs pays off on a GPU; on a CPU it costs minutes of start-up
+            "enforce_eager": current_platform.is_cpu(),
+        }
         if opts.gpu_memory_utilization is not None:
             kw["gpu_memory_utilization"] = opts.gpu_memory_utilization
         if adapters:
@@ -124,11 +138,13 @@ class VllmEngine:
             raise MissingDependencyError(
                 f"vLLM could not start on {base}: {type(err).__name__}: {_first_line(err)}",
                 hint="On a CPU, --gpu-memory-utilization is the share of RAM vLLM reserves "
-                     "(try 0.2); see vLLM's log above for the cause.") from err
+                "(try 0.2); see vLLM's log above for the cause.",
+            ) from err
         self.engine = self.llm.llm_engine
         self.base = base
-        self.requests = {a.name: LoRARequest(a.name, i + 1, str(Path(a.path).resolve()))
-                         for i, a in enumerate(adapters)}
+        self.requests = {
+            a.name: LoRARequest(a.name, i + 1, str(Path(a.path).resolve())) for i, a in enumerate(adapters)
+        }
         self._sources = {a.name: a.source for a in adapters}
         for name, request in self.requests.items():
             self._load(name, request)
@@ -141,48 +157,73 @@ class VllmEngine:
                 f"vLLM refused adapter {self._sources[name]} ({name}): {type(err).__name__}: "
                 f"{_first_line(err)}",
                 hint=f"`adapterctl check {self._sources[name]} --engine vllm` says why and how "
-                     "to convert it.") from err
+                "to convert it.",
+            ) from err
 
     @property
     def context(self) -> int | None:
         return getattr(self.engine.model_config, "max_model_len", None)
 
-    def generate(self, specs: Sequence[PromptSpec], cfg: DecodingConfig, *,
-                 default: str | None = None, compare: Sequence[str] | None = None,
-                 lookup: Callable[[str], str | None] | None = None, chat: bool = False,
-                 system: str | None = None,
-                 on_complete: Callable[[Completion], None] | None = None
-                 ) -> list[GenerationResult]:
+    def generate(
+        self,
+        specs: Sequence[PromptSpec],
+        cfg: DecodingConfig,
+        *,
+        default: str | None = None,
+        compare: Sequence[str] | None = None,
+        lookup: Callable[[str], str | None] | None = None,
+        chat: bool = False,
+        system: str | None = None,
+        on_complete: Callable[[Completion], None] | None = None,
+    ) -> list[GenerationResult]:
         """One result, or one per variant with ``compare`` (base first); all variants run as one
         batch of requests (vLLM schedules them together)."""
-        jobs = plan_jobs(specs, default, lookup or (lambda ref: ref if ref in self.requests
-                                                    else None), compare)
-        plans, warnings = plan_tokens(self.llm.get_tokenizer(), list(specs), cfg.max_new_tokens,
-                                      chat, system, self.context)
+        jobs = plan_jobs(
+            specs, default, lookup or (lambda ref: ref if ref in self.requests else None), compare
+        )
+        plans, warnings = plan_tokens(
+            self.llm.get_tokenizer(), list(specs), cfg.max_new_tokens, chat, system, self.context
+        )
         by_id = {p.spec.id: p for p in plans}
         start = time.perf_counter()
         done, interrupted = self._run(jobs, by_id, cfg, on_complete, start)
-        return split_runs(jobs, done, mode=MODE, seed=cfg.seed, interrupted=interrupted,
-                          elapsed_s=time.perf_counter() - start, warnings=warnings)
+        return split_runs(
+            jobs,
+            done,
+            mode=MODE,
+            seed=cfg.seed,
+            interrupted=interrupted,
+            elapsed_s=time.perf_counter() - start,
+            warnings=warnings,
+        )
 
-    def _run(self, jobs: list[Job], plans: dict[str, TokenPlan], cfg: DecodingConfig,
-             on_complete, start: float) -> tuple[list[Completion | None], bool]:
+    def _run(
+        self, jobs: list[Job], plans: dict[str, TokenPlan], cfg: DecodingConfig, on_complete, start: float
+    ) -> tuple[list[Completion | None], bool]:
         from vllm.inputs import TokensPrompt
 
         done: list[Completion | None] = [None] * len(jobs)
         for k, job in enumerate(jobs):
             plan = plans[job.spec.id]
-            self.engine.add_request(str(k), TokensPrompt(prompt_token_ids=plan.ids),
-                                    sampling_params(cfg, plan.max_new_tokens),
-                                    lora_request=self.requests.get(job.label))
+            self.engine.add_request(
+                str(k),
+                TokensPrompt(prompt_token_ids=plan.ids),
+                sampling_params(cfg, plan.max_new_tokens),
+                lora_request=self.requests.get(job.label),
+            )
         try:
             while self.engine.has_unfinished_requests():
                 for out in self.engine.step():
                     if not getattr(out, "finished", False):
                         continue
                     k = int(out.request_id)
-                    done[k] = to_completion(out, jobs[k], len(plans[jobs[k].spec.id].ids),
-                                            time.perf_counter() - start, cfg.logprobs)
+                    done[k] = to_completion(
+                        out,
+                        jobs[k],
+                        len(plans[jobs[k].spec.id].ids),
+                        time.perf_counter() - start,
+                        cfg.logprobs,
+                    )
                     if on_complete is not None:
                         on_complete(done[k])
         except KeyboardInterrupt:
@@ -202,12 +243,21 @@ def sampling_params(cfg: DecodingConfig, max_tokens: int):
     from vllm import SamplingParams
     from vllm.sampling_params import RequestOutputKind
 
-    kw = {"max_tokens": max_tokens, "n": 1, "stop": list(cfg.stop) or None,
-          "seed": cfg.seed, "logprobs": 0 if cfg.logprobs else None,
-          "output_kind": RequestOutputKind.FINAL_ONLY, "skip_special_tokens": True}
+    kw = {
+        "max_tokens": max_tokens,
+        "n": 1,
+        "stop": list(cfg.stop) or None,
+        "seed": cfg.seed,
+        "logprobs": 0 if cfg.logprobs else None,
+        "output_kind": RequestOutputKind.FINAL_ONLY,
+        "skip_special_tokens": True,
+    }
     if cfg.sampling:
-        kw.update(temperature=cfg.temperature if cfg.temperature is not None else 1.0,
-                  top_p=cfg.top_p if cfg.top_p is not None else 1.0, top_k=cfg.top_k or 0)
+        kw.update(
+            temperature=cfg.temperature if cfg.temperature is not None else 1.0,
+            top_p=cfg.top_p if cfg.top_p is not None else 1.0,
+            top_k=cfg.top_k or 0,
+        )
     else:
         kw["temperature"] = 0.0
     if cfg.repetition_penalty is not None:
@@ -223,13 +273,24 @@ def to_completion(out, job: Job, prompt_tokens: int, elapsed: float, logprobs: b
     elif c.finish_reason == "stop":  # stop_reason: the --stop string, None at end of sequence
         reason = "stop" if isinstance(c.stop_reason, str) else "eos"
     else:
-        raise UnsupportedError(f"vLLM ended prompt {job.spec.id!r} with finish_reason "
-                               f"{c.finish_reason!r}", hint="See vLLM's log above.")
+        raise UnsupportedError(
+            f"vLLM ended prompt {job.spec.id!r} with finish_reason {c.finish_reason!r}",
+            hint="See vLLM's log above.",
+        )
     lps = None
     if logprobs and c.logprobs is not None:
         lps = tuple(float(step[t].logprob) for t, step in zip(ids, c.logprobs))
-    return Completion(job.spec.id, job.spec.prompt, job.label, c.text, ids, reason,
-                      prompt_tokens, len(ids) / elapsed if elapsed > 0 else 0.0, lps)
+    return Completion(
+        job.spec.id,
+        job.spec.prompt,
+        job.label,
+        c.text,
+        ids,
+        reason,
+        prompt_tokens,
+        len(ids) / elapsed if elapsed > 0 else 0.0,
+        lps,
+    )
 
 
 def _first_line(err: BaseException) -> str:

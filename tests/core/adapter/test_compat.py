@@ -215,7 +215,7 @@ def test_canonical_base():
 ])
 def test_built_layer_and_headers_give_the_same_kind_and_shape(make, a, b):
     """The engine's kind of a built layer equals compat's kind from the stored weight's shape."""
-    from adapterctl.core.engine.layers import layer_kind, lora_base_shape
+    from adapterctl.core.runtime.layers import layer_kind, lora_base_shape
 
     layer = make()
     kind = layer_kind(layer)

@@ -12,8 +12,8 @@ import torch
 from adapterctl.core.adapter.inspect import inspect_adapter
 from adapterctl.core.convert.pipeline import ConvertRequest, run_convert
 from adapterctl.errors import InvalidAdapterError
-from adapterctl.io.model_card import split_card
-from adapterctl.io.safetensors_header import read_safetensors_header
+from adapterctl.io.folders.model_card import split_card
+from adapterctl.io.safetensors.header import read_safetensors_header
 from tests.convert_fixtures import load_tensors, peft_logits
 
 

@@ -26,7 +26,7 @@ def _peft_logits(base, adapter):
 def _ours(base, adapter):
     from transformers import AutoModelForCausalLM
 
-    from adapterctl.core.engine.attach import attach_adapter
+    from adapterctl.core.runtime.attach import attach_adapter
 
     model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32).eval()
     attach_adapter(model, adapter)

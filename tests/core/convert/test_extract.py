@@ -60,7 +60,7 @@ def test_extract_same_model_is_refused(tiny_models, tmp_path):
 
 
 def test_extract_reads_legacy_bin_checkpoints(tiny_models, tmp_path):
-    from tests.io.test_checkpoint_reader import save_as_bin
+    from tests.io.checkpoint.test_reader import save_as_bin
 
     base, ft = tiny_models["llama"], tmp_path / "ft"
     make_finetune(base, ft, ["model.layers.0.self_attn.q_proj.weight", "model.norm.weight"])

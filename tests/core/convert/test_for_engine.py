@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from adapterctl.core.convert.pipeline import ConvertRequest, run_convert
-from adapterctl.core.engines.check import check_adapters
+from adapterctl.core.engine_rules.check import check_adapters
 from adapterctl.errors import UnsupportedError, UsageError
 from tests.convert_fixtures import peft_logits
 from tests.helpers import invoke

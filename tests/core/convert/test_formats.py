@@ -65,7 +65,7 @@ def test_gguf_hands_what_llama_cpp_cannot_express_to_convert_for(tiny_models, pe
                                                                   tmp_path):
     """DoRA and modules_to_save go through ``convert --for llama.cpp`` first, automatically (DoRA
     to LoRA by SVD with its error reported; a saved lm_head as an exact full-rank LoRA)."""
-    from adapterctl.io.gguf_adapter import read_gguf_adapter
+    from adapterctl.io.formats.gguf_adapter import read_gguf_adapter
 
     for kw, step_note in ((dict(use_dora=True), "DoRA -> LoRA"),
                           (dict(modules_to_save=["lm_head"]), "LoRA on lm_head")):
@@ -146,7 +146,7 @@ def test_gguf_needs_the_base_and_a_known_architecture(peft_adapter, tiny_models,
 
 def test_missing_gguf_package_exits_7(monkeypatch):
     from adapterctl.errors import MissingDependencyError
-    from adapterctl.io.gguf_adapter import import_gguf
+    from adapterctl.io.formats.gguf_adapter import import_gguf
 
     monkeypatch.setitem(sys.modules, "gguf", None)
     with pytest.raises(MissingDependencyError) as err:
@@ -180,7 +180,7 @@ def test_inspect_recognises_gguf_and_mlx_without_torch(peft_adapter, tiny_models
 
 
 def test_inspect_refuses_a_base_model_gguf(tmp_path):
-    from adapterctl.io.gguf_adapter import import_gguf
+    from adapterctl.io.formats.gguf_adapter import import_gguf
 
     gguf = import_gguf()
     w = gguf.GGUFWriter(str(tmp_path / "m.gguf"), "llama")

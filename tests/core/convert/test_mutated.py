@@ -122,7 +122,7 @@ def test_corda_and_lora_ga_convert_with_init_folder(init, runs, tmp_path):
 
 
 def test_base_recomputation_reads_a_legacy_bin_base(runs, tmp_path):
-    from tests.io.test_checkpoint_reader import save_as_bin
+    from tests.io.checkpoint.test_reader import save_as_bin
 
     run = runs("llama-pissa")
     run_convert(ConvertRequest(str(run.trained), str(tmp_path / "st"), base=str(run.base)))

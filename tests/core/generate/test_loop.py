@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from adapterctl.core.engine import attach as engine
-from adapterctl.core.engine.session import AttachedAdapter
+from adapterctl.core.runtime import attach as engine
+from adapterctl.core.runtime.session import AttachedAdapter
 from adapterctl.core.generate.decoding import DecodingConfig
 from adapterctl.core.generate.loop import compare_completions, generate_completions
 from adapterctl.core.generate.prompts import BASE_KEY, PromptSpec
@@ -328,7 +328,7 @@ def test_quantized_base_runs_unmerged_and_mixed_like_peft(bnb_llama, tmp_path):
     pytest.importorskip("bitsandbytes")
     from peft import PeftModel
 
-    from adapterctl.core.engine.model import load_base
+    from adapterctl.core.runtime.model import load_base
     from tests.conftest import make_peft_adapter
     from tests.core.engine.test_attach import load_hf
     from tests.core.engine.test_placement import _bnb_config

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from adapterctl.core.engine.session import AdapterChoice
+from adapterctl.core.runtime.session import AdapterChoice
 from adapterctl.core.generate.decoding import DecodingConfig
 from adapterctl.core.generate.prompts import BASE_KEY, PromptSpec
 from adapterctl.core.generate.run import open_generation, prompt_adapters, run_generation

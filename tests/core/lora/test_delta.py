@@ -48,8 +48,8 @@ def test_fold_lora_bias_sits_inside_the_scaling():
 def test_engine_fold_and_merge_write_the_same_bits(tiny_models, peft_adapter, tmp_path):
     """One kernel: folding attached adapters (weights 0.5 / 0.7) gives bit-identical float32 weights
     and biases to the streamed merge, for DoRA layers and lora_B biases."""
-    from adapterctl.core.engine.attach import attach_adapter, fold, set_active
-    from adapterctl.core.engine.model import load_base
+    from adapterctl.core.runtime.attach import attach_adapter, fold, set_active
+    from adapterctl.core.runtime.model import load_base
     from adapterctl.core.merge.plan import MergeOptions, load_adapters, plan_merge
     from adapterctl.core.merge.write import execute_merge
 

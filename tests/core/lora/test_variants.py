@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from adapterctl.core.engine.attach import attach_adapter
+from adapterctl.core.runtime.attach import attach_adapter
 from adapterctl.core.merge.plan import MergeOptions, load_adapters, plan_merge
 from adapterctl.core.merge.write import execute_merge
 from tests.helpers import invoke
@@ -113,7 +113,7 @@ def test_layer_replication_attaches_and_merges_as_separate_layers(tiny_models, p
     three layers of their own (PEFT's merge adds both copies' deltas into layer 1's weights)."""
     import json
 
-    from adapterctl.core.engine.attach import detach
+    from adapterctl.core.runtime.attach import detach
 
     adapter = peft_adapter("llama", r=4, lora_alpha=16, target_modules=["q_proj", "v_proj"],
                            layer_replication=[[0, 2], [1, 2]])

@@ -1,11 +1,11 @@
-"""The merged model's card (core/merge/card.py, through the one writer io/model_card.py)."""
+"""The merged model's card (core/merge/card.py, through the one writer io/folders/model_card.py)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 from adapterctl.core.merge.card import merged_card
-from adapterctl.io.model_card import split_card
+from adapterctl.io.folders.model_card import split_card
 
 
 @dataclass

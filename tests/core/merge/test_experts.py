@@ -58,7 +58,7 @@ def test_merge_all_linear_matches_peft(family, tmp_path, moe_models, moe_adapter
 def test_weighted_merge_equals_weighted_attach(tmp_path, moe_models, moe_adapter):  # noqa: F811
     from transformers import AutoModelForCausalLM
 
-    from adapterctl.core.engine.attach import attach_adapter
+    from adapterctl.core.runtime.attach import attach_adapter
 
     adapter = moe_adapter("mixtral", r=2)
     execute_merge(plan_merge(moe_models["mixtral"], load_adapters([adapter]),

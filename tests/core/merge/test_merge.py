@@ -246,8 +246,8 @@ def test_dry_run_plan_lists_touched_tensors(tiny_models, peft_adapter):
 @pytest.mark.parametrize("weight", [0.5, 0.0, 1.0])
 def test_weighted_dora_merge_equals_the_attached_model(tiny_models, peft_adapter, tmp_path, weight):
     """attach/generate and merge agree on what a weight means for DoRA (and for plain LoRA)."""
-    from adapterctl.core.engine.attach import attach_adapter
-    from adapterctl.core.engine.model import load_base
+    from adapterctl.core.runtime.attach import attach_adapter
+    from adapterctl.core.runtime.model import load_base
 
     dora = peft_adapter("llama", r=4, target_modules=["q_proj", "v_proj"], use_dora=True)
     plain = peft_adapter("llama", seed=3, r=2, target_modules=["q_proj", "o_proj"])

@@ -37,8 +37,8 @@ def test_bfloat16_output_rounds_once(quant_base, peft_adapter, tmp_path):
 def test_mxfp4_experts_dequantize_to_the_fused_dense_tensors(gpt_oss):
     from safetensors.torch import load_file
 
-    from adapterctl.io.checkpoint import CheckpointReader
-    from adapterctl.io.model_dir import locate_model_files
+    from adapterctl.io.checkpoint.reader import CheckpointReader
+    from adapterctl.io.folders.model_dir import locate_model_files
 
     qdir, dense = gpt_oss
     want = load_file(str(dense / "model.safetensors"))

@@ -3,9 +3,9 @@ with bitsandbytes (load_in_4bit), dequantized, then PEFT's merge_and_unload; and
 attached to the real 4-bit model. Plus the detection rules and every refusal.
 
 The models here have every Linear's input size a multiple of 64: bitsandbytes 0.50.2's AVX-512
-CPU dequantize_4bit reads block scales per row and gets other shapes wrong (tests/io/
+CPU dequantize_4bit reads block scales per row and gets other shapes wrong (tests/io/checkpoint/
 test_fourbit.py), so transformers' dequantize() and Linear4bit's CPU forward would not be the
-oracle there; blocks run over the flattened weight, as on CUDA and in io/fourbit.py."""
+oracle there; blocks run over the flattened weight, as on CUDA and in io/checkpoint/fourbit.py."""
 
 from __future__ import annotations
 
@@ -219,7 +219,7 @@ def test_qlora_merge_equals_peft_attached_to_the_4bit_model(qmodels, tmp_path):
 
 @pytest.mark.parametrize(("quant_type", "double_quant"), [("nf4", False), ("fp4", True)])
 def test_base_stored_in_4bit(quant_type, double_quant, qmodels, qadapter, tmp_path):
-    """The base is the 4-bit checkpoint: read dequantized in plain torch (io/fourbit.py, nested
+    """The base is the 4-bit checkpoint: read dequantized in plain torch (io/checkpoint/fourbit.py, nested
     absmaxes too) and merged as the adapter saw it (rule base-is-4bit); --qlora of the same type
     changes nothing, of another type is refused."""
     other_type = "fp4" if quant_type == "nf4" else "nf4"

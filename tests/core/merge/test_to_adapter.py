@@ -8,7 +8,7 @@ import json
 from adapterctl.core.lora.combine import combine_adapters
 from adapterctl.core.merge.plan import load_adapters
 from adapterctl.core.merge.to_adapter import combine_to_adapter, write_combined_adapter
-from adapterctl.io.model_card import split_card
+from adapterctl.io.folders.model_card import split_card
 
 
 def test_new_adapter_is_written_by_the_shared_writer(peft_adapter, tmp_path):

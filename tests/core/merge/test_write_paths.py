@@ -16,9 +16,9 @@ from safetensors import safe_open
 
 from adapterctl.core.merge import write
 from adapterctl.core.merge.plan import MergeOptions, load_adapters, plan_merge
-from adapterctl.io import checkpoint
-from adapterctl.io.model_dir import locate_model_files
-from adapterctl.io.shard_writer import ShardWriter, TensorSpec, plan_shards
+from adapterctl.io.checkpoint import reader as checkpoint
+from adapterctl.io.folders.model_dir import locate_model_files
+from adapterctl.io.checkpoint.shard_writer import ShardWriter, TensorSpec, plan_shards
 
 
 def _merge(base, adapter, out, **options) -> dict[str, bytes]:

@@ -8,7 +8,7 @@ import pytest
 
 from adapterctl.core.publish.push import PushReport, default_message, plan_push
 from adapterctl.errors import UsageError
-from adapterctl.io.model_card import split_card
+from adapterctl.io.folders.model_card import split_card
 from tests.helpers import REPO
 
 

@@ -1,0 +1,225 @@
+"""llama.cpp (the tree vendored by llama-cpp-python 0.3.36, the build CI uses; see
+``.ci/engines/llama_cpp.sh``): which PEFT LoRA adapters survive ``convert_lora_to_gguf.py`` and
+``llama-adapter.cpp`` as trained.
+
+The converter (``convert_lora_to_gguf.py``) writes one ``adapter.lora.alpha`` (the config's
+``lora_alpha``) and, per module, ``lora_a``/``lora_b`` (``lora_embedding_A/B`` too); it skips
+``.base_layer.weight`` copies, keeps norm weights, and stops on any other tensor ("Unexpected
+name ...: Not a lora_A or lora_B tensor"). Module names go through the base architecture's
+tensor map (``conversion/base.py`` ``map_tensor_name``: "Can not map tensor"). The loader
+(``src/llama-adapter.cpp``) scales each module by ``alpha / rank`` with the rank of that
+module's tensor (``llama_adapter_lora_weight::get_scale`` in ``src/llama-adapter.h``) and skips
+norm vectors ("TODO: add support for norm vector").
+"""
+
+from __future__ import annotations
+
+from adapterctl.core.engine_rules.facts import (
+    AdapterFacts,
+    is_embedding_name,
+    is_lm_head_name,
+)
+from adapterctl.core.engine_rules.rules import (
+    Caps,
+    CheckContext,
+    Engine,
+    Finding,
+    Rule,
+    Source,
+    describe_scales,
+    per_layer,
+    residual_fix,
+    scale_changes,
+    tensor_fix,
+    unmatched_modules,
+    worst_fix,
+)
+
+VERSION = "pypi-0.3.36"
+CONVERTER = Source("llama.cpp", VERSION, "convert_lora_to_gguf.py")
+MAPPER = Source("llama.cpp", VERSION, "conversion/base.py")
+ADAPTER = Source("llama.cpp", VERSION, "src/llama-adapter.cpp")
+ADAPTER_H = Source("llama.cpp", VERSION, "src/llama-adapter.h")
+
+# Per-module rank is honoured (the scale uses each tensor's rank), one alpha for all.
+CAPS = Caps(
+    rslora=False,
+    alpha_pattern=False,
+    rank_pattern=True,
+    dora=False,
+    lora_bias=False,
+    embedding_lora=True,
+    lm_head_lora=True,
+)
+
+
+def _f(rule: str, verdict: str, message: str, source: Source, fix: str | None = None) -> Finding:
+    return Finding(f"llama.cpp.{rule}", verdict, message, source, fix)
+
+
+def _unexpected(name: str) -> str:
+    return f"Unexpected name '{name}': Not a lora_A or lora_B tensor"
+
+
+def _is_norm(key: str) -> bool:
+    return "_layernorm" in key or ".norm" in key
+
+
+def _scaling(facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
+    alpha = facts.config.lora_alpha
+    changed = scale_changes(facts, lambda m: alpha / m.r)
+    if not changed:
+        return []
+    what = (
+        "rsLoRA scale ignored" if facts.config.use_rslora else "alpha_pattern ignored"
+    ) + f" (llama.cpp scales each module by adapter.lora.alpha / rank = {alpha:g} / r)"
+    return [_f("scaling", "changes", describe_scales(changed, what), ADAPTER_H, "convert")]
+
+
+def _dora(facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
+    mods = [m for m in facts.modules if m.dora]
+    if not mods:
+        return []
+    return [
+        _f(
+            "dora",
+            "refuses",
+            _unexpected(f"base_model.model.{mods[0].path}.lora_magnitude_vector") + " (DoRA)",
+            CONVERTER,
+            "base",
+        )
+    ]
+
+
+def _lora_bias(facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
+    mods = [m for m in facts.modules if m.lora_bias]
+    if not mods:
+        return []
+    return [
+        _f(
+            "lora_bias",
+            "refuses",
+            _unexpected(f"base_model.model.{mods[0].path}.lora_B.bias")
+            + f" (lora_bias on {len(mods)} modules)",
+            CONVERTER,
+            "drop",
+        )
+    ]
+
+
+def _full_tensors(facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
+    out = []
+    full = [t for t in facts.full_tensors if t.role != "frozen_copy"]
+    norms = [t for t in full if _is_norm(t.key)]
+    others = [t for t in full if not _is_norm(t.key)]
+    tokens = [f"base_model.model.{e}.token_adapter.trainable_tokens_delta" for e in facts.trainable_tokens]
+    if others or tokens:
+        first = others[0].key if others else tokens[0]
+        extra = (
+            " Embeddings is present in the adapter. This can be due to new tokens added during fine tuning"
+            if any(is_embedding_name(t.module) or is_lm_head_name(t.module) for t in others)
+            else ""
+        )
+        fixes = [tensor_fix(t, CAPS, facts) for t in others] + ["base"] * len(tokens)
+        out.append(
+            _f(
+                "full_tensors",
+                "refuses",
+                _unexpected(first) + "." + extra + f" ({len(others) + len(tokens)} such tensors)",
+                CONVERTER,
+                worst_fix(fixes),
+            )
+        )
+    if norms:
+        out.append(
+            _f(
+                "norms",
+                "changes",
+                f"{len(norms)} norm weights (e.g. {norms[0].key}) pass "
+                'the converter but the loader skips them ("TODO: add support for norm '
+                'vector")',
+                ADAPTER,
+                "drop",
+            )
+        )
+    return out
+
+
+def _tied_lm_head(facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
+    if not (facts.base and facts.base.tie_word_embeddings):
+        return []
+    if not any(is_lm_head_name(m.path) for m in facts.modules):
+        return []
+    return [
+        _f(
+            "tied_lm_head",
+            "refuses",
+            "lm_head is present in adapter, but is ignored in base "
+            f"model ({facts.base_name} ties lm_head to the embeddings)",
+            CONVERTER,
+            "drop",
+        )
+    ]
+
+
+def _init(facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
+    fix = residual_fix(facts)
+    if fix is False:
+        return []
+    return [
+        _f(
+            "init",
+            "changes",
+            f"init_lora_weights={facts.config.init_lora_weights!r} is not "
+            "read by the converter: the adapter is applied to the unmodified base, not to the "
+            "residual it was trained on",
+            CONVERTER,
+            fix,
+        )
+    ]
+
+
+def _nothing(facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
+    missing = unmatched_modules(facts)
+    if not missing:
+        return []
+    return [
+        _f(
+            "no_such_module",
+            "refuses",
+            f"Can not map tensor '{missing[0]}.weight' "
+            f"({len(missing)} of {len(facts.modules)} adapted modules match no module of "
+            f"{facts.base_name}: {per_layer(missing)})",
+            MAPPER,
+        )
+    ]
+
+
+def _rule(rid: str, source: Source, summary: str, fn) -> Rule:
+    return Rule(f"llama.cpp.{rid}", source, summary, fn)
+
+
+ENGINE = Engine(
+    name="llama.cpp",
+    title="llama.cpp",
+    version=VERSION,
+    caps=CAPS,
+    rules=(
+        _rule(
+            "scaling", ADAPTER_H, "scale alpha / rank per tensor: rsLoRA and alpha_pattern ignored", _scaling
+        ),
+        _rule("dora", CONVERTER, "lora_magnitude_vector: converter stops", _dora),
+        _rule("lora_bias", CONVERTER, "lora_B.bias: converter stops", _lora_bias),
+        _rule(
+            "full_tensors",
+            CONVERTER,
+            "full tensors and token rows: converter stops; norms skipped by the loader",
+            _full_tensors,
+        ),
+        _rule(
+            "tied_lm_head", CONVERTER, "lm_head LoRA on a tied-embedding base: converter stops", _tied_lm_head
+        ),
+        _rule("init", CONVERTER, "PiSSA/OLoRA/... inits not read", _init),
+        _rule("no_such_module", MAPPER, "modules the architecture lacks: converter stops", _nothing),
+    ),
+)

@@ -1,0 +1,173 @@
+"""mlx-lm 0.32.2: which PEFT LoRA adapters its adapter format can carry as trained.
+
+mlx-lm does not read PEFT folders: ``mlx_lm/tuner/utils.py`` ``load_adapters`` reads its own
+``adapters.safetensors`` and an adapter_config.json with ``fine_tune_type`` (lora | dora | full),
+``num_layers`` and ``lora_parameters`` = {rank, scale, keys}, so every PEFT adapter goes through
+a format conversion first (adapterctl's MLX export). These rules say what that format can hold
+exactly: ``linear_to_lora_layers`` builds every LoRA layer with the one ``rank`` and the one
+``scale`` (``tuner/lora.py``: ``y + scale * (x @ lora_a) @ lora_b``), DoRA layers only on Linear
+and Embedding (``tuner/dora.py``), and ``load_adapters`` accepts only ``lora_a``, ``lora_b`` and
+``m`` leaves of LoRA layers ("not an adapter parameter in the model") of the right shape
+("adapter shape ... does not match model parameter shape").
+"""
+
+from __future__ import annotations
+
+from adapterctl.core.engine_rules.facts import AdapterFacts
+from adapterctl.core.engine_rules.rules import (
+    Caps,
+    CheckContext,
+    Engine,
+    Finding,
+    Rule,
+    Source,
+    fmt_scale,
+    per_layer,
+    residual_fix,
+    tensor_fix,
+    unmatched_modules,
+    worst_fix,
+)
+
+VERSION = "0.32.2"
+UTILS = Source("mlx-lm", VERSION, "mlx_lm/tuner/utils.py")
+LORA = Source("mlx-lm", VERSION, "mlx_lm/tuner/lora.py")
+DORA = Source("mlx-lm", VERSION, "mlx_lm/tuner/dora.py")
+
+CAPS = Caps(
+    rslora=True,
+    alpha_pattern=False,
+    rank_pattern=False,
+    dora=True,
+    lora_bias=False,
+    embedding_lora=True,
+    lm_head_lora=True,
+)
+
+
+def _f(rule: str, verdict: str, message: str, source: Source, fix: str | None = None) -> Finding:
+    return Finding(f"mlx.{rule}", verdict, message, source, fix)
+
+
+def _ranks(facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
+    ranks = sorted({m.r for m in facts.modules})
+    if len(ranks) <= 1:
+        return []
+    m = next(m for m in facts.modules if m.r != facts.max_rank)
+    return [
+        _f(
+            "one_rank",
+            "refuses",
+            f"modules have ranks {ranks}, mlx-lm builds every LoRA "
+            f'layer with one lora_parameters.rank: "adapter shape {list(m.a_shape[::-1])} '
+            'does not match model parameter shape" for ' + m.path,
+            UTILS,
+            "convert",
+        )
+    ]
+
+
+def _scales(facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
+    scales = sorted({round(m.scaling, 9) for m in facts.modules})
+    if len(scales) <= 1:
+        return []
+    return [
+        _f(
+            "one_scale",
+            "changes",
+            f"modules use {len(scales)} different scales "
+            f"({fmt_scale(scales[0])} .. {fmt_scale(scales[-1])}, rank/alpha patterns), "
+            "mlx-lm applies the one lora_parameters.scale to every LoRA layer",
+            LORA,
+            "convert",
+        )
+    ]
+
+
+def _dora_kinds(facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
+    bad = [m.path for m in facts.modules if m.dora and m.kind == "conv"]
+    if not bad:
+        return []
+    return [
+        _f(
+            "dora_conv",
+            "refuses",
+            f"Can't convert layer of type Conv to LoRA ({bad[0]}: DoRA exists for Linear and Embedding only)",
+            DORA,
+            "base",
+        )
+    ]
+
+
+def _extras(facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
+    full = [t for t in facts.full_tensors if t.role != "frozen_copy"]
+    names = [t.key for t in full] + [m.path + ".lora_B.bias" for m in facts.modules if m.lora_bias]
+    names += [f"{e}.token_adapter.trainable_tokens_delta" for e in facts.trainable_tokens]
+    if not names:
+        return []
+    fixes = [tensor_fix(t, CAPS, facts) for t in full] + ["drop"] * sum(m.lora_bias for m in facts.modules)
+    fixes += ["base"] * len(facts.trainable_tokens)
+    return [
+        _f(
+            "not_adapter_parameters",
+            "refuses",
+            f"{names[0]}: not an adapter parameter in "
+            f"the model ({len(names)} tensors other than lora_a/lora_b/m)",
+            UTILS,
+            worst_fix(fixes),
+        )
+    ]
+
+
+def _init(facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
+    fix = residual_fix(facts)
+    if fix is False:
+        return []
+    return [
+        _f(
+            "init",
+            "changes",
+            f"init_lora_weights={facts.config.init_lora_weights!r}: mlx-lm "
+            "applies the adapter to the unmodified base, not to the residual it was trained on",
+            UTILS,
+            fix,
+        )
+    ]
+
+
+def _nothing(facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
+    missing = unmatched_modules(facts)
+    if not missing:
+        return []
+    return [
+        _f(
+            "no_such_module",
+            "refuses",
+            f"{missing[0]}.lora_a: not an adapter parameter in "
+            f"the model ({len(missing)} of {len(facts.modules)} adapted modules match no module "
+            f"of {facts.base_name}: {per_layer(missing)})",
+            UTILS,
+        )
+    ]
+
+
+def _rule(rid: str, source: Source, summary: str, fn) -> Rule:
+    return Rule(f"mlx.{rid}", source, summary, fn)
+
+
+ENGINE = Engine(
+    name="mlx",
+    title="MLX (mlx-lm)",
+    version=VERSION,
+    caps=CAPS,
+    note="mlx-lm reads its own adapter format; the verdict is for the adapter after a faithful "
+    "format conversion",
+    rules=(
+        _rule("one_rank", UTILS, "one rank for every LoRA layer", _ranks),
+        _rule("one_scale", LORA, "one scale for every LoRA layer", _scales),
+        _rule("dora_conv", DORA, "DoRA on Linear and Embedding only", _dora_kinds),
+        _rule("not_adapter_parameters", UTILS, "only lora_a, lora_b and m tensors load", _extras),
+        _rule("init", UTILS, "PiSSA/OLoRA/... inits not recomputed", _init),
+        _rule("no_such_module", UTILS, "modules the model lacks: refused", _nothing),
+    ),
+)

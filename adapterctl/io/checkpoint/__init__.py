@@ -1,0 +1,1 @@
+"""Model checkpoints with torch: the stored-tensor record, the reader (safetensors, sharded, quantized formats read as floats: FP8, MXFP4, compressed-tensors, bitsandbytes 4-bit), the sharded writer and the adapter writer."""

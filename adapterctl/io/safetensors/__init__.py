@@ -1,0 +1,1 @@
+"""safetensors files without torch: headers, values with numpy, byte ranges and kernel copies."""
