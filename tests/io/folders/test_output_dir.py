@@ -15,7 +15,7 @@ def _leftovers(parent):
 
 def test_success_renames_into_place(tmp_path):
     dest = tmp_path / "out"
-    with write_output_dir(dest) as tmp:
+    with write_output_dir(dest, inputs=()) as tmp:
         (tmp / "f").write_text("x")
         assert not dest.exists()
     assert (dest / "f").read_text() == "x" and _leftovers(tmp_path) == []
@@ -25,7 +25,7 @@ def test_success_renames_into_place(tmp_path):
 def test_failure_leaves_nothing(tmp_path, exc):
     dest = tmp_path / "out"
     with pytest.raises(exc):
-        with write_output_dir(dest) as tmp:
+        with write_output_dir(dest, inputs=()) as tmp:
             (tmp / "f").write_text("x")
             raise exc()
     assert not dest.exists() and _leftovers(tmp_path) == []
@@ -36,22 +36,22 @@ def test_existing_output_needs_force_and_survives_failure(tmp_path):
     dest.mkdir()
     (dest / "old").write_text("keep")
     with pytest.raises(OutputExistsError):
-        with write_output_dir(dest):
+        with write_output_dir(dest, inputs=()):
             pass
     with pytest.raises(RuntimeError):
-        with write_output_dir(dest, force=True):
+        with write_output_dir(dest, force=True, inputs=()):
             raise RuntimeError()
     assert (dest / "old").read_text() == "keep"
-    with write_output_dir(dest, force=True) as tmp:
+    with write_output_dir(dest, force=True, inputs=()) as tmp:
         (tmp / "new").write_text("y")
     assert [p.name for p in dest.iterdir()] == ["new"] and _leftovers(tmp_path) == []
 
 
 def test_concurrent_run_is_refused(tmp_path):
     dest = tmp_path / "out"
-    with write_output_dir(dest):
+    with write_output_dir(dest, inputs=()):
         with pytest.raises(OutputIOError, match="another adapterctl run"):
-            with write_output_dir(dest):
+            with write_output_dir(dest, inputs=()):
                 pass
     assert not dest.exists() or not any(dest.iterdir())
 
@@ -62,6 +62,6 @@ def test_free_space_is_checked_first(tmp_path, monkeypatch):
     usage = collections.namedtuple("usage", "total used free")
     monkeypatch.setattr(output_dir.shutil, "disk_usage", lambda p: usage(10**9, 0, 10**6))
     with pytest.raises(OutputIOError, match="not enough free disk space"):
-        with write_output_dir(tmp_path / "out", needed_bytes=10**8):
+        with write_output_dir(tmp_path / "out", needed_bytes=10**8, inputs=()):
             pass
     assert not (tmp_path / "out").exists()
