@@ -169,6 +169,9 @@ def check_output(
     :func:`_fits_inside`)."""
     given = Path(dest).expanduser()
     absolute = given.absolute()
+    if absolute.name in ("", ".."):  # "x/.." names a folder, not an entry of x
+        absolute = _real(absolute)
+    # the entry a write replaces (a symlink there is replaced, not followed), and where it points
     outs = dict.fromkeys([_real(absolute.parent) / absolute.name, _real(absolute)])
     for inp in inputs:
         real = _real(inp.path)
@@ -204,8 +207,8 @@ def _refusal(
     elif how == "inside" and entry is None:
         detail = ": a model folder is read as a whole (merge copies its other files and subfolders)"
     hint = "Write the output elsewhere: --force replaces an old output, never an input of the command."
-    if how == "inside" and inp.nested and entry is None:
-        hint += f" Inside an adapter folder only a subfolder may be written (e.g. {real}/out/)."
+    if how == "inside" and inp.nested and cache_entry(real) is None:
+        hint += f" Inside an adapter folder only a subfolder may be written (e.g. {Path(inp.path) / 'out'}/)."
     return OutputIsInputError(f"{flag} {given}: {verb} {what}, an input of this command{detail}", hint=hint)
 
 
