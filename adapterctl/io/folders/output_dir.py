@@ -204,7 +204,7 @@ def _refusal(
             if top.is_file()
             else f": a new file at the top of the folder, beside the adapter's own ({top.name})"
         )
-    elif how == "inside" and entry is None:
+    elif how == "inside" and entry is None and real.is_dir():
         detail = ": a model folder is read as a whole (merge copies its other files and subfolders)"
     hint = "Write the output elsewhere: --force replaces an old output, never an input of the command."
     if how == "inside" and inp.nested and cache_entry(real) is None:
