@@ -86,7 +86,13 @@ def push_cmd(
     out = get_output()
     hub = hub_options(revision, token, endpoint)
     plan = plan_push(
-        folder, repo_id, include=include or [], exclude=exclude or [], base_model=base_model, hub=hub
+        folder,
+        repo_id,
+        include=include or [],
+        exclude=exclude or [],
+        base_model=base_model,
+        hub=hub,
+        compare=dry_run,  # a push checks its token before any request
     )
     for w in plan.warnings:
         out.warn(w)

@@ -194,13 +194,15 @@ def plan_push(
     hub: HubOptions | None = None,
     remote_card: Callable[[], str | None] | None = None,
     remote: RemoteFiles | None = None,
+    compare: bool = True,
 ) -> PushPlan:
     """Validate ``folder`` and list what to upload, with the rendered model card.
 
-    ``remote`` (default: listed with one request, never retried, see
-    :func:`~adapterctl.io.hub.upload.remote_files`) says which files the push replaces. The card
-    starts from the folder's README.md, else from ``remote_card()`` (default: the one on the Hub at
-    ``hub.revision``, fetched only when the listing has one), so a user's card text survives."""
+    ``remote`` (default with ``compare``: listed with one request, never retried, see
+    :func:`~adapterctl.io.hub.upload.remote_files`) says which files the push replaces; a push
+    itself passes ``compare=False`` (its token is checked before any request). The card starts
+    from the folder's README.md, else from ``remote_card()`` (default: the one on the Hub at
+    ``hub.revision``, skipped when the listing has none), so a user's card text survives."""
     check_repo_id(repo_id)
     kind = detect_kind(folder)
     named_base, warnings = validate_folder(folder, kind)
@@ -211,10 +213,11 @@ def plan_push(
     if not files:
         raise E.UsageError(f"{folder}: nothing to upload after --include/--exclude")
     revision = hub.revision if hub else None
-    if remote is None:  # usage errors first: no request for a push that cannot happen
+    if remote is None and compare:  # usage errors first: no request for a push that cannot happen
         remote = remote_files(repo_id, revision, hub)
     if remote_card is None:
-        remote_card = lambda: fetch_card(repo_id, revision, hub) if remote.has(CARD) else None  # noqa: E731
+        listed = remote is None or remote.has(CARD)  # not compared: ask for the card itself
+        remote_card = lambda: fetch_card(repo_id, revision, hub) if listed else None  # noqa: E731
     local_card = folder / CARD
     existing = _read_text(check_inside(folder, local_card)) if local_card.is_file() else remote_card()
     base, base_warnings = choose_base(kind, base_model, named_base, existing)
@@ -222,6 +225,7 @@ def plan_push(
     if not any(fnmatch.fnmatchcase(CARD, g) for g in exclude):
         card = render_card(existing, kind, base, title=repo_id)
         files.append(PushFile(CARD, None, len(card.encode())))
+    remote = remote or RemoteFiles(None, "the remote was not compared")
     return PushPlan(folder, repo_id, kind, base, files, card, warnings + base_warnings, remote)
 
 
