@@ -54,6 +54,13 @@ class OutputExistsError(UsageError):
     kind = "output_exists"
 
 
+class OutputIsInputError(UsageError):
+    """An output that is, contains or sits inside an input of the same command: refused even with
+    --force, which replaces an old output, never an input."""
+
+    kind = "output_is_input"
+
+
 class NotFoundError(AdapterctlError):
     exit_code = 3
     kind = "not_found"

@@ -34,9 +34,15 @@ def completion_script(shell: str) -> str:
 
 
 def write_all(folder: Path) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
+    """Regenerate the scripts in ``folder``, each replaced whole (they are this module's own
+    outputs, so ``force``; the command reads no user file, so there is no input to keep)."""
+    from adapterctl.io.folders.output_dir import write_output_file
+
     for shell, name in SHELLS.items():
-        (folder / name).write_text(completion_script(shell))
+        text = completion_script(shell)
+        with write_output_file(folder / name, force=True, inputs=(), flag="FOLDER") as tmp:
+            tmp.write_text(text)
+            tmp.chmod(0o644)  # a temporary file is made private; the scripts are for every user
 
 
 if __name__ == "__main__":

@@ -177,9 +177,10 @@ def merge_cmd(
         )
     if to_adapter:
         texts = [r for r in inputs if not _is_model_dir(r)]  # a leading BASE is allowed, and unused
+        unused = [r for r in inputs if _is_model_dir(r)]  # still never replaced by the output
         refs, w = adapter_weights(texts, legacy)
         return _combine_to_adapter(
-            refs, w, output, combination or "cat", density, seed, rank, force, dry_run, token
+            refs, w, output, combination or "cat", density, seed, rank, force, dry_run, token, unused
         )
     if len(inputs) < 2:
         raise UsageError(
@@ -230,7 +231,7 @@ def _merge_model(
     if not dry_run:  # the disk reads the base while torch imports (torch-free module)
         prefetch_folder(base)
     from adapterctl.core.merge.plan import MergeOptions
-    from adapterctl.core.merge.run import MergeReport, plan_from_refs
+    from adapterctl.core.merge.run import MergeReport, check_merge_output, plan_from_refs
     from adapterctl.core.merge.write import execute_merge
 
     if device not in ("auto", "cpu") and not device.startswith("cuda"):
@@ -256,9 +257,10 @@ def _merge_model(
             out.info(f"{a['source']}: module paths mapped {m['from']} -> {m['to']} ({'; '.join(m['rules'])})")
     for warning in plan.warnings:
         out.warn(warning)
+    replaced = check_merge_output(job, output)  # an input as output is refused, dry run or not
     if dry_run:
-        report = MergeReport(plan)
-        return out.result(report.to_dict(), lambda c: _render_plan(c, plan))
+        report = MergeReport(plan, replaces=replaced)
+        return out.result(report.to_dict(), lambda c: _render_plan(c, plan, replaced))
     label = f"merging {plan.num_tensors} tensors"
     with out.progress(label, total=plan.output_bytes) as advance:
         done = [0]
@@ -273,12 +275,15 @@ def _merge_model(
         result = execute_merge(
             job, output, force=force, device=device, on_progress=on_progress, command=_command_line()
         )
-    report = MergeReport(plan, result)
+    report = MergeReport(plan, result, replaced)
     out.result(report.to_dict(), lambda c: _render_result(c, result, plan))
 
 
-def _combine_to_adapter(refs, weights, output, method, density, seed, rank, force, dry_run, token) -> None:
+def _combine_to_adapter(
+    refs, weights, output, method, density, seed, rank, force, dry_run, token, unused=()
+) -> None:
     from adapterctl.core.merge.to_adapter import combine_to_adapter
+    from adapterctl.io.folders.output_dir import Input
 
     out = get_output()
     result = combine_to_adapter(
@@ -292,17 +297,21 @@ def _combine_to_adapter(refs, weights, output, method, density, seed, rank, forc
         force=force,
         dry_run=dry_run,
         hub=hub_options(None, token),
+        keep=[Input.model(b, role="base model (unused by --to-adapter)") for b in unused],
     )
     for warning in result.warnings:
         out.warn(warning)
-    out.result(
-        result.to_dict(),
-        lambda c: c.print(
+
+    def render(c) -> None:
+        c.print(
             f"{'would write' if dry_run else 'wrote'} adapter {output} ({result.method} of "
             f"{len(refs)} adapters, {result.modules} modules, r={result.r})",
             markup=False,
-        ),
-    )
+        )
+        if dry_run:
+            render_replaces(c, result.replaces)
+
+    out.result(result.to_dict(), render)
 
 
 def _is_model_dir(ref: str) -> bool:
@@ -319,11 +328,12 @@ def _command_line() -> str:
     return "adapterctl " + " ".join(shlex.quote(a) for a in args)
 
 
-def _render_plan(console, plan) -> None:
+def _render_plan(console, plan, replaced=()) -> None:
     console.print(
         f"base {plan.base} ({plan.model_type}, {plan.base_format}, {plan.base_dtype}) -> {plan.dtype}",
         markup=False,
     )
+    render_replaces(console, replaced)
     for a in plan.adapters:
         console.print(
             f"  adapter {a['source']} (weight {a['weight']:g}, {a['modules']} modules)", markup=False
@@ -338,6 +348,13 @@ def _render_plan(console, plan) -> None:
         console.print(f"  {t['key']} {t['shape']}: {', '.join(t['ops'])}", markup=False)
     if len(plan.touched) > 20:
         console.print(f"  ... and {len(plan.touched) - 20} more")
+
+
+def render_replaces(console, replaced) -> None:
+    """The dry run's "what would be replaced" lines (``[{"path", "exists"}]``)."""
+    for r in replaced:
+        what = "exists: replaced (with --force)" if r["exists"] else "new"
+        console.print(f"output {r['path']} ({what})", markup=False)
 
 
 def _render_result(console, result, plan) -> None:

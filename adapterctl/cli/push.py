@@ -86,11 +86,19 @@ def push_cmd(
     out = get_output()
     hub = hub_options(revision, token, endpoint)
     plan = plan_push(
-        folder, repo_id, include=include or [], exclude=exclude or [], base_model=base_model, hub=hub
+        folder,
+        repo_id,
+        include=include or [],
+        exclude=exclude or [],
+        base_model=base_model,
+        hub=hub,
+        compare=dry_run,  # a push checks its token before any request
     )
     for w in plan.warnings:
         out.warn(w)
     if dry_run:
+        if not plan.remote.compared:
+            out.warn(plan.remote.note)
         report = PushReport(plan, revision)
         return out.result(report.to_dict(), lambda console: _render_dry_run(console, plan))
     with out.status(f"pushing {len(plan.files)} files ({human_bytes(plan.total_bytes)}) to {repo_id}"):
@@ -105,8 +113,14 @@ def _render_dry_run(console, plan) -> None:
     t = Table(title=f"dry run: would upload to {plan.repo_id} ({plan.kind})", title_justify="left")
     t.add_column("file")
     t.add_column("size", justify="right")
+    t.add_column("on the Hub")
     for f in plan.files:
-        t.add_row(escape(f.path_in_repo) + ("" if f.local else " (generated)"), human_bytes(f.size))
+        there = plan.remote.has(f.path_in_repo)
+        t.add_row(
+            escape(f.path_in_repo) + ("" if f.local else " (generated)"),
+            human_bytes(f.size),
+            "not compared" if there is None else "replaced" if there else "new",
+        )
     t.add_row("[bold]total[/bold]", human_bytes(plan.total_bytes))
     console.print(t)
     if plan.card is not None:

@@ -227,7 +227,7 @@ def test_next_run_restores_an_output_whose_force_swap_was_cut_short(tmp_path):
     (tmp_path / ".out.adapterctl-tmp-k2" / "half").write_text("new, maybe partial")
     (tmp_path / ".other.adapterctl-tmp-k3").mkdir()  # another output's: not ours to touch
     with pytest.raises(OutputExistsError):
-        with write_output_dir(tmp_path / "out"):
+        with write_output_dir(tmp_path / "out", inputs=()):
             pass
     assert (tmp_path / "out" / "model.safetensors").read_text() == "previous"
     assert sorted(p.name for p in tmp_path.iterdir()) == [".other.adapterctl-tmp-k3", "out"]

@@ -97,9 +97,24 @@ def test_dry_run_lists_files_and_card_and_changes_nothing(hub, lora):
     sizes = {f["path"]: f["size"] for f in doc["files"]}
     assert sizes["adapter_model.safetensors"] == (lora / "adapter_model.safetensors").stat().st_size
     assert _front(doc["card"])["library_name"] == "peft" and doc["total_bytes"] == sum(sizes.values())
+    assert doc["remote"] == {"compared": True, "note": None}  # no such repo yet: every file is new
+    assert doc["replaces"] == [{"path": p, "exists": False} for p in sizes]
     human = invoke("push", lora, "testuser/lora", "--dry-run")
     assert "adapter_model.safetensors" in human.stdout and "library_name: peft" in human.stdout
-    assert hub.state.requests == [] and "testuser/lora" not in hub.state.repos
+    # one read per dry run (the remote's file list), nothing written
+    assert [m for m, _, _ in hub.state.requests] == ["GET", "GET"] and "testuser/lora" not in hub.state.repos
+
+
+def test_dry_run_says_which_remote_files_it_replaces(hub, lora):
+    assert invoke("push", lora, "testuser/lora", "--base-model", "org/base").code == 0
+    (lora / "tokenizer.json").write_text("{}")
+    res = invoke("--json", "push", lora, "testuser/lora", "--dry-run")
+    assert res.code == 0, res.stderr
+    assert {r["path"]: r["exists"] for r in res.json["replaces"]} == {
+        "adapter_config.json": True, "adapter_model.safetensors": True, "tokenizer.json": False,
+        "README.md": True}
+    human = invoke("push", lora, "testuser/lora", "--dry-run")
+    assert "replaced" in human.stdout and "new" in human.stdout
 
 
 def test_only_adapter_files_by_default_include_exclude(hub, lora):

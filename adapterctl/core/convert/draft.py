@@ -10,6 +10,7 @@ memory with the same loader ``attach`` uses, then writes it atomically.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -30,7 +31,7 @@ from adapterctl.errors import AdapterctlError, InvalidAdapterError, UnsupportedE
 from adapterctl.io.checkpoint.adapter_writer import write_adapter_files
 from adapterctl.io.folders.adapter_dir import AdapterFiles, locate_adapter_files
 from adapterctl.io.folders.model_card import adapter_card
-from adapterctl.io.folders.output_dir import write_output_dir
+from adapterctl.io.folders.output_dir import Input, write_output_dir
 
 
 @dataclass(frozen=True)
@@ -161,8 +162,11 @@ def check_same_scaling(before: LoadedAdapter, after: LoadedAdapter) -> None:
 
 
 # ----- writing -----------------------------------------------------------------------------
-def write_draft(draft: AdapterDraft, dest: str | Path, force: bool = False) -> ConvertResult:
-    """Validate the draft with the shared loader, then write it atomically to ``dest``."""
+def write_draft(
+    draft: AdapterDraft, dest: str | Path, force: bool = False, *, inputs: Sequence[Input]
+) -> ConvertResult:
+    """Validate the draft with the shared loader, then write it atomically to ``dest``, which may
+    replace none of the conversion's ``inputs``."""
     view = view_adapter(draft)
     cfg = view.config
     summary = (
@@ -176,7 +180,7 @@ def write_draft(draft: AdapterDraft, dest: str | Path, force: bool = False) -> C
         )
     )
     card, card_notes = adapter_card(cfg.base_model_name_or_path, "LoRA adapter", summary)
-    with write_output_dir(dest, force) as tmp:
+    with write_output_dir(dest, force, inputs=inputs, flag="OUT") as tmp:
         write_adapter_files(tmp, draft.config, draft.tensors, card)
     dtypes = sorted({str(t.dtype).removeprefix("torch.") for t in draft.tensors.values()})
     return ConvertResult(

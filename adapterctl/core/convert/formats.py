@@ -76,17 +76,18 @@ def run_format_convert(req, steps: Callable, progress=None):
         facts = _gguf_base(req, draft)
         check_targets(draft, facts)
         draft = _for_target_engine(draft, req)
-        return export_gguf(draft, facts, req.output, req.outtype, req.force)
+        return export_gguf(draft, facts, req.output, req.outtype, req.force, inputs=req.inputs())
     if req.to or req.engines:
         draft = _for_target_engine(draft, req)
     if req.to == "mlx":
         from adapterctl.core.convert.mlx import export_mlx, read_mlx_base
 
         base = _base_dir(req, draft, "--to mlx")
-        return export_mlx(draft, read_mlx_base(base, req.base_name or str(base)), req.output, req.force)
+        mlx_base = read_mlx_base(base, req.base_name or str(base))
+        return export_mlx(draft, mlx_base, req.output, req.force, inputs=req.inputs())
     if req.dtype:
         draft = cast_draft(draft, req.dtype)
-    return C.write_draft(draft, req.output, req.force)
+    return C.write_draft(draft, req.output, req.force, inputs=req.inputs())
 
 
 #: the engine whose rules a --to format must satisfy (core/engine_rules)

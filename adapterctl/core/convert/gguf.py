@@ -13,6 +13,7 @@ lora_a is PEFT's lora_embedding_A transposed, (vocab, r).
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -33,6 +34,7 @@ from adapterctl.errors import (
     UnsupportedError,
 )
 from adapterctl.io.checkpoint.adapter_writer import lora_key
+from adapterctl.io.folders.output_dir import Input
 
 FOR_ENGINE_HINT = (
     "Rewrite it for llama.cpp first: adapterctl convert --for llama.cpp --base BASE "
@@ -168,14 +170,21 @@ def check_targets(draft: AdapterDraft, facts: BaseFacts) -> None:
 
 
 def export_gguf(
-    draft: AdapterDraft, facts: BaseFacts, output: str | Path, outtype: str = "f32", force: bool = False
+    draft: AdapterDraft,
+    facts: BaseFacts,
+    output: str | Path,
+    outtype: str = "f32",
+    force: bool = False,
+    *,
+    inputs: Sequence[Input],
 ) -> GGUFExport:
-    """Write ``draft`` as a llama.cpp LoRA adapter file at ``output`` (atomically)."""
+    """Write ``draft`` as a llama.cpp LoRA adapter file at ``output`` (atomically), which may
+    replace none of the conversion's ``inputs``."""
     from adapterctl.io.folders.output_dir import write_output_file
     from adapterctl.io.formats.gguf_adapter import write_gguf_adapter
 
     tensors, alpha, folded = draft_to_gguf_tensors(draft, facts)
-    with write_output_file(output, force) as tmp:
+    with write_output_file(output, force, inputs=inputs, flag="OUT") as tmp:
         stored = write_gguf_adapter(
             tmp, facts.rule.gguf_arch, alpha, tensors, outtype, name=Path(str(output)).stem
         )

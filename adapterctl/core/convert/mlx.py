@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -26,6 +27,7 @@ import torch
 from adapterctl.core.convert.draft import AdapterDraft, view_adapter
 from adapterctl.errors import InvalidAdapterError, UnsupportedError
 from adapterctl.io.checkpoint.adapter_writer import lora_key
+from adapterctl.io.folders.output_dir import Input
 
 #: transformers module path prefix -> mlx-lm's, where its model classes name things differently
 PREFIXES: dict[str, tuple[str, str]] = {"gpt2": ("transformer.", "model.")}
@@ -166,12 +168,16 @@ def draft_to_mlx(draft: AdapterDraft, base: MLXBase) -> tuple[dict, dict, list[s
     return config, tensors, padded, folded
 
 
-def export_mlx(draft: AdapterDraft, base: MLXBase, output: str | Path, force: bool = False) -> MLXExport:
+def export_mlx(
+    draft: AdapterDraft, base: MLXBase, output: str | Path, force: bool = False, *, inputs: Sequence[Input]
+) -> MLXExport:
+    """Write ``draft`` as an MLX-LM adapter folder at ``output`` (atomically), which may replace
+    none of the conversion's ``inputs``."""
     from adapterctl.io.folders.output_dir import write_output_dir
     from adapterctl.io.formats.mlx_adapter import write_mlx_files
 
     config, tensors, padded, folded = draft_to_mlx(draft, base)
-    with write_output_dir(output, force) as tmp:
+    with write_output_dir(output, force, inputs=inputs, flag="OUT") as tmp:
         write_mlx_files(tmp, config, tensors)
     notes = list(draft.notes)
     lp = config["lora_parameters"]

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from adapterctl.errors import UnsupportedError, UsageError
+from adapterctl.io.folders.output_dir import Input, check_output
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,25 @@ class ConvertRequest:
     outtype: str = "f32"  # --outtype of --to gguf
     for_engine: tuple[str, ...] = ()  # --for ENGINE (repeatable; "all")
     drop_unsupported: bool = False
+    keep: tuple[Input, ...] = ()  # other inputs of the command (serve: its other adapters, base)
+
+    def inputs(self) -> list[Input]:
+        """What the request reads (local paths once resolved): OUT may replace none of them."""
+        if self.extract_base:
+            source = Input.model(self.source, self.source_name, "source model (fine-tuned)")
+        elif self.from_format == "gguf":
+            source = Input(self.source, "source GGUF adapter", self.source_name)
+        else:
+            kind = "MLX adapter" if self.from_format == "mlx" else "adapter"
+            source = Input.adapter(self.source, self.source_name, f"source {kind}")
+        found = [source, *self.keep]
+        if self.init:
+            found.append(Input.adapter(self.init, None, "--pissa-init adapter"))
+        if self.base:
+            found.append(Input.model(self.base, self.base_name, "--base model"))
+        if self.extract_base:
+            found.append(Input.model(self.extract_base, self.base_name, "--extract base model"))
+        return found
 
     @property
     def engines(self) -> tuple[str, ...]:
@@ -120,6 +140,7 @@ def run_convert(req: ConvertRequest, progress: Callable[[str, int, int], None] |
     from adapterctl.core.convert.cast import cast_draft
 
     check_request(req)
+    check_output(req.output, req.inputs(), "OUT", is_file=req.to == "gguf")  # before any work
     if req.to or req.from_format:
         from adapterctl.core.convert.formats import run_format_convert
 
@@ -157,7 +178,7 @@ def run_convert(req: ConvertRequest, progress: Callable[[str, int, int], None] |
         draft = cast_draft(draft, req.dtype)
     elif req.to_safetensors and not draft.steps:
         draft = replace(draft, steps=("to-safetensors",))
-    return C.write_draft(draft, req.output, req.force)
+    return C.write_draft(draft, req.output, req.force, inputs=req.inputs())
 
 
 def _convert_steps(draft, req: ConvertRequest):

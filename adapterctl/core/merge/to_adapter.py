@@ -7,6 +7,7 @@ config, ``{"format": "pt"}`` safetensors, the one model card) into an atomic out
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from adapterctl.core.merge.plan import load_adapters
 from adapterctl.errors import UsageError
 from adapterctl.io.checkpoint.adapter_writer import write_adapter_files
 from adapterctl.io.folders.model_card import adapter_card
-from adapterctl.io.folders.output_dir import write_output_dir
+from adapterctl.io.folders.output_dir import Input, check_output, replaces, write_output_dir
 from adapterctl.io.hub.ref import HubOptions
 from adapterctl.io.hub.resolve import resolve_adapter_dir
 
@@ -33,6 +34,7 @@ class CombineResult:
     r: int
     rank_pattern: dict
     warnings: list[str] = field(default_factory=list)
+    replaces: list[dict] = field(default_factory=list)  # [{"path", "exists"}]: what the output replaces
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -67,9 +69,11 @@ def combine_to_adapter(
     force: bool = False,
     dry_run: bool = False,
     hub: HubOptions | None = None,
+    keep: Sequence[Input] = (),
 ) -> CombineResult:
     """Combine the adapters ``refs`` (folders or Hub ids) with ``method`` (``linear`` is the exact
-    ``cat``) and write the new adapter to ``output`` atomically, unless ``dry_run``."""
+    ``cat``) and write the new adapter to ``output`` atomically, unless ``dry_run``. ``output``
+    may not replace an adapter, nor any path in ``keep`` (other paths the command was given)."""
     if not refs or (output is None and not dry_run):
         raise UsageError(
             "--to-adapter needs at least one ADAPTER and --output",
@@ -79,11 +83,16 @@ def combine_to_adapter(
     weights = list(weights or [1.0] * len(refs))
     if len(weights) != len(refs):
         raise UsageError(f"--weights has {len(weights)} values for {len(refs)} adapters")
-    adapters = load_adapters([resolve_adapter_dir(r, hub) for r in refs], refs)
+    dirs = [resolve_adapter_dir(r, hub) for r in refs]
+    inputs = [*(Input.adapter(d, r) for d, r in zip(dirs, refs)), *keep]
+    if output is not None:
+        check_output(output, inputs)  # before the work, and for a dry run too
+    replaced = replaces(output)
+    adapters = load_adapters(dirs, refs)
     combined = combine_adapters(adapters, weights, method, rank, density, seed)
     notes = combined_card(combined)[1]
     if not dry_run:
-        with write_output_dir(output, force) as tmp:
+        with write_output_dir(output, force, inputs=inputs) as tmp:
             write_combined_adapter(combined, tmp)
     return CombineResult(
         dry_run,
@@ -95,4 +104,5 @@ def combine_to_adapter(
         combined.config["r"],
         combined.config["rank_pattern"],
         notes,
+        replaced,
     )

@@ -31,7 +31,7 @@ from adapterctl.core.merge.qlora import qlora_weight
 from adapterctl.errors import MissingDependencyError
 from adapterctl.io.checkpoint.reader import CheckpointReader
 from adapterctl.io.checkpoint.shard_writer import RowWriter, ShardWriter
-from adapterctl.io.folders.output_dir import write_output_dir
+from adapterctl.io.folders.output_dir import Input, write_output_dir
 
 F32 = torch.float32
 #: weight files of any framework: never copied next to the merged weights
@@ -343,6 +343,14 @@ def single_cpu_thread(device: torch.device):
         torch.set_num_threads(before)
 
 
+def merge_inputs(job: MergeJob) -> list[Input]:
+    """What a merge reads, which its output may never replace: the base and every adapter."""
+    return [
+        Input.model(job.files.root, job.plan.base),
+        *(Input.adapter(a.files.root, a.source) for a in job.adapters),
+    ]
+
+
 def execute_merge(
     job: MergeJob,
     output: str | Path,
@@ -362,7 +370,7 @@ def execute_merge(
     with (
         torch.inference_mode(),
         single_cpu_thread(dev),
-        write_output_dir(output, force, job.plan.output_bytes + extra) as tmp,
+        write_output_dir(output, force, job.plan.output_bytes + extra, inputs=merge_inputs(job)) as tmp,
     ):
         merged = _stream(job, tmp, dev, on_progress)
         _write_config(job, tmp)

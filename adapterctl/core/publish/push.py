@@ -25,7 +25,14 @@ from adapterctl.io.folders.model_card import (
     split_card,
 )
 from adapterctl.io.hub.ref import HubOptions, looks_like_hub_id
-from adapterctl.io.hub.upload import PushResult, Upload, fetch_card, push_commit
+from adapterctl.io.hub.upload import (
+    PushResult,
+    RemoteFiles,
+    Upload,
+    fetch_card,
+    push_commit,
+    remote_files,
+)
 
 TOKENIZER = [
     "tokenizer.json",
@@ -70,10 +77,16 @@ class PushPlan:
     files: list[PushFile]
     card: str | None
     warnings: list[str] = field(default_factory=list)
+    #: what the repo holds now (None: not compared, e.g. offline); files it has are replaced
+    remote: RemoteFiles = RemoteFiles(None, "the remote was not compared")
 
     @property
     def total_bytes(self) -> int:
         return sum(f.size for f in self.files)
+
+    def replaces(self) -> list[dict]:
+        """Each file's repo path and whether the repo has it now (None: not compared)."""
+        return [{"path": f.path_in_repo, "exists": self.remote.has(f.path_in_repo)} for f in self.files]
 
 
 def detect_kind(folder: Path) -> str:
@@ -180,30 +193,40 @@ def plan_push(
     base_model: str | None = None,
     hub: HubOptions | None = None,
     remote_card: Callable[[], str | None] | None = None,
+    remote: RemoteFiles | None = None,
+    compare: bool = True,
 ) -> PushPlan:
     """Validate ``folder`` and list what to upload, with the rendered model card.
 
-    The card starts from the folder's README.md, else from ``remote_card()`` (default: the one on
-    the Hub at ``hub.revision``), so a user's card text survives a push."""
+    ``remote`` (default with ``compare``: listed with one request, never retried, see
+    :func:`~adapterctl.io.hub.upload.remote_files`) says which files the push replaces; a push
+    itself passes ``compare=False`` (its token is checked before any request). The card starts
+    from the folder's README.md, else from ``remote_card()`` (default: the one on the Hub at
+    ``hub.revision``, skipped when the listing has none), so a user's card text survives."""
     check_repo_id(repo_id)
-    if remote_card is None:
-        remote_card = lambda: fetch_card(repo_id, hub.revision if hub else None, hub)  # noqa: E731
     kind = detect_kind(folder)
     named_base, warnings = validate_folder(folder, kind)
-    local_card = folder / CARD
-    existing = _read_text(check_inside(folder, local_card)) if local_card.is_file() else remote_card()
-    base, base_warnings = choose_base(kind, base_model, named_base, existing)
     files = [
         PushFile(p.relative_to(folder).as_posix(), p, p.stat().st_size)
         for p in select_files(folder, kind, include, exclude)
     ]
     if not files:
         raise E.UsageError(f"{folder}: nothing to upload after --include/--exclude")
+    revision = hub.revision if hub else None
+    if remote is None and compare:  # usage errors first: no request for a push that cannot happen
+        remote = remote_files(repo_id, revision, hub)
+    if remote_card is None:
+        listed = remote is None or remote.has(CARD)  # not compared: ask for the card itself
+        remote_card = lambda: fetch_card(repo_id, revision, hub) if listed else None  # noqa: E731
+    local_card = folder / CARD
+    existing = _read_text(check_inside(folder, local_card)) if local_card.is_file() else remote_card()
+    base, base_warnings = choose_base(kind, base_model, named_base, existing)
     card = None
     if not any(fnmatch.fnmatchcase(CARD, g) for g in exclude):
         card = render_card(existing, kind, base, title=repo_id)
         files.append(PushFile(CARD, None, len(card.encode())))
-    return PushPlan(folder, repo_id, kind, base, files, card, warnings + base_warnings)
+    remote = remote or RemoteFiles(None, "the remote was not compared")
+    return PushPlan(folder, repo_id, kind, base, files, card, warnings + base_warnings, remote)
 
 
 @dataclass(frozen=True)
@@ -227,6 +250,8 @@ class PushReport:
                 "files": files,
                 "total_bytes": plan.total_bytes,
                 "card": plan.card,
+                "replaces": plan.replaces(),
+                "remote": {"compared": plan.remote.compared, "note": plan.remote.note},
             }
         return {
             "repo": c.repo_id,

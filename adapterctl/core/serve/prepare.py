@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from adapterctl.errors import UnsupportedError
+from adapterctl.io.folders.output_dir import Input, check_output
 
 #: largest relative error (||ΔW - ΔW'||_F / ||ΔW||_F per module) still called exact (float32)
 EXACT = 1e-5
@@ -106,10 +107,12 @@ def prepare_adapters(
     workdir: Path,
     on_step: Callable[[str], None] | None = None,
 ) -> list[PreparedAdapter]:
-    """``adapters``: (name, as given, local folder); ``base``: (local folder, as given)."""
+    """``adapters``: (name, as given, local folder); ``base``: (local folder, as given). A
+    converted copy under ``workdir`` may replace none of them (nor sit inside the base)."""
     from adapterctl.core.engine_rules.check import check_adapters
 
     step = on_step or (lambda text: None)
+    inputs = (Input.model(base[0], base[1]), *(Input.adapter(f, shown) for _, shown, f in adapters))
     report = check_adapters(
         [(str(folder), shown) for _, shown, folder in adapters], [engine], (str(base[0]), base[1])
     )
@@ -120,7 +123,7 @@ def prepare_adapters(
                 PreparedAdapter(name, shown, Path(folder), Path(folder), "serves", config_rank(Path(folder)))
             )
             continue
-        out.append(_convert(engine, name, shown, Path(folder), verdict, base, workdir, step))
+        out.append(_convert(engine, name, shown, Path(folder), verdict, base, workdir, step, inputs))
     return out
 
 
@@ -138,6 +141,7 @@ def _convert(
     base: tuple[Path, str],
     workdir: Path,
     step: Callable[[str], None],
+    inputs: Sequence[Input],
 ) -> PreparedAdapter:
     from adapterctl.core.convert.pipeline import ConvertRequest, run_convert
     from adapterctl.core.engine_rules.vllm import MAX_LORA_RANKS
@@ -157,6 +161,7 @@ def _convert(
             "the result.",
         )
     dest = workdir / f"{name}-{engine}-{_digest(folder, engine, base[0])}"
+    check_output(dest, inputs, "--convert-dir")  # before the folder is made
     if not (dest / "adapter_config.json").is_file():
         step(
             f"{shown}: {engine} {verdict.verdict} it as it is; converting (convert --for "
@@ -174,6 +179,7 @@ def _convert(
                 source_name=shown,
                 for_engine=(engine,),
                 rank=MAX_LORA_RANKS[-1],
+                keep=tuple(inputs),
             )
         )
         _check_exact(result, said, shown, engine, dest)

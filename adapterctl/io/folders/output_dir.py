@@ -10,6 +10,15 @@ A run killed outright (SIGKILL, power loss) cannot clean up: it leaves ``.<dest>
 (and, killed in the middle of a --force swap, ``.<dest>.adapterctl-old-*``). The next run into the
 same ``dest`` holds the lock, so no live run owns those: it removes them, restoring the previous
 output first when the swap was cut short.
+
+Nothing lost: every writer passes its command's inputs (:class:`Input`: the base, each adapter, a
+prompts file, a GGUF or MLX source...), and an output that is, contains, or is inside one of them,
+or inside the Hugging Face cache entry (``models--org--name``) an input was read from, is refused
+before anything is written, with or without ``force`` (:func:`check_output`). ``force`` replaces an
+old output, never an input. The one exception: a new *subfolder* of an adapter folder
+(``nested=True``) is allowed, since every reader of an adapter (adapterctl, PEFT, vLLM, push's
+default file set) reads only the files at the top of its folder; a file at the top, or an existing
+file of the folder, is refused.
 """
 
 from __future__ import annotations
@@ -20,11 +29,12 @@ import glob
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
-from adapterctl.errors import OutputExistsError, OutputIOError
+from adapterctl.errors import OutputExistsError, OutputIOError, OutputIsInputError
 
 #: Headroom kept free on top of the planned output size (filesystem metadata, config files).
 DISK_MARGIN_BYTES = 16 * 1024 * 1024
@@ -71,6 +81,144 @@ def check_free_space(dest: Path, needed_bytes: int) -> None:
             f"{free / 1e9:.2f} GB free on {probe}",
             hint="Free some space, or write the output to another disk with --output.",
         )
+
+
+# ----- nothing lost: an output never replaces an input ----------------------------------------
+@dataclass(frozen=True)
+class Input:
+    """A file or folder the command reads, passed by every writer so its output cannot replace it.
+
+    ``role`` names it in messages ("base model", "adapter", "--pissa-init adapter", "GGUF
+    adapter"); ``shown`` is what the user typed (a Hub id). ``nested``: the input is read only
+    from the files at the top of its folder (an adapter folder: adapterctl, PEFT, vLLM and push's
+    default file set all read it so), so an output in a subfolder of it is allowed."""
+
+    path: str | Path
+    role: str
+    shown: str | None = None
+    nested: bool = False
+
+    @classmethod
+    def adapter(cls, path: str | Path, shown: str | None = None, role: str = "adapter") -> Input:
+        return cls(path, role, shown, nested=True)
+
+    @classmethod
+    def model(cls, path: str | Path, shown: str | None = None, role: str = "base model") -> Input:
+        return cls(path, role, shown)
+
+
+#: the folder kinds of the Hugging Face cache (``models--org--name``)
+CACHE_KINDS = ("models--", "datasets--", "spaces--")
+
+
+def cache_entry(path: Path) -> Path | None:
+    """The Hugging Face cache entry (``.../models--org--name``) ``path`` was read from, if any: a
+    snapshot (``models--org--name/snapshots/<sha>``) or adapterctl's header stubs
+    (``adapterctl/headers/models--org--name/<sha>``). The snapshot's files are links into the
+    entry's ``blobs/``, so the whole entry is the input."""
+    parts = path.parts
+    for i in range(len(parts) - 2, 0, -1):
+        if parts[i].startswith(CACHE_KINDS) and (
+            parts[i + 1] == "snapshots" or parts[i - 1 : i] == ("headers",)
+        ):
+            return Path(*parts[: i + 1])
+    return None
+
+
+def _ident(path: Path, follow: bool = True) -> tuple[int, int] | None:
+    """(device, inode): the same folder under any spelling (symlinks, case, bind mounts)."""
+    try:
+        st = os.stat(path) if follow else os.lstat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
+
+
+def _real(path: str | Path) -> Path:
+    return Path(os.path.realpath(Path(path).expanduser()))
+
+
+def _relation(out: Path, region: Path) -> tuple[str, Path | None] | None:
+    """How ``out`` (absolute, its parent folders real) stands to the existing ``region``: "is",
+    "contains", or "inside" with the entry of ``region`` that holds it; None when apart."""
+    rid = _ident(region)
+    if rid is None:
+        return None
+    chain = [out, *out.parents]
+    for i, folder in enumerate(chain):
+        if _ident(folder, follow=i > 0) == rid:  # ``out`` itself, a symlink, is what gets replaced
+            return ("is", None) if i == 0 else ("inside", chain[i - 1])
+    oid = _ident(out, follow=False)
+    if oid is not None and any(_ident(up) == oid for up in region.parents):
+        return ("contains", None)
+    return None
+
+
+def _fits_inside(out: Path, top: Path, is_file: bool) -> bool:
+    """An output inside an adapter folder leaves the adapter's reads unchanged when it sits in a
+    subfolder: ``top`` (its entry at the folder's top) is no file, and no new file at the top."""
+    return not top.is_file() and not (is_file and top == out)
+
+
+def check_output(
+    dest: str | Path, inputs: Sequence[Input], flag: str = "--output", is_file: bool = False
+) -> None:
+    """Refuse ``dest`` when it is, contains, or is inside one of ``inputs`` (or the Hugging Face
+    cache entry one was read from), symlinks and relative paths resolved; with or without
+    --force. Inside an adapter folder (``Input.nested``) a subfolder is allowed (see
+    :func:`_fits_inside`)."""
+    given = Path(dest).expanduser()
+    absolute = given.absolute()
+    if absolute.name in ("", ".."):  # "x/.." names a folder, not an entry of x
+        absolute = _real(absolute)
+    # the entry a write replaces (a symlink there is replaced, not followed), and where it points
+    outs = dict.fromkeys([_real(absolute.parent) / absolute.name, _real(absolute)])
+    for inp in inputs:
+        real = _real(inp.path)
+        entry = cache_entry(real)
+        for out in outs:
+            found = _relation(out, real)
+            if found and found[0] == "inside" and inp.nested and _fits_inside(out, found[1], is_file):
+                found = None
+            in_entry = _relation(out, entry) if entry is not None else None
+            if found and (found[0] != "contains" or not in_entry):  # the input itself first
+                raise _refusal(given, flag, inp, real, None, *found)
+            if in_entry or found:  # the cache entry it was read from (its blobs, other snapshots)
+                raise _refusal(given, flag, inp, real, entry if in_entry else None, *(in_entry or found))
+
+
+def _refusal(
+    given: Path, flag: str, inp: Input, real: Path, entry: Path | None, how: str, top: Path | None
+) -> OutputIsInputError:
+    name = inp.shown or str(inp.path)
+    if str(real) not in (name, str(Path(name).expanduser().absolute())):
+        name += f" ({real})"
+    what = f"the {inp.role} {name}"
+    if entry is not None:
+        what = f"the Hugging Face cache entry {entry} of {what}"
+    verb = {"is": "is", "contains": "contains", "inside": "is inside"}[how]
+    detail = ""
+    if how == "inside" and entry is None and inp.nested:
+        detail = (
+            f": it would replace the adapter's file {top.name}"
+            if top.is_file()
+            else f": a new file at the top of the folder, beside the adapter's own ({top.name})"
+        )
+    elif how == "inside" and entry is None and real.is_dir():
+        detail = ": a model folder is read as a whole (merge copies its other files and subfolders)"
+    hint = "Write the output elsewhere: --force replaces an old output, never an input of the command."
+    if how == "inside" and inp.nested and cache_entry(real) is None:
+        hint += f" Inside an adapter folder only a subfolder may be written (e.g. {Path(inp.path) / 'out'}/)."
+    return OutputIsInputError(f"{flag} {given}: {verb} {what}, an input of this command{detail}", hint=hint)
+
+
+def replaces(dest: str | Path | None) -> list[dict]:
+    """What writing ``dest`` would replace, for dry runs and plans: its absolute path and whether
+    something is there now (``[]`` when there is no output)."""
+    if dest is None:
+        return []
+    path = Path(dest).expanduser().absolute()
+    return [{"path": str(path), "exists": path.exists() or path.is_symlink()}]
 
 
 TEMP_PREFIX = "adapterctl-tmp-"
@@ -167,12 +315,22 @@ def _prepare_destination(dest: Path, force: bool, needed_bytes: int) -> None:
 
 
 @contextmanager
-def write_output_dir(dest: str | Path, force: bool = False, needed_bytes: int = 0) -> Iterator[Path]:
+def write_output_dir(
+    dest: str | Path,
+    force: bool = False,
+    needed_bytes: int = 0,
+    *,
+    inputs: Sequence[Input],
+    flag: str = "--output",
+) -> Iterator[Path]:
     """Yield a temporary folder beside ``dest``; rename it to ``dest`` when the block succeeds.
 
-    Checks (before anything is written): ``dest`` empty or ``force``, ``needed_bytes`` of free space,
-    no concurrent run on the same ``dest``. On any failure the temporary folder is removed.
+    Checks (before anything is written): ``dest`` is none of the command's ``inputs`` (required:
+    no writer may forget them; ``flag`` names the output in the refusal), ``dest`` empty or
+    ``force``, ``needed_bytes`` of free space, no concurrent run on the same ``dest``. On any
+    failure the temporary folder is removed.
     """
+    check_output(dest, inputs, flag)
     dest = Path(dest).expanduser().absolute()
     _prepare_destination(dest, force, needed_bytes)
     with lock_destination(dest):
@@ -193,9 +351,17 @@ def write_output_dir(dest: str | Path, force: bool = False, needed_bytes: int = 
 
 
 @contextmanager
-def write_output_file(dest: str | Path, force: bool = False, needed_bytes: int = 0) -> Iterator[Path]:
+def write_output_file(
+    dest: str | Path,
+    force: bool = False,
+    needed_bytes: int = 0,
+    *,
+    inputs: Sequence[Input],
+    flag: str = "--output",
+) -> Iterator[Path]:
     """The single-file twin of :func:`write_output_dir` (a GGUF adapter): yield a temporary path
     beside ``dest``, rename it onto ``dest`` when the block succeeds, remove it on any failure."""
+    check_output(dest, inputs, flag, is_file=True)
     dest = Path(dest).expanduser().absolute()
     if dest.is_dir():
         raise OutputExistsError(

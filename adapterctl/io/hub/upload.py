@@ -14,7 +14,8 @@ from pathlib import Path
 
 from adapterctl.errors import HubError
 from adapterctl.io.hub.download import client_output, is_offline, make_api
-from adapterctl.io.hub.errors import LOGIN_HINT, hub_call
+from adapterctl.io.hub.errors import LOGIN_HINT, hub_call, is_network_error
+from adapterctl.io.hub.ref import endpoint_of
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,49 @@ class PushResult:
     created_branch: bool
     pr_url: str | None = None
     files: list[dict] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class RemoteFiles:
+    """The files of a repo at a revision as the Hub lists them (empty: no such repo or revision
+    yet); ``files`` is None when the remote was not compared, and ``note`` says why."""
+
+    files: frozenset[str] | None
+    note: str | None = None
+
+    @property
+    def compared(self) -> bool:
+        return self.files is not None
+
+    def has(self, path: str) -> bool | None:
+        return None if self.files is None else path in self.files
+
+
+def remote_files(repo_id: str, revision: str | None, hub) -> RemoteFiles:
+    """One request, never retried: what ``repo_id`` holds at ``revision`` (default main). Offline
+    (HF_HUB_OFFLINE=1) or unreachable, the answer comes at once: not compared, and why; a dry
+    run goes on without the remote instead of waiting on the client's retries."""
+    from huggingface_hub import errors as E
+
+    rev = revision or "main"
+    if is_offline():
+        return RemoteFiles(None, f"HF_HUB_OFFLINE=1: the remote {repo_id}@{rev} was not compared")
+    try:
+        info = make_api(hub).model_info(repo_id, revision=rev)
+    except Exception as err:  # network failures: not compared; a missing repo: nothing there yet
+        if is_network_error(err):
+            return RemoteFiles(
+                None,
+                f"cannot reach {endpoint_of(hub)} ({type(err).__name__}): the remote "
+                f"{repo_id}@{rev} was not compared",
+            )
+        if isinstance(err, (E.RepositoryNotFoundError, E.RevisionNotFoundError)) and not isinstance(
+            err, E.GatedRepoError
+        ):
+            return RemoteFiles(frozenset())
+        with hub_call(repo_id, rev, hub, "read"):
+            raise
+    return RemoteFiles(frozenset(s.rfilename for s in info.siblings or []))
 
 
 def fetch_card(repo_id: str, revision: str | None, hub) -> str | None:

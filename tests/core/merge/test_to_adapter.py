@@ -31,6 +31,7 @@ def test_combine_to_adapter_result_and_dry_run(peft_adapter, tmp_path):
     assert not (tmp_path / "o").exists()
     assert dry.to_dict() == {"dry_run": True, "output": str(tmp_path / "o"), "method": "cat",
                              "adapters": [str(a), str(b)], "weights": [1.0, 0.5], "modules": 4,
-                             "r": 2, "rank_pattern": {}, "warnings": dry.warnings}
+                             "r": 2, "rank_pattern": {}, "warnings": dry.warnings,
+                             "replaces": [{"path": str(tmp_path / "o"), "exists": False}]}
     done = combine_to_adapter([str(a), str(b)], tmp_path / "o", method="linear")
     assert not done.dry_run and done.method == "cat" and (tmp_path / "o" / "README.md").is_file()
