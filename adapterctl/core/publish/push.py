@@ -112,7 +112,7 @@ def validate_folder(folder: Path, kind: str) -> tuple[str | None, list[str]]:
             f"{folder}: refusing to push an adapter that cannot be used: {listing}",
             hint=errors[0].hint or f"Run 'adapterctl inspect {folder}' for details.",
         )
-    return summary.base_model, [p.message for p in summary.problems]
+    return summary.config.base_model, [p.message for p in summary.problems]
 
 
 def select_files(folder: Path, kind: str, include: list[str], exclude: list[str]) -> list[Path]:
