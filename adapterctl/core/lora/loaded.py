@@ -23,7 +23,7 @@ from adapterctl.core.adapter.targeting import module_scaling
 from adapterctl.core.adapter.validate import check_tensors, config_problems, token_indices, weights_problems
 from adapterctl.core.adapter.variants import block_diagonal_factor
 from adapterctl.core.lora.experts import ExpertWeights, build_experts
-from adapterctl.errors import InvalidAdapterError, NotFoundError, UsageError
+from adapterctl.errors import InvalidAdapterError, UsageError
 from adapterctl.io.folders.adapter_dir import AdapterFiles, locate_adapter_files
 
 
@@ -91,11 +91,7 @@ def tied_pairs(modules: dict[str, LoraWeights]) -> list[tuple[str, str]]:
 
 def read_adapter_tensors(files: AdapterFiles, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
     """All tensors of the weights file; legacy .bin only through ``torch.load(weights_only=True)``."""
-    if files.weights is None:
-        raise NotFoundError(
-            f"{files.source}: no adapter_model.safetensors (or adapter_model.bin)",
-            hint="Copy or download the weights file too.",
-        )
+    raise_first_error(weights_problems(files))  # the message names the folder
     if files.weights_format == "safetensors":
         from safetensors.torch import load_file
 
@@ -130,7 +126,7 @@ def load_adapter(
     files = locate_adapter_files(folder, source)
     cfg = read_adapter_config(files.config)
     check_lora_type(cfg, files.source)
-    raise_first_error(config_problems(cfg) + weights_problems(files), files.source)
+    raise_first_error(config_problems(cfg), files.source)
     return build_adapter(name, cfg, files, read_adapter_tensors(files, device))
 
 

@@ -66,7 +66,8 @@ def test_every_loader_refusal_is_not_usable_in_inspect(tmp_path, case):
     assert not summary.usable and summary.exit_code == exit_code
     first = next(p for p in summary.problems if p.severity == "error")
     assert first.code == code
-    assert first.message in err.value.message  # one rule, one message (the loader names the folder)
+    assert err.value.message == f"{folder}: {first.message}"  # one rule, one message (+ the folder)
+    assert err.value.hint == first.hint
     res = invoke("--json", "inspect", folder)
     assert res.code == exit_code and res.json["usable"] is False and res.json["error"]["type"] == code
     human = invoke("inspect", folder)
@@ -89,7 +90,7 @@ def test_a_missing_weights_file_is_the_same_refusal(tmp_path):
         load_adapter(folder)
     summary = inspect_adapter(folder)
     assert err.value.exit_code == summary.exit_code == 3
-    assert summary.problems[0].code == "missing_weights" and summary.problems[0].message in err.value.message
+    assert summary.problems[0].code == "missing_weights" and summary.problems[0].message == err.value.message
     assert invoke("--json", "check", folder).code == 3
 
 
