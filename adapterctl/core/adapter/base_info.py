@@ -26,7 +26,7 @@ from functools import cached_property
 from pathlib import Path
 
 from adapterctl.core.adapter.config import read_adapter_config
-from adapterctl.core.adapter.prefixes import KeyMapping, checkpoint_spelling
+from adapterctl.core.adapter.prefixes import KeyMapping, checkpoint_spelling, detect_layout
 from adapterctl.errors import NotFoundError, UsageError
 from adapterctl.io.folders.model_dir import find_checkpoint_key
 from adapterctl.io.formats.classify import MODEL, classify_folder
@@ -142,6 +142,13 @@ class BaseInfo:
     def is_vlm(self) -> bool:
         """A vision-language config: the language model's sizes sit in ``text_config``."""
         return isinstance(self.config.get("text_config"), dict)
+
+    @property
+    def layout(self) -> str | None:
+        """Where the checkpoint keeps the language model (prefixes.py: ``text``, ``vlm``,
+        ``vlm-legacy``, ``text+visual``); None without headers or for another layout (GPT-2)."""
+        found = detect_layout(self.params) if self.params else None
+        return found.name if found else None
 
     @property
     def tie_word_embeddings(self) -> bool:

@@ -132,6 +132,7 @@ def test_base_info_reads_a_model_folder(tiny_models):
     info = read_base_info(tiny_models["llama_tied"])
     assert info.tie_word_embeddings and info.output_is_embedding and info.stores_lm_head is False
     assert info.architecture == "LlamaForCausalLM" and info.vocab_size and info.num_layers == 2
+    assert info.layout == "text" and not info.is_vlm
     assert info.param_shape("lm_head.weight") == info.param_shape("model.embed_tokens.weight")
     untied = read_base_info(tiny_models["llama"])
     assert not untied.tie_word_embeddings and untied.stores_lm_head and not untied.output_is_embedding
@@ -140,7 +141,7 @@ def test_base_info_reads_a_model_folder(tiny_models):
 def test_text_config_sizes_and_a_layer_output_is_not_the_head():
     info = BaseInfo("vlm", {"model_type": "llava", "text_config": {"vocab_size": 99, "num_hidden_layers": 3}},
                     {"model.layers.0.attention.output.weight": (4, 4), "model.embed_tokens.weight": (99, 4)})
-    assert info.is_vlm and info.vocab_size == 99 and info.num_layers == 3
+    assert info.is_vlm and info.vocab_size == 99 and info.num_layers == 3 and info.layout == "text"
     assert info.stores_lm_head is False and info.output_is_embedding
 
 
