@@ -23,6 +23,14 @@ def _rows(n):
 
 
 BD = {"use_bdlora": {"target_modules_bd_a": ["q_proj"], "target_modules_bd_b": [], "nblocks": 2}}
+BD_BOTH = {"use_bdlora": {"target_modules_bd_a": ["q_proj"], "target_modules_bd_b": ["q_proj"], "nblocks": 2}}
+EXPERTS = "base_model.model.model.layers.0.mlp.experts"
+#: target_parameters LoRA on a fused experts parameter: A (r·E, in), B (out, r·E) (spec 5.6)
+TP = {"target_modules": [], "target_parameters": ["mlp.experts.down_proj"]}
+
+
+def _experts(rows, cols=None):
+    return {f"{EXPERTS}.lora_A.weight": torch.ones(rows, 8), f"{EXPERTS}.lora_B.weight": torch.ones(16, cols or rows)}
 
 #: case -> (config, tensors, problem code, exit code); every one of them is a loader refusal
 REFUSALS = {
@@ -45,6 +53,10 @@ REFUSALS = {
     "token_indices_for_another_module": ({"r": 2, "trainable_token_indices": {"lm_head": [1, 2, 3]}},
                                          _rows(3), "trainable_tokens_without_indices", 4),
     "bdlora_blocks": ({"r": 3, **BD}, _lora(3, i=32), "bdlora_blocks", 4),
+    "bdlora_both_factors": ({"r": 2, **BD_BOTH}, _lora(2, i=32), "invalid_input", 4),
+    "experts_rank": ({"r": 2, **TP}, _experts(3), "rank_mismatch", 4),
+    "experts_unpaired": ({"r": 2, **TP}, {f"{EXPERTS}.lora_A.weight": torch.ones(4, 8)}, "unpaired_lora", 4),
+    "experts_dora": ({"r": 2, "use_dora": True, **TP}, _experts(4), "expert_variant", 5),
     "unknown_key": ({"r": 2}, {**_lora(), f"{Q}.lora_X.weight": torch.ones(2)}, "unknown_key", 4),
     "empty": ({"r": 2}, {}, "empty_adapter", 4),
     "unsupported_variant": ({"r": 2, "use_qalora": True}, _lora(), "unsupported_variant", 5),
