@@ -69,25 +69,26 @@ def render(console, s) -> None:
     head = Table.grid(padding=(0, 2))
     head.add_column(style="bold")
     head.add_column()
+    c, w = s.config, s.weights
     rows = [
         ("adapter", s.source),
-        ("peft_type", s.peft_type),
-        ("task_type", s.task_type),
-        ("base model", s.base_model),
-        ("r / alpha / scaling", f"{s.r} / {s.lora_alpha} / {s.scaling:.4g}" if s.r else None),
-        ("variants", ", ".join(s.variants) or "none"),
-        ("init_lora_weights", s.init_lora_weights),
-        ("target_modules", _fmt(s.target_modules)),
-        ("target_parameters", _fmt(s.target_parameters)),
-        ("exclude_modules", _fmt(s.exclude_modules)),
-        ("modules_to_save", _fmt(s.modules_to_save)),
-        ("bias", s.bias),
-        ("peft_version", s.peft_version),
+        ("peft_type", c.peft_type),
+        ("task_type", c.task_type),
+        ("base model", c.base_model),
+        ("r / alpha / scaling", f"{c.r} / {c.lora_alpha} / {c.scaling:.4g}" if c.r else None),
+        ("variants", ", ".join(c.variants) or "none"),
+        ("init_lora_weights", c.init_lora_weights),
+        ("target_modules", _fmt(c.target_modules)),
+        ("target_parameters", _fmt(c.target_parameters)),
+        ("exclude_modules", _fmt(c.exclude_modules)),
+        ("modules_to_save", _fmt(c.modules_to_save)),
+        ("bias", c.bias),
+        ("peft_version", c.peft_version),
         (
             "weights",
-            f"{s.weights_file} ({s.num_tensors} tensors, {s.num_parameters:,} parameters, "
-            f"{human_bytes(s.size_bytes)}, {_fmt(s.dtypes)})"
-            if s.weights_file
+            f"{w.weights_file} ({w.num_tensors} tensors, {w.num_parameters:,} parameters, "
+            f"{human_bytes(w.size_bytes)}, {_fmt(w.dtypes)})"
+            if w.weights_file
             else None,
         ),
     ]
@@ -98,11 +99,11 @@ def render(console, s) -> None:
         rows.append(
             (
                 "base checked",
-                f"{s.base['path']} ({s.base['model_type']}): "
-                + ("compatible" if s.base["compatible"] else "NOT compatible"),
+                f"{s.base.path} ({s.base.model_type}): "
+                + ("compatible" if s.base.compatible else "NOT compatible"),
             )
         )
-        m = s.base.get("key_mapping")
+        m = s.base.key_mapping
         if m:
             rows.append(
                 (

@@ -315,8 +315,9 @@ def _combine_to_adapter(
 
 
 def _is_model_dir(ref: str) -> bool:
-    p = Path(ref).expanduser()
-    return (p / "config.json").is_file() and not (p / "adapter_config.json").is_file()
+    from adapterctl.io.formats.classify import MODEL, classify_folder
+
+    return classify_folder(ref) == MODEL
 
 
 def _command_line() -> str:

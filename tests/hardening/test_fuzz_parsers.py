@@ -19,6 +19,8 @@ from adapterctl.core.adapter.config import (
     read_adapter_config,
 )
 from adapterctl.core.adapter.keys import split_keys
+from adapterctl.core.adapter.problems import raise_first_error
+from adapterctl.core.adapter.validate import config_problems
 from adapterctl.errors import EXIT_CODES, AdapterctlError
 from adapterctl.io.folders.files import read_json_object
 from adapterctl.io.folders.model_dir import locate_model_files
@@ -69,7 +71,7 @@ def test_adapter_config_any_fields(doc):
     # the derived views read the same values: they must not raise either
     cfg.variants, cfg.init_kind, cfg.unsupported_variants  # noqa: B018
     _expect_result_or_ours(check_lora_type, cfg, "fuzz")
-    _expect_result_or_ours(cfg.require_supported, "fuzz")
+    _expect_result_or_ours(lambda: raise_first_error(config_problems(cfg), "fuzz"))
 
 
 @FUZZ

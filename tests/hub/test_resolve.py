@@ -171,4 +171,4 @@ def test_header_only_legacy_bin_adapter_is_not_downloaded(hub, lora, tmp_path):
     from adapterctl.core.adapter.inspect import inspect_adapter
 
     summary = inspect_adapter(folder, source="testuser/legacy")
-    assert summary.weights_format == "bin" and [p.code for p in summary.problems][:1] == ["legacy_bin"]
+    assert summary.weights.weights_format == "bin" and [p.code for p in summary.problems][:1] == ["legacy_bin"]

@@ -27,8 +27,12 @@ PLAIN_INITS = {"gaussian", "orthogonal", "eva", "mica", "true", "false"}
 RECOMPUTABLE_INITS = {"pissa", "olora"}
 #: Initialisers whose base mutation cannot be recomputed from the adapter alone.
 NEEDS_CONVERSION_INITS = {"corda", "loftq", "lora_ga"}
-#: Every init_kind whose adapter was trained on a mutated (residual) base.
-BASE_MUTATING_INITS = RECOMPUTABLE_INITS | NEEDS_CONVERSION_INITS | {"pissa_niter"}
+#: PiSSA by a randomised SVD (``pissa_niter_N``): nobody can reproduce its residual exactly; attach
+#: approximates it with the full SVD, merge and convert --base refuse it.
+RANDOMISED_INITS = {"pissa_niter"}
+#: Every init_kind whose adapter was trained on a mutated (residual) base. The one list of init
+#: kinds: validate, attach, merge, convert and the engine rules import these sets.
+BASE_MUTATING_INITS = RECOMPUTABLE_INITS | NEEDS_CONVERSION_INITS | RANDOMISED_INITS
 OTHER_PEFT_TYPES = {
     "IA3",
     "LOKR",
@@ -138,28 +142,6 @@ class LoraAdapterConfig:
     @property
     def unsupported_variants(self) -> dict[str, str]:
         return {k: n for k, n in UNSUPPORTED_VARIANTS.items() if self.raw.get(k)}
-
-    def require_supported(self, source: str) -> None:
-        """Raise UnsupportedError for anything the engine cannot apply exactly."""
-        bad = self.unsupported_variants
-        if bad:
-            keys = ", ".join(f"{k} ({n})" for k, n in bad.items())
-            raise UnsupportedError(
-                f"{source}: adapter uses {keys}, which adapterctl does not implement",
-                hint="Applying it as plain LoRA would give wrong outputs; use PEFT for this adapter.",
-            )
-        if self.init_kind in NEEDS_CONVERSION_INITS:
-            raise UnsupportedError(
-                f"{source}: init_lora_weights={self.init_lora_weights!r} mutated the base model "
-                "during training, and that change cannot be recomputed from the adapter",
-                hint="Convert it to plain LoRA with PEFT's path_initial_model_for_weight_conversion "
-                "(or `adapterctl convert --pissa-init INIT TRAINED OUT`), or use the residual base.",
-            )
-        if self.init_kind == "unknown":
-            raise UnsupportedError(
-                f"{source}: unknown init_lora_weights value {self.init_lora_weights!r}",
-                hint="Known values: true, false, gaussian, orthogonal, eva, mica, pissa, olora.",
-            )
 
 
 def _type_error(source: str, key: str, expected: str, value: Any) -> InvalidAdapterError:

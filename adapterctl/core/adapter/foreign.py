@@ -42,13 +42,13 @@ class ForeignAdapterSummary:
 
 def inspect_foreign(path: str | Path, source: str | None = None) -> ForeignAdapterSummary | None:
     """The summary when ``path`` is a GGUF file or an MLX-LM adapter folder, else None."""
-    from adapterctl.io.formats.gguf_header import is_gguf_file
-    from adapterctl.io.formats.mlx_adapter import is_mlx_adapter_dir
+    from adapterctl.io.formats.classify import GGUF, MLX, classify_folder
 
     shown = source or str(path)
-    if is_gguf_file(path):
+    kind = classify_folder(path)
+    if kind == GGUF:
         return _gguf(path, shown)
-    if is_mlx_adapter_dir(path):
+    if kind == MLX:
         return _mlx(path, shown)
     return None
 

@@ -1,10 +1,13 @@
 """``inspect``: what an adapter holds and whether it can be used, from its config and the
-safetensors header alone (no torch). Spec sections 0 to 4."""
+safetensors header alone (no torch). Spec sections 0 to 4.
+
+Whether it can be used is core/adapter/validate.py's list (the loader raises from the same list);
+with a base, compat.py's checks are added (the one "does it fit" rule)."""
 
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from adapterctl.core.adapter import compat as C
@@ -12,184 +15,204 @@ from adapterctl.core.adapter import experts as X
 from adapterctl.core.adapter import prefixes as PX
 from adapterctl.core.adapter import problems as P
 from adapterctl.core.adapter.config import LoraAdapterConfig, check_lora_type, parse_adapter_config
-from adapterctl.core.adapter.keys import KeyLayout, ModuleKeys, split_keys
+from adapterctl.core.adapter.keys import KeyLayout, ModuleKeys
+from adapterctl.core.adapter.summary import (
+    AdapterSummary,
+    BaseCheck,
+    ConfigSummary,
+    ModuleSummary,
+    WeightsSummary,
+)
 from adapterctl.core.adapter.targeting import matches_target, module_scaling
-from adapterctl.core.adapter.variants import base_module_path, expand_layout
+from adapterctl.core.adapter.validate import (
+    TensorCheck,
+    check_tensors,
+    config_problems,
+    problem_of,
+    weights_problems,
+)
+from adapterctl.core.adapter.variants import base_module_path
 from adapterctl.errors import AdapterctlError
 from adapterctl.io.folders.adapter_dir import AdapterFiles, locate_adapter_files
 from adapterctl.io.folders.files import read_json_object
 from adapterctl.io.safetensors.header import SafetensorsHeader, read_safetensors_header
 
 
-@dataclass(frozen=True)
-class ModuleSummary:
-    name: str
-    kind: str  # a compat.LayerKind value: linear | conv1d-transposed | embedding | conv
-    r: int | None
-    alpha: float
-    scaling: float
-    a_shape: list[int] | None
-    b_shape: list[int] | None
-    dtype: str
-    dora: bool = False
-    lora_bias: bool = False
-    base_shape: list[int] | None = None
-    a_norm: float | None = None
-    b_norm: float | None = None
-    delta_norm: float | None = None
-    nonfinite: int | None = None
-    #: target_parameters on a 3-D parameter: the number of experts E (r is per expert; A holds
-    #: r·E rows, B r·E columns; kind "experts"); None for a module LoRA and for a 2-D parameter
-    #: (kind "parameter": A (r, in), B (out, r), as a Linear)
-    experts: int | None = None
+@dataclass
+class _Base:
+    """The base's parameter shapes (None for legacy .bin), as inspect reads them."""
 
-
-@dataclass(frozen=True)
-class AdapterSummary:
-    source: str
+    shown: str
     path: str
-    peft_type: str | None
-    task_type: str | None
-    base_model: str | None
-    r: int | None
-    lora_alpha: float | None
-    scaling: float | None
-    use_rslora: bool
-    variants: list[str]
-    init_lora_weights: bool | str | None
-    target_modules: list[str] | str | None
-    exclude_modules: list[str] | str | None
-    modules_to_save: list[str] | None
-    bias: str | None
-    extras: dict[str, list[str]]
-    peft_version: str | None
-    weights_file: str | None
-    weights_format: str | None
-    modules: list[ModuleSummary]
-    num_tensors: int
-    num_parameters: int
-    size_bytes: int
-    dtypes: dict[str, int]
-    base: dict | None
-    problems: list[P.Problem] = field(default_factory=list)
-    target_parameters: list[str] | None = None  # LoRA on raw parameters (MoE experts)
-
-    @property
-    def usable(self) -> bool:
-        return not any(p.severity == "error" for p in self.problems)
-
-    @property
-    def exit_code(self) -> int:
-        errs = [p.exit_code for p in self.problems if p.severity == "error"]
-        return errs[0] if errs else 0
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["problems"] = [p.to_dict() for p in self.problems]
-        d["usable"] = self.usable
-        return d
+    shapes: dict[str, tuple] | None
+    model_type: str | None
+    problems: list[P.Problem]
 
 
-def _module_kind(
-    mod: ModuleKeys, cfg: LoraAdapterConfig, base_shape: tuple | None, model_type: str | None
-) -> C.LayerKind:
-    return C.base_layer_kind(
+def inspect_adapter(
+    path: str | Path,
+    base: str | Path | None = None,
+    check_values: bool = False,
+    source: str | None = None,
+    base_source: str | None = None,
+) -> AdapterSummary:
+    """Summarise the adapter folder ``path``; ``base`` is a local model folder to check against.
+
+    ``source`` / ``base_source``: what the user typed (a Hub id resolves to a cache folder whose
+    name is a commit sha, so names are compared against what was typed)."""
+    files = locate_adapter_files(path, source)
+    doc = read_json_object(files.config, "adapter_config.json")
+    not_lora = _not_lora(doc, files)
+    if not_lora:
+        return AdapterSummary(
+            files.source,
+            str(files.root),
+            _config_of_doc(doc),
+            _weights(files, named=False),
+            problems=[not_lora],
+        )
+    cfg = parse_adapter_config(doc, str(files.config))
+    problems = weights_problems(files, headers_only="inspect") + config_problems(cfg)
+    if files.weights is None or files.weights_format == "bin":
+        return _summary(files, cfg, None, TensorCheck(), problems)
+    header = read_safetensors_header(files.weights)
+    seen = _read_base(base, base_source) if base is not None else None
+    check = _check_tensors(cfg, header, files, seen)
+    empty = [p for p in check.problems if p.code == "empty_adapter"]
+    problems = (
+        empty + problems + (seen.problems if seen else []) + [p for p in check.problems if p not in empty]
+    )
+    modules = _module_summaries(cfg, check, header, seen, check_values, problems)
+    problems += _advisories(cfg, check.layout)
+    if check_values:
+        problems += [
+            P.error(
+                "nonfinite",
+                f"{m.name}: {m.nonfinite} NaN/Inf values",
+                "Training diverged; use an earlier checkpoint.",
+            )
+            for m in modules
+            if m.nonfinite
+        ]
+    summary = _summary(files, cfg, header, check, problems, modules)
+    if seen is None:
+        return summary
+    return _with_base(summary, cfg, check.layout, header, seen)
+
+
+def _not_lora(doc: dict, files: AdapterFiles) -> P.Problem | None:
+    peft_type = doc.get("peft_type")
+    if isinstance(peft_type, str) and peft_type.upper() == "LORA":
+        return None
+    try:
+        check_lora_type(parse_adapter_config({"peft_type": peft_type}, files.source), files.source)
+    except AdapterctlError as err:
+        return problem_of(err)
+    return None
+
+
+def _read_base(base: str | Path, shown: str | None) -> _Base:
+    from adapterctl.io.folders.model_dir import locate_model_files, read_model_shapes
+
+    files = locate_model_files(str(base))
+    if files.weights_format != "safetensors":
+        warn = P.warning("base_bin", f"{base}: legacy .bin weights: shapes not checked without loading them")
+        return _Base(shown or str(base), str(base), None, files.model_type, [warn])
+    return _Base(shown or str(base), str(base), read_model_shapes(files), files.model_type, [])
+
+
+def _check_tensors(
+    cfg: LoraAdapterConfig, header: SafetensorsHeader, files: AdapterFiles, seen: _Base | None
+):
+    shapes = {k: t.shape for k, t in header.tensors.items()}
+    base_shapes = seen.shapes if seen else None
+    exists = (
+        (lambda m, p: X.locate_param(f"{m}.{p}", base_shapes) is not None or None) if base_shapes else None
+    )
+    dtypes = {k: t.dtype for k, t in header.tensors.items()}
+    return check_tensors(cfg, shapes, dtypes, where=files.weights.name, exists=exists)
+
+
+def _module_summaries(
+    cfg: LoraAdapterConfig,
+    check: TensorCheck,
+    header: SafetensorsHeader,
+    seen: _Base | None,
+    check_values: bool,
+    problems: list[P.Problem],
+) -> list[ModuleSummary]:
+    """One summary per target_parameters entry and per LoRA module; problems found on the way
+    (expert shapes against the base) are appended to ``problems``."""
+    shapes = seen.shapes if seen else None
+    model_type = seen.model_type if seen else None
+    modules = []
+    for ek in check.experts.values():
+        mod_summary, mod_problems = _expert_summary(ek, cfg, shapes, model_type, header, check_values)
+        modules.append(mod_summary)
+        problems += mod_problems
+    spell = PX.spelling_for(_paths(check.layout), shapes) if shapes is not None else None  # text <-> VLM
+    for name, mod in check.layout.modules.items():
+        base_shape = _lookup_base_shape(shapes, spell(base_module_path(cfg, name))) if shapes else None
+        modules.append(_module_summary(name, mod, cfg, base_shape, model_type, header, check_values))
+    return modules
+
+
+def _module_summary(
+    name: str,
+    mod: ModuleKeys,
+    cfg: LoraAdapterConfig,
+    base_shape: tuple | None,
+    model_type: str | None,
+    header: SafetensorsHeader,
+    check_values: bool,
+) -> ModuleSummary:
+    _, alpha, scaling = module_scaling(cfg, name)
+    kind = C.base_layer_kind(
         mod.embedding, mod.shapes.get("A"), mod.shapes.get("B"), base_shape, model_type, cfg.fan_in_fan_out
+    )
+    return ModuleSummary(
+        name=name,
+        kind=kind.value,
+        r=mod.rank,
+        alpha=alpha,
+        scaling=scaling,
+        a_shape=list(mod.shapes["A"]) if "A" in mod.shapes else None,
+        b_shape=list(mod.shapes["B"]) if "B" in mod.shapes else None,
+        dtype=mod.dtypes.get("A") or next(iter(mod.dtypes.values()), ""),
+        dora="magnitude" in mod.keys,
+        lora_bias="B_bias" in mod.keys,
+        base_shape=list(base_shape) if base_shape is not None else None,
+        **(_values(header, mod, scaling) if check_values else {}),
     )
 
 
-def _check_module(mod: ModuleKeys, r_cfg: int, cfg: LoraAdapterConfig) -> list[P.Problem]:
+def _advisories(cfg: LoraAdapterConfig, layout: KeyLayout) -> list[P.Problem]:
+    """Warnings: what PEFT would read otherwise than adapterctl, tensors of no known role."""
     out = []
-    for role, other in (("A", "B"), ("B", "A")):
-        if role in mod.keys and other not in mod.keys:
+    selective = cfg.target_modules is not None and not (
+        isinstance(cfg.target_modules, str) and cfg.target_modules.lower() == "all-linear"
+    )
+    for name in layout.modules if selective else ():
+        if not matches_target(cfg, name):
             out.append(
-                P.error(
-                    "unpaired_lora",
-                    f"{mod.path}: has lora_{role} but no lora_{other}",
-                    "The file is incomplete; save the adapter again.",
+                P.warning(
+                    "untargeted_weights",
+                    f"{name}: has LoRA weights but the config's target_modules do not select it",
+                    "adapterctl applies it (the weights are authoritative); PEFT would silently ignore it.",
                 )
             )
-    if "A" not in mod.keys and "B" not in mod.keys:
-        out.append(P.error("orphan_tensor", f"{mod.path}: has {sorted(mod.keys)} but no lora_A/lora_B"))
-    a, b = mod.shapes.get("A"), mod.shapes.get("B")
-    if a and b:
-        if len(a) < 2 or len(b) < 2:
-            out.append(
-                P.error(
-                    "bad_shape",
-                    f"{mod.path}: lora_A {list(a)} / lora_B {list(b)} must have at least 2 dimensions",
-                )
-            )
-        elif a[0] != r_cfg:
-            out.append(
-                P.error(
-                    "rank_mismatch",
-                    f"{mod.path}: config gives r={r_cfg} but lora_A has shape {list(a)}",
-                    "Fix r or rank_pattern in adapter_config.json to match the tensors.",
-                )
-            )
-        elif len(a) == 2 and b[1] != a[0]:
-            out.append(
-                P.error(
-                    "rank_mismatch", f"{mod.path}: lora_A {list(a)} and lora_B {list(b)} disagree on the rank"
-                )
-            )
-    if "kasa_diag" in mod.keys and not cfg.kasa:
-        out.append(
-            P.error("kasa_mismatch", f"{mod.path}: has lora_diag (KaSA) but the config has no kasa_config")
-        )
-    if "magnitude" in mod.keys and not cfg.use_dora:
-        out.append(P.error("dora_mismatch", f"{mod.path}: has lora_magnitude_vector but use_dora is false"))
-    return out
-
-
-def _config_problems(cfg: LoraAdapterConfig) -> list[P.Problem]:
-    out = [
-        P.error(
-            "unsupported_variant",
-            f"adapter uses {key} ({name}), which adapterctl does not implement",
-            "Use PEFT for this adapter.",
-            exit_code=5,
-        )
-        for key, name in cfg.unsupported_variants.items()
-    ]
-    kind = cfg.init_kind
-    if kind in ("pissa", "olora", "pissa_niter"):
+    extras = _classify_extras(layout, cfg)
+    if extras["other"]:
         out.append(
             P.warning(
-                "mutating_init",
-                f"init_lora_weights={cfg.init_lora_weights!r}: this adapter was trained on a residual base "
-                "(W - s*B0@A0); attach and merge recompute that residual from the original base"
-                + (
-                    " (pissa_niter uses a randomised SVD that nobody can reproduce exactly: attach "
-                    "approximates it with the full SVD and warns; merge and convert --base refuse it)"
-                    if kind == "pissa_niter"
-                    else ""
-                ),
-                "Or convert it once to plain LoRA: adapterctl convert --base BASE ADAPTER OUT.",
+                "unmatched_full_tensors",
+                f"{len(extras['other'])} full tensors are not LoRA weights, modules_to_save, biases or "
+                f"embeddings: {', '.join(extras['other'][:5])}",
+                "They replace the base parameters of the same name when the adapter is attached.",
             )
         )
-    elif kind in ("corda", "loftq", "lora_ga"):
-        out.append(
-            P.error(
-                "needs_conversion",
-                f"init_lora_weights={cfg.init_lora_weights!r} mutated the base during training in a way "
-                "that cannot be recomputed from the adapter",
-                "Convert it with the initial adapter: adapterctl convert --pissa-init INIT ADAPTER OUT.",
-                exit_code=5,
-            )
-        )
-    elif kind == "unknown":
-        out.append(
-            P.error("unknown_init", f"unknown init_lora_weights {cfg.init_lora_weights!r}", exit_code=5)
-        )
-    if cfg.use_rslora and (cfg.rank_pattern or cfg.alpha_pattern):
-        out.append(
-            P.warning(
-                "rslora_patterns",
-                "use_rslora with rank/alpha patterns: each module's scaling is its own alpha/sqrt(r)",
-            )
-        )
+    if extras["biases"] and cfg.bias == "none":
+        out.append(P.warning("bias_mismatch", "the file holds base biases but bias is 'none'"))
     return out
 
 
@@ -215,43 +238,48 @@ def _classify_extras(layout: KeyLayout, cfg: LoraAdapterConfig) -> dict[str, lis
     return extras
 
 
-def _extras_problems(extras: dict[str, list[str]], cfg: LoraAdapterConfig) -> list[P.Problem]:
-    out = []
-    if extras["other"]:
-        out.append(
-            P.warning(
-                "unmatched_full_tensors",
-                f"{len(extras['other'])} full tensors are not LoRA weights, modules_to_save, biases or "
-                f"embeddings: {', '.join(extras['other'][:5])}",
-                "They replace the base parameters of the same name when the adapter is attached.",
-            )
-        )
-    if extras["biases"] and cfg.bias == "none":
-        out.append(P.warning("bias_mismatch", "the file holds base biases but bias is 'none'"))
-    tti = cfg.trainable_token_indices
-    if extras["trainable_tokens"] and not tti:
-        out.append(
-            P.error(
-                "trainable_tokens_without_indices",
-                "trainable token rows are saved but trainable_token_indices is missing from the config",
-            )
-        )
-    return out
+# ----- against a base ----------------------------------------------------------------------------
+def _with_base(
+    summary: AdapterSummary, cfg: LoraAdapterConfig, layout: KeyLayout, header: SafetensorsHeader, seen: _Base
+) -> AdapterSummary:
+    problems = list(summary.problems)
+    mapping = PX.base_mapping(_paths(layout), seen.shapes) if seen.shapes else None
+    if seen.shapes:
+        vision = mapping and PX.vision_problem(mapping, _paths(layout), seen.shown)
+        problems += [vision] if vision else []
+        spell = PX.spelling_for(_paths(layout), seen.shapes)
+        adapter_shapes = {k: t.shape for k, t in header.tensors.items()}
+        problems += _base_problems(seen, summary.modules, layout, adapter_shapes, cfg, spell)
+    base = BaseCheck(
+        seen.path,
+        seen.model_type,
+        compatible=not any(p.exit_code == 6 for p in problems),
+        key_mapping=mapping.to_dict() if mapping else None,
+    )
+    return AdapterSummary(
+        summary.source,
+        summary.path,
+        summary.config,
+        summary.weights,
+        summary.modules,
+        summary.extras,
+        base,
+        problems,
+    )
 
 
 def _base_problems(
-    base_name: str,
+    seen: _Base,
     summary_mods: list[ModuleSummary],
     layout: KeyLayout,
     adapter_shapes: dict[str, tuple],
-    shapes_of_base: dict[str, tuple],
     cfg: LoraAdapterConfig,
     spell=lambda p: p,
 ) -> list[P.Problem]:
     from adapterctl.io.folders.model_dir import find_checkpoint_key
 
+    shapes = seen.shapes or {}
     out = []
-    keys = set(shapes_of_base)
     summary_mods = [m for m in summary_mods if m.kind not in ("experts", "parameter")]  # checked
     # in _expert_summary
     for mod in summary_mods:
@@ -271,27 +299,12 @@ def _base_problems(
         if problem:
             out.append(problem)
     for param, key in sorted(layout.replacements.items()):
-        base_key = find_checkpoint_key(spell(param) or param, keys)
-        problem = C.check_replacement(
-            param, adapter_shapes[key], shapes_of_base[base_key] if base_key else None
-        )
+        base_key = find_checkpoint_key(spell(param) or param, set(shapes))
+        problem = C.check_replacement(param, adapter_shapes[key], shapes[base_key] if base_key else None)
         if problem:
             out.append(problem)
-    name_problem = C.base_name_problem(cfg.base_model_name_or_path, base_name)
+    name_problem = C.base_name_problem(cfg.base_model_name_or_path, seen.shown)
     return out + ([name_problem] if name_problem else [])
-
-
-def _base_shapes(base: str) -> tuple[dict[str, tuple], str | None, list[P.Problem]]:
-    from adapterctl.io.folders.model_dir import locate_model_files, read_model_shapes
-
-    files = locate_model_files(base)
-    if files.weights_format != "safetensors":
-        return (
-            {},
-            files.model_type,
-            [P.warning("base_bin", f"{base}: legacy .bin weights: shapes not checked without loading them")],
-        )
-    return read_model_shapes(files), files.model_type, []
 
 
 def _values(
@@ -326,161 +339,6 @@ def _values(
     return out
 
 
-def inspect_adapter(
-    path: str | Path,
-    base: str | Path | None = None,
-    check_values: bool = False,
-    source: str | None = None,
-    base_source: str | None = None,
-) -> AdapterSummary:
-    """Summarise the adapter folder ``path``; ``base`` is a local model folder to check against.
-
-    ``source`` / ``base_source``: what the user typed (a Hub id resolves to a cache folder whose
-    name is a commit sha, so names are compared against what was typed)."""
-    files = locate_adapter_files(path, source)
-    doc = read_json_object(files.config, "adapter_config.json")
-    peft_type = doc.get("peft_type")
-    if not (isinstance(peft_type, str) and peft_type.upper() == "LORA"):
-        try:
-            check_lora_type(parse_adapter_config({"peft_type": peft_type}, files.source), files.source)
-        except AdapterctlError as err:
-            return _empty_summary(files, doc, P.error(err.kind, err.message, err.hint, err.exit_code))
-    cfg = parse_adapter_config(doc, str(files.config))
-    problems = _config_problems(cfg)
-    if files.weights is None:
-        problems.insert(
-            0,
-            P.error(
-                "missing_weights",
-                f"{files.source}: no adapter_model.safetensors (or adapter_model.bin)",
-                "Copy or download the weights file too.",
-                exit_code=3,
-            ),
-        )
-        return _summary(files, cfg, [], KeyLayout(), None, None, problems)
-    if files.weights_format == "bin":
-        problems.insert(
-            0,
-            P.warning(
-                "legacy_bin",
-                f"{files.weights.name}: legacy pickle weights; inspect reads safetensors only",
-                f"Convert it: adapterctl convert --to-safetensors {files.source} OUT "
-                "(attach and merge read it safely with weights_only=True).",
-            ),
-        )
-        return _summary(files, cfg, [], KeyLayout(), None, None, problems)
-    header = read_safetensors_header(files.weights)
-    base_shapes, model_type, spell = None, None, None
-    if base is not None:
-        base_shapes, model_type, base_probs = _base_shapes(str(base))
-        problems += base_probs
-    experts, rest, expert_problems = X.split_expert_keys(
-        {k: t.shape for k, t in header.tensors.items()},
-        cfg,
-        {k: t.dtype for k, t in header.tensors.items()},
-        exists=(lambda m, p: X.locate_param(f"{m}.{p}", base_shapes) is not None or None)
-        if base_shapes
-        else None,
-    )
-    problems += expert_problems
-    layout = split_keys(rest, {k: t.dtype for k, t in header.tensors.items()})
-    expand_layout(layout, cfg)  # BD-LoRA: the shapes the forward multiplies
-    if not header.tensors:
-        problems.insert(
-            0,
-            P.error(
-                "empty_adapter",
-                f"{files.weights}: holds no tensors",
-                "Save the adapter again after training.",
-            ),
-        )
-    if base_shapes is not None:
-        spell = PX.spelling_for(_paths(layout), base_shapes)  # text <-> VLM layouts
-    modules = []
-    for ek in experts.values():
-        mod_summary, mod_problems = _expert_summary(ek, cfg, base_shapes, model_type, header, check_values)
-        modules.append(mod_summary)
-        problems += mod_problems
-    for name, mod in layout.modules.items():
-        r, alpha, scaling = module_scaling(cfg, name)
-        problems += _check_module(mod, r, cfg)
-        base_shape = (
-            _lookup_base_shape(base_shapes, spell(base_module_path(cfg, name)), mod) if base_shapes else None
-        )
-        kind = _module_kind(mod, cfg, base_shape, model_type)
-        values = _values(header, mod, scaling) if check_values else {}
-        modules.append(
-            ModuleSummary(
-                name=name,
-                kind=kind.value,
-                r=mod.rank,
-                alpha=alpha,
-                scaling=scaling,
-                a_shape=list(mod.shapes["A"]) if "A" in mod.shapes else None,
-                b_shape=list(mod.shapes["B"]) if "B" in mod.shapes else None,
-                dtype=mod.dtypes.get("A") or next(iter(mod.dtypes.values()), ""),
-                dora="magnitude" in mod.keys,
-                lora_bias="B_bias" in mod.keys,
-                base_shape=list(base_shape) if base_shape is not None else None,
-                **values,
-            )
-        )
-        if (
-            cfg.target_modules is not None
-            and not (isinstance(cfg.target_modules, str) and cfg.target_modules.lower() == "all-linear")
-            and not matches_target(cfg, name)
-        ):
-            problems.append(
-                P.warning(
-                    "untargeted_weights",
-                    f"{name}: has LoRA weights but the config's target_modules do not select it",
-                    "adapterctl applies it (the weights are authoritative); PEFT would silently ignore it.",
-                )
-            )
-    for key in layout.unknown:
-        problems.append(
-            P.error(
-                "unknown_key",
-                f"{key}: a LoRA-like key adapterctl cannot place",
-                "Is this adapter from another tool or a newer PEFT?",
-            )
-        )
-    extras = _classify_extras(layout, cfg)
-    problems += _extras_problems(extras, cfg)
-    if check_values:
-        problems += [
-            P.error(
-                "nonfinite",
-                f"{m.name}: {m.nonfinite} NaN/Inf values",
-                "Training diverged; use an earlier checkpoint.",
-            )
-            for m in modules
-            if m.nonfinite
-        ]
-    base_info = None
-    if base is not None:
-        mapping = PX.base_mapping(_paths(layout), base_shapes) if base_shapes else None
-        if base_shapes:
-            vision = mapping and PX.vision_problem(mapping, _paths(layout), base_source or str(base))
-            problems += [vision] if vision else []
-            problems += _base_problems(
-                base_source or str(base),
-                modules,
-                layout,
-                {k: t.shape for k, t in header.tensors.items()},
-                base_shapes,
-                cfg,
-                spell,
-            )
-        base_info = {
-            "path": str(base),
-            "model_type": model_type,
-            "compatible": not any(p.exit_code == 6 for p in problems),
-            "key_mapping": mapping.to_dict() if mapping else None,
-        }
-    return _summary(files, cfg, modules, layout, header, base_info, problems)
-
-
 def _paths(layout: KeyLayout) -> list[str]:
     return [*layout.modules, *layout.replacements, *layout.trainable_tokens]
 
@@ -493,19 +351,21 @@ def _expert_summary(
     header: SafetensorsHeader,
     check_values: bool,
 ) -> tuple[ModuleSummary, list[P.Problem]]:
-    """One target_parameters entry: per-expert rank, the fused parameter it needs (spec 5.6)."""
+    """One target_parameters entry: per-expert rank, the fused parameter it needs (spec 5.6).
+    Its own consistency is validate.py's; here, the fit to the base's parameter."""
     r, alpha, scaling = module_scaling(cfg, ek.path)  # PEFT matches patterns on module.param
-    problems = X.check_expert_keys(ek, r, cfg)
+    consistent = not X.check_expert_keys(ek, r, cfg)
+    problems = []
     a, b = ek.shapes.get("A"), ek.shapes.get("B")
     where = X.locate_param(ek.path, base_shapes) if base_shapes else None
-    if base_shapes and not problems:
+    if base_shapes and consistent:
         problem = X.check_param_shape(
             ek, r, where.shape if where else None, model_type in X.TRANSPOSED_EXPERTS
         )
         problems += [problem] if problem else []
     values = (
         _values(header, ek, scaling, X.num_experts(a, r) if a else None)
-        if (check_values and not problems)
+        if (check_values and consistent and not problems)
         else {}
     )
     e = X.num_experts(a, r) if a else None
@@ -525,34 +385,29 @@ def _expert_summary(
     ), problems
 
 
-def _lookup_base_shape(base_shapes: dict, name: str | None, mod: ModuleKeys) -> tuple | None:
+def _lookup_base_shape(base_shapes: dict, name: str | None) -> tuple | None:
     from adapterctl.io.folders.model_dir import find_checkpoint_key
 
     key = find_checkpoint_key(name + ".weight", base_shapes) if name else None
     return base_shapes[key] if key else None
 
 
+# ----- the summary -------------------------------------------------------------------------------
 def _summary(
     files: AdapterFiles,
     cfg: LoraAdapterConfig,
-    modules: list[ModuleSummary],
-    layout: KeyLayout,
     header: SafetensorsHeader | None,
-    base_info: dict | None,
+    check: TensorCheck,
     problems: list[P.Problem],
+    modules: list[ModuleSummary] | None = None,
 ) -> AdapterSummary:
-    tensors = header.tensors if header else {}
-    dtypes = Counter(t.dtype for t in tensors.values())
-    default_scaling = module_scaling(cfg, "")[2]
-    return AdapterSummary(
-        source=files.source,
-        path=str(files.root),
+    config = ConfigSummary(
         peft_type=cfg.peft_type,
         task_type=cfg.task_type,
         base_model=cfg.base_model_name_or_path,
         r=cfg.r,
         lora_alpha=cfg.lora_alpha,
-        scaling=default_scaling,
+        scaling=module_scaling(cfg, "")[2],
         use_rslora=cfg.use_rslora,
         variants=cfg.variants,
         init_lora_weights=cfg.init_lora_weights,
@@ -560,48 +415,30 @@ def _summary(
         exclude_modules=cfg.exclude_modules,
         modules_to_save=cfg.modules_to_save,
         bias=cfg.bias,
-        extras=_classify_extras(layout, cfg),
         peft_version=cfg.peft_version,
-        weights_file=files.weights.name if files.weights else None,
+        target_parameters=X.target_parameters(cfg) or None,
+    )
+    extras = _classify_extras(check.layout, cfg)
+    return AdapterSummary(
+        files.source, str(files.root), config, _weights(files, header), modules or [], extras, None, problems
+    )
+
+
+def _weights(
+    files: AdapterFiles, header: SafetensorsHeader | None = None, named: bool = True
+) -> WeightsSummary:
+    tensors = header.tensors if header else {}
+    return WeightsSummary(
+        weights_file=files.weights.name if files.weights and named else None,
         weights_format=files.weights_format,
-        modules=modules,
         num_tensors=len(tensors),
         num_parameters=sum(t.numel for t in tensors.values()),
         size_bytes=(8 + header.header_size + header.total_bytes) if header else 0,
-        dtypes=dict(sorted(dtypes.items())),
-        base=base_info,
-        problems=problems,
-        target_parameters=X.target_parameters(cfg) or None,
+        dtypes=dict(sorted(Counter(t.dtype for t in tensors.values()).items())),
     )
 
 
-def _empty_summary(files: AdapterFiles, doc: dict, problem: P.Problem) -> AdapterSummary:
+def _config_of_doc(doc: dict) -> ConfigSummary:
+    """Not a LoRA adapter: its peft_type only."""
     pt = doc.get("peft_type")
-    return AdapterSummary(
-        source=files.source,
-        path=str(files.root),
-        peft_type=pt if isinstance(pt, str) else None,
-        task_type=None,
-        base_model=None,
-        r=None,
-        lora_alpha=None,
-        scaling=None,
-        use_rslora=False,
-        variants=[],
-        init_lora_weights=None,
-        target_modules=None,
-        exclude_modules=None,
-        modules_to_save=None,
-        bias=None,
-        extras={},
-        peft_version=None,
-        weights_file=None,
-        weights_format=files.weights_format,
-        modules=[],
-        num_tensors=0,
-        num_parameters=0,
-        size_bytes=0,
-        dtypes={},
-        base=None,
-        problems=[problem],
-    )
+    return ConfigSummary(peft_type=pt if isinstance(pt, str) else None)

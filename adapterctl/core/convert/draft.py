@@ -22,12 +22,14 @@ from adapterctl.core.adapter.config import (
     read_adapter_config,
 )
 from adapterctl.core.adapter.keys import ModuleKeys, split_keys
+from adapterctl.core.adapter.problems import raise_first_error
+from adapterctl.core.adapter.validate import config_problems
 from adapterctl.core.lora.loaded import (
     LoadedAdapter,
     build_adapter,
     read_adapter_tensors,
 )
-from adapterctl.errors import AdapterctlError, InvalidAdapterError, UnsupportedError
+from adapterctl.errors import AdapterctlError, UnsupportedError
 from adapterctl.io.checkpoint.adapter_writer import write_adapter_files
 from adapterctl.io.folders.adapter_dir import AdapterFiles, locate_adapter_files
 from adapterctl.io.folders.model_card import adapter_card
@@ -84,19 +86,12 @@ def read_draft(
     files = locate_adapter_files(folder, source)
     cfg = read_adapter_config(files.config)
     check_lora_type(cfg, files.source)
-    bad = cfg.unsupported_variants
-    if bad:
-        raise UnsupportedError(
-            f"{files.source}: adapter uses {', '.join(bad.values())}, which convert cannot rewrite",
-            hint="Converting it as plain LoRA would change its outputs; use PEFT for it.",
-        )
+    # the variants nothing here implements (mutated inits are fine: converting them is the point)
+    raise_first_error([p for p in config_problems(cfg) if p.code == "unsupported_variant"], files.source)
     if engines or not experts_ok:  # experts_ok: --rank/--energy, --dtype, --to-safetensors
         refuse_target_parameters(cfg, files.source, engines, folder)
-    tensors = read_adapter_tensors(files)
-    if not tensors:
-        raise InvalidAdapterError(f"{files.weights}: holds no tensors")
-    draft = AdapterDraft(dict(cfg.raw), tensors, files.source)
-    view_adapter(draft)  # validates shapes against r / rank_pattern
+    draft = AdapterDraft(dict(cfg.raw), read_adapter_tensors(files), files.source)
+    view_adapter(draft)  # validates (core/adapter/validate.py), as every loader does
     return draft
 
 

@@ -11,9 +11,9 @@ import math
 
 import torch
 
+from adapterctl.core.adapter.base_info import is_embedding_name, is_lm_head_name
 from adapterctl.core.convert import full_rank as FR
 from adapterctl.core.convert.engine_work import Work
-from adapterctl.core.engine_rules.facts import is_embedding_name, is_lm_head_name
 from adapterctl.core.engine_rules.rules import Caps, tensor_fix
 from adapterctl.errors import AdapterctlError, UnsupportedError
 
@@ -136,7 +136,7 @@ def trainable_tokens(work: Work, caps: Caps) -> None:
 
 
 def _tied_head(work: Work) -> str | None:
-    bf = work.base_facts
+    bf = work.base_info
     if bf is None or not bf.tie_word_embeddings or not bf.params:
         return None
     heads = [

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
+from adapterctl.core.adapter.base_info import BaseInfo, read_base_info
 from adapterctl.core.adapter.compat import CONV1D_MODEL_TYPES
 from adapterctl.core.convert import full_rank as FR
 from adapterctl.core.convert.draft import (
@@ -15,12 +16,7 @@ from adapterctl.core.convert.draft import (
     module_keys,
     view_adapter,
 )
-from adapterctl.core.engine_rules.facts import (
-    AdapterFacts,
-    BaseFacts,
-    facts_from_parts,
-    read_base_facts,
-)
+from adapterctl.core.engine_rules.facts import AdapterFacts, facts_from_parts
 from adapterctl.errors import UsageError
 
 PREFIX = "base_model.model."
@@ -50,11 +46,11 @@ class Work:
         self.notes: list[str] = []
         self.reports: list[ModuleReport] = []
         self._reader = None
-        self.base_facts: BaseFacts | None = read_base_facts(req.base, req.base_name) if req.base else None
+        self.base_info: BaseInfo | None = read_base_info(req.base, req.base_name) if req.base else None
 
     @property
     def conv1d(self) -> bool:
-        return bool(self.base_facts and self.base_facts.model_type in CONV1D_MODEL_TYPES)
+        return bool(self.base_info and self.base_info.model_type in CONV1D_MODEL_TYPES)
 
     def base_param(self, param: str, why: str) -> torch.Tensor:
         if self.req.base is None:
@@ -76,7 +72,7 @@ class Work:
     def facts(self, config: dict, tensors: dict) -> AdapterFacts:
         """The engines' view of a candidate output (headers' worth: names and shapes)."""
         shapes = {k: tuple(v.shape) for k, v in tensors.items()}
-        return facts_from_parts(config, shapes, self.draft.source, base=self.base_facts)
+        return facts_from_parts(config, shapes, self.draft.source, base=self.base_info)
 
     def add(self, path: str, f: FR.Factors) -> None:
         """Add factors to a module (concatenated with any LoRA it already has: ranks add)."""

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from adapterctl.core.adapter.base_info import tied_embeddings
 from adapterctl.core.adapter.compat import CONV1D_MODEL_TYPES
 from adapterctl.core.adapter.targeting import module_scaling
 from adapterctl.core.convert.draft import AdapterDraft, ModuleReport
@@ -65,7 +66,7 @@ def extract_adapter(
         )
     base_files, ft_files = locate_model_files(base_dir), locate_model_files(ft_dir)
     with CheckpointReader(base_files) as base, CheckpointReader(ft_files) as ft:
-        tied = bool(ft_files.config.get("tie_word_embeddings"))
+        tied = tied_embeddings(ft_files.config)  # as transformers decides
         conv1d = (ft_files.model_type or "") in CONV1D_MODEL_TYPES
         scan = _scan(base, ft, rank, energy, conv1d, tied, progress)
         config, tensors = _assemble(

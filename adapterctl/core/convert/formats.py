@@ -125,9 +125,9 @@ def _read_source(req, progress):
 
     if req.from_format == "gguf":
         from adapterctl.core.convert.gguf import draft_from_gguf
-        from adapterctl.core.convert.gguf_arch import read_base_facts
+        from adapterctl.core.convert.gguf_arch import read_gguf_base
 
-        facts = read_base_facts(req.base, req.base_name)
+        facts = read_gguf_base(req.base, req.base_name)
         return draft_from_gguf(req.source, facts, req.base_name or req.base, req.source_name)
     if req.from_format == "mlx":
         from adapterctl.core.convert.mlx import draft_from_mlx, read_mlx_base
@@ -156,11 +156,14 @@ def _is_mutated(draft) -> bool:
 
 
 def _base_dir(req, draft, flag: str) -> Path:
+    from adapterctl.core.adapter.base_info import local_base
+
     if req.base:
         return Path(req.base)
     name = draft.config.get("base_model_name_or_path")
-    if isinstance(name, str) and Path(name).is_dir():
-        return Path(name)
+    found = local_base(name) if isinstance(name, str) else None
+    if found is not None:
+        return found
     raise UsageError(
         f"{flag} needs the base model: pass --base BASE",
         hint=f"The adapter's base_model_name_or_path ({name!r}) is not a local "
@@ -169,7 +172,7 @@ def _base_dir(req, draft, flag: str) -> Path:
 
 
 def _gguf_base(req, draft):
-    from adapterctl.core.convert.gguf_arch import read_base_facts
+    from adapterctl.core.convert.gguf_arch import read_gguf_base
 
     base = _base_dir(req, draft, "--to gguf")
-    return read_base_facts(base, req.base_name or str(base))
+    return read_gguf_base(base, req.base_name or str(base))

@@ -22,7 +22,7 @@ import torch
 
 from adapterctl.core.convert.draft import AdapterDraft, view_adapter
 from adapterctl.core.convert.gguf_arch import (
-    BaseFacts,
+    GGUFBase,
     gguf_name,
     gguf_tensor_kind,
     permute_rows,
@@ -90,7 +90,7 @@ def blockers(draft: AdapterDraft, view) -> list[str]:
     return out
 
 
-def draft_to_gguf_tensors(draft: AdapterDraft, facts: BaseFacts) -> tuple[dict, float, list[str]]:
+def draft_to_gguf_tensors(draft: AdapterDraft, facts: GGUFBase) -> tuple[dict, float, list[str]]:
     """GGUF tensors (float32 numpy, in writing order), adapter.lora.alpha, and the modules whose
     scaling was folded into lora_b."""
     view = view_adapter(draft)
@@ -128,7 +128,7 @@ def draft_to_gguf_tensors(draft: AdapterDraft, facts: BaseFacts) -> tuple[dict, 
     return tensors, alpha, folded
 
 
-def _target_name(facts: BaseFacts, path: str, kind: str, source: str) -> str:
+def _target_name(facts: GGUFBase, path: str, kind: str, source: str) -> str:
     name = gguf_name(facts, path)
     if name is None:
         raise IncompatibleBaseError(
@@ -162,7 +162,7 @@ def _target_name(facts: BaseFacts, path: str, kind: str, source: str) -> str:
     return name
 
 
-def check_targets(draft: AdapterDraft, facts: BaseFacts) -> None:
+def check_targets(draft: AdapterDraft, facts: GGUFBase) -> None:
     """Refuse, before any conversion work, LoRA modules that have no llama.cpp tensor to adapt
     on this base (what ``convert --for llama.cpp`` cannot change either)."""
     for path, w in view_adapter(draft).modules.items():
@@ -171,7 +171,7 @@ def check_targets(draft: AdapterDraft, facts: BaseFacts) -> None:
 
 def export_gguf(
     draft: AdapterDraft,
-    facts: BaseFacts,
+    facts: GGUFBase,
     output: str | Path,
     outtype: str = "f32",
     force: bool = False,
@@ -226,7 +226,7 @@ def export_gguf(
 
 # ----- GGUF -> PEFT ------------------------------------------------------------------------
 def draft_from_gguf(
-    path: str | Path, facts: BaseFacts, base_name: str | None = None, source: str | None = None
+    path: str | Path, facts: GGUFBase, base_name: str | None = None, source: str | None = None
 ) -> AdapterDraft:
     """A llama.cpp LoRA adapter as a PEFT draft: names mapped back through the base checkpoint's
     keys, the q/k permutation undone, ranks per module (rank_pattern), alpha as stored."""
@@ -293,7 +293,7 @@ def _pairs(tensors: dict, src: str) -> dict[str, tuple]:
     return {s: (p["lora_a"], p["lora_b"]) for s, p in pairs.items()}
 
 
-def _inverse_names(facts: BaseFacts, src: str) -> dict[str, str]:
+def _inverse_names(facts: GGUFBase, src: str) -> dict[str, str]:
     if not facts.keys:
         raise UnsupportedError(
             f"{src}: the base {facts.path} has legacy .bin weights; the "
@@ -310,14 +310,14 @@ def _inverse_names(facts: BaseFacts, src: str) -> dict[str, str]:
     return back
 
 
-def _module_path(key_stem: str, facts: BaseFacts) -> str:
+def _module_path(key_stem: str, facts: GGUFBase) -> str:
     """Checkpoint key -> module path as PEFT names it: GPT-2 files may drop ``transformer.``."""
     if facts.rule.gguf_arch == "gpt2" and not key_stem.startswith(("transformer.", "lm_head")):
         return "transformer." + key_stem
     return key_stem
 
 
-def _peft_config(alpha: float, ranks: dict[str, int], facts: BaseFacts, base_name: str) -> dict:
+def _peft_config(alpha: float, ranks: dict[str, int], facts: GGUFBase, base_name: str) -> dict:
     """r = the most common rank, rank_pattern for the others (full paths); alpha as stored. With
     alpha 0 llama.cpp's scale is 1, which PEFT expresses as lora_alpha = r per module."""
     r = Counter(ranks.values()).most_common(1)[0][0]
@@ -341,7 +341,7 @@ def _peft_config(alpha: float, ranks: dict[str, int], facts: BaseFacts, base_nam
     }
 
 
-def _targets(ranks: dict[str, int], suffixes: list[str], facts: BaseFacts) -> list[str]:
+def _targets(ranks: dict[str, int], suffixes: list[str], facts: GGUFBase) -> list[str]:
     """Module names when they select exactly the adapted modules of the base, else full paths."""
     stems = {_module_path(k.removesuffix(".weight"), facts) for k in facts.keys if k.endswith(".weight")}
     selected = {s for s in stems if s.rsplit(".", 1)[-1] in suffixes}

@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from adapterctl.core.adapter.base_info import BaseInfo, read_base_info
 from adapterctl.errors import UnsupportedError
 
 
@@ -45,68 +46,70 @@ ARCHS: dict[str, ArchRule] = {
 
 
 @dataclass(frozen=True)
-class BaseFacts:
-    """What the conversions need to know about the base model, from config.json and headers."""
+class GGUFBase:
+    """The base as llama.cpp's converter sees it: the one BaseInfo (core/adapter/base_info.py),
+    its architecture's conversion rule and attention head counts."""
 
-    path: str
-    hf_arch: str
+    info: BaseInfo
     rule: ArchRule
     n_layers: int
     n_head: int
     n_head_kv: int
-    keys: frozenset[str]  # checkpoint tensor names (empty for legacy .bin bases)
-    tied: bool  # the checkpoint has no lm_head: llama.cpp's output is token_embd
-    config: dict
+
+    @property
+    def path(self) -> str:
+        return self.info.source
+
+    @property
+    def hf_arch(self) -> str:
+        return str(self.info.architecture)
+
+    @property
+    def keys(self) -> frozenset[str]:
+        """Checkpoint tensor names (empty for legacy .bin bases)."""
+        return frozenset(self.info.params or ())
+
+    @property
+    def tied(self) -> bool:
+        """No lm_head in the checkpoint: llama.cpp's output is token_embd."""
+        return self.info.output_is_embedding
+
+    @property
+    def config(self) -> dict:
+        return self.info.text_config
 
 
-def _int(config: dict, *names: str, default: int | None = None) -> int:
-    for n in names:
-        if isinstance(config.get(n), int):
-            return config[n]
+def _int(info: BaseInfo, *names: str, default: int | None = None) -> int:
+    value = info.text_int(*names)
+    if value is not None:
+        return value
     if default is None:
-        raise UnsupportedError(f"base config.json has none of {', '.join(names)}")
+        raise UnsupportedError(f"{info.source}: base config.json has none of {', '.join(names)}")
     return default
 
 
-def read_base_facts(base: str | Path, shown: str | None = None) -> BaseFacts:
-    """Read config.json (and safetensors headers when present) of the base model folder."""
-    from adapterctl.io.folders.model_dir import locate_model_files, read_model_headers
-
-    files = locate_model_files(base, shown)
-    cfg = (
-        files.config.get("text_config") if isinstance(files.config.get("text_config"), dict) else files.config
-    )
-    archs = files.config.get("architectures") or []
-    hf_arch = archs[0] if archs and isinstance(archs[0], str) else str(files.model_type)
-    rule = ARCHS.get(hf_arch)
+def read_gguf_base(base: str | Path, shown: str | None = None) -> GGUFBase:
+    """The base model folder's BaseInfo with llama.cpp's rule for its architecture."""
+    info = read_base_info(base, shown)
+    rule = ARCHS.get(str(info.architecture))
     if rule is None:
         raise UnsupportedError(
-            f"{shown or base}: architecture {hf_arch!r} is not one adapterctl converts to/from "
+            f"{info.source}: architecture {info.architecture!r} is not one adapterctl converts to/from "
             "llama.cpp GGUF adapters",
             hint="Supported: " + ", ".join(sorted(ARCHS)) + ". Others may need tensor "
             "rearrangements llama.cpp's converter applies; use its convert_lora_to_gguf.py.",
         )
-    keys = frozenset(read_model_headers(files)) if files.weights_format == "safetensors" else frozenset()
-    tied = (
-        bool(cfg.get("tie_word_embeddings", True))
-        if not keys
-        else not any(k.endswith("lm_head.weight") for k in keys)
-    )
-    n_head = _int(cfg, "num_attention_heads", "n_head")
-    return BaseFacts(
-        str(shown or base),
-        hf_arch,
+    n_head = _int(info, "num_attention_heads", "n_head")
+    return GGUFBase(
+        info,
         rule,
-        _int(cfg, "num_hidden_layers", "n_layer"),
+        _int(info, "num_hidden_layers", "n_layer"),
         n_head,
-        _int(cfg, "num_key_value_heads", default=n_head),
-        keys,
-        tied,
-        cfg,
+        _int(info, "num_key_value_heads", default=n_head),
     )
 
 
-def tensor_name_map(facts: BaseFacts):
+def tensor_name_map(facts: GGUFBase):
     from adapterctl.io.formats.gguf_adapter import import_gguf
 
     gguf = import_gguf()
@@ -114,13 +117,13 @@ def tensor_name_map(facts: BaseFacts):
     return gguf, gguf.get_tensor_name_map(arch, facts.n_layers)
 
 
-def gguf_name(facts: BaseFacts, module_path: str) -> str | None:
+def gguf_name(facts: GGUFBase, module_path: str) -> str | None:
     """GGUF base tensor name (``blk.0.attn_q.weight``) of a transformers module path."""
     _, names = tensor_name_map(facts)
     return names.get_name(module_path + ".weight", try_suffixes=(".weight",))
 
 
-def gguf_tensor_kind(facts: BaseFacts, gguf_base: str) -> str:
+def gguf_tensor_kind(facts: GGUFBase, gguf_base: str) -> str:
     """'token_embd', 'output', 'q', 'k' or 'other' for a GGUF base tensor name."""
     stem = gguf_base.removesuffix(".weight")
     if stem == "token_embd":

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from adapterctl.core.adapter.base_info import read_base_info
 from adapterctl.core.convert.draft import AdapterDraft, view_adapter
 from adapterctl.errors import InvalidAdapterError, UnsupportedError
 from adapterctl.io.checkpoint.adapter_writer import lora_key
@@ -62,23 +63,15 @@ class MLXExport:
 class MLXBase:
     model_type: str
     n_layers: int
-    tied: bool
+    tied: bool  # the output layer reads the embedding table (BaseInfo.output_is_embedding)
     path: str
 
 
 def read_mlx_base(base: str | Path, shown: str | None = None) -> MLXBase:
-    from adapterctl.io.folders.model_dir import locate_model_files, read_model_headers
-
-    files = locate_model_files(base, shown)
-    cfg = files.config
-    n = cfg.get("num_hidden_layers", cfg.get("n_layer"))
-    if not isinstance(n, int):
-        raise UnsupportedError(f"{shown or base}: config.json has no num_hidden_layers")
-    if files.weights_format == "safetensors":
-        tied = not any(k.endswith("lm_head.weight") for k in read_model_headers(files))
-    else:
-        tied = bool(cfg.get("tie_word_embeddings", True))
-    return MLXBase(str(files.model_type), n, tied, str(shown or base))
+    info = read_base_info(base, shown)
+    if info.num_layers is None:
+        raise UnsupportedError(f"{info.source}: config.json has no num_hidden_layers")
+    return MLXBase(str(info.model_type), info.num_layers, info.output_is_embedding, info.source)
 
 
 def to_mlx_path(path: str, model_type: str) -> str:

@@ -9,7 +9,12 @@ from pathlib import Path
 import torch
 
 from adapterctl.core.adapter import compat as C
-from adapterctl.core.adapter.config import RECOMPUTABLE_INITS, parse_adapter_config
+from adapterctl.core.adapter.config import (
+    BASE_MUTATING_INITS,
+    RANDOMISED_INITS,
+    RECOMPUTABLE_INITS,
+    parse_adapter_config,
+)
 from adapterctl.core.adapter.problems import as_error
 from adapterctl.core.convert.draft import (
     AdapterDraft,
@@ -24,9 +29,6 @@ from adapterctl.errors import (
     UnsupportedError,
 )
 from adapterctl.io.checkpoint.reader import CheckpointReader
-
-#: init_lora_weights kinds whose training ran on a mutated base (spec 1.7, 7)
-MUTATED_INITS = {"pissa", "pissa_niter", "olora", "corda", "lora_ga"}
 
 
 def doubled_config(doc: dict, use_rslora: bool) -> dict:
@@ -63,7 +65,7 @@ def init_factors_from_base(
     if kind not in RECOMPUTABLE_INITS:
         raise UnsupportedError(
             f"{draft.source}: init_lora_weights={view.config.init_lora_weights!r} cannot be "
-            "recomputed from the base" + (" (randomised SVD)" if kind == "pissa_niter" else ""),
+            "recomputed from the base" + (" (randomised SVD)" if kind in RANDOMISED_INITS else ""),
             hint="Pass the initial adapter saved before training: --pissa-init INIT.",
         )
     files = locate_model_files(base_dir, base_source)
@@ -100,7 +102,7 @@ def check_mutated_source(draft: AdapterDraft) -> list[str]:
             "copy; subtracting an initial adapter does not undo that",
             hint="Use the adapter with the LoftQ base model PEFT saved.",
         )
-    if cfg.init_kind not in MUTATED_INITS:
+    if cfg.init_kind not in BASE_MUTATING_INITS:
         return [
             f"config says init_lora_weights={cfg.init_lora_weights!r}; assuming the adapter "
             "was trained from the given initial weights (PEFT's docs set it to true)"

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
+from adapterctl.core.adapter.config import BASE_MUTATING_INITS, parse_adapter_config
 from adapterctl.errors import UnsupportedError, UsageError
 from adapterctl.io.folders.output_dir import Input, check_output
 
@@ -188,7 +189,7 @@ def _convert_steps(draft, req: ConvertRequest):
     if req.init:
         init = C.read_draft(req.init)
         draft = M.convert_mutated(draft, M.init_factors_from_adapter(init), init.source)
-    elif req.base and (not req.engines or _init_kind(draft) in M.MUTATED_INITS):
+    elif req.base and (not req.engines or _init_kind(draft) in BASE_MUTATING_INITS):
         factors = M.init_factors_from_base(draft, req.base, req.base_name)
         draft = M.convert_mutated(draft, factors, req.base_name or req.base)
     if draft.config.get("target_parameters"):  # MoE expert LoRA: its own rank reduction
@@ -215,6 +216,4 @@ def _expert_steps(draft, req: ConvertRequest):
 
 
 def _init_kind(draft) -> str:
-    from adapterctl.core.adapter.config import parse_adapter_config
-
     return parse_adapter_config(draft.config, draft.source).init_kind

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import replace
 
-from adapterctl.core.adapter.config import parse_adapter_config
+from adapterctl.core.adapter.config import BASE_MUTATING_INITS, parse_adapter_config
 from adapterctl.core.adapter.targeting import module_scaling
 from adapterctl.core.convert.draft import (
     AdapterDraft,
@@ -23,7 +23,6 @@ from adapterctl.core.convert.draft import (
     refuse_kasa,
     view_adapter,
 )
-from adapterctl.core.convert.mutated import MUTATED_INITS
 from adapterctl.core.lora.loaded import tied_pairs
 from adapterctl.core.lora.svd import (
     LowRankSVD,
@@ -64,7 +63,7 @@ def reduce_rank(draft: AdapterDraft, rank: int | None = None, energy: float | No
         raise UsageError(f"--energy must be in (0, 1], got {energy}", hint=HINT)
     view = view_adapter(draft)
     refuse_kasa(view.config, draft.source, "its rank")
-    if view.config.init_kind in MUTATED_INITS:
+    if view.config.init_kind in BASE_MUTATING_INITS:
         raise UsageError(
             f"{draft.source}: init_lora_weights={view.config.init_lora_weights!r}: "
             "the adapter acts on a mutated base, its rank cannot change as is",

@@ -11,9 +11,10 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from adapterctl.core.adapter.base_info import BaseInfo, local_base, read_base_info
 from adapterctl.core.engine_rules import llama_cpp, lorax, mlx, sglang, tgi, vllm
 from adapterctl.core.engine_rules.base_fit import check_base_fit, mapping_note
-from adapterctl.core.engine_rules.facts import AdapterFacts, BaseFacts
+from adapterctl.core.engine_rules.facts import AdapterFacts
 from adapterctl.core.engine_rules.rules import (
     CheckContext,
     Engine,
@@ -124,14 +125,14 @@ def check_adapters(
 ) -> CheckReport:
     """``adapters``: (local folder, name as typed); ``base``: (local folder, name as typed), else
     each adapter's ``base_model_name_or_path`` when that is a local model folder."""
-    from adapterctl.core.engine_rules.facts import read_adapter_facts, read_base_facts
+    from adapterctl.core.engine_rules.facts import read_adapter_facts
 
     names = engine_names(engines)
-    base_facts = read_base_facts(base[0], base[1]) if base else None
+    base_info = read_base_info(base[0], base[1]) if base else None
     facts_list, notes, mappings = [], [], {}
     for folder, shown in adapters:
-        facts = read_adapter_facts(folder, shown, base_facts)
-        if base_facts is None:
+        facts = read_adapter_facts(folder, shown, base_info)
+        if base_info is None:
             own = _local_base(facts)
             if own is not None:
                 facts = read_adapter_facts(folder, shown, own)
@@ -149,10 +150,6 @@ def check_adapters(
     )
 
 
-def _local_base(facts: AdapterFacts) -> BaseFacts | None:
-    from adapterctl.core.engine_rules.facts import read_base_facts
-
+def _local_base(facts: AdapterFacts) -> BaseInfo | None:
     name = facts.config.base_model_name_or_path
-    if name and (Path(name) / "config.json").is_file():
-        return read_base_facts(name, name)
-    return None
+    return read_base_info(name, name) if local_base(name) else None

@@ -24,16 +24,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from adapterctl.core.adapter import experts as X
+from adapterctl.core.adapter.base_info import is_embedding_name, is_lm_head_name, module_name
 from adapterctl.core.adapter.config import BASE_MUTATING_INITS, RECOMPUTABLE_INITS
-from adapterctl.core.engine_rules.facts import (
-    AdapterFacts,
-    FullTensor,
-    ModuleFacts,
-    is_embedding_name,
-    is_lm_head_name,
-    layer_of,
-    module_name,
-)
+from adapterctl.core.engine_rules.facts import AdapterFacts, FullTensor, ModuleFacts, layer_of
 
 VERDICTS = ("serves", "changes", "refuses")
 _RANK = {"serves": 0, "flag": 0, "changes": 1, "refuses": 2}

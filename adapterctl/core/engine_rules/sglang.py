@@ -12,7 +12,8 @@ with the sources cited, not by an interop test.
 
 from __future__ import annotations
 
-from adapterctl.core.engine_rules.facts import AdapterFacts, layer_of, module_name
+from adapterctl.core.adapter.base_info import module_name
+from adapterctl.core.engine_rules.facts import AdapterFacts, layer_of
 from adapterctl.core.engine_rules.rules import (
     Caps,
     CheckContext,

@@ -17,11 +17,8 @@ What vLLM honours: rsLoRA, rank_pattern and alpha_pattern (PEFT's own lookup,
 
 from __future__ import annotations
 
-from adapterctl.core.engine_rules.facts import (
-    AdapterFacts,
-    is_embedding_name,
-    is_lm_head_name,
-)
+from adapterctl.core.adapter.base_info import is_embedding_name, is_lm_head_name
+from adapterctl.core.engine_rules.facts import AdapterFacts
 from adapterctl.core.engine_rules.rules import (
     Caps,
     CheckContext,

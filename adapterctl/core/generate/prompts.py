@@ -9,7 +9,7 @@ model alone), ``max_new_tokens`` and ``id``. Pure Python: no torch.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -146,3 +146,35 @@ def _read_text(path: Path) -> str:
         raise InvalidAdapterError(f"{path}: is not UTF-8 text") from err
     except OSError as err:
         raise NotFoundError(f"{path}: cannot be read ({err.strerror})") from err
+
+
+def adapter_lookup(adapters: Iterable[tuple[str, str, str | Path]]) -> Callable[[str], str | None]:
+    """What a prompt's ``adapter`` field names, as the name of a loaded adapter: ``adapters`` are
+    (name, what was typed for it, its folder); a field may give any of the three (the folder also
+    as another spelling of the same path). Names win over paths that happen to look the same.
+    The one lookup of our engine's router and of ``generate --engine vllm``."""
+    entries = list(adapters)
+    table: dict[str, str] = {}
+    for name, ref, folder in entries:
+        for key in (ref, str(folder), str(Path(folder).resolve())):
+            table.setdefault(key, name)
+    table.update({name: name for name, _, _ in entries})
+
+    def lookup(ref: str) -> str | None:
+        if ref in table:
+            return table[ref]
+        path = Path(ref).expanduser()
+        return table.get(str(path.resolve())) if path.exists() else None
+
+    return lookup
+
+
+def named_adapter(spec: PromptSpec, lookup: Callable[[str], str | None]) -> str:
+    """The loaded adapter a prompt names (not DEFAULT_KEY nor BASE_KEY); a usage error when none."""
+    name = lookup(spec.adapter) if spec.adapter is not None else None
+    if name is None:
+        raise UsageError(
+            f"prompt {spec.id!r} names adapter {spec.adapter!r}, which is not loaded",
+            hint="Name an adapter given with --adapter, by name or path.",
+        )
+    return name

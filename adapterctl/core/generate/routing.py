@@ -16,9 +16,8 @@ from __future__ import annotations
 
 import contextlib
 from contextlib import AbstractContextManager as ContextManager
-from pathlib import Path
 
-from adapterctl.core.generate.prompts import BASE_KEY, DEFAULT_KEY, PromptSpec
+from adapterctl.core.generate.prompts import BASE_KEY, DEFAULT_KEY, PromptSpec, adapter_lookup, named_adapter
 from adapterctl.core.runtime.layers import LoraWrapper, execution_device
 from adapterctl.core.runtime.packed import PackedRows, bypass_wrappers, lean_wrappers
 from adapterctl.core.runtime.session import AttachedAdapter
@@ -56,7 +55,8 @@ class EngineRouter:
         self._combos = {combination_label({a.name: a.weight}): {a.name: a.weight} for a in adapters}
         if default:
             self._combos[combination_label(default)] = dict(default)
-        self._lookup = _reference_table(adapters)
+        #: an attached adapter's name from its name, the reference the user typed, or its path
+        self.lookup = adapter_lookup((a.name, a.source, a.folder) for a in adapters)
 
     def key_for(self, spec: PromptSpec) -> str:
         if spec.adapter is DEFAULT_KEY:
@@ -65,20 +65,7 @@ class EngineRouter:
             return BASE_KEY
         if spec.adapter in self._combos:  # a label this router made (``--compare`` variants)
             return spec.adapter
-        name = self.lookup(spec.adapter)
-        if name is None:
-            raise UsageError(
-                f"prompt {spec.id!r} names adapter {spec.adapter!r}, which is not loaded",
-                hint="Name an adapter given with --adapter (by name or path).",
-            )
-        return name
-
-    def lookup(self, ref: str) -> str | None:
-        """An attached adapter's name from its name, the reference the user typed, or its path."""
-        if ref in self._lookup:
-            return self._lookup[ref]
-        path = Path(ref).expanduser()
-        return self._lookup.get(str(path.resolve())) if path.exists() else None
+        return named_adapter(spec, self.lookup)
 
     def run(self, keys: list[str], steps: int | None = None) -> ContextManager:
         """Pick the mode for the whole run and hold it: fold one combination (or not, for a run
@@ -188,13 +175,3 @@ def _try_fold(model) -> bool:
         engine.unfold(model)
         return False
     return True
-
-
-def _reference_table(adapters: list[AttachedAdapter]) -> dict[str, str]:
-    table: dict[str, str] = {}
-    for a in adapters:
-        for ref in (a.source, str(a.folder), str(Path(a.folder).resolve())):
-            table.setdefault(ref, a.name)
-    for a in adapters:  # names win over paths that happen to look the same
-        table[a.name] = a.name
-    return table

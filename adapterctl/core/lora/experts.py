@@ -43,24 +43,16 @@ class ExpertWeights:
 
 
 def build_experts(
-    source: str, cfg: LoraAdapterConfig, tensors: dict[str, torch.Tensor]
-) -> tuple[dict[str, ExpertWeights], dict[str, torch.Tensor]]:
-    """Split ``tensors`` into the target_parameters LoRAs (``module.param`` -> weights) and the
-    rest (module LoRA, saved tensors), refusing what PEFT could not have written."""
-    shapes = {k: tuple(v.shape) for k, v in tensors.items()}
-    found, rest, problems = X.split_expert_keys(shapes, cfg)
+    cfg: LoraAdapterConfig, found: dict[str, X.ExpertKeys], tensors: dict[str, torch.Tensor]
+) -> dict[str, ExpertWeights]:
+    """The target_parameters LoRAs (``module.param`` -> weights) of the keys
+    :func:`~adapterctl.core.adapter.validate.check_tensors` grouped and checked."""
     out: dict[str, ExpertWeights] = {}
     for path, ek in found.items():
         r, alpha, scaling = module_scaling(cfg, path)  # PEFT: patterns match "module.param"
-        problems += X.check_expert_keys(ek, r, cfg)
-        if "A" in ek.keys and "B" in ek.keys:
-            out[path] = ExpertWeights(
-                ek.module, ek.param, ek.depth, tensors[ek.keys["A"]], tensors[ek.keys["B"]], r, alpha, scaling
-            )
-    for p in problems:
-        if p.severity == "error":
-            raise P.as_error(p, source)
-    return out, {k: tensors[k] for k in rest}
+        A, B = tensors[ek.keys["A"]], tensors[ek.keys["B"]]
+        out[path] = ExpertWeights(ek.module, ek.param, ek.depth, A, B, r, alpha, scaling)
+    return out
 
 
 def expert_delta(w: ExpertWeights, transposed: bool, ndim: int = 3) -> torch.Tensor:

@@ -18,11 +18,12 @@ from adapterctl.core.adapter.config import (
     is_safe_adapter_name,
     read_adapter_config,
 )
-from adapterctl.core.adapter.keys import split_keys
+from adapterctl.core.adapter.problems import raise_first_error
 from adapterctl.core.adapter.targeting import module_scaling
+from adapterctl.core.adapter.validate import check_tensors, config_problems, token_indices, weights_problems
 from adapterctl.core.adapter.variants import block_diagonal_factor
 from adapterctl.core.lora.experts import ExpertWeights, build_experts
-from adapterctl.errors import InvalidAdapterError, NotFoundError, UsageError
+from adapterctl.errors import InvalidAdapterError, UsageError
 from adapterctl.io.folders.adapter_dir import AdapterFiles, locate_adapter_files
 
 
@@ -90,11 +91,7 @@ def tied_pairs(modules: dict[str, LoraWeights]) -> list[tuple[str, str]]:
 
 def read_adapter_tensors(files: AdapterFiles, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
     """All tensors of the weights file; legacy .bin only through ``torch.load(weights_only=True)``."""
-    if files.weights is None:
-        raise NotFoundError(
-            f"{files.source}: no adapter_model.safetensors (or adapter_model.bin)",
-            hint="Copy or download the weights file too.",
-        )
+    raise_first_error(weights_problems(files))  # the message names the folder
     if files.weights_format == "safetensors":
         from safetensors.torch import load_file
 
@@ -129,52 +126,28 @@ def load_adapter(
     files = locate_adapter_files(folder, source)
     cfg = read_adapter_config(files.config)
     check_lora_type(cfg, files.source)
-    cfg.require_supported(files.source)
-    tensors = read_adapter_tensors(files, device)
-    if not tensors:
-        raise InvalidAdapterError(
-            f"{files.weights}: holds no tensors", hint="Save the adapter again after training."
-        )
-    return build_adapter(name, cfg, files, tensors)
+    raise_first_error(config_problems(cfg), files.source)
+    return build_adapter(name, cfg, files, read_adapter_tensors(files, device))
 
 
 def build_adapter(
     name: str, cfg: LoraAdapterConfig, files: AdapterFiles, tensors: dict[str, torch.Tensor]
 ) -> LoadedAdapter:
-    experts, tensors = build_experts(files.source, cfg, tensors)
-    layout = split_keys({k: tuple(v.shape) for k, v in tensors.items()})  # training-only keys
-    if layout.unknown:  # are read past
-        raise InvalidAdapterError(
-            f"{files.source}: keys that match no LoRA tensor name: {', '.join(layout.unknown[:5])}",
-            hint="Is this adapter from another tool or a newer PEFT version?",
-        )
+    """The tensors grouped per module, once :func:`~adapterctl.core.adapter.validate.check_tensors`
+    (the rules inspect reports) found nothing wrong with them."""
+    shapes = {k: tuple(v.shape) for k, v in tensors.items()}
+    check = check_tensors(cfg, shapes, **({"where": files.weights.name} if files.weights else {}))
+    raise_first_error(check.problems, files.source)
+    experts = build_experts(cfg, check.experts, tensors)
     modules = {}
-    for path, mk in layout.modules.items():
-        if "A" not in mk.keys or "B" not in mk.keys:
-            raise InvalidAdapterError(
-                f"{files.source}: {path} has {sorted(mk.keys)} but needs both lora_A and lora_B",
-                hint="The file is incomplete; save it again.",
-            )
+    for path, mk in check.layout.modules.items():  # training-only keys are read past
         A, B = tensors[mk.keys["A"]], tensors[mk.keys["B"]]
         block = block_diagonal_factor(cfg, path)
         if block:  # BD-LoRA: the stored diagonal blocks become the matrix the forward uses
-            A, B = _block_diagonal(files.source, path, block, A, B)
+            A, B = _block_diagonal(block, A, B)
         r, alpha, scaling = module_scaling(cfg, path)
-        if A.dim() < 2 or B.dim() < 2 or A.shape[0] != r:
-            raise InvalidAdapterError(
-                f"{files.source}: {path}: config gives r={r} but lora_A has shape {list(A.shape)}",
-                hint="Fix r or rank_pattern in adapter_config.json to match the tensors.",
-            )
-        if B.shape[1] != r:  # B is (out, r, ...) for every layer kind (spec 4.1)
-            raise InvalidAdapterError(
-                f"{files.source}: {path}: lora_B has shape {list(B.shape)} but r={r}",
-                hint="lora_A and lora_B disagree on the rank; the file is corrupt, save it again.",
-            )
-        B = _kasa_scaled(files.source, path, cfg, mk, tensors, A, B)
-        if "magnitude" in mk.keys and not cfg.use_dora:
-            raise InvalidAdapterError(
-                f"{files.source}: {path} has lora_magnitude_vector but use_dora is false"
-            )
+        if "kasa_diag" in mk.keys:  # KaSA: ΔW = s·B·diag(d)·A (PEFT: lora_B(lora_A(x) * d)), so
+            B = B * tensors[mk.keys["kasa_diag"]].to(B.dtype)  # B·diag(d) is a plain LoRA's B
         modules[path] = LoraWeights(
             path,
             lora_kind(mk.embedding, A.shape),
@@ -186,67 +159,20 @@ def build_adapter(
             bias=tensors.get(mk.keys.get("B_bias", "")),
             magnitude=tensors.get(mk.keys.get("magnitude", "")),
         )
-        if cfg.use_dora and modules[path].magnitude is None:
-            raise InvalidAdapterError(
-                f"{files.source}: {path}: use_dora is true but lora_magnitude_vector is missing"
-            )
-    replacements = {p: tensors[k] for p, k in layout.replacements.items()}
-    tokens = {}
-    for emb, key in layout.trainable_tokens.items():
-        indices = _token_indices(cfg, emb)
-        rows = tensors[key]
-        if indices is None or len(indices) != rows.shape[0]:
-            raise InvalidAdapterError(
-                f"{files.source}: {emb}: {rows.shape[0]} trainable token rows but "
-                f"trainable_token_indices gives {None if indices is None else len(indices)}"
-            )
-        tokens[emb] = (indices, rows)
+    replacements = {p: tensors[k] for p, k in check.layout.replacements.items()}
+    tokens = {
+        emb: (token_indices(cfg, emb) or [], tensors[key])
+        for emb, key in check.layout.trainable_tokens.items()
+    }
     return LoadedAdapter(name, cfg, files, modules, replacements, tokens, experts)
 
 
-def _kasa_scaled(
-    source: str, path: str, cfg: LoraAdapterConfig, mk, tensors: dict, A: torch.Tensor, B: torch.Tensor
-) -> torch.Tensor:
-    """KaSA: ΔW = s·B·diag(d)·A (PEFT: lora_B(lora_A(x) * d)), so B·diag(d) is the B of a plain
-    LoRA; exact up to float32 rounding. On the truncated base (core/lora/delta.kasa_truncated)."""
-    keys = mk.keys
-    if "kasa_diag" not in keys:  # PEFT's KaSA variant is for Linear layers only
-        if cfg.kasa and A.dim() == 2 and not mk.embedding:
-            raise InvalidAdapterError(
-                f"{source}: {path}: kasa_config is set but lora_diag is missing",
-                hint="Save the adapter again with PEFT.",
-            )
-        return B
-    diag = tensors[keys["kasa_diag"]]
-    if not cfg.kasa or diag.shape != (B.shape[1],) or B.dim() != 2:
-        raise InvalidAdapterError(
-            f"{source}: {path}: lora_diag {list(diag.shape)} needs kasa_config and r={B.shape[1]}"
-        )
-    return B * diag.to(B.dtype)
-
-
 def _block_diagonal(
-    source: str, path: str, block: tuple[str, int], A: torch.Tensor, B: torch.Tensor
+    block: tuple[str, int], A: torch.Tensor, B: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """BD-LoRA (core/adapter/variants.py): ``torch.block_diag`` of the n stored row blocks, as
-    PEFT's ``BlockDiagonalLinear.weight_as_blockdiagonal_matrix``; exact (the zeros add nothing)."""
+    PEFT's ``BlockDiagonalLinear.weight_as_blockdiagonal_matrix``; exact (the zeros add nothing).
+    The blocks were checked by core/adapter/validate.py."""
     role, n = block
-    t = A if role == "A" else B
-    if t.dim() != 2 or t.shape[0] % n:
-        raise InvalidAdapterError(
-            f"{source}: {path}: BD-LoRA lora_{role} {list(t.shape)} does not split into {n} blocks",
-            hint="Check use_bdlora.nblocks.",
-        )
-    full = torch.block_diag(*t.chunk(n, dim=0))
+    full = torch.block_diag(*(A if role == "A" else B).chunk(n, dim=0))
     return (full, B) if role == "A" else (A, full)
-
-
-def _token_indices(cfg: LoraAdapterConfig, emb_path: str) -> list[int] | None:
-    tti = cfg.trainable_token_indices
-    if isinstance(tti, list):
-        return tti
-    if isinstance(tti, dict):
-        for key, idx in tti.items():
-            if emb_path == key or emb_path.endswith("." + key):
-                return idx
-    return None

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from adapterctl.core.adapter import compat as C
-from adapterctl.core.adapter.config import RECOMPUTABLE_INITS
+from adapterctl.core.adapter.config import RANDOMISED_INITS, RECOMPUTABLE_INITS
 from adapterctl.core.adapter.prefixes import checkpoint_spelling
 from adapterctl.core.adapter.problems import as_error
 from adapterctl.core.adapter.targeting import in_modules_to_save
@@ -281,14 +281,14 @@ def _check_adapters(adapters: list[LoadedAdapter], options: MergeOptions) -> Non
                 hint="Use the default linear combination.",
             )
         init = ad.config.init_kind
-        if init == "pissa_niter":
+        if init in RANDOMISED_INITS:
             raise UnsupportedError(
                 f"{ad.source}: init_lora_weights={ad.config.init_lora_weights!r} "
                 "uses a randomised SVD whose residual cannot be recomputed exactly",
                 hint="Convert it to plain LoRA first (adapterctl convert).",
             )
         init = "KaSA" if ad.config.kasa else init
-        if init in ("pissa", "olora", "KaSA") and len(adapters) > 1:
+        if (init in RECOMPUTABLE_INITS or init == "KaSA") and len(adapters) > 1:
             raise UnsupportedError(
                 f"{ad.source}: {init} adapters mutate the base; merging one with other adapters is ambiguous",
                 hint="Convert it first (adapterctl convert), then merge the plain LoRA adapters.",

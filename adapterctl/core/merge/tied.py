@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import torch
 
+from adapterctl.core.adapter.base_info import tied_embeddings
 from adapterctl.core.lora.loaded import is_tied_pair
 from adapterctl.errors import InvalidAdapterError
 
@@ -47,7 +48,7 @@ def tied_keys(model_type: str | None) -> list[tuple[str, str]]:
 
 def find_tie(config: dict, model_type: str | None, index) -> tuple[str, str] | None:
     """(output param, embedding checkpoint key) when the checkpoint stores one shared table."""
-    if config.get("tie_word_embeddings", True) is False:
+    if not tied_embeddings(config):  # as transformers decides (core/adapter/base_info.py)
         return None
     if "lm_head.weight" in index.keys:  # the usual untied layout: no need to ask transformers
         return None

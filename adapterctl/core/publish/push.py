@@ -24,6 +24,7 @@ from adapterctl.io.folders.model_card import (
     render_card,
     split_card,
 )
+from adapterctl.io.formats.classify import MLX, MODEL, classify_folder
 from adapterctl.io.hub.ref import HubOptions, looks_like_hub_id
 from adapterctl.io.hub.upload import (
     PushResult,
@@ -95,10 +96,14 @@ def detect_kind(folder: Path) -> str:
             f"{folder}: no such directory",
             hint="Give the adapter folder (adapter_config.json) or a merged model folder (config.json).",
         )
-    if (folder / "adapter_config.json").is_file():
-        return "adapter"
-    if (folder / "config.json").is_file():
-        return "model"
+    kind = classify_folder(folder)
+    if kind in (ADAPTER, MODEL):
+        return kind
+    if kind == MLX:
+        raise E.InvalidAdapterError(
+            f"{folder}: is an MLX-LM adapter folder, not a PEFT adapter",
+            hint=f"Convert it first: adapterctl convert --from mlx {folder} OUT.",
+        )
     raise E.NotFoundError(
         f"{folder}: neither adapter_config.json nor config.json here",
         hint="push uploads an adapter folder or a model folder written by merge.",
@@ -125,7 +130,7 @@ def validate_folder(folder: Path, kind: str) -> tuple[str | None, list[str]]:
             f"{folder}: refusing to push an adapter that cannot be used: {listing}",
             hint=errors[0].hint or f"Run 'adapterctl inspect {folder}' for details.",
         )
-    return summary.base_model, [p.message for p in summary.problems]
+    return summary.config.base_model, [p.message for p in summary.problems]
 
 
 def select_files(folder: Path, kind: str, include: list[str], exclude: list[str]) -> list[Path]:

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from adapterctl.core.adapter import compat as C
-from adapterctl.core.adapter.config import is_safe_adapter_name
+from adapterctl.core.adapter.config import RANDOMISED_INITS, RECOMPUTABLE_INITS, is_safe_adapter_name
 from adapterctl.core.adapter.variants import layer_map
 from adapterctl.core.lora.delta import mutated_init
 from adapterctl.core.lora.loaded import LoadedAdapter, load_adapter
@@ -199,7 +199,9 @@ def _mutating_init(la: LoadedAdapter) -> str | None:
     if la.config.kasa:
         return "kasa"  # SVD-truncated Linear bases (core/lora/delta.kasa_truncated)
     kind = la.config.init_kind
-    return {"pissa": "pissa", "pissa_niter": "pissa", "olora": "olora"}.get(kind)
+    if kind in RANDOMISED_INITS:
+        return "pissa"  # approximated by the full SVD (see _warnings)
+    return kind if kind in RECOMPUTABLE_INITS else None
 
 
 def _warnings(la: LoadedAdapter, records, unmatched, init) -> list[str]:
@@ -214,7 +216,7 @@ def _warnings(la: LoadedAdapter, records, unmatched, init) -> list[str]:
             f"{init} changes the base weights; combining it with other adapters changes "
             "their base too (as in PEFT)"
         )
-    if la.config.init_kind == "pissa_niter":
+    if la.config.init_kind in RANDOMISED_INITS:
         out.append(
             f"{la.config.init_lora_weights}: PEFT's randomized SVD is replaced by the full "
             "SVD, the residual it approximates"

@@ -16,8 +16,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from adapterctl.core.adapter.config import read_adapter_config
+from adapterctl.core.adapter.base_info import default_base
 from adapterctl.errors import NotFoundError, UsageError
+from adapterctl.io.formats.classify import ADAPTER, classify_folder
 from adapterctl.io.hub.ref import HubOptions
 from adapterctl.io.hub.resolve import resolve_adapter_dir, resolve_model_dir
 
@@ -95,11 +96,6 @@ class Session:
         return self.base.tokenizer
 
 
-def _is_adapter_dir(ref: str) -> bool:
-    p = Path(ref).expanduser()
-    return p.is_dir() and (p / "adapter_config.json").is_file() and not (p / "config.json").is_file()
-
-
 def split_base_and_adapters(paths: list[str], base: str | None = None) -> tuple[str | None, list[str]]:
     """``[BASE] ADAPTER [ADAPTER...]``: the first argument is the base unless it is a local adapter
     folder (or ``--base`` was given). None as base means: take it from the adapter config."""
@@ -107,20 +103,9 @@ def split_base_and_adapters(paths: list[str], base: str | None = None) -> tuple[
         return base, list(paths)
     if not paths:
         raise UsageError("give at least one adapter", hint="adapterctl attach [BASE] ADAPTER ...")
-    if len(paths) == 1 or _is_adapter_dir(paths[0]):
+    if len(paths) == 1 or classify_folder(paths[0]) == ADAPTER:
         return None, list(paths)
     return paths[0], list(paths[1:])
-
-
-def base_from_adapter(adapter_dir: Path, shown: str) -> str:
-    """The base named by ``base_model_name_or_path``, as transformers does for adapter folders."""
-    cfg = read_adapter_config(adapter_dir)
-    if not cfg.base_model_name_or_path:
-        raise NotFoundError(
-            f"{shown}: no base model given, and adapter_config.json has no base_model_name_or_path",
-            hint="Pass the base model folder first.",
-        )
-    return cfg.base_model_name_or_path
 
 
 def name_from_ref(ref: str) -> str:
@@ -161,21 +146,21 @@ def adapter_names(
 def precheck_base(base_dir: Path, shown: str, loaded: list) -> None:
     """Fail before loading the weights when an adapter names none of the base's modules (a Llama
     adapter on GPT-2). Finer checks (shapes, tied heads) run on the loaded model."""
+    from adapterctl.core.adapter.base_info import read_base_info
     from adapterctl.core.adapter.compat import check_modules_present
     from adapterctl.core.adapter.prefixes import base_mapping, in_layout_of, vision_problem
     from adapterctl.core.adapter.problems import as_error
-    from adapterctl.io.folders.model_dir import locate_model_files, read_model_shapes
 
-    files = locate_model_files(base_dir, shown)
-    if files.weights_format != "safetensors":
-        return
-    keys = set(read_model_shapes(files))
-    tied = files.config.get("tie_word_embeddings", True)  # a tied head has no weight of its own
+    info = read_base_info(base_dir, shown)
+    if info.params is None:
+        return  # legacy .bin: the loaded model is checked instead
+    keys = set(info.params)
+    tied = info.tie_word_embeddings  # a tied head has no weight of its own
     for la in loaded:
         mapping = base_mapping([*la.modules, *la.replacements, *la.trainable_tokens], keys)
         problem = mapping and vision_problem(mapping, la.modules, shown)  # text-only extraction
         paths = in_layout_of(la.modules, keys)  # a VLM adapter on its text-only extraction, ...
-        problem = problem or check_modules_present(paths, keys, tied, shown, files.model_type)
+        problem = problem or check_modules_present(paths, keys, tied, shown, info.model_type)
         if problem:
             raise as_error(problem, la.source)
 
@@ -223,12 +208,7 @@ def open_session(
     dirs = [resolve_adapter_dir(c.ref, hub) for c in choices]
     loaded = [load_adapter(d, n, source=c.ref) for d, n, c in zip(dirs, final, choices)]
     if base_ref is None:
-        if not choices:
-            raise UsageError(
-                "no base model given",
-                hint="Pass BASE, or an adapter whose adapter_config.json names its base_model_name_or_path.",
-            )
-        base_ref = base_from_adapter(dirs[0], choices[0].ref)
+        base_ref = default_base(dirs, [c.ref for c in choices])
     base_dir = resolve_model_dir(base_ref, base_hub(hub))
     precheck_base(base_dir, base_ref, loaded)
     step(f"loading base {base_ref}")

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from adapterctl.core.generate.prompts import BASE_KEY, DEFAULT_KEY, PromptSpec
+from adapterctl.core.generate.prompts import BASE_KEY, DEFAULT_KEY, PromptSpec, named_adapter
 from adapterctl.core.generate.results import Completion, GenerationResult
 from adapterctl.errors import AdapterctlError, UsageError
 
@@ -65,13 +65,7 @@ def plan_jobs(
         elif s.adapter == BASE_KEY:
             jobs.append(Job(s, None))
         else:
-            label = lookup(s.adapter)
-            if label is None:
-                raise UsageError(
-                    f"prompt {s.id!r} names adapter {s.adapter!r}, which is not loaded",
-                    hint="Name an adapter given with --adapter, by name or path.",
-                )
-            jobs.append(Job(s, label))
+            jobs.append(Job(s, named_adapter(s, lookup)))
     return jobs
 
 

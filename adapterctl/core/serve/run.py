@@ -17,14 +17,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from adapterctl.core.generate.prompts import BASE_KEY, DEFAULT_KEY, PromptSpec
+from adapterctl.core.adapter.base_info import default_base
+from adapterctl.core.generate.prompts import BASE_KEY, DEFAULT_KEY, PromptSpec, adapter_lookup
 from adapterctl.core.generate.results import Completion, DecodingConfig
 from adapterctl.core.generate.run import GenerateReport, prompt_adapters
 from adapterctl.core.runtime.session import (
     AdapterChoice,
     AttachedAdapter,
     adapter_names,
-    base_from_adapter,
     base_hub,
 )
 from adapterctl.core.serve.jobs import check_one_adapter_per_request
@@ -33,26 +33,6 @@ from adapterctl.io.hub.ref import HubOptions
 from adapterctl.io.hub.resolve import resolve_adapter_dir, resolve_model_dir
 
 OnComplete = Callable[[Completion], None]
-
-
-def _reference_table(
-    names: Sequence[str], refs: Sequence[str], dirs: Sequence[Path]
-) -> Callable[[str], str | None]:
-    """An adapter's name from its name, what was typed for it, or its folder (as the engine's
-    router looks adapters up)."""
-    table: dict[str, str] = {}
-    for name, ref, folder in zip(names, refs, dirs):
-        for key in (ref, str(folder), str(Path(folder).resolve())):
-            table.setdefault(key, name)
-    table.update({n: n for n in names})
-
-    def lookup(ref: str) -> str | None:
-        if ref in table:
-            return table[ref]
-        path = Path(ref).expanduser()
-        return table.get(str(path.resolve())) if path.exists() else None
-
-    return lookup
 
 
 def generate_on_vllm(
@@ -82,12 +62,7 @@ def generate_on_vllm(
     names = adapter_names(refs, [c.name for c in choices] + [None] * (len(refs) - len(choices)))
     dirs = [resolve_adapter_dir(r, hub) for r in refs]
     if base_ref is None:
-        if not refs:
-            raise UsageError(
-                "no base model given",
-                hint="Pass BASE, or an adapter whose adapter_config.json names its base_model_name_or_path.",
-            )
-        base_ref = base_from_adapter(dirs[0], refs[0])
+        base_ref = default_base(dirs, refs)
     base_dir = resolve_model_dir(base_ref, base_hub(hub))
     chosen = names[: len(choices)]
     with tempfile.TemporaryDirectory(prefix="adapterctl-vllm-") as work:
@@ -112,7 +87,7 @@ def generate_on_vllm(
             cfg,
             default=chosen[0] if chosen and not compare else None,
             compare=chosen if compare else None,
-            lookup=_reference_table(names, refs, dirs),
+            lookup=adapter_lookup(zip(names, refs, dirs)),
             chat=chat,
             system=system,
             on_complete=on_complete,

@@ -53,7 +53,7 @@ def test_target_parameters_must_be_a_list():
 def test_inspect_per_expert_view(family, moe_models, moe_adapter):  # noqa: F811
     s = inspect_adapter(moe_adapter(family, r=2, lora_alpha=4), base=moe_models[family],
                         check_values=True)
-    assert s.usable and s.base["compatible"] and "target_parameters" in s.variants
+    assert s.usable and s.base.compatible and "target_parameters" in s.config.variants
     mods = {m.name: m for m in s.modules}
     gate_up = mods["model.layers.1.mlp.experts.gate_up_proj"]
     assert (gate_up.kind, gate_up.experts, gate_up.r, gate_up.scaling) == ("experts", 4, 2, 2.0)
@@ -72,6 +72,6 @@ def test_inspect_reports_wrong_rank_and_base(tmp_path, moe_adapter, tiny_models)
     assert not s.usable and any(p.code == "rank_mismatch" and "experts.down_proj" in p.message
                                 for p in s.problems)
     s = inspect_adapter(moe_adapter("mixtral", r=2), base=tiny_models["llama"])
-    assert not s.base["compatible"] and s.exit_code == 6  # a dense model has no experts
+    assert not s.base.compatible and s.exit_code == 6  # a dense model has no experts
     assert any(p.code == "module_not_in_base" and "experts.gate_up_proj" in p.message
                for p in s.problems)

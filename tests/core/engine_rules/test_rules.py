@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from adapterctl.core.engine_rules.check import ENGINES, check_facts, engine_names
-from adapterctl.core.engine_rules.facts import BaseFacts, facts_from_parts, read_base_facts
+from adapterctl.core.adapter.base_info import BaseInfo, read_base_info
+from adapterctl.core.engine_rules.facts import facts_from_parts
 from adapterctl.core.engine_rules.rules import evaluate
 from adapterctl.errors import UsageError
 from tests.helpers import REPO
@@ -26,8 +27,8 @@ DIMS = {"q_proj": (192, 192), "k_proj": (64, 192), "v_proj": (64, 192), "o_proj"
 
 
 @pytest.fixture(scope="module")
-def base() -> BaseFacts:
-    return read_base_facts(BASE_DIR, "examples/tiny-base")
+def base() -> BaseInfo:
+    return read_base_info(BASE_DIR, "examples/tiny-base")
 
 
 def lora(names=("q_proj", "v_proj"), layers=range(4), r=8, ranks=None, prefix=P, dora=False,
@@ -266,7 +267,7 @@ def test_llama_cpp_converter_stops_on_dora_biases_and_full_weights(base):
 
 
 def test_llama_cpp_refuses_lm_head_lora_on_tied_embeddings_and_unknown_modules(base):
-    tied = BaseFacts("tied", {**base.config, "tie_word_embeddings": True}, base.params)
+    tied = BaseInfo("tied", {**base.config, "tie_word_embeddings": True}, base.params)
     shapes = {**lora(), "base_model.model.lm_head.lora_A.weight": (8, 192),
               "base_model.model.lm_head.lora_B.weight": (872, 8)}
     v, f = verdict("llama.cpp", facts({"target_modules": ["q_proj", "lm_head"]}, shapes, tied))
