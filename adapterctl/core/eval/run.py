@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from adapterctl.core.eval.data import Sequence, read_records, tokenize_records
-from adapterctl.core.eval.figures import Tally, log_probs
+from adapterctl.core.eval.figures import Tally
 from adapterctl.core.eval.report import EvalReport, Gate, VariantResult
 from adapterctl.core.eval.scorers import Scorer, adapter_scorer, dtype_scorer, model_scorer, vocab_size
 from adapterctl.core.eval.specs import VariantSpec, check_names
@@ -188,18 +188,18 @@ def score(reference: Scorer, scorers: list[Scorer], sequences, tokenizer, batch_
             rows += [row] * seq.positions
         rows_t, cols_t = torch.tensor(rows), torch.tensor(cols)
         targets = ids[rows_t, cols_t + 1]
-        ref_lp = log_probs(reference.logits(ids, mask)[rows_t, cols_t]).cpu()
-        ref_tally.add_nll(ref_lp, targets)
+        ref = reference.logits(ids, mask)[rows_t, cols_t]
+        ref_tally.add_nll(ref, targets)
         for scorer, tally in zip(scorers, tallies):
-            lp = log_probs(scorer.logits(ids, mask)[rows_t, cols_t]).cpu()
-            agree = tally.add(ref_lp, lp, targets)
+            logits = scorer.logits(ids, mask)[rows_t, cols_t].to(ref.device)
+            agree = tally.add(ref, logits, targets)
             start = 0
             for i in idx:
                 n = sequences[i].positions
                 wrong = (~agree[start : start + n]).nonzero()
                 tally.divergence.append((i, int(wrong[0]) if len(wrong) else None))
                 start += n
-            del lp
+            del logits
         done += int(mask.sum())
         if on_progress:
             on_progress(done, total)
