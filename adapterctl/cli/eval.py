@@ -137,6 +137,11 @@ def eval_cmd(
         raise UsageError(
             "give the adapter as trained: -a ADAPTER", hint="adapterctl eval BASE -a ADAPTER --data FILE"
         )
+    if (data is None) == (prompts is None):
+        raise UsageError(
+            "give either --data FILE or --prompts FILE",
+            hint="--data scores a text as it is; --prompts scores the reference's own continuations.",
+        )
     ref, weight = split_weight(adapter)
     specs = [parse_variant(v) for v in variant or []]
     prompt_pairs = None
