@@ -190,6 +190,47 @@ def eval_cmd(
     raise typer.Exit(err.exit_code)
 
 
+def eval_copy(
+    base: str | None, adapters: list[tuple[str, float]], copy: str, data: str, dtype: str | None
+) -> dict:
+    """``convert --eval`` / ``merge --eval``: the copy just written against the original (the
+    adapters at their weights on ``base``), teacher-forced on ``data``; the figures for --json."""
+    from adapterctl.core.eval.run import EvalOptions, run_eval
+    from adapterctl.core.eval.specs import classify
+    from adapterctl.core.runtime.session import AdapterChoice
+
+    out = get_output()
+    with out.status(f"eval: {copy} against the original on {data}"):
+        report = run_eval(
+            base,
+            [AdapterChoice(ref, w) for ref, w in adapters],
+            [classify("output", copy)],
+            data=data,
+            options=EvalOptions(dtype=dtype or "float32"),
+        )
+    v, base_row = report.variants[1], report.variants[0]
+    return {
+        "data": data,
+        "positions": report.positions,
+        "kl_mean": v.kl_mean,
+        "kl_p99": v.kl_p99,
+        "kl_max": v.kl_max,
+        "top1_agreement": v.top1_agreement,
+        "perplexity": v.perplexity,
+        "reference_perplexity": report.reference_perplexity,
+        "base_kl_mean": base_row.kl_mean,
+    }
+
+
+def eval_line(e: dict) -> str:
+    """The one line ``convert``/``merge --eval`` print."""
+    return (
+        f"eval on {e['data']} ({e['positions']} positions): KL mean {_fmt(e['kl_mean'])} nats "
+        f"(the base: {_fmt(e['base_kl_mean'])}), top-1 agreement {e['top1_agreement']:.2%}, "
+        f"perplexity {e['perplexity']:.4g} (original {e['reference_perplexity']:.4g})"
+    )
+
+
 def _fmt(x: float) -> str:
     return f"{x:.3g}" if x else "0"
 

@@ -161,3 +161,31 @@ def test_vocabulary_mismatch_names_the_variant(setup):
     res = _eval(setup, "--data", setup["data"], "--variant", f"other-model={EX / 'tiny-base'}")
     assert res.code == 6, res.stderr
     assert "variant 'other-model'" in res.json["error"]["message"] and "vocabulary" in res.json["error"]["message"]
+
+
+def test_merge_and_convert_eval_print_the_figure_of_what_they_wrote(setup, tmp_path):
+    """merge --eval / convert --eval: the figures of the written copy against the original, the same
+    as `adapterctl eval` gives for it."""
+    merged, reduced = tmp_path / "merged", tmp_path / "r2"
+    m = invoke("--json", "merge", setup["base"], setup["lora"], "--output", merged, "--dtype", "bfloat16",
+               "--eval", setup["data"])
+    assert m.code == 0, m.stderr
+    c = invoke("--json", "convert", setup["lora"], reduced, "--rank", "2", "--eval", setup["data"])
+    assert c.code == 0, c.stderr
+    e = _eval(setup, "--data", setup["data"], "--variant", f"m={merged}", "--variant", f"r={reduced}")
+    rows = {v["name"]: v for v in e.json["variants"]}
+    for doc, row in ((m.json["eval"], rows["m"]), (c.json["eval"], rows["r"])):
+        assert doc["positions"] == e.json["positions"]
+        for key in ("kl_mean", "kl_max", "top1_agreement", "perplexity"):
+            assert doc[key] == pytest.approx(row[key], rel=1e-9), key
+        assert doc["base_kl_mean"] == pytest.approx(rows["base"]["kl_mean"], rel=1e-9)
+    human = invoke("merge", setup["base"], setup["lora"], "--output", tmp_path / "m2", "--eval", setup["data"])
+    assert human.code == 0 and "eval on" in human.stdout and "top-1 agreement" in human.stdout
+
+
+def test_eval_option_refusals(setup, tmp_path):
+    res = invoke("--json", "merge", setup["base"], setup["lora"], "--dry-run", "--eval", setup["data"])
+    assert res.code == 2 and "--eval" in res.json["error"]["message"]
+    res = invoke("--json", "convert", setup["lora"], tmp_path / "g.gguf", "--to", "gguf", "--eval", setup["data"])
+    assert res.code == 2 and "--eval" in res.json["error"]["message"]
+    assert not (tmp_path / "g.gguf").exists()

@@ -32,7 +32,7 @@ class EvalOptions:
 
 def run_eval(
     base_ref: str | None,
-    adapter: AdapterChoice,
+    adapter: AdapterChoice | list[AdapterChoice],
     variants: list[VariantSpec],
     data: str | None = None,
     prompts: list[tuple[str, str]] | None = None,
@@ -43,7 +43,8 @@ def run_eval(
     on_progress: Callable[[int, int], None] | None = None,
 ) -> EvalReport:
     """Score every variant against the reference on ``data`` (a file) or on the reference's greedy
-    continuations of ``prompts`` ((id, text) pairs). ``on_progress(done, total)`` counts tokens."""
+    continuations of ``prompts`` ((id, text) pairs). ``on_progress(done, total)`` counts tokens.
+    Several adapters: the reference is their weighted sum (dtype variants take the first alone)."""
     step = on_step or (lambda text: None)
     if (data is None) == (prompts is None):
         raise UsageError(
@@ -53,10 +54,12 @@ def run_eval(
     check_engines(variants, options)
     records = read_records(data) if data is not None else None  # bad data fails before any loading
     placement = replace(placement, dtype=options.dtype)
-    session = open_session(base_ref, [adapter], placement=placement, hub=hub, on_step=step)
+    choices = adapter if isinstance(adapter, list) else [adapter]
+    session = open_session(base_ref, choices, placement=placement, hub=hub, on_step=step)
     lb, attached = session.base, session.adapters[0]
     tokenizer = session.require_tokenizer("eval cannot tokenize its text")
-    reference = Scorer("reference", lb.model, {attached.name: attached.weight})
+    # several adapters (merge --eval): the reference is their weighted sum, as merged
+    reference = Scorer("reference", lb.model, {a.name: a.weight for a in session.adapters})
     completions: tuple[dict, ...] = ()
     if records is not None:
         sequences = tokenize_records(records, tokenizer, options.ctx)
@@ -97,7 +100,7 @@ def run_eval(
     ]
     return EvalReport(
         base=session.base_ref,
-        adapter=attached.source,
+        adapter=", ".join(a.source for a in session.adapters),
         dtype=lb.dtype,
         mode="data" if records is not None else "prompts",
         sequences=len(sequences),
