@@ -33,7 +33,7 @@ def eval_cmd(
     base: Annotated[
         str | None,
         typer.Argument(
-            metavar="[BASE]",
+            metavar="BASE",
             show_default=False,
             help="Base model folder or Hub id (default: the adapter's base_model_name_or_path).",
         ),
