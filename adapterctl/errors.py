@@ -20,7 +20,7 @@ EXIT_CODES: dict[int, str] = {
     7: "missing dependency or hardware (e.g. bitsandbytes, CUDA)",
     8: "Hub or network error (auth, permissions, connection, server errors)",
     9: "I/O error (disk full, permission denied, output locked by another run)",
-    10: "an engine will not serve the adapter as trained (check: changes or refuses; verify: differs or no-op)",
+    10: "an engine will not serve the adapter as trained (check: changes or refuses; verify: differs or no-op; eval: a copy past --max-kl or --min-top1)",
     130: "interrupted (Ctrl-C)",
 }
 

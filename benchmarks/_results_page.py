@@ -88,6 +88,10 @@ def goals(results: dict) -> list[str]:
         rows.append(("attach, process start to adapter ready: <= 0.7x PEFT's time",
                      att["end_to_end"]["time_ratio"], 0.7, "<="))
         rows.append(("attach: <= 0.7x PEFT's peak memory", att["end_to_end"]["rss_ratio"], 0.7, "<="))
+    ev = results.get("eval")
+    if _ok(ev):  # issue 22's goal
+        rows.append((f"eval, reference + 1 merged variant over {ev['tokens']} tokens: <= 1.3x two plain "
+                     "forward passes", ev["time_ratio"], 1.3, "<="))
     st = results.get("startup")
     if _ok(st):
         by = {r["case"]: r for r in st["rows"]}
@@ -243,6 +247,16 @@ def other_sections(results: dict, plots: dict) -> list[str]:
         out += table(["mode", "tool", "seconds", "peak RSS MiB"],
                      [[mode, w, f"{at[mode][w]['seconds']:.2f}", f"{at[mode][w]['peak_rss_mib']:.0f}"]
                       for mode in ("end_to_end", "warm") for w in ("adapterctl", "peft")])
+    ev = results.get("eval")
+    if _ok(ev):
+        out += ["## Eval against plain forward passes", "",
+                f"{ev['model']}; {ev['tokens']} tokens in windows of {ev['ctx']}, batches of {ev['batch']}, "
+                "each side its own process, loads included (`benchmarks/eval.py`).", ""]
+        out += table(["side", "seconds", "peak RSS MiB"],
+                     [["eval: reference + base row + merged variant", f"{ev['eval']['seconds']:.1f}",
+                       f"{ev['eval']['peak_rss_mib']:.0f}"],
+                      ["two plain forward passes", f"{ev['plain_two_passes']['seconds']:.1f}",
+                       f"{ev['plain_two_passes']['peak_rss_mib']:.0f}"]])
     st = results.get("startup")
     if _ok(st):
         out += ["## Start-up", ""]

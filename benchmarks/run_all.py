@@ -60,6 +60,7 @@ STEPS = [
          ["--size", "256", "--rank", "16", "--target", "4", "--dense-repeats", "1"]),
     Step("check", "check.py", ["--repeat", "5"], ["--repeat", "1", "--ranks", "1,8"]),
     Step("hub", "hub_bench.py", ["--repeat", "3"], ["--mb", "1", "--repeat", "1"]),
+    Step("eval", "eval.py", [], ["--quick"]),
 ]
 
 

@@ -72,7 +72,7 @@ def root(
 
 
 #: Every command, one module of this package each, in the order ``--help`` lists them.
-COMMANDS = ("inspect", "check", "attach", "convert", "merge", "push", "generate", "serve", "verify")
+COMMANDS = ("inspect", "check", "attach", "convert", "merge", "push", "generate", "eval", "serve", "verify")
 _registered: set[str] = set()
 
 

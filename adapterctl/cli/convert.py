@@ -151,6 +151,17 @@ def convert_cmd(
     force: Annotated[
         bool, typer.Option("--force", help="Replace an existing non-empty OUT.", rich_help_panel=PANEL_OUT)
     ] = False,
+    eval_data: Annotated[
+        str | None,
+        typer.Option(
+            "--eval",
+            metavar="DATA",
+            show_default=False,
+            rich_help_panel=PANEL_OUT,
+            help="After writing, measure OUT against SOURCE on DATA (as `adapterctl eval --data`): "
+            "one line, and `eval` in --json. Needs the base (--base or the adapter's).",
+        ),
+    ] = None,
     revision: Revision = None,
     token: Token = None,
 ) -> None:
@@ -181,6 +192,11 @@ def convert_cmd(
     )
     if outtype not in ("f32", "f16", "bf16", "q8_0"):
         raise UsageError(f"--outtype {outtype!r} is not supported", hint="Use f32, f16, bf16 or q8_0.")
+    if eval_data is not None and (extract or to or from_format):
+        raise UsageError(
+            "--eval measures an adapter written as a PEFT adapter",
+            hint="Drop --eval with --extract, --to or --from; run `adapterctl eval` on the result.",
+        )
     check_request(req)  # usage errors before any download
     req = _resolve(req, revision, token)
     from adapterctl.core.convert.pipeline import run_convert
@@ -198,7 +214,18 @@ def convert_cmd(
 
         out.result(result.to_dict(), lambda console: render_export(console, result))
         return
-    out.result(result.to_dict(), lambda console: render(console, result))
+    if eval_data is None:
+        out.result(result.to_dict(), lambda console: render(console, result))
+        return
+    from adapterctl.cli.eval import eval_copy, eval_line
+
+    figures = eval_copy(req.base, [(req.source, 1.0)], output, eval_data, None)
+
+    def both(console) -> None:
+        render(console, result)
+        console.print(eval_line(figures), markup=False)
+
+    out.result({**result.to_dict(), "eval": figures}, both)
 
 
 def _resolve(req, revision, token):

@@ -165,6 +165,17 @@ def merge_cmd(
             rich_help_panel=PANEL_OUT,
         ),
     ] = False,
+    eval_data: Annotated[
+        str | None,
+        typer.Option(
+            "--eval",
+            metavar="DATA",
+            show_default=False,
+            rich_help_panel=PANEL_OUT,
+            help="After writing, measure the merged model against the adapters attached to BASE "
+            "on DATA (as `adapterctl eval --data`): one line, and `eval` in --json. Linear merges.",
+        ),
+    ] = None,
     token: Token = None,
 ) -> None:
     """Merge LoRA adapters into a base model and write a full checkpoint (streamed, never builds
@@ -189,6 +200,11 @@ def merge_cmd(
         )
     if output is None and not dry_run:
         raise UsageError("--output is required (or pass --dry-run)")
+    if eval_data is not None and (dry_run or (combination or "linear") != "linear"):
+        raise UsageError(
+            "--eval measures a linear merge that was written",
+            hint="Drop --eval with --dry-run or --combination; run `adapterctl eval` on the result.",
+        )
     refs, w = adapter_weights(inputs[1:], legacy)
     _merge_model(
         inputs[0],
@@ -206,6 +222,7 @@ def merge_cmd(
         token,
         tied_like_peft,
         (qlora, qlora_double_quant),
+        eval_data,
     )
 
 
@@ -225,6 +242,7 @@ def _merge_model(
     token,
     tied_like_peft=False,
     qlora=(None, False),
+    eval_data=None,
 ) -> None:
     from adapterctl.io.safetensors.file_pages import prefetch_folder
 
@@ -276,7 +294,17 @@ def _merge_model(
             job, output, force=force, device=device, on_progress=on_progress, command=_command_line()
         )
     report = MergeReport(plan, result, replaced)
-    out.result(report.to_dict(), lambda c: _render_result(c, result, plan))
+    if eval_data is None:
+        return out.result(report.to_dict(), lambda c: _render_result(c, result, plan))
+    from adapterctl.cli.eval import eval_copy, eval_line
+
+    figures = eval_copy(base, list(zip(refs, weights)), str(output), eval_data, None)
+
+    def both(console) -> None:
+        _render_result(console, result, plan)
+        console.print(eval_line(figures), markup=False)
+
+    out.result({**report.to_dict(), "eval": figures}, both)
 
 
 def _combine_to_adapter(

@@ -10,7 +10,7 @@ from adapterctl import __version__
 from adapterctl.errors import EXIT_CODES
 from tests.helpers import REPO, invoke, run_cli
 
-COMMANDS = ["inspect", "check", "attach", "convert", "merge", "push", "generate"]
+COMMANDS = ["inspect", "check", "attach", "convert", "merge", "push", "generate", "eval"]
 
 
 def test_help_lists_commands_and_exit_codes():
