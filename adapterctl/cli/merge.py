@@ -165,6 +165,35 @@ def merge_cmd(
             rich_help_panel=PANEL_OUT,
         ),
     ] = False,
+    to: Annotated[
+        str | None,
+        typer.Option(
+            "--to",
+            metavar="safetensors|gguf",
+            help="Output format: a transformers folder (safetensors, the default) or one GGUF file "
+            "for llama.cpp and Ollama (gguf).",
+            rich_help_panel=PANEL_OUT,
+        ),
+    ] = None,
+    outtype: Annotated[
+        str,
+        typer.Option(
+            "--outtype",
+            help="With --to gguf: f32, f16, bf16, q8_0 (written directly) or a llama.cpp type such as "
+            "Q4_K_M, Q5_K_M, Q6_K (through llama.cpp's llama-quantize).",
+            rich_help_panel=PANEL_OUT,
+        ),
+    ] = "f16",
+    llama_cpp: Annotated[
+        Path | None,
+        typer.Option(
+            "--llama-cpp",
+            metavar="DIR",
+            help="A llama.cpp build whose llama-quantize writes --outtype types other than "
+            "f32/f16/bf16/q8_0 (default: $ADAPTERCTL_LLAMA_CPP, then PATH).",
+            rich_help_panel=PANEL_OUT,
+        ),
+    ] = None,
     token: Token = None,
 ) -> None:
     """Merge LoRA adapters into a base model and write a full checkpoint (streamed, never builds
@@ -189,6 +218,7 @@ def merge_cmd(
     if output is None and not dry_run:
         raise UsageError("--output is required (or pass --dry-run)")
     refs, w = adapter_weights(inputs[1:], legacy)
+    gguf = _gguf_options(to, output, dtype, outtype, llama_cpp)
     _merge_model(
         inputs[0],
         refs,
@@ -205,7 +235,25 @@ def merge_cmd(
         token,
         tied_like_peft,
         (qlora, qlora_double_quant),
+        gguf,
     )
+
+
+def _gguf_options(to, output, dtype, outtype, llama_cpp) -> tuple[str, Path | None] | None:
+    """(outtype, llama.cpp folder) for --to gguf, None for a safetensors folder."""
+    if to not in (None, "safetensors", "gguf"):
+        raise UsageError(f"--to {to!r}: use safetensors or gguf")
+    if to != "gguf":
+        if output is not None and output.suffix.lower() == ".gguf":
+            raise UsageError(
+                f"--output {output} names a GGUF file but the output format is a safetensors folder",
+                hint="Add --to gguf to write a GGUF model.",
+            )
+        return None
+    from adapterctl.core.merge.gguf import check_gguf_options
+
+    check_gguf_options(dtype, output)
+    return outtype, llama_cpp
 
 
 def _merge_model(
@@ -224,6 +272,7 @@ def _merge_model(
     token,
     tied_like_peft=False,
     qlora=(None, False),
+    gguf=None,
 ) -> None:
     from adapterctl.io.safetensors.file_pages import prefetch_folder
 
@@ -241,7 +290,8 @@ def _merge_model(
         combination=combination,
         density=density,
         seed=seed,
-        dtype=None if dtype in (None, "auto") else dtype,
+        # a GGUF is rounded once, from float32 merges, to its own types
+        dtype="float32" if gguf else None if dtype in (None, "auto") else dtype,
         max_shard_size=_parse_size(max_shard_size),
         tied_like_peft=tied_like_peft,
         qlora=qlora[0],
@@ -256,6 +306,8 @@ def _merge_model(
             out.info(f"{a['source']}: module paths mapped {m['from']} -> {m['to']} ({'; '.join(m['rules'])})")
     for warning in plan.warnings:
         out.warn(warning)
+    if gguf:
+        return _merge_gguf(job, output, gguf, force, dry_run, device)
     if dry_run:
         report = MergeReport(plan)
         return out.result(report.to_dict(), lambda c: _render_plan(c, plan))
@@ -275,6 +327,63 @@ def _merge_model(
         )
     report = MergeReport(plan, result)
     out.result(report.to_dict(), lambda c: _render_result(c, result, plan))
+
+
+def _merge_gguf(job, output, gguf, force, dry_run, device) -> None:
+    from adapterctl.core.merge.gguf import plan_gguf, write_gguf
+
+    out = get_output()
+    target = plan_gguf(job, gguf[0], gguf[1])
+    if dry_run:
+        return out.result(
+            {
+                "dry_run": True,
+                "to": "gguf",
+                "outtype": target.outtype,
+                "bytes": target.nbytes,
+                "tensors": len(target.tensors),
+                "plan": job.plan.to_dict(),
+            },
+            lambda c: _render_plan(c, job.plan),
+        )
+    label = f"merging {len(target.tensors)} tensors into {Path(output).name}"
+    total = sum(4 * max(1, _numel(t.shape)) for t in target.tensors if t.key)
+    with out.progress(label, total=total) as advance:
+        result = write_gguf(
+            job,
+            target,
+            output,
+            force=force,
+            device=device,
+            on_progress=lambda nbytes, key: advance(nbytes),
+        )
+    out.result(
+        {"to": "gguf", **result.to_dict(), "plan": job.plan.to_dict()}, lambda c: _render_gguf(c, result)
+    )
+
+
+def _numel(shape) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def _render_gguf(console, result) -> None:
+    types = ", ".join(f"{n} {t}" for t, n in sorted(result.types.items()))
+    console.print(
+        f"wrote {result.output}: llama.cpp {result.arch}, {result.outtype}, {result.tensors_written} "
+        f"tensors ({result.tensors_merged} merged{'; ' + types if types else ''}), "
+        f"{human_bytes(result.bytes_written)}, tokenizer gpt2/{result.tokenizer_pre} "
+        f"({result.vocab_size} tokens), {result.seconds:.1f}s on {result.device}",
+        markup=False,
+    )
+    for note in result.notes:
+        console.print(f"note: {note}", markup=False)
+    console.print(
+        "Ollama Modelfile (save it beside the GGUF, then: ollama create NAME -f Modelfile):", markup=False
+    )
+    console.print(result.ollama_modelfile.rstrip("\n"), markup=False)
 
 
 def _combine_to_adapter(refs, weights, output, method, density, seed, rank, force, dry_run, token) -> None:

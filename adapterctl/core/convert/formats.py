@@ -124,7 +124,7 @@ def _read_source(req, progress):
 
     if req.from_format == "gguf":
         from adapterctl.core.convert.gguf import draft_from_gguf
-        from adapterctl.core.convert.gguf_arch import read_base_facts
+        from adapterctl.io.formats.gguf_arch import read_base_facts
 
         facts = read_base_facts(req.base, req.base_name)
         return draft_from_gguf(req.source, facts, req.base_name or req.base, req.source_name)
@@ -168,7 +168,7 @@ def _base_dir(req, draft, flag: str) -> Path:
 
 
 def _gguf_base(req, draft):
-    from adapterctl.core.convert.gguf_arch import read_base_facts
+    from adapterctl.io.formats.gguf_arch import read_base_facts
 
     base = _base_dir(req, draft, "--to gguf")
     return read_base_facts(base, req.base_name or str(base))

@@ -20,19 +20,19 @@ import numpy as np
 import torch
 
 from adapterctl.core.convert.draft import AdapterDraft, view_adapter
-from adapterctl.core.convert.gguf_arch import (
-    BaseFacts,
-    gguf_name,
-    gguf_tensor_kind,
-    permute_rows,
-    tensor_name_map,
-)
 from adapterctl.errors import (
     IncompatibleBaseError,
     InvalidAdapterError,
     UnsupportedError,
 )
 from adapterctl.io.checkpoint.adapter_writer import lora_key
+from adapterctl.io.formats.gguf_arch import (
+    BaseFacts,
+    gguf_name,
+    gguf_tensor_kind,
+    permute_rows,
+    tensor_name_map,
+)
 
 FOR_ENGINE_HINT = (
     "Rewrite it for llama.cpp first: adapterctl convert --for llama.cpp --base BASE "
