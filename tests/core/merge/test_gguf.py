@@ -192,3 +192,20 @@ def test_chatml_base_gets_an_ollama_template(tmp_path):
     text = ollama_modelfile(base, Path("/x/m.gguf"), ["a", "<|im_end|>"])
     assert text.startswith("FROM ./m.gguf\nTEMPLATE \"\"\"{{- range .Messages }}<|im_start|>")
     assert 'PARAMETER stop "<|im_end|>"' in text and "PARAMETER temperature 0.7" in text
+
+
+@pytest.mark.parametrize("name", ["gptq_v2_asym_desc_act", "awq_gemm"])
+def test_gptq_and_awq_bases_merge_into_a_gguf(name, quant_base, peft_adapter, tmp_path):
+    """A GPTQ/AWQ base is dequantized tensor by tensor; the GGUF holds the same merge as the
+    float32 safetensors one."""
+    from safetensors.numpy import load_file
+
+    qdir, _ = quant_base(name)
+    lora = peft_adapter("llama", r=4, target_modules="all-linear")
+    assert invoke("merge", qdir, lora, "--dtype", "float32", "-o", tmp_path / "st").code == 0
+    res = invoke("--json", "merge", qdir, lora, "--to", "gguf", "--outtype", "f32", "-o", tmp_path / "m.gguf")
+    assert res.code == 0 and res.json["tensors_merged"] == 14, res.stdout + res.stderr
+    st = load_file(str(tmp_path / "st" / "model.safetensors"))
+    _, arrays, _ = read_gguf(tmp_path / "m.gguf")
+    assert np.array_equal(arrays["blk.1.ffn_down.weight"], st["model.layers.1.mlp.down_proj.weight"])
+    assert np.array_equal(arrays["blk.0.attn_v.weight"], st["model.layers.0.self_attn.v_proj.weight"])
