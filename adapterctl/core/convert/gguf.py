@@ -37,7 +37,8 @@ from adapterctl.io.formats.gguf_arch import (
 FOR_ENGINE_HINT = (
     "Rewrite it for llama.cpp first: adapterctl convert --for llama.cpp --base BASE "
     "SOURCE OUT (folds or drops what llama.cpp cannot load, listing each), then "
-    "convert that output --to gguf."
+    "convert that output --to gguf. Or serve a merged model, which keeps everything exactly: "
+    "adapterctl merge BASE SOURCE --to gguf -o merged.gguf"
 )
 
 

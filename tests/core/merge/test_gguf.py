@@ -209,3 +209,21 @@ def test_gptq_and_awq_bases_merge_into_a_gguf(name, quant_base, peft_adapter, tm
     _, arrays, _ = read_gguf(tmp_path / "m.gguf")
     assert np.array_equal(arrays["blk.1.ffn_down.weight"], st["model.layers.1.mlp.down_proj.weight"])
     assert np.array_equal(arrays["blk.0.attn_v.weight"], st["model.layers.0.self_attn.v_proj.weight"])
+
+
+def test_check_and_convert_for_llama_cpp_name_the_merged_gguf(tiny_models, peft_adapter, tmp_path):
+    """A trained norm (modules_to_save) is skipped by llama.cpp's LoRA loader: check says so and
+    names merge --to gguf, convert --for llama.cpp refuses to drop it silently with the same
+    answer, and the merged GGUF holds the trained norm."""
+    from safetensors.numpy import load_file
+
+    lora = peft_adapter("llama", r=4, target_modules=["q_proj"], modules_to_save=["input_layernorm"])
+    res = invoke("--json", "check", lora, "--base", tiny_models["llama"], "--engine", "llama.cpp")
+    assert "adapterctl merge BASE ADAPTER --to gguf" in res.stdout, res.stdout
+    res = invoke("convert", lora, tmp_path / "c", "--for", "llama.cpp", "--base", tiny_models["llama"])
+    assert res.code == 5 and "--to gguf -o merged.gguf" in res.stderr, res.stderr
+    res = invoke("merge", tiny_models["llama"], lora, "--to", "gguf", "--outtype", "f32", "-o", tmp_path / "m.gguf")
+    assert res.code == 0, res.stderr
+    saved = load_file(str(lora / "adapter_model.safetensors"))
+    key = next(k for k in saved if "layers.1.input_layernorm" in k)
+    assert np.array_equal(read_gguf(tmp_path / "m.gguf")[1]["blk.1.attn_norm.weight"], saved[key])
