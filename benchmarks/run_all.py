@@ -60,6 +60,8 @@ STEPS = [
          ["--size", "256", "--rank", "16", "--target", "4", "--dense-repeats", "1"]),
     Step("check", "check.py", ["--repeat", "5"], ["--repeat", "1", "--ranks", "1,8"]),
     Step("hub", "hub_bench.py", ["--repeat", "3"], ["--mb", "1", "--repeat", "1"]),
+    # merge --to gguf vs merge + llama.cpp's convert_hf_to_gguf.py (1.1B; --quick: the small base)
+    Step("merge_gguf", "merge_gguf.py", ["--size", "1.1B", "--rounds", "3"], ["--quick"]),
 ]
 
 

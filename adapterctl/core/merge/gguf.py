@@ -129,14 +129,16 @@ def _outtype(outtype: str, llama_cpp) -> tuple[str, Path | None]:
 
 
 def _facts(job: MergeJob) -> BaseFacts:
-    facts = read_base_facts(job.files.root, job.plan.base)
-    if facts.hf_arch not in MODEL_ARCHS:
+    archs = job.files.config.get("architectures") or []
+    hf_arch = archs[0] if archs and isinstance(archs[0], str) else None
+    if hf_arch not in MODEL_ARCHS:
+        said = f"architecture {hf_arch!r}" if hf_arch else "config.json names no architectures"
         raise UnsupportedError(
-            f"{job.plan.base}: architecture {facts.hf_arch!r} is not one merge --to gguf writes",
+            f"{job.plan.base}: {said}: not one merge --to gguf writes",
             hint="Written: " + ", ".join(MODEL_ARCHS) + ". Merge to safetensors (no --to) and convert "
             "with llama.cpp's convert_hf_to_gguf.py, which knows its other architectures.",
         )
-    return facts
+    return read_base_facts(job.files.root, job.plan.base)
 
 
 def plan_gguf(job: MergeJob, outtype: str = "f16", llama_cpp: str | Path | None = None) -> GGUFTarget:

@@ -134,7 +134,7 @@ def _copy_base(tmp_path: Path) -> Path:
 def test_refuses_an_architecture_merge_to_gguf_does_not_write(tiny_models, peft_adapter, tmp_path):
     lora = peft_adapter("gpt2", r=4, target_modules=["c_attn"])
     res = invoke("merge", tiny_models["gpt2"], lora, "--to", "gguf", "-o", tmp_path / "g.gguf")
-    assert res.code == 5 and "'GPT2LMHeadModel' is not one merge --to gguf writes" in res.stderr
+    assert res.code == 5 and "architecture 'GPT2LMHeadModel': not one merge --to gguf writes" in res.stderr
     assert "convert_hf_to_gguf.py" in res.stderr and _nothing_left(tmp_path, "g.gguf")
 
 
