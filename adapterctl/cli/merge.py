@@ -304,8 +304,14 @@ def _merge_model(
         if a.get("key_mapping"):
             m = a["key_mapping"]
             out.info(f"{a['source']}: module paths mapped {m['from']} -> {m['to']} ({'; '.join(m['rules'])})")
+    card_notes = set()
+    if gguf:  # a GGUF has no model card: its notes do not apply
+        from adapterctl.io.folders.model_card import card_base
+
+        card_notes = set(card_base(plan.base)[1])
     for warning in plan.warnings:
-        out.warn(warning)
+        if warning not in card_notes:
+            out.warn(warning)
     if gguf:
         return _merge_gguf(job, output, gguf, force, dry_run, device)
     if dry_run:
