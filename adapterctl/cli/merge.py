@@ -350,7 +350,12 @@ def _merge_gguf(job, output, gguf, force, dry_run, device) -> None:
                 "tensors": len(target.tensors),
                 "plan": job.plan.to_dict(),
             },
-            lambda c: _render_plan(c, job.plan),
+            lambda c: c.print(
+                f"would write {output}: llama.cpp {target.facts.rule.gguf_arch}, {target.outtype}, "
+                f"{len(target.tensors)} tensors ({len(job.plan.touched)} merged), "
+                f"{human_bytes(target.nbytes)}" + (" before llama-quantize" if target.quantize else ""),
+                markup=False,
+            ),
         )
     label = f"merging {len(target.tensors)} tensors into {Path(output).name}"
     total = sum(4 * max(1, _numel(t.shape)) for t in target.tensors if t.key)

@@ -165,6 +165,8 @@ def test_refuses_a_missing_tokenizer_json(tmp_path):
 
 def test_option_refusals(tmp_path, monkeypatch):
     out = tmp_path / "m.gguf"
+    res = invoke("--json", "merge", BASE, UPPER, "--to", "gguf", "--dry-run", "-o", out)
+    assert res.code == 0 and res.json["dry_run"] and res.json["tensors"] == 39 and not out.exists()
     res = invoke("merge", BASE, UPPER, "--to", "gguf", "--outtype", "q3_x", "-o", out)
     assert res.code == 2 and "--outtype 'q3_x'" in res.stderr and "Q4_K_M" in res.stderr
     monkeypatch.setenv("PATH", str(tmp_path))
