@@ -308,6 +308,18 @@ def small_sections(results: dict) -> list[str]:
         out += table(["rank", "whole-adapter relative error", "greedy tokens equal to DoRA's"],
                      [[r["rank"], f"{r['relative_error']:.2e}", f"{r['tokens_equal']}/{r['tokens']}"]
                       for r in ch["dora_to_lora"]])
+    g = results.get("merge_gguf")
+    if _ok(g):
+        o, t = g["ours"], g["two_step"]
+        out += [f"## Merge to GGUF ({g['size']}, {g['outtype']})", "",
+                f"Median of {g['rounds']}; peak RSS of each process (wait4).", ""]
+        out += table(["route", "seconds", "peak RSS", "file"],
+                     [["adapterctl merge --to gguf", f"{o['seconds']:.2f}", f"{o['peak_rss_mb']} MB",
+                       nbytes(o["bytes"])],
+                      ["adapterctl merge + convert_hf_to_gguf.py",
+                       f"{t['seconds']:.2f} ({t['merge_seconds']:.2f} + {t['convert_seconds']:.2f})",
+                       f"{t['peak_rss_mb']} MB", nbytes(t["bytes"])]])
+        out += ["", f"{g['speedup']}x faster in one step.", ""]
     h = results.get("hub")
     if _ok(h):
         med, b = h["median_seconds"], h["bytes_over_the_wire"]

@@ -61,6 +61,8 @@ STEPS = [
     Step("check", "check.py", ["--repeat", "5"], ["--repeat", "1", "--ranks", "1,8"]),
     Step("hub", "hub_bench.py", ["--repeat", "3"], ["--mb", "1", "--repeat", "1"]),
     Step("eval", "eval.py", [], ["--quick"]),
+    # merge --to gguf vs merge + llama.cpp's convert_hf_to_gguf.py (1.1B; --quick: the small base)
+    Step("merge_gguf", "merge_gguf.py", ["--size", "1.1B", "--rounds", "3"], ["--quick"]),
 ]
 
 

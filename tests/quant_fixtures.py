@@ -1,6 +1,9 @@
 """Quantized checkpoints built from tiny float models with the formats' published rules, each with
 its oracle: the same model dequantized by the format's own reference code (transformers'
-``_dequantize_fp8_weight`` / ``convert_moe_packed_tensors``, compressed-tensors' compressors),
+``_dequantize_fp8_weight`` / ``convert_moe_packed_tensors``, compressed-tensors' compressors; for
+GPTQ and AWQ, whose packages do not install on CPU, packers and dequantizers written line by line
+from gptqmodel 7.7's ``pack_original``/``dequantize_weight`` and AutoAWQ 0.2.9's
+``WQLinear_GEMM.from_linear``/``dequantize_gemm``),
 saved as a plain float checkpoint for PEFT and transformers to load. Registered by
 tests/conftest.py (``pytest_plugins``), so torch is imported only inside the builders: the smoke
 tests run without it (.ci/lowest-deps.sh).
@@ -169,6 +172,151 @@ def _qparams(w, args, calculate_qparams):
     return calculate_qparams(lo, hi, args)
 
 
+# ----- GPTQ (gptqmodel) and AWQ (AutoAWQ GEMM) ---------------------------------------------------
+def _minmax_qparams(w, maxq: int, sym: bool):
+    """Per (group, output column) scale and zero from the group's rows of ``w`` (in, out): GPTQ's
+    and AWQ's min/max quantizer (sym: zero at the middle code)."""
+    import torch
+
+    lo, hi = w.min(0).values.clamp(max=0), w.max(0).values.clamp(min=0)
+    if sym:
+        amax = torch.maximum(lo.abs(), hi)
+        scale = (2 * amax / maxq).clamp(min=1e-8)
+        zero = torch.full_like(scale, (maxq + 1) // 2)
+    else:
+        scale = ((hi - lo) / maxq).clamp(min=1e-8)
+        zero = torch.round(-lo / scale).clamp(0, maxq)
+    return scale.half(), zero.to(torch.int64)
+
+
+def gptq_pack(W, bits: int, group_size: int, sym: bool, desc_act: bool, v1: bool, seed: int = 0):
+    """A Linear weight (out, in) as gptqmodel's ``pack_original`` writes it: (qweight, qzeros,
+    scales, g_idx). desc_act: the groups follow a column permutation (GPTQ's act-order); v1: the
+    zeros are stored minus one (AutoGPTQ's checkpoint format), packed as uint32 words."""
+    import numpy as np
+    import torch
+
+    maxq, pf = 2 ** bits - 1, 32 // bits
+    w = W.T.float()  # (in, out)
+    n_in = w.shape[0]
+    perm = torch.randperm(n_in, generator=torch.Generator().manual_seed(seed)) if desc_act else torch.arange(n_in)
+    g_idx = torch.empty(n_in, dtype=torch.int32)
+    g_idx[perm] = (torch.arange(n_in) // group_size).to(torch.int32)
+    groups = n_in // group_size
+    scales = torch.empty(groups, w.shape[1], dtype=torch.float16)
+    zeros = torch.empty(groups, w.shape[1], dtype=torch.int64)
+    for g in range(groups):
+        scales[g], zeros[g] = _minmax_qparams(w[g_idx == g], maxq, sym)
+    sf = scales.float()
+    q = torch.round((w + (zeros * sf)[g_idx.long()]) / sf[g_idx.long()]).clamp(0, maxq).to(torch.int64)
+    qn = q.numpy().astype(np.uint32)
+    qweight = np.zeros((n_in // pf, qn.shape[1]), dtype=np.uint32)
+    for row in range(qweight.shape[0]):
+        for j in range(pf):
+            qweight[row] |= qn[row * pf + j] << np.uint32(bits * j)
+    zn = (zeros - 1 if v1 else zeros).numpy().astype(np.uint32)  # v1: -1 wraps, as AutoGPTQ's did
+    qzeros = np.zeros((groups, zn.shape[1] // pf), dtype=np.uint32)
+    for col in range(qzeros.shape[1]):
+        for j in range(pf):
+            qzeros[:, col] |= zn[:, col * pf + j] << np.uint32(bits * j)
+    as_i32 = lambda a: torch.from_numpy(a.view(np.int32).copy())  # noqa: E731
+    return as_i32(qweight), as_i32(qzeros), scales, g_idx
+
+
+def gptq_reference_dequant(qweight, qzeros, scales, g_idx, bits: int, v1: bool):
+    """gptqmodel 7.7's ``dequantize_weight`` (after ``convert_gptq_v1_to_v2_format_module`` for v1):
+    wf shift buffers, ``& maxq``, ``scales[g_idx] * (weight - zeros[g_idx])`` in the scales' dtype;
+    returned (out, in) in float16 (theirs) and float32 (the same formula on float32 scales)."""
+    import torch
+
+    pf, maxq = 32 // bits, 2 ** bits - 1
+    qzeros = qzeros.clone()
+    if v1:
+        qzeros += {2: 0x55555555, 4: 0x11111111, 8: 0x01010101}[bits]
+    wf = torch.tensor(list(range(0, 32, bits)), dtype=torch.int32).unsqueeze(0)
+    zeros = torch.bitwise_right_shift(qzeros.unsqueeze(2).expand(-1, -1, pf), wf.unsqueeze(0)).to(torch.int16)
+    zeros = torch.bitwise_and(zeros, maxq).reshape(qzeros.shape[0], -1)
+    weight = torch.bitwise_and(
+        torch.bitwise_right_shift(qweight.unsqueeze(1).expand(-1, pf, -1), wf.unsqueeze(-1)).to(torch.int16), maxq)
+    weight = weight.reshape(weight.shape[0] * weight.shape[1], weight.shape[2])
+    g = g_idx.long()
+    half = scales[g] * (weight - zeros[g])
+    full = scales.float()[g] * (weight - zeros[g]).float()
+    return half.T.contiguous(), full.T.contiguous()
+
+
+AWQ_ORDER = [0, 2, 4, 6, 1, 3, 5, 7]
+
+
+def awq_pack(W, group_size: int):
+    """A Linear weight (out, in) as AutoAWQ's ``WQLinear_GEMM.from_linear`` writes it (4-bit,
+    zero points, eight codes per int32 word in AWQ_ORDER): (qweight, qzeros, scales)."""
+    import torch
+
+    w = W.T.float()  # (in, out)
+    groups = w.shape[0] // group_size
+    scales = torch.empty(groups, w.shape[1], dtype=torch.float16)
+    zeros = torch.empty(groups, w.shape[1], dtype=torch.int64)
+    for g in range(groups):
+        scales[g], zeros[g] = _minmax_qparams(w[g * group_size:(g + 1) * group_size], 15, False)
+    sz = (zeros * scales.float()).repeat_interleave(group_size, 0)
+    intweight = torch.round((w + sz) / scales.float().repeat_interleave(group_size, 0)).clamp(0, 15)
+    intweight = intweight.to(torch.int32)  # (in, out)
+    qweight = torch.zeros(intweight.shape[0], intweight.shape[1] // 8, dtype=torch.int32)
+    qzeros = torch.zeros(groups, intweight.shape[1] // 8, dtype=torch.int32)
+    z32 = zeros.to(torch.int32)
+    for col in range(intweight.shape[1] // 8):
+        for i in range(8):
+            qweight[:, col] |= intweight[:, col * 8 + AWQ_ORDER[i]] << (i * 4)
+            qzeros[:, col] |= z32[:, col * 8 + AWQ_ORDER[i]] << (i * 4)
+    return qweight, qzeros, scales
+
+
+def awq_reference_dequant(qweight, qzeros, scales, group_size: int):
+    """AutoAWQ 0.2.9's ``dequantize_gemm`` (``unpack_awq``, ``reverse_awq_order``, ``& 0xF``,
+    ``(iweight - izeros) * scales``), (out, in) in float16 (theirs) and float32."""
+    import torch
+
+    shifts = torch.arange(0, 32, 4)
+    iw = torch.bitwise_right_shift(qweight[:, :, None], shifts[None, None, :]).to(torch.int8)
+    iw = iw.view(iw.shape[0], -1)
+    iz = torch.bitwise_right_shift(qzeros[:, :, None], shifts[None, None, :]).to(torch.int8)
+    iz = iz.view(iz.shape[0], -1)
+    order = torch.arange(iw.shape[-1], dtype=torch.int32).view(-1, 8)[:, [0, 4, 1, 5, 2, 6, 3, 7]].view(-1)
+    iw, iz = torch.bitwise_and(iw[:, order], 15), torch.bitwise_and(iz[:, order], 15)
+    s = scales.repeat_interleave(group_size, dim=0)
+    z = iz.repeat_interleave(group_size, dim=0)
+    return ((iw - z) * s).T.contiguous(), ((iw - z).float() * s.float()).T.contiguous()
+
+
+def build_gptq(src: Path, root: Path, bits=4, group_size=32, sym=False, desc_act=True, v1=False):
+    """(GPTQ checkpoint, its oracle dequantized by gptqmodel's rule in float32)."""
+    state, dense = _state(src), _state(src)
+    for i, key in enumerate(_linear_keys(state)):
+        module = key[: -len(".weight")]
+        qweight, qzeros, scales, g_idx = gptq_pack(state.pop(key), bits, group_size, sym, desc_act, v1, i)
+        state.update({module + ".qweight": qweight, module + ".qzeros": qzeros,
+                      module + ".scales": scales, module + ".g_idx": g_idx})
+        dense[key] = gptq_reference_dequant(qweight, qzeros, scales, g_idx, bits, v1)[1]
+    qconf = {"quant_method": "gptq", "bits": bits, "group_size": group_size, "desc_act": desc_act,
+             "sym": sym, "checkpoint_format": "gptq" if v1 else "gptq_v2"}
+    name = f"gptq-{'v1' if v1 else 'v2'}"
+    return _write(src, root / name, state, qconf), _write(src, root / f"{name}-dense", dense, None)
+
+
+def build_awq(src: Path, root: Path, group_size=32):
+    """(AWQ GEMM checkpoint, its oracle dequantized by AutoAWQ's rule in float32)."""
+    state, dense = _state(src), _state(src)
+    for key in _linear_keys(state):
+        module = key[: -len(".weight")]
+        qweight, qzeros, scales = awq_pack(state.pop(key), group_size)
+        state.update({module + ".qweight": qweight, module + ".qzeros": qzeros, module + ".scales": scales})
+        dense[key] = awq_reference_dequant(qweight, qzeros, scales, group_size)[1]
+    qconf = {"quant_method": "awq", "bits": 4, "group_size": group_size, "zero_point": True,
+             "version": "gemm"}
+    return _write(src, root / "awq", state, qconf), _write(src, root / "awq-dense", dense, None)
+
+
 # ----- fixtures: the bases the merge and attach tests share -----------------------------------------
 INT4_GROUP_ASYM = dict(num_bits=4, type="int", symmetric=False, strategy="group", group_size=32)
 BASES = {
@@ -184,6 +332,12 @@ BASES = {
                                            strategy="channel")),
     "ct_int8_naive_tensor": lambda src, root: build_compressed(
         src, root, "naive-quantized", dict(num_bits=8, type="int", symmetric=True, strategy="tensor")),
+    # GPTQ: v2 asymmetric with act-order (desc_act) groups; v1 (zeros stored minus one) symmetric
+    "gptq_v2_asym_desc_act": lambda src, root: build_gptq(src, root, sym=False, desc_act=True, v1=False),
+    "gptq_v1_sym": lambda src, root: build_gptq(src, root, sym=True, desc_act=False, v1=True),
+    "gptq_v1_asym_desc_act_8bit": lambda src, root: build_gptq(src, root, bits=8, sym=False,
+                                                               desc_act=True, v1=True),
+    "awq_gemm": lambda src, root: build_awq(src, root),
 }
 
 

@@ -176,6 +176,35 @@ def merge_cmd(
             "on DATA (as `adapterctl eval --data`): one line, and `eval` in --json. Linear merges.",
         ),
     ] = None,
+    to: Annotated[
+        str | None,
+        typer.Option(
+            "--to",
+            metavar="safetensors|gguf",
+            help="Output format: a transformers folder (safetensors, the default) or one GGUF file "
+            "for llama.cpp and Ollama (gguf).",
+            rich_help_panel=PANEL_OUT,
+        ),
+    ] = None,
+    outtype: Annotated[
+        str,
+        typer.Option(
+            "--outtype",
+            help="With --to gguf: f32, f16, bf16, q8_0 (written directly) or a llama.cpp type such as "
+            "Q4_K_M, Q5_K_M, Q6_K (through llama.cpp's llama-quantize).",
+            rich_help_panel=PANEL_OUT,
+        ),
+    ] = "f16",
+    llama_cpp: Annotated[
+        Path | None,
+        typer.Option(
+            "--llama-cpp",
+            metavar="DIR",
+            help="A llama.cpp build whose llama-quantize writes --outtype types other than "
+            "f32/f16/bf16/q8_0 (default: $ADAPTERCTL_LLAMA_CPP, then PATH).",
+            rich_help_panel=PANEL_OUT,
+        ),
+    ] = None,
     token: Token = None,
 ) -> None:
     """Merge LoRA adapters into a base model and write a full checkpoint (streamed, never builds
@@ -206,6 +235,7 @@ def merge_cmd(
             hint="Drop --eval with --dry-run or --combination; run `adapterctl eval` on the result.",
         )
     refs, w = adapter_weights(inputs[1:], legacy)
+    gguf = _gguf_options(to, output, dtype, outtype, llama_cpp)
     _merge_model(
         inputs[0],
         refs,
@@ -223,7 +253,25 @@ def merge_cmd(
         tied_like_peft,
         (qlora, qlora_double_quant),
         eval_data,
+        gguf,
     )
+
+
+def _gguf_options(to, output, dtype, outtype, llama_cpp) -> tuple[str, Path | None] | None:
+    """(outtype, llama.cpp folder) for --to gguf, None for a safetensors folder."""
+    if to not in (None, "safetensors", "gguf"):
+        raise UsageError(f"--to {to!r}: use safetensors or gguf")
+    if to != "gguf":
+        if output is not None and output.suffix.lower() == ".gguf":
+            raise UsageError(
+                f"--output {output} names a GGUF file but the output format is a safetensors folder",
+                hint="Add --to gguf to write a GGUF model.",
+            )
+        return None
+    from adapterctl.core.merge.gguf import check_gguf_options
+
+    check_gguf_options(dtype, output)
+    return outtype, llama_cpp
 
 
 def _merge_model(
@@ -243,6 +291,7 @@ def _merge_model(
     tied_like_peft=False,
     qlora=(None, False),
     eval_data=None,
+    gguf=None,
 ) -> None:
     from adapterctl.io.safetensors.file_pages import prefetch_folder
 
@@ -260,7 +309,8 @@ def _merge_model(
         combination=combination,
         density=density,
         seed=seed,
-        dtype=None if dtype in (None, "auto") else dtype,
+        # a GGUF is rounded once, from float32 merges, to its own types
+        dtype="float32" if gguf else None if dtype in (None, "auto") else dtype,
         max_shard_size=_parse_size(max_shard_size),
         tied_like_peft=tied_like_peft,
         qlora=qlora[0],
@@ -273,9 +323,17 @@ def _merge_model(
         if a.get("key_mapping"):
             m = a["key_mapping"]
             out.info(f"{a['source']}: module paths mapped {m['from']} -> {m['to']} ({'; '.join(m['rules'])})")
+    card_notes = set()
+    if gguf:  # a GGUF has no model card: its notes do not apply
+        from adapterctl.io.folders.model_card import card_base
+
+        card_notes = set(card_base(plan.base)[1])
     for warning in plan.warnings:
-        out.warn(warning)
+        if warning not in card_notes:
+            out.warn(warning)
     replaced = check_merge_output(job, output)  # an input as output is refused, dry run or not
+    if gguf:
+        return _merge_gguf(job, output, gguf, force, dry_run, device, replaced)
     if dry_run:
         report = MergeReport(plan, replaces=replaced)
         return out.result(report.to_dict(), lambda c: _render_plan(c, plan, replaced))
@@ -305,6 +363,70 @@ def _merge_model(
         console.print(eval_line(figures), markup=False)
 
     out.result({**report.to_dict(), "eval": figures}, both)
+
+
+def _merge_gguf(job, output, gguf, force, dry_run, device, replaced) -> None:
+    from adapterctl.core.merge.gguf import plan_gguf, write_gguf
+
+    out = get_output()
+    target = plan_gguf(job, gguf[0], gguf[1])
+    if dry_run:
+        return out.result(
+            {
+                "dry_run": True,
+                "to": "gguf",
+                "outtype": target.outtype,
+                "bytes": target.nbytes,
+                "tensors": len(target.tensors),
+                "replaces": replaced,
+                "plan": job.plan.to_dict(),
+            },
+            lambda c: c.print(
+                f"would write {output}: llama.cpp {target.facts.rule.gguf_arch}, {target.outtype}, "
+                f"{len(target.tensors)} tensors ({len(job.plan.touched)} merged), "
+                f"{human_bytes(target.nbytes)}" + (" before llama-quantize" if target.quantize else ""),
+                markup=False,
+            ),
+        )
+    label = f"merging {len(target.tensors)} tensors into {Path(output).name}"
+    total = sum(4 * max(1, _numel(t.shape)) for t in target.tensors if t.key)
+    with out.progress(label, total=total) as advance:
+        result = write_gguf(
+            job,
+            target,
+            output,
+            force=force,
+            device=device,
+            on_progress=lambda nbytes, key: advance(nbytes),
+        )
+    out.result(
+        {"to": "gguf", **result.to_dict(), "replaces": replaced, "plan": job.plan.to_dict()},
+        lambda c: _render_gguf(c, result),
+    )
+
+
+def _numel(shape) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def _render_gguf(console, result) -> None:
+    types = ", ".join(f"{n} {t}" for t, n in sorted(result.types.items()))
+    console.print(
+        f"wrote {result.output}: llama.cpp {result.arch}, {result.outtype}, {result.tensors_written} "
+        f"tensors ({result.tensors_merged} merged{'; ' + types if types else ''}), "
+        f"{human_bytes(result.bytes_written)}, tokenizer gpt2/{result.tokenizer_pre} "
+        f"({result.vocab_size} tokens), {result.seconds:.1f}s on {result.device}",
+        markup=False,
+    )
+    for note in result.notes:
+        console.print(f"note: {note}", markup=False)
+    console.print(
+        "Ollama Modelfile (save it beside the GGUF, then: ollama create NAME -f Modelfile):", markup=False
+    )
+    console.print(result.ollama_modelfile.rstrip("\n"), markup=False)
 
 
 def _combine_to_adapter(

@@ -18,6 +18,17 @@ from adapterctl.core.engine_rules.rules import Caps, tensor_fix
 from adapterctl.errors import AdapterctlError, UnsupportedError
 
 
+def drop_hint(work: Work, what: str = "it") -> str:
+    """--drop-unsupported's hint; for llama.cpp, also the exact answer: a merged GGUF model."""
+    hint = f"--drop-unsupported drops {what} and reports what that changes."
+    if "llama.cpp" in work.req.engines:
+        hint += (
+            f" To keep {what} exactly in llama.cpp/Ollama, serve a merged model instead: "
+            f"adapterctl merge {work.req.base_name or 'BASE'} {work.draft.source} --to gguf -o merged.gguf"
+        )
+    return hint
+
+
 def lora_biases(work: Work, caps: Caps) -> None:
     with_bias = [p for p, w in work.view.modules.items() if w.bias is not None]
     if not with_bias or caps.lora_bias:
@@ -103,7 +114,7 @@ def _drop_or_refuse(work: Work, key: str, param: str, what: str, saved: torch.Te
     if not work.req.drop_unsupported:
         raise UnsupportedError(
             f"{work.draft.source}: {param} ({what}) cannot be held by a LoRA the engine serves",
-            hint="--drop-unsupported drops it and reports what that changes.",
+            hint=drop_hint(work),
         )
     work.drop.add(key)
     work.removed.append(
@@ -163,7 +174,7 @@ def unservable_modules(work: Work, caps: Caps) -> None:
         if not work.req.drop_unsupported:
             raise UnsupportedError(
                 f"{work.draft.source}: {path}: the engine does not adapt this module with LoRA",
-                hint="--drop-unsupported drops it and reports what that changes.",
+                hint=drop_hint(work),
             )
         from adapterctl.core.lora.svd import svd_of_product
 

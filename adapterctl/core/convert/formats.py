@@ -125,7 +125,7 @@ def _read_source(req, progress):
 
     if req.from_format == "gguf":
         from adapterctl.core.convert.gguf import draft_from_gguf
-        from adapterctl.core.convert.gguf_arch import read_gguf_base
+        from adapterctl.core.engine_rules.gguf_arch import read_gguf_base
 
         facts = read_gguf_base(req.base, req.base_name)
         return draft_from_gguf(req.source, facts, req.base_name or req.base, req.source_name)
@@ -172,7 +172,7 @@ def _base_dir(req, draft, flag: str) -> Path:
 
 
 def _gguf_base(req, draft):
-    from adapterctl.core.convert.gguf_arch import read_gguf_base
+    from adapterctl.core.engine_rules.gguf_arch import read_gguf_base
 
     base = _base_dir(req, draft, "--to gguf")
     return read_gguf_base(base, req.base_name or str(base))

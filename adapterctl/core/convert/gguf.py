@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from adapterctl.core.convert.draft import AdapterDraft, view_adapter
-from adapterctl.core.convert.gguf_arch import (
+from adapterctl.core.engine_rules.gguf_arch import (
     GGUFBase,
     gguf_name,
     gguf_tensor_kind,
@@ -39,7 +39,8 @@ from adapterctl.io.folders.output_dir import Input
 FOR_ENGINE_HINT = (
     "Rewrite it for llama.cpp first: adapterctl convert --for llama.cpp --base BASE "
     "SOURCE OUT (folds or drops what llama.cpp cannot load, listing each), then "
-    "convert that output --to gguf."
+    "convert that output --to gguf. Or serve a merged model, which keeps everything exactly: "
+    "adapterctl merge BASE SOURCE --to gguf -o merged.gguf"
 )
 
 

@@ -50,7 +50,15 @@ CAPS = Caps(
 )
 
 
+#: where convert can only drop what llama.cpp's LoRA loader cannot hold (full tensors, norms, a tied
+#: lm_head's LoRA), the exact answer; not lora_bias: merge refuses it on a base layer without bias
+MERGED_GGUF = "; a merged model keeps it exactly: adapterctl merge BASE ADAPTER --to gguf"
+MERGE_KEEPS = ("full_tensors", "norms", "tied_lm_head")
+
+
 def _f(rule: str, verdict: str, message: str, source: Source, fix: str | None = None) -> Finding:
+    if rule in MERGE_KEEPS and fix == "drop":
+        message += MERGED_GGUF
     return Finding(f"llama.cpp.{rule}", verdict, message, source, fix)
 
 

@@ -3,7 +3,9 @@
 grouped with its side tensors into one logical tensor and dequantized on read, one tensor and its
 scales at a time (spec 6.4: merging into a dequantized copy is what stays closest to the trained
 model). The other formats: ``fp8`` (io/checkpoint/fp8.py), ``mxfp4`` (io/checkpoint/mxfp4.py),
-``compressed-tensors`` (io/checkpoint/compressed.py); any other method is refused by name.
+``compressed-tensors`` (io/checkpoint/compressed.py), ``gptq`` (io/checkpoint/gptq.py: v1 and v2
+checkpoint formats, desc_act's g_idx), ``awq`` (io/checkpoint/awq.py: GEMM packing); any other
+method is refused by name.
 
 bitsandbytes (``quant_method == "bitsandbytes"``):
 
@@ -25,9 +27,11 @@ from dataclasses import replace
 import torch
 
 from adapterctl.errors import InvalidAdapterError, UnsupportedError
+from adapterctl.io.checkpoint.awq import dequantize_awq, group_awq
 from adapterctl.io.checkpoint.compressed import dequantize_compressed, group_compressed
 from adapterctl.io.checkpoint.fourbit import dequantize_stored
 from adapterctl.io.checkpoint.fp8 import dequantize_fp8, group_fp8
+from adapterctl.io.checkpoint.gptq import dequantize_gptq, group_gptq
 from adapterctl.io.checkpoint.mxfp4 import dequantize_mxfp4, group_mxfp4
 from adapterctl.io.checkpoint.stored import StoredTensor, regrouped
 from adapterctl.io.dtypes import WRITABLE
@@ -36,7 +40,7 @@ QS_SUFFIXES = (".quant_state.bitsandbytes__nf4", ".quant_state.bitsandbytes__fp4
 
 
 #: the quant_methods read here; the first is loaded quantized by attach, the others dequantized
-METHODS = ("bitsandbytes", "fp8", "mxfp4", "compressed-tensors")
+METHODS = ("bitsandbytes", "fp8", "mxfp4", "compressed-tensors", "gptq", "awq")
 
 
 def quant_method(config: dict) -> str | None:
@@ -75,6 +79,10 @@ def group_logical(
         return group_mxfp4(stored, float_dtype)
     if method == "compressed-tensors":
         return group_compressed(stored, qconf, where, read, float_dtype)
+    if method == "gptq":
+        return group_gptq(stored, qconf, where, float_dtype)
+    if method == "awq":
+        return group_awq(stored, qconf, where, float_dtype)
     raise UnsupportedError(
         f"{where}: quantization_config.quant_method {method!r} is not "
         f"supported (adapterctl reads {', '.join(METHODS)} checkpoints)",
@@ -120,10 +128,16 @@ def group_quantized(stored: list[StoredTensor], read, float_dtype: torch.dtype) 
 
 
 def dequantize(stored: StoredTensor, read) -> torch.Tensor:
-    """The float tensor of a grouped quantized weight: FP8, MXFP4 and compressed-tensors ones in
+    """The float tensor of a grouped quantized weight: FP8, MXFP4, compressed-tensors, GPTQ and AWQ ones in
     float32, unrounded, so that merge and attach round once to their output dtype (``--dtype
     float32`` keeps every bit of the dequantized value); bitsandbytes ones in their dtype."""
-    other = {"fp8": dequantize_fp8, "mxfp4": dequantize_mxfp4, "compressed": dequantize_compressed}
+    other = {
+        "fp8": dequantize_fp8,
+        "mxfp4": dequantize_mxfp4,
+        "compressed": dequantize_compressed,
+        "gptq": dequantize_gptq,
+        "awq": dequantize_awq,
+    }
     if stored.quant in other:
         return other[stored.quant](stored, read)
     parts = {p.key: read(p) for p in stored.parts}

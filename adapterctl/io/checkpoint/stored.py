@@ -41,7 +41,7 @@ class StoredTensor:
     file: Path
     offset: int = -1  # absolute byte offset in a safetensors file
     nbytes: int = 0
-    #: "4bit" | "8bit" (bitsandbytes), "fp8", "mxfp4", "compressed": dequantized on read
+    #: "4bit" | "8bit" (bitsandbytes), "fp8", "mxfp4", "compressed", "gptq", "awq": dequantized on read
     quant: str | None = None
     parts: tuple[StoredTensor, ...] = ()  # its stored tensors (io/checkpoint/quantized.py)
     scheme: tuple = ()  # (name, value) pairs the format's dequantization needs

@@ -5,6 +5,8 @@ readers that dequantize (io/checkpoint/quantized.py) are the reference; this onl
 - ``mxfp4``: ``<name>_blocks`` ``(E, R, G, 16)`` stands for ``<name>`` ``(E, G * 32, R)``;
 - ``compressed-tensors`` ``pack-quantized``: ``<module>.weight_packed`` stands for
   ``<module>.weight`` of ``<module>.weight_shape`` (a two-number tensor, read with numpy);
+- ``gptq``: ``<module>.qweight`` int32 ``(in * bits / 32, out)`` stands for ``<module>.weight`` ``(out, in)``;
+- ``awq`` (GEMM): ``<module>.qweight`` int32 ``(in, out / 8)`` stands for ``<module>.weight`` ``(out, in)``;
 - FP8, bitsandbytes 8-bit and the naive compressed-tensors formats keep the weight's name and shape.
 """
 
@@ -29,6 +31,10 @@ def logical_shapes(
             dense = _weight_shape(headers.get(key[: -len("_packed")] + "_shape"))
             if dense:
                 out[key[: -len("_packed")]] = dense
+        elif method == "gptq" and key.endswith(".qweight") and len(shape) == 2:
+            out[key[: -len(".qweight")] + ".weight"] = (shape[1], shape[0] * 32 // int(q.get("bits", 4)))
+        elif method == "awq" and key.endswith(".qweight") and len(shape) == 2:
+            out[key[: -len(".qweight")] + ".weight"] = (shape[1] * 8, shape[0])
     return out
 
 

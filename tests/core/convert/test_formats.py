@@ -43,7 +43,7 @@ def test_llama_qk_rows_are_permuted_and_scales_folded(tiny_models, peft_adapter)
     alpha/r (llama.cpp's rule) gives PEFT's delta."""
     from adapterctl.core.convert.draft import read_draft, view_adapter
     from adapterctl.core.convert.gguf import draft_to_gguf_tensors
-    from adapterctl.core.convert.gguf_arch import permute_rows, read_gguf_base
+    from adapterctl.core.engine_rules.gguf_arch import permute_rows, read_gguf_base
 
     lora = peft_adapter("llama", r=4, lora_alpha=8, use_rslora=True, rank_pattern={"k_proj": 2},
                         target_modules=["q_proj", "k_proj"])

@@ -1,4 +1,4 @@
-"""merge into FP8, MXFP4 and compressed-tensors bases (issue 17): the base is dequantized tensor by
+"""merge into FP8, MXFP4, compressed-tensors, GPTQ and AWQ bases (issues 17, 28): the base is dequantized tensor by
 tensor, and the merged model equals PEFT's merge_and_unload on the same model dequantized by the
 format's own reference code (tests/quant_fixtures.py). Tolerance: float32 output max abs diff
 <= 1e-5 (the deltas' float32 order of operations); bfloat16 output: equal (one rounding each)."""

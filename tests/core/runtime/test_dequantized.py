@@ -1,4 +1,4 @@
-"""attach on FP8, MXFP4 and compressed-tensors bases (issue 17): the base is dequantized on load to
+"""attach on FP8, MXFP4, compressed-tensors, GPTQ and AWQ bases (issues 17, 28): the base is dequantized on load to
 --dtype by the reader merge uses; logits equal PEFT's on the same model dequantized by the format's
 own reference code (tests/quant_fixtures.py). Tolerance: 0 (float32 and bfloat16): the same dense
 weights and the same LoRA maths."""
@@ -16,7 +16,8 @@ from tests.helpers import invoke, max_abs_diff
 
 @pytest.mark.parametrize("name,dtype", [
     ("fp8_ragged_blocks", "float32"), ("fp8_ragged_blocks", "bfloat16"),
-    ("ct_int4_group_asym", "float32"), ("ct_fp8_channel", "bfloat16")])
+    ("ct_int4_group_asym", "float32"), ("ct_fp8_channel", "bfloat16"),
+    ("gptq_v2_asym_desc_act", "float32"), ("gptq_v1_sym", "bfloat16"), ("awq_gemm", "float32")])
 def test_attach_equals_peft_on_the_dequantized_base(name, dtype, quant_base, peft_adapter):
     qdir, dense = quant_base(name)
     adapter = peft_adapter("llama", r=4, target_modules="all-linear")

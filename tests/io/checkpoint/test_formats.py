@@ -1,4 +1,4 @@
-"""Broken FP8 / MXFP4 / compressed-tensors checkpoints and quantization methods adapterctl does not
+"""Broken FP8 / MXFP4 / compressed-tensors / GPTQ / AWQ checkpoints and quantization methods adapterctl does not
 read: each is refused before anything is written, naming the file and key, with a hint and its
 exit code (4: broken checkpoint, 5: unsupported method or format, 2: --quantize on such a base)."""
 
@@ -63,8 +63,21 @@ CASES = {
                          [f"{Q}.weight_scale_inv scales {Q}.weight, which is missing"]),
     "fp8_block_size": ("fp8_ragged_blocks", None, _put("weight_block_size", [128]), 4,
                        ["config.json: quantization_config.weight_block_size is [128]"]),
-    "unknown_method": ("fp8_ragged_blocks", None, _put("quant_method", "gptq"), 5,
-                       ["config.json: quantization_config.quant_method 'gptq' is not supported"]),
+    "unknown_method": ("fp8_ragged_blocks", None, _put("quant_method", "hqq"), 5,
+                       ["config.json: quantization_config.quant_method 'hqq' is not supported"]),
+    "gptq_missing_qzeros": ("gptq_v2_asym_desc_act", _drop(f"{Q}.qzeros"), None, 4,
+                            [f"{Q}.qweight has no {Q}.qzeros", "model.safetensors"]),
+    "gptq_g_idx_shape": ("gptq_v2_asym_desc_act", _set(f"{Q}.g_idx", torch.zeros(3, dtype=torch.int32)),
+                         None, 4, [f"{Q}.g_idx [3] disagree for 4-bit GPTQ"]),
+    "gptq_g_idx_range": ("gptq_v2_asym_desc_act", _set(f"{Q}.g_idx", torch.full((64,), 9, dtype=torch.int32)),
+                         None, 4, [f"{Q}.weight: g_idx names groups outside 0..1"]),
+    "gptq_marlin": ("gptq_v1_sym", None, _put("checkpoint_format", "marlin"), 5,
+                    ["GPTQ checkpoint format 'marlin' is not read"]),
+    "gptq_3bit": ("gptq_v1_sym", None, _put("bits", 3), 5, ["GPTQ with bits=3 is not read"]),
+    "awq_gemv": ("awq_gemm", None, _put("version", "gemv"), 5,
+                 ["AWQ version='gemv', bits=4, zero_point=True is not read"]),
+    "awq_scales_shape": ("awq_gemm", _set(f"{Q}.scales", torch.ones(2, 63, dtype=torch.float16)), None, 4,
+                         [f"{Q}.scales [2, 63] are not AWQ GEMM's"]),
     "ct_missing_scale": ("ct_int4_group_asym", _drop(f"{Q}.weight_scale"), None, 4,
                          [f"{Q}.weight_packed has no {Q}.weight_scale", "model.safetensors"]),
     "ct_scale_shape": ("ct_int4_group_asym", _set(f"{Q}.weight_scale", torch.ones(64, 3)), None, 4,
@@ -119,7 +132,8 @@ def test_attach_names_the_broken_key_too(quant_base, peft_adapter, tmp_path):
 
 
 @pytest.mark.parametrize("name", ["fp8_ragged_blocks", "ct_int4_group_asym", "ct_int8_naive_tensor",
-                                  "gpt_oss"])
+                                  "gpt_oss", "gptq_v2_asym_desc_act", "gptq_v1_asym_desc_act_8bit",
+                                  "awq_gemm"])
 def test_header_shapes_name_the_dense_weights(name, quant_base, gpt_oss):
     """The torch-free shapes (inspect/check --base, attach's early check) hold every parameter the
     dequantizing reader gives, with its shape."""
