@@ -16,7 +16,7 @@ from typing import Annotated
 
 import typer
 
-from adapterctl.errors import EXIT_CODES, UsageError
+from adapterctl.errors import UsageError, exit_codes_line
 from adapterctl.io.dtypes import check_dtype, dtype_choices
 
 PANEL_HUB = "Hub"
@@ -24,29 +24,10 @@ PANEL_BASE = "Base model placement"
 PANEL_OUTPUT = "Output"
 PANEL_ADAPTERS = "Adapters"
 
-#: short names of the exit codes for command epilogs (the full text is in `adapterctl --help`)
-_SHORT = {
-    1: "internal error",
-    2: "usage",
-    3: "not found",
-    4: "invalid input",
-    5: "unsupported",
-    6: "incompatible with the base",
-    7: "missing dependency",
-    8: "Hub/network",
-    9: "I/O",
-    130: "interrupted",
-}
-EXIT_CODES_LINE = (
-    "**Exit codes**: "
-    + ", ".join(f"{code} {_SHORT.get(code, text)}" for code, text in EXIT_CODES.items())
-    + " (details: `adapterctl --help`)."
-)
-
 
 def examples(*lines: str) -> str:
     """A command's epilog: example invocations and the exit codes (Typer's markdown mode)."""
-    return "**Examples**\n\n" + "\n".join(f"* `{line}`" for line in lines) + "\n\n" + EXIT_CODES_LINE
+    return "**Examples**\n\n" + "\n".join(f"* `{line}`" for line in lines) + "\n\n" + exit_codes_line()
 
 
 # ----- dtype: validated against the one dtype table (io/dtypes.py) ----------------------------

@@ -15,7 +15,7 @@ from adapterctl.core.adapter.config import LoraAdapterConfig, check_lora_type, p
 from adapterctl.core.adapter.keys import KeyLayout, ModuleKeys, split_keys
 from adapterctl.core.adapter.targeting import matches_target, module_scaling
 from adapterctl.core.adapter.variants import base_module_path, expand_layout
-from adapterctl.errors import AdapterctlError
+from adapterctl.errors import AdapterctlError, IncompatibleBaseError, NotFoundError, UnsupportedError
 from adapterctl.io.folders.adapter_dir import AdapterFiles, locate_adapter_files
 from adapterctl.io.folders.files import read_json_object
 from adapterctl.io.safetensors.header import SafetensorsHeader, read_safetensors_header
@@ -149,7 +149,7 @@ def _config_problems(cfg: LoraAdapterConfig) -> list[P.Problem]:
             "unsupported_variant",
             f"adapter uses {key} ({name}), which adapterctl does not implement",
             "Use PEFT for this adapter.",
-            exit_code=5,
+            error=UnsupportedError,
         )
         for key, name in cfg.unsupported_variants.items()
     ]
@@ -176,12 +176,14 @@ def _config_problems(cfg: LoraAdapterConfig) -> list[P.Problem]:
                 f"init_lora_weights={cfg.init_lora_weights!r} mutated the base during training in a way "
                 "that cannot be recomputed from the adapter",
                 "Convert it with the initial adapter: adapterctl convert --pissa-init INIT ADAPTER OUT.",
-                exit_code=5,
+                error=UnsupportedError,
             )
         )
     elif kind == "unknown":
         out.append(
-            P.error("unknown_init", f"unknown init_lora_weights {cfg.init_lora_weights!r}", exit_code=5)
+            P.error(
+                "unknown_init", f"unknown init_lora_weights {cfg.init_lora_weights!r}", error=UnsupportedError
+            )
         )
     if cfg.use_rslora and (cfg.rank_pattern or cfg.alpha_pattern):
         out.append(
@@ -344,7 +346,7 @@ def inspect_adapter(
         try:
             check_lora_type(parse_adapter_config({"peft_type": peft_type}, files.source), files.source)
         except AdapterctlError as err:
-            return _empty_summary(files, doc, P.error(err.kind, err.message, err.hint, err.exit_code))
+            return _empty_summary(files, doc, P.error(err.kind, err.message, err.hint, type(err)))
     cfg = parse_adapter_config(doc, str(files.config))
     problems = _config_problems(cfg)
     if files.weights is None:
@@ -354,7 +356,7 @@ def inspect_adapter(
                 "missing_weights",
                 f"{files.source}: no adapter_model.safetensors (or adapter_model.bin)",
                 "Copy or download the weights file too.",
-                exit_code=3,
+                error=NotFoundError,
             ),
         )
         return _summary(files, cfg, [], KeyLayout(), None, None, problems)
@@ -475,7 +477,7 @@ def inspect_adapter(
         base_info = {
             "path": str(base),
             "model_type": model_type,
-            "compatible": not any(p.exit_code == 6 for p in problems),
+            "compatible": not any(issubclass(p.error, IncompatibleBaseError) for p in problems),
             "key_mapping": mapping.to_dict() if mapping else None,
         }
     return _summary(files, cfg, modules, layout, header, base_info, problems)
