@@ -20,10 +20,7 @@ from adapterctl.core.merge.write import execute_merge
 from tests.conftest import build_model, make_peft_adapter, model_configs
 from tests.fidelity.archs import ARCHS, arch_configs
 from tests.helpers import invoke
-from tests.io.test_fourbit import bnb_dequantize
-
-pytest.importorskip("bitsandbytes")
-
+from tests.io.checkpoint.test_fourbit import bnb_dequantize
 
 @pytest.fixture(scope="module")
 def qmodels(tmp_path_factory) -> dict:
