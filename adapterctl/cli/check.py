@@ -10,6 +10,7 @@ import typer
 from adapterctl.cli.options import Revision, Token, examples, hub_options
 from adapterctl.cli.options import engine_names as cli_engine_names
 from adapterctl.cli.output import get_output
+from adapterctl.core.engine_rules.names import SERVING
 
 VERDICT_STYLE = {"serves": "green", "changes": "yellow", "refuses": "red"}
 
@@ -24,7 +25,7 @@ def check_cmd(
             "--engine",
             "-e",
             metavar="ENGINE",
-            help="vllm, sglang, lorax, tgi, llama.cpp, mlx or all (default); repeatable or comma-separated.",
+            help=f"{', '.join(SERVING)} or all (default); repeatable or comma-separated.",
         ),
     ] = None,
     base: Annotated[

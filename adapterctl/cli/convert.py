@@ -9,6 +9,7 @@ import typer
 from adapterctl.cli.options import PANEL_OUTPUT as PANEL_OUT
 from adapterctl.cli.options import Revision, Token, dtype_option, engine_names, examples, hub_options
 from adapterctl.cli.output import get_output
+from adapterctl.core.engine_rules.names import SERVING
 from adapterctl.errors import UsageError
 
 PANEL_MODE = "Conversion (pick one; --dtype, --for and --to-safetensors combine)"
@@ -91,7 +92,7 @@ ForEngineOpt = Annotated[
         "--for",
         metavar="ENGINE",
         help="Rewrite the adapter so that this engine serves it as "
-        "trained (vllm, sglang, lorax, tgi, llama.cpp, mlx or all): DoRA to LoRA, extras to "
+        f"trained ({', '.join(SERVING)} or all): DoRA to LoRA, extras to "
         "full-rank LoRA, scales baked; or refuse, naming what no LoRA can hold there.",
         rich_help_panel=PANEL_MODE,
     ),

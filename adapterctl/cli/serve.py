@@ -21,6 +21,7 @@ from adapterctl.cli.options import (
     served_adapters,
 )
 from adapterctl.cli.output import get_output
+from adapterctl.core.engine_rules.names import SERVERS
 from adapterctl.errors import UsageError
 
 PANEL_SERVER = "Server"
@@ -41,7 +42,8 @@ ExtraOpt = Annotated[
     ),
 ]
 EngineOpt = Annotated[
-    str, typer.Option("--engine", metavar="ENGINE", help="vllm or sglang.", rich_help_panel=PANEL_SERVER)
+    str,
+    typer.Option("--engine", metavar="ENGINE", help=" or ".join(SERVERS) + ".", rich_help_panel=PANEL_SERVER),
 ]
 HostOpt = Annotated[str, typer.Option("--host", help="Address to listen on.", rich_help_panel=PANEL_SERVER)]
 PortOpt = Annotated[int, typer.Option("--port", help="Port to listen on.", rich_help_panel=PANEL_SERVER)]
