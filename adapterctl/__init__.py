@@ -6,7 +6,7 @@ engine functions below is first used.
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+__version__ = "0.3.0"
 
 # Public API, resolved lazily so that `import adapterctl` never pulls in torch.
 _LAZY = {

@@ -67,3 +67,14 @@ def write_adapter(path: Path, config: dict, tensors: dict, metadata: dict | None
 
 def max_abs_diff(a, b) -> float:
     return float((a.float() - b.float()).abs().max())
+
+
+def app_commands() -> list[str]:
+    """Every command of the app, from the app itself (a new command is covered without a list
+    to update)."""
+    import typer
+
+    from adapterctl.cli.app import _register_commands, app
+
+    _register_commands(["--help"])
+    return list(typer.main.get_command(app).commands)

@@ -17,7 +17,6 @@ from adapterctl.cli.options import (
     Token,
     TrustRemoteCode,
     adapter_weights,
-    deprecated_weights_help,
     examples,
     hub_options,
     placement,
@@ -54,12 +53,7 @@ def attach_cmd(
             rich_help_panel=PANEL_ADAPTERS,
         ),
     ] = None,
-    weight: Annotated[
-        list[float] | None,
-        typer.Option(
-            "--weight", help=deprecated_weights_help("the option repeated"), rich_help_panel=PANEL_ADAPTERS
-        ),
-    ] = None,
+    weight: Annotated[list[float] | None, typer.Option("--weight", hidden=True)] = None,
     prompt: Annotated[
         list[str] | None,
         typer.Option(

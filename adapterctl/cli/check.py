@@ -8,7 +8,9 @@ from typing import Annotated
 import typer
 
 from adapterctl.cli.options import Revision, Token, examples, hub_options
+from adapterctl.cli.options import engine_names as cli_engine_names
 from adapterctl.cli.output import get_output
+from adapterctl.core.engine_rules.names import SERVING
 
 VERDICT_STYLE = {"serves": "green", "changes": "yellow", "refuses": "red"}
 
@@ -23,7 +25,7 @@ def check_cmd(
             "--engine",
             "-e",
             metavar="ENGINE",
-            help="vllm, sglang, lorax, tgi, llama.cpp, mlx or all (default); repeatable or comma-separated.",
+            help=f"{', '.join(SERVING)} or all (default); repeatable or comma-separated.",
         ),
     ] = None,
     base: Annotated[
@@ -47,7 +49,7 @@ def check_cmd(
     from adapterctl.io.hub.resolve import resolve_adapter_dir, resolve_model_dir
 
     out = get_output()
-    names = engine_names(engine)  # usage errors before any download
+    names = engine_names(cli_engine_names(engine) or None)  # usage errors before any download
     hub = hub_options(revision, token)
     folders = [(str(resolve_adapter_dir(a, hub, need_weights=False, header_only=True)), a) for a in adapters]
     base_ref = None
@@ -71,8 +73,7 @@ def check_cmd(
         + (" ..." if len(bad) > 4 else ""),
         hint="Each result names the fix: serving flags or an `adapterctl convert --for` command.",
     )
-    out.result({**data, "error": err.to_dict()}, lambda console: render(console, report), ok=False)
-    raise typer.Exit(err.exit_code)
+    out.fail(data, lambda console: render(console, report), err)
 
 
 def render(console, report) -> None:

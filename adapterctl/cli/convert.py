@@ -7,150 +7,165 @@ from typing import Annotated
 import typer
 
 from adapterctl.cli.options import PANEL_OUTPUT as PANEL_OUT
-from adapterctl.cli.options import Revision, Token, dtype_option, examples, hub_options
+from adapterctl.cli.options import Revision, Token, dtype_option, engine_names, examples, hub_options
 from adapterctl.cli.output import get_output
+from adapterctl.core.engine_rules.names import SERVING
 from adapterctl.errors import UsageError
 
 PANEL_MODE = "Conversion (pick one; --dtype, --for and --to-safetensors combine)"
 CastDtype = dtype_option("Cast the written tensors", PANEL_MODE, auto=False)
 
 
+SourceOpt = Annotated[
+    str,
+    typer.Argument(
+        metavar="SOURCE",
+        help="Adapter folder (TRAINED / ADAPTER), or the fine-tuned model with --extract. Hub ids work too.",
+    ),
+]
+PissaInitOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--pissa-init",
+        metavar="INIT",
+        help="Initial adapter saved before training: convert a "
+        "PiSSA/OLoRA/CorDA/LoRA-GA adapter to plain LoRA.",
+        rich_help_panel=PANEL_MODE,
+    ),
+]
+BaseOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--base",
+        metavar="BASE",
+        help="Base model: recompute the PiSSA (full SVD) / OLoRA initial weights instead of --pissa-init.",
+        rich_help_panel=PANEL_MODE,
+    ),
+]
+RankOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--rank",
+        metavar="R",
+        help="Target rank (rank reduction, or the rank of --extract).",
+        rich_help_panel=PANEL_MODE,
+    ),
+]
+EnergyOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--energy",
+        metavar="E",
+        help="Keep this fraction of each module's squared Frobenius norm, e.g. 0.95 (per-module ranks).",
+        rich_help_panel=PANEL_MODE,
+    ),
+]
+ExtractOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--extract",
+        metavar="BASE",
+        help="Extract a LoRA from the fully fine-tuned model SOURCE against this base (needs --rank).",
+        rich_help_panel=PANEL_MODE,
+    ),
+]
+SkipUnfactorableOpt = Annotated[
+    bool,
+    typer.Option(
+        "--skip-unfactorable",
+        help="With --extract: drop changed norms/biases/resized embeddings "
+        "instead of saving them as modules_to_save.",
+        rich_help_panel=PANEL_MODE,
+    ),
+]
+ToSafetensorsOpt = Annotated[
+    bool,
+    typer.Option(
+        "--to-safetensors",
+        help="Rewrite a legacy adapter_model.bin as safetensors (loaded with weights_only=True).",
+        rich_help_panel=PANEL_MODE,
+    ),
+]
+ForEngineOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--for",
+        metavar="ENGINE",
+        help="Rewrite the adapter so that this engine serves it as "
+        f"trained ({', '.join(SERVING)} or all): DoRA to LoRA, extras to "
+        "full-rank LoRA, scales baked; or refuse, naming what no LoRA can hold there.",
+        rich_help_panel=PANEL_MODE,
+    ),
+]
+DropUnsupportedOpt = Annotated[
+    bool,
+    typer.Option(
+        "--drop-unsupported",
+        help="With --for: drop what the engine cannot serve (lora_B biases, "
+        "norm weights, ...) and report what that changes.",
+        rich_help_panel=PANEL_MODE,
+    ),
+]
+ForServingOpt = Annotated[
+    bool,
+    typer.Option(
+        "--for-serving",
+        help="Alias of --for all --drop-unsupported: what every engine serves, "
+        "the rest dropped and reported.",
+        rich_help_panel=PANEL_MODE,
+    ),
+]
+ToOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--to",
+        metavar="FORMAT",
+        help="Write another engine's adapter: gguf (llama.cpp / Ollama, "
+        "OUT is a .gguf file) or mlx (MLX-LM folder). --base names the base model.",
+        rich_help_panel=PANEL_OUT,
+    ),
+]
+FromFormatOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--from",
+        metavar="FORMAT",
+        help="SOURCE is a gguf (llama.cpp) or mlx (MLX-LM) adapter: write it as PEFT (gguf needs --base).",
+        rich_help_panel=PANEL_MODE,
+    ),
+]
+OuttypeOpt = Annotated[
+    str,
+    typer.Option(
+        "--outtype",
+        metavar="TYPE",
+        help="With --to gguf: f32, f16, bf16 or q8_0.",
+        rich_help_panel=PANEL_OUT,
+    ),
+]
+ForceOpt = Annotated[
+    bool, typer.Option("--force", help="Replace an existing non-empty OUT.", rich_help_panel=PANEL_OUT)
+]
+
+
 def convert_cmd(
-    source: Annotated[
-        str,
-        typer.Argument(
-            metavar="SOURCE",
-            help="Adapter folder (TRAINED / ADAPTER), or the fine-tuned model with "
-            "--extract. Hub ids work too.",
-        ),
-    ],
+    source: SourceOpt,
     output: Annotated[str, typer.Argument(metavar="OUT", help="Output adapter folder (written atomically).")],
-    pissa_init: Annotated[
-        str | None,
-        typer.Option(
-            "--pissa-init",
-            metavar="INIT",
-            help="Initial adapter saved before training: convert a "
-            "PiSSA/OLoRA/CorDA/LoRA-GA adapter to plain LoRA.",
-            rich_help_panel=PANEL_MODE,
-        ),
-    ] = None,
-    base: Annotated[
-        str | None,
-        typer.Option(
-            "--base",
-            metavar="BASE",
-            help="Base model: recompute the PiSSA (full SVD) / OLoRA initial "
-            "weights instead of --pissa-init.",
-            rich_help_panel=PANEL_MODE,
-        ),
-    ] = None,
-    rank: Annotated[
-        int | None,
-        typer.Option(
-            "--rank",
-            metavar="R",
-            help="Target rank (rank reduction, or the rank of --extract).",
-            rich_help_panel=PANEL_MODE,
-        ),
-    ] = None,
-    energy: Annotated[
-        float | None,
-        typer.Option(
-            "--energy",
-            metavar="E",
-            help="Keep this fraction of each module's squared Frobenius norm, e.g. 0.95 (per-module ranks).",
-            rich_help_panel=PANEL_MODE,
-        ),
-    ] = None,
-    extract: Annotated[
-        str | None,
-        typer.Option(
-            "--extract",
-            metavar="BASE",
-            help="Extract a LoRA from the fully fine-tuned model SOURCE against this base (needs --rank).",
-            rich_help_panel=PANEL_MODE,
-        ),
-    ] = None,
-    skip_unfactorable: Annotated[
-        bool,
-        typer.Option(
-            "--skip-unfactorable",
-            help="With --extract: drop changed norms/biases/resized embeddings "
-            "instead of saving them as modules_to_save.",
-            rich_help_panel=PANEL_MODE,
-        ),
-    ] = False,
-    to_safetensors: Annotated[
-        bool,
-        typer.Option(
-            "--to-safetensors",
-            help="Rewrite a legacy adapter_model.bin as safetensors (loaded with weights_only=True).",
-            rich_help_panel=PANEL_MODE,
-        ),
-    ] = False,
+    pissa_init: PissaInitOpt = None,
+    base: BaseOpt = None,
+    rank: RankOpt = None,
+    energy: EnergyOpt = None,
+    extract: ExtractOpt = None,
+    skip_unfactorable: SkipUnfactorableOpt = False,
+    to_safetensors: ToSafetensorsOpt = False,
     dtype: CastDtype = None,
-    for_engine: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--for",
-            metavar="ENGINE",
-            help="Rewrite the adapter so that this engine serves it as "
-            "trained (vllm, sglang, lorax, tgi, llama.cpp, mlx or all): DoRA to LoRA, extras to "
-            "full-rank LoRA, scales baked; or refuse, naming what no LoRA can hold there.",
-            rich_help_panel=PANEL_MODE,
-        ),
-    ] = None,
-    drop_unsupported: Annotated[
-        bool,
-        typer.Option(
-            "--drop-unsupported",
-            help="With --for: drop what the engine cannot serve (lora_B biases, "
-            "norm weights, ...) and report what that changes.",
-            rich_help_panel=PANEL_MODE,
-        ),
-    ] = False,
-    for_serving: Annotated[
-        bool,
-        typer.Option(
-            "--for-serving",
-            help="Alias of --for all --drop-unsupported: what every engine serves, "
-            "the rest dropped and reported.",
-            rich_help_panel=PANEL_MODE,
-        ),
-    ] = False,
-    to: Annotated[
-        str | None,
-        typer.Option(
-            "--to",
-            metavar="FORMAT",
-            help="Write another engine's adapter: gguf (llama.cpp / Ollama, "
-            "OUT is a .gguf file) or mlx (MLX-LM folder). --base names the base model.",
-            rich_help_panel=PANEL_OUT,
-        ),
-    ] = None,
-    from_format: Annotated[
-        str | None,
-        typer.Option(
-            "--from",
-            metavar="FORMAT",
-            help="SOURCE is a gguf (llama.cpp) or mlx (MLX-LM) adapter: "
-            "write it as PEFT (gguf needs --base).",
-            rich_help_panel=PANEL_MODE,
-        ),
-    ] = None,
-    outtype: Annotated[
-        str,
-        typer.Option(
-            "--outtype",
-            metavar="TYPE",
-            help="With --to gguf: f32, f16, bf16 or q8_0.",
-            rich_help_panel=PANEL_OUT,
-        ),
-    ] = "f32",
-    force: Annotated[
-        bool, typer.Option("--force", help="Replace an existing non-empty OUT.", rich_help_panel=PANEL_OUT)
-    ] = False,
+    for_engine: ForEngineOpt = None,
+    drop_unsupported: DropUnsupportedOpt = False,
+    for_serving: ForServingOpt = False,
+    to: ToOpt = None,
+    from_format: FromFormatOpt = None,
+    outtype: OuttypeOpt = "f32",
+    force: ForceOpt = False,
     eval_data: Annotated[
         str | None,
         typer.Option(
@@ -187,7 +202,7 @@ def convert_cmd(
         to=to,
         from_format=from_format,
         outtype=outtype,
-        for_engine=tuple(for_engine or ()),
+        for_engine=tuple(engine_names(for_engine, "--for")),
         drop_unsupported=drop_unsupported,
     )
     if outtype not in ("f32", "f16", "bf16", "q8_0"):

@@ -8,6 +8,7 @@ finished completion with ``--jsonl``. Every byte goes through the output helper.
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 from typing import Annotated
 
 import typer
@@ -31,7 +32,9 @@ from adapterctl.cli.options import (
     Timeout,
     Token,
     TrustRemoteCode,
+    adapter_option,
     adapter_weights,
+    engine_name,
     examples,
     hub_options,
     placement,
@@ -44,154 +47,142 @@ PANEL_DECODING = "Decoding"
 PANEL_OUT = "Output"
 
 
+def _opt(*names: str, panel: str, help: str, **kw):
+    return typer.Option(*names, rich_help_panel=panel, help=help, **kw)
+
+
+Positionals = Annotated[
+    list[str] | None,
+    typer.Argument(
+        metavar="[BASE] [-]",
+        show_default=False,
+        help="Base model folder or Hub id (default: the "
+        "first adapter's base_model_name_or_path); '-' reads prompts from stdin.",
+    ),
+]
+Adapters = adapter_option(
+    "Adapter folder or Hub id, optionally `=WEIGHT`. Repeat to apply a weighted combination."
+)
+Compare = Annotated[
+    bool,
+    _opt(
+        "--compare",
+        panel=PANEL_ADAPTERS,
+        help="Run the prompts on the base and on each adapter, side by side.",
+    ),
+]
+NoFold = Annotated[
+    bool,
+    _opt(
+        "--no-fold",
+        panel=PANEL_ADAPTERS,
+        help="Keep adapters unmerged even where folding them into the weights is exact (slower; for checks).",
+    ),
+]
+Prompt = Annotated[
+    list[str] | None,
+    _opt("--prompt", "-p", panel=PANEL_PROMPTS, help="A prompt (repeatable).", show_default=False),
+]
+PromptsFile = Annotated[
+    str | None,
+    _opt(
+        "--prompts",
+        panel=PANEL_PROMPTS,
+        help="Prompts file: text (one per line) or "
+        "JSONL with `prompt` and optional `adapter`, `max_new_tokens`, `id`; '-' for stdin.",
+    ),
+]
+Chat = Annotated[
+    bool, _opt("--chat", panel=PANEL_PROMPTS, help="Wrap each prompt in the tokenizer's chat template.")
+]
+System = Annotated[str | None, _opt("--system", panel=PANEL_PROMPTS, help="System message for --chat.")]
+MaxNewTokens = Annotated[
+    int, _opt("--max-new-tokens", "-n", panel=PANEL_DECODING, help="Most tokens to generate per prompt.")
+]
+Temperature = Annotated[
+    float | None,
+    _opt("--temperature", panel=PANEL_DECODING, help="Sampling temperature (> 0 samples; default greedy)."),
+]
+TopP = Annotated[
+    float | None,
+    _opt(
+        "--top-p", panel=PANEL_DECODING, help="Nucleus sampling: keep the most likely tokens up to this mass."
+    ),
+]
+TopK = Annotated[
+    int | None, _opt("--top-k", panel=PANEL_DECODING, help="Sample among the K most likely tokens.")
+]
+RepetitionPenalty = Annotated[
+    float | None,
+    _opt(
+        "--repetition-penalty", panel=PANEL_DECODING, help="Penalise tokens already seen (> 1 discourages)."
+    ),
+]
+Seed = Annotated[
+    int | None,
+    _opt("--seed", panel=PANEL_DECODING, help="Random seed: the same seed reproduces a sampled run."),
+]
+Stop = Annotated[
+    list[str] | None,
+    _opt(
+        "--stop",
+        panel=PANEL_DECODING,
+        show_default=False,
+        help="Stop when the completion contains this string (repeatable); the string is not included.",
+    ),
+]
+BatchSize = Annotated[
+    int, _opt("--batch-size", "-b", panel=PANEL_DECODING, help="Prompts per forward pass (left-padded).")
+]
+Jsonl = Annotated[
+    bool, _opt("--jsonl", panel=PANEL_OUT, help="One JSON line per completion on stdout, as each finishes.")
+]
+Logprobs = Annotated[
+    bool,
+    _opt("--logprobs", panel=PANEL_OUT, help="Include each generated token's log-probability (JSON/JSONL)."),
+]
+
+
+@dataclass(frozen=True)
+class _Job:
+    """What to run, whichever backend runs it."""
+
+    base_ref: str | None
+    choices: list
+    specs: list
+    cfg: object
+    compare: bool
+    chat: bool
+    system: str | None
+    jsonl: bool
+    hub: object
+
+
 def generate_cmd(
-    args: Annotated[
-        list[str] | None,
-        typer.Argument(
-            metavar="[BASE] [-]",
-            show_default=False,
-            help="Base model folder or Hub id (default: the "
-            "first adapter's base_model_name_or_path); '-' reads prompts from stdin.",
-        ),
-    ] = None,
-    adapter: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--adapter",
-            "-a",
-            show_default=False,
-            rich_help_panel=PANEL_ADAPTERS,
-            help="Adapter folder or Hub id, optionally `=WEIGHT`. Repeat to apply a weighted combination.",
-        ),
-    ] = None,
-    compare: Annotated[
-        bool,
-        typer.Option(
-            "--compare",
-            rich_help_panel=PANEL_ADAPTERS,
-            help="Run the prompts on the base and on each adapter, side by side.",
-        ),
-    ] = False,
-    no_fold: Annotated[
-        bool,
-        typer.Option(
-            "--no-fold",
-            rich_help_panel=PANEL_ADAPTERS,
-            help="Keep adapters unmerged even where "
-            "folding them into the weights is exact (slower; for checks).",
-        ),
-    ] = False,
-    prompt: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--prompt", "-p", show_default=False, rich_help_panel=PANEL_PROMPTS, help="A prompt (repeatable)."
-        ),
-    ] = None,
-    prompts_file: Annotated[
-        str | None,
-        typer.Option(
-            "--prompts",
-            rich_help_panel=PANEL_PROMPTS,
-            help="Prompts file: text (one per line) or "
-            "JSONL with `prompt` and optional `adapter`, `max_new_tokens`, `id`; '-' for stdin.",
-        ),
-    ] = None,
-    chat: Annotated[
-        bool,
-        typer.Option(
-            "--chat", rich_help_panel=PANEL_PROMPTS, help="Wrap each prompt in the tokenizer's chat template."
-        ),
-    ] = False,
-    system: Annotated[
-        str | None, typer.Option("--system", rich_help_panel=PANEL_PROMPTS, help="System message for --chat.")
-    ] = None,
-    max_new_tokens: Annotated[
-        int,
-        typer.Option(
-            "--max-new-tokens",
-            "-n",
-            rich_help_panel=PANEL_DECODING,
-            help="Most tokens to generate per prompt.",
-        ),
-    ] = 64,
-    temperature: Annotated[
-        float | None,
-        typer.Option(
-            "--temperature",
-            rich_help_panel=PANEL_DECODING,
-            help="Sampling temperature (> 0 samples; default greedy).",
-        ),
-    ] = None,
-    top_p: Annotated[
-        float | None,
-        typer.Option(
-            "--top-p",
-            rich_help_panel=PANEL_DECODING,
-            help="Nucleus sampling: keep the most likely tokens up to this mass.",
-        ),
-    ] = None,
-    top_k: Annotated[
-        int | None,
-        typer.Option(
-            "--top-k", rich_help_panel=PANEL_DECODING, help="Sample among the K most likely tokens."
-        ),
-    ] = None,
-    repetition_penalty: Annotated[
-        float | None,
-        typer.Option(
-            "--repetition-penalty",
-            rich_help_panel=PANEL_DECODING,
-            help="Penalise tokens already seen (> 1 discourages).",
-        ),
-    ] = None,
-    seed: Annotated[
-        int | None,
-        typer.Option(
-            "--seed",
-            rich_help_panel=PANEL_DECODING,
-            help="Random seed: the same seed reproduces a sampled run.",
-        ),
-    ] = None,
-    stop: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--stop",
-            show_default=False,
-            rich_help_panel=PANEL_DECODING,
-            help="Stop when the completion contains this string (repeatable); the string is not included.",
-        ),
-    ] = None,
-    batch_size: Annotated[
-        int,
-        typer.Option(
-            "--batch-size",
-            "-b",
-            rich_help_panel=PANEL_DECODING,
-            help="Prompts per forward pass (left-padded).",
-        ),
-    ] = 8,
+    args: Positionals = None,
+    adapter: Adapters = None,
+    compare: Compare = False,
+    no_fold: NoFold = False,
+    prompt: Prompt = None,
+    prompts_file: PromptsFile = None,
+    chat: Chat = False,
+    system: System = None,
+    max_new_tokens: MaxNewTokens = 64,
+    temperature: Temperature = None,
+    top_p: TopP = None,
+    top_k: TopK = None,
+    repetition_penalty: RepetitionPenalty = None,
+    seed: Seed = None,
+    stop: Stop = None,
+    batch_size: BatchSize = 8,
     dtype: Dtype = "auto",
     device_map: DeviceMap = None,
     max_memory: MaxMemory = None,
     offload_folder: OffloadFolder = None,
     quantize: Quantize = None,
     trust_remote_code: TrustRemoteCode = False,
-    jsonl: Annotated[
-        bool,
-        typer.Option(
-            "--jsonl",
-            rich_help_panel=PANEL_OUT,
-            help="One JSON line per completion on stdout, as each finishes.",
-        ),
-    ] = False,
-    logprobs: Annotated[
-        bool,
-        typer.Option(
-            "--logprobs",
-            rich_help_panel=PANEL_OUT,
-            help="Include each generated token's log-probability (JSON/JSONL).",
-        ),
-    ] = False,
+    jsonl: Jsonl = False,
+    logprobs: Logprobs = False,
     revision: Revision = None,
     token: Token = None,
     engine: EngineName = "adapterctl",
@@ -207,10 +198,9 @@ def generate_cmd(
     """Generate text with a base model and adapters: several adapters in one batch, streamed.
     The same prompts and results on vLLM (--engine vllm) or any OpenAI-compatible server
     (--endpoint URL)."""
-    from adapterctl.cli.generate_engines import engine_choice
+    from adapterctl.cli.generate_engines import Endpoint, LocalEngine, Shared, VllmEngine, pick_backend
     from adapterctl.core.generate.prompts import collect_prompts
     from adapterctl.core.generate.results import DecodingConfig
-    from adapterctl.core.generate.run import open_generation, run_generation
     from adapterctl.core.runtime.session import AdapterChoice
 
     out = get_output()
@@ -220,8 +210,7 @@ def generate_cmd(
             hint="--json prints one document at the end; --jsonl one line per completion.",
         )
     base_ref, use_stdin = _split_positionals(args or [])
-    refs, weights = adapter_weights(list(adapter or []))
-    choices = [AdapterChoice(r, w) for r, w in zip(refs, weights)]
+    choices = [AdapterChoice(r, w) for r, w in zip(*adapter_weights(list(adapter or [])))]
     cfg = DecodingConfig(
         max_new_tokens=max_new_tokens,
         temperature=temperature,
@@ -239,66 +228,87 @@ def generate_cmd(
         raise UsageError("--compare needs at least one --adapter")
     if batch_size < 1:  # before minutes of loading, not after
         raise UsageError(f"--batch-size must be at least 1, got {batch_size}")
-    stdin = sys.stdin if use_stdin or prompts_file == "-" else None
-    elsewhere = engine_choice(
-        engine,
-        endpoint,
-        dtype=dtype,
-        trust_remote_code=trust_remote_code,
-        hub=hub_options(revision, token),
-        on_step=out.info,
-        vllm={
-            "tensor_parallel_size": tensor_parallel_size,
-            "pipeline_parallel_size": pipeline_parallel_size,
-            "gpu_memory_utilization": gpu_memory_utilization,
-        },
-        remote={"model": model, "concurrency": concurrency, "timeout": timeout, "api_key": api_key},
-        ours={
-            "--no-fold": no_fold,
-            "--device-map": device_map,
-            "--max-memory": max_memory,
-            "--offload-folder": offload_folder,
-            "--quantize": quantize,
-        },
+    shared = Shared(dtype, trust_remote_code)
+    backend = pick_backend(
+        engine_name(engine),
+        LocalEngine(device_map, max_memory, offload_folder, quantize, no_fold, batch_size),
+        VllmEngine(tensor_parallel_size, pipeline_parallel_size, gpu_memory_utilization),
+        Endpoint(endpoint, model, concurrency, timeout, api_key),
+        shared,
     )
+    stdin = sys.stdin if use_stdin or prompts_file == "-" else None
     specs = collect_prompts(prompt or [], prompts_file, stdin)
-    on_complete = (lambda c: out.json_line(c.to_dict())) if jsonl else None
-    if elsewhere is not None:
-        report = elsewhere(
-            base_ref, choices, specs, cfg, compare=compare, chat=chat, system=system, on_complete=on_complete
-        )
-        for a in report.adapters:
-            for text in a.to_dict()["warnings"]:
-                out.warn(f"{a.name}: {text}")
-        return _finish(out, report, jsonl=jsonl, streamed=False)
+    job = _Job(base_ref, choices, specs, cfg, compare, chat, system, jsonl, hub_options(revision, token))
+    if isinstance(backend, LocalEngine):
+        return _run_local(out, backend, shared, job)
+    _run_elsewhere(out, backend, shared, job)
+
+
+def _on_complete(out: Output, job: _Job):
+    return (lambda c: out.json_line(c.to_dict())) if job.jsonl else None
+
+
+def _run_elsewhere(out: Output, backend, shared, job: _Job) -> None:
+    from adapterctl.cli.generate_engines import run_elsewhere
+
+    report = run_elsewhere(
+        backend,
+        shared,
+        job.hub,
+        out.info,
+        job.base_ref,
+        job.choices,
+        job.specs,
+        job.cfg,
+        compare=job.compare,
+        chat=job.chat,
+        system=job.system,
+        on_complete=_on_complete(out, job),
+    )
+    for a in report.adapters:
+        for text in a.to_dict()["warnings"]:
+            out.warn(f"{a.name}: {text}")
+    _finish(out, report, jsonl=job.jsonl, streamed=False)
+
+
+def _run_local(out: Output, local, shared, job: _Job) -> None:
+    from adapterctl.core.generate.run import open_generation, run_generation
+
     with out.status("loading"):
         gen = open_generation(
-            base_ref,
-            choices,
-            specs,
-            hub=hub_options(revision, token),
-            placement=placement(dtype, device_map, max_memory, offload_folder, quantize, trust_remote_code),
-            fold=not no_fold,
+            job.base_ref,
+            job.choices,
+            job.specs,
+            hub=job.hub,
+            placement=placement(
+                shared.dtype,
+                local.device_map,
+                local.max_memory,
+                local.offload_folder,
+                local.quantize,
+                shared.trust_remote_code,
+            ),
+            fold=not local.no_fold,
             on_step=out.info,
         )
     for a in gen.session.adapters:
         for text in a.warnings:
             out.warn(f"{a.name}: {text}")
-    stream = _Stream(out) if _should_stream(out, specs, compare, jsonl) else None
+    stream = _Stream(out) if _should_stream(out, job.specs, job.compare, job.jsonl) else None
     report = run_generation(
         gen,
-        specs,
-        cfg,
-        compare=compare,
-        batch_size=batch_size,
-        chat=chat,
-        system=system,
+        job.specs,
+        job.cfg,
+        compare=job.compare,
+        batch_size=local.batch_size,
+        chat=job.chat,
+        system=job.system,
         on_token=stream,
-        on_complete=on_complete,
+        on_complete=_on_complete(out, job),
     )
     if stream is not None and stream.started:
         out.stream("\n")
-    _finish(out, report, jsonl=jsonl, streamed=bool(stream and stream.started))
+    _finish(out, report, jsonl=job.jsonl, streamed=bool(stream and stream.started))
 
 
 def _finish(out: Output, report, *, jsonl: bool, streamed: bool) -> None:
@@ -308,8 +318,6 @@ def _finish(out: Output, report, *, jsonl: bool, streamed: bool) -> None:
     if report.interrupted and error is None:
         error = Interrupted("interrupted: printed what was generated so far")
     _report(out, report, jsonl=jsonl, streamed=streamed, error=error)
-    if error is not None:
-        raise error
 
 
 class _Stream:
@@ -351,16 +359,22 @@ def _report(out: Output, report, *, jsonl: bool, streamed: bool, error=None) -> 
             markup=True,
         )
     if jsonl:
-        return
-    if out.json:
-        doc = report.to_dict()
-        if error is not None:  # one document still, saying both what failed and what was made
-            return out.result({"error": error.to_dict(), **doc}, ok=False)
-        return out.result(doc)
-    if report.compare:
-        out.result({}, lambda console: render_compare(console, report))
+        render, doc = None, {}
+    elif report.compare:
+        render, doc = (lambda console: render_compare(console, report)), report.to_dict()
     elif not streamed:
-        out.result({}, lambda console: render_completions(console, report.results[0].completions))
+        render, doc = (
+            (lambda console: render_completions(console, report.results[0].completions)),
+            report.to_dict(),
+        )
+    else:
+        render, doc = None, report.to_dict()
+    if error is not None:  # one document still, saying both what failed and what was made
+        if jsonl:
+            raise error
+        out.fail(doc, render, error)
+    if not jsonl:
+        out.result(doc, render)
 
 
 def render_completions(console, completions) -> None:

@@ -1,105 +1,148 @@
-"""``generate --engine vllm`` and ``generate --endpoint URL``: which engine runs the prompts, and
-the options that only make sense on one of them (refused elsewhere, with a usage error naming
-them, before anything loads). The runs themselves are core calls
-(:mod:`adapterctl.core.serve.run`) returning ``generate``'s own report.
+"""Where ``generate`` runs its prompts: adapterctl's own engine in this process, vLLM's offline
+engine (``--engine vllm``) or an OpenAI-compatible server (``--endpoint URL``). One typed option
+object per backend holds the flags that only make sense there; a flag given for another backend is
+refused with a usage error naming it, before anything loads. The runs themselves are core calls
+returning ``generate``'s own report.
 """
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
+from dataclasses import dataclass, field, fields
 
+from adapterctl.core.engine_rules.names import GENERATORS, engine_name
 from adapterctl.errors import UsageError
 
-ENGINES = ("adapterctl", "vllm")
 #: --dtype values vLLM takes as they are (vllm/config/model.py ModelDType)
 VLLM_DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
-def _refuse(given: dict, where: str, hint: str) -> None:
-    bad = [flag for flag, value in given.items() if value not in (None, False)]
-    if bad:
-        raise UsageError(f"{', '.join(bad)} {'does' if len(bad) == 1 else 'do'} not apply {where}", hint=hint)
+def _flag(name: str, default=None):
+    """A field set from the command-line option ``name`` (named in refusals)."""
+    return field(default=default, metadata={"flag": name})
 
 
-def engine_choice(
-    engine: str,
-    endpoint: str | None,
-    *,
-    vllm: dict,
-    remote: dict,
-    ours: dict,
-    dtype: str | None,
-    trust_remote_code: bool,
-    hub,
-    on_step,
-) -> Callable | None:
-    """None for our own engine; else a function ``(base_ref, choices, specs, cfg, **kw)`` that
-    runs the prompts on vLLM or the endpoint and returns the report."""
-    engine = (engine or "adapterctl").lower()
-    if engine not in ENGINES:
+def given_flags(options) -> list[str]:
+    """The flags of ``options`` that were set (not None, not False)."""
+    return [
+        f.metadata["flag"]
+        for f in fields(options)
+        if "flag" in f.metadata and getattr(options, f.name) not in (None, False)
+    ]
+
+
+@dataclass(frozen=True)
+class LocalEngine:
+    """adapterctl's engine: where the base goes and how adapters are applied."""
+
+    device_map: str | None = _flag("--device-map")
+    max_memory: str | None = _flag("--max-memory")
+    offload_folder: str | None = _flag("--offload-folder")
+    quantize: str | None = _flag("--quantize")
+    no_fold: bool = _flag("--no-fold", False)
+    batch_size: int = 8
+
+
+@dataclass(frozen=True)
+class VllmEngine:
+    """vLLM's offline engine in this process."""
+
+    tensor_parallel_size: int | None = _flag("--tensor-parallel-size")
+    pipeline_parallel_size: int | None = _flag("--pipeline-parallel-size")
+    gpu_memory_utilization: float | None = _flag("--gpu-memory-utilization")
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """An OpenAI-compatible server."""
+
+    url: str | None = None
+    model: str | None = _flag("--model")
+    concurrency: int = 8
+    timeout: float = 600.0
+    api_key: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class Shared:
+    """Options every backend takes, though not every backend takes every value."""
+
+    dtype: str | None = None
+    trust_remote_code: bool = False
+
+
+def _refuse(flags: list[str], where: str, hint: str) -> None:
+    if flags:
         raise UsageError(
-            f"--engine {engine!r}: not an engine generate runs on",
-            hint="adapterctl (default) or vllm; for any other server use --endpoint URL.",
+            f"{', '.join(flags)} {'does' if len(flags) == 1 else 'do'} not apply {where}", hint=hint
         )
-    vllm_flags = {
-        "--tensor-parallel-size": vllm["tensor_parallel_size"],
-        "--pipeline-parallel-size": vllm["pipeline_parallel_size"],
-        "--gpu-memory-utilization": vllm["gpu_memory_utilization"],
-    }
+
+
+def pick_backend(
+    engine: str, local: LocalEngine, vllm: VllmEngine, endpoint: Endpoint, shared: Shared
+) -> LocalEngine | VllmEngine | Endpoint:
+    """The backend the flags name; the flags of the others must not be given."""
+    engine = engine_name(
+        engine,
+        GENERATORS,
+        "not an engine generate runs on",
+        hint="adapterctl (default) or vllm; for any other server use --endpoint URL.",
+    )
     if engine != "vllm":
-        _refuse(vllm_flags, "without --engine vllm", "They are vLLM's engine settings.")
-    if endpoint is None:
+        _refuse(given_flags(vllm), "without --engine vllm", "They are vLLM's engine settings.")
+    if endpoint.url is None:
         _refuse(
-            {"--model": remote["model"]},
+            given_flags(endpoint),
             "without --endpoint",
             "--model names the served base model of --endpoint URL.",
         )
         if engine == "adapterctl":
-            return None
-    if endpoint is not None and engine == "vllm":
+            return local
+    elif engine == "vllm":
         raise UsageError(
             "--endpoint and --engine vllm cannot be combined",
             hint="--endpoint runs on the server's own engine; --engine vllm starts vLLM in this process.",
         )
-    where = "with --endpoint" if endpoint else "with --engine vllm"
-    _refuse(ours, where, "They place or quantize the base for adapterctl's own engine.")
-    if endpoint is not None:
-        _refuse(
-            {
-                "--dtype": dtype if dtype not in (None, "auto") else None,
-                "--trust-remote-code": trust_remote_code,
-            },
-            where,
-            "The server loaded the model with its own settings.",
-        )
-        return functools.partial(_on_endpoint, endpoint, remote)
-    if dtype not in (None, *VLLM_DTYPES):
-        raise UsageError(f"--dtype {dtype} with --engine vllm: vLLM takes {', '.join(VLLM_DTYPES)}")
-    return functools.partial(_on_vllm, vllm, dtype or "auto", trust_remote_code, hub, on_step)
+    where = "with --endpoint" if endpoint.url else "with --engine vllm"
+    _refuse(given_flags(local), where, "They place or quantize the base for adapterctl's own engine.")
+    if endpoint.url is not None:
+        dtype = "--dtype" if shared.dtype not in (None, "auto") else None
+        trc = "--trust-remote-code" if shared.trust_remote_code else None
+        _refuse([f for f in (dtype, trc) if f], where, "The server loaded the model with its own settings.")
+        return endpoint
+    if shared.dtype not in (None, *VLLM_DTYPES):
+        raise UsageError(f"--dtype {shared.dtype} with --engine vllm: vLLM takes {', '.join(VLLM_DTYPES)}")
+    return vllm
 
 
-def _on_vllm(
-    vllm: dict, dtype: str, trust_remote_code: bool, hub, on_step, base_ref, choices, specs, cfg, **kw
+def run_elsewhere(
+    backend: VllmEngine | Endpoint,
+    shared: Shared,
+    hub,
+    on_step: Callable[[str], None],
+    base_ref,
+    choices,
+    specs,
+    cfg,
+    **kw,
 ):
-    from adapterctl.core.serve.run import generate_on_vllm
-    from adapterctl.core.serve.vllm_offline import VllmOptions
+    """Run the prompts on vLLM or the endpoint; ``generate``'s report."""
+    if isinstance(backend, VllmEngine):
+        from adapterctl.core.serve.run import generate_on_vllm
+        from adapterctl.core.serve.vllm_offline import VllmOptions
 
-    opts = VllmOptions(
-        vllm["tensor_parallel_size"] or 1,
-        vllm["pipeline_parallel_size"] or 1,
-        vllm["gpu_memory_utilization"],
-        dtype,
-        trust_remote_code,
-    )
-    return generate_on_vllm(base_ref, choices, specs, cfg, opts=opts, hub=hub, on_step=on_step, **kw)
-
-
-def _on_endpoint(url: str, remote: dict, base_ref, choices, specs, cfg, **kw):
+        opts = VllmOptions(
+            backend.tensor_parallel_size or 1,
+            backend.pipeline_parallel_size or 1,
+            backend.gpu_memory_utilization,
+            shared.dtype or "auto",
+            shared.trust_remote_code,
+        )
+        return generate_on_vllm(base_ref, choices, specs, cfg, opts=opts, hub=hub, on_step=on_step, **kw)
     from adapterctl.core.serve.client import EndpointOptions
     from adapterctl.core.serve.run import generate_on_endpoint
 
-    opts = EndpointOptions(url, api_key=remote["api_key"], timeout=remote["timeout"])
+    opts = EndpointOptions(backend.url, api_key=backend.api_key, timeout=backend.timeout)
     return generate_on_endpoint(
-        opts, base_ref, remote["model"], choices, specs, cfg, concurrency=remote["concurrency"], **kw
+        opts, base_ref, backend.model, choices, specs, cfg, concurrency=backend.concurrency, **kw
     )

@@ -28,6 +28,7 @@ def inspect_cmd(
 ) -> None:
     """Show what an adapter holds and whether it can be used (config and safetensors header only)."""
     from adapterctl.core.adapter.inspect import inspect_adapter
+    from adapterctl.core.adapter.problems import as_error
     from adapterctl.io.hub.resolve import resolve_adapter_dir, resolve_model_dir
 
     out = get_output()
@@ -47,19 +48,12 @@ def inspect_cmd(
     )
     data = summary.to_dict()
     if summary.usable:
-        out.result(data, lambda console: render(console, summary))
-    else:
-        # the JSON failure document carries the summary too: scripts read problems from it
-        first = next(p for p in summary.problems if p.severity == "error")
-        error = {
-            "type": first.code,
-            "message": first.message,
-            "hint": first.hint,
-            "exit_code": first.exit_code,
-        }
-        out.result({**data, "error": error}, lambda console: render(console, summary), ok=False)
-    if not summary.usable:
-        raise typer.Exit(summary.exit_code)
+        return out.result(data, lambda console: render(console, summary))
+    # the JSON failure document carries the summary too: scripts read problems from it
+    first = next(p for p in summary.problems if p.severity == "error")
+    err = as_error(first)
+    err.kind = first.code  # the error's type is the problem's stable id (e.g. rank_mismatch)
+    out.fail(data, lambda console: render(console, summary), err)
 
 
 def render(console, s) -> None:

@@ -12,9 +12,9 @@ import typer
 
 from adapterctl.cli.options import PANEL_OUTPUT as PANEL_OUT
 from adapterctl.cli.options import (
+    Revision,
     Token,
     adapter_weights,
-    deprecated_weights_help,
     dtype_option,
     examples,
     hub_options,
@@ -48,123 +48,131 @@ def _parse_size(text: str) -> int:
         raise UsageError(f"--max-shard-size: {err}") from err
 
 
+InputsOpt = Annotated[
+    list[str],
+    typer.Argument(
+        metavar="BASE ADAPTER[=WEIGHT] [ADAPTER[=WEIGHT]...]",
+        help="The base model folder (or Hub "
+        "id), then one or more adapters, each optionally with =WEIGHT (default 1). With "
+        "--to-adapter, the base may be left out.",
+    ),
+]
+OutputOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--output", "-o", help="Output folder (required unless --dry-run).", rich_help_panel=PANEL_OUT
+    ),
+]
+DeviceOpt = Annotated[
+    str,
+    typer.Option(
+        "--device",
+        help="Where deltas are computed: auto (CUDA when available), cpu, cuda.",
+        rich_help_panel=PANEL_OUT,
+    ),
+]
+MaxShardSizeOpt = Annotated[
+    str,
+    typer.Option(
+        "--max-shard-size", help="Largest output shard (e.g. 5GB, 500MB).", rich_help_panel=PANEL_OUT
+    ),
+]
+ForceOpt = Annotated[
+    bool, typer.Option("--force", help="Replace an existing non-empty output.", rich_help_panel=PANEL_OUT)
+]
+DryRunOpt = Annotated[
+    bool,
+    typer.Option(
+        "--dry-run",
+        help="Print the plan (tensors touched, output size, shards) and write nothing.",
+        rich_help_panel=PANEL_OUT,
+    ),
+]
+CombinationOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--combination",
+        help="linear (exact weighted sum, the default), ties, dare_linear, "
+        "dare_ties, magnitude_prune; with --to-adapter also cat (exact, default) and svd.",
+        rich_help_panel=PANEL_COMBINE,
+    ),
+]
+DensityOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--density",
+        help="Fraction of delta entries kept by ties/dare/magnitude_prune.",
+        rich_help_panel=PANEL_COMBINE,
+    ),
+]
+SeedOpt = Annotated[
+    int, typer.Option("--seed", help="Seed of DARE's random masks.", rich_help_panel=PANEL_COMBINE)
+]
+ToAdapterOpt = Annotated[
+    bool,
+    typer.Option(
+        "--to-adapter",
+        help="Write one new LoRA adapter that combines the adapters, instead of a merged model.",
+        rich_help_panel=PANEL_COMBINE,
+    ),
+]
+RankOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--rank",
+        min=1,
+        help="--to-adapter with svd/ties/dare: rank of the new adapter (default: the largest source rank).",
+        rich_help_panel=PANEL_COMBINE,
+    ),
+]
+TiedLikePeftOpt = Annotated[
+    bool,
+    typer.Option(
+        "--tied-like-peft",
+        help="On a model whose lm_head shares the embedding table, put every "
+        "delta into the one table as PEFT's merge_and_unload does (default: the merged model "
+        "equals the attached adapter, untying the table where its two ends differ).",
+        rich_help_panel=PANEL_OUT,
+    ),
+]
+QloraOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--qlora",
+        metavar="nf4|fp4",
+        help="The adapter was trained on a 4-bit base (QLoRA): merge "
+        "into the base's bitsandbytes 4-bit round trip (blocks of 64, every weight "
+        "load_in_4bit quantizes), the weights it saw.",
+        rich_help_panel=PANEL_OUT,
+    ),
+]
+QloraDoubleQuantOpt = Annotated[
+    bool,
+    typer.Option(
+        "--qlora-double-quant",
+        help="With --qlora: the 4-bit block scales were quantized too (bnb_4bit_use_double_quant=True).",
+        rich_help_panel=PANEL_OUT,
+    ),
+]
+
+
 def merge_cmd(
-    inputs: Annotated[
-        list[str],
-        typer.Argument(
-            metavar="BASE ADAPTER[=WEIGHT] [ADAPTER[=WEIGHT]...]",
-            help="The base model folder (or Hub "
-            "id), then one or more adapters, each optionally with =WEIGHT (default 1). With "
-            "--to-adapter, the base may be left out.",
-        ),
-    ],
-    output: Annotated[
-        Path | None,
-        typer.Option(
-            "--output", "-o", help="Output folder (required unless --dry-run).", rich_help_panel=PANEL_OUT
-        ),
-    ] = None,
+    inputs: InputsOpt,
+    output: OutputOpt = None,
     dtype: OutputDtype = "auto",
-    device: Annotated[
-        str,
-        typer.Option(
-            "--device",
-            help="Where deltas are computed: auto (CUDA when available), cpu, cuda.",
-            rich_help_panel=PANEL_OUT,
-        ),
-    ] = "auto",
-    max_shard_size: Annotated[
-        str,
-        typer.Option(
-            "--max-shard-size", help="Largest output shard (e.g. 5GB, 500MB).", rich_help_panel=PANEL_OUT
-        ),
-    ] = "5GB",
-    force: Annotated[
-        bool, typer.Option("--force", help="Replace an existing non-empty output.", rich_help_panel=PANEL_OUT)
-    ] = False,
-    dry_run: Annotated[
-        bool,
-        typer.Option(
-            "--dry-run",
-            help="Print the plan (tensors touched, output size, shards) and write nothing.",
-            rich_help_panel=PANEL_OUT,
-        ),
-    ] = False,
-    weights: Annotated[
-        str | None,
-        typer.Option(
-            "--weights",
-            help=deprecated_weights_help("comma-separated, e.g. 0.7,0.3"),
-            rich_help_panel=PANEL_COMBINE,
-        ),
-    ] = None,
-    combination: Annotated[
-        str | None,
-        typer.Option(
-            "--combination",
-            help="linear (exact weighted sum, the default), ties, dare_linear, "
-            "dare_ties, magnitude_prune; with --to-adapter also cat (exact, default) and svd.",
-            rich_help_panel=PANEL_COMBINE,
-        ),
-    ] = None,
-    density: Annotated[
-        float | None,
-        typer.Option(
-            "--density",
-            help="Fraction of delta entries kept by ties/dare/magnitude_prune.",
-            rich_help_panel=PANEL_COMBINE,
-        ),
-    ] = None,
-    seed: Annotated[
-        int, typer.Option("--seed", help="Seed of DARE's random masks.", rich_help_panel=PANEL_COMBINE)
-    ] = 0,
-    to_adapter: Annotated[
-        bool,
-        typer.Option(
-            "--to-adapter",
-            help="Write one new LoRA adapter that combines the adapters, instead of a merged model.",
-            rich_help_panel=PANEL_COMBINE,
-        ),
-    ] = False,
-    rank: Annotated[
-        int | None,
-        typer.Option(
-            "--rank",
-            min=1,
-            help="--to-adapter with svd/ties/dare: rank of the new adapter (default: "
-            "the largest source rank).",
-            rich_help_panel=PANEL_COMBINE,
-        ),
-    ] = None,
-    tied_like_peft: Annotated[
-        bool,
-        typer.Option(
-            "--tied-like-peft",
-            help="On a model whose lm_head shares the embedding table, put every "
-            "delta into the one table as PEFT's merge_and_unload does (default: the merged model "
-            "equals the attached adapter, untying the table where its two ends differ).",
-            rich_help_panel=PANEL_OUT,
-        ),
-    ] = False,
-    qlora: Annotated[
-        str | None,
-        typer.Option(
-            "--qlora",
-            metavar="nf4|fp4",
-            help="The adapter was trained on a 4-bit base (QLoRA): merge "
-            "into the base's bitsandbytes 4-bit round trip (blocks of 64, every weight "
-            "load_in_4bit quantizes), the weights it saw.",
-            rich_help_panel=PANEL_OUT,
-        ),
-    ] = None,
-    qlora_double_quant: Annotated[
-        bool,
-        typer.Option(
-            "--qlora-double-quant",
-            help="With --qlora: the 4-bit block scales were quantized too (bnb_4bit_use_double_quant=True).",
-            rich_help_panel=PANEL_OUT,
-        ),
-    ] = False,
+    device: DeviceOpt = "auto",
+    max_shard_size: MaxShardSizeOpt = "5GB",
+    force: ForceOpt = False,
+    dry_run: DryRunOpt = False,
+    weights: Annotated[str | None, typer.Option("--weights", hidden=True)] = None,
+    combination: CombinationOpt = None,
+    density: DensityOpt = None,
+    seed: SeedOpt = 0,
+    to_adapter: ToAdapterOpt = False,
+    rank: RankOpt = None,
+    tied_like_peft: TiedLikePeftOpt = False,
+    qlora: QloraOpt = None,
+    qlora_double_quant: QloraDoubleQuantOpt = False,
     eval_data: Annotated[
         str | None,
         typer.Option(
@@ -205,11 +213,13 @@ def merge_cmd(
             rich_help_panel=PANEL_OUT,
         ),
     ] = None,
+    revision: Revision = None,
     token: Token = None,
 ) -> None:
     """Merge LoRA adapters into a base model and write a full checkpoint (streamed, never builds
     the model), or combine adapters into a new adapter with --to-adapter."""
     legacy = _parse_weights(weights)
+    hub = hub_options(revision, token)  # --revision: the adapters'; a base takes user/repo@rev
     if to_adapter and (qlora or qlora_double_quant):
         raise UsageError(
             "--qlora merges into a base model; --to-adapter writes no base",
@@ -220,7 +230,17 @@ def merge_cmd(
         unused = [r for r in inputs if _is_model_dir(r)]  # still never replaced by the output
         refs, w = adapter_weights(texts, legacy)
         return _combine_to_adapter(
-            refs, w, output, combination or "cat", density, seed, rank, force, dry_run, token, unused
+            refs,
+            w,
+            output,
+            method=combination or "cat",
+            density=density,
+            seed=seed,
+            rank=rank,
+            force=force,
+            dry_run=dry_run,
+            hub=hub,
+            unused=unused,
         )
     if len(inputs) < 2:
         raise UsageError(
@@ -239,21 +259,21 @@ def merge_cmd(
     _merge_model(
         inputs[0],
         refs,
-        w,
         output,
-        dtype,
-        device,
-        max_shard_size,
-        force,
-        dry_run,
-        combination or "linear",
-        density,
-        seed,
-        token,
-        tied_like_peft,
-        (qlora, qlora_double_quant),
-        eval_data,
-        gguf,
+        weights=w,
+        dtype=dtype,
+        device=device,
+        max_shard_size=max_shard_size,
+        force=force,
+        dry_run=dry_run,
+        combination=combination or "linear",
+        density=density,
+        seed=seed,
+        hub=hub,
+        tied_like_peft=tied_like_peft,
+        qlora=(qlora, qlora_double_quant),
+        eval_data=eval_data,
+        gguf=gguf,
     )
 
 
@@ -277,8 +297,9 @@ def _gguf_options(to, output, dtype, outtype, llama_cpp) -> tuple[str, Path | No
 def _merge_model(
     base,
     refs,
-    weights,
     output,
+    *,
+    weights,
     dtype,
     device,
     max_shard_size,
@@ -287,7 +308,7 @@ def _merge_model(
     combination,
     density,
     seed,
-    token,
+    hub,
     tied_like_peft=False,
     qlora=(None, False),
     eval_data=None,
@@ -317,7 +338,7 @@ def _merge_model(
         qlora_double_quant=qlora[1],
     )
     with out.status("planning the merge"):
-        job = plan_from_refs(base, refs, options, hub_options(None, token))
+        job = plan_from_refs(base, refs, options, hub)
     plan = job.plan
     for a in plan.adapters:
         if a.get("key_mapping"):
@@ -430,7 +451,7 @@ def _render_gguf(console, result) -> None:
 
 
 def _combine_to_adapter(
-    refs, weights, output, method, density, seed, rank, force, dry_run, token, unused=()
+    refs, weights, output, *, method, density, seed, rank, force, dry_run, hub, unused=()
 ) -> None:
     from adapterctl.core.merge.to_adapter import combine_to_adapter
     from adapterctl.io.folders.output_dir import Input
@@ -446,7 +467,7 @@ def _combine_to_adapter(
         seed=seed,
         force=force,
         dry_run=dry_run,
-        hub=hub_options(None, token),
+        hub=hub,
         keep=[Input.model(b, role="base model (unused by --to-adapter)") for b in unused],
     )
     for warning in result.warnings:

@@ -2,10 +2,16 @@
 help, panel, validation) per option, used by every command that takes it. Kept free of heavy
 imports (``--help`` imports this module).
 
-Weights have one syntax everywhere: ``ADAPTER=WEIGHT`` (``attach ./base ./a ./b=0.5``, ``merge
-./base ./a=0.7 ./b=0.3``, ``generate --adapter ./b=0.5``). The weight sits next to the adapter it
-scales, so it cannot drift out of step with the adapter list the way a separate, positional list
-of weights can (``--weight``, ``--weights``: still accepted, deprecated).
+A flag means one thing in every command. ``-a/--adapter ADAPTER[=WEIGHT]`` is an adapter and its
+weight everywhere (``attach ./base ./a ./b=0.5``, ``merge ./base ./a=0.7 ./b=0.3``, ``generate -a
+./b=0.5``): the weight sits next to the adapter it scales, so it cannot drift out of step with the
+adapter list the way a separate list of weights can. A served adapter's name goes as ``--lora
+NAME=ADAPTER`` (vLLM's spelling) in serve and verify; ``--endpoint`` is a model server, ``--hub-url``
+the Hub; ``--engine`` takes the one vocabulary of :mod:`adapterctl.core.engine_rules.names`.
+
+Older spellings (``--weight``, ``--weights``, ``serve/verify -a NAME=ADAPTER``, ``push --endpoint``,
+engine aliases) still work until :data:`REMOVED_IN`, hidden from ``--help``, each with a warning
+naming the new spelling (:func:`deprecated`).
 """
 
 from __future__ import annotations
@@ -16,7 +22,8 @@ from typing import Annotated
 
 import typer
 
-from adapterctl.errors import EXIT_CODES, UsageError
+from adapterctl import __version__
+from adapterctl.errors import UsageError, exit_codes_line
 from adapterctl.io.dtypes import check_dtype, dtype_choices
 
 PANEL_HUB = "Hub"
@@ -24,29 +31,27 @@ PANEL_BASE = "Base model placement"
 PANEL_OUTPUT = "Output"
 PANEL_ADAPTERS = "Adapters"
 
-#: short names of the exit codes for command epilogs (the full text is in `adapterctl --help`)
-_SHORT = {
-    1: "internal error",
-    2: "usage",
-    3: "not found",
-    4: "invalid input",
-    5: "unsupported",
-    6: "incompatible with the base",
-    7: "missing dependency",
-    8: "Hub/network",
-    9: "I/O",
-    130: "interrupted",
-}
-EXIT_CODES_LINE = (
-    "**Exit codes**: "
-    + ", ".join(f"{code} {_SHORT.get(code, text)}" for code, text in EXIT_CODES.items())
-    + " (details: `adapterctl --help`)."
-)
+
+def _next_minor(version: str) -> str:
+    major, minor = version.split(".")[:2]
+    return f"{major}.{int(minor) + 1}"
+
+
+#: the release that removes the deprecated spellings: the next minor version after this one
+REMOVED_IN = _next_minor(__version__)
+
+
+def deprecated(old: str, new: str) -> None:
+    """Warn (stderr, and ``--json``'s warnings where the command has them) that ``old`` is an
+    older spelling of ``new`` and when it goes."""
+    from adapterctl.cli.output import get_output
+
+    get_output().deprecated(f"{old} is deprecated and will be removed in {REMOVED_IN}: write {new}")
 
 
 def examples(*lines: str) -> str:
     """A command's epilog: example invocations and the exit codes (Typer's markdown mode)."""
-    return "**Examples**\n\n" + "\n".join(f"* `{line}`" for line in lines) + "\n\n" + EXIT_CODES_LINE
+    return "**Examples**\n\n" + "\n".join(f"* `{line}`" for line in lines) + "\n\n" + exit_codes_line()
 
 
 # ----- dtype: validated against the one dtype table (io/dtypes.py) ----------------------------
@@ -130,10 +135,11 @@ Token = Annotated[
         show_default=False,
     ),
 ]
-Endpoint = Annotated[
+HubUrl = Annotated[
     str | None,
     typer.Option(
-        "--endpoint",
+        "--hub-url",
+        metavar="URL",
         help="Hub URL (default: HF_ENDPOINT, else https://huggingface.co).",
         rich_help_panel=PANEL_HUB,
         show_default=False,
@@ -153,6 +159,31 @@ EngineName = Annotated[
         rich_help_panel=PANEL_ENGINE,
     ),
 ]
+
+
+def engine_names(values: list[str] | str | None, flag: str = "--engine") -> list[str]:
+    """``--engine``/``--for`` values (repeatable, comma-separated) in the one vocabulary: older
+    spellings warn and become the engine's name; which ones a command takes is core's to say."""
+    from adapterctl.core.engine_rules.names import canonical_engine
+
+    items = [values] if isinstance(values, str) else list(values or [])
+    out = []
+    for text in (t.strip() for item in items for t in item.split(",") if t.strip()):
+        name, old = canonical_engine(text)
+        if old:
+            deprecated(f"{flag} {text}", f"{flag} {name}")
+        out.append(name)
+    return out
+
+
+def engine_name(value: str) -> str:
+    """One ``--engine`` value in the one vocabulary (see :func:`engine_names`)."""
+    names = engine_names(value)
+    if len(names) != 1:
+        raise UsageError(f"--engine {value!r}: give one engine", hint="e.g. --engine vllm")
+    return names[0]
+
+
 TensorParallel = Annotated[
     int | None,
     typer.Option(
@@ -244,15 +275,24 @@ def placement(dtype, device_map, max_memory, offload_folder, quantize, trust_rem
     return Placement(dtype or "auto", device_map, max_memory, offload_folder, quantize, trust_remote_code)
 
 
+# ----- adapters: -a/--adapter ADAPTER[=WEIGHT] -------------------------------------------------
+def adapter_option(help: str):
+    """``-a/--adapter ADAPTER[=WEIGHT]`` (repeatable): the same flag, the same syntax, in every
+    command that takes it; ``help`` says what the command does with it."""
+    return Annotated[
+        list[str] | None,
+        typer.Option(
+            "--adapter",
+            "-a",
+            metavar="ADAPTER[=WEIGHT]",
+            show_default=False,
+            rich_help_panel=PANEL_ADAPTERS,
+            help=help,
+        ),
+    ]
+
+
 # ----- weights: ADAPTER=WEIGHT ------------------------------------------------------------------
-def deprecated_weights_help(form: str) -> str:
-    """Help of an older weights option: still accepted, with a warning."""
-    return (
-        f"Deprecated (still works): one weight per adapter, {form}. Write ADAPTER=WEIGHT "
-        "instead, e.g. ./lora-b=0.5."
-    )
-
-
 def split_weight(text: str) -> tuple[str, float | None]:
     """``ADAPTER=WEIGHT`` -> (ADAPTER, WEIGHT); ``ADAPTER`` -> (ADAPTER, None). A path may itself
     contain '=': an existing path is taken whole, and only a number after the last '=' is a weight."""
@@ -290,9 +330,50 @@ def adapter_weights(
             f"{legacy_flag} has {len(legacy)} values for {len(refs)} adapters",
             hint="Write ADAPTER=WEIGHT instead, e.g. ./lora-a=0.7 ./lora-b=0.3.",
         )
-    from adapterctl.cli.output import get_output
-
-    get_output().warn(
-        f"{legacy_flag} is deprecated: write ADAPTER=WEIGHT instead (e.g. {refs[-1]}={legacy[-1]:g})"
-    )
+    deprecated(legacy_flag, f"ADAPTER=WEIGHT (e.g. {refs[-1]}={legacy[-1]:g})")
     return refs, [float(w) for w in legacy]
+
+
+# ----- served adapters: --lora NAME=ADAPTER (serve, verify) ------------------------------------
+Lora = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--lora",
+        metavar="NAME=ADAPTER",
+        show_default=False,
+        rich_help_panel=PANEL_ADAPTERS,
+        help="A served adapter: its NAME on the server and the adapter folder or Hub id (vLLM's "
+        "spelling; repeatable).",
+    ),
+]
+
+
+def _named(text: str) -> tuple[str | None, str]:
+    """``NAME=ADAPTER`` or ``ADAPTER`` (an existing path is taken whole: it may hold '=')."""
+    name, sep, ref = text.partition("=")
+    if not sep or not name or not ref or Path(text).expanduser().exists():
+        return None, text
+    return name, ref
+
+
+def served_adapters(
+    lora: list[str] | None, adapters: list[str] | None, command: str
+) -> list[tuple[str, str]]:
+    """(served name, adapter reference) from ``--lora NAME=ADAPTER`` and ``-a ADAPTER`` (named by
+    the one naming rule); ``-a NAME=ADAPTER``, the older spelling, still works with a warning."""
+    from adapterctl.core.runtime.session import adapter_names
+
+    pairs = [_named(text) for text in lora or []]
+    for text in adapters or []:
+        ref, weight = split_weight(text)
+        if weight is not None and weight != 1:
+            raise UsageError(
+                f"-a {text}: {command} serves each adapter alone, unweighted",
+                hint="Drop =WEIGHT; name the served adapter with --lora NAME=ADAPTER.",
+            )
+        name, ref = _named(ref)
+        if name is not None:
+            deprecated(f"{command} -a NAME=ADAPTER ({text})", f"--lora {text}")
+        pairs.append((name, ref))
+    names = adapter_names([r for _, r in pairs], [n for n, _ in pairs])
+    return [(n, r) for n, (_, r) in zip(names, pairs)]

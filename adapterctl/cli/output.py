@@ -10,7 +10,7 @@ from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from adapterctl.errors import AdapterctlError
 
@@ -56,6 +56,8 @@ class Output:
     def __init__(self, settings: Settings | None = None) -> None:
         self.settings = settings or Settings()
         self.emitted = False
+        #: deprecation warnings of this run: also in the result's ``warnings``, where it has them
+        self.deprecations: list[str] = []
 
     @cached_property
     def out(self) -> Console:
@@ -75,10 +77,23 @@ class Output:
         is a result that is also a failure (``data`` then holds an ``error`` object)."""
         self.emitted = True
         if self.settings.json:
+            if self.deprecations and isinstance(data.get("warnings"), list):
+                data = {**data, "warnings": [*data["warnings"], *self.deprecations]}
             sys.stdout.write(json.dumps({"ok": ok, **data}, default=_jsonable) + "\n")
             sys.stdout.flush()
         elif render is not None:
             render(self.out)
+
+    def fail(self, data: dict, render: Callable[[Console], None] | None, err: AdapterctlError) -> NoReturn:
+        """A result that is also a failure (``check`` with a verdict that is not 'serves', an
+        ``inspect`` of an unusable adapter, a ``verify`` that differs, a ``generate`` cut short):
+        the result as usual, its JSON document with ``"ok": false`` and ``error``; then ``err`` is
+        raised, so the app prints it on stderr (once) and exits with its code."""
+        for secret in self.settings.secrets:  # the JSON error is written here, before the app redacts
+            err.message = err.message.replace(secret, "***")
+            err.hint = err.hint.replace(secret, "***") if err.hint else err.hint
+        self.result({**data, "error": err.to_dict()}, render, ok=False)
+        raise err
 
     def line(self, text: str) -> None:
         """A plain result line on stdout (not in --json mode)."""
@@ -103,6 +118,12 @@ class Output:
 
     def warn(self, text: str) -> None:
         self.err.print(f"[yellow]warning:[/yellow] {_escape(text)}")
+
+    def deprecated(self, text: str) -> None:
+        """A deprecated spelling was used: a warning now, and in the result's ``warnings``."""
+        if text not in self.deprecations:
+            self.deprecations.append(text)
+            self.warn(text)
 
     def error(self, err: AdapterctlError) -> None:
         if self.settings.json:

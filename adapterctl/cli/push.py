@@ -8,8 +8,9 @@ from typing import Annotated
 
 import typer
 
-from adapterctl.cli.options import PANEL_HUB, Endpoint, Token, examples, hub_options
+from adapterctl.cli.options import PANEL_HUB, HubUrl, Token, deprecated, examples, hub_options
 from adapterctl.cli.output import get_output, human_bytes
+from adapterctl.errors import UsageError
 
 PANEL_FILES = "Files"
 
@@ -78,13 +79,18 @@ def push_cmd(
         ),
     ] = False,
     token: Token = None,
-    endpoint: Endpoint = None,
+    hub_url: HubUrl = None,
+    endpoint: Annotated[str | None, typer.Option("--endpoint", hidden=True)] = None,
 ) -> None:
     """Upload an adapter or merged model folder to the Hub, with a README model card."""
     from adapterctl.core.publish.push import PushReport, plan_push, push_plan
 
     out = get_output()
-    hub = hub_options(revision, token, endpoint)
+    if endpoint is not None:
+        if hub_url is not None:
+            raise UsageError("push --endpoint is the older spelling of --hub-url: give one of them")
+        deprecated("push --endpoint URL", f"--hub-url {endpoint}")
+    hub = hub_options(revision, token, hub_url or endpoint)
     plan = plan_push(
         folder,
         repo_id,

@@ -10,32 +10,22 @@ from typing import Annotated
 
 import typer
 
-from adapterctl.cli.options import Revision, Token, examples, hub_options
+from adapterctl.cli.options import (
+    Lora,
+    Revision,
+    Token,
+    adapter_option,
+    engine_name,
+    examples,
+    hub_options,
+    served_adapters,
+)
 from adapterctl.cli.output import get_output
+from adapterctl.core.engine_rules.names import SERVERS
 from adapterctl.errors import UsageError
 
 PANEL_SERVER = "Server"
-
-
-def parse_named(texts: list[str]) -> list[tuple[str | None, str]]:
-    """``NAME=ADAPTER`` or ``ADAPTER`` (an existing path is taken whole: it may hold '=')."""
-    out = []
-    for text in texts:
-        name, sep, ref = text.partition("=")
-        if not sep or not name or not ref or Path(text).expanduser().exists():
-            out.append((None, text))
-        else:
-            out.append((name, ref))
-    return out
-
-
-def served_pairs(texts: list[str]) -> list[tuple[str, str]]:
-    """(served name, adapter reference); unnamed adapters are named by the one naming rule."""
-    from adapterctl.core.runtime.session import adapter_names
-
-    pairs = parse_named(texts)
-    names = adapter_names([r for _, r in pairs], [n for n, _ in pairs])
-    return [(n, r) for n, (_, r) in zip(names, pairs)]
+Adapters = adapter_option("An adapter folder or Hub id to serve under its folder's name (repeatable).")
 
 
 def default_convert_dir() -> Path:
@@ -43,61 +33,58 @@ def default_convert_dir() -> Path:
     return Path(root) / "adapterctl" / "serve"
 
 
+ExtraOpt = Annotated[
+    list[str] | None,
+    typer.Argument(
+        metavar="[-- EXTRA...]",
+        show_default=False,
+        help="After `--`: more flags for the server, passed as they are (last, so they win).",
+    ),
+]
+EngineOpt = Annotated[
+    str,
+    typer.Option("--engine", metavar="ENGINE", help=" or ".join(SERVERS) + ".", rich_help_panel=PANEL_SERVER),
+]
+HostOpt = Annotated[str, typer.Option("--host", help="Address to listen on.", rich_help_panel=PANEL_SERVER)]
+PortOpt = Annotated[int, typer.Option("--port", help="Port to listen on.", rich_help_panel=PANEL_SERVER)]
+PythonOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--python",
+        help="The python the engine is installed in (default: this one).",
+        rich_help_panel=PANEL_SERVER,
+        show_default=False,
+    ),
+]
+ConvertDirOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--convert-dir",
+        help="Where adapters converted for the engine are written (default: "
+        "~/.cache/adapterctl/serve; reused by later runs).",
+        show_default=False,
+    ),
+]
+DryRunOpt = Annotated[
+    bool,
+    typer.Option(
+        "--dry-run",
+        help="Print the server's command line and the converted adapters' paths; start nothing.",
+    ),
+]
+
+
 def serve_cmd(
     base: Annotated[str, typer.Argument(metavar="BASE", help="Base model folder or Hub id.")],
-    extra: Annotated[
-        list[str] | None,
-        typer.Argument(
-            metavar="[-- EXTRA...]",
-            show_default=False,
-            help="After `--`: more flags for the server, passed as they are (last, so they win).",
-        ),
-    ] = None,
-    adapter: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--adapter",
-            "-a",
-            metavar="NAME=ADAPTER",
-            show_default=False,
-            help="An adapter folder or Hub id to serve under NAME (repeatable; NAME defaults to "
-            "the folder's name).",
-        ),
-    ] = None,
-    engine: Annotated[
-        str, typer.Option("--engine", metavar="ENGINE", help="vllm or sglang.", rich_help_panel=PANEL_SERVER)
-    ] = "vllm",
-    host: Annotated[
-        str, typer.Option("--host", help="Address to listen on.", rich_help_panel=PANEL_SERVER)
-    ] = "127.0.0.1",
-    port: Annotated[
-        int, typer.Option("--port", help="Port to listen on.", rich_help_panel=PANEL_SERVER)
-    ] = 8000,
-    python: Annotated[
-        str | None,
-        typer.Option(
-            "--python",
-            help="The python the engine is installed in (default: this one).",
-            rich_help_panel=PANEL_SERVER,
-            show_default=False,
-        ),
-    ] = None,
-    convert_dir: Annotated[
-        Path | None,
-        typer.Option(
-            "--convert-dir",
-            help="Where adapters converted for the engine are written (default: "
-            "~/.cache/adapterctl/serve; reused by later runs).",
-            show_default=False,
-        ),
-    ] = None,
-    dry_run: Annotated[
-        bool,
-        typer.Option(
-            "--dry-run",
-            help="Print the server's command line and the converted adapters' paths; start nothing.",
-        ),
-    ] = False,
+    extra: ExtraOpt = None,
+    lora: Lora = None,
+    adapter: Adapters = None,
+    engine: EngineOpt = "vllm",
+    host: HostOpt = "127.0.0.1",
+    port: PortOpt = 8000,
+    python: PythonOpt = None,
+    convert_dir: ConvertDirOpt = None,
+    dry_run: DryRunOpt = False,
     revision: Revision = None,
     token: Token = None,
 ) -> None:
@@ -116,13 +103,12 @@ def serve_cmd(
     from adapterctl.io.hub.resolve import resolve_adapter_dir, resolve_model_dir
 
     out = get_output()
-    engine = engine.lower()
-    check_engine(engine)
+    engine = check_engine(engine_name(engine))
     if out.json and not dry_run:
         raise UsageError(
             "--json needs --dry-run", hint="serve becomes the server, whose logs are not one JSON document."
         )
-    pairs = served_pairs(list(adapter or []))
+    pairs = served_adapters(lora, adapter, "serve")
     check_served_names([n for n, _ in pairs], base)
     python = python or (sys.executable if dry_run else find_server_python(engine, None))
     hub = hub_options(revision, token)
@@ -198,8 +184,8 @@ def register(app: typer.Typer) -> None:
     app.command(
         "serve",
         epilog=examples(
-            "adapterctl serve ./base -a upper=./upper-lora --dry-run",
-            "adapterctl serve ./base -a a=./lora-a -a b=user/lora-b --port 8001 -- --dtype bfloat16",
-            "adapterctl serve ./base -a a=./lora-a --engine sglang --python ~/sglang-env/bin/python",
+            "adapterctl serve ./base --lora upper=./upper-lora --dry-run",
+            "adapterctl serve ./base --lora a=./lora-a -a user/lora-b --port 8001 -- --dtype bfloat16",
+            "adapterctl serve ./base -a ./lora-a --engine sglang --python ~/sglang-env/bin/python",
         ),
     )(serve_cmd)

@@ -11,16 +11,22 @@ from adapterctl.cli.options import (
     ApiKey,
     Concurrency,
     Dtype,
+    Lora,
+    Revision,
     ServedModel,
     Timeout,
+    Token,
     TrustRemoteCode,
+    adapter_option,
     examples,
     hub_options,
     placement,
+    served_adapters,
 )
 from adapterctl.cli.output import get_output
 from adapterctl.errors import UsageError
 
+Adapters = adapter_option("A local adapter (folder or Hub id) served under its folder's name (repeatable).")
 VERDICT_STYLE = {"matches": "green", "differs": "red", "no-op": "red"}
 
 
@@ -31,16 +37,8 @@ def verify_cmd(
             "--endpoint", metavar="URL", help="The OpenAI-compatible server to check.", show_default=False
         ),
     ],
-    adapter: Annotated[
-        list[str],
-        typer.Option(
-            "--adapter",
-            "-a",
-            metavar="NAME=ADAPTER",
-            show_default=False,
-            help="A served adapter NAME and the local adapter (folder or Hub id) it should be (repeatable).",
-        ),
-    ],
+    lora: Lora = None,
+    adapter: Adapters = None,
     base: Annotated[
         str | None,
         typer.Option(
@@ -70,12 +68,13 @@ def verify_cmd(
     concurrency: Concurrency = 8,
     timeout: Timeout = 600.0,
     api_key: ApiKey = None,
+    revision: Revision = None,
+    token: Token = None,
 ) -> None:
     """Check that a server serves each adapter as trained: greedy tokens (and logprobs, where
     the server gives them) against adapterctl's own engine on the local base. Per adapter:
     "matches", "differs from the trained adapter" (with the first divergent token) or "is a
     no-op" (the base model's output). Exit 10 unless all match."""
-    from adapterctl.cli.serve import served_pairs
     from adapterctl.core.generate.prompts import PromptSpec, collect_prompts
     from adapterctl.core.serve.client import EndpointOptions
     from adapterctl.core.serve.verify import DEFAULT_PROMPTS, run_verify
@@ -84,7 +83,12 @@ def verify_cmd(
     out = get_output()
     if max_new_tokens < 1:
         raise UsageError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
-    pairs = served_pairs(list(adapter))
+    pairs = served_adapters(lora, adapter, "verify")
+    if not pairs:
+        raise UsageError(
+            "verify needs at least one served adapter",
+            hint="--lora NAME=ADAPTER (the served name and the local adapter), or -a ADAPTER.",
+        )
     if prompt or prompts_file:
         specs = collect_prompts(prompt or [], prompts_file, None)
     else:
@@ -99,7 +103,7 @@ def verify_cmd(
         max_new_tokens=max_new_tokens,
         concurrency=concurrency,
         placement=placement(dtype, None, None, None, None, trust_remote_code),
-        hub=hub_options(None, None),
+        hub=hub_options(revision, token),
         on_step=out.info,
     )
     doc = report.to_dict()
@@ -114,9 +118,7 @@ def verify_cmd(
         hint="`adapterctl check ADAPTER --engine ENGINE` says what an engine changes; serve "
         "with `adapterctl serve` to convert where needed.",
     )
-    out.result({**doc, "error": err.to_dict()}, lambda console: _render(console, report), ok=False)
-    out.error(err)  # on stderr (the JSON document above already carries it)
-    raise typer.Exit(err.exit_code)
+    out.fail(doc, lambda console: _render(console, report), err)
 
 
 def _render(console, report) -> None:
@@ -148,8 +150,8 @@ def register(app: typer.Typer) -> None:
     app.command(
         "verify",
         epilog=examples(
-            "adapterctl verify --endpoint http://127.0.0.1:8000 -a upper=./upper-lora",
-            "adapterctl verify --endpoint $URL -a a=./lora-a -a b=./lora-b --prompts eval.txt",
-            "adapterctl --json verify --endpoint $URL -a a=user/lora-a --dtype bfloat16 | jq",
+            "adapterctl verify --endpoint http://127.0.0.1:8000 --lora upper=./upper-lora",
+            "adapterctl verify --endpoint $URL --lora a=./lora-a -a ./lora-b --prompts eval.txt",
+            "adapterctl --json verify --endpoint $URL --lora a=user/lora-a --dtype bfloat16 | jq",
         ),
     )(verify_cmd)

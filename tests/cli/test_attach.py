@@ -80,7 +80,7 @@ def test_weights_as_adapter_equals_weight(tiny_models, llama_lora, peft_adapter)
     old = invoke("--json", "attach", tiny_models["llama"], llama_lora, other, "--weight", "1",
                  "--weight", "0.5")
     assert old.code == 0 and old.json["active"] == new.json["active"]
-    assert "--weight is deprecated: write ADAPTER=WEIGHT" in old.stderr
+    assert "--weight is deprecated and will be removed in 0.4: write ADAPTER=WEIGHT" in old.stderr
     first = invoke("--json", "attach", f"{llama_lora}=0.25", "--base", tiny_models["llama"])
     assert first.code == 0 and first.json["active"] == {llama_lora.name: 0.25}
 

@@ -52,7 +52,7 @@ def test_human_output_shows_verdicts_reasons_and_fixes():
 
 
 def test_exit_code_10_is_documented():
-    assert "will not serve the adapter as trained" in EXIT_CODES[10]
+    assert "will not serve an adapter as trained" in EXIT_CODES[10]
     readme = (REPO / "README.md").read_text()
     assert "| 10 |" in readme
 

@@ -8,9 +8,9 @@ import pytest
 
 from adapterctl import __version__
 from adapterctl.errors import EXIT_CODES
-from tests.helpers import REPO, invoke, run_cli
+from tests.helpers import REPO, app_commands, invoke, run_cli
 
-COMMANDS = ["inspect", "check", "attach", "convert", "merge", "push", "generate", "eval"]
+COMMANDS = app_commands()
 
 
 def test_help_lists_commands_and_exit_codes():

@@ -23,7 +23,7 @@ def dry(*args, convert_dir: Path, extra=()):
 
 
 def test_vllm_command_line_with_a_converted_dora_adapter(tmp_path):
-    res = dry("-a", f"upper={UPPER}", "-a", f"dragon={DORA}", "--port", "8123",
+    res = dry("--lora", f"upper={UPPER}", "--lora", f"dragon={DORA}", "--port", "8123",
               convert_dir=tmp_path, extra=["--dtype", "float32"])
     assert res.code == 0, res.stdout + res.stderr
     doc = res.json
@@ -45,7 +45,7 @@ def test_vllm_command_line_with_a_converted_dora_adapter(tmp_path):
 
 
 def test_converted_dora_generates_what_the_dora_adapter_does(tmp_path):
-    res = dry("-a", f"dragon={DORA}", convert_dir=tmp_path)
+    res = dry("--lora", f"dragon={DORA}", convert_dir=tmp_path)
     path = res.json["adapters"][0]["path"]
     runs = [invoke("--json", "-q", "generate", BASE, "-a", a, "-p", "the little fox", "-p",
                    "at night,", "-n", "16", "--dtype", "float32") for a in (DORA, path)]
@@ -54,13 +54,13 @@ def test_converted_dora_generates_what_the_dora_adapter_does(tmp_path):
 
 
 def test_converted_copies_are_reused(tmp_path):
-    first = dry("-a", f"dragon={DORA}", convert_dir=tmp_path).json["adapters"][0]
-    second = dry("-a", f"dragon={DORA}", convert_dir=tmp_path).json["adapters"][0]
+    first = dry("--lora", f"dragon={DORA}", convert_dir=tmp_path).json["adapters"][0]
+    second = dry("--lora", f"dragon={DORA}", convert_dir=tmp_path).json["adapters"][0]
     assert first["path"] == second["path"] and second["notes"] == ["converted copy reused"]
 
 
 def test_sglang_flags(tmp_path):
-    res = dry("-a", f"upper={UPPER}", "--engine", "sglang", convert_dir=tmp_path)
+    res = dry("--lora", f"upper={UPPER}", "--engine", "sglang", convert_dir=tmp_path)
     assert res.code == 0, res.stdout
     argv = res.json["command"]
     assert argv[1:5] == ["-m", "sglang.launch_server", "--model-path", BASE]
@@ -70,7 +70,7 @@ def test_sglang_flags(tmp_path):
 
 
 def test_human_dry_run_prints_the_command_line(tmp_path):
-    res = invoke("serve", BASE, "-a", f"upper={UPPER}", "--dry-run", "--convert-dir",
+    res = invoke("serve", BASE, "--lora", f"upper={UPPER}", "--dry-run", "--convert-dir",
                  str(tmp_path))
     assert res.code == 0
     assert "vllm.entrypoints.openai.api_server --model examples/tiny-base --enable-lora" in \
@@ -81,7 +81,7 @@ def test_human_dry_run_prints_the_command_line(tmp_path):
 def test_an_adapter_no_exact_conversion_fixes_is_refused(tmp_path):
     bad = make_peft_adapter(REPO / BASE, tmp_path / "biased", r=4, lora_alpha=8, lora_bias=True,
                             target_modules=["q_proj"])
-    res = dry("-a", f"b={bad}", convert_dir=tmp_path / "conv")
+    res = dry("--lora", f"b={bad}", convert_dir=tmp_path / "conv")
     assert res.code == 5
     err = res.json["error"]
     assert "vllm refuses" in err["message"] and "biased" in err["message"]
@@ -89,8 +89,8 @@ def test_an_adapter_no_exact_conversion_fixes_is_refused(tmp_path):
 
 
 @pytest.mark.parametrize("args, words", [
-    (["-a", f"x={UPPER}", "-a", f"x={DORA}"], "must be unique"),
-    (["-a", f"{BASE}={UPPER}"], "base model's name"),
+    (["--lora", f"x={UPPER}", "--lora", f"x={DORA}"], "must be unique"),
+    (["--lora", f"{BASE}={UPPER}"], "base model's name"),
     (["--engine", "tgi"], "not an engine with a server"),
     (["--port", "0"], "--port must be in 1-65535"),
 ])

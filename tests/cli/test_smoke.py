@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import pytest
 
-from tests.helpers import REPO, run_cli
+from tests.helpers import REPO, app_commands, run_cli
 
 pytestmark = pytest.mark.smoke
 
-COMMANDS = ["inspect", "attach", "convert", "merge", "push", "generate"]
+COMMANDS = app_commands()
 EXAMPLES = ["upper-lora", "dragon-dora", "pissa-init", "pissa-trained"]
 INSPECT_KEYS = {"ok", "source", "path", "peft_type", "task_type", "base_model", "r", "lora_alpha",
                 "scaling", "use_rslora", "variants", "init_lora_weights", "target_modules",

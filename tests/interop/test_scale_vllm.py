@@ -151,7 +151,7 @@ def server(adapters, tmp_path_factory):
     becomes vLLM's server). The base is also served as "noop", for verify's no-op case."""
     port = free_port()
     log = tmp_path_factory.mktemp("server") / "server.log"
-    cmd = ["serve", BASE, "-a", f"upper-lora={UPPER}", "-a", f"rslora={adapters['rslora']}",
+    cmd = ["serve", BASE, "--lora", f"upper-lora={UPPER}", "--lora", f"rslora={adapters['rslora']}",
            "--python", vllm_python(), "--port", str(port),
            "--convert-dir", str(tmp_path_factory.mktemp("converted")),
            "--", "--dtype", "float32", "--gpu-memory-utilization", "0.1", "--enforce-eager",
@@ -216,8 +216,8 @@ def test_endpoint_equals_our_engine(server, adapters, tmp_path):
 
 def test_verify_passes(server, adapters):
     url, _ = server
-    res = run_cli("--json", "verify", "--endpoint", url, "-a", f"upper-lora={UPPER}",
-                  "-a", f"rslora={adapters['rslora']}", "--base", BASE, "--dtype", "float32")
+    res = run_cli("--json", "verify", "--endpoint", url, "--lora", f"upper-lora={UPPER}",
+                  "--lora", f"rslora={adapters['rslora']}", "--base", BASE, "--dtype", "float32")
     assert res.code == 0, res.stdout + res.stderr[-3000:]
     results = res.json["results"]
     assert [r["verdict"] for r in results] == ["matches", "matches"]
@@ -228,7 +228,7 @@ def test_verify_catches_a_no_op_and_a_different_adapter(server):
     """"noop" serves the base under an adapter's name; "rslora" is another adapter than the one
     checked against: exit 10, each named, the first divergent token shown."""
     url, _ = server
-    res = run_cli("verify", "--endpoint", url, "-a", f"noop={UPPER}", "-a", f"rslora={UPPER}",
+    res = run_cli("verify", "--endpoint", url, "--lora", f"noop={UPPER}", "--lora", f"rslora={UPPER}",
                   "--base", BASE, "--dtype", "float32")
     assert res.code == 10, res.stdout + res.stderr
     assert "is a no-op" in res.stdout and "differs from the trained adapter" in res.stdout

@@ -24,6 +24,7 @@ from enum import Enum
 from pathlib import Path
 
 from adapterctl.core.adapter import problems as P
+from adapterctl.errors import IncompatibleBaseError
 from adapterctl.io.folders.model_dir import find_checkpoint_key
 from adapterctl.io.hub.ref import looks_like_hub_id
 
@@ -148,7 +149,7 @@ def missing_module(path: str, a_shape: Iterable[int] | None, b_shape: Iterable[i
         "module_not_in_base",
         f"{path}: no such module in the base (lora_A {_shape(a_shape)}, lora_B {_shape(b_shape)})",
         "Is this adapter for another architecture?",
-        exit_code=6,
+        error=IncompatibleBaseError,
     )
 
 
@@ -159,14 +160,14 @@ def check_layer(path: str, lora: LayerKind, base: LayerKind | None, layer: str) 
             "unsupported_layer",
             f"{path}: is a {layer}, which LoRA cannot wrap",
             "Target Linear, Conv1D, Embedding or Conv layers only.",
-            exit_code=6,
+            error=IncompatibleBaseError,
         )
     if lora is not base.lora_layout:
         return P.error(
             "layer_kind_mismatch",
             f"{path}: adapter holds {lora} LoRA tensors but the base layer is {layer}",
             "Is this adapter for another architecture?",
-            exit_code=6,
+            error=IncompatibleBaseError,
         )
     return None
 
@@ -193,14 +194,14 @@ def check_shapes(
             f"{path}: base weight is {list(base)} ({what}in {fan_in}, out {fan_out}) but lora_A "
             f"{_shape(a_shape)} and lora_B {_shape(b_shape)} need {list(expected)}",
             "The adapter was trained on a different model size.",
-            exit_code=6,
+            error=IncompatibleBaseError,
         )
     if bias_shape is not None and tuple(bias_shape) != (fan_out,):
         return P.error(
             "shape_mismatch",
             f"{path}: lora_B.bias {_shape(bias_shape)} does not fit out={fan_out}",
             "The file is inconsistent; save the adapter again.",
-            exit_code=6,
+            error=IncompatibleBaseError,
         )
     return None
 
@@ -213,7 +214,7 @@ def check_replacement(param: str, shape: Iterable[int], base_shape: Iterable[int
             "replacement_not_in_base",
             f"{param}: saved in the adapter (shape {_shape(shape)}) but the base has no such parameter",
             "Is this adapter for another architecture?",
-            exit_code=6,
+            error=IncompatibleBaseError,
         )
     if tuple(shape) != tuple(base_shape):
         return P.error(
@@ -221,7 +222,7 @@ def check_replacement(param: str, shape: Iterable[int], base_shape: Iterable[int
             f"{param}: saved in the adapter as "
             f"{_shape(shape)} but the base parameter is {_shape(base_shape)}",
             "Resized vocabulary? Resize the base model's embeddings first.",
-            exit_code=6,
+            error=IncompatibleBaseError,
         )
     return None
 
@@ -243,7 +244,7 @@ def check_token_rows(
             "token_rows_mismatch",
             f"{emb}: token rows {list(rows)} / max index {top} do not fit the embedding table {list(table)}",
             "Resized vocabulary? Resize the base model's embeddings first.",
-            exit_code=6,
+            error=IncompatibleBaseError,
         )
     return None
 
@@ -266,7 +267,7 @@ def check_modules_present(
         f"none of its {len(paths)} LoRA modules exist in {shown} ({model}); e.g. "
         f"{', '.join(paths[:3])}; the base has weights like {', '.join(sorted(base_keys)[:3])}",
         "Use the base model the adapter was trained on (see base_model_name_or_path).",
-        exit_code=6,
+        error=IncompatibleBaseError,
     )
 
 

@@ -22,6 +22,7 @@ from adapterctl.core.adapter import problems as P
 from adapterctl.core.adapter.config import LoraAdapterConfig
 from adapterctl.core.adapter.keys import LORA_SUFFIXES, module_path_of, strip_prefix
 from adapterctl.core.adapter.targeting import module_scaling
+from adapterctl.errors import IncompatibleBaseError, UnsupportedError
 
 #: registration order of the parameters of transformers' fused expert modules
 REGISTRATION_ORDER = ("gate_up_proj", "gate_proj", "up_proj", "down_proj")
@@ -188,7 +189,7 @@ def check_expert_keys(ek: ExpertKeys, r: int, cfg: LoraAdapterConfig) -> list[P.
                 "expert_variant",
                 f"{ek.path}: {', '.join(bad)} with target_parameters",
                 "PEFT's ParamWrapper refuses these; save the adapter again.",
-                exit_code=5,
+                error=UnsupportedError,
             )
         )
     if a is None or b is None:
@@ -222,7 +223,7 @@ def check_param_shape(
             "module_not_in_base",
             f"{ek.path}: no such parameter in the base (lora_A {list(a)}, lora_B {list(b)})",
             "Is this adapter for another architecture?",
-            exit_code=6,
+            error=IncompatibleBaseError,
         )
     need = expected_param_shape(a, b, r, transposed, len(base_shape))
     if need is None or tuple(base_shape) == need:
@@ -234,7 +235,7 @@ def check_param_shape(
         f"{list(a)} and lora_B {list(b)} with r={r} need {list(need)} "
         f"{layout if len(base_shape) == 3 else ''}".rstrip(),
         "The adapter was trained on a different model size.",
-        exit_code=6,
+        error=IncompatibleBaseError,
     )
 
 

@@ -32,7 +32,7 @@ from adapterctl.core.adapter.validate import (
     weights_problems,
 )
 from adapterctl.core.adapter.variants import base_module_path
-from adapterctl.errors import AdapterctlError
+from adapterctl.errors import AdapterctlError, IncompatibleBaseError
 from adapterctl.io.folders.adapter_dir import AdapterFiles, locate_adapter_files
 from adapterctl.io.folders.files import read_json_object
 from adapterctl.io.safetensors.header import SafetensorsHeader, read_safetensors_header
@@ -253,7 +253,7 @@ def _with_base(
     base = BaseCheck(
         seen.path,
         seen.model_type,
-        compatible=not any(p.exit_code == 6 for p in problems),
+        compatible=not any(issubclass(p.error, IncompatibleBaseError) for p in problems),
         key_mapping=mapping.to_dict() if mapping else None,
     )
     return AdapterSummary(

@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from adapterctl.core.adapter import problems as P
+from adapterctl.errors import IncompatibleBaseError
 
 #: the vision-side submodules of the VLMs above (tower, Qwen's ``visual``, Mllama's
 #: ``vision_model``, the projector that feeds the language model)
@@ -196,5 +197,5 @@ def vision_problem(mapping: KeyMapping, paths: Iterable[str], base: str) -> P.Pr
         f"({mapping.target.root}layers...: no {', '.join(VISION_PARTS)})",
         "Use the vision-language base the adapter was trained on, or an adapter trained on the "
         "language model only.",
-        exit_code=6,
+        error=IncompatibleBaseError,
     )

@@ -1,19 +1,12 @@
 """Problems found while checking an adapter: reported by inspect, raised by merge and the engine
-(:func:`as_error` turns one into the AdapterctlError with its exit code)."""
+(:func:`as_error` turns one into its AdapterctlError). A problem names the error class it is, never
+an exit code: the codes live in :mod:`adapterctl.errors` alone."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from adapterctl.errors import (
-    AdapterctlError,
-    IncompatibleBaseError,
-    InvalidAdapterError,
-    MissingDependencyError,
-    NotFoundError,
-    UnsupportedError,
-    UsageError,
-)
+from adapterctl.errors import AdapterctlError, InvalidAdapterError
 
 
 @dataclass(frozen=True)
@@ -22,8 +15,13 @@ class Problem:
     code: str  # stable machine-readable id, e.g. "rank_mismatch"
     message: str
     hint: str | None = None
-    #: the exit code this problem maps to when it makes the adapter unusable (errors.EXIT_CODES)
-    exit_code: int = 4
+    #: the error this problem is when it makes the adapter unusable (its class holds the exit code)
+    error: type[AdapterctlError] = InvalidAdapterError
+
+    @property
+    def exit_code(self) -> int:
+        """The exit code of a command this problem stops (0 for a warning)."""
+        return self.error.exit_code if self.severity == "error" else 0
 
     @property
     def text(self) -> str:
@@ -40,29 +38,19 @@ class Problem:
         }
 
 
-def error(code: str, message: str, hint: str | None = None, exit_code: int = 4) -> Problem:
-    return Problem("error", code, message, hint, exit_code)
+def error(
+    code: str, message: str, hint: str | None = None, error: type[AdapterctlError] = InvalidAdapterError
+) -> Problem:
+    return Problem("error", code, message, hint, error)
 
 
 def warning(code: str, message: str, hint: str | None = None) -> Problem:
-    return Problem("warning", code, message, hint, 0)
-
-
-#: exit code -> the error a refusing caller raises for a problem with that code
-_ERRORS: dict[int, type[AdapterctlError]] = {
-    2: UsageError,
-    3: NotFoundError,
-    4: InvalidAdapterError,
-    5: UnsupportedError,
-    6: IncompatibleBaseError,
-    7: MissingDependencyError,
-}
+    return Problem("warning", code, message, hint)
 
 
 def as_error(problem: Problem, prefix: str | None = None) -> AdapterctlError:
-    """The error to raise for ``problem`` (same exit code); ``prefix`` names the adapter."""
-    cls = _ERRORS.get(problem.exit_code, AdapterctlError)
-    return cls(f"{prefix}: {problem.message}" if prefix else problem.message, hint=problem.hint)
+    """The error to raise for ``problem``; ``prefix`` names the adapter."""
+    return problem.error(f"{prefix}: {problem.message}" if prefix else problem.message, hint=problem.hint)
 
 
 def raise_first_error(problems: list[Problem], prefix: str | None = None) -> None:

@@ -22,7 +22,7 @@ from adapterctl.core.adapter.config import (
 from adapterctl.core.adapter.keys import KeyLayout, ModuleKeys, split_keys
 from adapterctl.core.adapter.targeting import module_scaling
 from adapterctl.core.adapter.variants import bdlora_settings, block_diagonal_factor, expand_layout
-from adapterctl.errors import AdapterctlError
+from adapterctl.errors import AdapterctlError, NotFoundError, UnsupportedError
 from adapterctl.io.folders.adapter_dir import AdapterFiles
 
 _FILE_HINT = "The file is incomplete; save the adapter again."
@@ -30,7 +30,7 @@ _FILE_HINT = "The file is incomplete; save the adapter again."
 
 def problem_of(err: AdapterctlError) -> P.Problem:
     """An error a parser raised, as a problem with its exit code."""
-    return P.error(err.kind, err.message, err.hint, err.exit_code)
+    return P.error(err.kind, err.message, err.hint, type(err))
 
 
 # ----- the config ------------------------------------------------------------------------------
@@ -41,7 +41,7 @@ def config_problems(cfg: LoraAdapterConfig) -> list[P.Problem]:
             "unsupported_variant",
             f"adapter uses {key} ({name}), which adapterctl does not implement",
             "Applying it as plain LoRA would give wrong outputs; use PEFT for this adapter.",
-            exit_code=5,
+            error=UnsupportedError,
         )
         for key, name in cfg.unsupported_variants.items()
     ]
@@ -56,7 +56,7 @@ def config_problems(cfg: LoraAdapterConfig) -> list[P.Problem]:
                 "and that change cannot be recomputed from the adapter",
                 "Convert it to plain LoRA with PEFT's path_initial_model_for_weight_conversion "
                 "(or `adapterctl convert --pissa-init INIT TRAINED OUT`), or use the residual base.",
-                exit_code=5,
+                error=UnsupportedError,
             )
         )
     elif kind == "unknown":
@@ -65,7 +65,7 @@ def config_problems(cfg: LoraAdapterConfig) -> list[P.Problem]:
                 "unknown_init",
                 f"unknown init_lora_weights value {cfg.init_lora_weights!r}",
                 "Known values: true, false, gaussian, orthogonal, eva, mica, pissa, olora.",
-                exit_code=5,
+                error=UnsupportedError,
             )
         )
     if cfg.use_rslora and (cfg.rank_pattern or cfg.alpha_pattern):
@@ -103,7 +103,7 @@ def weights_problems(files: AdapterFiles, headers_only: str | None = None) -> li
                 "missing_weights",
                 f"{files.source}: no adapter_model.safetensors (or adapter_model.bin)",
                 "Copy or download the weights file too.",
-                exit_code=3,
+                error=NotFoundError,
             )
         ]
     if files.weights_format == "bin" and headers_only:

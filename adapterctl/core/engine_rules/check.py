@@ -15,6 +15,7 @@ from adapterctl.core.adapter.base_info import BaseInfo, local_base, read_base_in
 from adapterctl.core.engine_rules import llama_cpp, lorax, mlx, sglang, tgi, vllm
 from adapterctl.core.engine_rules.base_fit import check_base_fit, mapping_note
 from adapterctl.core.engine_rules.facts import AdapterFacts
+from adapterctl.core.engine_rules.names import ALL, canonical_engine
 from adapterctl.core.engine_rules.rules import (
     CheckContext,
     Engine,
@@ -28,8 +29,6 @@ from adapterctl.errors import UsageError
 ENGINES: dict[str, Engine] = {
     e.name: e for e in (vllm.ENGINE, sglang.ENGINE, lorax.ENGINE, llama_cpp.ENGINE, mlx.ENGINE, tgi.ENGINE)
 }
-#: what --engine accepts besides the names
-ALL = "all"
 
 
 def engine_names(spec: list[str] | str | None) -> list[str]:
@@ -37,17 +36,14 @@ def engine_names(spec: list[str] | str | None) -> list[str]:
     items = [spec] if isinstance(spec, str) else list(spec or [ALL])
     names: list[str] = []
     for item in items:
-        for name in (p.strip().lower() for p in item.split(",") if p.strip()):
+        for text in (p.strip() for p in item.split(",") if p.strip()):
+            name, _ = canonical_engine(text)
             if name == ALL:
                 names += [n for n in ENGINES if n not in names]
-            elif name in ("llamacpp", "llama_cpp", "gguf"):
-                names.append("llama.cpp")
-            elif name in ("mlx-lm", "mlx_lm"):
-                names.append("mlx")
             elif name in ENGINES:
                 names.append(name)
             else:
-                raise UsageError(f"unknown engine {name!r}", hint=f"Engines: {', '.join(ENGINES)} or {ALL}.")
+                raise UsageError(f"unknown engine {text!r}", hint=f"Engines: {', '.join(ENGINES)} or {ALL}.")
     return list(dict.fromkeys(names))
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from adapterctl.core.merge.plan import MergeJob, MergeOptions, MergePlan, load_adapters, plan_merge
 from adapterctl.core.merge.write import MergeResult, merge_inputs
+from adapterctl.core.runtime.session import base_hub
 from adapterctl.io.folders.output_dir import check_output, replaces
 from adapterctl.io.hub.ref import HubOptions
 from adapterctl.io.hub.resolve import resolve_adapter_dir, resolve_model_dir
@@ -17,8 +18,9 @@ def plan_from_refs(
     base: str, adapters: list[str], options: MergeOptions = MergeOptions(), hub: HubOptions | None = None
 ) -> MergeJob:
     """The merge job for a base and adapters given as folders or Hub ids (``user/repo[@rev]``);
-    execute it with :func:`adapterctl.core.merge.write.execute_merge`."""
-    base_dir = resolve_model_dir(base, hub)
+    execute it with :func:`adapterctl.core.merge.write.execute_merge`. ``hub.revision`` is the
+    adapters' revision, as in every command; the base takes ``user/repo@rev``."""
+    base_dir = resolve_model_dir(base, base_hub(hub))
     dirs = [resolve_adapter_dir(a, hub) for a in adapters]
     return plan_merge(base_dir, load_adapters(dirs, list(adapters)), options, base)
 

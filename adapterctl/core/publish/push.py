@@ -59,7 +59,6 @@ MODEL_DEFAULT = [
     *TOKENIZER,
 ]
 CARD = "README.md"
-_BY_EXIT = {3: E.NotFoundError, 4: E.InvalidAdapterError, 5: E.UnsupportedError, 6: E.IncompatibleBaseError}
 
 
 @dataclass(frozen=True)
@@ -125,8 +124,7 @@ def validate_folder(folder: Path, kind: str) -> tuple[str | None, list[str]]:
     errors = [p for p in summary.problems if p.severity == "error"]
     if errors:
         listing = "; ".join(f"{p.code}: {p.message}" for p in errors)
-        cls = _BY_EXIT.get(errors[0].exit_code, E.InvalidAdapterError)
-        raise cls(
+        raise errors[0].error(
             f"{folder}: refusing to push an adapter that cannot be used: {listing}",
             hint=errors[0].hint or f"Run 'adapterctl inspect {folder}' for details.",
         )

@@ -22,6 +22,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from adapterctl.core.engine_rules.names import SERVERS, engine_name
 from adapterctl.errors import MissingDependencyError, UsageError
 
 SERVER_MODULES = {"vllm": "vllm.entrypoints.openai.api_server", "sglang": "sglang.launch_server"}
@@ -47,12 +48,10 @@ class ServerCommand:
         return shlex.join(self.argv)
 
 
-def check_engine(engine: str) -> None:
-    if engine not in SERVER_MODULES:
-        raise UsageError(
-            f"serve --engine {engine!r}: not an engine with a server here",
-            hint=f"Engines: {', '.join(SERVER_MODULES)}.",
-        )
+def check_engine(engine: str) -> str:
+    """The engine's name (the one vocabulary, :mod:`adapterctl.core.engine_rules.names`), if
+    ``serve`` starts a server for it."""
+    return engine_name(engine, SERVERS, "not an engine with a server here")
 
 
 def check_served_names(names: Sequence[str], base: str) -> None:
@@ -62,7 +61,7 @@ def check_served_names(names: Sequence[str], base: str) -> None:
         if not name or any(c.isspace() for c in name) or "=" in name or "," in name:
             raise UsageError(
                 f"served adapter name {name!r}: use letters, digits, '-', '_', '.'",
-                hint="-a NAME=ADAPTER, e.g. -a upper=./upper-lora",
+                hint="--lora NAME=ADAPTER, e.g. --lora upper=./upper-lora",
             )
         if name in seen:
             raise UsageError(f"served adapter name {name!r} is used twice")
@@ -97,7 +96,7 @@ def server_command(
     port: int = DEFAULT_PORT,
     extra: Sequence[str] = (),
 ) -> ServerCommand:
-    check_engine(engine)
+    engine = check_engine(engine)
     if not 0 < port < 65536:
         raise UsageError(f"--port must be in 1-65535, got {port}")
     argv = [python, "-m", SERVER_MODULES[engine]]

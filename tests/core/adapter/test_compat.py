@@ -140,12 +140,12 @@ def test_check_token_rows():
         assert f"embed: token rows {list(rows)}" in p.message and "[384, 64]" in p.message
 
 
-def test_as_error_keeps_the_exit_code_and_raise_first_error_skips_warnings():
+def test_as_error_raises_the_problems_error_class_and_raise_first_error_skips_warnings():
     assert isinstance(as_error(C.missing_module("x", None, None)), IncompatibleBaseError)
     from adapterctl.core.adapter.problems import error
 
     assert isinstance(as_error(error("bad", "m")), InvalidAdapterError)
-    assert isinstance(as_error(error("u", "m", exit_code=5)), UnsupportedError)
+    assert isinstance(as_error(error("u", "m", error=UnsupportedError)), UnsupportedError)
     raise_first_error([warning("w", "only a warning")])
     with pytest.raises(IncompatibleBaseError, match="src: x: no such module"):
         raise_first_error([warning("w", "w"), C.missing_module("x", None, None)], "src")

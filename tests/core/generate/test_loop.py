@@ -325,7 +325,6 @@ def test_ctrl_c_keeps_what_was_made_and_restores_weights(tiny_models, peft_adapt
 def test_quantized_base_runs_unmerged_and_mixed_like_peft(bnb_llama, tmp_path):
     """nf4 base: folding is refused by the layer, so the run falls back to unmerged; a mixed batch
     (stacked ranks on Linear4bit) equals each adapter alone and PEFT's adapter_names."""
-    pytest.importorskip("bitsandbytes")
     from peft import PeftModel
 
     from adapterctl.core.runtime.model import load_base

@@ -166,7 +166,6 @@ def test_combinations_apply_peft_merge_utils_to_full_deltas(method, tiny_models,
 
 
 def test_quantized_4bit_base_is_dequantized(tiny_models, peft_adapter, tmp_path):
-    pytest.importorskip("bitsandbytes")
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
     q = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",

@@ -22,9 +22,6 @@ from tests.fidelity.archs import ARCHS, arch_configs
 from tests.helpers import invoke
 from tests.io.checkpoint.test_fourbit import bnb_dequantize
 
-pytest.importorskip("bitsandbytes")
-
-
 @pytest.fixture(scope="module")
 def qmodels(tmp_path_factory) -> dict:
     """The session's tiny models with MLP sizes that are multiples of 64 (module docstring)."""

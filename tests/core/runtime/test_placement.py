@@ -47,7 +47,6 @@ def bnb_llama(tmp_path_factory):
     # bf16 results: PEFT's bnb layers round each adapter output before adding it (spec 5.8)
     ("nf4", False, "bfloat16"), ("int8", False, "bfloat16")])
 def test_quantized_base_matches_peft(quantize, dora, dtype, bnb_llama, tmp_path):
-    pytest.importorskip("bitsandbytes")
     from tests.conftest import make_peft_adapter
 
     adapter = make_peft_adapter(bnb_llama, tmp_path / "a", r=4, use_dora=dora,
@@ -105,7 +104,6 @@ def test_max_memory_offloads_to_disk(tiny_models, peft_adapter, tmp_path):
 
 
 def test_pissa_on_a_quantized_base_is_refused(bnb_llama, tmp_path):
-    pytest.importorskip("bitsandbytes")
     from adapterctl.errors import UnsupportedError
     from tests.conftest import make_peft_adapter
 

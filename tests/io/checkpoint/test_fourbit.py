@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import copy
 
+import bitsandbytes.functional as bnb
 import pytest
 import torch
 
 from adapterctl.io.checkpoint import fourbit
 
-bnb = pytest.importorskip("bitsandbytes.functional")
 
 SHAPES = [(64, 128), (33, 70), (7, 9), (1, 4097), (256, 1000), (3, 5, 8), (64, 96), (5, 96)]
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
