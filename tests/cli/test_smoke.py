@@ -25,7 +25,7 @@ INSPECT_KEYS = {"ok", "source", "path", "peft_type", "task_type", "base_model", 
 MODULE_KEYS = {"name", "kind", "r", "alpha", "scaling", "a_shape", "b_shape", "dtype", "dora",
                "lora_bias", "base_shape", "a_norm", "b_norm", "delta_norm", "nonfinite", "experts"}
 PUSH_DRY_KEYS = {"ok", "dry_run", "repo", "revision", "kind", "base_model", "files", "total_bytes",
-                 "card"}
+                 "card", "replaces", "remote"}
 
 
 def cli(*args: str, **kw):
