@@ -153,6 +153,7 @@ class _Decoder:
         self.track_text = bool(cfg.stop) or on_token is not None
         self.device = _input_device(model)
         self.keep_last = _accepts_logits_to_keep(model)
+        self.cache_kw = _cache_keyword(model)
         self.t0 = time.perf_counter()  # start of the batch in flight
 
     def run_batch(self, rows: list[_Row]) -> None:
@@ -183,8 +184,8 @@ class _Decoder:
             input_ids=ids,
             attention_mask=mask,
             position_ids=positions,
-            past_key_values=cache,
             use_cache=True,
+            **{self.cache_kw: cache},
             **kw,
         )
         return out.logits[:, -1]
@@ -302,6 +303,14 @@ def _accepts_logits_to_keep(model) -> bool:
     import inspect
 
     return "logits_to_keep" in inspect.signature(model.forward).parameters
+
+
+def _cache_keyword(model) -> str:
+    """The KV cache's keyword: ``cache`` where transformers renamed it (5.2x deprecates
+    ``past_key_values`` with a FutureWarning on every step), ``past_key_values`` before."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 def compare_completions(
