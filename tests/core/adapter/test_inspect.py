@@ -216,8 +216,10 @@ def test_inspect_never_imports_torch(peft_adapter, tiny_models):
 
 def test_subprocess_entry_point(peft_adapter):
     ad = peft_adapter("llama", r=2, target_modules=["q_proj"])
-    res = run_cli("inspect", ad)
+    res = run_cli("inspect", ad, "--all")
     assert res.code == 0 and "model.layers.0.self_attn.q_proj" in res.stdout
+    res = run_cli("inspect", ad)  # layers that agree share a row
+    assert res.code == 0 and "model.layers.{0-1}.self_attn.q_proj" in res.stdout
 
 
 @pytest.mark.parametrize("field,value", [("target_modules", "("), ("exclude_modules", "[a-"),
