@@ -1,7 +1,8 @@
 """``generate --engine vllm`` and ``generate --endpoint URL``: which engine runs the prompts, and
 the options that only make sense on one of them (refused elsewhere, with a usage error naming
 them, before anything loads). The runs themselves are core calls
-(:mod:`adapterctl.core.serve.run`) returning ``generate``'s own report.
+(:mod:`adapterctl.core.generate.vllm_offline`, :mod:`adapterctl.core.serve.endpoint`) returning
+``generate``'s own report.
 """
 
 from __future__ import annotations
@@ -82,8 +83,8 @@ def engine_choice(
 def _on_vllm(
     vllm: dict, dtype: str, trust_remote_code: bool, hub, on_step, base_ref, choices, specs, cfg, **kw
 ):
-    from adapterctl.core.serve.run import generate_on_vllm
-    from adapterctl.core.serve.vllm_offline import VllmOptions
+    from adapterctl.core.generate.vllm_offline import VllmOptions, generate_on_vllm
+    from adapterctl.core.serve.prepare import prepare_adapters
 
     opts = VllmOptions(
         vllm["tensor_parallel_size"] or 1,
@@ -92,12 +93,15 @@ def _on_vllm(
         dtype,
         trust_remote_code,
     )
-    return generate_on_vllm(base_ref, choices, specs, cfg, opts=opts, hub=hub, on_step=on_step, **kw)
+    prepare = functools.partial(prepare_adapters, "vllm")
+    return generate_on_vllm(
+        base_ref, choices, specs, cfg, opts=opts, prepare=prepare, hub=hub, on_step=on_step, **kw
+    )
 
 
 def _on_endpoint(url: str, remote: dict, base_ref, choices, specs, cfg, **kw):
     from adapterctl.core.serve.client import EndpointOptions
-    from adapterctl.core.serve.run import generate_on_endpoint
+    from adapterctl.core.serve.endpoint import generate_on_endpoint
 
     opts = EndpointOptions(url, api_key=remote["api_key"], timeout=remote["timeout"])
     return generate_on_endpoint(
