@@ -15,7 +15,7 @@ from pathlib import Path
 
 from adapterctl.core.adapter.compat import base_layer_kind
 from adapterctl.core.adapter.config import LoraAdapterConfig, parse_adapter_config
-from adapterctl.core.adapter.experts import check_expert_keys, split_expert_keys
+from adapterctl.core.adapter.expert_keys import check_expert_keys, split_expert_keys
 from adapterctl.core.adapter.keys import natural_key, split_keys, strip_prefix
 from adapterctl.core.adapter.prefixes import KeyMapping, checkpoint_spelling
 from adapterctl.core.adapter.problems import raise_first_error
@@ -159,7 +159,7 @@ class AdapterFacts:
     base: BaseFacts | None = None
     #: token ids of the folder's added_tokens.json (tokens added to the vocabulary in training)
     added_token_ids: tuple[int, ...] = ()
-    #: ``module.param`` of each target_parameters LoRA (MoE experts; core/adapter/experts.py)
+    #: ``module.param`` of each target_parameters LoRA (MoE experts; core/adapter/expert_keys.py)
     experts: tuple[str, ...] = ()
 
     @property

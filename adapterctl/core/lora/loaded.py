@@ -21,7 +21,7 @@ from adapterctl.core.adapter.config import (
 from adapterctl.core.adapter.keys import split_keys
 from adapterctl.core.adapter.targeting import module_scaling
 from adapterctl.core.adapter.variants import block_diagonal_factor
-from adapterctl.core.lora.experts import ExpertWeights, build_experts
+from adapterctl.core.lora.expert_delta import ExpertWeights, build_experts
 from adapterctl.errors import InvalidAdapterError, NotFoundError, UsageError
 from adapterctl.io.folders.adapter_dir import AdapterFiles, locate_adapter_files
 
@@ -56,7 +56,7 @@ class LoadedAdapter:
     replacements: dict[str, torch.Tensor] = field(default_factory=dict)
     #: embedding module path -> (token indices, replacement rows (len(indices), dim))
     trainable_tokens: dict[str, tuple[list[int], torch.Tensor]] = field(default_factory=dict)
-    #: ``module.param`` -> target_parameters LoRA (fused MoE experts; core/lora/experts.py)
+    #: ``module.param`` -> target_parameters LoRA (fused MoE experts; core/lora/expert_delta.py)
     experts: dict[str, ExpertWeights] = field(default_factory=dict)
 
     @property
@@ -170,7 +170,7 @@ def build_adapter(
                 f"{files.source}: {path}: lora_B has shape {list(B.shape)} but r={r}",
                 hint="lora_A and lora_B disagree on the rank; the file is corrupt, save it again.",
             )
-        B = _kasa_scaled(files.source, path, cfg, mk, tensors, A, B)
+        B = _kasa_scaled(files.source, path, cfg, mk, tensors, A=A, B=B)
         if "magnitude" in mk.keys and not cfg.use_dora:
             raise InvalidAdapterError(
                 f"{files.source}: {path} has lora_magnitude_vector but use_dora is false"
@@ -205,7 +205,7 @@ def build_adapter(
 
 
 def _kasa_scaled(
-    source: str, path: str, cfg: LoraAdapterConfig, mk, tensors: dict, A: torch.Tensor, B: torch.Tensor
+    source: str, path: str, cfg: LoraAdapterConfig, mk, tensors: dict, *, A: torch.Tensor, B: torch.Tensor
 ) -> torch.Tensor:
     """KaSA: ΔW = s·B·diag(d)·A (PEFT: lora_B(lora_A(x) * d)), so B·diag(d) is the B of a plain
     LoRA; exact up to float32 rounding. On the truncated base (core/lora/delta.kasa_truncated)."""

@@ -54,7 +54,9 @@ def prepare_adapters(
                 PreparedAdapter(name, shown, Path(folder), Path(folder), "serves", config_rank(Path(folder)))
             )
             continue
-        out.append(_convert(engine, name, shown, Path(folder), verdict, base, workdir, step))
+        out.append(
+            _convert(engine, name, shown, Path(folder), verdict, base=base, workdir=workdir, step=step)
+        )
     return out
 
 
@@ -69,6 +71,7 @@ def _convert(
     shown: str,
     folder: Path,
     verdict,
+    *,
     base: tuple[Path, str],
     workdir: Path,
     step: Callable[[str], None],
