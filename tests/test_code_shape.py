@@ -74,3 +74,21 @@ def test_the_walk_sees_the_package():
     body = "\n".join(f"    x{i} = {i}" for i in range(MAX_LINES))
     node = ast.parse(f"def f(a, b, c, d, e, f, g):\n{body}\n").body[0]
     assert _lines(node) == MAX_LINES + 1 and _positional(node) == 7
+
+
+def test_a_short_import_alias_means_one_module():
+    """``import ... as C``: a one- or two-letter alias names the same module in every file."""
+    meaning: dict[str, set[str]] = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom):
+                for a in node.names:
+                    if a.asname and len(a.asname) <= 2:
+                        meaning.setdefault(a.asname, set()).add(f"{node.module}.{a.name}")
+            elif isinstance(node, ast.Import):
+                for a in node.names:
+                    if a.asname and len(a.asname) <= 2:
+                        meaning.setdefault(a.asname, set()).add(a.name)
+    twice = {alias: sorted(mods) for alias, mods in meaning.items() if len(mods) > 1}
+    assert not twice, f"one alias, several modules: {twice}"
+    assert meaning["C"] == {"adapterctl.core.adapter.compat"}

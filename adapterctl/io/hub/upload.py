@@ -39,7 +39,7 @@ class PushResult:
 
 def fetch_card(repo_id: str, revision: str | None, hub) -> str | None:
     """The README.md on the Hub, or None when the repo, revision or file does not exist yet."""
-    from huggingface_hub import errors as E
+    from huggingface_hub import errors as hf_errors
 
     if is_offline():
         return None  # offline dry run: the card starts from the folder's README or a new one
@@ -47,8 +47,12 @@ def fetch_card(repo_id: str, revision: str | None, hub) -> str | None:
     with hub_call(repo_id, revision, hub, "read"), client_output(hub):
         try:
             path = api.hf_hub_download(repo_id, "README.md", revision=revision or "main", cache_dir=_cache())
-        except (E.RepositoryNotFoundError, E.RevisionNotFoundError, E.EntryNotFoundError) as err:
-            if isinstance(err, E.GatedRepoError):
+        except (
+            hf_errors.RepositoryNotFoundError,
+            hf_errors.RevisionNotFoundError,
+            hf_errors.EntryNotFoundError,
+        ) as err:
+            if isinstance(err, hf_errors.GatedRepoError):
                 raise
             return None
     return Path(path).read_text(encoding="utf-8")
