@@ -15,6 +15,7 @@ _LAZY = {
     "LoraAdapterConfig": ("adapterctl.core.adapter.config", "LoraAdapterConfig"),
     "load_adapter": ("adapterctl.core.lora.loaded", "load_adapter"),
     "load_base": ("adapterctl.core.runtime.model", "load_base"),
+    "Placement": ("adapterctl.core.runtime.model", "Placement"),
     "attach_adapter": ("adapterctl.core.runtime.attach", "attach_adapter"),
     "set_active": ("adapterctl.core.runtime.attach", "set_active"),
     "detach": ("adapterctl.core.runtime.attach", "detach"),

@@ -78,13 +78,13 @@ if which == "peft":
     from transformers import AutoModelForCausalLM
 else:
     from adapterctl.core.runtime.attach import attach_adapter
-    from adapterctl.core.runtime.model import load_base
+    from adapterctl.core.runtime.model import Placement, load_base
 t0 = time.perf_counter()
 if which == "peft":
     m = AutoModelForCausalLM.from_pretrained(model, dtype="auto")
     m = PeftModel.from_pretrained(m, adapter)
 else:
-    m = load_base(model, dtype="auto", tokenizer=False).model  # PEFT's path loads no tokenizer
+    m = load_base(model, Placement(dtype="auto"), tokenizer=False).model  # PEFT's path loads no tokenizer
     attach_adapter(m, adapter)
 t1 = time.perf_counter()
 rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB on Linux

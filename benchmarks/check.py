@@ -119,13 +119,13 @@ def check_timing(adapters: list[str], repeat: int) -> dict:
 def dora_table(ranks: tuple[int, ...]) -> list[dict]:
     import torch
 
-    from adapterctl import attach_adapter, detach, greedy_complete, load_base
+    from adapterctl import Placement, attach_adapter, detach, greedy_complete, load_base
     from adapterctl.core.convert.pipeline import ConvertRequest, run_convert
 
     torch.set_num_threads(1)
     base_dir, src = REPO / "examples/tiny-base", REPO / "examples/dragon-dora"
     prompts = ["the little fox", "at night,", "once upon a time"]
-    base = load_base(str(base_dir), dtype="float32")
+    base = load_base(str(base_dir), Placement(dtype="float32"))
 
     def tokens(folder):
         attach_adapter(base.model, folder, name="x")

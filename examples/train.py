@@ -273,10 +273,10 @@ def train_adapter(name: str, spec: dict) -> None:
     import torch
 
     from adapterctl.core.runtime.attach import attach_adapter, detach
-    from adapterctl.core.runtime.model import load_base
+    from adapterctl.core.runtime.model import Placement, load_base
 
     torch.manual_seed(CONFIG["seed"])
-    base = load_base(HERE / CONFIG["base"]["dir"], dtype="float32")
+    base = load_base(HERE / CONFIG["base"]["dir"], Placement(dtype="float32"))
     model, tok = base.model, base.tokenizer
     out = HERE / name
     la, doc = fresh_adapter(model, name, spec, out)

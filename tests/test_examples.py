@@ -48,9 +48,9 @@ def test_adapter_configs_are_what_the_script_describes(name):
 
 @pytest.fixture(scope="module")
 def base():
-    from adapterctl.core.runtime.model import load_base
+    from adapterctl.core.runtime.model import Placement, load_base
 
-    return load_base(EX / "tiny-base", dtype="float32")
+    return load_base(EX / "tiny-base", Placement(dtype="float32"))
 
 
 def _complete(base, adapter=None):

@@ -29,94 +29,104 @@ EvalDtype = dtype_option(
 )
 
 
+BaseOpt = Annotated[
+    str | None,
+    typer.Argument(
+        metavar="BASE",
+        show_default=False,
+        help="Base model folder or Hub id (default: the adapter's base_model_name_or_path).",
+    ),
+]
+AdapterOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--adapter",
+        "-a",
+        metavar="ADAPTER[=WEIGHT]",
+        show_default=False,
+        rich_help_panel=PANEL_ADAPTERS,
+        help="The adapter as trained (folder or Hub id), optionally =WEIGHT: the reference.",
+    ),
+]
+VariantOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--variant",
+        metavar="NAME=SPEC",
+        show_default=False,
+        rich_help_panel=PANEL_ADAPTERS,
+        help="A copy to measure (repeatable): a merged model folder, another adapter folder on the "
+        "same base, or a dtype (bf16, fp16: the adapter run in it).",
+    ),
+]
+DataOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--data",
+        show_default=False,
+        rich_help_panel=PANEL_DATA,
+        help="Text to score, teacher-forced: JSONL (`text`, or `prompt` + `completion`: only the "
+        "completion is scored) or plain text (cut into --ctx token windows).",
+    ),
+]
+PromptsOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--prompts",
+        show_default=False,
+        rich_help_panel=PANEL_DATA,
+        help="Prompts (text or JSONL) the reference continues greedily; every variant is scored on "
+        "those continuations, with its first greedy divergence.",
+    ),
+]
+CtxOpt = Annotated[
+    int,
+    typer.Option(
+        "--ctx", min=2, rich_help_panel=PANEL_DATA, help="Tokens per window (and at most per sequence)."
+    ),
+]
+BatchSizeOpt = Annotated[
+    int,
+    typer.Option("--batch-size", min=1, rich_help_panel=PANEL_DATA, help="Sequences per forward pass."),
+]
+MaxNewTokensOpt = Annotated[
+    int,
+    typer.Option("--max-new-tokens", min=1, rich_help_panel=PANEL_DATA, help="--prompts: tokens generated."),
+]
+MaxKlOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--max-kl",
+        min=0.0,
+        show_default=False,
+        rich_help_panel=PANEL_GATE,
+        help="Exit 10 when a variant's mean KL (nats) is above this.",
+    ),
+]
+MinTop1Opt = Annotated[
+    float | None,
+    typer.Option(
+        "--min-top1",
+        min=0.0,
+        max=1.0,
+        show_default=False,
+        rich_help_panel=PANEL_GATE,
+        help="Exit 10 when a variant's top-1 agreement is below this (0 to 1).",
+    ),
+]
+
+
 def eval_cmd(
-    base: Annotated[
-        str | None,
-        typer.Argument(
-            metavar="BASE",
-            show_default=False,
-            help="Base model folder or Hub id (default: the adapter's base_model_name_or_path).",
-        ),
-    ] = None,
-    adapter: Annotated[
-        str | None,
-        typer.Option(
-            "--adapter",
-            "-a",
-            metavar="ADAPTER[=WEIGHT]",
-            show_default=False,
-            rich_help_panel=PANEL_ADAPTERS,
-            help="The adapter as trained (folder or Hub id), optionally =WEIGHT: the reference.",
-        ),
-    ] = None,
-    variant: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--variant",
-            metavar="NAME=SPEC",
-            show_default=False,
-            rich_help_panel=PANEL_ADAPTERS,
-            help="A copy to measure (repeatable): a merged model folder, another adapter folder on the "
-            "same base, or a dtype (bf16, fp16: the adapter run in it).",
-        ),
-    ] = None,
-    data: Annotated[
-        str | None,
-        typer.Option(
-            "--data",
-            show_default=False,
-            rich_help_panel=PANEL_DATA,
-            help="Text to score, teacher-forced: JSONL (`text`, or `prompt` + `completion`: only the "
-            "completion is scored) or plain text (cut into --ctx token windows).",
-        ),
-    ] = None,
-    prompts: Annotated[
-        str | None,
-        typer.Option(
-            "--prompts",
-            show_default=False,
-            rich_help_panel=PANEL_DATA,
-            help="Prompts (text or JSONL) the reference continues greedily; every variant is scored on "
-            "those continuations, with its first greedy divergence.",
-        ),
-    ] = None,
-    ctx: Annotated[
-        int,
-        typer.Option(
-            "--ctx", min=2, rich_help_panel=PANEL_DATA, help="Tokens per window (and at most per sequence)."
-        ),
-    ] = 512,
-    batch_size: Annotated[
-        int,
-        typer.Option("--batch-size", min=1, rich_help_panel=PANEL_DATA, help="Sequences per forward pass."),
-    ] = 8,
-    max_new_tokens: Annotated[
-        int,
-        typer.Option(
-            "--max-new-tokens", min=1, rich_help_panel=PANEL_DATA, help="--prompts: tokens generated."
-        ),
-    ] = 32,
-    max_kl: Annotated[
-        float | None,
-        typer.Option(
-            "--max-kl",
-            min=0.0,
-            show_default=False,
-            rich_help_panel=PANEL_GATE,
-            help="Exit 10 when a variant's mean KL (nats) is above this.",
-        ),
-    ] = None,
-    min_top1: Annotated[
-        float | None,
-        typer.Option(
-            "--min-top1",
-            min=0.0,
-            max=1.0,
-            show_default=False,
-            rich_help_panel=PANEL_GATE,
-            help="Exit 10 when a variant's top-1 agreement is below this (0 to 1).",
-        ),
-    ] = None,
+    base: BaseOpt = None,
+    adapter: AdapterOpt = None,
+    variant: VariantOpt = None,
+    data: DataOpt = None,
+    prompts: PromptsOpt = None,
+    ctx: CtxOpt = 512,
+    batch_size: BatchSizeOpt = 8,
+    max_new_tokens: MaxNewTokensOpt = 32,
+    max_kl: MaxKlOpt = None,
+    min_top1: MinTop1Opt = None,
     dtype: EvalDtype = "float32",
     device_map: DeviceMap = None,
     trust_remote_code: TrustRemoteCode = False,
@@ -185,9 +195,7 @@ def eval_cmd(
         hint="The table shows every figure; `adapterctl convert --rank` higher, another dtype or a "
         "full-rank conversion loses less.",
     )
-    out.result({**doc, "error": err.to_dict()}, lambda console: _render(console, report), ok=False)
-    out.error(err)
-    raise typer.Exit(err.exit_code)
+    out.fail(doc, lambda console: _render(console, report), err)
 
 
 def eval_copy(

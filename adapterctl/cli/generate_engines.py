@@ -7,6 +7,7 @@ returning ``generate``'s own report.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 
@@ -128,8 +129,8 @@ def run_elsewhere(
 ):
     """Run the prompts on vLLM or the endpoint; ``generate``'s report."""
     if isinstance(backend, VllmEngine):
-        from adapterctl.core.serve.run import generate_on_vllm
-        from adapterctl.core.serve.vllm_offline import VllmOptions
+        from adapterctl.core.generate.vllm_offline import VllmOptions, generate_on_vllm
+        from adapterctl.core.serve.prepare import prepare_adapters
 
         opts = VllmOptions(
             backend.tensor_parallel_size or 1,
@@ -138,9 +139,12 @@ def run_elsewhere(
             shared.dtype or "auto",
             shared.trust_remote_code,
         )
-        return generate_on_vllm(base_ref, choices, specs, cfg, opts=opts, hub=hub, on_step=on_step, **kw)
+        prepare = functools.partial(prepare_adapters, "vllm")
+        return generate_on_vllm(
+            base_ref, choices, specs, cfg, opts=opts, prepare=prepare, hub=hub, on_step=on_step, **kw
+        )
     from adapterctl.core.serve.client import EndpointOptions
-    from adapterctl.core.serve.run import generate_on_endpoint
+    from adapterctl.core.serve.endpoint import generate_on_endpoint
 
     opts = EndpointOptions(backend.url, api_key=backend.api_key, timeout=backend.timeout)
     return generate_on_endpoint(

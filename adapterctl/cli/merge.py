@@ -156,6 +156,48 @@ QloraDoubleQuantOpt = Annotated[
 ]
 
 
+EvalDataOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--eval",
+        metavar="DATA",
+        show_default=False,
+        rich_help_panel=PANEL_OUT,
+        help="After writing, measure the merged model against the adapters attached to BASE "
+        "on DATA (as `adapterctl eval --data`): one line, and `eval` in --json. Linear merges.",
+    ),
+]
+ToOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--to",
+        metavar="safetensors|gguf",
+        help="Output format: a transformers folder (safetensors, the default) or one GGUF file "
+        "for llama.cpp and Ollama (gguf).",
+        rich_help_panel=PANEL_OUT,
+    ),
+]
+OuttypeOpt = Annotated[
+    str,
+    typer.Option(
+        "--outtype",
+        help="With --to gguf: f32, f16, bf16, q8_0 (written directly) or a llama.cpp type such as "
+        "Q4_K_M, Q5_K_M, Q6_K (through llama.cpp's llama-quantize).",
+        rich_help_panel=PANEL_OUT,
+    ),
+]
+LlamaCppOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--llama-cpp",
+        metavar="DIR",
+        help="A llama.cpp build whose llama-quantize writes --outtype types other than "
+        "f32/f16/bf16/q8_0 (default: $ADAPTERCTL_LLAMA_CPP, then PATH).",
+        rich_help_panel=PANEL_OUT,
+    ),
+]
+
+
 def merge_cmd(
     inputs: InputsOpt,
     output: OutputOpt = None,
@@ -173,46 +215,10 @@ def merge_cmd(
     tied_like_peft: TiedLikePeftOpt = False,
     qlora: QloraOpt = None,
     qlora_double_quant: QloraDoubleQuantOpt = False,
-    eval_data: Annotated[
-        str | None,
-        typer.Option(
-            "--eval",
-            metavar="DATA",
-            show_default=False,
-            rich_help_panel=PANEL_OUT,
-            help="After writing, measure the merged model against the adapters attached to BASE "
-            "on DATA (as `adapterctl eval --data`): one line, and `eval` in --json. Linear merges.",
-        ),
-    ] = None,
-    to: Annotated[
-        str | None,
-        typer.Option(
-            "--to",
-            metavar="safetensors|gguf",
-            help="Output format: a transformers folder (safetensors, the default) or one GGUF file "
-            "for llama.cpp and Ollama (gguf).",
-            rich_help_panel=PANEL_OUT,
-        ),
-    ] = None,
-    outtype: Annotated[
-        str,
-        typer.Option(
-            "--outtype",
-            help="With --to gguf: f32, f16, bf16, q8_0 (written directly) or a llama.cpp type such as "
-            "Q4_K_M, Q5_K_M, Q6_K (through llama.cpp's llama-quantize).",
-            rich_help_panel=PANEL_OUT,
-        ),
-    ] = "f16",
-    llama_cpp: Annotated[
-        Path | None,
-        typer.Option(
-            "--llama-cpp",
-            metavar="DIR",
-            help="A llama.cpp build whose llama-quantize writes --outtype types other than "
-            "f32/f16/bf16/q8_0 (default: $ADAPTERCTL_LLAMA_CPP, then PATH).",
-            rich_help_panel=PANEL_OUT,
-        ),
-    ] = None,
+    eval_data: EvalDataOpt = None,
+    to: ToOpt = None,
+    outtype: OuttypeOpt = "f16",
+    llama_cpp: LlamaCppOpt = None,
     revision: Revision = None,
     token: Token = None,
 ) -> None:

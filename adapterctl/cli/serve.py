@@ -129,9 +129,9 @@ def serve_cmd(
         [ServedAdapter(p.name, str(Path(p.path).resolve())) for p in prepared],
         limits.max_lora_rank,
         limits.max_loras,
-        host,
-        port,
-        list(extra or []),
+        host=host,
+        port=port,
+        extra=list(extra or []),
     )
     if dry_run:
         doc = {

@@ -92,7 +92,7 @@ REFUSED: dict[str, str] = {
     "alora": "aLoRA",
 }
 #: (PEFT 0.21 turns "all-linear" on MoE models into target_parameters on the fused experts and
-#: the router: applied since issue 17, core/adapter/experts.py, so no longer refused)
+#: the router: applied since issue 17, core/adapter/expert_keys.py, so no longer refused)
 #: configuration -> the name a refused merge must carry where the base cannot hold it (a lora_B
 #: bias on a layer without bias: attach adds it at run time, a checkpoint has no tensor for it)
 MERGE_REFUSED: dict[str, str] = {"lora_bias": "lora_bias"}

@@ -155,13 +155,13 @@ def test_known_model_type_with_auto_map_never_imports_the_code(tiny_models, peft
 
 
 def test_trust_remote_code_opts_in(custom_code_model, peft_adapter):
-    from adapterctl.core.runtime.model import load_base
+    from adapterctl.core.runtime.model import Placement, load_base
 
     with pytest.raises(AdapterctlError) as err:
         load_base(custom_code_model)
     assert err.value.exit_code == 2 and "auto_map" in err.value.message
     assert not (custom_code_model / "IMPORTED").exists()
-    lb = load_base(custom_code_model, trust_remote_code=True)
+    lb = load_base(custom_code_model, Placement(trust_remote_code=True))
     assert type(lb.model).__name__ == "CustomForCausalLM"  # the folder's own class, opted in
     res = invoke("attach", custom_code_model, peft_adapter("llama", r=2, target_modules=["q_proj"]),
                  "--trust-remote-code")

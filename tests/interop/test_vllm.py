@@ -105,12 +105,12 @@ def our_tokens(folders: dict[str, Path]) -> dict[str, list[list[int]]]:
     """adapterctl's own greedy tokens (float32, the engine attach and generate use)."""
     import torch
 
-    from adapterctl import attach_adapter, detach, greedy_complete, load_base
+    from adapterctl import Placement, attach_adapter, detach, greedy_complete, load_base
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        base = load_base(str(BASE), dtype="float32")
+        base = load_base(str(BASE), Placement(dtype="float32"))
         out = {}
         for name, folder in folders.items():
             attach_adapter(base.model, folder, name="x")

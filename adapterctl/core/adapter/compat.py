@@ -179,6 +179,7 @@ def check_shapes(
     b_shape: Iterable[int] | None,
     base_shape: Iterable[int],
     bias_shape: Iterable[int] | None = None,
+    *,
     layer: str | None = None,
 ) -> P.Problem | None:
     """Do lora_A / lora_B (and a lora_B bias) fit a base weight of ``base_shape``?"""

@@ -128,7 +128,7 @@ class LoraAdapterConfig:
             out.append("lora_bias")
         out += [name for key, name in UNSUPPORTED_VARIANTS.items() if self.raw.get(key)]
         if self.raw.get("target_parameters"):
-            out.append("target_parameters")  # LoRA on raw parameters, MoE experts (adapter/experts.py)
+            out.append("target_parameters")  # LoRA on raw parameters, MoE experts (adapter/expert_keys.py)
         if self.raw.get("layer_replication"):
             out.append("layer_replication")  # shared-weight layer copies (core/runtime/replicate.py)
         if self.kasa:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from adapterctl.core.adapter import compat as C
-from adapterctl.core.adapter import experts as X
+from adapterctl.core.adapter import expert_keys as X
 from adapterctl.core.adapter import prefixes as PX
 from adapterctl.core.adapter import problems as P
 from adapterctl.core.adapter.config import LoraAdapterConfig, check_lora_type, parse_adapter_config
@@ -153,7 +153,17 @@ def _module_summaries(
     spell = PX.spelling_for(_paths(check.layout), shapes) if shapes is not None else None  # text <-> VLM
     for name, mod in check.layout.modules.items():
         base_shape = _lookup_base_shape(shapes, spell(base_module_path(cfg, name))) if shapes else None
-        modules.append(_module_summary(name, mod, cfg, base_shape, model_type, header, check_values))
+        modules.append(
+            _module_summary(
+                name,
+                mod,
+                cfg,
+                base_shape=base_shape,
+                model_type=model_type,
+                header=header,
+                check_values=check_values,
+            )
+        )
     return modules
 
 
@@ -161,6 +171,7 @@ def _module_summary(
     name: str,
     mod: ModuleKeys,
     cfg: LoraAdapterConfig,
+    *,
     base_shape: tuple | None,
     model_type: str | None,
     header: SafetensorsHeader,

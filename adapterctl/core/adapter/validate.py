@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from adapterctl.core.adapter import experts as X
+from adapterctl.core.adapter import expert_keys as X
 from adapterctl.core.adapter import problems as P
 from adapterctl.core.adapter.config import (
     NEEDS_CONVERSION_INITS,
@@ -141,7 +141,7 @@ def check_tensors(
 ) -> TensorCheck:
     """Every tensor placed and consistent with the config: target_parameters LoRA, module LoRA
     (pairs, ranks, DoRA, KaSA, BD-LoRA blocks), trainable-token rows, keys nobody can place.
-    ``exists`` as in :func:`~adapterctl.core.adapter.experts.split_expert_keys`."""
+    ``exists`` as in :func:`~adapterctl.core.adapter.expert_keys.split_expert_keys`."""
     out = TensorCheck()
     if not shapes:
         out.problems.append(

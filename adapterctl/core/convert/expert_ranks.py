@@ -18,12 +18,12 @@ from dataclasses import replace
 
 import torch
 
-from adapterctl.core.adapter import experts as X
+from adapterctl.core.adapter import expert_keys as X
 from adapterctl.core.adapter.config import parse_adapter_config
 from adapterctl.core.adapter.targeting import module_scaling
 from adapterctl.core.convert.draft import AdapterDraft, ModuleReport, view_adapter
 from adapterctl.core.convert.rank_reduce import ranked_config
-from adapterctl.core.lora.experts import ExpertWeights
+from adapterctl.core.lora.expert_delta import ExpertWeights
 from adapterctl.core.lora.svd import (
     LowRankSVD,
     choose_rank,

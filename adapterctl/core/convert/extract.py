@@ -1,6 +1,6 @@
 """Extract a LoRA adapter from a fully fine-tuned model: truncated SVD of ΔW = W_ft − W_base per
 weight matrix, streamed tensor by tensor (memory bounded by one matrix pair), randomised SVD for
-large matrices (core/svd.py). Changed tensors that are no weight matrix (norms, biases of
+large matrices (core/lora/svd.py). Changed tensors that are no weight matrix (norms, biases of
 unadapted modules, embeddings with new rows) become ``modules_to_save`` or are skipped.
 
 Scaling: r = --rank (or the most common rank), lora_alpha = r, ranks below as full-path
@@ -50,6 +50,7 @@ def extract_adapter(
     base_dir: str | Path,
     ft_dir: str | Path,
     rank: int,
+    *,
     energy: float | None = None,
     skip_unfactorable: bool = False,
     base_name: str | None = None,
@@ -68,9 +69,15 @@ def extract_adapter(
     with CheckpointReader(base_files) as base, CheckpointReader(ft_files) as ft:
         tied = tied_embeddings(ft_files.config)  # as transformers decides
         conv1d = (ft_files.model_type or "") in CONV1D_MODEL_TYPES
-        scan = _scan(base, ft, rank, energy, conv1d, tied, progress)
+        scan = _scan(base, ft, rank, energy=energy, conv1d=conv1d, tied=tied, progress=progress)
         config, tensors = _assemble(
-            scan, ft, rank, conv1d, skip_unfactorable, ft_files.config, base_name or str(base_dir)
+            scan,
+            ft,
+            rank=rank,
+            conv1d=conv1d,
+            skip=skip_unfactorable,
+            model_config=ft_files.config,
+            base_name=base_name or str(base_dir),
         )
     notes = tuple(
         f"{p}: changed but not factored ({why})"
@@ -86,6 +93,7 @@ def _scan(
     base: CheckpointReader,
     ft: CheckpointReader,
     rank: int,
+    *,
     energy: float | None,
     conv1d: bool,
     tied: bool,
@@ -145,7 +153,14 @@ def _targets(scan: _Scan) -> list[str]:
 
 
 def _assemble(
-    scan: _Scan, ft: CheckpointReader, rank: int, conv1d: bool, skip: bool, model_config: dict, base_name: str
+    scan: _Scan,
+    ft: CheckpointReader,
+    *,
+    rank: int,
+    conv1d: bool,
+    skip: bool,
+    model_config: dict,
+    base_name: str,
 ) -> tuple[dict, dict]:
     if not scan.svds:
         raise UsageError(

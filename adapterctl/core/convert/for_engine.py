@@ -29,7 +29,7 @@ import torch
 
 from adapterctl.core.adapter.config import parse_adapter_config
 from adapterctl.core.adapter.targeting import module_scaling
-from adapterctl.core.convert import engine_extras as X
+from adapterctl.core.convert import engine_extras as extras
 from adapterctl.core.convert import full_rank as FR
 from adapterctl.core.convert.draft import AdapterDraft, ModuleReport
 from adapterctl.core.convert.engine_work import PREFIX, ForEngine, Work
@@ -79,10 +79,10 @@ def convert_for_engine(draft: AdapterDraft, req: ForEngine) -> AdapterDraft:
         _drop_training_only(work)
         if work.view.config.use_dora and not caps.dora:
             _dora_to_lora(work)
-        X.lora_biases(work, caps)
-        X.full_tensors(work, caps)
-        X.trainable_tokens(work, caps)
-        X.unservable_modules(work, caps)
+        extras.lora_biases(work, caps)
+        extras.full_tensors(work, caps)
+        extras.trainable_tokens(work, caps)
+        extras.unservable_modules(work, caps)
         if caps.all_layers:
             _fill_layers(work)
         _cap_ranks(work, caps)

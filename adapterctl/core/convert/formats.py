@@ -55,8 +55,8 @@ def run_format_convert(req, steps: Callable, progress=None):
     """Execute a request that reads or writes another engine's format."""
     from dataclasses import replace
 
-    from adapterctl.core.convert import draft as C
     from adapterctl.core.convert.cast import cast_draft
+    from adapterctl.core.convert.draft import write_draft
 
     draft = _read_source(req, progress)
     if not (req.from_format or req.extract_base):
@@ -87,7 +87,7 @@ def run_format_convert(req, steps: Callable, progress=None):
         return export_mlx(draft, mlx_base, req.output, req.force, inputs=req.inputs())
     if req.dtype:
         draft = cast_draft(draft, req.dtype)
-    return C.write_draft(draft, req.output, req.force, inputs=req.inputs())
+    return write_draft(draft, req.output, req.force, inputs=req.inputs())
 
 
 #: the engine whose rules a --to format must satisfy (core/engine_rules)
@@ -121,7 +121,7 @@ def _for_target_engine(draft, req):
 
 
 def _read_source(req, progress):
-    from adapterctl.core.convert import draft as C
+    from adapterctl.core.convert.draft import read_draft
 
     if req.from_format == "gguf":
         from adapterctl.core.convert.gguf import draft_from_gguf
@@ -141,12 +141,12 @@ def _read_source(req, progress):
             req.extract_base,
             req.source,
             req.rank,
-            req.energy,
-            req.skip_unfactorable,
+            energy=req.energy,
+            skip_unfactorable=req.skip_unfactorable,
             base_name=req.base_name,
             progress=progress,
         )
-    return C.read_draft(req.source, req.source_name)
+    return read_draft(req.source, req.source_name)
 
 
 def _is_mutated(draft) -> bool:

@@ -137,8 +137,8 @@ def check_request(req: ConvertRequest) -> None:
 
 def run_convert(req: ConvertRequest, progress: Callable[[str, int, int], None] | None = None):
     """Execute ``req`` and return the ConvertResult of the written adapter."""
-    from adapterctl.core.convert import draft as C
     from adapterctl.core.convert.cast import cast_draft
+    from adapterctl.core.convert.draft import read_draft, write_draft
 
     check_request(req)
     check_output(req.output, req.inputs(), "OUT", is_file=req.to == "gguf")  # before any work
@@ -153,13 +153,13 @@ def run_convert(req: ConvertRequest, progress: Callable[[str, int, int], None] |
             req.extract_base,
             req.source,
             req.rank,
-            req.energy,
-            req.skip_unfactorable,
+            energy=req.energy,
+            skip_unfactorable=req.skip_unfactorable,
             base_name=req.base_name,
             progress=progress,
         )
     else:
-        draft = C.read_draft(req.source, req.source_name, req.engines, experts_ok=True)
+        draft = read_draft(req.source, req.source_name, req.engines, experts_ok=True)
         draft = _convert_steps(draft, req)
     if req.engines:
         from adapterctl.core.convert.for_engine import ForEngine, convert_for_engine
@@ -179,15 +179,15 @@ def run_convert(req: ConvertRequest, progress: Callable[[str, int, int], None] |
         draft = cast_draft(draft, req.dtype)
     elif req.to_safetensors and not draft.steps:
         draft = replace(draft, steps=("to-safetensors",))
-    return C.write_draft(draft, req.output, req.force, inputs=req.inputs())
+    return write_draft(draft, req.output, req.force, inputs=req.inputs())
 
 
 def _convert_steps(draft, req: ConvertRequest):
-    from adapterctl.core.convert import draft as C
     from adapterctl.core.convert import mutated as M
+    from adapterctl.core.convert.draft import read_draft
 
     if req.init:
-        init = C.read_draft(req.init)
+        init = read_draft(req.init)
         draft = M.convert_mutated(draft, M.init_factors_from_adapter(init), init.source)
     elif req.base and (not req.engines or _init_kind(draft) in BASE_MUTATING_INITS):
         factors = M.init_factors_from_base(draft, req.base, req.base_name)

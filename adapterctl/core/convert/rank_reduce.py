@@ -1,4 +1,4 @@
-"""Rank reduction: truncated SVD of each module's ΔW = s·B A without forming ΔW (core/svd.py).
+"""Rank reduction: truncated SVD of each module's ΔW = s·B A without forming ΔW (core/lora/svd.py).
 
 Alpha handling (the choice, and why): the new config keeps ``lora_alpha``, ``alpha_pattern`` and
 ``use_rslora`` unchanged and writes the new ranks as ``r`` (the most common rank, ties to the

@@ -72,7 +72,7 @@ class AdapterFacts:
     base: BaseInfo | None = None
     #: token ids of the folder's added_tokens.json (tokens added to the vocabulary in training)
     added_token_ids: tuple[int, ...] = ()
-    #: ``module.param`` of each target_parameters LoRA (MoE experts; core/adapter/experts.py)
+    #: ``module.param`` of each target_parameters LoRA (MoE experts; core/adapter/expert_keys.py)
     experts: tuple[str, ...] = ()
 
     @property

@@ -23,7 +23,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from adapterctl.core.adapter import experts as X
+from adapterctl.core.adapter import expert_keys as X
 from adapterctl.core.adapter.base_info import is_embedding_name, is_lm_head_name, module_name
 from adapterctl.core.adapter.config import BASE_MUTATING_INITS, RECOMPUTABLE_INITS
 from adapterctl.core.engine_rules.facts import AdapterFacts, FullTensor, ModuleFacts, layer_of

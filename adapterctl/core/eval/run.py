@@ -34,6 +34,7 @@ def run_eval(
     base_ref: str | None,
     adapter: AdapterChoice | list[AdapterChoice],
     variants: list[VariantSpec],
+    *,
     data: str | None = None,
     prompts: list[tuple[str, str]] | None = None,
     options: EvalOptions = EvalOptions(),

@@ -1,4 +1,4 @@
-"""``generate`` as a library call: open a generation (the one loader, :mod:`engine.session`, plus
+"""``generate`` as a library call: open a generation (the one loader, :mod:`adapterctl.core.runtime.session`, plus
 the adapters a prompts file names and a router for rows), run it (once, or once per variant with
 ``compare``), and get a :class:`GenerateReport`, the command's JSON document.
 
@@ -80,6 +80,7 @@ def open_generation(
     base_ref: str | None,
     choices: Sequence[AdapterChoice],
     specs: Sequence[PromptSpec] = (),
+    *,
     placement: Placement = Placement(),
     hub: HubOptions | None = None,
     fold: bool = True,

@@ -1,5 +1,5 @@
 """Greedy completions for ``attach --prompt`` and the public API, in attach's JSON shape; the
-decoding itself is generate's (core/generation.py)."""
+decoding itself is generate's (core/generate/loop.py)."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ class Completion:
 
 def greedy_complete(model, tokenizer, prompts: list[str], max_new_tokens: int = 32) -> list[Completion]:
     """Greedy completions, one prompt per batch row (no padding effects), stopping at EOS: the
-    decoder of ``generate`` (core/generation.py) with its defaults, reduced to attach's shape."""
+    decoder of ``generate`` (core/generate/loop.py) with its defaults, reduced to attach's shape."""
     from adapterctl.core.generate.decoding import DecodingConfig
     from adapterctl.core.generate.loop import generate_completions
     from adapterctl.core.generate.prompts import BASE_KEY, PromptSpec

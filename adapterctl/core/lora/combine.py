@@ -116,7 +116,7 @@ def _check_combinable(adapters: list[LoadedAdapter]) -> None:
                 "adapter cannot describe",
                 hint="Merge it into the base model instead.",
             )
-        if ad.experts:  # their r·E factors and nested keys are not module LoRA (lora/experts.py)
+        if ad.experts:  # their r·E factors and nested keys are not module LoRA (lora/expert_delta.py)
             raise UnsupportedError(
                 f"{ad.source}: target_parameters (MoE expert) LoRA cannot be combined into a new adapter yet",
                 hint="Merge it into the base model instead (adapterctl merge).",

@@ -22,7 +22,7 @@ from adapterctl.core.adapter.problems import raise_first_error
 from adapterctl.core.adapter.targeting import module_scaling
 from adapterctl.core.adapter.validate import check_tensors, config_problems, token_indices, weights_problems
 from adapterctl.core.adapter.variants import block_diagonal_factor
-from adapterctl.core.lora.experts import ExpertWeights, build_experts
+from adapterctl.core.lora.expert_delta import ExpertWeights, build_experts
 from adapterctl.errors import InvalidAdapterError, UsageError
 from adapterctl.io.folders.adapter_dir import AdapterFiles, locate_adapter_files
 
@@ -57,7 +57,7 @@ class LoadedAdapter:
     replacements: dict[str, torch.Tensor] = field(default_factory=dict)
     #: embedding module path -> (token indices, replacement rows (len(indices), dim))
     trainable_tokens: dict[str, tuple[list[int], torch.Tensor]] = field(default_factory=dict)
-    #: ``module.param`` -> target_parameters LoRA (fused MoE experts; core/lora/experts.py)
+    #: ``module.param`` -> target_parameters LoRA (fused MoE experts; core/lora/expert_delta.py)
     experts: dict[str, ExpertWeights] = field(default_factory=dict)
 
     @property

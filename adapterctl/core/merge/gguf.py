@@ -264,10 +264,12 @@ def write_gguf(
             finally:
                 Path(name).unlink(missing_ok=True)
         size = tmp.stat().st_size
-    return _result(job, target, dest, merged, size, str(dev), time.monotonic() - start)
+    return _result(
+        job, target, dest, merged=merged, size=size, dev=str(dev), seconds=time.monotonic() - start
+    )
 
 
-def _result(job, target: GGUFTarget, dest: Path, merged: int, size: int, dev: str, seconds: float):
+def _result(job, target: GGUFTarget, dest: Path, *, merged: int, size: int, dev: str, seconds: float):
     vocab = read_bpe_vocab(job.files.root, target.facts.config["vocab_size"])
     types = Counter(t.qtype for t in target.tensors) if target.quantize is None else {}
     notes = []

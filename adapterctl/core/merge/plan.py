@@ -27,10 +27,10 @@ from adapterctl.core.adapter.problems import as_error
 from adapterctl.core.adapter.targeting import in_modules_to_save
 from adapterctl.core.adapter.variants import layer_map
 from adapterctl.core.lora.combine import check_combination
-from adapterctl.core.lora.experts import ExpertOp
+from adapterctl.core.lora.expert_delta import ExpertOp
 from adapterctl.core.lora.loaded import LoadedAdapter, LoraWeights, load_adapter
 from adapterctl.core.lora.remap import map_to_checkpoint
-from adapterctl.core.merge.experts import add_expert_ops
+from adapterctl.core.merge.expert_slices import add_expert_ops
 from adapterctl.core.merge.qlora import QloraPlan, plan_qlora
 from adapterctl.core.merge.replicated import replicate_entries
 from adapterctl.core.merge.tied import find_tie, split_tied
@@ -81,7 +81,7 @@ class TensorTask:
     bias_loras: tuple[LoraOp, ...] = ()
     tokens: tuple[tuple[int, list[int], torch.Tensor], ...] = ()
     copy: tuple[int, torch.Tensor] | None = None  # a modules_to_save copy: the output, as a whole
-    experts: tuple[ExpertOp, ...] = ()  # target_parameters: expert slices (core/merge/experts.py)
+    experts: tuple[ExpertOp, ...] = ()  # target_parameters: expert slices (core/merge/expert_slices.py)
 
     @property
     def changed(self) -> bool:
@@ -235,7 +235,7 @@ def _add_loras(
 
 
 def _add_extras(
-    i: int, ad: LoadedAdapter, index: KeyIndex, shapes: dict, tie, ops: dict, like_peft: bool
+    i: int, ad: LoadedAdapter, index: KeyIndex, shapes: dict, tie, ops: dict, *, like_peft: bool
 ) -> None:
     for param, t in ad.replacements.items():
         key = index.find(param)
@@ -438,7 +438,7 @@ def plan_merge(
     for i, ad in enumerate(adapters):
         _add_loras(i, ad, index, shapes, files.model_type, ops)
         add_expert_ops(i, ad, shapes, files.model_type, ops)
-        _add_extras(i, ad, index, shapes, tie, ops, options.tied_like_peft)
+        _add_extras(i, ad, index, shapes, tie, ops, like_peft=options.tied_like_peft)
     base_dtype = base_float_dtype(stored)
     out_dtype = torch_dtype(options.dtype) if options.dtype else base_dtype
     tasks, untie = build_tasks(entries, ops, out_dtype, adapters, tie, options.tied_like_peft)

@@ -24,7 +24,7 @@ import torch
 from adapterctl.core.adapter.compat import LayerKind
 from adapterctl.core.lora.combine import combine_deltas, module_generator
 from adapterctl.core.lora.delta import delta_weight, fold_lora, fold_lora_bias, mutated_init
-from adapterctl.core.lora.experts import apply_expert_ops
+from adapterctl.core.lora.expert_delta import apply_expert_ops
 from adapterctl.core.merge.card import merged_card
 from adapterctl.core.merge.plan import MergeJob, TensorTask
 from adapterctl.core.merge.qlora import qlora_weight
@@ -168,7 +168,7 @@ def merge_tensor(
     if task.loras:
         cur = _apply_loras(cur, base0, task, job, device)
     weights = job.options.weights or (1.0,) * len(job.adapters)
-    if task.experts:  # target_parameters: each expert's slice (core/lora/experts.py)
+    if task.experts:  # target_parameters: each expert's slice (core/lora/expert_delta.py)
         cur = apply_expert_ops(cur, task.experts, W.dtype, weights, device)
     for op in task.bias_loras:
         cur = fold_lora_bias(cur, op.weights, weights[op.adapter], device)
@@ -286,7 +286,7 @@ def _stream(job: MergeJob, folder: Path, device: torch.device, on_progress: Prog
             ShardWriter(folder, job.shard_plan, {"merged_by": "adapterctl"}) as writer,
             ThreadPoolExecutor(max_workers=WORKERS) as pool,
         ):
-            _run(tasks, pool, readers, writer, job, device, on_progress)
+            _run(tasks, pool, readers, writer, job, device=device, on_progress=on_progress)
             writer.finish()
     finally:
         readers.close()  # after the pool's exit: no worker uses them any more
@@ -299,6 +299,7 @@ def _run(
     readers: _Readers,
     writer: ShardWriter,
     job: MergeJob,
+    *,
     device: torch.device,
     on_progress: Progress | None,
 ) -> None:

@@ -27,7 +27,7 @@ from adapterctl.core.adapter.config import RANDOMISED_INITS, RECOMPUTABLE_INITS,
 from adapterctl.core.adapter.variants import layer_map
 from adapterctl.core.lora.delta import mutated_init
 from adapterctl.core.lora.loaded import LoadedAdapter, load_adapter
-from adapterctl.core.runtime.experts import ExpertsWrapper, inject_experts, plan_experts
+from adapterctl.core.runtime.expert_wrapper import ExpertsWrapper, inject_experts, plan_experts
 from adapterctl.core.runtime.fit import find_module, find_param, plan_fit, require_float_base, unwrap
 from adapterctl.core.runtime.layers import (
     BASE_ROW,

@@ -14,7 +14,7 @@ from adapterctl.core.adapter import compat as C
 from adapterctl.core.adapter.problems import Problem
 from adapterctl.core.adapter.targeting import select_targets
 from adapterctl.core.lora.loaded import LoadedAdapter, LoraWeights
-from adapterctl.core.runtime.experts import ExpertsWrapper
+from adapterctl.core.runtime.expert_wrapper import ExpertsWrapper
 from adapterctl.core.runtime.layers import LoraWrapper, layer_kind, lora_base_shape
 from adapterctl.core.runtime.wrappers import SavedModuleWrapper, TokenRowsWrapper
 from adapterctl.errors import IncompatibleBaseError, UnsupportedError
@@ -72,7 +72,7 @@ def check_module(path: str, w: LoraWeights, base: nn.Module | None) -> Problem |
             w.B.shape,
             lora_base_shape(base, kind),
             None if w.bias is None else w.bias.shape,
-            layer,
+            layer=layer,
         )
     return problem
 

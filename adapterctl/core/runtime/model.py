@@ -133,20 +133,35 @@ def device_summary(model) -> dict[str, int]:
     return counts
 
 
+@dataclass(frozen=True)
+class Placement:
+    """How a base is loaded: its dtype, where its layers go (``device_map``, ``max_memory``,
+    ``offload_folder``), its quantization, and whether transformers may import the model
+    repo's own code (off by default)."""
+
+    dtype: str = "auto"
+    device_map: str | dict | None = None
+    max_memory: str | dict | None = None
+    offload_folder: str | None = None
+    quantize: str | None = None
+    trust_remote_code: bool = False  # let transformers import the model repo's own code
+
+
 def load_base(
     path_or_ref: str | Path,
-    dtype: str = "auto",
-    device_map=None,
-    max_memory=None,
-    offload_folder: str | Path | None = None,
-    quantize: str | None = None,
+    placement: Placement = Placement(),
+    *,
     hub: HubOptions | None = None,
     tokenizer: bool = True,
-    trust_remote_code: bool = False,
 ) -> LoadedBase:
-    """Load a transformers causal LM (safetensors, sharded or not) and its tokenizer.
-
-    ``trust_remote_code`` (off by default) lets transformers import the model's own Python code."""
+    """Load a transformers causal LM (safetensors, sharded or not) and its tokenizer, placed as
+    ``placement`` says."""
+    dtype, quantize, trust_remote_code = placement.dtype, placement.quantize, placement.trust_remote_code
+    device_map, max_memory, offload_folder = (
+        placement.device_map,
+        placement.max_memory,
+        placement.offload_folder,
+    )
     folder = resolve_model_dir(path_or_ref, hub)
     files = locate_model_files(folder, str(path_or_ref))
     check_remote_code(files.config, trust_remote_code, str(path_or_ref))

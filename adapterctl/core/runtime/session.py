@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from adapterctl.core.adapter.base_info import default_base
+from adapterctl.core.runtime.model import Placement
 from adapterctl.errors import NotFoundError, UsageError
 from adapterctl.io.formats.classify import ADAPTER, classify_folder
 from adapterctl.io.hub.ref import HubOptions
@@ -25,16 +26,6 @@ from adapterctl.io.hub.resolve import resolve_adapter_dir, resolve_model_dir
 #: Names an adapter never gets from the naming rule: the engine's and generate's "no adapter"
 #: row key, and what a prompts file writes for the base model alone.
 RESERVED_NAMES = ("__base__", "base")
-
-
-@dataclass(frozen=True)
-class Placement:
-    dtype: str = "auto"
-    device_map: str | dict | None = None
-    max_memory: str | dict | None = None
-    offload_folder: str | None = None
-    quantize: str | None = None
-    trust_remote_code: bool = False  # let transformers import the model repo's own code
 
 
 @dataclass(frozen=True)
@@ -188,6 +179,7 @@ def _choices(adapters: Sequence[str | AdapterChoice], names, weights) -> list[Ad
 def open_session(
     base_ref: str | None,
     adapters: Sequence[str | AdapterChoice],
+    *,
     names: list[str] | None = None,
     weights: list[float] | None = None,
     placement: Placement = Placement(),
@@ -213,16 +205,7 @@ def open_session(
     precheck_base(base_dir, base_ref, loaded)
     step(f"loading base {base_ref}")
     t0 = time.perf_counter()
-    lb = load_base(
-        base_dir,
-        placement.dtype,
-        placement.device_map,
-        placement.max_memory,
-        placement.offload_folder,
-        placement.quantize,
-        hub=base_hub(hub),
-        trust_remote_code=placement.trust_remote_code,
-    )
+    lb = load_base(base_dir, placement, hub=base_hub(hub))
     session = Session(lb, load_seconds=time.perf_counter() - t0, base_ref=base_ref)
     t1 = time.perf_counter()
     for la, c, d in zip(loaded, choices, dirs):

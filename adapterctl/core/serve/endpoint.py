@@ -9,6 +9,7 @@ server (vLLM, SGLang, llama.cpp's server, LoRAX, TGI).
 - Requests run ``concurrency`` at a time (one prompt each: per-prompt ``max_new_tokens`` and
   adapters); JSONL results go out as they come. When a request fails for good, no new ones are
   sent, those in flight are collected, and the result carries the error with what was made.
+- One adapter per request: a weighted combination is refused before anything is sent.
 - Greedy is ``temperature: 0``; logprobs are the server's ``token_logprobs`` (vLLM's default
   logprobs mode is the raw model's log-softmax, as ours); token ids come with vLLM's
   ``return_token_ids`` (None where a server returns text only); vLLM's ``stop_reason`` tells a
@@ -23,12 +24,23 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from adapterctl.core.generate.prompts import PromptSpec
+from adapterctl.core.generate.jobs import (
+    Job,
+    check_one_adapter_per_request,
+    interrupted_completion,
+    plan_jobs,
+    split_runs,
+)
+from adapterctl.core.generate.prompts import BASE_KEY, DEFAULT_KEY, PromptSpec
 from adapterctl.core.generate.results import Completion, DecodingConfig, GenerationResult
-from adapterctl.core.serve.client import Client
-from adapterctl.core.serve.jobs import Job, interrupted_completion, plan_jobs, split_runs
+from adapterctl.core.serve.client import Client, EndpointOptions
 from adapterctl.errors import AdapterctlError, EndpointError, NotFoundError, UsageError
+
+if TYPE_CHECKING:
+    from adapterctl.core.generate.run import GenerateReport
+    from adapterctl.core.runtime.session import AdapterChoice
 
 MODE = "endpoint"
 
@@ -344,3 +356,71 @@ class EndpointRun:
         if error is not None and not isinstance(error, AdapterctlError):
             raise error  # a bug: the CLI reports it as one
         return done, False, error
+
+
+@dataclass(frozen=True)
+class ServedRef:
+    """An adapter as the server serves it: its served name, what was given, its path there."""
+
+    name: str
+    source: str
+    path: str | None
+    warnings: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name,
+            "source": self.source,
+            "path": self.path,
+            "weight": 1.0,
+            "warnings": list(self.warnings),
+        }
+
+
+def generate_on_endpoint(
+    opts: EndpointOptions,
+    base_ref: str | None,
+    model: str | None,
+    choices: Sequence[AdapterChoice],
+    specs: Sequence[PromptSpec],
+    cfg: DecodingConfig,
+    *,
+    concurrency: int = 8,
+    compare: bool = False,
+    chat: bool = False,
+    system: str | None = None,
+    on_complete: Callable[[Completion], None] | None = None,
+) -> GenerateReport:
+    """``generate --endpoint`` as a library call: the prompts on the server's engine, adapters by
+    their served names, the same report as our own engine's."""
+    from adapterctl.core.generate.run import GenerateReport
+
+    choices = list(choices)
+    check_one_adapter_per_request([c.weight for c in choices], compare, "an endpoint")
+    if concurrency < 1:
+        raise UsageError(f"--concurrency must be at least 1, got {concurrency}")
+    client = Client(opts)
+    models = list_models(client)
+    refs = list(
+        dict.fromkeys(
+            [c.ref for c in choices] + [s.adapter for s in specs if s.adapter not in (DEFAULT_KEY, BASE_KEY)]
+        )
+    )
+    names = resolve_names(models, client.root, model, base_ref, refs)
+    run = EndpointRun(client, names, concurrency, chat=chat, system=system)
+    chosen = [c.ref for c in choices]
+    results = run.generate(
+        specs,
+        cfg,
+        default=chosen[0] if chosen and not compare else None,
+        compare=chosen if compare else None,
+        on_complete=on_complete,
+    )
+    roots = {m.id: m.root for m in models or []}
+    served = {names.adapters[r]: r for r in refs}
+    adapters = tuple(
+        ServedRef(n, r, roots.get(n), tuple(filter(None, [names.notes.get(n)]))) for n, r in served.items()
+    )
+    return GenerateReport(
+        names.base, adapters, tuple(results), compare, tuple(names.adapters[r] for r in chosen)
+    )

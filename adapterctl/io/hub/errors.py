@@ -71,49 +71,49 @@ def _chain(err: BaseException):
 
 
 def translate(err: Exception, repo_id: str, revision: str | None, hub, action: str) -> AdapterctlError | None:
-    from huggingface_hub import errors as E
+    from huggingface_hub import errors as hf_errors
 
     rev = revision or "main"
     endpoint = endpoint_of(hub)
-    if isinstance(err, E.HFValidationError):
+    if isinstance(err, hf_errors.HFValidationError):
         return UsageError(
             f"{repo_id}: not a valid Hub repo id or revision ({_first_line(err)})",
             hint="A Hub id is user/repo, letters, digits, '-', '_' and '.' "
             "(no '--' or '..'); a local folder must exist.",
         )
-    if isinstance(err, E.GatedRepoError):
+    if isinstance(err, hf_errors.GatedRepoError):
         return HubError(
             f"{repo_id}: gated repo; your account has not been granted access",
             hint=f"Request access on {endpoint}/{repo_id}. {LOGIN_HINT}",
         )
-    if isinstance(err, E.RepositoryNotFoundError):
+    if isinstance(err, hf_errors.RepositoryNotFoundError):
         return NotFoundError(
             f"{repo_id}: no such repo on {endpoint} (or it is private and your token cannot see it)",
             hint=f"Check the id (user/repo). For a private repo: {LOGIN_HINT}",
         )
-    if isinstance(err, E.RevisionNotFoundError):
+    if isinstance(err, hf_errors.RevisionNotFoundError):
         return NotFoundError(
             f"{repo_id}: no revision {rev!r}",
             hint="Check the branch, tag or commit (--revision or user/repo@rev).",
         )
-    if isinstance(err, E.LocalEntryNotFoundError):
+    if isinstance(err, hf_errors.LocalEntryNotFoundError):
         return NotFoundError(
             f"{repo_id}@{rev}: not in the local cache and the Hub was not asked (offline)",
             hint="Run once online, or unset HF_HUB_OFFLINE.",
         )
-    if isinstance(err, E.EntryNotFoundError):
+    if isinstance(err, hf_errors.EntryNotFoundError):
         return NotFoundError(
             f"{repo_id}@{rev}: file not found in the repo ({_first_line(err)})",
             hint="Check the id and revision.",
         )
-    if isinstance(err, E.OfflineModeIsEnabled):
+    if isinstance(err, hf_errors.OfflineModeIsEnabled):
         return HubError(
             f"{repo_id}@{rev}: needs the Hub but HF_HUB_OFFLINE=1",
             hint="Unset HF_HUB_OFFLINE, or run once online to fill the cache.",
         )
-    if isinstance(err, E.LocalTokenNotFoundError):
+    if isinstance(err, hf_errors.LocalTokenNotFoundError):
         return HubError(f"{action} {repo_id}: no Hub token found", hint=LOGIN_HINT)
-    if isinstance(err, E.HfHubHTTPError):
+    if isinstance(err, hf_errors.HfHubHTTPError):
         return _http_error(err, repo_id, rev, endpoint, action)
     if is_network_error(err) and not _never_connected(err):
         return HubError(

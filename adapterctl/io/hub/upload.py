@@ -58,7 +58,7 @@ def remote_files(repo_id: str, revision: str | None, hub) -> RemoteFiles:
     """One request, never retried: what ``repo_id`` holds at ``revision`` (default main). Offline
     (HF_HUB_OFFLINE=1) or unreachable, the answer comes at once: not compared, and why; a dry
     run goes on without the remote instead of waiting on the client's retries."""
-    from huggingface_hub import errors as E
+    from huggingface_hub import errors as hf_errors
 
     rev = revision or "main"
     if is_offline():
@@ -72,9 +72,9 @@ def remote_files(repo_id: str, revision: str | None, hub) -> RemoteFiles:
                 f"cannot reach {endpoint_of(hub)} ({type(err).__name__}): the remote "
                 f"{repo_id}@{rev} was not compared",
             )
-        if isinstance(err, (E.RepositoryNotFoundError, E.RevisionNotFoundError)) and not isinstance(
-            err, E.GatedRepoError
-        ):
+        if isinstance(
+            err, (hf_errors.RepositoryNotFoundError, hf_errors.RevisionNotFoundError)
+        ) and not isinstance(err, hf_errors.GatedRepoError):
             return RemoteFiles(frozenset())
         with hub_call(repo_id, rev, hub, "read"):
             raise
@@ -83,7 +83,7 @@ def remote_files(repo_id: str, revision: str | None, hub) -> RemoteFiles:
 
 def fetch_card(repo_id: str, revision: str | None, hub) -> str | None:
     """The README.md on the Hub, or None when the repo, revision or file does not exist yet."""
-    from huggingface_hub import errors as E
+    from huggingface_hub import errors as hf_errors
 
     if is_offline():
         return None  # offline dry run: the card starts from the folder's README or a new one
@@ -91,8 +91,12 @@ def fetch_card(repo_id: str, revision: str | None, hub) -> str | None:
     with hub_call(repo_id, revision, hub, "read"), client_output(hub):
         try:
             path = api.hf_hub_download(repo_id, "README.md", revision=revision or "main", cache_dir=_cache())
-        except (E.RepositoryNotFoundError, E.RevisionNotFoundError, E.EntryNotFoundError) as err:
-            if isinstance(err, E.GatedRepoError):
+        except (
+            hf_errors.RepositoryNotFoundError,
+            hf_errors.RevisionNotFoundError,
+            hf_errors.EntryNotFoundError,
+        ) as err:
+            if isinstance(err, hf_errors.GatedRepoError):
                 raise
             return None
     return Path(path).read_text(encoding="utf-8")

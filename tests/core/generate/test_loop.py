@@ -327,7 +327,7 @@ def test_quantized_base_runs_unmerged_and_mixed_like_peft(bnb_llama, tmp_path):
     (stacked ranks on Linear4bit) equals each adapter alone and PEFT's adapter_names."""
     from peft import PeftModel
 
-    from adapterctl.core.runtime.model import load_base
+    from adapterctl.core.runtime.model import Placement, load_base
     from tests.conftest import make_peft_adapter
     from tests.core.runtime.test_attach import load_hf
     from tests.core.runtime.test_placement import _bnb_config
@@ -335,7 +335,7 @@ def test_quantized_base_runs_unmerged_and_mixed_like_peft(bnb_llama, tmp_path):
     folders = {f"a{i}": make_peft_adapter(bnb_llama, tmp_path / f"a{i}", seed=i, r=4,
                                           target_modules=["q_proj", "v_proj", "down_proj"])
                for i in range(2)}
-    lb = load_base(bnb_llama, dtype="float32", quantize="nf4")
+    lb = load_base(bnb_llama, Placement(dtype="float32", quantize="nf4"))
     router = attach(lb.model, folders, default={"a0": 1.0}, fold=True)
     single = run(lb.model, lb.tokenizer, router=router)
     assert single.mode == "unmerged"

@@ -4,7 +4,7 @@ loaded adapter, shared by our engine's router and by generate --engine vllm / --
 import pytest
 
 from adapterctl.core.generate.prompts import PromptSpec, adapter_lookup, named_adapter
-from adapterctl.core.serve.jobs import plan_jobs
+from adapterctl.core.generate.jobs import plan_jobs
 from adapterctl.errors import UsageError
 
 

@@ -49,7 +49,7 @@ def test_engine_fold_and_merge_write_the_same_bits(tiny_models, peft_adapter, tm
     """One kernel: folding attached adapters (weights 0.5 / 0.7) gives bit-identical float32 weights
     and biases to the streamed merge, for DoRA layers and lora_B biases."""
     from adapterctl.core.runtime.attach import attach_adapter, fold, set_active
-    from adapterctl.core.runtime.model import load_base
+    from adapterctl.core.runtime.model import Placement, load_base
     from adapterctl.core.merge.plan import MergeOptions, load_adapters, plan_merge
     from adapterctl.core.merge.write import execute_merge
 
@@ -60,7 +60,7 @@ def test_engine_fold_and_merge_write_the_same_bits(tiny_models, peft_adapter, tm
                      MergeOptions(weights=weights))
     execute_merge(job, tmp_path / "merged", device="cpu")
     merged = load_file(str(tmp_path / "merged" / "model.safetensors"))
-    model = load_base(tiny_models["qwen2"], dtype="float32", tokenizer=False).model
+    model = load_base(tiny_models["qwen2"], Placement(dtype="float32"), tokenizer=False).model
     attach_adapter(model, dora, name="d")
     attach_adapter(model, biased, name="b")
     set_active(model, {"d": weights[0], "b": weights[1]})

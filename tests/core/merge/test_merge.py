@@ -246,12 +246,12 @@ def test_dry_run_plan_lists_touched_tensors(tiny_models, peft_adapter):
 def test_weighted_dora_merge_equals_the_attached_model(tiny_models, peft_adapter, tmp_path, weight):
     """attach/generate and merge agree on what a weight means for DoRA (and for plain LoRA)."""
     from adapterctl.core.runtime.attach import attach_adapter
-    from adapterctl.core.runtime.model import load_base
+    from adapterctl.core.runtime.model import Placement, load_base
 
     dora = peft_adapter("llama", r=4, target_modules=["q_proj", "v_proj"], use_dora=True)
     plain = peft_adapter("llama", seed=3, r=2, target_modules=["q_proj", "o_proj"])
     ours(tiny_models["llama"], [dora, plain], tmp_path / "out", weights=(weight, 0.7))
-    base = load_base(tiny_models["llama"], dtype="float32")
+    base = load_base(tiny_models["llama"], Placement(dtype="float32"))
     attach_adapter(base.model, dora, name="d", weight=weight)
     attach_adapter(base.model, plain, name="p", weight=0.7)
     ids = torch.tensor([[0, 5, 9, 42, 7, 3]])

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from adapterctl.core.runtime.attach import attach_adapter
-from adapterctl.core.runtime.model import load_base
+from adapterctl.core.runtime.model import Placement, load_base
 from tests.core.runtime.test_attach import greedy, load_hf, logits, peft_model
 from tests.helpers import invoke, max_abs_diff
 
@@ -21,7 +21,7 @@ from tests.helpers import invoke, max_abs_diff
 def test_attach_equals_peft_on_the_dequantized_base(name, dtype, quant_base, peft_adapter):
     qdir, dense = quant_base(name)
     adapter = peft_adapter("llama", r=4, target_modules="all-linear")
-    lb = load_base(qdir, dtype=dtype)
+    lb = load_base(qdir, Placement(dtype=dtype))
     assert lb.dtype == dtype and not hasattr(lb.model.config, "quantization_config")
     attach_adapter(lb.model, adapter)
     ref = peft_model(load_hf(dense, dtype=getattr(torch, dtype)), adapter)
@@ -34,7 +34,7 @@ def test_attach_on_an_mxfp4_gpt_oss(gpt_oss, tmp_path):
 
     qdir, dense = gpt_oss
     adapter = make_peft_adapter(dense, tmp_path / "a", r=4, target_modules=["q_proj", "v_proj"])
-    lb = load_base(qdir, dtype="float32")
+    lb = load_base(qdir, Placement(dtype="float32"))
     experts = lb.model.model.layers[0].mlp.experts
     assert experts.gate_up_proj.shape == (4, 64, 128) and experts.gate_up_proj.dtype == torch.float32
     attach_adapter(lb.model, adapter)

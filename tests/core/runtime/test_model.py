@@ -4,7 +4,7 @@ import shutil
 
 import pytest
 
-from adapterctl.core.runtime.model import load_base
+from adapterctl.core.runtime.model import Placement, load_base
 from adapterctl.errors import InvalidAdapterError
 from tests.helpers import invoke
 
@@ -26,7 +26,7 @@ def test_broken_tokenizer_is_invalid_input_naming_the_file(tiny_models, tmp_path
     base = _copy_base(tiny_models, tmp_path)
     (base / name).write_text(content)
     with pytest.raises(InvalidAdapterError) as info:
-        load_base(base, dtype="float32")
+        load_base(base, Placement(dtype="float32"))
     assert info.value.exit_code == 4 and str(base) in info.value.message
     assert says in info.value.message and info.value.hint
     res = invoke("--json", "generate", base, "-p", "x")
@@ -38,4 +38,4 @@ def test_a_folder_without_tokenizer_files_still_loads(tiny_models, tmp_path):
     base = _copy_base(tiny_models, tmp_path)
     for name in ("tokenizer.json", "tokenizer_config.json"):
         (base / name).unlink()
-    assert load_base(base, dtype="float32").tokenizer is None
+    assert load_base(base, Placement(dtype="float32")).tokenizer is None

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from adapterctl.core.runtime.attach import attach_adapter
-from adapterctl.core.runtime.model import load_base
+from adapterctl.core.runtime.model import Placement, load_base
 from tests.core.runtime.test_attach import greedy, load_hf, logits, peft_model
 from tests.helpers import max_abs_diff
 
@@ -16,7 +16,7 @@ def test_half_precision_base_rounds_once_like_peft(dtype, tiny_models, peft_adap
     adapter = peft_adapter("llama", r=4, target_modules="all-linear", use_dora=False)
     torch_dtype = getattr(torch, dtype)
     ref = peft_model(load_hf(tiny_models["llama"], dtype=torch_dtype), adapter)
-    ours = load_base(tiny_models["llama"], dtype=dtype).model
+    ours = load_base(tiny_models["llama"], Placement(dtype=dtype)).model
     attach_adapter(ours, adapter)
     assert max_abs_diff(logits(ours), logits(ref)) == 0.0
     assert greedy(ours) == greedy(ref)
@@ -54,7 +54,7 @@ def test_quantized_base_matches_peft(quantize, dora, dtype, bnb_llama, tmp_path)
     tdtype = getattr(torch, dtype)
     ref = peft_model(load_hf(bnb_llama, dtype=tdtype, quantization_config=_bnb_config(quantize, tdtype),
                              device_map={"": "cpu"}), adapter)
-    lb = load_base(bnb_llama, dtype=dtype, quantize=quantize)
+    lb = load_base(bnb_llama, Placement(dtype=dtype, quantize=quantize))
     report = attach_adapter(lb.model, adapter)
     kind = "Linear8bitLt" if quantize == "int8" else "Linear4bit"
     assert set(report.modules) == {kind + ("+DoRA" if dora else "")}
@@ -69,8 +69,7 @@ def test_offloaded_layers(tiny_models, peft_adapter, tmp_path):
     ref = peft_model(load_hf(tiny_models["llama"]), adapter)
     dmap = {"model.embed_tokens": "cpu", "model.layers.0": "cpu", "model.layers.1": "disk",
             "model.norm": "cpu", "model.rotary_emb": "cpu", "lm_head": "disk"}
-    lb = load_base(tiny_models["llama"], dtype="float32", device_map=dmap,
-                   offload_folder=tmp_path / "offload")
+    lb = load_base(tiny_models["llama"], Placement(dtype="float32", device_map=dmap, offload_folder=tmp_path / "offload"))
     assert lb.devices.get("disk", 0) > 0
     attach_adapter(lb.model, adapter)
     assert max_abs_diff(logits(lb.model), logits(ref)) <= 1e-5
@@ -96,8 +95,7 @@ def test_max_memory_offloads_to_disk(tiny_models, peft_adapter, tmp_path):
     """device_map=auto with a tiny CPU budget: accelerate offloads, LoRA still applies."""
     adapter = peft_adapter("llama", r=4, target_modules=["q_proj", "down_proj"])
     ref = peft_model(load_hf(tiny_models["llama"]), adapter)
-    lb = load_base(tiny_models["llama"], dtype="float32", device_map="auto", max_memory="cpu=100KB",
-                   offload_folder=tmp_path / "off")
+    lb = load_base(tiny_models["llama"], Placement(dtype="float32", device_map="auto", max_memory="cpu=100KB", offload_folder=tmp_path / "off"))
     assert lb.devices.get("disk", 0) > 0
     attach_adapter(lb.model, adapter)
     assert max_abs_diff(logits(lb.model), logits(ref)) <= 1e-5
@@ -109,6 +107,6 @@ def test_pissa_on_a_quantized_base_is_refused(bnb_llama, tmp_path):
 
     adapter = make_peft_adapter(bnb_llama, tmp_path / "p", r=4, target_modules=["q_proj"],
                                 init_lora_weights="pissa")
-    lb = load_base(bnb_llama, dtype="float32", quantize="int8")
+    lb = load_base(bnb_llama, Placement(dtype="float32", quantize="int8"))
     with pytest.raises(UnsupportedError, match="quantized or offloaded"):
         attach_adapter(lb.model, adapter)

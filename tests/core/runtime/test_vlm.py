@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from adapterctl.core.runtime.attach import attach_adapter
-from adapterctl.core.runtime.model import load_base
+from adapterctl.core.runtime.model import Placement, load_base
 from adapterctl.errors import IncompatibleBaseError
 from tests.helpers import max_abs_diff
 from tests.vlm_fixtures import (
@@ -26,7 +26,7 @@ TEXT_TARGETS = ["q_proj", "v_proj", "o_proj", "down_proj"]
 
 
 def ours(base, adapter):
-    lb = load_base(base, dtype="float32", tokenizer=False)
+    lb = load_base(base, Placement(dtype="float32"), tokenizer=False)
     report = attach_adapter(lb.model, str(adapter), "a")
     with torch.no_grad():
         return lb.model(input_ids=IDS).logits, report
@@ -40,7 +40,7 @@ def test_vlm_adapter_on_its_vlm(vlm_models, kind):
     assert report.key_mapping is None
     assert max_abs_diff(got, peft_logits(vlm, adapter, IDS)) <= 1e-5
     with torch.no_grad():
-        base = load_base(vlm, dtype="float32", tokenizer=False).model(input_ids=IDS).logits
+        base = load_base(vlm, Placement(dtype="float32"), tokenizer=False).model(input_ids=IDS).logits
     assert max_abs_diff(got, base) > 1e-3  # the adapter does change the output
 
 
@@ -81,7 +81,7 @@ def test_legacy_keys_on_the_current_vlm(vlm_models, tmp_path):
 def test_vision_modules_refused_on_the_text_extraction(vlm_models, kind):
     _, text = vlm_models.pair(kind)
     adapter = vlm_models.adapter(kind, target_modules=["q_proj", "v_proj", "qkv"])
-    lb = load_base(text, dtype="float32", tokenizer=False)
+    lb = load_base(text, Placement(dtype="float32"), tokenizer=False)
     with pytest.raises(IncompatibleBaseError, match="on the vision side .*model.vis") as err:
         attach_adapter(lb.model, str(adapter), "a")
     assert err.value.exit_code == 6 and "text-only model" in str(err.value)
@@ -135,8 +135,7 @@ def test_an_explicit_device_map_names_the_vlms_own_modules(vlm_models):
     from adapterctl.errors import UsageError
 
     vlm, _ = vlm_models.pair("llava")
-    lb = load_base(vlm, dtype="float32", tokenizer=False,
-                   device_map={"model.vision_tower": "cpu", "": "cpu"})
+    lb = load_base(vlm, Placement(dtype="float32", device_map={"model.vision_tower": "cpu", "": "cpu"}), tokenizer=False)
     assert type(lb.model).__name__ == "LlavaForConditionalGeneration"
     with pytest.raises(UsageError, match="places no device for .* model.vision_tower"):
-        load_base(vlm, dtype="float32", tokenizer=False, device_map={"model.language_model": "cpu"})
+        load_base(vlm, Placement(dtype="float32", device_map={"model.language_model": "cpu"}), tokenizer=False)

@@ -13,9 +13,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from adapterctl.core.adapter import experts as X
+from adapterctl.core.adapter import expert_keys as X
 from adapterctl.core.adapter.targeting import module_scaling
-from adapterctl.core.lora.experts import ExpertWeights, check_param, expert_delta
+from adapterctl.core.lora.expert_delta import ExpertWeights, check_param, expert_delta
 from adapterctl.core.lora.loaded import LoadedAdapter
 from adapterctl.errors import UnsupportedError
 

@@ -2,13 +2,13 @@
 that holds it (spec 5.6). A checkpoint stores a fused parameter whole (gpt-oss:
 ``mlp.experts.gate_up_proj`` (E, in, out)) or per expert (Mixtral: ``block_sparse_moe.experts.e.
 w1/w3/w2``, Qwen3-MoE: ``mlp.experts.e.gate_proj/up_proj/down_proj``; transformers fuses them on
-load, core/adapter/experts.locate_param); the maths is core/lora/experts.apply_expert_ops."""
+load, core/adapter/expert_keys.locate_param); the maths is core/lora/expert_delta.apply_expert_ops."""
 
 from __future__ import annotations
 
-from adapterctl.core.adapter import experts as X
+from adapterctl.core.adapter import expert_keys as X
 from adapterctl.core.adapter.problems import as_error
-from adapterctl.core.lora.experts import ExpertOp
+from adapterctl.core.lora.expert_delta import ExpertOp
 from adapterctl.core.lora.loaded import LoadedAdapter
 from adapterctl.errors import IncompatibleBaseError
 

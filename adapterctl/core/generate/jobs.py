@@ -1,5 +1,5 @@
-"""Prompts as jobs for an engine outside this process (vLLM's offline engine, an OpenAI-compatible
-server): which adapter each prompt goes through, and the results split back into ``generate``'s
+"""Prompts as jobs for an engine other than ours (vLLM's offline engine in this process, an
+OpenAI-compatible server): which adapter each prompt goes through, and the results split back into ``generate``'s
 runs. The same rules as our own engine's router (:mod:`adapterctl.core.generate.routing`):
 
 - a prompt that names no adapter uses the command line's ``--adapter`` (or the base alone);

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from adapterctl.core.adapter import experts as X
+from adapterctl.core.adapter import expert_keys as X
 from adapterctl.core.adapter import problems as P
 from adapterctl.core.adapter.config import LoraAdapterConfig
 from adapterctl.core.adapter.targeting import module_scaling
@@ -26,7 +26,7 @@ class ExpertWeights:
 
     module: str
     param: str
-    depth: int  # ParamWrapper nesting depth of its keys (0: outermost), see adapter/experts.py
+    depth: int  # ParamWrapper nesting depth of its keys (0: outermost), see adapter/expert_keys.py
     A: torch.Tensor  # (r·E, in)
     B: torch.Tensor  # (out, r·E)
     r: int

@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 
-from adapterctl.core.adapter import experts as X
+from adapterctl.core.adapter import expert_keys as X
 from adapterctl.core.adapter.config import parse_adapter_config
 from adapterctl.core.adapter.inspect import inspect_adapter
 from adapterctl.errors import InvalidAdapterError

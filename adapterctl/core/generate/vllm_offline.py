@@ -8,6 +8,13 @@ with vLLM's tokenizer and ``max_model_len``) and handed over as token ids, so bo
 same ids. Requests go through ``LLMEngine.add_request``/``step`` rather than ``LLM.generate`` so
 finished completions stream out (``--jsonl``) and Ctrl-C keeps what was made.
 
+:func:`generate_on_vllm` is the library call: the adapters named by the one naming rule
+(:func:`adapterctl.core.runtime.session.adapter_names`), made ready for vLLM by the caller's
+``prepare`` (checked, converted where exact: :func:`adapterctl.core.serve.prepare.prepare_adapters`),
+loaded as one ``LoRARequest`` each with the LoRA limits computed from them, and the same
+:class:`~adapterctl.core.generate.run.GenerateReport` as our own engine's. One adapter per
+request: a weighted combination is refused before anything starts.
+
 Adapters are loaded (``add_lora``) before any prompt, one at a time, so a refusal that got past
 ``check --engine vllm`` names its adapter. With one GPU (tensor and pipeline parallel size 1) the
 engine core runs in this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``): its failures are raised
@@ -18,16 +25,32 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from adapterctl.core.generate.prompts import PromptSpec
+from adapterctl.core.adapter.base_info import default_base
+from adapterctl.core.engine_rules.limits import PrepareAdapters, PreparedAdapter, lora_limits
+from adapterctl.core.generate.jobs import (
+    Job,
+    check_one_adapter_per_request,
+    interrupted_completion,
+    plan_jobs,
+    split_runs,
+)
+from adapterctl.core.generate.prompts import PromptSpec, adapter_lookup
 from adapterctl.core.generate.results import Completion, DecodingConfig, GenerationResult
 from adapterctl.core.generate.tokens import TokenPlan, plan_tokens
-from adapterctl.core.serve.jobs import Job, interrupted_completion, plan_jobs, split_runs
+from adapterctl.core.runtime.session import AdapterChoice, adapter_names, base_hub
 from adapterctl.errors import MissingDependencyError, UnsupportedError, UsageError
+from adapterctl.io.hub.ref import HubOptions
+from adapterctl.io.hub.resolve import resolve_adapter_dir, resolve_model_dir
+
+if TYPE_CHECKING:
+    from adapterctl.core.generate.run import GenerateReport
 
 MODE = "vllm"
 
@@ -296,3 +319,73 @@ def to_completion(out, job: Job, prompt_tokens: int, elapsed: float, logprobs: b
 def _first_line(err: BaseException) -> str:
     text = str(err).strip() or type(err).__name__
     return text.splitlines()[0][:500]
+
+
+def generate_on_vllm(
+    base_ref: str | None,
+    choices: Sequence[AdapterChoice],
+    specs: Sequence[PromptSpec],
+    cfg: DecodingConfig,
+    *,
+    opts: VllmOptions,
+    prepare: PrepareAdapters,
+    compare: bool = False,
+    chat: bool = False,
+    system: str | None = None,
+    hub: HubOptions | None = None,
+    on_step: Callable[[str], None] | None = None,
+    on_complete: Callable[[Completion], None] | None = None,
+) -> GenerateReport:
+    """``generate --engine vllm``. ``prepare``: makes the adapters ready for vLLM (the CLI passes
+    ``functools.partial(prepare_adapters, "vllm")`` from :mod:`adapterctl.core.serve.prepare`)."""
+    from adapterctl.core.generate.run import GenerateReport, prompt_adapters
+    from adapterctl.core.runtime.session import AttachedAdapter
+
+    step = on_step or (lambda text: None)
+    choices = list(choices)
+    check_one_adapter_per_request([c.weight for c in choices], compare, "vLLM")
+    opts.check()
+    import_vllm()  # the missing-dependency error before any download or conversion
+    refs = [c.ref for c in choices] + prompt_adapters(choices, specs)
+    names = adapter_names(refs, [c.name for c in choices] + [None] * (len(refs) - len(choices)))
+    dirs = [resolve_adapter_dir(r, hub) for r in refs]
+    if base_ref is None:
+        base_ref = default_base(dirs, refs)
+    base_dir = resolve_model_dir(base_ref, base_hub(hub))
+    chosen = names[: len(choices)]
+    with tempfile.TemporaryDirectory(prefix="adapterctl-vllm-") as work:
+        prepared = prepare(list(zip(names, refs, dirs)), (base_dir, base_ref), Path(work), step)
+        limits = lora_limits("vllm", prepared)
+        step(
+            f"starting vLLM on {base_ref} ({len(prepared)} adapter(s), max_lora_rank "
+            f"{limits.max_lora_rank}, max_loras {limits.max_loras})"
+        )
+        engine = VllmEngine(
+            str(base_dir),
+            [EngineAdapter(p.name, p.source, p.path) for p in prepared],
+            limits.max_lora_rank,
+            limits.max_loras,
+            opts,
+            seed=cfg.seed,
+        )
+        results = engine.generate(
+            specs,
+            cfg,
+            default=chosen[0] if chosen and not compare else None,
+            compare=chosen if compare else None,
+            lookup=adapter_lookup(zip(names, refs, dirs)),
+            chat=chat,
+            system=system,
+            on_complete=on_complete,
+        )
+    adapters = tuple(AttachedAdapter(p.name, p.source, p.folder, 1.0, _notes(p)) for p in prepared)
+    return GenerateReport(base_ref, adapters, tuple(results), compare, tuple(chosen))
+
+
+def _notes(p: PreparedAdapter) -> tuple[str, ...]:
+    if not p.converted:
+        return ()
+    return (
+        f"vLLM {p.verdict} it as it is: served as converted by convert --for vllm (exact)",
+        *p.notes[:1],
+    )  # the conversion's own first note (e.g. DoRA's error)
