@@ -9,8 +9,13 @@ from tests.core.engine_rules.test_rules import P, facts, lora, messages, verdict
 
 
 def test_variants_peft_helper_refuses_by_name(base):
+    values = {
+        "use_qalora": True,
+        "use_bdlora": {"target_modules_bd_a": [], "target_modules_bd_b": [], "nblocks": 2},
+        "layer_replication": [[0, 2]],
+    }
     for key, words in (("use_qalora", "QALoRA"), ("use_bdlora", "BD-LoRA"), ("layer_replication", "layer_replication")):
-        v, f = verdict("vllm", facts({key: True if key != "layer_replication" else [[0, 2]]}, base=base))
+        v, f = verdict("vllm", facts({key: values[key]}, base=base))
         assert v == "refuses" and f[0].rule == "vllm.variant" and words in messages(f), key
 
 

@@ -3,7 +3,7 @@ the model class supports it, ignored where it does not, nothing to say without t
 
 from __future__ import annotations
 
-from adapterctl.core.engine_rules.facts import BaseFacts
+from adapterctl.core.adapter.base_info import BaseInfo
 from adapterctl.core.engine_rules.rules import CheckContext
 from adapterctl.core.engine_rules.vllm_tower import FLAG, TOWER_LORA, tower_lora
 from tests.core.engine_rules.test_rules import DIMS, facts, lora, verdict
@@ -16,9 +16,9 @@ PARAMS = {
 }
 
 
-def vlm(model_type: str | None) -> BaseFacts:
+def vlm(model_type: str | None) -> BaseInfo:
     cfg = {"model_type": model_type, "text_config": {"vocab_size": 872, "num_hidden_layers": 4}} if model_type else {}
-    return BaseFacts("vlm", cfg, PARAMS)
+    return BaseInfo("vlm", cfg, PARAMS)
 
 
 def tower_facts(model_type):
