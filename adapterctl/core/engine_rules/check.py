@@ -95,7 +95,11 @@ def fix_command(
 def check_facts(
     facts_list: list[AdapterFacts], engines: list[str], base_arg: str | None = None
 ) -> list[EngineVerdict]:
-    ctx = CheckContext(num_adapters=len(facts_list))
+    ctx = CheckContext(
+        num_adapters=len(facts_list),
+        max_rank=max((f.max_rank for f in facts_list), default=0),
+        module_names=frozenset(m.name for f in facts_list for m in f.modules),
+    )
     out = []
     for facts in facts_list:
         for name in engines:

@@ -20,6 +20,7 @@ from adapterctl.core.engine_rules.facts import (
     is_lm_head_name,
 )
 from adapterctl.core.engine_rules.rules import (
+    SCALE,
     Caps,
     CheckContext,
     Engine,
@@ -43,8 +44,6 @@ ADAPTER_H = Source("llama.cpp", VERSION, "src/llama-adapter.h")
 
 # Per-module rank is honoured (the scale uses each tensor's rank), one alpha for all.
 CAPS = Caps(
-    rslora=False,
-    alpha_pattern=False,
     rank_pattern=True,
     dora=False,
     lora_bias=False,
@@ -53,8 +52,10 @@ CAPS = Caps(
 )
 
 
-def _f(rule: str, verdict: str, message: str, source: Source, fix: str | None = None) -> Finding:
-    return Finding(f"llama.cpp.{rule}", verdict, message, source, fix)
+def _f(
+    rule: str, verdict: str, message: str, source: Source, fix: str | None = None, kind: str = "other"
+) -> Finding:
+    return Finding(f"llama.cpp.{rule}", verdict, message, source, fix, kind=kind)
 
 
 def _unexpected(name: str) -> str:
@@ -73,7 +74,7 @@ def _scaling(facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
     what = (
         "rsLoRA scale ignored" if facts.config.use_rslora else "alpha_pattern ignored"
     ) + f" (llama.cpp scales each module by adapter.lora.alpha / rank = {alpha:g} / r)"
-    return [_f("scaling", "changes", describe_scales(changed, what), ADAPTER_H, "convert")]
+    return [_f("scaling", "changes", describe_scales(changed, what), ADAPTER_H, "convert", SCALE)]
 
 
 def _dora(facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:

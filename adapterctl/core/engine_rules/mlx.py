@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from adapterctl.core.engine_rules.facts import AdapterFacts
 from adapterctl.core.engine_rules.rules import (
+    SCALE,
     Caps,
     CheckContext,
     Engine,
@@ -35,8 +36,6 @@ LORA = Source("mlx-lm", VERSION, "mlx_lm/tuner/lora.py")
 DORA = Source("mlx-lm", VERSION, "mlx_lm/tuner/dora.py")
 
 CAPS = Caps(
-    rslora=True,
-    alpha_pattern=False,
     rank_pattern=False,
     dora=True,
     lora_bias=False,
@@ -45,8 +44,10 @@ CAPS = Caps(
 )
 
 
-def _f(rule: str, verdict: str, message: str, source: Source, fix: str | None = None) -> Finding:
-    return Finding(f"mlx.{rule}", verdict, message, source, fix)
+def _f(
+    rule: str, verdict: str, message: str, source: Source, fix: str | None = None, kind: str = "other"
+) -> Finding:
+    return Finding(f"mlx.{rule}", verdict, message, source, fix, kind=kind)
 
 
 def _ranks(facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
@@ -63,6 +64,7 @@ def _ranks(facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
             'does not match model parameter shape" for ' + m.path,
             UTILS,
             "convert",
+            kind=SCALE,
         )
     ]
 
@@ -80,6 +82,7 @@ def _scales(facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
             "mlx-lm applies the one lora_parameters.scale to every LoRA layer",
             LORA,
             "convert",
+            kind=SCALE,
         )
     ]
 

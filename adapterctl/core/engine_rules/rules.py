@@ -39,16 +39,26 @@ VERDICTS = ("serves", "changes", "refuses")
 _RANK = {"serves": 0, "flag": 0, "changes": 1, "refuses": 2}
 
 
+#: how a rule is known: ``executed`` (a test runs the engine's own code on adapters and asserts
+#: ``check`` agrees: tests/interop/) or ``read`` (from the engine's source, which cannot run here)
+PROOFS = ("executed", "read")
+
+
 @dataclass(frozen=True)
 class Source:
-    """Where a rule was read: the engine release and the file in its source tree."""
+    """Where a rule comes from: the engine release, the file in its source tree, and whether the
+    rule is executed against that code in the tests or only read from it (``proof``)."""
 
     engine: str
     version: str
     file: str
+    proof: str = "read"
 
     def cite(self) -> str:
         return f"{self.engine} {self.version}: {self.file}"
+
+    def executed(self) -> Source:
+        return Source(self.engine, self.version, self.file, "executed")
 
 
 @dataclass(frozen=True)
@@ -59,6 +69,9 @@ class Finding:
     source: Source
     fix: str | None = None  # "convert" | "base" | "drop" | None
     flags: tuple[str, ...] = ()
+    #: what ``convert --for`` does about it: SCALE (bake the scales into lora_B with one r and
+    #: one alpha, ranks padded where the engine pads them) or OTHER (its own step)
+    kind: str = "other"
 
     def to_dict(self) -> dict:
         return {
@@ -66,7 +79,13 @@ class Finding:
             "verdict": "serves" if self.verdict == "flag" else self.verdict,
             "message": self.message,
             "source": self.source.cite(),
+            "proof": self.source.proof,
         }
+
+
+#: Finding.kind values: SCALE (above), PARTNERS_KIND (zero LoRA on the module a stacked
+#: projection needs beside the adapted one: SGLang's q/k/v and gate/up stacking), OTHER
+SCALE, PARTNERS_KIND, OTHER = "scale", "partners", "other"
 
 
 @dataclass(frozen=True)
@@ -74,6 +93,11 @@ class CheckContext:
     """What a rule may need besides the adapter: how many adapters are served together."""
 
     num_adapters: int = 1
+    #: tensor-parallel size (LoRAX/TGI pad ranks to 8 x world size)
+    world_size: int = 1
+    #: over all adapters served together: the largest rank, the adapted module names
+    max_rank: int = 0
+    module_names: frozenset[str] = frozenset()
 
 
 RuleFn = Callable[[AdapterFacts, CheckContext], "list[Finding]"]
@@ -94,15 +118,13 @@ class Rule:
 class Caps:
     """What ``convert --for`` may leave in an adapter for this engine to serve it as trained."""
 
-    rslora: bool = True  # alpha/sqrt(r) honoured
-    alpha_pattern: bool = True  # per-module alpha honoured
     rank_pattern: bool = True  # per-module rank honoured (else one r for every module)
     dora: bool = False
     lora_bias: bool = False
     embedding_lora: bool = True  # lora_embedding_A/B on the input embedding
     lm_head_lora: bool = True
     all_layers: bool = False  # a module kind must be adapted in every layer (else skipped)
-    list_targets: bool = False  # target_modules must be a list (no regex string)
+    pad_rank: bool = False  # ranks padded for SGMV kernels change config.r (LoRAX, TGI)
     max_rank: int | None = None
     #: the only module names the engine attaches LoRA to (None: any linear layer)
     lora_modules: tuple[str, ...] | None = None
@@ -285,6 +307,21 @@ def expert_findings(engine: Engine, facts: AdapterFacts) -> list[Finding]:
     if not facts.experts:
         return []
     rid, n = f"{engine.name}.target_parameters", len(facts.experts)
+    if engine.name == "sglang":
+        # re-read for 0.5.23 (not executed: needs an SGLang FusedMoE base): lora.py /
+        # mem_pool.py load MoE LoRA in SGLang's own layouts only
+        return [
+            Finding(
+                rid,
+                "refuses",
+                f"{n} target_parameters LoRA(s) on MoE expert parameters (e.g. {facts.experts[0]}): "
+                "SGLang 0.5.23 loads expert LoRA as per-expert `experts.<i>.<proj>` keys or 3-D "
+                "shared-outer tensors; PEFT's 2-D ParamWrapper keys (`experts[.base_layer].lora_A`, "
+                "r x experts rows) are neither and match no target module (get_target_module_name: "
+                "ValueError)",
+                Source("sglang", engine.version, "python/sglang/srt/lora/mem_pool.py"),
+            )
+        ]
     if engine.name != "vllm":
         return [
             Finding(

@@ -39,11 +39,12 @@ from adapterctl.core.engine_rules.rules import (
 from adapterctl.core.engine_rules.vllm_tower import tower_lora
 
 VERSION = "0.32.0"
-PEFT_HELPER = Source("vllm", VERSION, "vllm/lora/peft_helper.py")
-UTILS = Source("vllm", VERSION, "vllm/lora/utils.py")
+# executed: tests/interop/test_vllm.py runs vLLM on adapters of each kind these files judge
+PEFT_HELPER = Source("vllm", VERSION, "vllm/lora/peft_helper.py", "executed")
+UTILS = Source("vllm", VERSION, "vllm/lora/utils.py", "executed")
 LORA_MODEL = Source("vllm", VERSION, "vllm/lora/lora_model.py")
 MODEL_MANAGER = Source("vllm", VERSION, "vllm/lora/model_manager.py")
-CONFIG = Source("vllm", VERSION, "vllm/config/lora.py")
+CONFIG = Source("vllm", VERSION, "vllm/config/lora.py", "executed")
 
 #: ``MaxLoRARanks`` in vllm/config/lora.py: the values --max-lora-rank accepts.
 MAX_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
@@ -54,8 +55,6 @@ SUPPORTED_INITS = {"gaussian", "eva", "orthogonal", "mica", "lora_ga"}
 #: modules_to_save PEFTHelper accepts (classification heads)
 CLASSIFIER_MODULES = {"classifier", "score"}
 CAPS = Caps(
-    rslora=True,
-    alpha_pattern=True,
     rank_pattern=True,
     dora=False,
     lora_bias=False,

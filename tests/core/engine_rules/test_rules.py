@@ -210,13 +210,65 @@ def test_sglang_places_tensors_by_layer_and_name_so_a_wrapper_prefix_is_harmless
 
 
 # ----- LoRAX and TGI --------------------------------------------------------------------------
-def test_lorax_and_tgi_ignore_patterns_and_dora_but_honour_rslora(base):
+def test_lorax_and_tgi_ignore_patterns_and_dora_and_lorax_ignores_rslora(base):
+    """LoRAX pins peft ^0.4.0 (server/pyproject.toml), whose LoraConfig has no use_rslora; TGI
+    requires peft>=0.14.0."""
+    assert verdict("tgi", facts({"use_rslora": True}, base=base)) == ("serves", [])
+    v, f = verdict("lorax", facts({"use_rslora": True}, base=base))
+    assert v == "changes" and "rsLoRA ignored" in messages(f) and f[0].source.file.endswith("pyproject.toml")
     for engine in ("lorax", "tgi"):
-        assert verdict(engine, facts({"use_rslora": True}, base=base)) == ("serves", [])
         v, f = verdict(engine, facts({"alpha_pattern": {"q_proj": 64}}, base=base))
         assert v == "changes" and "alpha_pattern ignored" in messages(f)
         v, f = verdict(engine, facts({"use_dora": True}, lora(dora=True), base))
         assert v == "changes" and "unused adapter weights" in messages(f) and f[0].fix == "base"
+
+
+@pytest.mark.parametrize("r,world_size,padded", [(4, 1, 8), (12, 1, 16), (24, 1, 32), (8, 2, 16)])
+def test_lorax_and_tgi_rank_padding_rescales_the_module_kinds_after_the_first(base, r, world_size,
+                                                                              padded):
+    """pad_rank (r <= 8 x world size -> 8 x world size, else the next multiple of 16) runs after
+    the first module kind (q_proj) loads; config.r = padded rank scales v_proj by alpha/padded."""
+    from adapterctl.core.engine_rules.check import CheckContext
+
+    f = facts({"r": r}, lora(r=r), base)
+    for engine in ("lorax", "tgi"):
+        v, found = evaluate(ENGINES[engine], f, CheckContext(world_size=world_size))
+        assert v == "changes", (engine, r, world_size)
+        assert found[0].rule == f"{engine}.rank_padding" and found[0].fix == "convert"
+        assert f"effective scale {16 / padded:.4g} instead of {16 / r:.4g} (4 modules, e.g. " \
+            "model.layers.0.self_attn.v_proj)" in found[0].message
+    # one module kind only: nothing loads after the padding
+    one = facts({"r": 4, "target_modules": ["q_proj"]}, lora(("q_proj",), r=4), base)
+    assert verdict("lorax", one) == ("serves", [])
+    # ranks pad_rank leaves alone at world size 1: 8, 16, 32
+    assert verdict("lorax", facts({"r": 16}, lora(r=16), base)) == ("serves", [])
+
+
+def test_lorax_adapter_layers_are_per_model_type(base):
+    """ADAPTER_LAYERS differ per model (server/lorax_server/models/flash_<type>.py): Gemma has no
+    lm_head, Mixtral attention only."""
+    from adapterctl.core.engine_rules.facts import BaseFacts
+
+    def as_type(mt):
+        return BaseFacts("b", {**base.config, "model_type": mt}, base.params)
+
+    shapes = lora(("q_proj", "v_proj", "up_proj"))
+    cfg = {"target_modules": ["q_proj", "v_proj", "up_proj"]}
+    assert verdict("lorax", facts(cfg, shapes, as_type("llama")))[0] == "serves"
+    v, f = verdict("lorax", facts(cfg, shapes, as_type("mixtral")))
+    assert v == "changes" and "q_proj, k_proj, v_proj, o_proj; mixtral models" in messages(f)
+    head = {**lora(), "base_model.model.lm_head.lora_A.weight": (8, 192),
+            "base_model.model.lm_head.lora_B.weight": (872, 8)}
+    v, f = verdict("lorax", facts({"target_modules": ["q_proj", "v_proj", "lm_head"]}, head,
+                                  as_type("gemma")))
+    assert v == "changes" and "lm_head" in messages(f)
+
+
+def test_tgi_takes_fixed_paths_so_a_vlm_adapter_is_a_no_op(base):
+    f = facts(shapes=lora(prefix="base_model.model.model.language_model.layers"), base=base)
+    v, found = verdict("tgi", f)
+    assert v == "changes" and "the adapter is a no-op" in messages(found)
+    assert "model.layers.<i>.self_attn.<name>" in messages(found)
 
 
 def test_lorax_refuses_one_module_kind_with_two_ranks(base):
