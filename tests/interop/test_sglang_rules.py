@@ -74,11 +74,23 @@ def adapters(tmp_path_factory) -> dict[str, Path]:
         kw = {"r": 8, "lora_alpha": 16, **kw}
         out[name] = make_peft_adapter(BASE, root / name, seed=i, **kw)
     out["unknown_module"] = unknown_module_adapter(out["q_v"], root / "unknown_module")
+    # convert --for sglang: zero stacking partners (exact), scales baked
+    from adapterctl.core.convert.pipeline import ConvertRequest, run_convert
+
+    for name in CONVERTED:
+        run_convert(ConvertRequest(str(out[name]), str(root / f"{name}-sglang"), base=str(BASE),
+                                   for_engine=("sglang",)))
+        out[f"{name}-sglang"] = root / f"{name}-sglang"
     return out
+
+
+#: adapters check says SGLang does not serve as trained and convert --for sglang fixes
+CONVERTED = ["q_only", "q_k_o", "v_only", "up_down", "rslora"]
 
 
 #: (case, start-up adapters, adapter loaded later, serving flags)
 CASES = [(name, [name], None, {}) for name in [*KINDS, "unknown_module"]] + [
+    (f"{name}-sglang", [f"{name}-sglang"], None, {}) for name in CONVERTED] + [
     ("later_higher_rank", ["q_v"], "r16", {}),
     ("later_other_modules", ["q_v"], "o_down", {}),
     ("later_with_flags", ["q_v"], "r16", {"max_lora_rank": 16}),
@@ -119,12 +131,13 @@ def peft_deltas(adapter: Path) -> dict[str, torch.Tensor]:
     return out
 
 
-def observed(report: dict, adapter: Path) -> str:
-    """What SGLang did, as a verdict: raised -> refuses; PEFT's deltas -> serves; else changes."""
+def observed(report: dict, adapter: Path, original: Path | None = None) -> str:
+    """What SGLang did, as a verdict: raised -> refuses; PEFT's deltas (of ``original``, for a
+    converted adapter) -> serves; else changes."""
     if report["outcome"] == "raised":
         return "refuses"
     got = load_file(str(report["out"] / "deltas.safetensors"))
-    want = peft_deltas(adapter)
+    want = {p: d for p, d in peft_deltas(original or adapter).items()}
     for path, delta in want.items():
         if path not in got or not torch.allclose(got[path], delta, rtol=1e-5, atol=1e-6):
             return "changes"
@@ -150,7 +163,10 @@ def test_check_says_what_sglang_does(case, adapters, sglang):
     name, first, later, flags = next(c for c in CASES if c[0] == case)
     report = sglang[case]
     adapter = adapters[later or first[0]]
-    seen = observed(report, adapter)
+    original = adapters[case.removesuffix("-sglang")] if case.endswith("-sglang") else None
+    seen = observed(report, adapter, original)
+    if original is not None:  # convert --for sglang: SGLang applies the original's deltas
+        assert seen == "serves", (case, report.get("error"))
     if later is None:
         (result,) = check_verdict([adapter])
         assert result.verdict == seen, (case, report.get("error"), [f.message for f in result.reasons])

@@ -42,6 +42,8 @@ VERSION = "0.32.0"
 # executed: tests/interop/test_vllm.py runs vLLM on adapters of each kind these files judge
 PEFT_HELPER = Source("vllm", VERSION, "vllm/lora/peft_helper.py", "executed")
 UTILS = Source("vllm", VERSION, "vllm/lora/utils.py", "executed")
+#: the same file, for the rules no interop adapter exercises (inits, variants)
+PEFT_HELPER_READ = Source("vllm", VERSION, "vllm/lora/peft_helper.py")
 LORA_MODEL = Source("vllm", VERSION, "vllm/lora/lora_model.py")
 MODEL_MANAGER = Source("vllm", VERSION, "vllm/lora/model_manager.py")
 CONFIG = Source("vllm", VERSION, "vllm/config/lora.py", "executed")
@@ -122,7 +124,7 @@ def _init(facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
                     "init_lora_weights='lora_ga' passes vLLM's "
                     "check, so an adapter trained on LoRA-GA's modified base runs on the "
                     "unmodified one",
-                    PEFT_HELPER,
+                    PEFT_HELPER_READ,
                     None,
                 )
             ]
@@ -135,7 +137,7 @@ def _init(facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
             f"vLLM does not support init_lora_weights={init!r}. Inits such "
             "as PiSSA, OLoRA, CorDA and LoftQ modify the base model weights when PEFT loads "
             "the adapter.",
-            PEFT_HELPER,
+            PEFT_HELPER_READ,
             fix,
         )
     ]
@@ -149,7 +151,7 @@ def _variants(facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
         ("use_bdlora", "vLLM does not support block-diagonal LoRA (BD-LoRA)."),
         ("use_qalora", "vLLM does not support QALoRA."),
     ]
-    return [_f("variant", "refuses", text, PEFT_HELPER) for key, text in words if raw.get(key)]
+    return [_f("variant", "refuses", text, PEFT_HELPER_READ) for key, text in words if raw.get(key)]
 
 
 def _bias(facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
@@ -350,8 +352,10 @@ ENGINE = Engine(
         ),
         _rule("dora", PEFT_HELPER, "use_dora: ValueError", _dora),
         _rule("lora_bias", PEFT_HELPER, "lora_bias: ValueError", _lora_bias),
-        _rule("init", PEFT_HELPER, "PiSSA/OLoRA/CorDA/LoftQ inits: ValueError", _init),
-        _rule("variant", PEFT_HELPER, "aLoRA, layer_replication, BD-LoRA, QALoRA: ValueError", _variants),
+        _rule("init", PEFT_HELPER_READ, "PiSSA/OLoRA/CorDA/LoftQ inits: ValueError", _init),
+        _rule(
+            "variant", PEFT_HELPER_READ, "aLoRA, layer_replication, BD-LoRA, QALoRA: ValueError", _variants
+        ),
         _rule("bias", PEFT_HELPER, "bias other than 'none': ValueError", _bias),
         _rule("max_rank", PEFT_HELPER, "max(r, rank_pattern) above --max-lora-rank: ValueError", _rank),
         _rule("max_loras", CONFIG, "more adapters per batch than --max-loras", _max_loras),
