@@ -8,12 +8,18 @@ exactly: ``linear_to_lora_layers`` builds every LoRA layer with the one ``rank``
 ``scale`` (``tuner/lora.py``: ``y + scale * (x @ lora_a) @ lora_b``), DoRA layers only on Linear
 and Embedding (``tuner/dora.py``), and ``load_adapters`` accepts only ``lora_a``, ``lora_b`` and
 ``m`` leaves of LoRA layers ("not an adapter parameter in the model") of the right shape
-("adapter shape ... does not match model parameter shape").
+("adapter shape ... does not match model parameter shape"). ``linear_to_lora_layers`` converts
+Linear, SwitchLinear (MoE experts: no DoRA, "SwitchLinear doesn't support DoRA yet.") and
+Embedding only ("Can't convert layer of type ... to LoRA"); on a tied base the model has no
+lm_head module and the logits are ``embed_tokens.as_linear``, which ``LoRAEmbedding.as_linear``
+(``tuner/lora.py``) extends with the embedding LoRA. These rules are read from the installed
+mlx-lm 0.32.2 (the build CI runs); tests/interop/test_mlx_lm.py runs mlx-lm on the MLX exports,
+not on these refusals.
 """
 
 from __future__ import annotations
 
-from adapterctl.core.engine_rules.facts import AdapterFacts
+from adapterctl.core.engine_rules.facts import AdapterFacts, is_lm_head_name
 from adapterctl.core.engine_rules.rules import (
     SCALE,
     Caps,
@@ -33,7 +39,6 @@ from adapterctl.core.engine_rules.rules import (
 VERSION = "0.32.2"
 UTILS = Source("mlx-lm", VERSION, "mlx_lm/tuner/utils.py")
 LORA = Source("mlx-lm", VERSION, "mlx_lm/tuner/lora.py")
-DORA = Source("mlx-lm", VERSION, "mlx_lm/tuner/dora.py")
 
 CAPS = Caps(
     rank_pattern=False,
@@ -87,19 +92,68 @@ def _scales(facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
     ]
 
 
-def _dora_kinds(facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
-    bad = [m.path for m in facts.modules if m.dora and m.kind == "conv"]
-    if not bad:
+def _layer_kinds(facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
+    """linear_to_lora_layers: LoRA on Linear, SwitchLinear (MoE experts) and Embedding only, and
+    no DoRA on SwitchLinear."""
+    conv = [m.path for m in facts.modules if m.kind == "conv"]
+    if conv:
+        return [
+            _f(
+                "layer_kinds",
+                "refuses",
+                f"Can't convert layer of type Conv to LoRA ({conv[0]}; {len(conv)} convolution "
+                "modules: linear_to_lora_layers converts Linear, SwitchLinear and Embedding only)",
+                UTILS,
+                "drop",
+            )
+        ]
+    experts = [m.path for m in facts.modules if m.dora and ".experts." in f".{m.path}."]
+    if experts:
+        return [
+            _f(
+                "layer_kinds",
+                "refuses",
+                f"SwitchLinear doesn't support DoRA yet. ({experts[0]}: mlx-lm holds MoE experts "
+                "in one SwitchLinear)",
+                UTILS,
+                "base",
+            )
+        ]
+    return []
+
+
+def _tied(facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
+    """On a tied base mlx-lm's model has no lm_head module (the logits are
+    ``embed_tokens.as_linear``), and ``LoRAEmbedding.as_linear`` adds the embedding LoRA to the
+    logits too, which PEFT does not (its lm_head keeps the base table)."""
+    if not (facts.base and facts.base.tie_word_embeddings):
         return []
-    return [
-        _f(
-            "dora_conv",
-            "refuses",
-            f"Can't convert layer of type Conv to LoRA ({bad[0]}: DoRA exists for Linear and Embedding only)",
-            DORA,
-            "base",
+    out = []
+    heads = [m.path for m in facts.modules if is_lm_head_name(m.path)]
+    if heads:
+        out.append(
+            _f(
+                "tied_lm_head",
+                "refuses",
+                f"{heads[0]}.lora_a: not an adapter parameter in the model ({facts.base_name} ties "
+                "lm_head to the embeddings, so mlx-lm's model has no lm_head module)",
+                UTILS,
+                "drop",
+            )
         )
-    ]
+    embs = [m.path for m in facts.modules if m.kind == "embedding"]
+    if embs:
+        out.append(
+            _f(
+                "tied_embedding",
+                "changes",
+                f"{embs[0]}: on a tied base the logits are embed_tokens.as_linear, and "
+                "LoRAEmbedding.as_linear adds the embedding LoRA there too; PEFT applies it to the "
+                "input lookup only",
+                LORA,
+            )
+        )
+    return out
 
 
 def _extras(facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
@@ -168,7 +222,13 @@ ENGINE = Engine(
     rules=(
         _rule("one_rank", UTILS, "one rank for every LoRA layer", _ranks),
         _rule("one_scale", LORA, "one scale for every LoRA layer", _scales),
-        _rule("dora_conv", DORA, "DoRA on Linear and Embedding only", _dora_kinds),
+        _rule(
+            "layer_kinds",
+            UTILS,
+            "LoRA on Linear, SwitchLinear and Embedding only; no DoRA on SwitchLinear",
+            _layer_kinds,
+        ),
+        _rule("tied", UTILS, "tied base: no lm_head module; embedding LoRA reaches the logits", _tied),
         _rule("not_adapter_parameters", UTILS, "only lora_a, lora_b and m tensors load", _extras),
         _rule("init", UTILS, "PiSSA/OLoRA/... inits not recomputed", _init),
         _rule("no_such_module", UTILS, "modules the model lacks: refused", _nothing),

@@ -358,3 +358,23 @@ def test_fix_commands_name_base_and_drop_when_needed(base):
     assert corda.verdict == "refuses" and corda.fix is None
     sg = check_facts([facts({"use_rslora": True}, base=base)], ["sglang"])[0]
     assert sg.fix == "adapterctl convert adapter adapter-sglang --for sglang"
+
+
+def test_mlx_refuses_conv_lora_and_on_a_tied_base_lm_head_lora_and_embedding_lora_changes(base):
+    """mlx_lm/tuner/utils.py linear_to_lora_layers: Linear, SwitchLinear, Embedding only; a tied
+    base has no lm_head module and LoRAEmbedding.as_linear adds the LoRA to the logits too."""
+    conv = {**lora(), f"{P}.0.self_attn.conv.lora_A.weight": (8, 192, 1, 1),
+            f"{P}.0.self_attn.conv.lora_B.weight": (192, 8, 1, 1)}
+    v, f = verdict("mlx", facts({"target_modules": ["q_proj", "v_proj", "conv"]}, conv))
+    assert v == "refuses" and "Can't convert layer of type Conv to LoRA" in messages(f)
+    tied = BaseFacts("tied", {**base.config, "tie_word_embeddings": True}, base.params)
+    head = {**lora(), "base_model.model.lm_head.lora_A.weight": (8, 192),
+            "base_model.model.lm_head.lora_B.weight": (872, 8)}
+    v, f = verdict("mlx", facts({"target_modules": ["q_proj", "v_proj", "lm_head"]}, head, tied))
+    assert v == "refuses" and "has no lm_head module" in messages(f)
+    emb = {**lora(), "base_model.model.model.embed_tokens.lora_embedding_A": (8, 872),
+           "base_model.model.model.embed_tokens.lora_embedding_B": (192, 8)}
+    cfg = {"target_modules": ["q_proj", "v_proj", "embed_tokens"]}
+    v, f = verdict("mlx", facts(cfg, emb, tied))
+    assert v == "changes" and "LoRAEmbedding.as_linear" in messages(f)
+    assert verdict("mlx", facts(cfg, emb, base))[0] == "serves"  # untied: no logits path
