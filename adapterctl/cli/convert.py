@@ -124,7 +124,7 @@ def convert_cmd(
         typer.Option(
             "--to",
             metavar="FORMAT",
-            help="Write another engine's adapter: gguf (llama.cpp / Ollama, "
+            help="Write another engine's adapter: gguf (llama.cpp, "
             "OUT is a .gguf file) or mlx (MLX-LM folder). --base names the base model.",
             rich_help_panel=PANEL_OUT,
         ),
