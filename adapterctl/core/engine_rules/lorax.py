@@ -38,11 +38,10 @@ from adapterctl.core.engine_rules.rules import (
     Rule,
     Source,
     describe_scales,
+    init_rule,
     partial_kinds,
-    per_layer,
-    residual_fix,
     scale_changes,
-    unmatched_modules,
+    unmatched_rule,
 )
 
 VERSION = "a7394ba3"
@@ -284,37 +283,6 @@ def punica_rules(spec: Punica) -> tuple[Rule, ...]:
             )
         ]
 
-    def init(facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
-        fix = residual_fix(facts)
-        if fix is False:
-            return []
-        return [
-            f(
-                "init",
-                "changes",
-                f"init_lora_weights={facts.config.init_lora_weights!r}: "
-                "the adapter is applied to the unmodified base, not to the residual it was "
-                "trained on",
-                lora,
-                fix,
-            )
-        ]
-
-    def nothing(facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
-        missing = unmatched_modules(facts)
-        if not missing:
-            return []
-        return [
-            f(
-                "no_such_module",
-                "changes",
-                f"{len(missing)} of {len(facts.modules)} "
-                f"adapted modules match no module of {facts.base_name} ({per_layer(missing)};"
-                f" e.g. {missing[0]}): their tensors are left unused ({unused_words})",
-                unused,
-            )
-        ]
-
     def rule(rid: str, source: Source, summary: str, fn) -> Rule:
         return Rule(f"{engine}.{rid}", source, summary, fn)
 
@@ -337,8 +305,10 @@ def punica_rules(spec: Punica) -> tuple[Rule, ...]:
             "LoRA only on the model's adapter layers" + (" (fixed paths)" if spec.paths else ""),
             layer_names,
         ),
-        rule("init", lora, "PiSSA/OLoRA/... inits not recomputed", init),
-        rule("no_such_module", unused, "modules the model lacks: unused", nothing),
+        init_rule(engine, lora, {"lorax": "LoRAX", "tgi": "TGI"}.get(engine, engine)),
+        unmatched_rule(
+            engine, unused, "changes", lambda missing: f"their tensors are left unused ({unused_words})"
+        ),
     )
 
 

@@ -29,10 +29,9 @@ from adapterctl.core.engine_rules.rules import (
     Rule,
     Source,
     fmt_scale,
-    per_layer,
-    residual_fix,
+    init_rule,
     tensor_fix,
-    unmatched_modules,
+    unmatched_rule,
     worst_fix,
 )
 
@@ -176,38 +175,6 @@ def _extras(facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
     ]
 
 
-def _init(facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
-    fix = residual_fix(facts)
-    if fix is False:
-        return []
-    return [
-        _f(
-            "init",
-            "changes",
-            f"init_lora_weights={facts.config.init_lora_weights!r}: mlx-lm "
-            "applies the adapter to the unmodified base, not to the residual it was trained on",
-            UTILS,
-            fix,
-        )
-    ]
-
-
-def _nothing(facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
-    missing = unmatched_modules(facts)
-    if not missing:
-        return []
-    return [
-        _f(
-            "no_such_module",
-            "refuses",
-            f"{missing[0]}.lora_a: not an adapter parameter in "
-            f"the model ({len(missing)} of {len(facts.modules)} adapted modules match no module "
-            f"of {facts.base_name}: {per_layer(missing)})",
-            UTILS,
-        )
-    ]
-
-
 def _rule(rid: str, source: Source, summary: str, fn) -> Rule:
     return Rule(f"mlx.{rid}", source, summary, fn)
 
@@ -230,7 +197,12 @@ ENGINE = Engine(
         ),
         _rule("tied", UTILS, "tied base: no lm_head module; embedding LoRA reaches the logits", _tied),
         _rule("not_adapter_parameters", UTILS, "only lora_a, lora_b and m tensors load", _extras),
-        _rule("init", UTILS, "PiSSA/OLoRA/... inits not recomputed", _init),
-        _rule("no_such_module", UTILS, "modules the model lacks: refused", _nothing),
+        init_rule("mlx", UTILS, "mlx-lm"),
+        unmatched_rule(
+            "mlx",
+            UTILS,
+            "refuses",
+            lambda missing: f"{missing[0]}.lora_a: not an adapter parameter in the model",
+        ),
     ),
 )

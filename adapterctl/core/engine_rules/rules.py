@@ -364,3 +364,77 @@ def _vllm_layout(facts: AdapterFacts, path: str) -> bool:
     params = X.registration_order(X.params_of(facts.config, module))
     depth = len(params) - 1 - params.index(param)
     return (param, depth) in (("down_proj", 0), ("gate_up_proj", 1)) and len(params) <= 2
+
+
+# ----- rule factories: the rules several engines share, one shape ---------------------------
+def init_rule(engine: str, source: Source, who: str) -> Rule:
+    """PiSSA/OLoRA/... trained on a residual of the base that the engine does not recompute:
+    ``changes``, fixed by ``convert --base`` where the residual can be recomputed (spec 1.7)."""
+
+    def check(facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
+        fix = residual_fix(facts)
+        if fix is False:
+            return []
+        return [
+            Finding(
+                f"{engine}.init",
+                "changes",
+                f"init_lora_weights={facts.config.init_lora_weights!r}: {who} applies the adapter "
+                "to the unmodified base, not to the residual it was trained on",
+                source,
+                fix,
+            )
+        ]
+
+    return Rule(f"{engine}.init", source, "PiSSA/OLoRA/... inits not recomputed", check)
+
+
+def unmatched_rule(engine: str, source: Source, verdict: str, what: Callable[[list[str]], str]) -> Rule:
+    """Adapted modules the base has no module for (needs the base's parameter names); ``what``
+    says what the engine does with them, from the list of their paths."""
+
+    def check(facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
+        missing = unmatched_modules(facts)
+        if not missing:
+            return []
+        return [
+            Finding(
+                f"{engine}.no_such_module",
+                verdict,
+                f"{len(missing)} of {len(facts.modules)} adapted modules match no module of "
+                f"{facts.base_name} ({per_layer(missing)}; e.g. {missing[0]}): {what(missing)}",
+                source,
+            )
+        ]
+
+    summary = "modules the model lacks: " + ("refused" if verdict == "refuses" else "no effect")
+    return Rule(f"{engine}.no_such_module", source, summary, check)
+
+
+def scale_rule(
+    engine: str,
+    source: Source,
+    summary: str,
+    engine_scale: Callable[[AdapterFacts, ModuleFacts], float],
+    what,
+) -> Rule:
+    """The engine computes a module's scale its own way (``engine_scale``): where it differs from
+    PEFT's, ``changes``, fixed by baking the scales into lora_B (kind SCALE). ``what(facts)`` names
+    the cause."""
+
+    def check(facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
+        changed = scale_changes(facts, lambda m: engine_scale(facts, m))
+        if not changed:
+            return []
+        return [
+            Finding(
+                f"{engine}.scaling",
+                "changes",
+                describe_scales(changed, what(facts)),
+                source,
+                "convert",
+                kind=SCALE,
+            )
+        ]
+
+    return Rule(f"{engine}.scaling", source, summary, check)

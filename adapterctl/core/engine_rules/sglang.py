@@ -31,10 +31,9 @@ from adapterctl.core.engine_rules.rules import (
     Finding,
     Rule,
     Source,
-    describe_scales,
+    init_rule,
     per_layer,
-    residual_fix,
-    scale_changes,
+    scale_rule,
     tensor_fix,
     worst_fix,
 )
@@ -113,17 +112,6 @@ def _targets(facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
             "convert",
         )
     ]
-
-
-def _scaling(facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
-    cfg = facts.config
-    changed = scale_changes(facts, lambda m: cfg.lora_alpha / cfg.r)
-    if not changed:
-        return []
-    what = (
-        "rsLoRA scale ignored" if cfg.use_rslora else "alpha_pattern/rank_pattern scale ignored"
-    ) + f" (SGLang scales every module by lora_alpha / r = {cfg.lora_alpha:g}/{cfg.r})"
-    return [Finding("sglang.scaling", "changes", describe_scales(changed, what), LORA, "convert", kind=SCALE)]
 
 
 def _ranks(facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
@@ -279,23 +267,6 @@ def _ignored_tensors(facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
     ]
 
 
-def _init(facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
-    fix = residual_fix(facts)
-    if fix is False:
-        return []
-    return [
-        _f(
-            "init",
-            "changes",
-            f"init_lora_weights={facts.config.init_lora_weights!r} is not "
-            "read: the adapter is applied to the unmodified base, not to the residual it was "
-            "trained on",
-            LORA_CONFIG,
-            fix,
-        )
-    ]
-
-
 def _nothing(facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
     """SGLang places tensors by layer index and module name (substring), not by path, so only
     a (layer, module name) pair the base lacks is lost."""
@@ -332,11 +303,19 @@ ENGINE = Engine(
         _rule("dora", MANAGER, "use_dora: ValueError", _dora),
         _rule("added_tokens", MANAGER, "added_tokens.json with new tokens: ValueError", _added_tokens),
         _rule("target_modules", MANAGER, "target_modules as a regex string: ValueError", _targets),
-        _rule(
-            "scaling",
+        scale_rule(
+            "sglang",
             LORA,
             "one scale lora_alpha / r for every module: rsLoRA and alpha/rank patterns ignored",
-            _scaling,
+            lambda facts, m: facts.config.lora_alpha / facts.config.r,
+            lambda facts: (
+                (
+                    "rsLoRA scale ignored"
+                    if facts.config.use_rslora
+                    else "alpha_pattern/rank_pattern scale ignored"
+                )
+                + f" (SGLang scales every module by lora_alpha / r = {facts.config.lora_alpha:g}/{facts.config.r})"
+            ),
         ),
         _rule("rank_pattern", MEM_POOL, "a module rank other than r: buffer shape assertion", _ranks),
         _rule(
@@ -370,7 +349,7 @@ ENGINE = Engine(
             "modules_to_save, biases and token rows outside the layers: ignored",
             _ignored_tensors,
         ),
-        _rule("init", LORA_CONFIG, "PiSSA/OLoRA/... inits not read", _init),
+        init_rule("sglang", LORA_CONFIG, "SGLang (which reads no init_lora_weights)"),
         _rule("no_such_module", MEM_POOL, "modules the model lacks: skipped with a warning", _nothing),
     ),
 )

@@ -29,11 +29,10 @@ from adapterctl.core.engine_rules.rules import (
     Finding,
     Rule,
     Source,
-    per_layer,
     residual_fix,
     resized_tables,
     tensor_fix,
-    unmatched_modules,
+    unmatched_rule,
     worst_fix,
 )
 from adapterctl.core.engine_rules.vllm_tower import tower_lora
@@ -317,23 +316,6 @@ def _expected_modules(facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
     ]
 
 
-def _nothing(facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
-    missing = unmatched_modules(facts)
-    if not missing:
-        return []
-    return [
-        _f(
-            "no_such_module",
-            "changes",
-            f"{len(missing)} of {len(facts.modules)} adapted "
-            f"modules match no module of {facts.base_name} ({per_layer(missing)}; e.g. "
-            f"{missing[0]}): vLLM loads the adapter and skips them silently, so they change "
-            "nothing",
-            MODEL_MANAGER,
-        )
-    ]
-
-
 def _rule(rid: str, source: Source, summary: str, fn) -> Rule:
     return Rule(f"vllm.{rid}", source, summary, fn)
 
@@ -378,7 +360,12 @@ ENGINE = Engine(
             "LoRA on a module that is not a linear or embedding layer of the model: ValueError",
             _expected_modules,
         ),
-        _rule("no_such_module", MODEL_MANAGER, "modules the model does not have: skipped silently", _nothing),
+        unmatched_rule(
+            "vllm",
+            MODEL_MANAGER,
+            "changes",
+            lambda missing: "vLLM loads the adapter and skips them silently, so they change nothing",
+        ),
         _rule(
             "tower_lora",
             MODEL_MANAGER,
