@@ -23,7 +23,7 @@ def check_cmd(
             "--engine",
             "-e",
             metavar="ENGINE",
-            help="vllm, sglang, lorax, tgi, llama.cpp, mlx or all (default); repeatable or comma-separated.",
+            help="vllm, sglang, lorax, tgi, llama.cpp, mlx, trtllm or all (default); repeatable or comma-separated.",
         ),
     ] = None,
     base: Annotated[

@@ -96,7 +96,7 @@ def convert_cmd(
             "--for",
             metavar="ENGINE",
             help="Rewrite the adapter so that this engine serves it as "
-            "trained (vllm, sglang, lorax, tgi, llama.cpp, mlx or all): DoRA to LoRA, extras to "
+            "trained (vllm, sglang, lorax, tgi, llama.cpp, mlx, trtllm or all): DoRA to LoRA, extras to "
             "full-rank LoRA, scales baked; or refuse, naming what no LoRA can hold there.",
             rich_help_panel=PANEL_MODE,
         ),

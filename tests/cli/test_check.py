@@ -20,7 +20,7 @@ def test_served_everywhere_exits_0_with_one_json_document():
     doc = res.json
     assert doc["ok"] is True and "error" not in doc
     assert [r["engine"] for r in doc["results"]] == ["vllm", "sglang", "lorax", "llama.cpp",
-                                                      "mlx", "tgi"]
+                                                      "mlx", "tgi", "trtllm"]
     assert all(set(r) == RESULT_KEYS and r["verdict"] == "serves" for r in doc["results"])
 
 

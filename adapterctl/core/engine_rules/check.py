@@ -11,7 +11,7 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from adapterctl.core.engine_rules import llama_cpp, lorax, mlx, sglang, tgi, vllm
+from adapterctl.core.engine_rules import llama_cpp, lorax, mlx, sglang, tgi, trtllm, vllm
 from adapterctl.core.engine_rules.base_fit import check_base_fit, mapping_note
 from adapterctl.core.engine_rules.facts import AdapterFacts, BaseFacts
 from adapterctl.core.engine_rules.rules import (
@@ -25,7 +25,16 @@ from adapterctl.core.engine_rules.rules import (
 from adapterctl.errors import UsageError
 
 ENGINES: dict[str, Engine] = {
-    e.name: e for e in (vllm.ENGINE, sglang.ENGINE, lorax.ENGINE, llama_cpp.ENGINE, mlx.ENGINE, tgi.ENGINE)
+    e.name: e
+    for e in (
+        vllm.ENGINE,
+        sglang.ENGINE,
+        lorax.ENGINE,
+        llama_cpp.ENGINE,
+        mlx.ENGINE,
+        tgi.ENGINE,
+        trtllm.ENGINE,
+    )
 }
 #: what --engine accepts besides the names
 ALL = "all"
@@ -43,6 +52,8 @@ def engine_names(spec: list[str] | str | None) -> list[str]:
                 names.append("llama.cpp")
             elif name in ("mlx-lm", "mlx_lm"):
                 names.append("mlx")
+            elif name in ("tensorrt-llm", "tensorrt_llm", "trt-llm"):
+                names.append("trtllm")
             elif name in ENGINES:
                 names.append(name)
             else:

@@ -378,3 +378,23 @@ def test_mlx_refuses_conv_lora_and_on_a_tied_base_lm_head_lora_and_embedding_lor
     v, f = verdict("mlx", facts(cfg, emb, tied))
     assert v == "changes" and "LoRAEmbedding.as_linear" in messages(f)
     assert verdict("mlx", facts(cfg, emb, base))[0] == "serves"  # untied: no logits path
+
+
+# ----- TensorRT-LLM (read: tensorrt_llm/lora_manager.py) ---------------------------------------
+def test_trtllm_honours_rank_patterns_and_rslora_but_not_alpha_patterns(base):
+    assert verdict("trtllm", facts({"use_rslora": True}, base=base)) == ("serves", [])
+    f = facts({"rank_pattern": {"layers.0.self_attn.q_proj": 4}}, lora(ranks={(0, "q_proj"): 4}), base)
+    assert verdict("trtllm", f) == ("serves", [])
+    v, found = verdict("trtllm", facts({"alpha_pattern": {"q_proj": 64}}, base=base))
+    assert v == "changes" and "alpha_pattern ignored" in messages(found) and found[0].kind == "scale"
+
+
+def test_trtllm_refuses_biases_and_unknown_modules_and_flags_big_ranks(base):
+    v, f = verdict("trtllm", facts({"lora_bias": True}, lora(bias=True), base))
+    assert v == "refuses" and "unsupported key" in messages(f) and "from HF LoRA weights" in messages(f)
+    shapes = {**lora(), f"{P}.0.mlp.fc1.lora_A.weight": (8, 192), f"{P}.0.mlp.fc1.lora_B.weight": (512, 8)}
+    v, f = verdict("trtllm", facts({"target_modules": ["q_proj", "v_proj", "fc1"]}, shapes))
+    assert v == "refuses" and "hf_module fc1 is not in supported list" in messages(f)
+    v, f = verdict("trtllm", facts({"r": 128}, lora(r=128), base))
+    assert v == "serves" and f[0].flags == ("max_lora_rank=128",)
+    assert verdict("trtllm", facts({"use_dora": True}, lora(dora=True), base)) == ("serves", [])
