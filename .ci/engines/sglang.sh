@@ -17,13 +17,14 @@ rm -rf "$DEST"
 PY=${PYTHON:-python3}
 "$PY" -m venv "$DEST"
 "$DEST/bin/python" -m pip install -q --upgrade pip >&2
-# CPU torch as adapterctl's (sglang pins 2.14.1, a CUDA build: nothing here needs it) with its
-# torchvision, sglang's pinned transformers, and what `import sglang.srt.lora.lora_manager`
-# imports on the way (found by importing it until nothing was missing).
-"$DEST/bin/python" -m pip install -q torch==2.13.0 "torchvision==0.28.0" "transformers==5.19.0" \
-  triton safetensors numpy huggingface_hub pydantic psutil requests tqdm packaging pyzmq orjson \
-  msgspec einops setproctitle pybase64 pillow starlette IPython aiohttp dill \
-  "apache-tvm-ffi==0.1.11" "compressed-tensors" openai partial_json_parser gguf >&2
+# sglang's own pins for torch (2.14.1, PyPI's CUDA build: it runs on CPU; the CPU 2.13 wheel with
+# a matching torchvision is not on PyPI: torchvision 0.28's operators fail to register on it),
+# transformers and tvm-ffi, and what `import sglang.srt.lora.lora_manager` imports on the way
+# (found by importing it until nothing was missing). About 6 GB, cached.
+"$DEST/bin/python" -m pip install -q torch==2.14.1 torchvision==0.29.1 "transformers==5.19.0" \
+  triton==3.8.0 safetensors numpy huggingface_hub pydantic psutil requests tqdm packaging pyzmq \
+  orjson msgspec einops setproctitle pybase64 pillow starlette IPython aiohttp dill \
+  "apache-tvm-ffi==0.1.11" compressed-tensors openai partial_json_parser gguf loguru >&2
 "$DEST/bin/python" -m pip install -q --no-deps "sglang==$VERSION" >&2
 "$DEST/bin/python" -c "import sglang, torch, sglang.srt.lora.lora_manager; print('sglang', sglang.__version__, 'torch', torch.__version__)" >&2
 touch "$DEST/.complete"
