@@ -93,6 +93,17 @@ def test_cited_sources_exist_in_the_engines_on_this_machine():
         assert (llama / rule.source.file).is_file(), rule.source.file
 
 
+def test_sglang_cited_sources_exist_in_the_wheel_ci_runs():
+    sglang_py = Path(os.environ.get("ADAPTERCTL_SGLANG_PYTHON") or Path.home() /
+                     ".cache/adapterctl-engines/sglang-0.5.23/bin/python")
+    if not sglang_py.is_file():
+        pytest.fail("SGLang's virtualenv not found: run bash .ci/engines/sglang.sh (or set "
+                    "ADAPTERCTL_SGLANG_PYTHON)")
+    site = next((sglang_py.parent.parent / "lib").glob("python3*/site-packages"))
+    for rule in ENGINES["sglang"].rules:
+        assert (site / rule.source.file.removeprefix("python/")).is_file(), rule.source.file
+
+
 # ----- vLLM 0.32.0 --------------------------------------------------------------------------
 def test_vllm_refuses_dora_lora_bias_and_modules_to_save_in_its_own_words(base):
     v, f = verdict("vllm", facts({"use_dora": True}, lora(dora=True), base))
