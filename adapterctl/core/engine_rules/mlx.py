@@ -12,9 +12,9 @@ and Embedding (``tuner/dora.py``), and ``load_adapters`` accepts only ``lora_a``
 Linear, SwitchLinear (MoE experts: no DoRA, "SwitchLinear doesn't support DoRA yet.") and
 Embedding only ("Can't convert layer of type ... to LoRA"); on a tied base the model has no
 lm_head module and the logits are ``embed_tokens.as_linear``, which ``LoRAEmbedding.as_linear``
-(``tuner/lora.py``) extends with the embedding LoRA. These rules are read from the installed
-mlx-lm 0.32.2 (the build CI runs); tests/interop/test_mlx_lm.py runs mlx-lm on the MLX exports,
-not on these refusals.
+(``tuner/lora.py``) extends with the embedding LoRA. The layer-kind and tied-base rules are
+executed (tests/interop/test_mlx_rules.py runs mlx-lm 0.32.2's code on those cases); the others are
+read from it (tests/interop/test_mlx_lm.py runs mlx-lm on the MLX exports).
 """
 
 from __future__ import annotations
@@ -38,6 +38,9 @@ from adapterctl.core.engine_rules.rules import (
 VERSION = "0.32.2"
 UTILS = Source("mlx-lm", VERSION, "mlx_lm/tuner/utils.py")
 LORA = Source("mlx-lm", VERSION, "mlx_lm/tuner/lora.py")
+# executed: tests/interop/test_mlx_rules.py runs linear_to_lora_layers on these cases
+LAYERS = Source("mlx-lm", VERSION, "mlx_lm/tuner/utils.py", "executed")
+AS_LINEAR = Source("mlx-lm", VERSION, "mlx_lm/tuner/lora.py", "executed")
 
 CAPS = Caps(
     rank_pattern=False,
@@ -102,7 +105,7 @@ def _layer_kinds(facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
                 "refuses",
                 f"Can't convert layer of type Conv to LoRA ({conv[0]}; {len(conv)} convolution "
                 "modules: linear_to_lora_layers converts Linear, SwitchLinear and Embedding only)",
-                UTILS,
+                LAYERS,
                 "drop",
             )
         ]
@@ -114,7 +117,7 @@ def _layer_kinds(facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
                 "refuses",
                 f"SwitchLinear doesn't support DoRA yet. ({experts[0]}: mlx-lm holds MoE experts "
                 "in one SwitchLinear)",
-                UTILS,
+                LAYERS,
                 "base",
             )
         ]
@@ -136,7 +139,7 @@ def _tied(facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
                 "refuses",
                 f"{heads[0]}.lora_a: not an adapter parameter in the model ({facts.base_name} ties "
                 "lm_head to the embeddings, so mlx-lm's model has no lm_head module)",
-                UTILS,
+                LAYERS,
                 "drop",
             )
         )
@@ -149,7 +152,7 @@ def _tied(facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
                 f"{embs[0]}: on a tied base the logits are embed_tokens.as_linear, and "
                 "LoRAEmbedding.as_linear adds the embedding LoRA there too; PEFT applies it to the "
                 "input lookup only",
-                LORA,
+                AS_LINEAR,
             )
         )
     return out
@@ -191,11 +194,11 @@ ENGINE = Engine(
         _rule("one_scale", LORA, "one scale for every LoRA layer", _scales),
         _rule(
             "layer_kinds",
-            UTILS,
+            LAYERS,
             "LoRA on Linear, SwitchLinear and Embedding only; no DoRA on SwitchLinear",
             _layer_kinds,
         ),
-        _rule("tied", UTILS, "tied base: no lm_head module; embedding LoRA reaches the logits", _tied),
+        _rule("tied", LAYERS, "tied base: no lm_head module; embedding LoRA reaches the logits", _tied),
         _rule("not_adapter_parameters", UTILS, "only lora_a, lora_b and m tensors load", _extras),
         init_rule("mlx", UTILS, "mlx-lm"),
         unmatched_rule(
