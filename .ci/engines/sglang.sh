@@ -24,7 +24,7 @@ PY=${PYTHON:-python3}
 "$DEST/bin/python" -m pip install -q torch==2.14.1 torchvision==0.29.1 "transformers==5.19.0" \
   triton==3.8.0 safetensors numpy huggingface_hub pydantic psutil requests tqdm packaging pyzmq \
   orjson msgspec einops setproctitle pybase64 pillow starlette IPython aiohttp dill \
-  "apache-tvm-ffi==0.1.11" compressed-tensors openai partial_json_parser gguf loguru >&2
+  "apache-tvm-ffi==0.1.11" compressed-tensors openai partial_json_parser gguf loguru sentencepiece >&2
 "$DEST/bin/python" -m pip install -q --no-deps "sglang==$VERSION" >&2
 "$DEST/bin/python" -c "import sglang, torch, sglang.srt.lora.lora_manager; print('sglang', sglang.__version__, 'torch', torch.__version__)" >&2
 touch "$DEST/.complete"
