@@ -8,8 +8,10 @@ name matches no target module are skipped with a warning).
 
 SGLang's server needs a GPU, but this loader is Python on torch: tests/interop/
 test_sglang_rules.py runs it on CPU (sglang 0.5.23 from PyPI, tests/interop/sglang_runner.py)
-on adapters of each kind and asserts ``check`` says what it did, so these rules are
-``executed``; the MoE-expert reading (``rules.expert_findings``) is ``read``.
+on adapters of each kind and asserts ``check`` says what it did: the stacking, unknown-module,
+in-layer tensor, scaling, ignored-tensor and serving-flag rules are ``executed``; DoRA, added
+tokens, a regex target_modules, rank_pattern, inits, modules the base lacks and MoE experts
+(``rules.expert_findings``) are ``read``.
 
 What the execution showed besides the reading: ``normalize_qkv_proj`` stacks q/k/v into
 ``qkv_proj`` and reads ``weights[v_proj]`` unchecked (q_proj without v_proj: KeyError), k_proj
@@ -44,6 +46,11 @@ LORA = Source("sglang", VERSION, "python/sglang/srt/lora/lora.py", "executed")
 MANAGER = Source("sglang", VERSION, "python/sglang/srt/lora/lora_manager.py", "executed")
 MEM_POOL = Source("sglang", VERSION, "python/sglang/srt/lora/mem_pool.py", "executed")
 UTILS = Source("sglang", VERSION, "python/sglang/srt/lora/utils.py", "executed")
+# the same files for the rules no interop case exercises yet (DoRA, added tokens, a regex
+# target_modules, rank_pattern, inits, modules the base lacks): read
+MANAGER_READ = Source("sglang", VERSION, "python/sglang/srt/lora/lora_manager.py")
+MEM_POOL_READ = Source("sglang", VERSION, "python/sglang/srt/lora/mem_pool.py")
+LORA_CONFIG_READ = Source("sglang", VERSION, "python/sglang/srt/lora/lora_config.py")
 #: module names with a buffer size in get_default_hidden_dim (after q/k/v and gate/up stacking)
 KNOWN_MODULES = {
     "q_proj", "k_proj", "v_proj", "qkv_proj", "o_proj", "gate_proj", "up_proj", "gate_up_proj",
@@ -73,7 +80,7 @@ def _dora(facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
             "dora",
             "refuses",
             "Failed to load the adapter because LoRA serving currently doesn't support DoRA adapters",
-            MANAGER,
+            MANAGER_READ,
             "base",
         )
     ]
@@ -92,7 +99,7 @@ def _added_tokens(facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
             "currently doesn't support adapters that add tokens to the vocabulary "
             f"(added_tokens.json: {len(ids)} tokens"
             + (f" at or above the base vocabulary of {vocab})" if vocab else ")"),
-            MANAGER,
+            MANAGER_READ,
         )
     ]
 
@@ -108,7 +115,7 @@ def _targets(facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
             f"SGLang does not recognize target_modules='{tm}'. "
             "Please use a list of module name suffixes in the adapter's PEFT config, or "
             "explicitly specify --lora-target-modules during server startup.",
-            MANAGER,
+            MANAGER_READ,
             "convert",
         )
     ]
@@ -127,7 +134,7 @@ def _ranks(facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
             f"{facts.config.r} (rank_pattern), but SGLang copies every module into a buffer "
             f'slice of rank r: "LoRA buffer shape ... does not match weight shape '
             f'{list(m.a_shape)}" for {m.path}',
-            MEM_POOL,
+            MEM_POOL_READ,
             "convert",
             kind=SCALE,
         )
@@ -285,7 +292,7 @@ def _nothing(facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
             f"modules match no module of {facts.base_name} ({per_layer(missing)}; e.g. "
             f'{missing[0]}): SGLang skips them ("weight(s) skipped because they did not match '
             'any target module")',
-            MEM_POOL,
+            MEM_POOL_READ,
         )
     ]
 
@@ -300,9 +307,9 @@ ENGINE = Engine(
     version=VERSION,
     caps=CAPS,
     rules=(
-        _rule("dora", MANAGER, "use_dora: ValueError", _dora),
-        _rule("added_tokens", MANAGER, "added_tokens.json with new tokens: ValueError", _added_tokens),
-        _rule("target_modules", MANAGER, "target_modules as a regex string: ValueError", _targets),
+        _rule("dora", MANAGER_READ, "use_dora: ValueError", _dora),
+        _rule("added_tokens", MANAGER_READ, "added_tokens.json with new tokens: ValueError", _added_tokens),
+        _rule("target_modules", MANAGER_READ, "target_modules as a regex string: ValueError", _targets),
         scale_rule(
             "sglang",
             LORA,
@@ -317,7 +324,7 @@ ENGINE = Engine(
                 + f" (SGLang scales every module by lora_alpha / r = {facts.config.lora_alpha:g}/{facts.config.r})"
             ),
         ),
-        _rule("rank_pattern", MEM_POOL, "a module rank other than r: buffer shape assertion", _ranks),
+        _rule("rank_pattern", MEM_POOL_READ, "a module rank other than r: buffer shape assertion", _ranks),
         _rule(
             "qkv_stacking",
             LORA,
@@ -349,7 +356,7 @@ ENGINE = Engine(
             "modules_to_save, biases and token rows outside the layers: ignored",
             _ignored_tensors,
         ),
-        init_rule("sglang", LORA_CONFIG, "SGLang (which reads no init_lora_weights)"),
-        _rule("no_such_module", MEM_POOL, "modules the model lacks: skipped with a warning", _nothing),
+        init_rule("sglang", LORA_CONFIG_READ, "SGLang (which reads no init_lora_weights)"),
+        _rule("no_such_module", MEM_POOL_READ, "modules the model lacks: skipped with a warning", _nothing),
     ),
 )
