@@ -120,7 +120,7 @@ ToOpt = Annotated[
     typer.Option(
         "--to",
         metavar="FORMAT",
-        help="Write another engine's adapter: gguf (llama.cpp / Ollama, "
+        help="Write another engine's adapter: gguf (llama.cpp, "
         "OUT is a .gguf file) or mlx (MLX-LM folder). --base names the base model.",
         rich_help_panel=PANEL_OUT,
     ),

@@ -43,7 +43,9 @@ def render_export(console, r) -> None:
             f"({types}), adapter.lora.alpha={r.lora_alpha:g}"
         )
         console.print(f"llama.cpp: llama-cli -m BASE.gguf --lora {escape(r.output)}")
-        console.print(f"Ollama Modelfile: FROM <base model>\n                  {escape(r.ollama_modelfile)}")
+        console.print(f"llama.cpp server: llama-server -m BASE.gguf --lora {escape(r.output)}")
+        # Ollama 0.34.1 dropped creating models from a Modelfile ADAPTER line (ollama/ollama#14969,
+        # merged 2026-09-15; models built before still serve), so no Modelfile hint any more.
     else:
         console.print(
             f"[green]wrote[/green] {escape(r.output)} (MLX-LM {r.fine_tune_type} "

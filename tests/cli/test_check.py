@@ -20,7 +20,7 @@ def test_served_everywhere_exits_0_with_one_json_document():
     doc = res.json
     assert doc["ok"] is True and "error" not in doc
     assert [r["engine"] for r in doc["results"]] == ["vllm", "sglang", "lorax", "llama.cpp",
-                                                      "mlx", "tgi"]
+                                                      "mlx", "tgi", "trtllm"]
     assert all(set(r) == RESULT_KEYS and r["verdict"] == "serves" for r in doc["results"])
 
 
@@ -34,7 +34,8 @@ def test_a_refusal_exits_10_and_names_the_fix():
     assert dora["verdict"] == "refuses" and dora["engine_version"] == "0.32.0"
     assert dora["reasons"][0] == {"rule": "vllm.dora", "verdict": "refuses",
                                   "message": "vLLM does not yet support DoRA.",
-                                  "source": "vllm 0.32.0: vllm/lora/peft_helper.py"}
+                                  "source": "vllm 0.32.0: vllm/lora/peft_helper.py",
+                                  "proof": "executed"}
     assert dora["fix"] == ("adapterctl convert examples/dragon-dora dragon-dora-vllm --for vllm "
                            "--base examples/tiny-base")
     assert by[(UPPER, "vllm")]["flags"] == ["--max-loras 2"]  # two adapters served together

@@ -35,13 +35,11 @@ from adapterctl.core.convert.draft import AdapterDraft, ModuleReport
 from adapterctl.core.convert.engine_work import PREFIX, ForEngine, Work
 from adapterctl.core.convert.rank_reduce import ranked_config
 from adapterctl.core.engine_rules.check import ENGINES, engine_names
-from adapterctl.core.engine_rules.rules import Caps, evaluate
+from adapterctl.core.engine_rules.lorax import padded_rank
+from adapterctl.core.engine_rules.rules import PARTNERS_KIND, SCALE, Caps, evaluate
 from adapterctl.errors import AdapterctlError, UnsupportedError, UsageError
 
 __all__ = ["ForEngine", "combined_caps", "convert_for_engine"]
-
-#: rules whose findings mean "bake the scales into lora_B with one r and one alpha"
-SCALE_RULES = ("scaling", "rank_pattern", "stacked_ranks", "one_rank", "one_scale")
 
 
 def combined_caps(names: list[str]) -> Caps:
@@ -50,21 +48,13 @@ def combined_caps(names: list[str]) -> Caps:
     ranks = [c.max_rank for c in caps if c.max_rank]
     bools = {
         f: all(getattr(c, f) for c in caps)
-        for f in (
-            "rslora",
-            "alpha_pattern",
-            "rank_pattern",
-            "dora",
-            "lora_bias",
-            "embedding_lora",
-            "lm_head_lora",
-        )
+        for f in ("rank_pattern", "dora", "lora_bias", "embedding_lora", "lm_head_lora")
     }
     lists = [set(c.lora_modules) for c in caps if c.lora_modules is not None]
     return Caps(
         **bools,
         all_layers=any(c.all_layers for c in caps),
-        list_targets=any(c.list_targets for c in caps),
+        pad_rank=any(c.pad_rank for c in caps),
         max_rank=min(ranks) if ranks else None,
         lora_modules=tuple(sorted(set.intersection(*lists))) if lists else None,
     )
@@ -85,6 +75,7 @@ def convert_for_engine(draft: AdapterDraft, req: ForEngine) -> AdapterDraft:
         extras.unservable_modules(work, caps)
         if caps.all_layers:
             _fill_layers(work)
+        _add_partners(work, names)
         _cap_ranks(work, caps)
         return _finish(work, names, caps)
     finally:
@@ -168,6 +159,40 @@ def _fill_layers(work: Work) -> None:
         )
 
 
+def _add_partners(work: Work, names: list[str]) -> None:
+    """A zero LoRA on the module a stacked projection needs beside the adapted one (SGLang's
+    q/k/v and gate/up stacking: rules of kind PARTNERS_KIND): ΔW = 0 there, exact."""
+    from adapterctl.core.engine_rules.sglang import missing_partners
+
+    facts = work.facts(work.draft.config, work.draft.tensors)
+    wanted = any(
+        f.kind == PARTNERS_KIND for n in names for f in evaluate(ENGINES[n], facts)[1] if f.verdict != "flag"
+    )
+    if not wanted:
+        return
+    added = []
+    for path, partner in missing_partners(work.mods):
+        if partner in work.mods:
+            continue
+        shape = work.base_facts.param_shape(partner + ".weight") if work.base_facts else None
+        if shape is None:
+            raise UsageError(
+                f"{work.draft.source}: {path} needs a zero LoRA on {partner}, whose shape comes "
+                "from the base",
+                hint="Add --base BASE (the model the adapter was trained on).",
+            )
+        f = work.mods[path]
+        work.mods[partner] = FR.Factors(
+            "linear", torch.zeros((f.r, shape[1])), torch.zeros((shape[0], f.r)), f.dtype
+        )
+        added.append(partner)
+    if added:
+        work.notes.append(
+            f"zero LoRA added on {len(added)} modules (e.g. {added[0]}): SGLang stacks q/k/v and "
+            "gate/up and cannot load a projection without its partner; zeros are exact"
+        )
+
+
 def _cap_ranks(work: Work, caps: Caps) -> None:
     if caps.max_rank is None:
         return
@@ -192,12 +217,13 @@ def _cap_ranks(work: Work, caps: Caps) -> None:
 
 
 # ----- the output config and tensors -----------------------------------------------------------
-def _target_config(work: Work, bake: bool = False, uniform: bool = False) -> dict:
+def _target_config(work: Work, bake: bool = False, uniform: bool = False, pad: int | None = None) -> dict:
     """The output config: targets naming exactly the modules written; ranks as r plus full-path
-    rank_pattern; with ``bake``, no rsLoRA and no alpha_pattern, lora_alpha = r (one scale)."""
+    rank_pattern; with ``bake``, no rsLoRA and no alpha_pattern, lora_alpha = r (one scale);
+    ``pad``: every module zero-padded to that rank (exact)."""
     ranks = {p: f.r for p, f in work.mods.items()}
-    if uniform:
-        top = max(ranks.values())
+    if uniform or pad:
+        top = max([*ranks.values(), pad or 0])
         ranks = dict.fromkeys(ranks, top)
     doc = ranked_config(work.config, ranks)
     tm = doc.get("target_modules")
@@ -243,11 +269,18 @@ def _finish(work: Work, names: list[str], caps: Caps) -> AdapterDraft:
             "for every module; zero rows and columns are exact)"
         )
     if _needs_bake(work, config, names):
-        config = _target_config(work, bake=True, uniform=not caps.rank_pattern)
+        pad = _pad_to(config["r"]) if caps.pad_rank else None
+        config = _target_config(work, bake=True, uniform=not caps.rank_pattern, pad=pad)
         work.notes.append(
             "scales baked into lora_B (use_rslora=false, no alpha_pattern, "
             f"lora_alpha=r={config['r']}): the engine computes one scale per module "
             "from r and lora_alpha"
+            + (
+                f"; ranks zero-padded to {pad}, a rank pad_rank leaves as it is at tensor-parallel "
+                f"sizes up to {pad // 8}, so its padding no longer rescales later module kinds"
+                if pad
+                else ""
+            )
         )
     tensors = _tensors(work, config)
     flags = _verify(work, config, tensors, names)
@@ -269,9 +302,15 @@ def _needs_bake(work: Work, config: dict, names: list[str]) -> bool:
     facts = work.facts(config, _tensors(work, config))
     for name in names:
         _, findings = evaluate(ENGINES[name], facts)
-        if any(f.rule.rsplit(".", 1)[-1] in SCALE_RULES for f in findings):
+        if any(f.kind == SCALE for f in findings):
             return True
     return False
+
+
+def _pad_to(r: int) -> int:
+    """A rank LoRAX's/TGI's pad_rank keeps as it is (at world size 1 and 2 at least): at least
+    16 and a multiple of 16. With it config.r never changes while the module kinds load."""
+    return max(16, padded_rank(r, 2))
 
 
 def _verify(work: Work, config: dict, tensors: dict, names: list[str]) -> list[str]:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from adapterctl.core.adapter.base_info import BaseInfo, local_base, read_base_info
-from adapterctl.core.engine_rules import llama_cpp, lorax, mlx, sglang, tgi, vllm
+from adapterctl.core.engine_rules import llama_cpp, lorax, mlx, sglang, tgi, trtllm, vllm
 from adapterctl.core.engine_rules.base_fit import check_base_fit, mapping_note
 from adapterctl.core.engine_rules.facts import AdapterFacts
 from adapterctl.core.engine_rules.names import ALL, canonical_engine
@@ -27,7 +27,16 @@ from adapterctl.core.engine_rules.rules import (
 from adapterctl.errors import UsageError
 
 ENGINES: dict[str, Engine] = {
-    e.name: e for e in (vllm.ENGINE, sglang.ENGINE, lorax.ENGINE, llama_cpp.ENGINE, mlx.ENGINE, tgi.ENGINE)
+    e.name: e
+    for e in (
+        vllm.ENGINE,
+        sglang.ENGINE,
+        lorax.ENGINE,
+        llama_cpp.ENGINE,
+        mlx.ENGINE,
+        tgi.ENGINE,
+        trtllm.ENGINE,
+    )
 }
 
 
@@ -92,7 +101,11 @@ def fix_command(
 def check_facts(
     facts_list: list[AdapterFacts], engines: list[str], base_arg: str | None = None
 ) -> list[EngineVerdict]:
-    ctx = CheckContext(num_adapters=len(facts_list))
+    ctx = CheckContext(
+        num_adapters=len(facts_list),
+        max_rank=max((f.max_rank for f in facts_list), default=0),
+        module_names=frozenset(m.name for f in facts_list for m in f.modules),
+    )
     out = []
     for facts in facts_list:
         for name in engines:

@@ -23,12 +23,10 @@ from adapterctl.core.engine_rules.rules import (
     Finding,
     Rule,
     Source,
-    describe_scales,
-    per_layer,
-    residual_fix,
-    scale_changes,
+    init_rule,
+    scale_rule,
     tensor_fix,
-    unmatched_modules,
+    unmatched_rule,
     worst_fix,
 )
 
@@ -40,8 +38,6 @@ ADAPTER_H = Source("llama.cpp", VERSION, "src/llama-adapter.h")
 
 # Per-module rank is honoured (the scale uses each tensor's rank), one alpha for all.
 CAPS = Caps(
-    rslora=False,
-    alpha_pattern=False,
     rank_pattern=True,
     dora=False,
     lora_bias=False,
@@ -56,10 +52,12 @@ MERGED_GGUF = "; a merged model keeps it exactly: adapterctl merge BASE ADAPTER 
 MERGE_KEEPS = ("full_tensors", "norms", "tied_lm_head")
 
 
-def _f(rule: str, verdict: str, message: str, source: Source, fix: str | None = None) -> Finding:
+def _f(
+    rule: str, verdict: str, message: str, source: Source, fix: str | None = None, kind: str = "other"
+) -> Finding:
     if rule in MERGE_KEEPS and fix == "drop":
         message += MERGED_GGUF
-    return Finding(f"llama.cpp.{rule}", verdict, message, source, fix)
+    return Finding(f"llama.cpp.{rule}", verdict, message, source, fix, kind=kind)
 
 
 def _unexpected(name: str) -> str:
@@ -68,17 +66,6 @@ def _unexpected(name: str) -> str:
 
 def _is_norm(key: str) -> bool:
     return "_layernorm" in key or ".norm" in key
-
-
-def _scaling(facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
-    alpha = facts.config.lora_alpha
-    changed = scale_changes(facts, lambda m: alpha / m.r)
-    if not changed:
-        return []
-    what = (
-        "rsLoRA scale ignored" if facts.config.use_rslora else "alpha_pattern ignored"
-    ) + f" (llama.cpp scales each module by adapter.lora.alpha / rank = {alpha:g} / r)"
-    return [_f("scaling", "changes", describe_scales(changed, what), ADAPTER_H, "convert")]
 
 
 def _dora(facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
@@ -167,39 +154,6 @@ def _tied_lm_head(facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
     ]
 
 
-def _init(facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
-    fix = residual_fix(facts)
-    if fix is False:
-        return []
-    return [
-        _f(
-            "init",
-            "changes",
-            f"init_lora_weights={facts.config.init_lora_weights!r} is not "
-            "read by the converter: the adapter is applied to the unmodified base, not to the "
-            "residual it was trained on",
-            CONVERTER,
-            fix,
-        )
-    ]
-
-
-def _nothing(facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
-    missing = unmatched_modules(facts)
-    if not missing:
-        return []
-    return [
-        _f(
-            "no_such_module",
-            "refuses",
-            f"Can not map tensor '{missing[0]}.weight' "
-            f"({len(missing)} of {len(facts.modules)} adapted modules match no module of "
-            f"{facts.base_name}: {per_layer(missing)})",
-            MAPPER,
-        )
-    ]
-
-
 def _rule(rid: str, source: Source, summary: str, fn) -> Rule:
     return Rule(f"llama.cpp.{rid}", source, summary, fn)
 
@@ -210,8 +164,15 @@ ENGINE = Engine(
     version=VERSION,
     caps=CAPS,
     rules=(
-        _rule(
-            "scaling", ADAPTER_H, "scale alpha / rank per tensor: rsLoRA and alpha_pattern ignored", _scaling
+        scale_rule(
+            "llama.cpp",
+            ADAPTER_H,
+            "scale alpha / rank per tensor: rsLoRA and alpha_pattern ignored",
+            lambda facts, m: facts.config.lora_alpha / m.r,
+            lambda facts: (
+                ("rsLoRA scale ignored" if facts.config.use_rslora else "alpha_pattern ignored")
+                + f" (llama.cpp scales each module by adapter.lora.alpha / rank = {facts.config.lora_alpha:g} / r)"
+            ),
         ),
         _rule("dora", CONVERTER, "lora_magnitude_vector: converter stops", _dora),
         _rule("lora_bias", CONVERTER, "lora_B.bias: converter stops", _lora_bias),
@@ -224,7 +185,9 @@ ENGINE = Engine(
         _rule(
             "tied_lm_head", CONVERTER, "lm_head LoRA on a tied-embedding base: converter stops", _tied_lm_head
         ),
-        _rule("init", CONVERTER, "PiSSA/OLoRA/... inits not read", _init),
-        _rule("no_such_module", MAPPER, "modules the architecture lacks: converter stops", _nothing),
+        init_rule("llama.cpp", CONVERTER, "convert_lora_to_gguf.py (which reads no init_lora_weights)"),
+        unmatched_rule(
+            "llama.cpp", MAPPER, "refuses", lambda missing: f"Can not map tensor '{missing[0]}.weight'"
+        ),
     ),
 )

@@ -3,14 +3,23 @@ it serves as trained. Read from ``server/lorax_server/adapters/lora.py``: ``Lora
 keeps r, lora_alpha, use_rslora, target_modules and fan_in_fan_out of the PEFT config (no
 patterns, no DoRA); ``map_weights_for_model`` takes only ``<module>.lora_A.weight`` and
 ``<module>.lora_B.weight`` of the model's target layers; ``LoraWeights.load`` scales every module
-by ``get_scaling_factor(lora_alpha, r, use_rslora)`` and stacks one module kind over all layers
-(``torch.stack``), returning nothing for the kind when a layer lacks it. Every tensor left over
-is logged, not applied (``server/lorax_server/models/model.py``: "unused adapter weights").
+by ``get_scaling_factor(lora_alpha, config.r, use_rslora)`` and stacks one module kind over all
+layers (``torch.stack``), returning nothing for the kind when a layer lacks it. Every tensor left
+over is logged, not applied (``server/lorax_server/models/model.py``: "unused adapter weights").
+
+Two readings that change the scale: the SGMV kernels need padded ranks, so after the first
+module kind ``LoraWeights.load`` pads the tensors (``utils/sgmv.py`` ``pad_rank``: r <= 8 x
+world size -> 8 x world size, else the next multiple of 16) and sets ``config.r`` to the padded
+rank, which every later module kind divides lora_alpha by; and the server pins ``peft = "^0.4.0"``
+(``server/pyproject.toml``), whose LoraConfig has no ``use_rslora``, so rsLoRA is ignored.
+``ADAPTER_LAYERS`` (the module kinds LoRA is attached to, in load order) is per model type
+(``server/lorax_server/models/flash_<type>.py``).
 
 TGI's LoRA support is this code (``text_generation_server/adapters/lora.py`` says "Origin:
 predibase/lorax"), so :mod:`adapterctl.core.engine_rules.tgi` builds its rules with
-:func:`punica_rules` and its own sources. Neither engine runs on this machine (GPU kernels), so
-these rules are covered by rule tests with their sources cited.
+:func:`punica_rules` and its own sources. Neither engine's adapter code can run here (its
+loader needs the SGMV/punica CUDA kernels and a sharded flash model), so these rules are
+``read``: covered by rule tests against a faithful re-implementation of the cited code.
 """
 
 from __future__ import annotations
@@ -19,8 +28,9 @@ import math
 from collections import defaultdict
 from dataclasses import dataclass
 
-from adapterctl.core.engine_rules.facts import AdapterFacts
+from adapterctl.core.engine_rules.facts import AdapterFacts, ModuleFacts
 from adapterctl.core.engine_rules.rules import (
+    SCALE,
     Caps,
     CheckContext,
     Engine,
@@ -28,22 +38,35 @@ from adapterctl.core.engine_rules.rules import (
     Rule,
     Source,
     describe_scales,
+    init_rule,
     partial_kinds,
-    per_layer,
-    residual_fix,
     scale_changes,
-    unmatched_modules,
+    unmatched_rule,
 )
 
 VERSION = "a7394ba3"
 LORA = Source("lorax", VERSION, "server/lorax_server/adapters/lora.py")
+SGMV = Source("lorax", VERSION, "server/lorax_server/utils/sgmv.py")
 MODEL = Source("lorax", VERSION, "server/lorax_server/models/model.py")
+PYPROJECT = Source("lorax", VERSION, "server/pyproject.toml")
+LLAMA = Source("lorax", VERSION, "server/lorax_server/models/flash_llama.py")
+MODELS = Source("lorax", VERSION, "server/lorax_server/models/flash_<model_type>.py")
 
 #: ``ADAPTER_LAYERS`` of the Llama-family models (server/lorax_server/models/flash_llama.py)
 LLAMA_LAYERS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "lm_head")
+#: ``ADAPTER_LAYERS`` per model type, in load order (server/lorax_server/models/flash_<type>.py);
+#: a dotted kind is matched on the module path's last two names (GPT-2's two c_proj)
+ADAPTER_LAYERS: dict[str, tuple[str, ...]] = {
+    **dict.fromkeys(("llama", "mistral", "qwen2", "granite", "solar", "cohere"), LLAMA_LAYERS),
+    "gemma": LLAMA_LAYERS[:-1],
+    "gemma2": LLAMA_LAYERS[:-1],
+    "mixtral": ("q_proj", "k_proj", "v_proj", "o_proj"),  # "TODO(travis): add back LM_HEAD"
+    "phi3": ("qkv_proj", "o_proj", "gate_up_proj", "down_proj"),  # "# LM_HEAD"
+    "phi": ("q_proj", "k_proj", "v_proj", "dense", "fc1", "fc2", "lm_head"),
+    "gpt2": ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"),
+    "qwen": ("attn.c_attn", "attn.c_proj", "mlp.w1", "mlp.w2", "mlp.c_proj", "lm_head"),
+}
 CAPS = Caps(
-    rslora=True,
-    alpha_pattern=False,
     rank_pattern=False,
     dora=False,
     lora_bias=False,
@@ -51,47 +74,118 @@ CAPS = Caps(
     lm_head_lora=True,
     all_layers=True,
     lora_modules=LLAMA_LAYERS,
+    pad_rank=True,
 )
+
+#: utils/sgmv.py: MIN_SGMV_RANK, SGMV_BLOCK_SIZE
+MIN_SGMV_RANK, SGMV_BLOCK_SIZE = 8, 16
+
+
+def padded_rank(r: int, world_size: int = 1) -> int:
+    """``pad_rank``: up to 8 x world size, else up to the next multiple of 16."""
+    low = MIN_SGMV_RANK * world_size
+    return low if r <= low else -(-r // SGMV_BLOCK_SIZE) * SGMV_BLOCK_SIZE
+
+
+def kind_of(path: str, kinds: tuple[str, ...]) -> str | None:
+    """The ADAPTER_LAYERS entry a module path is loaded as, if any."""
+    return next((k for k in kinds if path == k or path.endswith("." + k)), None)
 
 
 @dataclass(frozen=True)
-class PunicaLoader:
-    """The LoRAX adapter loader as one engine ships it: the engine's name, where its loader and
-    its "unused adapter weights" warning are, and the module names it attaches LoRA to (for
-    Llama-family models). Each method is one rule's check."""
+class Punica:
+    """One engine built on LoRAX's loader: its name, sources and what differs (TGI's copy)."""
 
     engine: str
-    lora: Source
-    unused: Source
-    unused_words: str
-    layers: tuple[str, ...]
+    lora: Source  # adapters/lora.py
+    pad: Source  # where pad_rank is
+    unused: Source  # where unused weights are logged
+    layers: dict[str, tuple[str, ...]]  # model type -> module kinds in load order
+    default_layers: tuple[str, ...]
     layers_source: Source
+    rslora: bool  # does its PEFT LoraConfig read use_rslora
+    rslora_source: Source | None = None
+    #: full paths only (TGI's hard-coded ``model.layers.{i}.self_attn.<name>``); else by name
+    paths: bool = False
 
-    def finding(self, rule: str, verdict: str, message: str, source: Source, fix: str | None = None):
-        return Finding(f"{self.engine}.{rule}", verdict, message, source, fix)
+    def kinds(self, facts: AdapterFacts) -> tuple[str, ...]:
+        mt = facts.base.model_type if facts.base else None
+        return self.layers.get(mt or "", self.default_layers)
 
-    def scaling(self, facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
-        cfg = facts.config
-        s = cfg.lora_alpha / (math.sqrt(cfg.r) if cfg.use_rslora else cfg.r)
-        changed = scale_changes(facts, lambda m: s)
+
+def punica_scales(spec: Punica, facts: AdapterFacts, ctx: CheckContext) -> dict[str, float]:
+    """The scale each applied module gets: module kinds load in ADAPTER_LAYERS order, each scaled
+    by lora_alpha / config.r, and config.r becomes the padded rank once a kind has loaded (a kind
+    missing in some layer loads nothing and pads nothing)."""
+    cfg = facts.config
+    missing = partial_kinds(facts)
+    r, out = cfg.r, {}
+    for kind in spec.kinds(facts):
+        mods = [m for m in facts.modules if kind_of(m.path, (kind,)) and m.kind != "embedding"]
+        if not mods or kind.rsplit(".", 1)[-1] in missing:
+            continue
+        s = cfg.lora_alpha / (math.sqrt(r) if cfg.use_rslora and spec.rslora else r)
+        out.update((m.path, s) for m in mods)
+        first = min(mods, key=lambda m: (m.layer is None, m.layer or 0))
+        r = padded_rank(first.r, ctx.world_size)
+    return out
+
+
+def punica_rules(spec: Punica) -> tuple[Rule, ...]:
+    """The rules of the LoRAX adapter loader, for LoRAX and for its copy in TGI."""
+    engine, lora, unused = spec.engine, spec.lora, spec.unused
+    unused_words = '"unused adapter weights" warning'
+
+    def f(rule: str, verdict: str, message: str, source: Source, fix: str | None = None, kind="other"):
+        return Finding(f"{engine}.{rule}", verdict, message, source, fix, kind=kind)
+
+    def scaling(facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
+        scales = punica_scales(spec, facts, ctx)
+        changed = scale_changes(facts, lambda m: scales.get(m.path, m.scaling))
         if not changed:
             return []
-        return [
-            self.finding(
-                "scaling",
-                "changes",
-                describe_scales(
-                    changed,
-                    "rank_pattern/alpha_pattern ignored (every module is scaled "
-                    f"get_scaling_factor(lora_alpha={cfg.lora_alpha:g}, r={cfg.r}"
-                    f"{', rsLoRA' if cfg.use_rslora else ''}))",
-                ),
-                self.lora,
-                "convert",
+        cfg, out = facts.config, []
+        padded = [(m, s) for m, s in changed if _pad_changed(m, s, cfg)]
+        other = [(m, s) for m, s in changed if not _pad_changed(m, s, cfg)]
+        if padded:
+            out.append(
+                f(
+                    "rank_padding",
+                    "changes",
+                    describe_scales(
+                        padded,
+                        f"rank padding changes the scale (pad_rank pads r={cfg.r} to "
+                        f"{padded_rank(cfg.r, ctx.world_size)} at world size {ctx.world_size} for "
+                        "the SGMV kernels and sets config.r to it after the first module kind, so "
+                        "later kinds are scaled by lora_alpha / padded r)",
+                    ),
+                    spec.pad,
+                    "convert",
+                    SCALE,
+                )
             )
-        ]
+        if other:
+            what = "rank_pattern/alpha_pattern ignored"
+            if cfg.use_rslora and not spec.rslora:
+                what = "rsLoRA ignored (PEFT 0.4's LoraConfig has no use_rslora)"
+            out.append(
+                f(
+                    "scaling",
+                    "changes",
+                    describe_scales(
+                        other,
+                        f"{what} (every module is scaled get_scaling_factor(lora_alpha="
+                        f"{cfg.lora_alpha:g}, r={cfg.r}"
+                        f"{', rsLoRA' if cfg.use_rslora and spec.rslora else ''}))",
+                    ),
+                    spec.rslora_source if cfg.use_rslora and not spec.rslora else lora,
+                    "convert",
+                    SCALE,
+                )
+            )
+        return out
 
-    def stacked_ranks(self, facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
+    def stacked_ranks(facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
         ranks: dict[str, set[int]] = defaultdict(set)
         for m in facts.modules:
             ranks[m.name].add(m.r)
@@ -100,50 +194,52 @@ class PunicaLoader:
             return []
         name, rs = next(iter(mixed.items()))
         return [
-            self.finding(
+            f(
                 "stacked_ranks",
                 "refuses",
                 f"{name} has ranks {rs} in different layers; the "
                 'loader stacks one module kind over all layers (torch.stack: "stack expects '
                 'each tensor to be equal size")',
-                self.lora,
+                lora,
                 "convert",
+                SCALE,
             )
         ]
 
-    def partial_layers(self, facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
+    def partial(facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
         missing = partial_kinds(facts)
         if not missing:
             return []
         name, layers = next(iter(missing.items()))
         return [
-            self.finding(
+            f(
                 "partial_layers",
                 "changes",
                 f"{', '.join(sorted(missing))} adapted in some "
                 f"layers only ({name} missing in layers {layers[:8]}): the loader returns no "
                 "weights for a module kind that a layer lacks, so those modules are not "
                 "applied in any layer",
-                self.lora,
+                lora,
                 "convert",
             )
         ]
 
-    def dora(self, facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
+    def dora(facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
         if not facts.config.use_dora:
             return []
         return [
-            self.finding(
+            f(
                 "dora",
                 "changes",
-                "DoRA is not read: lora_magnitude_vector tensors are left "
-                f"unused ({self.unused_words}) and the adapter runs as plain LoRA",
-                self.unused,
+                "DoRA is not read: lora_magnitude_vector tensors are not lora_A/lora_B weights "
+                f"of a target layer, so they are left unused (logged in the {unused_words}, no "
+                "DoRA-specific message) and the adapter runs as plain LoRA",
+                unused,
                 "base",
             )
         ]
 
-    def unused_tensors(self, facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
+    def ignored(facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
         names = [t.key for t in facts.full_tensors if t.role != "frozen_copy"]
         names += [m.path + ".lora_B.bias" for m in facts.modules if m.lora_bias]
         names += [m.path + ".lora_embedding_A" for m in facts.modules if m.kind == "embedding"]
@@ -151,112 +247,99 @@ class PunicaLoader:
         if not names:
             return []
         return [
-            self.finding(
+            f(
                 "unused_tensors",
                 "changes",
                 f"{len(names)} tensors are not lora_A/lora_B "
-                f"weights of a linear layer and are left unused ({self.unused_words}), e.g. "
+                f"weights of a linear layer and are left unused ({unused_words}), e.g. "
                 f"{names[0]}",
-                self.unused,
+                unused,
                 "drop",
             )
         ]
 
-    def adapter_layers(self, facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
-        odd = [m.path for m in facts.modules if m.name not in self.layers and m.kind != "embedding"]
+    def layer_names(facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
+        kinds = spec.kinds(facts)
+        odd = [m.path for m in facts.modules if m.kind != "embedding" and not _loads(spec, m, kinds)]
         if not odd:
             return []
+        mt = facts.base.model_type if facts.base else None
+        where = f"{mt} models" if mt in spec.layers else "Llama-family models"
+        how = (
+            " at the paths model.layers.<i>.self_attn.<name> / model.layers.<i>.mlp.<name>"
+            if spec.paths
+            else ""
+        )
+        every = " (every adapted module: the adapter is a no-op)" if len(odd) == len(facts.modules) else ""
         return [
-            self.finding(
+            f(
                 "adapter_layers",
                 "changes",
                 f"{len(odd)} modules are not among the layers "
-                f"{self.engine} attaches LoRA to ({', '.join(self.layers)}; Llama-family models), their "
-                f"tensors are left unused ({self.unused_words}), e.g. {odd[0]}",
-                self.layers_source,
-                "drop",
+                f"{engine} attaches LoRA to ({', '.join(kinds)}{how}; {where}), their "
+                f"tensors are left unused ({unused_words}){every}, e.g. {odd[0]}",
+                spec.layers_source,
+                None if spec.paths and every else "drop",
             )
         ]
-
-    def init(self, facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
-        fix = residual_fix(facts)
-        if fix is False:
-            return []
-        return [
-            self.finding(
-                "init",
-                "changes",
-                f"init_lora_weights={facts.config.init_lora_weights!r}: "
-                "the adapter is applied to the unmodified base, not to the residual it was "
-                "trained on",
-                self.lora,
-                fix,
-            )
-        ]
-
-    def no_such_module(self, facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
-        missing = unmatched_modules(facts)
-        if not missing:
-            return []
-        return [
-            self.finding(
-                "no_such_module",
-                "changes",
-                f"{len(missing)} of {len(facts.modules)} "
-                f"adapted modules match no module of {facts.base_name} ({per_layer(missing)};"
-                f" e.g. {missing[0]}): their tensors are left unused ({self.unused_words})",
-                self.unused,
-            )
-        ]
-
-
-def punica_rules(
-    engine: str,
-    lora: Source,
-    unused: Source,
-    unused_words: str,
-    layers: tuple[str, ...],
-    layers_source: Source,
-) -> tuple[Rule, ...]:
-    """The rules of the LoRAX adapter loader, for LoRAX and for its copy in TGI. ``layers``:
-    the module names the server attaches LoRA to (for Llama-family models)."""
-    p = PunicaLoader(engine, lora, unused, unused_words, layers, layers_source)
 
     def rule(rid: str, source: Source, summary: str, fn) -> Rule:
         return Rule(f"{engine}.{rid}", source, summary, fn)
 
+    rs = "rsLoRA honoured" if spec.rslora else "rsLoRA ignored"
     return (
         rule(
             "scaling",
             lora,
-            "one scale from the config's r and lora_alpha (rsLoRA honoured, patterns ignored)",
-            p.scaling,
+            f"one scale from the config's r and lora_alpha ({rs}, patterns ignored); ranks "
+            "padded for SGMV after the first module kind rescale the later kinds",
+            scaling,
         ),
-        rule("stacked_ranks", lora, "one rank per module kind across layers", p.stacked_ranks),
+        rule("stacked_ranks", lora, "one rank per module kind across layers", stacked_ranks),
+        rule("partial_layers", lora, "a module kind missing in a layer is dropped everywhere", partial),
+        rule("dora", unused, "DoRA magnitudes unused", dora),
+        rule("unused_tensors", unused, "full tensors, lora_bias, embedding LoRA, token rows unused", ignored),
         rule(
-            "partial_layers", lora, "a module kind missing in a layer is dropped everywhere", p.partial_layers
+            "adapter_layers",
+            spec.layers_source,
+            "LoRA only on the model's adapter layers" + (" (fixed paths)" if spec.paths else ""),
+            layer_names,
         ),
-        rule("dora", unused, "DoRA magnitudes unused", p.dora),
-        rule(
-            "unused_tensors",
-            unused,
-            "full tensors, lora_bias, embedding LoRA, token rows unused",
-            p.unused_tensors,
+        init_rule(engine, lora, {"lorax": "LoRAX", "tgi": "TGI"}.get(engine, engine)),
+        unmatched_rule(
+            engine, unused, "changes", lambda missing: f"their tensors are left unused ({unused_words})"
         ),
-        rule(
-            "adapter_layers", layers_source, "LoRA only on the adapter layers of the model", p.adapter_layers
-        ),
-        rule("init", lora, "PiSSA/OLoRA/... inits not recomputed", p.init),
-        rule("no_such_module", unused, "modules the model lacks: unused", p.no_such_module),
     )
 
 
-LLAMA = Source("lorax", VERSION, "server/lorax_server/models/flash_llama.py")
+def _pad_changed(m: ModuleFacts, s: float, cfg) -> bool:
+    """A scale that differs from the config's own alpha/r: the padded r at work."""
+    return not math.isclose(s, cfg.lora_alpha / cfg.r, rel_tol=1e-6) and not math.isclose(
+        s, cfg.lora_alpha / math.sqrt(cfg.r), rel_tol=1e-6
+    )
 
-ENGINE = Engine(
-    name="lorax",
-    title="LoRAX",
-    version=VERSION,
-    caps=CAPS,
-    rules=punica_rules("lorax", LORA, MODEL, '"unused adapter weights" warning', LLAMA_LAYERS, LLAMA),
+
+def _loads(spec: Punica, m: ModuleFacts, kinds: tuple[str, ...]) -> bool:
+    if kind_of(m.path, kinds) is None:
+        return False
+    if not spec.paths:
+        return True
+    if m.name == "lm_head":
+        return m.path == "lm_head" and "lm_head" in kinds
+    sub = "self_attn" if m.name in ("q_proj", "k_proj", "v_proj", "qkv_proj", "o_proj") else "mlp"
+    return m.layer is not None and m.path == f"model.layers.{m.layer}.{sub}.{m.name}"
+
+
+SPEC = Punica(
+    engine="lorax",
+    lora=LORA,
+    pad=SGMV,
+    unused=MODEL,
+    layers=ADAPTER_LAYERS,
+    default_layers=LLAMA_LAYERS,
+    layers_source=MODELS,
+    rslora=False,
+    rslora_source=PYPROJECT,
 )
+
+ENGINE = Engine(name="lorax", title="LoRAX", version=VERSION, caps=CAPS, rules=punica_rules(SPEC))

@@ -8,13 +8,20 @@ exactly: ``linear_to_lora_layers`` builds every LoRA layer with the one ``rank``
 ``scale`` (``tuner/lora.py``: ``y + scale * (x @ lora_a) @ lora_b``), DoRA layers only on Linear
 and Embedding (``tuner/dora.py``), and ``load_adapters`` accepts only ``lora_a``, ``lora_b`` and
 ``m`` leaves of LoRA layers ("not an adapter parameter in the model") of the right shape
-("adapter shape ... does not match model parameter shape").
+("adapter shape ... does not match model parameter shape"). ``linear_to_lora_layers`` converts
+Linear, SwitchLinear (MoE experts: no DoRA, "SwitchLinear doesn't support DoRA yet.") and
+Embedding only ("Can't convert layer of type ... to LoRA"); on a tied base the model has no
+lm_head module and the logits are ``embed_tokens.as_linear``, which ``LoRAEmbedding.as_linear``
+(``tuner/lora.py``) extends with the embedding LoRA. The layer-kind and tied-base rules are
+executed (tests/interop/test_mlx_rules.py runs mlx-lm 0.32.2's code on those cases); the others are
+read from it (tests/interop/test_mlx_lm.py runs mlx-lm on the MLX exports).
 """
 
 from __future__ import annotations
 
-from adapterctl.core.engine_rules.facts import AdapterFacts
+from adapterctl.core.engine_rules.facts import AdapterFacts, is_lm_head_name
 from adapterctl.core.engine_rules.rules import (
+    SCALE,
     Caps,
     CheckContext,
     Engine,
@@ -22,21 +29,20 @@ from adapterctl.core.engine_rules.rules import (
     Rule,
     Source,
     fmt_scale,
-    per_layer,
-    residual_fix,
+    init_rule,
     tensor_fix,
-    unmatched_modules,
+    unmatched_rule,
     worst_fix,
 )
 
 VERSION = "0.32.2"
 UTILS = Source("mlx-lm", VERSION, "mlx_lm/tuner/utils.py")
 LORA = Source("mlx-lm", VERSION, "mlx_lm/tuner/lora.py")
-DORA = Source("mlx-lm", VERSION, "mlx_lm/tuner/dora.py")
+# executed: tests/interop/test_mlx_rules.py runs linear_to_lora_layers on these cases
+LAYERS = Source("mlx-lm", VERSION, "mlx_lm/tuner/utils.py", "executed")
+AS_LINEAR = Source("mlx-lm", VERSION, "mlx_lm/tuner/lora.py", "executed")
 
 CAPS = Caps(
-    rslora=True,
-    alpha_pattern=False,
     rank_pattern=False,
     dora=True,
     lora_bias=False,
@@ -45,8 +51,10 @@ CAPS = Caps(
 )
 
 
-def _f(rule: str, verdict: str, message: str, source: Source, fix: str | None = None) -> Finding:
-    return Finding(f"mlx.{rule}", verdict, message, source, fix)
+def _f(
+    rule: str, verdict: str, message: str, source: Source, fix: str | None = None, kind: str = "other"
+) -> Finding:
+    return Finding(f"mlx.{rule}", verdict, message, source, fix, kind=kind)
 
 
 def _ranks(facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
@@ -63,6 +71,7 @@ def _ranks(facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
             'does not match model parameter shape" for ' + m.path,
             UTILS,
             "convert",
+            kind=SCALE,
         )
     ]
 
@@ -80,23 +89,73 @@ def _scales(facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
             "mlx-lm applies the one lora_parameters.scale to every LoRA layer",
             LORA,
             "convert",
+            kind=SCALE,
         )
     ]
 
 
-def _dora_kinds(facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
-    bad = [m.path for m in facts.modules if m.dora and m.kind == "conv"]
-    if not bad:
+def _layer_kinds(facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
+    """linear_to_lora_layers: LoRA on Linear, SwitchLinear (MoE experts) and Embedding only, and
+    no DoRA on SwitchLinear."""
+    conv = [m.path for m in facts.modules if m.kind == "conv"]
+    if conv:
+        return [
+            _f(
+                "layer_kinds",
+                "refuses",
+                f"Can't convert layer of type Conv to LoRA ({conv[0]}; {len(conv)} convolution "
+                "modules: linear_to_lora_layers converts Linear, SwitchLinear and Embedding only)",
+                LAYERS,
+                "drop",
+            )
+        ]
+    experts = [m.path for m in facts.modules if m.dora and ".experts." in f".{m.path}."]
+    if experts:
+        return [
+            _f(
+                "layer_kinds",
+                "refuses",
+                f"SwitchLinear doesn't support DoRA yet. ({experts[0]}: mlx-lm holds MoE experts "
+                "in one SwitchLinear)",
+                LAYERS,
+                "base",
+            )
+        ]
+    return []
+
+
+def _tied(facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
+    """On a tied base mlx-lm's model has no lm_head module (the logits are
+    ``embed_tokens.as_linear``), and ``LoRAEmbedding.as_linear`` adds the embedding LoRA to the
+    logits too, which PEFT does not (its lm_head keeps the base table)."""
+    if not (facts.base and facts.base.tie_word_embeddings):
         return []
-    return [
-        _f(
-            "dora_conv",
-            "refuses",
-            f"Can't convert layer of type Conv to LoRA ({bad[0]}: DoRA exists for Linear and Embedding only)",
-            DORA,
-            "base",
+    out = []
+    heads = [m.path for m in facts.modules if is_lm_head_name(m.path)]
+    if heads:
+        out.append(
+            _f(
+                "tied_lm_head",
+                "refuses",
+                f"{heads[0]}.lora_a: not an adapter parameter in the model ({facts.base_name} ties "
+                "lm_head to the embeddings, so mlx-lm's model has no lm_head module)",
+                LAYERS,
+                "drop",
+            )
         )
-    ]
+    embs = [m.path for m in facts.modules if m.kind == "embedding"]
+    if embs:
+        out.append(
+            _f(
+                "tied_embedding",
+                "changes",
+                f"{embs[0]}: on a tied base the logits are embed_tokens.as_linear, and "
+                "LoRAEmbedding.as_linear adds the embedding LoRA there too; PEFT applies it to the "
+                "input lookup only",
+                AS_LINEAR,
+            )
+        )
+    return out
 
 
 def _extras(facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
@@ -119,38 +178,6 @@ def _extras(facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
     ]
 
 
-def _init(facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
-    fix = residual_fix(facts)
-    if fix is False:
-        return []
-    return [
-        _f(
-            "init",
-            "changes",
-            f"init_lora_weights={facts.config.init_lora_weights!r}: mlx-lm "
-            "applies the adapter to the unmodified base, not to the residual it was trained on",
-            UTILS,
-            fix,
-        )
-    ]
-
-
-def _nothing(facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
-    missing = unmatched_modules(facts)
-    if not missing:
-        return []
-    return [
-        _f(
-            "no_such_module",
-            "refuses",
-            f"{missing[0]}.lora_a: not an adapter parameter in "
-            f"the model ({len(missing)} of {len(facts.modules)} adapted modules match no module "
-            f"of {facts.base_name}: {per_layer(missing)})",
-            UTILS,
-        )
-    ]
-
-
 def _rule(rid: str, source: Source, summary: str, fn) -> Rule:
     return Rule(f"mlx.{rid}", source, summary, fn)
 
@@ -165,9 +192,20 @@ ENGINE = Engine(
     rules=(
         _rule("one_rank", UTILS, "one rank for every LoRA layer", _ranks),
         _rule("one_scale", LORA, "one scale for every LoRA layer", _scales),
-        _rule("dora_conv", DORA, "DoRA on Linear and Embedding only", _dora_kinds),
+        _rule(
+            "layer_kinds",
+            LAYERS,
+            "LoRA on Linear, SwitchLinear and Embedding only; no DoRA on SwitchLinear",
+            _layer_kinds,
+        ),
+        _rule("tied", LAYERS, "tied base: no lm_head module; embedding LoRA reaches the logits", _tied),
         _rule("not_adapter_parameters", UTILS, "only lora_a, lora_b and m tensors load", _extras),
-        _rule("init", UTILS, "PiSSA/OLoRA/... inits not recomputed", _init),
-        _rule("no_such_module", UTILS, "modules the model lacks: refused", _nothing),
+        init_rule("mlx", UTILS, "mlx-lm"),
+        unmatched_rule(
+            "mlx",
+            UTILS,
+            "refuses",
+            lambda missing: f"{missing[0]}.lora_a: not an adapter parameter in the model",
+        ),
     ),
 )

@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from adapterctl.errors import UsageError
 
 #: every engine, in the order messages list them: our own runtime, then the serving engines
-ENGINES = ("adapterctl", "vllm", "sglang", "lorax", "tgi", "llama.cpp", "mlx")
+ENGINES = ("adapterctl", "vllm", "sglang", "lorax", "tgi", "llama.cpp", "mlx", "trtllm")
 #: what check and convert --for take besides names: every serving engine
 ALL = "all"
 #: older spellings -> the name (deprecated: removed with the deprecated flags)
@@ -21,9 +21,12 @@ ALIASES = {
     "gguf": "llama.cpp",
     "mlx-lm": "mlx",
     "mlx_lm": "mlx",
+    "tensorrt-llm": "trtllm",
+    "tensorrt_llm": "trtllm",
+    "trt-llm": "trtllm",
 }
 #: the engines whose serving rules ``check`` and ``convert --for`` know
-SERVING = ("vllm", "sglang", "lorax", "tgi", "llama.cpp", "mlx")
+SERVING = ("vllm", "sglang", "lorax", "tgi", "llama.cpp", "mlx", "trtllm")
 #: the engines ``serve`` starts a server for
 SERVERS = ("vllm", "sglang")
 #: the engines ``generate`` runs prompts on in this process

@@ -32,16 +32,26 @@ VERDICTS = ("serves", "changes", "refuses")
 _RANK = {"serves": 0, "flag": 0, "changes": 1, "refuses": 2}
 
 
+#: how a rule is known: ``executed`` (a test runs the engine's own code on adapters and asserts
+#: ``check`` agrees: tests/interop/) or ``read`` (from the engine's source, which cannot run here)
+PROOFS = ("executed", "read")
+
+
 @dataclass(frozen=True)
 class Source:
-    """Where a rule was read: the engine release and the file in its source tree."""
+    """Where a rule comes from: the engine release, the file in its source tree, and whether the
+    rule is executed against that code in the tests or only read from it (``proof``)."""
 
     engine: str
     version: str
     file: str
+    proof: str = "read"
 
     def cite(self) -> str:
         return f"{self.engine} {self.version}: {self.file}"
+
+    def executed(self) -> Source:
+        return Source(self.engine, self.version, self.file, "executed")
 
 
 @dataclass(frozen=True)
@@ -52,6 +62,9 @@ class Finding:
     source: Source
     fix: str | None = None  # "convert" | "base" | "drop" | None
     flags: tuple[str, ...] = ()
+    #: what ``convert --for`` does about it: SCALE (bake the scales into lora_B with one r and
+    #: one alpha, ranks padded where the engine pads them) or OTHER (its own step)
+    kind: str = "other"
 
     def to_dict(self) -> dict:
         return {
@@ -59,7 +72,13 @@ class Finding:
             "verdict": "serves" if self.verdict == "flag" else self.verdict,
             "message": self.message,
             "source": self.source.cite(),
+            "proof": self.source.proof,
         }
+
+
+#: Finding.kind values: SCALE (above), PARTNERS_KIND (zero LoRA on the module a stacked
+#: projection needs beside the adapted one: SGLang's q/k/v and gate/up stacking), OTHER
+SCALE, PARTNERS_KIND, OTHER = "scale", "partners", "other"
 
 
 @dataclass(frozen=True)
@@ -67,6 +86,11 @@ class CheckContext:
     """What a rule may need besides the adapter: how many adapters are served together."""
 
     num_adapters: int = 1
+    #: tensor-parallel size (LoRAX/TGI pad ranks to 8 x world size)
+    world_size: int = 1
+    #: over all adapters served together: the largest rank, the adapted module names
+    max_rank: int = 0
+    module_names: frozenset[str] = frozenset()
 
 
 RuleFn = Callable[[AdapterFacts, CheckContext], "list[Finding]"]
@@ -87,15 +111,13 @@ class Rule:
 class Caps:
     """What ``convert --for`` may leave in an adapter for this engine to serve it as trained."""
 
-    rslora: bool = True  # alpha/sqrt(r) honoured
-    alpha_pattern: bool = True  # per-module alpha honoured
     rank_pattern: bool = True  # per-module rank honoured (else one r for every module)
     dora: bool = False
     lora_bias: bool = False
     embedding_lora: bool = True  # lora_embedding_A/B on the input embedding
     lm_head_lora: bool = True
     all_layers: bool = False  # a module kind must be adapted in every layer (else skipped)
-    list_targets: bool = False  # target_modules must be a list (no regex string)
+    pad_rank: bool = False  # ranks padded for SGMV kernels change config.r (LoRAX, TGI)
     max_rank: int | None = None
     #: the only module names the engine attaches LoRA to (None: any linear layer)
     lora_modules: tuple[str, ...] | None = None
@@ -278,6 +300,21 @@ def expert_findings(engine: Engine, facts: AdapterFacts) -> list[Finding]:
     if not facts.experts:
         return []
     rid, n = f"{engine.name}.target_parameters", len(facts.experts)
+    if engine.name == "sglang":
+        # re-read for 0.5.23 (not executed: needs an SGLang FusedMoE base): lora.py /
+        # mem_pool.py load MoE LoRA in SGLang's own layouts only
+        return [
+            Finding(
+                rid,
+                "refuses",
+                f"{n} target_parameters LoRA(s) on MoE expert parameters (e.g. {facts.experts[0]}): "
+                "SGLang 0.5.23 loads expert LoRA as per-expert `experts.<i>.<proj>` keys or 3-D "
+                "shared-outer tensors; PEFT's 2-D ParamWrapper keys (`experts[.base_layer].lora_A`, "
+                "r x experts rows) are neither and match no target module (get_target_module_name: "
+                "ValueError)",
+                Source("sglang", engine.version, "python/sglang/srt/lora/mem_pool.py"),
+            )
+        ]
     if engine.name != "vllm":
         return [
             Finding(
@@ -320,3 +357,77 @@ def _vllm_layout(facts: AdapterFacts, path: str) -> bool:
     params = X.registration_order(X.params_of(facts.config, module))
     depth = len(params) - 1 - params.index(param)
     return (param, depth) in (("down_proj", 0), ("gate_up_proj", 1)) and len(params) <= 2
+
+
+# ----- rule factories: the rules several engines share, one shape ---------------------------
+def init_rule(engine: str, source: Source, who: str) -> Rule:
+    """PiSSA/OLoRA/... trained on a residual of the base that the engine does not recompute:
+    ``changes``, fixed by ``convert --base`` where the residual can be recomputed (spec 1.7)."""
+
+    def check(facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
+        fix = residual_fix(facts)
+        if fix is False:
+            return []
+        return [
+            Finding(
+                f"{engine}.init",
+                "changes",
+                f"init_lora_weights={facts.config.init_lora_weights!r}: {who} applies the adapter "
+                "to the unmodified base, not to the residual it was trained on",
+                source,
+                fix,
+            )
+        ]
+
+    return Rule(f"{engine}.init", source, "PiSSA/OLoRA/... inits not recomputed", check)
+
+
+def unmatched_rule(engine: str, source: Source, verdict: str, what: Callable[[list[str]], str]) -> Rule:
+    """Adapted modules the base has no module for (needs the base's parameter names); ``what``
+    says what the engine does with them, from the list of their paths."""
+
+    def check(facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
+        missing = unmatched_modules(facts)
+        if not missing:
+            return []
+        return [
+            Finding(
+                f"{engine}.no_such_module",
+                verdict,
+                f"{len(missing)} of {len(facts.modules)} adapted modules match no module of "
+                f"{facts.base_name} ({per_layer(missing)}; e.g. {missing[0]}): {what(missing)}",
+                source,
+            )
+        ]
+
+    summary = "modules the model lacks: " + ("refused" if verdict == "refuses" else "no effect")
+    return Rule(f"{engine}.no_such_module", source, summary, check)
+
+
+def scale_rule(
+    engine: str,
+    source: Source,
+    summary: str,
+    engine_scale: Callable[[AdapterFacts, ModuleFacts], float],
+    what,
+) -> Rule:
+    """The engine computes a module's scale its own way (``engine_scale``): where it differs from
+    PEFT's, ``changes``, fixed by baking the scales into lora_B (kind SCALE). ``what(facts)`` names
+    the cause."""
+
+    def check(facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
+        changed = scale_changes(facts, lambda m: engine_scale(facts, m))
+        if not changed:
+            return []
+        return [
+            Finding(
+                f"{engine}.scaling",
+                "changes",
+                describe_scales(changed, what(facts)),
+                source,
+                "convert",
+                kind=SCALE,
+            )
+        ]
+
+    return Rule(f"{engine}.scaling", source, summary, check)

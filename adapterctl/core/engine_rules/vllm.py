@@ -26,21 +26,23 @@ from adapterctl.core.engine_rules.rules import (
     Finding,
     Rule,
     Source,
-    per_layer,
     residual_fix,
     resized_tables,
     tensor_fix,
-    unmatched_modules,
+    unmatched_rule,
     worst_fix,
 )
 from adapterctl.core.engine_rules.vllm_tower import tower_lora
 
 VERSION = "0.32.0"
-PEFT_HELPER = Source("vllm", VERSION, "vllm/lora/peft_helper.py")
-UTILS = Source("vllm", VERSION, "vllm/lora/utils.py")
+# executed: tests/interop/test_vllm.py runs vLLM on adapters of each kind these files judge
+PEFT_HELPER = Source("vllm", VERSION, "vllm/lora/peft_helper.py", "executed")
+UTILS = Source("vllm", VERSION, "vllm/lora/utils.py", "executed")
+#: the same file, for the rules no interop adapter exercises (inits, variants)
+PEFT_HELPER_READ = Source("vllm", VERSION, "vllm/lora/peft_helper.py")
 LORA_MODEL = Source("vllm", VERSION, "vllm/lora/lora_model.py")
 MODEL_MANAGER = Source("vllm", VERSION, "vllm/lora/model_manager.py")
-CONFIG = Source("vllm", VERSION, "vllm/config/lora.py")
+CONFIG = Source("vllm", VERSION, "vllm/config/lora.py", "executed")
 
 #: ``MaxLoRARanks`` in vllm/config/lora.py: the values --max-lora-rank accepts.
 MAX_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
@@ -51,8 +53,6 @@ SUPPORTED_INITS = {"gaussian", "eva", "orthogonal", "mica", "lora_ga"}
 #: modules_to_save PEFTHelper accepts (classification heads)
 CLASSIFIER_MODULES = {"classifier", "score"}
 CAPS = Caps(
-    rslora=True,
-    alpha_pattern=True,
     rank_pattern=True,
     dora=False,
     lora_bias=False,
@@ -120,7 +120,7 @@ def _init(facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
                     "init_lora_weights='lora_ga' passes vLLM's "
                     "check, so an adapter trained on LoRA-GA's modified base runs on the "
                     "unmodified one",
-                    PEFT_HELPER,
+                    PEFT_HELPER_READ,
                     None,
                 )
             ]
@@ -133,7 +133,7 @@ def _init(facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
             f"vLLM does not support init_lora_weights={init!r}. Inits such "
             "as PiSSA, OLoRA, CorDA and LoftQ modify the base model weights when PEFT loads "
             "the adapter.",
-            PEFT_HELPER,
+            PEFT_HELPER_READ,
             fix,
         )
     ]
@@ -147,7 +147,7 @@ def _variants(facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
         ("use_bdlora", "vLLM does not support block-diagonal LoRA (BD-LoRA)."),
         ("use_qalora", "vLLM does not support QALoRA."),
     ]
-    return [_f("variant", "refuses", text, PEFT_HELPER) for key, text in words if raw.get(key)]
+    return [_f("variant", "refuses", text, PEFT_HELPER_READ) for key, text in words if raw.get(key)]
 
 
 def _bias(facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
@@ -313,23 +313,6 @@ def _expected_modules(facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
     ]
 
 
-def _nothing(facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
-    missing = unmatched_modules(facts)
-    if not missing:
-        return []
-    return [
-        _f(
-            "no_such_module",
-            "changes",
-            f"{len(missing)} of {len(facts.modules)} adapted "
-            f"modules match no module of {facts.base_name} ({per_layer(missing)}; e.g. "
-            f"{missing[0]}): vLLM loads the adapter and skips them silently, so they change "
-            "nothing",
-            MODEL_MANAGER,
-        )
-    ]
-
-
 def _rule(rid: str, source: Source, summary: str, fn) -> Rule:
     return Rule(f"vllm.{rid}", source, summary, fn)
 
@@ -348,8 +331,10 @@ ENGINE = Engine(
         ),
         _rule("dora", PEFT_HELPER, "use_dora: ValueError", _dora),
         _rule("lora_bias", PEFT_HELPER, "lora_bias: ValueError", _lora_bias),
-        _rule("init", PEFT_HELPER, "PiSSA/OLoRA/CorDA/LoftQ inits: ValueError", _init),
-        _rule("variant", PEFT_HELPER, "aLoRA, layer_replication, BD-LoRA, QALoRA: ValueError", _variants),
+        _rule("init", PEFT_HELPER_READ, "PiSSA/OLoRA/CorDA/LoftQ inits: ValueError", _init),
+        _rule(
+            "variant", PEFT_HELPER_READ, "aLoRA, layer_replication, BD-LoRA, QALoRA: ValueError", _variants
+        ),
         _rule("bias", PEFT_HELPER, "bias other than 'none': ValueError", _bias),
         _rule("max_rank", PEFT_HELPER, "max(r, rank_pattern) above --max-lora-rank: ValueError", _rank),
         _rule("max_loras", CONFIG, "more adapters per batch than --max-loras", _max_loras),
@@ -372,7 +357,12 @@ ENGINE = Engine(
             "LoRA on a module that is not a linear or embedding layer of the model: ValueError",
             _expected_modules,
         ),
-        _rule("no_such_module", MODEL_MANAGER, "modules the model does not have: skipped silently", _nothing),
+        unmatched_rule(
+            "vllm",
+            MODEL_MANAGER,
+            "changes",
+            lambda missing: "vLLM loads the adapter and skips them silently, so they change nothing",
+        ),
         _rule(
             "tower_lora",
             MODEL_MANAGER,

@@ -187,3 +187,58 @@ def test_a_resized_vocabulary_is_refused(peft_adapter, tiny_models, tmp_path):
                  tiny_models["llama"])
     assert res.code == 5 and "trained with a resized vocabulary" in res.json["error"]["message"]
     assert "lm_head.weight is [388, 64], the base's [384, 64]" in res.json["error"]["message"]
+
+
+# ----- LoRAX/TGI rank padding ----------------------------------------------------------------
+LORAX_ORDER = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "lm_head")
+
+
+def lorax_logits(base, adapter, world_size=1):
+    """The adapter as LoRAX's loader applies it (server/lorax_server/adapters/lora.py
+    LoraWeights.load, utils/sgmv.py pad_rank), re-implemented: module kinds load in
+    ADAPTER_LAYERS order, each scaled by lora_alpha / config.r (PEFT 0.4: no rsLoRA), and
+    config.r becomes the padded rank of the first loaded kind; the deltas are added to the base."""
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    from tests.convert_fixtures import IDS
+
+    cfg = json.loads((adapter / "adapter_config.json").read_text())
+    t = load_file(str(adapter / "adapter_model.safetensors"))
+    model = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32)
+    params = dict(model.named_parameters())
+    r = cfg["r"]
+    for kind in LORAX_ORDER:
+        keys = sorted(k for k in t if k.endswith(f".{kind}.lora_A.weight"))
+        if not keys:
+            continue
+        scale = cfg["lora_alpha"] / r
+        for ka in keys:
+            A, B = t[ka].float(), t[ka.replace("lora_A", "lora_B")].float()
+            path = ka.removeprefix("base_model.model.").removesuffix(".lora_A.weight")
+            with torch.no_grad():
+                params[path + ".weight"] += scale * (B @ A)
+        rank = t[keys[0]].shape[0]
+        low = 8 * world_size
+        r = low if rank <= low else -(-rank // 16) * 16
+    with torch.no_grad():
+        return model(torch.tensor(IDS)).logits
+
+
+@pytest.mark.parametrize("r", [4, 12])
+def test_lorax_rank_padding_is_folded_exactly(r, peft_adapter, tiny_models, tmp_path):
+    base = tiny_models["llama"]
+    src = peft_adapter("llama", r=r, lora_alpha=16, target_modules=["q_proj", "v_proj", "down_proj"])
+    for engine in ("lorax", "tgi"):
+        assert verdict(src, engine, base).verdict == "changes"
+    want = peft_logits(base, src)
+    assert not torch.allclose(lorax_logits(base, src), want, atol=1e-4)  # the padding rescales
+    res = convert(src, tmp_path / "o", for_engine=("lorax", "tgi"))
+    for engine in ("lorax", "tgi"):
+        assert verdict(tmp_path / "o", engine, base).verdict == "serves"
+    cfg = json.loads((tmp_path / "o" / "adapter_config.json").read_text())
+    assert cfg["r"] == 16 and cfg["lora_alpha"] == 16
+    assert any("zero-padded to 16" in n for n in res.notes)
+    got = lorax_logits(base, tmp_path / "o")
+    assert torch.allclose(got, want, atol=1e-5), float((got - want).abs().max())
+    same_logits(base, src, tmp_path / "o")

@@ -94,6 +94,17 @@ def test_cited_sources_exist_in_the_engines_on_this_machine():
         assert (llama / rule.source.file).is_file(), rule.source.file
 
 
+def test_sglang_cited_sources_exist_in_the_wheel_ci_runs():
+    sglang_py = Path(os.environ.get("ADAPTERCTL_SGLANG_PYTHON") or Path.home() /
+                     ".cache/adapterctl-engines/sglang-0.5.23/bin/python")
+    if not sglang_py.is_file():
+        pytest.fail("SGLang's virtualenv not found: run bash .ci/engines/sglang.sh (or set "
+                    "ADAPTERCTL_SGLANG_PYTHON)")
+    site = next((sglang_py.parent.parent / "lib").glob("python3*/site-packages"))
+    for rule in ENGINES["sglang"].rules:
+        assert (site / rule.source.file.removeprefix("python/")).is_file(), rule.source.file
+
+
 # ----- vLLM 0.32.0 --------------------------------------------------------------------------
 def test_vllm_refuses_dora_lora_bias_and_modules_to_save_in_its_own_words(base):
     v, f = verdict("vllm", facts({"use_dora": True}, lora(dora=True), base))
@@ -211,13 +222,65 @@ def test_sglang_places_tensors_by_layer_and_name_so_a_wrapper_prefix_is_harmless
 
 
 # ----- LoRAX and TGI --------------------------------------------------------------------------
-def test_lorax_and_tgi_ignore_patterns_and_dora_but_honour_rslora(base):
+def test_lorax_and_tgi_ignore_patterns_and_dora_and_lorax_ignores_rslora(base):
+    """LoRAX pins peft ^0.4.0 (server/pyproject.toml), whose LoraConfig has no use_rslora; TGI
+    requires peft>=0.14.0."""
+    assert verdict("tgi", facts({"use_rslora": True}, base=base)) == ("serves", [])
+    v, f = verdict("lorax", facts({"use_rslora": True}, base=base))
+    assert v == "changes" and "rsLoRA ignored" in messages(f) and f[0].source.file.endswith("pyproject.toml")
     for engine in ("lorax", "tgi"):
-        assert verdict(engine, facts({"use_rslora": True}, base=base)) == ("serves", [])
         v, f = verdict(engine, facts({"alpha_pattern": {"q_proj": 64}}, base=base))
         assert v == "changes" and "alpha_pattern ignored" in messages(f)
         v, f = verdict(engine, facts({"use_dora": True}, lora(dora=True), base))
         assert v == "changes" and "unused adapter weights" in messages(f) and f[0].fix == "base"
+
+
+@pytest.mark.parametrize("r,world_size,padded", [(4, 1, 8), (12, 1, 16), (24, 1, 32), (8, 2, 16)])
+def test_lorax_and_tgi_rank_padding_rescales_the_module_kinds_after_the_first(base, r, world_size,
+                                                                              padded):
+    """pad_rank (r <= 8 x world size -> 8 x world size, else the next multiple of 16) runs after
+    the first module kind (q_proj) loads; config.r = padded rank scales v_proj by alpha/padded."""
+    from adapterctl.core.engine_rules.check import CheckContext
+
+    f = facts({"r": r}, lora(r=r), base)
+    for engine in ("lorax", "tgi"):
+        v, found = evaluate(ENGINES[engine], f, CheckContext(world_size=world_size))
+        assert v == "changes", (engine, r, world_size)
+        assert found[0].rule == f"{engine}.rank_padding" and found[0].fix == "convert"
+        assert f"effective scale {16 / padded:.4g} instead of {16 / r:.4g} (4 modules, e.g. " \
+            "model.layers.0.self_attn.v_proj)" in found[0].message
+    # one module kind only: nothing loads after the padding
+    one = facts({"r": 4, "target_modules": ["q_proj"]}, lora(("q_proj",), r=4), base)
+    assert verdict("lorax", one) == ("serves", [])
+    # ranks pad_rank leaves alone at world size 1: 8, 16, 32
+    assert verdict("lorax", facts({"r": 16}, lora(r=16), base)) == ("serves", [])
+
+
+def test_lorax_adapter_layers_are_per_model_type(base):
+    """ADAPTER_LAYERS differ per model (server/lorax_server/models/flash_<type>.py): Gemma has no
+    lm_head, Mixtral attention only."""
+    from adapterctl.core.engine_rules.facts import BaseFacts
+
+    def as_type(mt):
+        return BaseFacts("b", {**base.config, "model_type": mt}, base.params)
+
+    shapes = lora(("q_proj", "v_proj", "up_proj"))
+    cfg = {"target_modules": ["q_proj", "v_proj", "up_proj"]}
+    assert verdict("lorax", facts(cfg, shapes, as_type("llama")))[0] == "serves"
+    v, f = verdict("lorax", facts(cfg, shapes, as_type("mixtral")))
+    assert v == "changes" and "q_proj, k_proj, v_proj, o_proj; mixtral models" in messages(f)
+    head = {**lora(), "base_model.model.lm_head.lora_A.weight": (8, 192),
+            "base_model.model.lm_head.lora_B.weight": (872, 8)}
+    v, f = verdict("lorax", facts({"target_modules": ["q_proj", "v_proj", "lm_head"]}, head,
+                                  as_type("gemma")))
+    assert v == "changes" and "lm_head" in messages(f)
+
+
+def test_tgi_takes_fixed_paths_so_a_vlm_adapter_is_a_no_op(base):
+    f = facts(shapes=lora(prefix="base_model.model.model.language_model.layers"), base=base)
+    v, found = verdict("tgi", f)
+    assert v == "changes" and "the adapter is a no-op" in messages(found)
+    assert "model.layers.<i>.self_attn.<name>" in messages(found)
 
 
 def test_lorax_refuses_one_module_kind_with_two_ranks(base):
@@ -307,3 +370,43 @@ def test_fix_commands_name_base_and_drop_when_needed(base):
     assert corda.verdict == "refuses" and corda.fix is None
     sg = check_facts([facts({"use_rslora": True}, base=base)], ["sglang"])[0]
     assert sg.fix == "adapterctl convert adapter adapter-sglang --for sglang"
+
+
+def test_mlx_refuses_conv_lora_and_on_a_tied_base_lm_head_lora_and_embedding_lora_changes(base):
+    """mlx_lm/tuner/utils.py linear_to_lora_layers: Linear, SwitchLinear, Embedding only; a tied
+    base has no lm_head module and LoRAEmbedding.as_linear adds the LoRA to the logits too."""
+    conv = {**lora(), f"{P}.0.self_attn.conv.lora_A.weight": (8, 192, 1, 1),
+            f"{P}.0.self_attn.conv.lora_B.weight": (192, 8, 1, 1)}
+    v, f = verdict("mlx", facts({"target_modules": ["q_proj", "v_proj", "conv"]}, conv))
+    assert v == "refuses" and "Can't convert layer of type Conv to LoRA" in messages(f)
+    tied = BaseFacts("tied", {**base.config, "tie_word_embeddings": True}, base.params)
+    head = {**lora(), "base_model.model.lm_head.lora_A.weight": (8, 192),
+            "base_model.model.lm_head.lora_B.weight": (872, 8)}
+    v, f = verdict("mlx", facts({"target_modules": ["q_proj", "v_proj", "lm_head"]}, head, tied))
+    assert v == "refuses" and "has no lm_head module" in messages(f)
+    emb = {**lora(), "base_model.model.model.embed_tokens.lora_embedding_A": (8, 872),
+           "base_model.model.model.embed_tokens.lora_embedding_B": (192, 8)}
+    cfg = {"target_modules": ["q_proj", "v_proj", "embed_tokens"]}
+    v, f = verdict("mlx", facts(cfg, emb, tied))
+    assert v == "changes" and "LoRAEmbedding.as_linear" in messages(f)
+    assert verdict("mlx", facts(cfg, emb, base))[0] == "serves"  # untied: no logits path
+
+
+# ----- TensorRT-LLM (read: tensorrt_llm/lora_manager.py) ---------------------------------------
+def test_trtllm_honours_rank_patterns_and_rslora_but_not_alpha_patterns(base):
+    assert verdict("trtllm", facts({"use_rslora": True}, base=base)) == ("serves", [])
+    f = facts({"rank_pattern": {"layers.0.self_attn.q_proj": 4}}, lora(ranks={(0, "q_proj"): 4}), base)
+    assert verdict("trtllm", f) == ("serves", [])
+    v, found = verdict("trtllm", facts({"alpha_pattern": {"q_proj": 64}}, base=base))
+    assert v == "changes" and "alpha_pattern ignored" in messages(found) and found[0].kind == "scale"
+
+
+def test_trtllm_refuses_biases_and_unknown_modules_and_flags_big_ranks(base):
+    v, f = verdict("trtllm", facts({"lora_bias": True}, lora(bias=True), base))
+    assert v == "refuses" and "unsupported key" in messages(f) and "from HF LoRA weights" in messages(f)
+    shapes = {**lora(), f"{P}.0.mlp.fc1.lora_A.weight": (8, 192), f"{P}.0.mlp.fc1.lora_B.weight": (512, 8)}
+    v, f = verdict("trtllm", facts({"target_modules": ["q_proj", "v_proj", "fc1"]}, shapes))
+    assert v == "refuses" and "hf_module fc1 is not in supported list" in messages(f)
+    v, f = verdict("trtllm", facts({"r": 128}, lora(r=128), base))
+    assert v == "serves" and f[0].flags == ("max_lora_rank=128",)
+    assert verdict("trtllm", facts({"use_dora": True}, lora(dora=True), base)) == ("serves", [])
