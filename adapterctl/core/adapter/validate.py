@@ -108,7 +108,7 @@ def weights_problems(files: AdapterFiles, headers_only: str | None = None) -> li
         ]
     if files.weights_format == "bin" and headers_only:
         make = P.warning if headers_only == "inspect" else P.error
-        args = () if headers_only == "inspect" else (5,)
+        args = () if headers_only == "inspect" else (UnsupportedError,)
         return [
             make(
                 "legacy_bin",

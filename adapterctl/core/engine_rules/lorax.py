@@ -24,6 +24,7 @@ loader needs the SGMV/punica CUDA kernels and a sharded flash model), so these r
 
 from __future__ import annotations
 
+import functools
 import math
 from collections import defaultdict
 from dataclasses import dataclass
@@ -131,157 +132,187 @@ def punica_scales(spec: Punica, facts: AdapterFacts, ctx: CheckContext) -> dict[
     return out
 
 
+UNUSED_WORDS = '"unused adapter weights" warning'
+
+
+def _f(
+    spec: Punica,
+    rule: str,
+    verdict: str,
+    message: str,
+    source: Source,
+    fix: str | None = None,
+    *,
+    kind="other",
+):
+    return Finding(f"{spec.engine}.{rule}", verdict, message, source, fix, kind=kind)
+
+
+def _scaling(spec: Punica, facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
+    scales = punica_scales(spec, facts, ctx)
+    changed = scale_changes(facts, lambda m: scales.get(m.path, m.scaling))
+    if not changed:
+        return []
+    cfg, out = facts.config, []
+    padded = [(m, s) for m, s in changed if _pad_changed(m, s, cfg)]
+    other = [(m, s) for m, s in changed if not _pad_changed(m, s, cfg)]
+    if padded:
+        out.append(
+            _f(
+                spec,
+                "rank_padding",
+                "changes",
+                describe_scales(
+                    padded,
+                    f"rank padding changes the scale (pad_rank pads r={cfg.r} to "
+                    f"{padded_rank(cfg.r, ctx.world_size)} at world size {ctx.world_size} for "
+                    "the SGMV kernels and sets config.r to it after the first module kind, so "
+                    "later kinds are scaled by lora_alpha / padded r)",
+                ),
+                spec.pad,
+                "convert",
+                kind=SCALE,
+            )
+        )
+    if other:
+        what = "rank_pattern/alpha_pattern ignored"
+        if cfg.use_rslora and not spec.rslora:
+            what = "rsLoRA ignored (PEFT 0.4's LoraConfig has no use_rslora)"
+        out.append(
+            _f(
+                spec,
+                "scaling",
+                "changes",
+                describe_scales(
+                    other,
+                    f"{what} (every module is scaled get_scaling_factor(lora_alpha="
+                    f"{cfg.lora_alpha:g}, r={cfg.r}"
+                    f"{', rsLoRA' if cfg.use_rslora and spec.rslora else ''}))",
+                ),
+                spec.rslora_source if cfg.use_rslora and not spec.rslora else spec.lora,
+                "convert",
+                kind=SCALE,
+            )
+        )
+    return out
+
+
+def _stacked_ranks(spec: Punica, facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
+    ranks: dict[str, set[int]] = defaultdict(set)
+    for m in facts.modules:
+        ranks[m.name].add(m.r)
+    mixed = {k: sorted(v) for k, v in ranks.items() if len(v) > 1}
+    if not mixed:
+        return []
+    name, rs = next(iter(mixed.items()))
+    return [
+        _f(
+            spec,
+            "stacked_ranks",
+            "refuses",
+            f"{name} has ranks {rs} in different layers; the "
+            'loader stacks one module kind over all layers (torch.stack: "stack expects '
+            'each tensor to be equal size")',
+            spec.lora,
+            "convert",
+            kind=SCALE,
+        )
+    ]
+
+
+def _partial(spec: Punica, facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
+    missing = partial_kinds(facts)
+    if not missing:
+        return []
+    name, layers = next(iter(missing.items()))
+    return [
+        _f(
+            spec,
+            "partial_layers",
+            "changes",
+            f"{', '.join(sorted(missing))} adapted in some "
+            f"layers only ({name} missing in layers {layers[:8]}): the loader returns no "
+            "weights for a module kind that a layer lacks, so those modules are not "
+            "applied in any layer",
+            spec.lora,
+            "convert",
+        )
+    ]
+
+
+def _dora(spec: Punica, facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
+    if not facts.config.use_dora:
+        return []
+    return [
+        _f(
+            spec,
+            "dora",
+            "changes",
+            "DoRA is not read: lora_magnitude_vector tensors are not lora_A/lora_B weights "
+            f"of a target layer, so they are left spec.unused (logged in the {UNUSED_WORDS}, no "
+            "DoRA-specific message) and the adapter runs as plain LoRA",
+            spec.unused,
+            "base",
+        )
+    ]
+
+
+def _ignored(spec: Punica, facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
+    names = [t.key for t in facts.full_tensors if t.role != "frozen_copy"]
+    names += [m.path + ".lora_B.bias" for m in facts.modules if m.lora_bias]
+    names += [m.path + ".lora_embedding_A" for m in facts.modules if m.kind == "embedding"]
+    names += [f"{e}.token_adapter.trainable_tokens_delta" for e in facts.trainable_tokens]
+    if not names:
+        return []
+    return [
+        _f(
+            spec,
+            "unused_tensors",
+            "changes",
+            f"{len(names)} tensors are not lora_A/lora_B "
+            f"weights of a linear layer and are left spec.unused ({UNUSED_WORDS}), e.g. "
+            f"{names[0]}",
+            spec.unused,
+            "drop",
+        )
+    ]
+
+
+def _layer_names(spec: Punica, facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
+    kinds = spec.kinds(facts)
+    odd = [m.path for m in facts.modules if m.kind != "embedding" and not _loads(spec, m, kinds)]
+    if not odd:
+        return []
+    mt = facts.base.model_type if facts.base else None
+    where = f"{mt} models" if mt in spec.layers else "Llama-family models"
+    how = (
+        " at the paths model.layers.<i>.self_attn.<name> / model.layers.<i>.mlp.<name>" if spec.paths else ""
+    )
+    every = " (every adapted module: the adapter is a no-op)" if len(odd) == len(facts.modules) else ""
+    return [
+        _f(
+            spec,
+            "adapter_layers",
+            "changes",
+            f"{len(odd)} modules are not among the layers "
+            f"{spec.engine} attaches LoRA to ({', '.join(kinds)}{how}; {where}), their "
+            f"tensors are left spec.unused ({UNUSED_WORDS}){every}, e.g. {odd[0]}",
+            spec.layers_source,
+            None if spec.paths and every else "drop",
+        )
+    ]
+
+
 def punica_rules(spec: Punica) -> tuple[Rule, ...]:
     """The rules of the LoRAX adapter loader, for LoRAX and for its copy in TGI."""
     engine, lora, unused = spec.engine, spec.lora, spec.unused
-    unused_words = '"unused adapter weights" warning'
 
-    def f(rule: str, verdict: str, message: str, source: Source, fix: str | None = None, kind="other"):
-        return Finding(f"{engine}.{rule}", verdict, message, source, fix, kind=kind)
-
-    def scaling(facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
-        scales = punica_scales(spec, facts, ctx)
-        changed = scale_changes(facts, lambda m: scales.get(m.path, m.scaling))
-        if not changed:
-            return []
-        cfg, out = facts.config, []
-        padded = [(m, s) for m, s in changed if _pad_changed(m, s, cfg)]
-        other = [(m, s) for m, s in changed if not _pad_changed(m, s, cfg)]
-        if padded:
-            out.append(
-                f(
-                    "rank_padding",
-                    "changes",
-                    describe_scales(
-                        padded,
-                        f"rank padding changes the scale (pad_rank pads r={cfg.r} to "
-                        f"{padded_rank(cfg.r, ctx.world_size)} at world size {ctx.world_size} for "
-                        "the SGMV kernels and sets config.r to it after the first module kind, so "
-                        "later kinds are scaled by lora_alpha / padded r)",
-                    ),
-                    spec.pad,
-                    "convert",
-                    SCALE,
-                )
-            )
-        if other:
-            what = "rank_pattern/alpha_pattern ignored"
-            if cfg.use_rslora and not spec.rslora:
-                what = "rsLoRA ignored (PEFT 0.4's LoraConfig has no use_rslora)"
-            out.append(
-                f(
-                    "scaling",
-                    "changes",
-                    describe_scales(
-                        other,
-                        f"{what} (every module is scaled get_scaling_factor(lora_alpha="
-                        f"{cfg.lora_alpha:g}, r={cfg.r}"
-                        f"{', rsLoRA' if cfg.use_rslora and spec.rslora else ''}))",
-                    ),
-                    spec.rslora_source if cfg.use_rslora and not spec.rslora else lora,
-                    "convert",
-                    SCALE,
-                )
-            )
-        return out
-
-    def stacked_ranks(facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
-        ranks: dict[str, set[int]] = defaultdict(set)
-        for m in facts.modules:
-            ranks[m.name].add(m.r)
-        mixed = {k: sorted(v) for k, v in ranks.items() if len(v) > 1}
-        if not mixed:
-            return []
-        name, rs = next(iter(mixed.items()))
-        return [
-            f(
-                "stacked_ranks",
-                "refuses",
-                f"{name} has ranks {rs} in different layers; the "
-                'loader stacks one module kind over all layers (torch.stack: "stack expects '
-                'each tensor to be equal size")',
-                lora,
-                "convert",
-                SCALE,
-            )
-        ]
-
-    def partial(facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
-        missing = partial_kinds(facts)
-        if not missing:
-            return []
-        name, layers = next(iter(missing.items()))
-        return [
-            f(
-                "partial_layers",
-                "changes",
-                f"{', '.join(sorted(missing))} adapted in some "
-                f"layers only ({name} missing in layers {layers[:8]}): the loader returns no "
-                "weights for a module kind that a layer lacks, so those modules are not "
-                "applied in any layer",
-                lora,
-                "convert",
-            )
-        ]
-
-    def dora(facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
-        if not facts.config.use_dora:
-            return []
-        return [
-            f(
-                "dora",
-                "changes",
-                "DoRA is not read: lora_magnitude_vector tensors are not lora_A/lora_B weights "
-                f"of a target layer, so they are left unused (logged in the {unused_words}, no "
-                "DoRA-specific message) and the adapter runs as plain LoRA",
-                unused,
-                "base",
-            )
-        ]
-
-    def ignored(facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
-        names = [t.key for t in facts.full_tensors if t.role != "frozen_copy"]
-        names += [m.path + ".lora_B.bias" for m in facts.modules if m.lora_bias]
-        names += [m.path + ".lora_embedding_A" for m in facts.modules if m.kind == "embedding"]
-        names += [f"{e}.token_adapter.trainable_tokens_delta" for e in facts.trainable_tokens]
-        if not names:
-            return []
-        return [
-            f(
-                "unused_tensors",
-                "changes",
-                f"{len(names)} tensors are not lora_A/lora_B "
-                f"weights of a linear layer and are left unused ({unused_words}), e.g. "
-                f"{names[0]}",
-                unused,
-                "drop",
-            )
-        ]
-
-    def layer_names(facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
-        kinds = spec.kinds(facts)
-        odd = [m.path for m in facts.modules if m.kind != "embedding" and not _loads(spec, m, kinds)]
-        if not odd:
-            return []
-        mt = facts.base.model_type if facts.base else None
-        where = f"{mt} models" if mt in spec.layers else "Llama-family models"
-        how = (
-            " at the paths model.layers.<i>.self_attn.<name> / model.layers.<i>.mlp.<name>"
-            if spec.paths
-            else ""
-        )
-        every = " (every adapted module: the adapter is a no-op)" if len(odd) == len(facts.modules) else ""
-        return [
-            f(
-                "adapter_layers",
-                "changes",
-                f"{len(odd)} modules are not among the layers "
-                f"{engine} attaches LoRA to ({', '.join(kinds)}{how}; {where}), their "
-                f"tensors are left unused ({unused_words}){every}, e.g. {odd[0]}",
-                spec.layers_source,
-                None if spec.paths and every else "drop",
-            )
-        ]
+    scaling = functools.partial(_scaling, spec)
+    stacked_ranks = functools.partial(_stacked_ranks, spec)
+    partial = functools.partial(_partial, spec)
+    dora = functools.partial(_dora, spec)
+    ignored = functools.partial(_ignored, spec)
+    layer_names = functools.partial(_layer_names, spec)
 
     def rule(rid: str, source: Source, summary: str, fn) -> Rule:
         return Rule(f"{engine}.{rid}", source, summary, fn)
@@ -307,7 +338,7 @@ def punica_rules(spec: Punica) -> tuple[Rule, ...]:
         ),
         init_rule(engine, lora, {"lorax": "LoRAX", "tgi": "TGI"}.get(engine, engine)),
         unmatched_rule(
-            engine, unused, "changes", lambda missing: f"their tensors are left unused ({unused_words})"
+            engine, unused, "changes", lambda missing: f"their tensors are left unused ({UNUSED_WORDS})"
         ),
     )
 

@@ -259,10 +259,9 @@ def test_lorax_and_tgi_rank_padding_rescales_the_module_kinds_after_the_first(ba
 def test_lorax_adapter_layers_are_per_model_type(base):
     """ADAPTER_LAYERS differ per model (server/lorax_server/models/flash_<type>.py): Gemma has no
     lm_head, Mixtral attention only."""
-    from adapterctl.core.engine_rules.facts import BaseFacts
 
     def as_type(mt):
-        return BaseFacts("b", {**base.config, "model_type": mt}, base.params)
+        return BaseInfo("b", {**base.config, "model_type": mt}, base.params)
 
     shapes = lora(("q_proj", "v_proj", "up_proj"))
     cfg = {"target_modules": ["q_proj", "v_proj", "up_proj"]}
@@ -379,7 +378,7 @@ def test_mlx_refuses_conv_lora_and_on_a_tied_base_lm_head_lora_and_embedding_lor
             f"{P}.0.self_attn.conv.lora_B.weight": (192, 8, 1, 1)}
     v, f = verdict("mlx", facts({"target_modules": ["q_proj", "v_proj", "conv"]}, conv))
     assert v == "refuses" and "Can't convert layer of type Conv to LoRA" in messages(f)
-    tied = BaseFacts("tied", {**base.config, "tie_word_embeddings": True}, base.params)
+    tied = BaseInfo("tied", {**base.config, "tie_word_embeddings": True}, base.params)
     head = {**lora(), "base_model.model.lm_head.lora_A.weight": (8, 192),
             "base_model.model.lm_head.lora_B.weight": (872, 8)}
     v, f = verdict("mlx", facts({"target_modules": ["q_proj", "v_proj", "lm_head"]}, head, tied))

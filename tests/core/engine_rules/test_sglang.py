@@ -12,16 +12,20 @@ def test_a_mutated_init_changes_the_output_with_the_base_as_fix(base):
     assert v == "changes" and f[0].rule == "sglang.init" and f[0].fix == "base"
 
 
-def test_lora_bias_tensors_never_reach_its_buffers(base):
+def test_lora_bias_tensors_inside_a_layer_are_refused(base):
+    """Executed in tests/interop/test_sglang_rules.py: SGLang places them like LoRA weights and
+    finds no target module for them (ValueError at the first batch)."""
     v, f = verdict("sglang", facts({"lora_bias": True}, lora(bias=True), base))
-    assert v == "changes" and f[0].rule == "sglang.ignored_tensors" and f[0].fix == "drop"
-    assert "8 tensors are not lora_A/lora_B weights" in messages(f)
+    assert v == "refuses" and f[0].rule == "sglang.in_layer_tensors"
+    assert "8 such tensors" in messages(f)
 
 
-def test_a_module_the_base_lacks_is_skipped(base):
+def test_a_module_it_cannot_size_is_refused(base):
+    """get_hidden_dim has no size for an unknown module (NotImplementedError, executed in
+    tests/interop/test_sglang_rules.py); that the base lacks it is said too."""
     foo = {f"{P}.0.self_attn.foo.lora_A.weight": (8, 192), f"{P}.0.self_attn.foo.lora_B.weight": (192, 8)}
     v, f = verdict("sglang", facts({"target_modules": ["q_proj", "v_proj", "foo"]}, {**lora(), **foo}, base))
-    assert v == "changes" and [x.rule for x in f] == ["sglang.no_such_module"]
+    assert v == "refuses" and [x.rule for x in f] == ["sglang.unknown_modules", "sglang.no_such_module"]
 
 
 def test_variants_vllm_refuses_are_no_finding_here(base):
@@ -31,4 +35,4 @@ def test_variants_vllm_refuses_are_no_finding_here(base):
 
 def test_caps_say_what_convert_for_sglang_must_remove():
     caps = sglang.ENGINE.caps
-    assert not caps.rslora and not caps.rank_pattern and not caps.alpha_pattern and caps.list_targets
+    assert not caps.rank_pattern and not caps.dora and not caps.lora_bias and not caps.pad_rank
