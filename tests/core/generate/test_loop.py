@@ -14,8 +14,8 @@ from adapterctl.core.generate.loop import compare_completions, generate_completi
 from adapterctl.core.generate.prompts import BASE_KEY, PromptSpec
 from adapterctl.core.generate.routing import EngineRouter
 from adapterctl.errors import NotFoundError, UsageError
-from tests.core.engine.test_attach import CASES
-from tests.core.engine.test_placement import bnb_llama  # noqa: F401 (a fixture)
+from tests.core.runtime.test_attach import CASES
+from tests.core.runtime.test_placement import bnb_llama  # noqa: F401 (a fixture)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -330,8 +330,8 @@ def test_quantized_base_runs_unmerged_and_mixed_like_peft(bnb_llama, tmp_path):
 
     from adapterctl.core.runtime.model import load_base
     from tests.conftest import make_peft_adapter
-    from tests.core.engine.test_attach import load_hf
-    from tests.core.engine.test_placement import _bnb_config
+    from tests.core.runtime.test_attach import load_hf
+    from tests.core.runtime.test_placement import _bnb_config
 
     folders = {f"a{i}": make_peft_adapter(bnb_llama, tmp_path / f"a{i}", seed=i, r=4,
                                           target_modules=["q_proj", "v_proj", "down_proj"])

@@ -16,7 +16,7 @@ from adapterctl.core.runtime.attach import (
     unfold,
 )
 from adapterctl.errors import UsageError
-from tests.core.engine.test_attach import load_hf, logits, peft_model
+from tests.core.runtime.test_attach import load_hf, logits, peft_model
 from tests.helpers import max_abs_diff
 
 BATCH = torch.tensor([[5, 9, 20, 33, 7, 100], [1, 2, 3, 4, 5, 6], [40, 41, 42, 43, 44, 45],

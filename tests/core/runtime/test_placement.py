@@ -7,7 +7,7 @@ import torch
 
 from adapterctl.core.runtime.attach import attach_adapter
 from adapterctl.core.runtime.model import load_base
-from tests.core.engine.test_attach import greedy, load_hf, logits, peft_model
+from tests.core.runtime.test_attach import greedy, load_hf, logits, peft_model
 from tests.helpers import max_abs_diff
 
 
