@@ -405,7 +405,9 @@ def inspect_adapter(
         r, alpha, scaling = module_scaling(cfg, name)
         problems += _check_module(mod, r, cfg)
         base_shape = (
-            _lookup_base_shape(base_shapes, spell(base_module_path(cfg, name)), mod) if base_shapes else None
+            _lookup_base_shape(base_shapes, spell(base_module_path(cfg, name)), mod)
+            if base_shapes and spell is not None
+            else None
         )
         kind = _module_kind(mod, cfg, base_shape, model_type)
         values = _values(header, mod, scaling) if check_values else {}

@@ -73,9 +73,8 @@ def read_base_facts(base: str | Path, shown: str | None = None) -> BaseFacts:
     from adapterctl.io.folders.model_dir import locate_model_files, read_model_headers
 
     files = locate_model_files(base, shown)
-    cfg = (
-        files.config.get("text_config") if isinstance(files.config.get("text_config"), dict) else files.config
-    )
+    text_config = files.config.get("text_config")
+    cfg = text_config if isinstance(text_config, dict) else files.config
     archs = files.config.get("architectures") or []
     hf_arch = archs[0] if archs and isinstance(archs[0], str) else str(files.model_type)
     rule = ARCHS.get(hf_arch)
