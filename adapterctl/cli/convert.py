@@ -12,7 +12,7 @@ from adapterctl.cli.output import get_output
 from adapterctl.errors import UsageError
 
 PANEL_MODE = "Conversion (pick one; --dtype, --for and --to-safetensors combine)"
-CastDtype = dtype_option("Cast the written tensors", PANEL_MODE, auto=False)
+CastDtype = Annotated[str | None, dtype_option("Cast the written tensors", PANEL_MODE, auto=False)]
 
 
 def convert_cmd(
