@@ -20,7 +20,7 @@ from adapterctl.core.merge.write import execute_merge
 from tests.conftest import build_model, make_peft_adapter, model_configs
 from tests.fidelity.archs import ARCHS, arch_configs
 from tests.helpers import invoke
-from tests.io.test_fourbit import bnb_dequantize
+from tests.io.checkpoint.test_fourbit import bnb_dequantize
 
 pytest.importorskip("bitsandbytes")
 

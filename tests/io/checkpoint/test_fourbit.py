@@ -18,7 +18,7 @@ import copy
 import pytest
 import torch
 
-from adapterctl.io.checkpoint.quantized import fourbit
+from adapterctl.io.checkpoint import fourbit
 
 bnb = pytest.importorskip("bitsandbytes.functional")
 
