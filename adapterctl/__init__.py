@@ -6,6 +6,8 @@ engine functions below is first used.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 __version__ = "0.3.0"
 
 # Public API, resolved lazily so that `import adapterctl` never pulls in torch.
@@ -34,7 +36,49 @@ _LAZY = {
     "push_plan": ("adapterctl.core.publish.push", "push_plan"),
 }
 
-__all__ = ["__version__", *_LAZY]
+__all__ = [
+    "__version__",
+    "inspect_adapter",
+    "read_adapter_config",
+    "LoraAdapterConfig",
+    "load_adapter",
+    "load_base",
+    "attach_adapter",
+    "set_active",
+    "detach",
+    "row_adapters",
+    "fold",
+    "unfold",
+    "attached_adapters",
+    "greedy_complete",
+    "AdapterChoice",
+    "open_session",
+    "open_generation",
+    "run_generation",
+    "combine_to_adapter",
+    "plan_push",
+    "push_plan",
+]  # written out for type checkers (a test holds it equal to _LAZY's names)
+
+if TYPE_CHECKING:  # the same names, typed, for type checkers and editors (never imported at run time)
+    from adapterctl.core.adapter.config import LoraAdapterConfig, read_adapter_config
+    from adapterctl.core.adapter.inspect import inspect_adapter
+    from adapterctl.core.generate.run import open_generation, run_generation
+    from adapterctl.core.generate.textgen import greedy_complete
+    from adapterctl.core.lora.loaded import load_adapter
+    from adapterctl.core.merge.to_adapter import combine_to_adapter
+    from adapterctl.core.publish.push import plan_push, push_plan
+    from adapterctl.core.runtime.attach import (
+        attach_adapter,
+        attached_adapters,
+        detach,
+        fold,
+        row_adapters,
+        set_active,
+        unfold,
+    )
+    from adapterctl.core.runtime.model import load_base
+    from adapterctl.core.runtime.session import AdapterChoice, open_session
 
 
 def __getattr__(name: str):

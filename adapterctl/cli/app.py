@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import sys
 import traceback
+from typing import TYPE_CHECKING
 
 import typer
 
@@ -18,7 +19,10 @@ from adapterctl.errors import EXIT_CODES, AdapterctlError, Interrupted, UsageErr
 #: What click raises for a command line it cannot parse. Typer vendors click from 0.25 on (a private
 #: module) and imports the real one before; its public BadParameter is a click UsageError in both,
 #: so the base class is found through it rather than imported from either place.
-ClickException = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+if TYPE_CHECKING:  # the type checker reads the class where the installed Typer (>= 0.25) keeps it
+    from typer._click.exceptions import ClickException
+else:
+    ClickException = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
 
 typer_compat.install()  # plain values skip pydantic: a third of inspect's start-up
 

@@ -13,7 +13,7 @@ from adapterctl.core.engine_rules.names import SERVING
 from adapterctl.errors import UsageError
 
 PANEL_MODE = "Conversion (pick one; --dtype, --for and --to-safetensors combine)"
-CastDtype = dtype_option("Cast the written tensors", PANEL_MODE, auto=False)
+CastDtype = Annotated[str | None, dtype_option("Cast the written tensors", PANEL_MODE, auto=False)]
 
 
 SourceOpt = Annotated[

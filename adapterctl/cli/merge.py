@@ -23,7 +23,7 @@ from adapterctl.cli.output import get_output, human_bytes
 from adapterctl.errors import UsageError
 
 PANEL_COMBINE = "Several adapters"
-OutputDtype = dtype_option("Output dtype (auto: the base's)", PANEL_OUT)
+OutputDtype = Annotated[str | None, dtype_option("Output dtype (auto: the base's)", PANEL_OUT)]
 
 
 def _parse_weights(text: str | None) -> list[float] | None:

@@ -63,22 +63,20 @@ def _dtype_check(auto: bool):
 
 
 def dtype_option(help: str, panel: str, auto: bool = True):
-    """A ``--dtype`` option whose values come from the dtype table (with ``auto`` where allowed)."""
+    """A ``--dtype`` option whose values come from the dtype table (with ``auto`` where allowed),
+    for ``Annotated[str | None, dtype_option(...)]`` (written out, so type checkers see the type)."""
     choices = "|".join(dtype_choices(auto))
-    return Annotated[
-        str | None,
-        typer.Option(
-            "--dtype",
-            metavar="DTYPE",
-            help=f"{help}: {choices}.",
-            rich_help_panel=panel,
-            callback=_dtype_check(auto),
-        ),
-    ]
+    return typer.Option(
+        "--dtype",
+        metavar="DTYPE",
+        help=f"{help}: {choices}.",
+        rich_help_panel=panel,
+        callback=_dtype_check(auto),
+    )
 
 
 #: the base's dtype when it is loaded (attach, generate)
-Dtype = dtype_option("Base dtype", PANEL_BASE)
+Dtype = Annotated[str | None, dtype_option("Base dtype", PANEL_BASE)]
 
 # ----- base placement (attach, generate, and any command that loads a base) ------------------
 DeviceMap = Annotated[

@@ -10,6 +10,7 @@ readers, the shard writer, merge/convert/attach ``--dtype``), so a dtype is adde
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import overload
 
 from adapterctl.errors import UsageError
 
@@ -58,6 +59,12 @@ def dtype_choices(auto: bool) -> tuple[str, ...]:
     return (AUTO, *WRITABLE) if auto else WRITABLE
 
 
+@overload
+def check_dtype(value: str, auto: bool = True, option: str = "--dtype") -> str: ...
+@overload
+def check_dtype(value: None, auto: bool = True, option: str = "--dtype") -> None: ...
+@overload
+def check_dtype(value: str | None, auto: bool = True, option: str = "--dtype") -> str | None: ...
 def check_dtype(value: str | None, auto: bool = True, option: str = "--dtype") -> str | None:
     """``value`` if it is a dtype adapterctl writes (or ``auto`` where allowed), else a usage
     error naming the choices. None passes (the option was not given)."""

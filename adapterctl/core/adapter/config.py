@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from adapterctl.errors import InvalidAdapterError, UnsupportedError
 from adapterctl.io.folders.files import read_json_object
@@ -263,7 +263,7 @@ def _check_regexes(doc: dict, source: str) -> None:
         checks += [(key, k) for k in (doc.get(key) or {})]
     for key, pattern in checks:
         try:
-            re.compile(pattern)
+            re.compile(cast(str, pattern))  # a non-string raises TypeError, reported below
         except (re.error, TypeError, RecursionError) as err:
             raise InvalidAdapterError(
                 f"{source}: adapter_config.json {key} holds an invalid regular expression "

@@ -80,16 +80,22 @@ def _gguf(path, shown: str) -> ForeignAdapterSummary:
         r = b.shape[-1] if b is not None and b.shape else None
         modules.append(
             ForeignModule(
-                stem, r, list(a.shape) if a else None, list(b.shape) if b else None, (a or b).ggml_type
+                stem,
+                r,
+                list(a.shape) if a else None,
+                list(b.shape) if b else None,
+                # a tensor outside the lora_a/lora_b pairs is listed as its own module
+                (a or b or next(iter(p.values()))).ggml_type,
             )
         )
     ranks = [m.r for m in modules if m.r]
     alpha = h.get("adapter.lora.alpha")
+    arch = h.get("general.architecture")
     return ForeignAdapterSummary(
         shown,
         "gguf",
         "llama.cpp",
-        h.get("general.architecture"),
+        arch if isinstance(arch, str) else None,
         "lora",
         float(alpha) if isinstance(alpha, (int, float)) else None,
         None,
@@ -107,7 +113,8 @@ def _mlx(path, shown: str) -> ForeignAdapterSummary:
     from adapterctl.io.formats.mlx_adapter import read_mlx_header
 
     m = read_mlx_header(path)
-    lp = m.config.get("lora_parameters") if isinstance(m.config.get("lora_parameters"), dict) else {}
+    lp = m.config.get("lora_parameters")
+    lp = lp if isinstance(lp, dict) else {}
     stems: dict[str, dict] = {}
     for name, t in m.header.tensors.items():
         stem, _, role = name.rpartition(".")

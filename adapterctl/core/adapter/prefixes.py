@@ -156,7 +156,7 @@ def checkpoint_spelling(keys: Iterable[str]) -> KeyMapping | None:
     headers. None when the two agree."""
     stored = detect_layout(keys)
     runtime = runtime_layout(stored)
-    return None if stored is None or stored == runtime else KeyMapping(runtime, stored)
+    return None if stored is None or runtime is None or stored == runtime else KeyMapping(runtime, stored)
 
 
 def spelling_for(paths: Iterable[str], keys: Iterable[str]) -> Callable[[str], str | None]:

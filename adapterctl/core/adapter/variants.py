@@ -103,6 +103,6 @@ def base_module_path(cfg: LoraAdapterConfig, path: str) -> str:
     """The base module a (possibly replicated) module path sits on."""
     sources = layer_map(cfg.raw.get("layer_replication"))
     m = _LAYER.match(path) if sources else None
-    if m is None or int(m.group(2)) >= len(sources):
+    if sources is None or m is None or int(m.group(2)) >= len(sources):
         return path
     return f"{m.group(1)}{sources[int(m.group(2))]}{m.group(3)}"

@@ -41,6 +41,7 @@ def lora_biases(work: Work, caps: Caps) -> None:
         )
     for path in with_bias:
         w = work.view.modules[path]
+        assert w.bias is not None, "with_bias holds the modules with a bias"
         sb = w.bias.float() * w.scaling
         work.drop.add(work.keys[path].keys["B_bias"])
         work.removed.append(

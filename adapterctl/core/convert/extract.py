@@ -49,7 +49,7 @@ def is_embedding(module: str) -> bool:
 def extract_adapter(
     base_dir: str | Path,
     ft_dir: str | Path,
-    rank: int,
+    rank: int | None,
     *,
     energy: float | None = None,
     skip_unfactorable: bool = False,

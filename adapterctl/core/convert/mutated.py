@@ -82,6 +82,7 @@ def init_factors_from_base(
             if problem:
                 raise as_error(problem, draft.source)
             A0, B0, _ = mutated_init(W, w.r, w.scaling, kind, fan_in_fan_out=layer.fan_in_fan_out)
+            assert A0 is not None and B0 is not None, "PiSSA and OLoRA have initial factors (KaSA has none)"
             if tuple(A0.shape) != tuple(w.A.shape) or tuple(B0.shape) != tuple(w.B.shape):
                 raise IncompatibleBaseError(
                     f"{path}: base weight {list(W.shape)} gives initial A/B {list(A0.shape)}/"

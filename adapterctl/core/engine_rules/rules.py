@@ -22,6 +22,7 @@ import math
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Literal
 
 from adapterctl.core.adapter import expert_keys as X
 from adapterctl.core.adapter.base_info import is_embedding_name, is_lm_head_name, module_name
@@ -219,7 +220,7 @@ def per_layer(paths: list[str]) -> str:
     return "; ".join(parts)
 
 
-def residual_fix(facts: AdapterFacts) -> str | None | bool:
+def residual_fix(facts: AdapterFacts) -> Literal["base", False] | None:
     """False for an adapter trained on the unmodified base; else the fix for one trained on a
     residual its initialiser made (spec 1.7): "base" (``convert --base`` recomputes PiSSA/OLoRA's
     residual) or None (nothing can)."""

@@ -284,13 +284,14 @@ def _embedding_vocab(facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
 def _expected_modules(facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
     """check_unexpected_modules: a module's last name must be a linear layer of the model or an
     embedding module, else ValueError. Needs the base's parameter names."""
+    params = facts.base.params if facts.base else None
     paths = facts.base.module_paths if facts.base else None
-    if not paths:
+    if not paths or params is None:  # module_paths is None exactly when params is
         return []
     linear = {
         p.rsplit(".", 1)[-1]
         for p in paths
-        if len(facts.base.params.get(p + ".weight", ())) == 2 and not is_embedding_name(p)
+        if len(params.get(p + ".weight", ())) == 2 and not is_embedding_name(p)
     }
     bad = [
         m.path

@@ -20,16 +20,16 @@ class TokenChooser:
     def __init__(self, cfg: DecodingConfig, device: torch.device) -> None:
         self.cfg = cfg
         self.seed = cfg.seed
-        if self.seed is None and cfg.sampling:  # fresh, and reported so the run can be repeated
-            self.seed = secrets.randbits(63)
         self.generator = None
         if cfg.sampling:
+            if self.seed is None:  # fresh, and reported so the run can be repeated
+                self.seed = secrets.randbits(63)
             self.generator = torch.Generator(device=device)
             self.generator.manual_seed(self.seed)
 
     def reset(self) -> None:
         """Restart the random stream (``--compare`` gives every variant the same draws)."""
-        if self.generator is not None:
+        if self.generator is not None and self.seed is not None:  # both are set when sampling
             self.generator.manual_seed(self.seed)
 
     def choose(

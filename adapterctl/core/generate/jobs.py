@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from adapterctl.core.generate.prompts import BASE_KEY, DEFAULT_KEY, PromptSpec, named_adapter
+from adapterctl.core.generate.prompts import BASE_KEY, PromptSpec, named_adapter
 from adapterctl.core.generate.results import Completion, GenerationResult
 from adapterctl.errors import AdapterctlError, UsageError
 
@@ -60,7 +60,7 @@ def plan_jobs(
         return [Job(s, label, k) for k, label in enumerate(variants) for s in specs]
     jobs = []
     for s in specs:
-        if s.adapter is DEFAULT_KEY:
+        if s.adapter is None:  # DEFAULT_KEY (None): the command line's adapters
             jobs.append(Job(s, default))
         elif s.adapter == BASE_KEY:
             jobs.append(Job(s, None))

@@ -250,7 +250,7 @@ class _Decoder:
         """Hand on the text that can no longer change: hold back an incomplete UTF-8 character
         (decoded as U+FFFD) and any tail that could still grow into a stop string."""
         end = len(r.text) if final else _stable_prefix(r.text, self.cfg.stop)
-        if end > r.streamed:
+        if end > r.streamed and self.on_token is not None:  # called only with an on_token
             self.on_token(r.plan.spec, r.text[r.streamed : end])
             r.streamed = end
 

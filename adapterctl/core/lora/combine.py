@@ -226,10 +226,10 @@ def combine_adapters(
         key_a, key_b, key_bias = _module_keys(path, parts[0][1].kind)
         tensors[key_a], tensors[key_b] = A.contiguous(), B.contiguous()
         ranks[path] = A.shape[0]
-        biases = [(c, w) for c, w in parts if w.bias is not None]
+        biases = [(c, w.scaling, w.bias) for c, w in parts if w.bias is not None]
         if biases:  # the bias sits inside the scaling (spec 6.2): fold s_i, new s is 1
             lora_bias = True
-            tensors[key_bias] = sum(c * w.scaling * w.bias.to(F32) for c, w in biases)
+            tensors[key_bias] = sum(c * s * b.to(F32) for c, s, b in biases)
     if lora_bias:  # a module without a bias in a lora_bias adapter gets a zero one
         for path in paths:
             key_a, key_b, key_bias = _module_keys(path, LayerKind.LINEAR)

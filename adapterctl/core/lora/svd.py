@@ -58,6 +58,8 @@ def choose_rank(svd: LowRankSVD, rank: int | None = None, energy: float | None =
     avail = int(svd.S.numel())
     if rank is not None:
         return max(1, min(rank, avail))
+    if energy is None:  # a caller's bug: every command checks for one of the two first
+        raise ValueError("choose_rank needs a rank or an energy")
     if svd.total_energy <= 0:
         return 1
     kept = torch.cumsum(svd.S.double() ** 2, 0) / svd.total_energy

@@ -15,6 +15,7 @@ they differ (core/merge/tied.py, spec 10.12).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -158,11 +159,11 @@ class KeyIndex:
     def __init__(self, keys: list[str], config: dict | str | None):
         self.keys = set(keys)
         self.config = config  # config.json (or its model_type): which conversions apply
-        self._renamed: tuple[dict[str, str], set[str]] | None = None
+        self._renamed: tuple[dict[str, str], dict[str, list[str]]] | None = None
         self.alias: dict[str, str] = {}
         self._spelling = checkpoint_spelling(self.keys)  # VLMs saved in their legacy layout
 
-    def _tables(self) -> tuple[dict[str, str], set[str]]:
+    def _tables(self) -> tuple[dict[str, str], dict[str, list[str]]]:
         if self._renamed is None:  # imports transformers (seconds): only when a name misses
             self._renamed = checkpoint_renames(self.config, self.keys)
         return self._renamed
@@ -408,10 +409,11 @@ def _layout(
             "it cannot be merged together with other adapters",
             hint="Merge it alone.",
         )
-    return replicate_entries(entries, sources[0], files.config, shown)
+    only = next(s for s in sources if s is not None)  # the one adapter's map
+    return replicate_entries(entries, only, files.config, shown)
 
 
-def load_adapters(paths: list[str | Path], sources: list[str] | None = None) -> list[LoadedAdapter]:
+def load_adapters(paths: Sequence[str | Path], sources: list[str] | None = None) -> list[LoadedAdapter]:
     sources = sources or [str(p) for p in paths]
     return [load_adapter(p, name=f"adapter{i}", source=src) for i, (p, src) in enumerate(zip(paths, sources))]
 

@@ -83,7 +83,7 @@ class QloraPlan:
 
 def qlora_weight(plan: QloraPlan | None, key: str, W: torch.Tensor) -> torch.Tensor:
     """The base tensor ``key`` as the adapter saw it: its 4-bit round trip when planned."""
-    if plan is None or key not in plan.keys:
+    if plan is None or key not in plan.keys or plan.quant_type is None:  # keys come with a quant_type
         return W
     if key in plan.transposed:
         return round_trip_4bit(W.T, plan.quant_type, plan.double_quant).T

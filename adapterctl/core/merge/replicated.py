@@ -51,7 +51,7 @@ def replicate_entries(
                 placed = True
             continue
         out.append((key, s))
-    updates = {"num_hidden_layers": len(sources)}
+    updates: dict[str, object] = {"num_hidden_layers": len(sources)}
     if isinstance(config.get("layer_types"), list) and len(config["layer_types"]) == len(layers):
         updates["layer_types"] = [config["layer_types"][i] for i in sources]
     return out, updates

@@ -91,7 +91,7 @@ def combine_to_adapter(
     adapters = load_adapters(dirs, refs)
     combined = combine_adapters(adapters, weights, method, rank, density, seed)
     notes = combined_card(combined)[1]
-    if not dry_run:
+    if not dry_run and output is not None:  # checked above: only a dry run has no output
         with write_output_dir(output, force, inputs=inputs) as tmp:
             write_combined_adapter(combined, tmp)
     return CombineResult(

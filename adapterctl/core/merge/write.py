@@ -245,7 +245,7 @@ def write_task(
     rows = writer.rows(task.key) if W.dim() >= 2 and device.type == "cpu" else None
     out = merge_tensor(W, task, job, device, out=rows)
     del W
-    if rows is not None and out is rows:
+    if isinstance(out, RowWriter):  # only ever ``rows``: the blocks are written already
         return writer.wrote(task.key)
     return writer.write(task.key, out.cpu())
 

@@ -12,7 +12,7 @@ Never imports torch.
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -131,7 +131,7 @@ def validate_folder(folder: Path, kind: str) -> tuple[str | None, list[str]]:
     return summary.config.base_model, [p.message for p in summary.problems]
 
 
-def select_files(folder: Path, kind: str, include: list[str], exclude: list[str]) -> list[Path]:
+def select_files(folder: Path, kind: str, include: Sequence[str], exclude: Sequence[str]) -> list[Path]:
     """Default set for ``kind``, plus ``include`` globs, minus ``exclude`` globs (repo paths)."""
     defaults = ADAPTER_DEFAULT if kind == "adapter" else MODEL_DEFAULT
     if kind == "adapter" and not (folder / "adapter_model.safetensors").is_file():
@@ -191,8 +191,8 @@ def plan_push(
     folder: Path,
     repo_id: str,
     *,
-    include: list[str] = (),
-    exclude: list[str] = (),
+    include: Sequence[str] = (),
+    exclude: Sequence[str] = (),
     base_model: str | None = None,
     hub: HubOptions | None = None,
     remote_card: Callable[[], str | None] | None = None,
@@ -286,7 +286,9 @@ def push_plan(
     ``hub.revision``, else main; the repo and branch are created when missing)."""
     hub = hub or HubOptions()
     uploads = [
-        Upload(f.path_in_repo, f.local, plan.card.encode() if f.local is None else None) for f in plan.files
+        # the one file without a local path is the generated card
+        Upload(f.path_in_repo, f.local, (plan.card or "").encode() if f.local is None else None)
+        for f in plan.files
     ]
     commit = push_commit(
         plan.repo_id,

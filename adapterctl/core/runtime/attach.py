@@ -18,6 +18,7 @@ from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import torch
 from torch import nn
@@ -273,10 +274,11 @@ def _apply_replacements(model, la: LoadedAdapter, plan, name: str, record: _Reco
     modules_to_save become per-adapter copies beside the original."""
     for ppath in plan.params:
         target = find_param(model, ppath)
+        assert target is not None, "plan_fit refuses a replacement without its parameter"
         current = target
         if target.device.type == "meta":
             module_path, _, pname = ppath.rpartition(".")
-            current = offloaded_weight(unwrap(find_module(model, module_path)), pname)
+            current = offloaded_weight(cast(nn.Module, unwrap(find_module(model, module_path))), pname)
         value = la.replacements[ppath].to(device=current.device, dtype=current.dtype)
         if torch.equal(current, value):
             continue  # saved but untouched (PEFT's save_embedding_layers="auto"): nothing to do
@@ -290,7 +292,7 @@ def _apply_replacements(model, la: LoadedAdapter, plan, name: str, record: _Reco
     for module_path, members in plan.saved_modules.items():
         wrapper = find_module(model, module_path)
         if not isinstance(wrapper, SavedModuleWrapper):
-            wrapper = SavedModuleWrapper(wrapper)
+            wrapper = SavedModuleWrapper(cast(nn.Module, wrapper))  # plan_fit found it
             _set_module(model, module_path, wrapper)
         wrapper.add_copy(name, {p: la.replacements[k] for p, k in members.items()})
 
@@ -299,7 +301,7 @@ def _inject_tokens(model, la: LoadedAdapter, plan, name: str) -> None:
     for emb_path, emb in plan.tokens.items():
         wrapper = find_module(model, emb_path)
         if not isinstance(wrapper, TokenRowsWrapper):
-            wrapper = TokenRowsWrapper(wrapper)
+            wrapper = TokenRowsWrapper(cast(nn.Module, wrapper))  # plan_fit found it
             _set_module(model, emb_path, wrapper)
         indices, rows = la.trainable_tokens[emb_path]
         wrapper.add_rows(name, indices, rows)
@@ -309,7 +311,7 @@ def _inject_tokens(model, la: LoadedAdapter, plan, name: str) -> None:
 def _tie_token_rows(model, emb: nn.Module, emb_wrapper: TokenRowsWrapper, name: str) -> None:
     """A tied lm_head follows the embedding's replacement rows (PEFT's tied TrainableTokens)."""
     get_out = getattr(model, "get_output_embeddings", None)
-    out = get_out() if callable(get_out) else None
+    out = cast("nn.Module | None", get_out()) if callable(get_out) else None  # transformers' lm_head
     if out is None or unwrap(out) is emb or getattr(unwrap(out), "weight", None) is not emb.weight:
         return
     path = next(p for p, m in model.named_modules() if m is out)
@@ -406,7 +408,9 @@ def detach(model: nn.Module, name: str) -> None:
             _set_module(model, path, mod.base_layer)
     with torch.no_grad():
         for ppath, original in record.originals.items():
-            find_param(model, ppath).data.copy_(original)
+            param = find_param(model, ppath)
+            assert param is not None, "a parameter replaced at attach is still there"
+            param.data.copy_(original)
     if record.replication is not None:
         restore_layers(record.replication, model)
     active = {n: w for n, w in active_adapters(model).items() if n != name}

@@ -37,8 +37,9 @@ def load_dequantized(files: ModelFiles, kwargs: dict[str, Any], dtype: str):
     trust = bool(kwargs.get("trust_remote_code"))
     config = AutoConfig.from_pretrained(str(files.root), trust_remote_code=trust)
     if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    model_class = MODEL_FOR_CAUSAL_LM_MAPPING.get(type(config), None)
+        delattr(config, "quantization_config")  # not a declared attribute of PretrainedConfig
+    # Any: transformers types the lazy mapping's values without their from_pretrained
+    model_class: Any = MODEL_FOR_CAUSAL_LM_MAPPING.get(type(config), None)
     if model_class is None:
         raise UnsupportedError(
             f"{files.root}: a {quant_method(files.config)} base of model type "

@@ -10,6 +10,8 @@ cannot be split inside the experts (their tokens are flattened and routed), as i
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import nn
 
@@ -59,8 +61,8 @@ class ExpertsWrapper(nn.Module):
             return self.base_layer(*args, **kwargs)
         params: dict[str, torch.Tensor] = {}
         for name, weight in weights.items():
-            for pname, w in self.lora[name].weights.items():
-                base = getattr(self.base_layer, pname)
+            for pname, w in cast(_Slot, self.lora[name]).weights.items():
+                base: torch.Tensor = getattr(self.base_layer, pname)
                 delta = expert_delta(w, self.transposed, base.dim()).to(base.dtype)
                 delta = delta if weight == 1.0 else delta * weight
                 params[pname] = params.get(pname, base) + delta

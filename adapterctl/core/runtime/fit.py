@@ -7,6 +7,7 @@ collected and raised together, naming modules and shapes (spec 11.3 and 11.6).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import cast
 
 from torch import nn
 
@@ -64,7 +65,7 @@ def check_module(path: str, w: LoraWeights, base: nn.Module | None) -> Problem |
         return C.missing_module(path, w.A.shape, w.B.shape)
     kind, layer = layer_kind(base), type(base).__name__
     problem = C.check_layer(path, w.kind, kind, layer)
-    if problem is None:
+    if problem is None and kind is not None:  # check_layer refuses kind None
         problem = C.check_shapes(
             path,
             kind,
@@ -106,10 +107,11 @@ def plan_fit(model: nn.Module, la: LoadedAdapter, source: str) -> FitPlan:
             continue
         base = unwrap(current)
         problem = check_module(path, w, base)
+        kind = None if base is None else layer_kind(base)
         if problem:
             problems.append(problem.message)
-        else:
-            plan.lora[path] = (base, layer_kind(base))
+        elif base is not None and kind is not None:  # check_module refuses a missing module or kind
+            plan.lora[path] = (base, kind)
     mts = la.config.modules_to_save or []
     for ppath, tensor in la.replacements.items():
         module = _saved_module_of(ppath, mts)
@@ -169,7 +171,7 @@ def unmatched_targets(model: nn.Module, la: LoadedAdapter) -> list[str]:
     out_emb = None
     get_out = getattr(model, "get_output_embeddings", None)
     if callable(get_out):
-        emb = unwrap(get_out())
+        emb = unwrap(cast("nn.Module | None", get_out()))  # transformers' lm_head
         out_emb = next((p for p, m in paths.items() if m is emb), None)
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     targets = select_targets(la.config, list(paths), linear, out_emb, model_type)

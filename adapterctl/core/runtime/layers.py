@@ -12,6 +12,7 @@ adapters into the base weight in float32 with one rounding, restoring the exact 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -49,28 +50,32 @@ def layer_kind(module: nn.Module) -> LayerKind | None:
 def lora_base_shape(module: nn.Module, kind: LayerKind) -> tuple[int, ...]:
     """The layer's weight shape in its stored layout, from its attributes: bnb weights are packed
     and a grouped conv stores Cin/groups, while LoRA's A reads all Cin (compat.expected_base_shape)."""
+    # Any: the attributes are the layer class's own (torch types Module.__getattr__ as Tensor | Module)
+    m: Any = module
     if kind is LayerKind.EMBEDDING:
-        return (module.num_embeddings, module.embedding_dim)
+        return (m.num_embeddings, m.embedding_dim)
     if kind is LayerKind.CONV:
-        return (module.out_channels, module.in_channels, *module.kernel_size)
+        return (m.out_channels, m.in_channels, *m.kernel_size)
     if kind is LayerKind.CONV1D_GPT2:
-        return (module.weight.shape[0], module.nf)
-    return (module.out_features, module.in_features)
+        return (m.weight.shape[0], m.nf)
+    return (m.out_features, m.in_features)
 
 
 def dequantized_weight(layer: nn.Module) -> torch.Tensor:
     """The base weight as a float tensor: bnb weights dequantized as PEFT does (spec 6.4)."""
-    w = layer.weight
+    # Any: bnb's Params4bit/Int8Params carry quant_state/SCB, unknown to torch's Tensor type
+    w: Any = layer.weight
     cls = type(w).__name__
     if cls == "Params4bit":
-        import bitsandbytes as bnb
+        import bitsandbytes.functional as bnb_f
 
-        return bnb.functional.dequantize_4bit(w.data, w.quant_state)
+        return bnb_f.dequantize_4bit(w.data, w.quant_state)
     if cls == "Int8Params":
-        import bitsandbytes as bnb
+        import bitsandbytes.functional as bnb_f
 
-        scb = layer.state.SCB if layer.state.SCB is not None else w.SCB
-        return bnb.functional.int8_vectorwise_dequant(w.data, scb.to(w.data.device))
+        state: Any = layer.state
+        scb = state.SCB if state.SCB is not None else w.SCB
+        return bnb_f.int8_vectorwise_dequant(w.data, scb.to(w.data.device))
     if w.device.type == "meta":
         return offloaded_weight(layer, "weight")
     return w
@@ -78,7 +83,7 @@ def dequantized_weight(layer: nn.Module) -> torch.Tensor:
 
 def offloaded_weight(layer: nn.Module, name: str) -> torch.Tensor:
     """A parameter of an accelerate-offloaded layer (meta on the module), read from its hook."""
-    hook = getattr(layer, "_hf_hook", None)
+    hook: Any = getattr(layer, "_hf_hook", None)
     wmap = getattr(hook, "weights_map", None)
     if wmap is None:
         raise UnsupportedError(f"{name} of an offloaded layer is not reachable (no accelerate hook)")
@@ -94,10 +99,8 @@ def execution_device(layer: nn.Module) -> torch.device:
     return w.device if w is not None else torch.device("cpu")
 
 
-def _autocast(t: torch.Tensor | None, device) -> torch.Tensor | None:
+def _autocast(t: torch.Tensor, device) -> torch.Tensor:
     """Half-precision adapter tensors become float32 (PEFT autocast_adapter_dtype=True, spec 3)."""
-    if t is None:
-        return None
     return t.to(device=device, dtype=F32 if t.dtype in _HALF else t.dtype)
 
 
@@ -148,18 +151,22 @@ class LoraWrapper(nn.Module):
                 raise
             return getattr(self._modules["base_layer"], name)
 
+    def slot(self, name: str) -> LoraSlot:
+        """Adapter ``name``'s tensors on this layer (``lora`` holds only :class:`LoraSlot`)."""
+        return cast(LoraSlot, self.lora[name])
+
     # ----- forward -------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         result = self.base_layer(x, *args, **kwargs)
         if self._folded is not None or not len(self.lora):
             return result
         if self.rows is not None:
-            return self._forward_rows(x, result)
+            return self._forward_rows(x, result, self.rows)
         dtype = result.dtype
         for name, weight in self.active.items():
             if name not in self.lora:
                 continue
-            slot = self.lora[name]
+            slot = self.slot(name)
             if slot.magnitude is not None:
                 new = self._dora(slot, x, result)
                 new = new if weight == 1.0 else result + (new - result) * weight
@@ -174,15 +181,17 @@ class LoraWrapper(nn.Module):
         # one rounding of base + Σ deltas to the base dtype (spec 5)
         return result.to(dtype)
 
-    def _forward_rows(self, x: torch.Tensor, result: torch.Tensor) -> torch.Tensor:
+    def _forward_rows(
+        self, x: torch.Tensor, result: torch.Tensor, rows: dict[str, torch.Tensor]
+    ) -> torch.Tensor:
         """Mixed batch: row i gets adapter rows[i] (PEFT ``adapter_names=``), grouped by adapter."""
         dtype = result.dtype
-        for name, idx in self.rows.items():
+        for name, idx in rows.items():
             if name not in self.lora:
                 continue
             idx = idx.to(result.device)
             slot, sub_x, sub = (
-                self.lora[name],
+                self.slot(name),
                 x.index_select(0, idx.to(x.device)),
                 result.index_select(0, idx),
             )
@@ -197,8 +206,9 @@ class LoraWrapper(nn.Module):
 
     def _lora_out(self, slot: LoraSlot, x: torch.Tensor) -> torch.Tensor:
         """s·B(A(x)) (+ s·b_B) in the adapter dtype (spec 5.1 to 5.3)."""
+        # Any here and below: the wrapped layer's own attributes (padding_idx, stride...) by its kind
+        base: Any = self.base_layer
         if self.kind is LayerKind.EMBEDDING:
-            base = self.base_layer
             after_a = F.embedding(
                 x,
                 slot.A.T,
@@ -216,7 +226,6 @@ class LoraWrapper(nn.Module):
             x = F.dropout(x, slot.dropout, training=True)
         if self.kind is LayerKind.CONV:
             conv = _conv_fn(slot.A)
-            base = self.base_layer
             h = conv(x, slot.A, stride=base.stride, padding=base.padding)
             return conv(h, slot.B, slot.bias, groups=base.groups) * slot.scaling
         return F.linear(F.linear(x, slot.A), slot.B, slot.bias) * slot.scaling
@@ -226,8 +235,9 @@ class LoraWrapper(nn.Module):
 
         ``result`` is the running sum, so a DoRA adapter after another adapter rescales that one's
         output too, exactly as PEFT's variant forward does."""
-        base = self.base_layer
+        base: Any = self.base_layer
         s = slot.scaling
+        assert slot.magnitude is not None, "only DoRA slots come here"
         if self.kind is LayerKind.EMBEDDING:
             lora_w = (slot.A.T @ slot.B.T).T  # (d, V)
             norm = torch.linalg.norm(base.weight.T + s * lora_w.detach(), dim=1).detach()
@@ -282,7 +292,7 @@ class LoraWrapper(nn.Module):
         return result + ((k - 1) * base_r + k * lora_r * s)
 
     def _bare_base(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        base = self.base_layer
+        base: Any = self.base_layer
         if self.kind is LayerKind.CONV:
             return _conv_fn(weight)(x, weight, None, base.stride, base.padding, base.dilation, base.groups)
         return F.linear(x, weight.T if self.fan_in_fan_out else weight)
@@ -300,7 +310,7 @@ class LoraWrapper(nn.Module):
         :meth:`unfold`, exactly."""
         if self._folded is not None or not any(n in self.lora for n in self.active):
             return
-        base = self.base_layer
+        base: Any = self.base_layer
         if self.kind.quantized or base.weight.device.type == "meta":
             raise UnsupportedError(
                 f"cannot fold adapters into a quantized or offloaded layer ({type(base).__name__})",
@@ -308,7 +318,7 @@ class LoraWrapper(nn.Module):
             )
         W = base.weight
         bias = getattr(base, "bias", None)
-        active = [(self.lora[n].weights(), w) for n, w in self.active.items() if n in self.lora]
+        active = [(self.slot(n).weights(), w) for n, w in self.active.items() if n in self.lora]
         bf = None if bias is None else bias.detach().to(F32)
         for lw, weight in active:
             if lw.bias is not None:
@@ -323,7 +333,7 @@ class LoraWrapper(nn.Module):
             merged = self._fold_whole(W.detach(), active)
         self._folded = _Folded(W.data, None if bias is None else bias.data)
         W.data = merged
-        if bf is not None:
+        if bf is not None and bias is not None:  # bf is only set from a bias
             bias.data = bf.to(bias.dtype)
 
     def _fold_whole(self, W: torch.Tensor, active: list) -> torch.Tensor:
@@ -340,9 +350,10 @@ class LoraWrapper(nn.Module):
         """Restore the exact original base weight (kept aside while folded)."""
         if self._folded is None:
             return
-        self.base_layer.weight.data = self._folded.weight
+        base: Any = self.base_layer
+        base.weight.data = self._folded.weight
         if self._folded.bias is not None:
-            self.base_layer.bias.data = self._folded.bias
+            base.bias.data = self._folded.bias
         self._folded = None
 
 

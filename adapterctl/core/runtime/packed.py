@@ -17,6 +17,7 @@ modules and put back afterwards.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from contextlib import contextmanager
 
 import torch
@@ -32,7 +33,7 @@ class PackedRowsLayer(nn.Module):
     def __init__(self, wrapper: LoraWrapper, names: list[str]) -> None:
         super().__init__()
         self.base_layer = wrapper.base_layer
-        slots = [(n, wrapper.lora[n]) for n in names if n in wrapper.lora]
+        slots = [(n, wrapper.slot(n)) for n in names if n in wrapper.lora]
         self.A = torch.cat([s.A for _, s in slots])  # (R, in): all ranks, adapter after adapter
         self.B = torch.cat([s.B for _, s in slots], dim=1)  # (out, R)
         self.layout = tuple((n, s.r, float(s.scaling)) for n, s in slots)
@@ -40,6 +41,7 @@ class PackedRowsLayer(nn.Module):
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         result = self.base_layer(x, *args, **kwargs)
+        assert self.mask is not None, "PackedRows.set_rows runs before each batch"
         mask = self.mask.view((x.shape[0],) + (1,) * (x.dim() - 2) + (-1,))
         h = F.linear(x.to(self.A.dtype), self.A) * mask
         # the delta in float32, rounded once to the base output dtype (PEFT's mixed-batch order)
@@ -58,7 +60,7 @@ class LeanLoraLayer(nn.Module):
             (s.A, s.B, s.bias, s.scaling, float(w))
             for n, w in wrapper.active.items()
             if n in wrapper.lora
-            for s in (wrapper.lora[n],)
+            for s in (wrapper.slot(n),)
         ]
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
@@ -72,7 +74,7 @@ class LeanLoraLayer(nn.Module):
 
 def leanable(wrapper: LoraWrapper) -> bool:
     """Plain LoRA on an unquantized matrix layer (what :class:`LeanLoraLayer` computes)."""
-    slots = [wrapper.lora[n] for n in wrapper.active if n in wrapper.lora]
+    slots = [wrapper.slot(n) for n in wrapper.active if n in wrapper.lora]
     if not wrapper.kind.matrix or wrapper.kind.quantized or wrapper.folded or not slots:
         return False
     if wrapper.rows is not None or (wrapper.training and any(s.dropout > 0 for s in slots)):
@@ -94,7 +96,7 @@ def lean_wrappers(model: nn.Module):
 
 
 def packable(wrapper: LoraWrapper, names: list[str]) -> bool:
-    slots = [wrapper.lora[n] for n in names if n in wrapper.lora]
+    slots = [wrapper.slot(n) for n in names if n in wrapper.lora]
     if not wrapper.kind.matrix or wrapper.folded or not slots:  # Linear, Conv1D, bnb: F.linear
         return False
     if wrapper.training and any(s.dropout > 0 for s in slots):  # dropout: the engine's path
@@ -158,7 +160,7 @@ def bypass_wrappers(model: nn.Module, folded_only: bool = True):
 
 
 @contextmanager
-def swap_modules(model: nn.Module, replacements: dict[str, nn.Module]):
+def swap_modules(model: nn.Module, replacements: Mapping[str, nn.Module]):
     """Put ``replacements`` (path -> module) into the tree; the originals go back on exit."""
     originals = {}
     try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from typing import Any, cast
 
 from torch import nn
 
@@ -29,7 +30,7 @@ class Replication:
 
 def find_layers(model: nn.Module) -> tuple[nn.Module, str, nn.ModuleList]:
     """PEFT's lookup: ``model[.model]*.layers``, ``.bert.encoder.layer`` or ``.h``."""
-    owner = model
+    owner: Any = model  # Any: .model/.bert are the architecture's own attributes
     while hasattr(owner, "model"):
         owner = owner.model
     if hasattr(owner, "bert"):
@@ -64,9 +65,9 @@ def replicate_layers(model: nn.Module, sources: list[int]) -> Replication:
                 target.register_parameter(pname, param)
         for sub in clone.modules():
             if hasattr(sub, "layer_idx"):
-                sub.layer_idx = j
+                cast(Any, sub).layer_idx = j  # an int attribute, not a Module's tensor or submodule
         new.append(clone)
-    config = getattr(model, "config", None)
+    config: Any = getattr(model, "config", None)
     before = getattr(config, "num_hidden_layers", None)
     setattr(owner, attr, nn.ModuleList(new))
     if before is not None:
@@ -77,4 +78,4 @@ def replicate_layers(model: nn.Module, sources: list[int]) -> Replication:
 def restore_layers(rep: Replication, model: nn.Module) -> None:
     setattr(rep.owner, rep.attr, rep.original)
     if rep.num_hidden_layers is not None:
-        model.config.num_hidden_layers = rep.num_hidden_layers
+        cast(Any, model).config.num_hidden_layers = rep.num_hidden_layers

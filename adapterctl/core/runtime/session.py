@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from adapterctl.core.adapter.base_info import default_base
 from adapterctl.core.runtime.model import Placement
@@ -22,6 +23,9 @@ from adapterctl.errors import NotFoundError, UsageError
 from adapterctl.io.formats.classify import ADAPTER, classify_folder
 from adapterctl.io.hub.ref import HubOptions
 from adapterctl.io.hub.resolve import resolve_adapter_dir, resolve_model_dir
+
+if TYPE_CHECKING:  # for annotations only
+    from adapterctl.core.runtime.model import LoadedBase
 
 #: Names an adapter never gets from the naming rule: the engine's and generate's "no adapter"
 #: row key, and what a prompts file writes for the base model alone.
@@ -65,7 +69,7 @@ class AttachedAdapter:
 class Session:
     """A loaded base with its adapters attached (and active, each at its weight)."""
 
-    base: object  # engine.model.LoadedBase
+    base: LoadedBase
     adapters: list[AttachedAdapter] = field(default_factory=list)
     load_seconds: float = 0.0
     attach_seconds: float = 0.0
@@ -76,7 +80,7 @@ class Session:
         """The engine's AttachReport of each adapter, in order."""
         return [a.report for a in self.adapters]
 
-    def require_tokenizer(self, purpose: str) -> object:
+    def require_tokenizer(self, purpose: str) -> Any:  # a transformers tokenizer
         """The base's tokenizer; a base without one cannot be used for ``purpose``."""
         if self.base.tokenizer is None:
             raise NotFoundError(
@@ -228,7 +232,7 @@ class AttachSummary:
     """What ``attach`` reports: the base and its placement, each adapter as the engine attached
     it, the active weights, timings, and greedy completions (``attach --prompt``)."""
 
-    base: object  # engine.model.LoadedBase
+    base: LoadedBase
     load_seconds: float
     adapters: tuple  # engine.attach.AttachReport per adapter
     active: dict[str, float]

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import copy
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -119,4 +120,4 @@ class TokenRowsWrapper(_Passthrough):
 
 
 def _weight(layer: nn.Module) -> torch.Tensor:
-    return layer.weight
+    return cast(torch.Tensor, layer.weight)  # an Embedding's or Linear's weight

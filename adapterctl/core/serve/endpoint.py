@@ -200,14 +200,14 @@ def parse_choice(doc: dict, job: Job, chat: bool, url: str, latency: float, logp
     if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
         raise EndpointError(f"{where}: no 'choices'")
     c = choices[0]
-    text = (c.get("message") or {}).get("content") if chat else c.get("text")
-    if chat and not isinstance(c.get("message"), dict):
-        text = None
+    message = c.get("message")
+    text = (message.get("content") if isinstance(message, dict) else None) if chat else c.get("text")
     if not isinstance(text, str):
         raise EndpointError(f"{where}: no completion text")
     ids = c.get("token_ids")
     ids = tuple(ids) if isinstance(ids, list) and all(type(i) is int for i in ids) else None
-    usage = doc.get("usage") if isinstance(doc.get("usage"), dict) else {}
+    usage = doc.get("usage")
+    usage = usage if isinstance(usage, dict) else {}
     count = usage.get("completion_tokens")
     count = count if type(count) is int else None
     n = len(ids) if ids is not None else (count or 0)

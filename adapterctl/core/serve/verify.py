@@ -249,6 +249,6 @@ def run_verify(
         on_step=step,
     )
     report = run_generation(gen, specs, cfg, compare=True)
-    tok = gen.session.base.tokenizer
+    tok = gen.session.require_tokenizer("it cannot decode the completions")  # open_generation checked
     results = verdicts(pairs, report.results, served, lambda ids: tok.decode(ids, skip_special_tokens=False))
     return VerifyReport(client.root, report.base, results, max_new_tokens)

@@ -26,7 +26,8 @@ BLOCKS, SCALES = "_blocks", "_scales"
 HINT = "The MXFP4 checkpoint is incomplete or corrupt; download it again."
 
 
-def _check(blocks: StoredTensor, scales: StoredTensor | None) -> None:
+def _check(blocks: StoredTensor, scales: StoredTensor | None) -> StoredTensor:
+    """``scales``, checked against ``blocks``."""
     if scales is None:
         raise InvalidAdapterError(
             f"{blocks.file}: {blocks.key} has no {blocks.key[: -len(BLOCKS)]}{SCALES}", hint=HINT
@@ -44,6 +45,7 @@ def _check(blocks: StoredTensor, scales: StoredTensor | None) -> None:
             "(experts, rows, groups, 16) and scales (experts, rows, groups)",
             hint=HINT,
         )
+    return scales
 
 
 def group_mxfp4(stored: list[StoredTensor], float_dtype: torch.dtype) -> list[StoredTensor]:
@@ -57,8 +59,7 @@ def group_mxfp4(stored: list[StoredTensor], float_dtype: torch.dtype) -> list[St
         if not s.key.endswith(BLOCKS):
             continue
         name = s.key[: -len(BLOCKS)]
-        scales = by_key.get(name + SCALES)
-        _check(s, scales)
+        scales = _check(s, by_key.get(name + SCALES))
         experts, rows, groups, width = s.shape
         logical[s.key] = replace(
             s,

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from io import FileIO
 from pathlib import Path
 
 import torch
@@ -149,8 +150,8 @@ class CheckpointReader:
 
     # ----- by stored tensor ------------------------------------------------------------------
 
-    def _open(self, path: Path):
-        if self._path != path:
+    def _open(self, path: Path) -> FileIO | dict[str, torch.Tensor]:
+        if self._path != path or self._handle is None:  # (close() clears both)
             self.close()
             if self.files.weights_format == "safetensors":
                 try:

@@ -165,7 +165,8 @@ class ShardWriter:
                 f"{name}: planned {spec.dtype} {list(spec.shape)}, got {tensor.dtype} {list(tensor.shape)}"
             )
         data = tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy()
-        _pwrite_all(fd, memoryview(data), offset, self.folder / name)
+        # an ndarray is a buffer; numpy's stubs say so (__buffer__) only for Python >= 3.12
+        _pwrite_all(fd, memoryview(data), offset, self.folder / name)  # pyright: ignore[reportArgumentType]
         return self.wrote(name)
 
     def copy_from(self, name: str, src_fd: int, src_offset: int) -> bool:

@@ -69,7 +69,8 @@ def _read_index(root: Path, index_name: str) -> tuple[dict[str, Path], dict]:
                 f"{index_path}: shard {f.name} is listed but missing",
                 hint="Download the missing shard (or the whole model) again.",
             )
-    meta = doc.get("metadata") if isinstance(doc.get("metadata"), dict) else {}
+    meta = doc.get("metadata")
+    meta = meta if isinstance(meta, dict) else {}
     return weight_map, meta
 
 

@@ -50,7 +50,9 @@ def io_error(path: Path | str, err: OSError, doing: str = "write") -> OutputIOEr
         errno.EROFS: "The filesystem is read-only: choose another --output.",
     }
     reason = err.strerror or str(err)
-    return OutputIOError(f"{path}: cannot {doing}: {reason}", hint=hints.get(err.errno))
+    return OutputIOError(
+        f"{path}: cannot {doing}: {reason}", hint=None if err.errno is None else hints.get(err.errno)
+    )
 
 
 def is_nonempty(path: Path) -> bool:

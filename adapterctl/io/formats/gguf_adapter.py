@@ -130,5 +130,10 @@ def read_gguf_adapter(path: str | Path) -> GGUFAdapterFile:
         tensors[t.name] = np.array(values, dtype=np.float32).reshape(shape)
         types[t.name] = t.tensor_type.name
     alpha = meta.get(KEY_ALPHA, 0.0)
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
+        raise InvalidAdapterError(
+            f"{path}: {KEY_ALPHA} must be a number, got {alpha!r}"[:300],
+            hint="llama.cpp reads it as a float32; rewrite the adapter with a numeric alpha.",
+        )
     scalars = {k: v for k, v in meta.items() if isinstance(v, (str, int, float, bool))}
     return GGUFAdapterFile(arch, float(alpha), tensors, scalars, types)

@@ -21,7 +21,7 @@ import shutil
 import struct
 from pathlib import Path
 
-from adapterctl.errors import NotFoundError, UsageError
+from adapterctl.errors import HubError, NotFoundError, UsageError
 from adapterctl.io.hub.errors import hub_call, is_network_error, offline_error
 from adapterctl.io.hub.ref import endpoint_of, split_revision
 
@@ -181,6 +181,11 @@ def _repo_files(repo_id: str, revision: str, hub) -> tuple[str, set[str]]:
     """(commit sha, file names) of ``revision``: everything after this is fetched by that sha,
     so a branch moving meanwhile cannot mix two commits."""
     info = make_api(hub).model_info(repo_id, revision=revision)
+    if info.sha is None:  # the files are fetched by commit: without one nothing is consistent
+        raise HubError(
+            f"{repo_id}@{revision}: the Hub did not say which commit it is",
+            hint="Retry, or give a commit sha with --revision.",
+        )
     _remember_ref(repo_id, revision, info.sha)
     return info.sha, {s.rfilename for s in info.siblings or []}
 

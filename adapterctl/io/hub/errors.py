@@ -62,7 +62,7 @@ def hub_call(repo_id: str, revision: str | None, hub, action: str):
         raise
 
 
-def _chain(err: BaseException):
+def _chain(err: BaseException | None):
     seen = set()
     while err is not None and id(err) not in seen:
         seen.add(id(err))
@@ -70,7 +70,9 @@ def _chain(err: BaseException):
         err = err.__cause__ or err.__context__
 
 
-def translate(err: Exception, repo_id: str, revision: str | None, hub, action: str) -> AdapterctlError | None:
+def translate(
+    err: BaseException, repo_id: str, revision: str | None, hub, action: str
+) -> AdapterctlError | None:
     from huggingface_hub import errors as hf_errors
 
     rev = revision or "main"

@@ -145,7 +145,7 @@ def push_commit(
             ops = [
                 CommitOperationAdd(
                     path_in_repo=u.path_in_repo,
-                    path_or_fileobj=u.content if u.local is None else str(u.local),
+                    path_or_fileobj=_source(u),
                 )
                 for u in uploads
             ]
@@ -172,6 +172,15 @@ def push_commit(
         created_branch,
         info.pr_url if create_pr and changed else None,
     )
+
+
+def _source(u: Upload) -> str | bytes:
+    """What the Hub client uploads for ``u``: its local file, else its generated content."""
+    if u.local is not None:
+        return str(u.local)
+    if u.content is None:
+        raise ValueError(f"{u.path_in_repo}: an Upload needs a local file or content")
+    return u.content
 
 
 def _create_if_missing(api, repo_id: str, private: bool, token: str, hub) -> bool:

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from adapterctl.io.dtypes import TABLE
 from adapterctl.io.safetensors.header import SafetensorsHeader
+
+if TYPE_CHECKING:  # numpy loads with the first read
+    import numpy as np
 
 _NUMPY_DTYPES = {d.st: d.numpy for d in TABLE if d.numpy}
 
 
-def read_tensor_f32(header: SafetensorsHeader, name: str):
+def read_tensor_f32(header: SafetensorsHeader, name: str) -> np.ndarray | None:
     """The tensor as a float32 numpy array (bf16 widened bit-exactly), memory-mapped where possible."""
     import numpy as np
 

@@ -191,3 +191,28 @@ def test_inspect_refuses_a_base_model_gguf(tmp_path):
     w.close()
     res = invoke("--json", "inspect", tmp_path / "m.gguf")
     assert res.code == 4 and "not a llama.cpp LoRA adapter" in res.json["error"]["message"]
+
+
+def test_inspect_gguf_adapter_with_a_tensor_outside_the_lora_pairs(tmp_path):
+    """A tensor that is neither lora_a nor lora_b is listed as its own module, not a crash."""
+    import numpy as np
+
+    from adapterctl.io.formats.gguf_adapter import import_gguf
+
+    gguf = import_gguf()
+    w = gguf.GGUFWriter(str(tmp_path / "a.gguf"), "llama")
+    w.add_type("adapter")
+    w.add_string("adapter.type", "lora")
+    w.add_float32("adapter.lora.alpha", 8.0)
+    w.add_tensor("blk.0.attn_q.weight.lora_a", np.ones((4, 16), dtype=np.float32))
+    w.add_tensor("blk.0.attn_q.weight.lora_b", np.ones((16, 4), dtype=np.float32))
+    w.add_tensor("token_embd.weight", np.ones((8, 16), dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    res = invoke("--json", "inspect", tmp_path / "a.gguf")
+    assert res.code == 0, res.stdout
+    modules = {m["name"]: m for m in res.json["modules"]}
+    assert modules["blk.0.attn_q.weight"]["r"] == 4
+    assert modules["token_embd"]["a_shape"] is None and modules["token_embd"]["dtype"] == "F32"

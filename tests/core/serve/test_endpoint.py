@@ -267,6 +267,14 @@ def test_malformed_completions(stub, doc, words):
     assert "prompt '0'" in result.error.message
 
 
+@pytest.mark.parametrize("message", ["hi", ["hi"], None])
+def test_malformed_chat_message(stub, message):
+    """A chat choice whose message is not an object is malformed (was an AttributeError: exit 1)."""
+    stub.add("/v1/chat/completions", Reply(200, {"choices": [{"message": message}]}))
+    (result,), _ = run(stub, [PromptSpec("0", "p")], chat=True)
+    assert isinstance(result.error, EndpointError) and "no completion text" in result.error.message
+
+
 def test_concurrency_is_bounded(stub):
     stub.default[CMPL] = Reply(200, completion("x", [1]), delay=0.2)
     import threading
