@@ -140,3 +140,12 @@ def test_allow_runtime_lora(tmp_path):
     assert doc["command"][doc["command"].index("--max-lora-rank") + 1] == "256"
     res = dry("--allow-runtime-lora", "--max-lora-rank", "100", convert_dir=tmp_path)
     assert res.code == 2 and "vLLM takes one of" in res.json["error"]["message"]
+
+
+def test_generate_engine_vllm_gets_the_concrete_dtype():
+    from adapterctl.cli.generate_engines import _concrete_dtype
+
+    assert _concrete_dtype(None, BASE) == "float32"  # the tiny base's config.json says float32
+    assert _concrete_dtype("auto", BASE) == "float32"
+    assert _concrete_dtype("bfloat16", BASE) == "bfloat16"
+    assert _concrete_dtype(None, "user/not-local") == "auto"  # a Hub base: vLLM resolves it
