@@ -2,6 +2,11 @@
 for the fault tests of ``generate --endpoint``: each request is answered by the next scripted
 reply for its path (or the default), and logged.
 
+``RuntimeLora`` adds vLLM's runtime adapter routes (``/v1/load_lora_adapter``,
+``/v1/unload_lora_adapter``) with their answers and refusals as vLLM 0.32 words them
+(``vllm/entrypoints/openai/models/serving.py``, ``vllm/lora/peft_helper.py``), and a
+``/v1/models`` that lists what is loaded; scripted replies still come first (faults).
+
 It fakes faults, never completions that a test compares with a model: those come from the real
 vLLM server (tests/interop).
 """
@@ -52,6 +57,7 @@ class Stub:
     def __init__(self) -> None:
         self.script: dict[str, deque[Reply]] = defaultdict(deque)
         self.default: dict[str, Reply] = {}
+        self.routes: dict[str, object] = {}  # path -> fn(body) -> Reply, after the script
         self.requests: list[dict] = []  # {"method", "path", "headers", "body"}
         self.lock = threading.Lock()
         stub = self
@@ -70,7 +76,12 @@ class Stub:
                     stub.requests.append({"method": self.command, "path": self.path,
                                           "headers": dict(self.headers), "body": body})
                     queue = stub.script[self.path]
-                    reply = queue.popleft() if queue else stub.default.get(self.path)
+                    reply = queue.popleft() if queue else None
+                    route = stub.routes.get(self.path)
+                    if reply is None and route is not None:
+                        reply = route(body)
+                    if reply is None:
+                        reply = stub.default.get(self.path)
                 if reply is None:
                     reply = Reply(404, {"error": {"message": f"no route {self.path}"}})
                 if reply.delay:
@@ -119,3 +130,44 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+class RuntimeLora:
+    """vLLM's runtime LoRA routes on a stub: ``loaded`` maps served names to paths; an adapter
+    whose rank (adapter_config.json's r and rank_pattern) is above ``max_lora_rank`` is refused
+    as vLLM refuses it."""
+
+    def __init__(self, stub: Stub, base: str, max_lora_rank: int = 256) -> None:
+        self.base, self.max_lora_rank = base, max_lora_rank
+        self.loaded: dict[str, str] = {}
+        stub.routes["/v1/models"] = lambda body: Reply(200, models(self.base, self.loaded))
+        stub.routes["/v1/load_lora_adapter"] = self.load
+        stub.routes["/v1/unload_lora_adapter"] = self.unload
+        stub.routes["/version"] = lambda body: Reply(200, {"version": "0.32.0"})
+
+    @staticmethod
+    def _error(status: int, message: str, kind: str) -> Reply:
+        return Reply(status, {"error": {"message": message, "type": kind, "code": status}})
+
+    def load(self, body) -> Reply:
+        from pathlib import Path
+
+        name, path = body.get("lora_name"), body.get("lora_path")
+        if name in self.loaded:
+            return self._error(400, f"The lora adapter '{name}' has already been loaded. If you want "
+                               "to load the adapter in place, set 'load_inplace' to True.",
+                               "InvalidUserInput")
+        cfg = json.loads((Path(path) / "adapter_config.json").read_text())
+        rank = max([cfg["r"], *(cfg.get("rank_pattern") or {}).values()])
+        if rank > self.max_lora_rank:
+            return self._error(500, f"LoRA rank {rank} is greater than max_lora_rank "
+                               f"{self.max_lora_rank}.", "InternalServerError")
+        self.loaded[name] = path
+        return Reply(200, f"Success: LoRA adapter '{name}' added successfully.")
+
+    def unload(self, body) -> Reply:
+        name = body.get("lora_name")
+        if name not in self.loaded:
+            return self._error(404, f"The lora adapter '{name}' cannot be found.", "NotFoundError")
+        del self.loaded[name]
+        return Reply(200, f"Success: LoRA adapter '{name}' removed successfully.")

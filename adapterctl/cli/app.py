@@ -76,7 +76,21 @@ def root(
 
 
 #: Every command, one module of this package each, in the order ``--help`` lists them.
-COMMANDS = ("inspect", "check", "attach", "convert", "merge", "push", "generate", "eval", "serve", "verify")
+COMMANDS = (
+    "inspect",
+    "check",
+    "attach",
+    "convert",
+    "merge",
+    "push",
+    "generate",
+    "eval",
+    "serve",
+    "verify",
+    "deploy",
+    "undeploy",
+    "ls",
+)
 _registered: set[str] = set()
 
 

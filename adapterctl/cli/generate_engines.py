@@ -136,7 +136,7 @@ def run_elsewhere(
             backend.tensor_parallel_size or 1,
             backend.pipeline_parallel_size or 1,
             backend.gpu_memory_utilization,
-            shared.dtype or "auto",
+            _concrete_dtype(shared.dtype, base_ref),
             shared.trust_remote_code,
         )
         prepare = functools.partial(prepare_adapters, "vllm")
@@ -150,3 +150,18 @@ def run_elsewhere(
     return generate_on_endpoint(
         opts, base_ref, backend.model, choices, specs, cfg, concurrency=backend.concurrency, **kw
     )
+
+
+def _concrete_dtype(dtype: str | None, base_ref) -> str:
+    """``auto`` as adapterctl's engine means it (the checkpoint's dtype), never vLLM's own ``auto``
+    (half precision for a float32 checkpoint), where the base is a local folder; a Hub base
+    keeps ``auto`` until it is resolved (issue 27)."""
+    from pathlib import Path
+
+    from adapterctl.io.dtypes import resolve_dtype
+    from adapterctl.io.folders.files import read_json_object
+
+    config = Path(str(base_ref or "")).expanduser() / "config.json"
+    if dtype not in (None, "auto") or not base_ref or not config.is_file():
+        return dtype or "auto"
+    return resolve_dtype(dtype, read_json_object(config, "model config.json"))

@@ -15,6 +15,7 @@ from adapterctl.cli.options import (
     Revision,
     Token,
     adapter_option,
+    dtype_option,
     engine_name,
     examples,
     hub_options,
@@ -65,6 +66,28 @@ ConvertDirOpt = Annotated[
         show_default=False,
     ),
 ]
+ServeDtype = dtype_option(
+    "The dtype the server runs the base in (auto: the checkpoint's, as adapterctl's engine)", PANEL_SERVER
+)
+RuntimeLoraOpt = Annotated[
+    bool,
+    typer.Option(
+        "--allow-runtime-lora",
+        help="The server also takes adapters while it runs (`adapterctl deploy`; vLLM: "
+        "VLLM_ALLOW_RUNTIME_LORA_UPDATING=True).",
+        rich_help_panel=PANEL_SERVER,
+    ),
+]
+MaxLoraRankOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--max-lora-rank",
+        help="The largest adapter rank the server takes (default: what the adapters need; with "
+        "--allow-runtime-lora at least 64).",
+        rich_help_panel=PANEL_SERVER,
+        show_default=False,
+    ),
+]
 DryRunOpt = Annotated[
     bool,
     typer.Option(
@@ -85,6 +108,9 @@ def serve_cmd(
     python: PythonOpt = None,
     convert_dir: ConvertDirOpt = None,
     dry_run: DryRunOpt = False,
+    dtype: ServeDtype = None,
+    allow_runtime_lora: RuntimeLoraOpt = False,
+    max_lora_rank: MaxLoraRankOpt = None,
     revision: Revision = None,
     token: Token = None,
 ) -> None:
@@ -100,6 +126,8 @@ def serve_cmd(
         find_server_python,
         server_command,
     )
+    from adapterctl.io.dtypes import resolve_dtype
+    from adapterctl.io.folders.files import read_json_object
     from adapterctl.io.hub.resolve import resolve_adapter_dir, resolve_model_dir
 
     out = get_output()
@@ -121,7 +149,7 @@ def serve_cmd(
         convert_dir or default_convert_dir(),
         out.info,
     )
-    limits = lora_limits(engine, prepared)
+    limits = server_limits(engine, lora_limits(engine, prepared), allow_runtime_lora, max_lora_rank)
     cmd = server_command(
         engine,
         python,
@@ -132,6 +160,8 @@ def serve_cmd(
         host=host,
         port=port,
         extra=list(extra or []),
+        dtype=resolve_dtype(dtype, read_json_object(base_dir / "config.json", "model config.json")),
+        runtime_lora=allow_runtime_lora,
     )
     if dry_run:
         doc = {
@@ -139,6 +169,7 @@ def serve_cmd(
             "engine": engine,
             "command": cmd.argv,
             "command_line": cmd.text,
+            "env": cmd.env,
             "limits": limits.to_dict(),
             "adapters": [p.to_dict() for p in prepared],
         }
@@ -148,13 +179,39 @@ def serve_cmd(
     sys.stdout.flush()
     sys.stderr.flush()
     try:
-        os.execvp(cmd.argv[0], cmd.argv)  # this process becomes the server: same pid, signals
+        os.execvpe(
+            cmd.argv[0], cmd.argv, {**os.environ, **cmd.env}
+        )  # this process becomes the server: same pid, signals
     except OSError as err:
         from adapterctl.errors import MissingDependencyError
 
         raise MissingDependencyError(
             f"cannot start {cmd.argv[0]}: {err.strerror}", hint="Check --python."
         ) from err
+
+
+def server_limits(engine: str, limits, runtime: bool, max_lora_rank: int | None):
+    """The adapters' limits, widened for adapters deployed later (``--allow-runtime-lora``: room
+    for rank 64 and 4 of them unless told) and by ``--max-lora-rank``."""
+    from adapterctl.core.serve.prepare import LoraLimits
+
+    rank, loras = limits.max_lora_rank, limits.max_loras
+    if runtime:
+        rank, loras = max(rank, 64), max(loras, 4)
+    if max_lora_rank is not None:
+        if max_lora_rank < limits.max_lora_rank:
+            raise UsageError(
+                f"--max-lora-rank {max_lora_rank} is below the rank the adapters need ({limits.max_lora_rank})"
+            )
+        rank = max_lora_rank
+    if engine == "vllm":
+        from adapterctl.core.engine_rules.vllm import MAX_LORA_RANKS
+
+        if rank not in MAX_LORA_RANKS:
+            raise UsageError(
+                f"--max-lora-rank {rank}: vLLM takes one of {', '.join(map(str, MAX_LORA_RANKS))}"
+            )
+    return LoraLimits(rank, loras)
 
 
 def _render(console, cmd, prepared) -> None:
@@ -187,5 +244,6 @@ def register(app: typer.Typer) -> None:
             "adapterctl serve ./base --lora upper=./upper-lora --dry-run",
             "adapterctl serve ./base --lora a=./lora-a -a user/lora-b --port 8001 -- --dtype bfloat16",
             "adapterctl serve ./base -a ./lora-a --engine sglang --python ~/sglang-env/bin/python",
+            "adapterctl serve ./base --allow-runtime-lora --max-lora-rank 256 --python ~/vllm-env/bin/python",
         ),
     )(serve_cmd)

@@ -59,6 +59,20 @@ def dtype_choices(auto: bool) -> tuple[str, ...]:
     return (AUTO, *WRITABLE) if auto else WRITABLE
 
 
+def checkpoint_dtype(config: dict) -> str:
+    """What ``--dtype auto`` means for a base, in every engine: the checkpoint's dtype from its
+    config.json (``dtype``, or the older ``torch_dtype``), else float32 (what transformers loads a
+    config without one in). adapterctl's engine loads ``auto`` so; vLLM's own ``auto`` would run a
+    float32 checkpoint in half precision, so servers are given this concrete name instead."""
+    value = config.get("dtype") or config.get("torch_dtype")
+    return value if value in WRITABLE else "float32"
+
+
+def resolve_dtype(value: str | None, config: dict) -> str:
+    """``--dtype`` as a concrete name: ``auto`` (or not given) is the checkpoint's dtype."""
+    return checkpoint_dtype(config) if value in (None, AUTO) else value
+
+
 @overload
 def check_dtype(value: str, auto: bool = True, option: str = "--dtype") -> str: ...
 @overload

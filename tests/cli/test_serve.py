@@ -107,3 +107,45 @@ def test_json_needs_dry_run():
 def test_no_vllm_in_this_python_and_no_python_given():
     res = run_cli("serve", BASE, "-a", UPPER)
     assert res.code == 7 and "`vllm`" in res.stderr and "--python" in res.stderr
+
+
+def test_a_float32_base_is_served_in_float32_not_vllms_auto(tmp_path):
+    # vLLM's --dtype auto runs a float32 checkpoint in half precision; adapterctl's engine keeps
+    # float32: the server is told the concrete dtype (issue 27)
+    for engine in ("vllm", "sglang"):
+        argv = dry("--lora", f"upper={UPPER}", "--engine", engine, convert_dir=tmp_path).json["command"]
+        assert argv[argv.index("--dtype") + 1] == "float32"
+    argv = dry("--dtype", "bfloat16", convert_dir=tmp_path).json["command"]
+    assert argv[argv.index("--dtype") + 1] == "bfloat16"
+
+
+def test_checkpoint_dtype_is_the_one_auto():
+    from adapterctl.io.dtypes import checkpoint_dtype, resolve_dtype
+
+    assert checkpoint_dtype({"torch_dtype": "bfloat16"}) == "bfloat16"
+    assert checkpoint_dtype({"dtype": "float16", "torch_dtype": "float32"}) == "float16"
+    assert checkpoint_dtype({}) == "float32"
+    assert resolve_dtype("auto", {"dtype": "bfloat16"}) == "bfloat16"
+    assert resolve_dtype(None, {"dtype": "bfloat16"}) == "bfloat16"
+    assert resolve_dtype("float16", {"dtype": "bfloat16"}) == "float16"
+
+
+def test_allow_runtime_lora(tmp_path):
+    doc = dry("--allow-runtime-lora", convert_dir=tmp_path).json
+    argv = doc["command"]
+    assert doc["env"] == {"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"}
+    assert "--enable-lora" in argv and "--lora-modules" not in argv
+    assert doc["limits"] == {"max_lora_rank": 64, "max_loras": 4}
+    doc = dry("--allow-runtime-lora", "--max-lora-rank", "256", convert_dir=tmp_path).json
+    assert doc["command"][doc["command"].index("--max-lora-rank") + 1] == "256"
+    res = dry("--allow-runtime-lora", "--max-lora-rank", "100", convert_dir=tmp_path)
+    assert res.code == 2 and "vLLM takes one of" in res.json["error"]["message"]
+
+
+def test_generate_engine_vllm_gets_the_concrete_dtype():
+    from adapterctl.cli.generate_engines import _concrete_dtype
+
+    assert _concrete_dtype(None, BASE) == "float32"  # the tiny base's config.json says float32
+    assert _concrete_dtype("auto", BASE) == "float32"
+    assert _concrete_dtype("bfloat16", BASE) == "bfloat16"
+    assert _concrete_dtype(None, "user/not-local") == "auto"  # a Hub base: vLLM resolves it

@@ -19,7 +19,7 @@ from adapterctl.errors import (
     MissingDependencyError,
     UsageError,
 )
-from adapterctl.io.dtypes import AUTO, WRITABLE, check_dtype
+from adapterctl.io.dtypes import AUTO, check_dtype, checkpoint_dtype
 from adapterctl.io.folders.model_dir import locate_model_files
 from adapterctl.io.hub.ref import HubOptions
 from adapterctl.io.hub.resolve import resolve_model_dir
@@ -112,9 +112,8 @@ def quantization_config(quantize: str | None, dtype: str):
 
 
 def _config_dtype(config: dict) -> str:
-    """The checkpoint's dtype from config.json (``dtype`` or ``torch_dtype``), else float32."""
-    value = config.get("dtype") or config.get("torch_dtype")
-    return value if value in WRITABLE else "float32"
+    """The checkpoint's dtype (the one answer every engine gets: :func:`checkpoint_dtype`)."""
+    return checkpoint_dtype(config)
 
 
 def device_summary(model) -> dict[str, int]:

@@ -70,6 +70,12 @@ def api_root(url: str) -> str:
     return urllib.parse.urlunsplit((parts.scheme, parts.netloc, path, "", ""))
 
 
+def server_root(url: str) -> str:
+    """``.../v1`` -> the server's root (where vLLM's ``/version`` and SGLang's routes are)."""
+    root = api_root(url)
+    return root[: -len("/v1")]
+
+
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
     def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: ANN001 - urllib's
         return None  # urllib then raises HTTPError for the 3xx
@@ -89,6 +95,13 @@ class Client:
     def post(self, path: str, body: dict, what: str) -> dict:
         return self._call("POST", path, body, what)
 
+    def send(self, method: str, path: str, body: dict | None, what: str, at_root: bool = False) -> str:
+        """A request whose answer is text, not JSON (vLLM's ``/v1/load_lora_adapter`` answers
+        "Success: ..."); ``at_root``: ``path`` is under the server's root, not ``/v1`` (SGLang's
+        routes, ``/version``). Faults as :meth:`get`'s."""
+        root = server_root(self.root) if at_root else self.root
+        return self._call(method, path, body, what, url=root + path, raw=True)
+
     def _headers(self) -> dict[str, str]:
         headers = {
             "Accept": "application/json",
@@ -99,16 +112,18 @@ class Client:
             headers["Authorization"] = f"Bearer {self.opts.api_key}"
         return headers
 
-    def _call(self, method: str, path: str, body: dict | None, what: str) -> dict:
-        url = self.root + path
+    def _call(self, method: str, path: str, body: dict | None, what: str, url=None, raw=False):
+        url = url or self.root + path
         data = json.dumps(body).encode() if body is not None else None
         for attempt in range(self.opts.retries + 1):
             last = attempt == self.opts.retries
             req = urllib.request.Request(url, data=data, method=method, headers=self._headers())
             try:
                 with self._opener.open(req, timeout=self.opts.timeout) as resp:
-                    raw = resp.read(MAX_BODY + 1)
-                return parse_json(raw, url, what, self._redact)
+                    answer = resp.read(MAX_BODY + 1)
+                if raw:
+                    return self._redact(answer[:MAX_BODY].decode("utf-8", "replace"))
+                return parse_json(answer, url, what, self._redact)
             except urllib.error.HTTPError as err:
                 text = self._redact(error_text(err))  # a server may echo what it was sent
                 if err.code in RETRY_STATUSES and not last:

@@ -9,6 +9,15 @@ its adapters (already checked, and converted where needed: :mod:`adapterctl.core
 - SGLang (``server_args.py``, docs "LoRA Serving"): ``python -m sglang.launch_server --model-path
   BASE --enable-lora --lora-paths NAME=PATH ... --max-lora-rank R --max-loras-per-batch N``.
 
+``--dtype``: always a concrete name (:func:`adapterctl.io.dtypes.resolve_dtype`): vLLM's and SGLang's
+own ``auto`` runs a float32 checkpoint in half precision, where adapterctl's engine (the reference
+``verify`` and ``deploy`` compare with) keeps the checkpoint's dtype.
+
+``runtime_lora`` (``serve --allow-runtime-lora``): the server also takes adapters while it runs
+(``adapterctl deploy``): vLLM with ``VLLM_ALLOW_RUNTIME_LORA_UPDATING=True`` in its environment and
+LoRA enabled even without an adapter at start (``vllm/envs.py``, ``entrypoints/serve/lora``); SGLang
+with ``--enable-lora`` and ``--lora-target-modules all`` (its ``/load_lora_adapter`` route).
+
 The server runs in the python given (the engine's own virtualenv), on ``--host``/``--port``;
 ``extra`` (what follows ``--`` on our command line) goes last, so the user's flags win.
 """
@@ -42,10 +51,11 @@ class ServerCommand:
     engine: str
     argv: list[str]
     adapters: list[ServedAdapter] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)  # set for the server, on top of ours
 
     @property
     def text(self) -> str:
-        return shlex.join(self.argv)
+        return shlex.join([*(f"{k}={v}" for k, v in self.env.items()), *self.argv])
 
 
 def check_engine(engine: str) -> str:
@@ -96,23 +106,38 @@ def server_command(
     host: str = DEFAULT_HOST,
     port: int = DEFAULT_PORT,
     extra: Sequence[str] = (),
+    dtype: str | None = None,
+    runtime_lora: bool = False,
 ) -> ServerCommand:
+    """``dtype``: the concrete dtype (never ``auto``: see the module's note)."""
     engine = check_engine(engine)
     if not 0 < port < 65536:
         raise UsageError(f"--port must be in 1-65535, got {port}")
     argv = [python, "-m", SERVER_MODULES[engine]]
+    lora = bool(adapters) or runtime_lora
     if engine == "vllm":
         argv += ["--model", base]
+        if lora:
+            argv += ["--enable-lora"]
         if adapters:
-            argv += ["--enable-lora", "--lora-modules", *(_vllm_module(a) for a in adapters)]
+            argv += ["--lora-modules", *(_vllm_module(a) for a in adapters)]
+        if lora:
             argv += ["--max-lora-rank", str(max_lora_rank), "--max-loras", str(max_loras)]
     else:
         argv += ["--model-path", base]
+        if lora:
+            argv += ["--enable-lora"]
         if adapters:
-            argv += ["--enable-lora", "--lora-paths", *(f"{a.name}={a.path}" for a in adapters)]
+            argv += ["--lora-paths", *(f"{a.name}={a.path}" for a in adapters)]
+        if runtime_lora:
+            argv += ["--lora-target-modules", "all"]
+        if lora:
             argv += ["--max-lora-rank", str(max_lora_rank), "--max-loras-per-batch", str(max_loras)]
+    if dtype is not None:
+        argv += ["--dtype", dtype]
     argv += ["--host", host, "--port", str(port), *extra]
-    return ServerCommand(engine, argv, list(adapters))
+    env = {"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"} if runtime_lora and engine == "vllm" else {}
+    return ServerCommand(engine, argv, list(adapters), env)
 
 
 def _vllm_module(a: ServedAdapter) -> str:

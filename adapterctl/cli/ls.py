@@ -1,0 +1,6 @@
+"""``adapterctl ls``: registered from :mod:`adapterctl.cli.deploy` (one module per command for the
+lazy registry in ``app.py``)."""
+
+from adapterctl.cli.deploy import register_ls as register
+
+__all__ = ["register"]
