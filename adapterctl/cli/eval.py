@@ -57,7 +57,29 @@ def eval_cmd(
             show_default=False,
             rich_help_panel=PANEL_ADAPTERS,
             help="A copy to measure (repeatable): a merged model folder, another adapter folder on the "
-            "same base, or a dtype (bf16, fp16: the adapter run in it).",
+            "same base, a dtype (bf16, fp16: the adapter run in it), or a .gguf file (a merged model, or "
+            "a LoRA on --gguf-base) run by llama.cpp.",
+        ),
+    ] = None,
+    gguf_base: Annotated[
+        str | None,
+        typer.Option(
+            "--gguf-base",
+            metavar="FILE",
+            show_default=False,
+            rich_help_panel=PANEL_ADAPTERS,
+            help="The base as GGUF (llama.cpp's convert_hf_to_gguf.py), under GGUF LoRA variants.",
+        ),
+    ] = None,
+    llama_cpp: Annotated[
+        str | None,
+        typer.Option(
+            "--llama-cpp",
+            metavar="DIR",
+            show_default=False,
+            rich_help_panel=PANEL_ADAPTERS,
+            help="llama.cpp's build (or folder of its binaries) for GGUF variants; default "
+            "$ADAPTERCTL_LLAMA_CPP, then PATH.",
         ),
     ] = None,
     data: Annotated[
@@ -155,6 +177,8 @@ def eval_cmd(
         batch_size=batch_size,
         max_new_tokens=max_new_tokens,
         gate=Gate(max_kl, min_top1),
+        llama_cpp=llama_cpp,
+        gguf_base=gguf_base,
     )
     with out.progress("scoring", unit="tokens") as advance:
         done = [0]

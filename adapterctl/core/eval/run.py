@@ -13,7 +13,7 @@ import torch
 from adapterctl.core.eval.data import Sequence, read_records, tokenize_records
 from adapterctl.core.eval.figures import Tally
 from adapterctl.core.eval.report import EvalReport, Gate, VariantResult
-from adapterctl.core.eval.scorers import Scorer, adapter_scorer, dtype_scorer, model_scorer, vocab_size
+from adapterctl.core.eval.scorers import Scorer, about, adapter_scorer, dtype_scorer, model_scorer, vocab_size
 from adapterctl.core.eval.specs import VariantSpec, check_names
 from adapterctl.core.runtime.session import AdapterChoice, Placement, base_hub, open_session
 from adapterctl.errors import UsageError
@@ -28,6 +28,7 @@ class EvalOptions:
     max_new_tokens: int = 32  # --prompts: greedy tokens the reference adds
     gate: Gate = field(default_factory=Gate)
     llama_cpp: str | None = None  # folder of llama.cpp's binaries (GGUF variants)
+    gguf_base: str | None = None  # the base as GGUF, under GGUF LoRA variants
 
 
 def run_eval(
@@ -92,6 +93,14 @@ def run_eval(
             scorers.append(model_scorer(spec, options.dtype, load, tokenizer, vocab_size(lb.model)))
         elif spec.kind == "dtype":
             scorers.append(dtype_scorer(spec, lb.path, attached.folder, attached.weight, load))
+        elif spec.kind == "gguf":
+            from adapterctl.core.eval.llama_cpp import gguf_scorer
+
+            with about(spec.name):
+                gguf = gguf_scorer(
+                    spec, options.llama_cpp, options.gguf_base, tokenizer, vocab_size(lb.model)
+                )
+            scorers.append(gguf)
     ref_tally, tallies = score(reference, scorers, sequences, tokenizer, options.batch_size, on_progress)
     positions = sum(s.positions for s in sequences)
     results = [
@@ -113,11 +122,16 @@ def run_eval(
 
 
 def check_engines(variants: list[VariantSpec], options: EvalOptions) -> None:
-    """Variants run by another engine: refused, before anything loads, where this build cannot run them."""
+    """Variants run by another engine: refused, before anything loads, where this build cannot run them
+    or the engine is not found."""
+    from adapterctl.core.eval.llama_cpp import find_tool
     from adapterctl.errors import UnsupportedError
 
     for spec in variants:
-        if spec.kind in ("mlx", "endpoint", "gguf"):
+        if spec.kind == "gguf":
+            with about(spec.name):
+                find_tool(options.llama_cpp)
+        if spec.kind in ("mlx", "endpoint"):
             raise UnsupportedError(
                 f"variant {spec.name!r}: {spec.kind} variants are not supported by eval yet",
                 hint="Convert it back to a PEFT adapter (adapterctl convert --from ...) and pass that folder.",
