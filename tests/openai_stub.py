@@ -1,6 +1,7 @@
 """A scripted stand-in for an OpenAI-compatible server (stdlib ``http.server``, 127.0.0.1 only),
 for the fault tests of ``generate --endpoint``: each request is answered by the next scripted
-reply for its path (or the default), and logged.
+reply for its path (or the default: a Reply, or a function of the request's JSON body returning
+one), and logged.
 
 It fakes faults, never completions that a test compares with a model: those come from the real
 vLLM server (tests/interop).
@@ -71,6 +72,8 @@ class Stub:
                                           "headers": dict(self.headers), "body": body})
                     queue = stub.script[self.path]
                     reply = queue.popleft() if queue else stub.default.get(self.path)
+                if callable(reply):  # a responder: the reply computed from the request's body
+                    reply = reply(body)
                 if reply is None:
                     reply = Reply(404, {"error": {"message": f"no route {self.path}"}})
                 if reply.delay:

@@ -3,12 +3,14 @@ from the adapter as trained, on the model's output: KL, top-1 agreement, perplex
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Annotated
 
 import typer
 
 from adapterctl.cli.options import (
     PANEL_ADAPTERS,
+    ApiKey,
     DeviceMap,
     Revision,
     Token,
@@ -57,8 +59,8 @@ def eval_cmd(
             show_default=False,
             rich_help_panel=PANEL_ADAPTERS,
             help="A copy to measure (repeatable): a merged model folder, another adapter folder on the "
-            "same base, a dtype (bf16, fp16: the adapter run in it), or a .gguf file (a merged model, or "
-            "a LoRA on --gguf-base) run by llama.cpp.",
+            "same base, a dtype (bf16, fp16: the adapter run in it), a .gguf file (a merged model, or "
+            "a LoRA on --gguf-base) run by llama.cpp, or URL#SERVED-NAME (vLLM's prompt_logprobs).",
         ),
     ] = None,
     gguf_base: Annotated[
@@ -144,6 +146,7 @@ def eval_cmd(
     trust_remote_code: TrustRemoteCode = False,
     revision: Revision = None,
     token: Token = None,
+    api_key: ApiKey = None,
 ) -> None:
     """Measure how far each copy of an adapter is from the adapter as trained, on the model's
     output: KL(reference || variant) mean, p99 and max, top-1 agreement and perplexity, per
@@ -152,6 +155,7 @@ def eval_cmd(
     from adapterctl.core.eval.run import EvalOptions, run_eval
     from adapterctl.core.eval.specs import parse_variant
     from adapterctl.core.runtime.session import AdapterChoice
+    from adapterctl.core.serve.eval_endpoint import endpoint_scorer
     from adapterctl.errors import NotServedError
 
     out = get_output()
@@ -198,6 +202,7 @@ def eval_cmd(
             hub=hub_options(revision, token),
             on_step=out.info,
             on_progress=progress,
+            endpoint_scorer=partial(endpoint_scorer, api_key=api_key),
         )
     doc = report.to_dict()
     if not report.failed:
