@@ -1,6 +1,7 @@
 """A scripted stand-in for an OpenAI-compatible server (stdlib ``http.server``, 127.0.0.1 only),
 for the fault tests of ``generate --endpoint``: each request is answered by the next scripted
-reply for its path (or the default), and logged.
+reply for its path (or the default: a Reply, or a function of the request's JSON body returning
+one), and logged.
 
 ``RuntimeLora`` adds vLLM's runtime adapter routes (``/v1/load_lora_adapter``,
 ``/v1/unload_lora_adapter``) with their answers and refusals as vLLM 0.32 words them
@@ -82,6 +83,8 @@ class Stub:
                         reply = route(body)
                     if reply is None:
                         reply = stub.default.get(self.path)
+                if callable(reply):  # a responder: the reply computed from the request's body
+                    reply = reply(body)
                 if reply is None:
                     reply = Reply(404, {"error": {"message": f"no route {self.path}"}})
                 if reply.delay:

@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
-# Build llama.cpp (the llama-completion and llama-quantize tools, plus its converters and gguf-py) from the source that the
+# Build llama.cpp (llama-completion, llama-quantize, llama-perplexity and llama-results, plus its
+# converters and gguf-py) from the source that the
 # llama-cpp-python source distribution on PyPI ships, into a cache kept between CI runs on the same
 # machine. Prints the llama.cpp folder on stdout. About 10 minutes on 2 cores the first time.
 set -euo pipefail
 VERSION=0.3.36  # llama-cpp-python release; it vendors llama.cpp (October 2026)
 ROOT=${ADAPTERCTL_ENGINES:-$HOME/.cache/adapterctl-engines}
 DEST="$ROOT/llama.cpp-pypi-$VERSION"
+TARGETS="llama-completion llama-quantize llama-perplexity llama-results"
 if [ -f "$DEST/.complete" ] && [ -x "$DEST/build/bin/llama-completion" ]; then
-  # a cache built before llama-quantize was needed (merge --to gguf --outtype Q4_K_M): add it
-  if [ ! -x "$DEST/build/bin/llama-quantize" ]; then
-    cmake --build "$DEST/build" --target llama-quantize -j "$(nproc)" >&2
-  fi
+  # a cache built before a tool was needed (eval's GGUF variants: llama-perplexity, llama-results): add it
+  for t in $TARGETS; do
+    [ -x "$DEST/build/bin/$t" ] || cmake --build "$DEST/build" --target "$t" -j "$(nproc)" >&2
+  done
   echo "$DEST"; exit 0
 fi
 mkdir -p "$ROOT"
@@ -23,6 +25,6 @@ rm -rf "$ROOT/.llama-dl"
 # Static libraries: the binaries keep working wherever the cache lives.
 cmake -S "$DEST" -B "$DEST/build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF \
   -DBUILD_SHARED_LIBS=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF >&2
-cmake --build "$DEST/build" --target llama-completion llama-quantize -j "$(nproc)" >&2
+cmake --build "$DEST/build" --target $TARGETS -j "$(nproc)" >&2
 touch "$DEST/.complete"
 echo "$DEST"

@@ -3,12 +3,14 @@ from the adapter as trained, on the model's output: KL, top-1 agreement, perplex
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Annotated
 
 import typer
 
 from adapterctl.cli.options import (
     PANEL_ADAPTERS,
+    ApiKey,
     DeviceMap,
     Revision,
     Token,
@@ -56,7 +58,29 @@ VariantOpt = Annotated[
         show_default=False,
         rich_help_panel=PANEL_ADAPTERS,
         help="A copy to measure (repeatable): a merged model folder, another adapter folder on the "
-        "same base, or a dtype (bf16, fp16: the adapter run in it).",
+        "same base, a dtype (bf16, fp16: the adapter run in it), a .gguf file (a merged model, or "
+        "a LoRA on --gguf-base) run by llama.cpp, or URL#SERVED-NAME (vLLM's prompt_logprobs).",
+    ),
+]
+GgufBaseOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--gguf-base",
+        metavar="FILE",
+        show_default=False,
+        rich_help_panel=PANEL_ADAPTERS,
+        help="The base as GGUF (llama.cpp's convert_hf_to_gguf.py), under GGUF LoRA variants.",
+    ),
+]
+LlamaCppOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--llama-cpp",
+        metavar="DIR",
+        show_default=False,
+        rich_help_panel=PANEL_ADAPTERS,
+        help="llama.cpp's build (or folder of its binaries) for GGUF variants; default "
+        "$ADAPTERCTL_LLAMA_CPP, then PATH.",
     ),
 ]
 DataOpt = Annotated[
@@ -120,6 +144,8 @@ def eval_cmd(
     base: BaseOpt = None,
     adapter: AdapterOpt = None,
     variant: VariantOpt = None,
+    gguf_base: GgufBaseOpt = None,
+    llama_cpp: LlamaCppOpt = None,
     data: DataOpt = None,
     prompts: PromptsOpt = None,
     ctx: CtxOpt = 512,
@@ -132,6 +158,7 @@ def eval_cmd(
     trust_remote_code: TrustRemoteCode = False,
     revision: Revision = None,
     token: Token = None,
+    api_key: ApiKey = None,
 ) -> None:
     """Measure how far each copy of an adapter is from the adapter as trained, on the model's
     output: KL(reference || variant) mean, p99 and max, top-1 agreement and perplexity, per
@@ -140,6 +167,7 @@ def eval_cmd(
     from adapterctl.core.eval.run import EvalOptions, run_eval
     from adapterctl.core.eval.specs import parse_variant
     from adapterctl.core.runtime.session import AdapterChoice
+    from adapterctl.core.serve.eval_endpoint import endpoint_scorer
     from adapterctl.errors import NotServedError
 
     out = get_output()
@@ -165,6 +193,8 @@ def eval_cmd(
         batch_size=batch_size,
         max_new_tokens=max_new_tokens,
         gate=Gate(max_kl, min_top1),
+        llama_cpp=llama_cpp,
+        gguf_base=gguf_base,
     )
     with out.progress("scoring", unit="tokens") as advance:
         done = [0]
@@ -184,6 +214,7 @@ def eval_cmd(
             hub=hub_options(revision, token),
             on_step=out.info,
             on_progress=progress,
+            endpoint_scorer=partial(endpoint_scorer, api_key=api_key),
         )
     doc = report.to_dict()
     if not report.failed:

@@ -128,7 +128,7 @@ def test_table_output(setup):
 
 
 @pytest.mark.parametrize("case", ["no-data", "both", "missing", "empty", "bad-jsonl", "bad-variant",
-                                  "no-such-variant", "dup", "reserved", "gguf", "no-adapter"])
+                                  "no-such-variant", "dup", "reserved", "no-llama-cpp", "mlx", "no-adapter"])
 def test_refusals(setup, case, tmp_path):
     empty = tmp_path / "empty.txt"
     empty.write_text("\n\n")
@@ -136,6 +136,8 @@ def test_refusals(setup, case, tmp_path):
     bad.write_text('{"text": "ok"}\n{"prompt": 3}\n')
     gguf = tmp_path / "x.gguf"
     gguf.write_bytes(b"GGUF")
+    (tmp_path / "mlx").mkdir()
+    (tmp_path / "mlx" / "adapters.safetensors").write_bytes(b"")
     d = ["--data", setup["data"]]
     args, code, words = {
         "no-data": ([], 2, "--data"),
@@ -147,7 +149,8 @@ def test_refusals(setup, case, tmp_path):
         "no-such-variant": ([*d, "--variant", f"x={tmp_path / 'gone'}"], 3, "variant 'x'"),
         "dup": ([*d, "--variant", "a=fp16", "--variant", "a=bf16"], 2, "'a'"),
         "reserved": ([*d, "--variant", "base=fp16"], 2, "'base'"),
-        "gguf": ([*d, "--variant", f"g={gguf}"], 5, "variant 'g'"),
+        "no-llama-cpp": ([*d, "--variant", f"g={gguf}", "--llama-cpp", tmp_path], 7, "variant 'g'"),
+        "mlx": ([*d, "--variant", f"m={tmp_path / 'mlx'}"], 5, "variant 'm'"),
         "no-adapter": (None, 2, "-a ADAPTER"),
     }[case]
     res = invoke("--json", "eval", setup["base"], *d) if args is None else _eval(setup, *args)
@@ -189,3 +192,47 @@ def test_eval_option_refusals(setup, tmp_path):
     res = invoke("--json", "convert", setup["lora"], tmp_path / "g.gguf", "--to", "gguf", "--eval", setup["data"])
     assert res.code == 2 and "--eval" in res.json["error"]["message"]
     assert not (tmp_path / "g.gguf").exists()
+
+
+def _fake_llama_cpp(folder):
+    """A llama-results that must never run: the checks below refuse before llama.cpp is called."""
+    tool = folder / "llama-results"
+    tool.write_text("#!/bin/sh\nexit 99\n")
+    tool.chmod(0o755)
+    return folder
+
+
+def _model_gguf(path, n_vocab):
+    import gguf
+
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_type("model")
+    w.add_token_list([f"t{i}" for i in range(n_vocab)])
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+def test_gguf_variant_refusals(setup, tmp_path, monkeypatch):
+    """llama.cpp missing (exit 7, the hint names --llama-cpp), a GGUF LoRA without --gguf-base (2), a
+    GGUF of another vocabulary (6): each names the variant, before llama.cpp runs."""
+    monkeypatch.delenv("ADAPTERCTL_LLAMA_CPP", raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    lora_gguf = tmp_path / "lora.gguf"
+    assert invoke("convert", setup["lora"], lora_gguf, "--to", "gguf", "--outtype", "f16").code == 0
+    d = ["--data", setup["data"]]
+    res = _eval(setup, *d, "--variant", f"g={lora_gguf}")
+    assert res.code == 7 and "variant 'g'" in res.json["error"]["message"]
+    assert "--llama-cpp" in res.json["error"]["hint"]
+    tools = _fake_llama_cpp(tmp_path)
+    res = _eval(setup, *d, "--variant", f"g={lora_gguf}", "--llama-cpp", tools)
+    assert res.code == 2 and "--gguf-base" in res.json["error"]["hint"], res.json
+    other = _model_gguf(tmp_path / "other.gguf", 17)
+    for args in (["--variant", f"g={lora_gguf}", "--gguf-base", other], ["--variant", f"g={other}"]):
+        res = _eval(setup, *d, *args, "--llama-cpp", tools)
+        assert res.code == 6, res.json
+        msg = res.json["error"]["message"]
+        assert "variant 'g'" in msg and "vocabulary of 17" in msg and "Traceback" not in res.stderr
+        assert len(res.stdout.strip().splitlines()) == 1

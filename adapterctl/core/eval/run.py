@@ -13,7 +13,7 @@ import torch
 from adapterctl.core.eval.data import Sequence, read_records, tokenize_records
 from adapterctl.core.eval.figures import Tally
 from adapterctl.core.eval.report import EvalReport, Gate, VariantResult
-from adapterctl.core.eval.scorers import Scorer, adapter_scorer, dtype_scorer, model_scorer, vocab_size
+from adapterctl.core.eval.scorers import Scorer, about, adapter_scorer, dtype_scorer, model_scorer, vocab_size
 from adapterctl.core.eval.specs import VariantSpec, check_names
 from adapterctl.core.runtime.session import AdapterChoice, Placement, base_hub, open_session
 from adapterctl.errors import UsageError
@@ -28,6 +28,7 @@ class EvalOptions:
     max_new_tokens: int = 32  # --prompts: greedy tokens the reference adds
     gate: Gate = field(default_factory=Gate)
     llama_cpp: str | None = None  # folder of llama.cpp's binaries (GGUF variants)
+    gguf_base: str | None = None  # the base as GGUF, under GGUF LoRA variants
 
 
 def run_eval(
@@ -42,17 +43,20 @@ def run_eval(
     hub: HubOptions | None = None,
     on_step: Callable[[str], None] | None = None,
     on_progress: Callable[[int, int], None] | None = None,
+    endpoint_scorer: Callable[[VariantSpec, object, int], Scorer] | None = None,
 ) -> EvalReport:
     """Score every variant against the reference on ``data`` (a file) or on the reference's greedy
     continuations of ``prompts`` ((id, text) pairs). ``on_progress(done, total)`` counts tokens.
-    Several adapters: the reference is their weighted sum (dtype variants take the first alone)."""
+    Several adapters: the reference is their weighted sum (dtype variants take the first alone).
+    ``endpoint_scorer(spec, tokenizer, vocab_size)`` scores endpoint variants (core/serve's, which
+    eval cannot import: serve composes the capabilities); without it they are refused."""
     step = on_step or (lambda text: None)
     if (data is None) == (prompts is None):
         raise UsageError(
             "give either --data FILE or --prompts FILE", hint="adapterctl eval BASE -a ADAPTER --data FILE"
         )
     check_names(variants)
-    check_engines(variants, options)
+    check_engines(variants, options, endpoint_scorer is not None)
     records = read_records(data) if data is not None else None  # bad data fails before any loading
     placement = replace(placement, dtype=options.dtype)
     choices = adapter if isinstance(adapter, list) else [adapter]
@@ -93,6 +97,16 @@ def run_eval(
             scorers.append(model_scorer(spec, options.dtype, load, tokenizer, vocab_size(lb.model)))
         elif spec.kind == "dtype":
             scorers.append(dtype_scorer(spec, lb.path, attached.folder, attached.weight, load))
+        elif spec.kind == "gguf":
+            from adapterctl.core.eval.llama_cpp import gguf_scorer
+
+            with about(spec.name):
+                gguf = gguf_scorer(
+                    spec, options.llama_cpp, options.gguf_base, tokenizer, vocab_size(lb.model)
+                )
+            scorers.append(gguf)
+        elif spec.kind == "endpoint":
+            scorers.append(endpoint_scorer(spec, tokenizer, vocab_size(lb.model)))
     ref_tally, tallies = score(reference, scorers, sequences, tokenizer, options.batch_size, on_progress)
     positions = sum(s.positions for s in sequences)
     results = [
@@ -113,12 +127,17 @@ def run_eval(
     )
 
 
-def check_engines(variants: list[VariantSpec], options: EvalOptions) -> None:
-    """Variants run by another engine: refused, before anything loads, where this build cannot run them."""
+def check_engines(variants: list[VariantSpec], options: EvalOptions, endpoints: bool = False) -> None:
+    """Variants run by another engine: refused, before anything loads, where this build cannot run them
+    or the engine is not found."""
+    from adapterctl.core.eval.llama_cpp import find_tool
     from adapterctl.errors import UnsupportedError
 
     for spec in variants:
-        if spec.kind in ("mlx", "endpoint", "gguf"):
+        if spec.kind == "gguf":
+            with about(spec.name):
+                find_tool(options.llama_cpp)
+        if spec.kind == "mlx" or (spec.kind == "endpoint" and not endpoints):
             raise UnsupportedError(
                 f"variant {spec.name!r}: {spec.kind} variants are not supported by eval yet",
                 hint="Convert it back to a PEFT adapter (adapterctl convert --from ...) and pass that folder.",
@@ -195,7 +214,7 @@ def score(reference: Scorer, scorers: list[Scorer], sequences, tokenizer, batch_
         ref = reference.logits(ids, mask)[rows_t, cols_t]
         ref_tally.add_nll(ref, targets)
         for scorer, tally in zip(scorers, tallies):
-            logits = scorer.logits(ids, mask)[rows_t, cols_t].to(ref.device)
+            logits = scorer.complete(ref, scorer.logits(ids, mask)[rows_t, cols_t].to(ref.device))
             agree = tally.add(ref, logits, targets)
             start = 0
             for i in idx:
@@ -232,5 +251,6 @@ def result(scorer: Scorer, tally: Tally, gate: Gate, sequences: list[Sequence] |
         passed=None if base else not failures,
         failures=failures,
         first_divergence=divergence,
+        kl_method=scorer.kl_method,
         notes=tuple(scorer.notes),
     )

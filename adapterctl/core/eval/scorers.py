@@ -26,6 +26,8 @@ class Scorer:
     active: dict[str, float] | None = None
     spec: VariantSpec | None = None
     notes: list[str] = field(default_factory=list)
+    #: how the KL is computed from what the scorer gives: "full" or a labelled estimate
+    kl_method: str = "full"
 
     @torch.inference_mode()
     def logits(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -35,6 +37,11 @@ class Scorer:
             set_active(self.model, self.active)
         device = _device(self.model)
         return self.model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False).logits
+
+    def complete(self, ref_logits: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """The scored positions' logits, given the reference's: a scorer that knows only part of each
+        distribution (an endpoint's top-k) fills in the rest here; others return them as they are."""
+        return logits
 
 
 def _device(model) -> torch.device:
