@@ -26,9 +26,10 @@ from adapterctl.errors import UsageError
 
 PANEL_DATA = "Data"
 PANEL_GATE = "Gate"
-EvalDtype = dtype_option(
-    "The reference's dtype (model variants run in it too)", "Base model placement", auto=False
-)
+EvalDtype = Annotated[
+    str,
+    dtype_option("The reference's dtype (model variants run in it too)", "Base model placement", auto=False),
+]
 
 
 BaseOpt = Annotated[

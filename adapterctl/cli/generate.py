@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -60,9 +60,16 @@ Positionals = Annotated[
         "first adapter's base_model_name_or_path); '-' reads prompts from stdin.",
     ),
 ]
-Adapters = adapter_option(
-    "Adapter folder or Hub id, optionally `=WEIGHT`. Repeat to apply a weighted combination."
-)
+if TYPE_CHECKING:
+    from adapterctl.core.generate.decoding import DecodingConfig
+    from adapterctl.io.hub.ref import HubOptions
+
+    # adapter_option builds the Annotated at runtime; the checker reads its type
+    Adapters = list[str] | None
+else:
+    Adapters = adapter_option(
+        "Adapter folder or Hub id, optionally `=WEIGHT`. Repeat to apply a weighted combination."
+    )
 Compare = Annotated[
     bool,
     _opt(
@@ -150,12 +157,12 @@ class _Job:
     base_ref: str | None
     choices: list
     specs: list
-    cfg: object
+    cfg: DecodingConfig
     compare: bool
     chat: bool
     system: str | None
     jsonl: bool
-    hub: object
+    hub: HubOptions | None
 
 
 def generate_cmd(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
+from typing import Any
 
 from adapterctl.core.engine_rules.names import GENERATORS, engine_name
 from adapterctl.errors import UsageError
@@ -18,7 +19,7 @@ from adapterctl.errors import UsageError
 VLLM_DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
-def _flag(name: str, default=None):
+def _flag(name: str, default: Any = None) -> Any:
     """A field set from the command-line option ``name`` (named in refusals)."""
     return field(default=default, metadata={"flag": name})
 
@@ -146,6 +147,7 @@ def run_elsewhere(
     from adapterctl.core.serve.client import EndpointOptions
     from adapterctl.core.serve.endpoint import generate_on_endpoint
 
+    assert backend.url is not None  # pick_backend returns the Endpoint only with --endpoint URL
     opts = EndpointOptions(backend.url, api_key=backend.api_key, timeout=backend.timeout)
     return generate_on_endpoint(
         opts, base_ref, backend.model, choices, specs, cfg, concurrency=backend.concurrency, **kw

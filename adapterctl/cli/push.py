@@ -104,7 +104,7 @@ def push_cmd(
         out.warn(w)
     if dry_run:
         if not plan.remote.compared:
-            out.warn(plan.remote.note)
+            out.warn(plan.remote.note or "the remote was not compared")
         report = PushReport(plan, revision)
         return out.result(report.to_dict(), lambda console: _render_dry_run(console, plan))
     with out.status(f"pushing {len(plan.files)} files ({human_bytes(plan.total_bytes)}) to {repo_id}"):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -26,7 +26,10 @@ from adapterctl.core.engine_rules.names import SERVERS
 from adapterctl.errors import UsageError
 
 PANEL_SERVER = "Server"
-Adapters = adapter_option("An adapter folder or Hub id to serve under its folder's name (repeatable).")
+if TYPE_CHECKING:  # adapter_option builds the Annotated at runtime; the checker reads its type
+    Adapters = list[str] | None
+else:
+    Adapters = adapter_option("An adapter folder or Hub id to serve under its folder's name (repeatable).")
 
 
 def default_convert_dir() -> Path:
@@ -66,9 +69,13 @@ ConvertDirOpt = Annotated[
         show_default=False,
     ),
 ]
-ServeDtype = dtype_option(
-    "The dtype the server runs the base in (auto: the checkpoint's, as adapterctl's engine)", PANEL_SERVER
-)
+ServeDtype = Annotated[
+    str | None,
+    dtype_option(
+        "The dtype the server runs the base in (auto: the checkpoint's, as adapterctl's engine)",
+        PANEL_SERVER,
+    ),
+]
 RuntimeLoraOpt = Annotated[
     bool,
     typer.Option(
@@ -193,7 +200,7 @@ def serve_cmd(
 def server_limits(engine: str, limits, runtime: bool, max_lora_rank: int | None):
     """The adapters' limits, widened for adapters deployed later (``--allow-runtime-lora``: room
     for rank 64 and 4 of them unless told) and by ``--max-lora-rank``."""
-    from adapterctl.core.serve.prepare import LoraLimits
+    from adapterctl.core.engine_rules.limits import LoraLimits
 
     rank, loras = limits.max_lora_rank, limits.max_loras
     if runtime:

@@ -3,7 +3,7 @@ non-zero unless every one matches (a deploy gate for CI)."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -26,7 +26,12 @@ from adapterctl.cli.options import (
 from adapterctl.cli.output import get_output
 from adapterctl.errors import UsageError
 
-Adapters = adapter_option("A local adapter (folder or Hub id) served under its folder's name (repeatable).")
+if TYPE_CHECKING:  # adapter_option builds the Annotated at runtime; the checker reads its type
+    Adapters = list[str] | None
+else:
+    Adapters = adapter_option(
+        "A local adapter (folder or Hub id) served under its folder's name (repeatable)."
+    )
 VERDICT_STYLE = {"matches": "green", "differs": "red", "no-op": "red"}
 
 

@@ -130,6 +130,7 @@ def _check_tensors(
         (lambda m, p: X.locate_param(f"{m}.{p}", base_shapes) is not None or None) if base_shapes else None
     )
     dtypes = {k: t.dtype for k, t in header.tensors.items()}
+    assert files.weights is not None  # the caller returns early without a weights file
     return check_tensors(cfg, shapes, dtypes, where=files.weights.name, exists=exists)
 
 
@@ -152,7 +153,11 @@ def _module_summaries(
         problems += mod_problems
     spell = PX.spelling_for(_paths(check.layout), shapes) if shapes is not None else None  # text <-> VLM
     for name, mod in check.layout.modules.items():
-        base_shape = _lookup_base_shape(shapes, spell(base_module_path(cfg, name))) if shapes else None
+        base_shape = (
+            _lookup_base_shape(shapes, spell(base_module_path(cfg, name)))
+            if shapes and spell is not None
+            else None
+        )
         modules.append(
             _module_summary(
                 name,

@@ -180,7 +180,9 @@ def _block_problems(layout: KeyLayout, cfg: LoraAdapterConfig) -> list[P.Problem
     out = []
     for path, mod in layout.modules.items():
         found = block_diagonal_factor(cfg, path)
-        shape = mod.shapes.get(found[0]) if found else None
+        if found is None:
+            continue
+        shape = mod.shapes.get(found[0])
         if shape is not None and (len(shape) != 2 or shape[0] % found[1]):
             out.append(
                 P.error(

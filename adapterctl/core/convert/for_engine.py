@@ -174,7 +174,7 @@ def _add_partners(work: Work, names: list[str]) -> None:
     for path, partner in missing_partners(work.mods):
         if partner in work.mods:
             continue
-        shape = work.base_facts.param_shape(partner + ".weight") if work.base_facts else None
+        shape = work.base_info.param_shape(partner + ".weight") if work.base_info else None
         if shape is None:
             raise UsageError(
                 f"{work.draft.source}: {path} needs a zero LoRA on {partner}, whose shape comes "

@@ -161,4 +161,4 @@ def check_adapters(
 
 def _local_base(facts: AdapterFacts) -> BaseInfo | None:
     name = facts.config.base_model_name_or_path
-    return read_base_info(name, name) if local_base(name) else None
+    return read_base_info(name, name) if name and local_base(name) else None

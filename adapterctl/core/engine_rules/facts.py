@@ -171,6 +171,7 @@ def read_adapter_facts(
     check_lora_type(read_adapter_config(files.config), files.source)
     doc = read_json_object(files.config, "adapter_config.json")
     raise_first_error(weights_problems(files, headers_only="check"))
+    assert files.weights is not None  # weights_problems raised on a missing weights file
     header = read_safetensors_header(files.weights)
     shapes = {k: tuple(t.shape) for k, t in header.tensors.items()}
     names = frozenset(p.name for p in files.root.iterdir())

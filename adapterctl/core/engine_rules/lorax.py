@@ -189,7 +189,7 @@ def _scaling(spec: Punica, facts: AdapterFacts, ctx: CheckContext) -> list[Findi
                     f"{cfg.lora_alpha:g}, r={cfg.r}"
                     f"{', rsLoRA' if cfg.use_rslora and spec.rslora else ''}))",
                 ),
-                spec.rslora_source if cfg.use_rslora and not spec.rslora else spec.lora,
+                (spec.rslora_source or spec.lora) if cfg.use_rslora and not spec.rslora else spec.lora,
                 "convert",
                 kind=SCALE,
             )

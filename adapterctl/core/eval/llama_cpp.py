@@ -15,6 +15,7 @@ import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -76,7 +77,7 @@ class GgufScorer(Scorer):
     tool: Path | None = None
     model_file: str = ""
     lora_file: str | None = None
-    tokenizer: object = None
+    tokenizer: Any = None  # the base's transformers tokenizer
 
     def logits(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         rows = []
@@ -89,6 +90,7 @@ class GgufScorer(Scorer):
         return out
 
     def _row(self, ids: list[int]) -> torch.Tensor:
+        assert self.tool is not None  # gguf_scorer always sets it
         text = self.tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
         with tempfile.TemporaryDirectory(prefix="adapterctl-eval-") as tmp:
             prompt, out = Path(tmp) / "text.txt", Path(tmp) / "results.gguf"

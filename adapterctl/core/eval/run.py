@@ -69,6 +69,7 @@ def run_eval(
     if records is not None:
         sequences = tokenize_records(records, tokenizer, options.ctx)
     else:
+        assert prompts is not None  # exactly one of data and prompts (checked above)
         step(f"continuing {len(prompts)} prompt(s) greedily with the reference")
         sequences, completions = continue_greedily(reference, tokenizer, prompts, options.max_new_tokens)
 
@@ -76,17 +77,7 @@ def run_eval(
         from adapterctl.core.runtime.model import load_base
 
         step(f"loading {path} ({dtype})")
-        p = placement
-        return load_base(
-            path,
-            dtype,
-            p.device_map,
-            p.max_memory,
-            p.offload_folder,
-            p.quantize,
-            hub=base_hub(hub),
-            trust_remote_code=p.trust_remote_code,
-        )
+        return load_base(path, replace(placement, dtype=dtype), hub=base_hub(hub))
 
     scorers = [Scorer("base", lb.model, {})]
     for spec in variants:
@@ -106,6 +97,7 @@ def run_eval(
                 )
             scorers.append(gguf)
         elif spec.kind == "endpoint":
+            assert endpoint_scorer is not None  # check_engines refused endpoint variants without it
             scorers.append(endpoint_scorer(spec, tokenizer, vocab_size(lb.model)))
     ref_tally, tallies = score(reference, scorers, sequences, tokenizer, options.batch_size, on_progress)
     positions = sum(s.positions for s in sequences)
@@ -151,6 +143,7 @@ def continue_greedily(
     generated tokens are the ones scored."""
     from adapterctl.core.runtime.attach import set_active
 
+    assert reference.active is not None  # the reference always names its adapters
     set_active(reference.model, reference.active)
     model, sequences, completions = reference.model, [], []
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -231,7 +224,8 @@ def score(reference: Scorer, scorers: list[Scorer], sequences, tokenizer, batch_
 
 def result(scorer: Scorer, tally: Tally, gate: Gate, sequences: list[Sequence] | None) -> VariantResult:
     f = tally.figures()
-    base = scorer.spec is None
+    spec = scorer.spec
+    base = spec is None
     failures = () if base else tuple(gate.failures(f.kl_mean, f.top1_agreement))
     divergence = None
     if sequences is not None:
@@ -240,8 +234,8 @@ def result(scorer: Scorer, tally: Tally, gate: Gate, sequences: list[Sequence] |
         )
     return VariantResult(
         name=scorer.name,
-        kind="base" if base else scorer.spec.kind,
-        spec="" if base else scorer.spec.to_dict()["spec"],
+        kind="base" if base else spec.kind,
+        spec="" if base else spec.to_dict()["spec"],
         positions=f.positions,
         kl_mean=f.kl_mean,
         kl_p99=f.kl_p99,

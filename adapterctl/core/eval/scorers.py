@@ -9,11 +9,15 @@ from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from adapterctl.core.eval.specs import VariantSpec
 from adapterctl.errors import AdapterctlError, IncompatibleBaseError
+
+if TYPE_CHECKING:
+    from adapterctl.core.runtime.model import LoadedBase
 
 
 @dataclass
@@ -22,7 +26,7 @@ class Scorer:
     forward, or None for a model that has none."""
 
     name: str
-    model: object
+    model: Any  # a transformers model (LoadedBase.model); None where logits() is overridden
     active: dict[str, float] | None = None
     spec: VariantSpec | None = None
     notes: list[str] = field(default_factory=list)
@@ -96,7 +100,7 @@ def _slot(name: str) -> str:
 
 
 def model_scorer(
-    spec: VariantSpec, dtype: str, load: Callable[[str, str], object], tokenizer, size: int
+    spec: VariantSpec, dtype: str, load: Callable[[str, str], LoadedBase], tokenizer, size: int
 ) -> Scorer:
     """A merged model folder, loaded in the reference's dtype (its stored weights are what it costs)."""
     with about(spec.name):
@@ -106,7 +110,11 @@ def model_scorer(
 
 
 def dtype_scorer(
-    spec: VariantSpec, base_dir: Path, adapter_dir: Path, weight: float, load: Callable[[str, str], object]
+    spec: VariantSpec,
+    base_dir: Path,
+    adapter_dir: Path,
+    weight: float,
+    load: Callable[[str, str], LoadedBase],
 ) -> Scorer:
     """The reference's adapter on the base loaded in another dtype."""
     from adapterctl.core.runtime.attach import attach_adapter

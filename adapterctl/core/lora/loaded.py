@@ -92,6 +92,7 @@ def tied_pairs(modules: dict[str, LoraWeights]) -> list[tuple[str, str]]:
 def read_adapter_tensors(files: AdapterFiles, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
     """All tensors of the weights file; legacy .bin only through ``torch.load(weights_only=True)``."""
     raise_first_error(weights_problems(files))  # the message names the folder
+    assert files.weights is not None  # weights_problems raised on a missing weights file
     if files.weights_format == "safetensors":
         from safetensors.torch import load_file
 
@@ -136,7 +137,9 @@ def build_adapter(
     """The tensors grouped per module, once :func:`~adapterctl.core.adapter.validate.check_tensors`
     (the rules inspect reports) found nothing wrong with them."""
     shapes = {k: tuple(v.shape) for k, v in tensors.items()}
-    check = check_tensors(cfg, shapes, **({"where": files.weights.name} if files.weights else {}))
+    check = (
+        check_tensors(cfg, shapes, where=files.weights.name) if files.weights else check_tensors(cfg, shapes)
+    )
     raise_first_error(check.problems, files.source)
     experts = build_experts(cfg, check.experts, tensors)
     modules = {}

@@ -211,6 +211,7 @@ def _write(job: MergeJob, target: GGUFTarget, path: Path, name: str, dev: torch.
                 task = tasks[t.key]
                 W = qlora_weight(job.qlora, task.source.key, reader.get(task.source))
                 out = merge_tensor(W, task, job, dev) if task.changed else W
+                assert isinstance(out, torch.Tensor)  # no out= given: merge_tensor returns a tensor
                 merged += task.changed
                 arr = out.to(torch.float32).cpu().numpy()
                 del W, out

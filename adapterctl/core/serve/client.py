@@ -24,6 +24,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Literal, overload
 
 from adapterctl.errors import EndpointError, NotFoundError, UsageError
 
@@ -112,7 +113,30 @@ class Client:
             headers["Authorization"] = f"Bearer {self.opts.api_key}"
         return headers
 
-    def _call(self, method: str, path: str, body: dict | None, what: str, url=None, raw=False):
+    @overload
+    def _call(
+        self,
+        method: str,
+        path: str,
+        body: dict | None,
+        what: str,
+        url: str | None = None,
+        raw: Literal[False] = False,
+    ) -> dict: ...
+    @overload
+    def _call(
+        self,
+        method: str,
+        path: str,
+        body: dict | None,
+        what: str,
+        url: str | None = None,
+        *,
+        raw: Literal[True],
+    ) -> str: ...
+    def _call(
+        self, method: str, path: str, body: dict | None, what: str, url: str | None = None, raw: bool = False
+    ) -> dict | str:
         url = url or self.root + path
         data = json.dumps(body).encode() if body is not None else None
         for attempt in range(self.opts.retries + 1):

@@ -31,11 +31,15 @@ import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from adapterctl.core.serve.client import Client, EndpointOptions
 from adapterctl.core.serve.prepare import PreparedAdapter, _digest, prepare_adapters
 from adapterctl.errors import EndpointError, NotFoundError, NotServedError, UnsupportedError, UsageError
 from adapterctl.io.folders.output_dir import Input, write_output_dir
+
+if TYPE_CHECKING:
+    from adapterctl.core.serve.verify import VerifyReport
 
 #: the runtime routes: (load, unload, at the server's root rather than under /v1)
 ROUTES = {
@@ -68,6 +72,12 @@ class Deployed:
         }
 
 
+class _NotServedWithReport(NotServedError):
+    """NotServedError carrying the deploy report, which the CLI renders (``getattr(err, "report")``)."""
+
+    report: DeployReport | None = None
+
+
 @dataclass(frozen=True)
 class DeployReport:
     endpoint: str
@@ -75,7 +85,7 @@ class DeployReport:
     server_version: str | None
     stage: str
     adapters: list[Deployed] = field(default_factory=list)
-    verify: object | None = None  # VerifyReport
+    verify: VerifyReport | None = None
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
@@ -334,7 +344,7 @@ def _verify(opts, client, engine, report: DeployReport, base, keep_on_failure, s
         _undo(client, engine, report, step)
     from adapterctl.core.serve.verify import VERDICT_TEXT
 
-    err = NotServedError(
+    err = _NotServedWithReport(
         "; ".join(f"{r.name} {VERDICT_TEXT[r.verdict]}" for r in bad)
         + ("" if keep_on_failure else " (unloaded again)"),
         hint="`adapterctl verify` shows the first divergent token; --keep-on-failure keeps them loaded.",
@@ -374,7 +384,7 @@ def list_served(opts: EndpointOptions, stage: Path) -> list[ServedRow]:
     for m in served_models(client):
         entry = known.get(m.id) if m.parent is not None else None
         same = entry and entry.get("path") == m.root
-        rows.append(ServedRow(m.id, m.parent, m.root, entry["adapter"] if same else None))
+        rows.append(ServedRow(m.id, m.parent, m.root, entry["adapter"] if same and entry else None))
     return rows
 
 

@@ -26,7 +26,7 @@ from adapterctl.core.eval.scorers import Scorer, about
 from adapterctl.core.eval.specs import VariantSpec
 from adapterctl.core.serve.client import Client, EndpointOptions
 from adapterctl.core.serve.endpoint import list_models
-from adapterctl.errors import EndpointError, IncompatibleBaseError, NotFoundError
+from adapterctl.errors import EndpointError, IncompatibleBaseError, NotFoundError, UsageError
 
 #: vLLM's default --max-logprobs: what is asked for when the whole vocabulary is refused
 DEFAULT_TOP_K = 20
@@ -42,6 +42,11 @@ class EndpointScorer(Scorer):
     size: int = 0  # the reference's vocabulary
     k: int = 0  # prompt_logprobs asked for (>= size: the whole vocabulary)
 
+    @property
+    def _client(self) -> Client:
+        assert self.client is not None  # endpoint_scorer always sets it
+        return self.client
+
     def logits(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         out = torch.zeros(ids.shape[0], ids.shape[1], self.size, dtype=torch.float64)
         with about(self.name):
@@ -54,7 +59,7 @@ class EndpointScorer(Scorer):
         entries = self._prompt_logprobs(ids)
         if len(entries) != len(ids):
             raise EndpointError(
-                f"{self.client.root}: prompt_logprobs has {len(entries)} entries for {len(ids)} prompt tokens",
+                f"{self._client.root}: prompt_logprobs has {len(entries)} entries for {len(ids)} prompt tokens",
                 hint="The server must score the token ids it is given, one entry per prompt token.",
             )
         rows = torch.empty(len(ids) - 1, self.size, dtype=torch.float64)
@@ -66,7 +71,9 @@ class EndpointScorer(Scorer):
         body = {"model": self.served, "prompt": ids, "max_tokens": 1, "temperature": 0.0}
         while True:
             try:
-                doc = self.client.post("/completions", {**body, "prompt_logprobs": self.k}, "prompt_logprobs")
+                doc = self._client.post(
+                    "/completions", {**body, "prompt_logprobs": self.k}, "prompt_logprobs"
+                )
                 break
             except EndpointError as err:
                 capped = _MAX_ALLOWED.search(err.message) if "logprob" in err.message.lower() else None
@@ -78,7 +85,7 @@ class EndpointScorer(Scorer):
         entries = choices[0].get("prompt_logprobs") if isinstance(choices, list) and choices else None
         if not isinstance(entries, list):
             raise EndpointError(
-                f"{self.client.root}: the answer has no prompt_logprobs",
+                f"{self._client.root}: the answer has no prompt_logprobs",
                 hint="eval scores endpoints through vLLM's prompt_logprobs (an OpenAI-compatible "
                 "vLLM server); for other servers convert the copy and pass its folder or GGUF.",
             )
@@ -86,14 +93,18 @@ class EndpointScorer(Scorer):
 
     def _distribution(self, entry, target: int) -> torch.Tensor:
         if not isinstance(entry, dict) or not entry:
-            raise EndpointError(f"{self.client.root}: a prompt_logprobs entry is not a token -> logprob map")
+            raise EndpointError(f"{self._client.root}: a prompt_logprobs entry is not a token -> logprob map")
         known: dict[int, float] = {}
         for key, value in entry.items():
             lp = value.get("logprob") if isinstance(value, dict) else value
             try:
+                if lp is None:
+                    raise TypeError("no logprob")
                 tok, lp = int(key), float(lp)
             except (TypeError, ValueError):
-                raise EndpointError(f"{self.client.root}: prompt_logprobs entry {key!r}: {value!r}") from None
+                raise EndpointError(
+                    f"{self._client.root}: prompt_logprobs entry {key!r}: {value!r}"
+                ) from None
             if not 0 <= tok < self.size:
                 raise IncompatibleBaseError(
                     f"{self.served} returns token id {tok}; the base's vocabulary has {self.size}",
@@ -102,7 +113,7 @@ class EndpointScorer(Scorer):
             known[tok] = lp
         if target not in known:
             raise EndpointError(
-                f"{self.client.root}: prompt_logprobs leaves out the prompt's own token {target}"
+                f"{self._client.root}: prompt_logprobs leaves out the prompt's own token {target}"
             )
         row = torch.full((self.size,), math.nan, dtype=torch.float64)  # not listed: see complete()
         row[list(known)] = torch.tensor(list(known.values()), dtype=torch.float64)
@@ -121,6 +132,7 @@ class EndpointScorer(Scorer):
         # the k-th listed log-probability (the actual token, listed too, may sit below the top k)
         floor = known.topk(min(self.k, known.shape[-1]), -1).values[:, -1:]
         capped = torch.zeros_like(missing)
+        share = known  # replaced in the loop's first round (it always runs)
         for _ in range(32):  # each round caps at least one more token of a row that overflows
             free = missing & ~capped
             mass = (q_tail - capped.sum(-1, keepdim=True) * floor.exp()).clamp_min(1e-300).log()
@@ -135,6 +147,11 @@ class EndpointScorer(Scorer):
 
 def endpoint_scorer(spec: VariantSpec, tokenizer, size: int, api_key: str | None = None) -> EndpointScorer:
     """An endpoint variant, checked before scoring: the server answers and serves ``spec.served``."""
+    if spec.served is None:
+        raise UsageError(
+            f"variant {spec.name!r}: an endpoint needs the served model's name: URL#NAME",
+            hint="e.g. --variant vllm=http://127.0.0.1:8000#my-lora",
+        )
     with about(spec.name):
         client = Client(EndpointOptions(spec.target, api_key=api_key))
         models = list_models(client)

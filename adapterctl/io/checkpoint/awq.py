@@ -54,11 +54,12 @@ def group_awq(stored: list[StoredTensor], qconf: dict, where: str, float_dtype: 
         if not s.key.endswith(".qweight"):
             continue
         module = s.key[: -len(".qweight")]
-        parts = [by_key.get(module + suffix) for suffix in SUFFIXES]
-        if any(p is None for p in parts):
-            missing = [module + x for x, p in zip(SUFFIXES, parts) if p is None]
+        found = [by_key.get(module + suffix) for suffix in SUFFIXES]
+        qweight, qzeros, scales = found
+        if qweight is None or qzeros is None or scales is None:
+            missing = [module + x for x, p in zip(SUFFIXES, found) if p is None]
             raise InvalidAdapterError(f"{s.file}: {s.key} has no {', '.join(missing)}", hint=HINT)
-        qweight, qzeros, scales = parts
+        parts = (qweight, qzeros, scales)
         in_f, out_f = qweight.shape[0], scales.shape[1] if len(scales.shape) == 2 else -1
         if (
             qweight.dtype != torch.int32
@@ -79,7 +80,7 @@ def group_awq(stored: list[StoredTensor], qconf: dict, where: str, float_dtype: 
             dtype=float_dtype,
             shape=(out_f, in_f),
             quant="awq",
-            parts=tuple(parts),
+            parts=parts,
             scheme=sch,
         )
         consumed.update(p.key for p in parts)

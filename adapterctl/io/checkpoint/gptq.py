@@ -80,10 +80,10 @@ def group_gptq(stored: list[StoredTensor], qconf: dict, where: str, float_dtype:
             continue
         module = s.key[: -len(".qweight")]
         parts = [by_key.get(module + suffix) for suffix in SUFFIXES]
-        if any(p is None for p in parts[:3]):
+        qweight, qzeros, scales, g_idx = parts
+        if qweight is None or qzeros is None or scales is None:
             missing = [module + x for x, p in zip(SUFFIXES[:3], parts[:3]) if p is None]
             raise InvalidAdapterError(f"{s.file}: {s.key} has no {', '.join(missing)}", hint=HINT)
-        qweight, qzeros, scales, g_idx = parts
         if qweight.dtype != torch.int32 or qzeros.dtype != torch.int32 or len(qweight.shape) != 2:
             raise InvalidAdapterError(
                 f"{s.file}: {s.key} ({qweight.dtype}) and {qzeros.key} ({qzeros.dtype}) must be 2-D int32",

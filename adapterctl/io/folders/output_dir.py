@@ -180,13 +180,16 @@ def check_output(
         entry = cache_entry(real)
         for out in outs:
             found = _relation(out, real)
-            if found and found[0] == "inside" and inp.nested and _fits_inside(out, found[1], is_file):
-                found = None
+            if found and found[0] == "inside" and inp.nested:
+                assert found[1] is not None  # "inside" always names the entry that holds ``out``
+                if _fits_inside(out, found[1], is_file):
+                    found = None
             in_entry = _relation(out, entry) if entry is not None else None
             if found and (found[0] != "contains" or not in_entry):  # the input itself first
                 raise _refusal(given, flag, inp, real, entry=None, how=found[0], top=found[1])
-            if in_entry or found:  # the cache entry it was read from (its blobs, other snapshots)
-                how, top = in_entry or found
+            hit = in_entry or found
+            if hit:  # the cache entry it was read from (its blobs, other snapshots)
+                how, top = hit
                 raise _refusal(given, flag, inp, real, entry=entry if in_entry else None, how=how, top=top)
 
 
@@ -202,6 +205,7 @@ def _refusal(
     verb = {"is": "is", "contains": "contains", "inside": "is inside"}[how]
     detail = ""
     if how == "inside" and entry is None and inp.nested:
+        assert top is not None  # "inside" always names the entry that holds the output
         detail = (
             f": it would replace the adapter's file {top.name}"
             if top.is_file()

@@ -53,8 +53,8 @@ def _pre_name(root: Path, pre: dict | None) -> str:
     """llama.cpp's pre-tokenizer name for a tokenizer.json ``pre_tokenizer``."""
     if not isinstance(pre, dict):
         raise _refuse(root, "tokenizer.json has no pre_tokenizer")
-    steps = pre.get("pretokenizers") if pre.get("type") == "Sequence" else [pre]
-    kinds = [s.get("type") for s in steps or []]
+    steps = (pre.get("pretokenizers") if pre.get("type") == "Sequence" else [pre]) or []
+    kinds = [s.get("type") for s in steps]
     if kinds == ["ByteLevel"] and steps[0].get("use_regex", True):
         return "gpt-2"  # ByteLevel's own regex is GPT-2's
     if kinds == ["Split", "ByteLevel"] and not steps[1].get("use_regex", True):

@@ -21,7 +21,8 @@ def logical_shapes(
     """Extra ``name -> shape`` entries for the dense weights that are stored packed (empty for
     other checkpoints); a packed tensor whose shape cannot be told is left out."""
     q = config.get("quantization_config")
-    method = q.get("quant_method") if isinstance(q, dict) else None
+    q = q if isinstance(q, dict) else {}
+    method = q.get("quant_method")
     out: dict[str, tuple[int, ...]] = {}
     for key, (header, name) in headers.items():
         shape = tuple(header.tensors[name].shape)
