@@ -43,6 +43,7 @@ __all__ = [
     "LoraAdapterConfig",
     "load_adapter",
     "load_base",
+    "Placement",
     "attach_adapter",
     "set_active",
     "detach",
@@ -77,7 +78,7 @@ if TYPE_CHECKING:  # the same names, typed, for type checkers and editors (never
         set_active,
         unfold,
     )
-    from adapterctl.core.runtime.model import load_base
+    from adapterctl.core.runtime.model import Placement, load_base
     from adapterctl.core.runtime.session import AdapterChoice, open_session
 
 

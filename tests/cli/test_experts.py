@@ -8,7 +8,7 @@ from tests.moe_fixtures import moe_adapter, moe_models  # noqa: F401
 
 
 def test_inspect_shows_experts_x_rank(moe_models, moe_adapter):  # noqa: F811
-    res = run_cli("inspect", moe_adapter("mixtral", r=2), "--base", moe_models["mixtral"])
+    res = run_cli("inspect", moe_adapter("mixtral", r=2), "--base", moe_models["mixtral"], "--all")
     assert res.code == 0, res.stderr
     assert "model.layers.0.mlp.experts.gate_up_proj" in res.stdout and "4x2" in res.stdout
     assert "usable" in res.stdout and "not usable" not in res.stdout

@@ -11,7 +11,7 @@ import subprocess
 import pytest
 
 from adapterctl.core.engine_rules.check import ENGINES
-from adapterctl.core.engine_rules.facts import BaseFacts, read_base_facts
+from adapterctl.core.adapter.base_info import BaseInfo, read_base_info
 from adapterctl.core.engine_rules.rules import evaluate
 from tests.core.engine_rules.test_rules import BASE_DIR, P, facts, lora
 from tests.helpers import REPO
@@ -56,8 +56,8 @@ def test_dora_on_moe_experts_is_refused_as_mlx_lm_refuses_it(mlx):
 def test_tied_base_has_no_lm_head_and_embedding_lora_reaches_the_logits(mlx):
     assert mlx["tied_has_lm_head"] is False
     assert mlx["logits_differ_from_input_only"] > 1e-3
-    base = read_base_facts(BASE_DIR, "examples/tiny-base")
-    tied = BaseFacts("tied", {**base.config, "tie_word_embeddings": True}, base.params)
+    base = read_base_info(BASE_DIR, "examples/tiny-base")
+    tied = BaseInfo("tied", {**base.config, "tie_word_embeddings": True}, base.params)
     emb = {**lora(), "base_model.model.model.embed_tokens.lora_embedding_A": (8, 872),
            "base_model.model.model.embed_tokens.lora_embedding_B": (192, 8)}
     cfg = {"target_modules": ["q_proj", "v_proj", "embed_tokens"]}

@@ -202,7 +202,7 @@ def deploy_adapters(
     report = DeployReport(client.root, engine, version, str(stage), loaded, None, _notes(engine, version))
     if not verify:
         return report
-    return _verify(opts, client, engine, report, base, keep_on_failure, step)
+    return _verify(opts, client, engine, report, base=base, keep_on_failure=keep_on_failure, step=step)
 
 
 def _notes(engine: str, version: str | None) -> list[str]:
@@ -324,7 +324,7 @@ def _unload_quietly(client: Client, engine: str, names: Sequence[str], step) -> 
     return done
 
 
-def _verify(opts, client, engine, report: DeployReport, base, keep_on_failure, step) -> DeployReport:
+def _verify(opts, client, engine, report: DeployReport, *, base, keep_on_failure, step) -> DeployReport:
     from adapterctl.core.generate.prompts import PromptSpec
     from adapterctl.core.serve.verify import DEFAULT_PROMPTS, run_verify
 

@@ -64,5 +64,6 @@ def test_refuses_what_it_cannot_do(tmp_path, moe_adapter):  # noqa: F811
         run_convert(ConvertRequest(str(adapter), str(tmp_path / "x"), rank=1))
     assert err.value.exit_code == 5 and not (tmp_path / "x").exists()
     with pytest.raises(UnsupportedError, match="target_parameters"):
-        run_convert(ConvertRequest(str(moe_adapter("mixtral", r=2)), str(tmp_path / "y"),
+        # the output beside the (dummy) base folder, not inside it: an output never sits in an input
+        run_convert(ConvertRequest(str(moe_adapter("mixtral", r=2)), str(tmp_path.with_name(tmp_path.name + "-y")),
                                    to="gguf", base=str(tmp_path)))

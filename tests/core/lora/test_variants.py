@@ -54,7 +54,9 @@ def test_velora_vectors_are_kept_by_convert_and_dropped_for_serving(tiny_models,
     adapter = peft_adapter("llama", r=4, target_modules=["q_proj"], velora_config={"num_groups": 4})
     for flag, kept in (("--rank", True), ("--for-serving", False)):
         out = tmp_path / flag.strip("-")
-        res = invoke("--json", "convert", *([flag, "2"] if flag == "--rank" else [flag]), adapter, out)
+        # --for-serving covers SGLang, whose zero q/k/v partners take their shapes from the base
+        extra = [flag, "2"] if flag == "--rank" else [flag, "--base", str(tiny_models["llama"])]
+        res = invoke("--json", "convert", *extra, adapter, out)
         assert res.code == 0, res.stderr
         with safe_open(str(out / "adapter_model.safetensors"), "pt") as f:
             assert any("lora_velora_embed" in k for k in f.keys()) is kept
