@@ -111,7 +111,7 @@ def test_example_upper_lora_in_llama_cpp(gguf_world, tmp_path):
     base, lora = REPO / "examples/tiny-base", REPO / "examples/upper-lora"
     res = invoke("convert", lora, tmp_path / "upper.gguf", "--to", "gguf")  # base from the config
     assert res.code == 0, res.stdout + res.stderr
-    assert "ADAPTER ./upper.gguf" in res.stdout
+    assert "llama-server -m BASE.gguf --lora" in res.stdout  # Ollama no longer takes an ADAPTER GGUF
     for prompt in ("the little fox", "at night,"):
         ours, _ = _generate_bytes(base, lora, prompt, 20)
         got = _llama_bytes(root / "tiny-base.gguf", prompt, 20, tmp_path / "upper.gguf", base)
