@@ -39,6 +39,7 @@ LM_HEAD_NAMES = ("lm_head", "embed_out", "output")
 #: 5.x ``CONFIG_MAPPING``; every other type, and a type transformers does not know, defaults to False)
 TIED_BY_DEFAULT = frozenset(
     """
+param2moe
 albert aya_vision bart bert bert-generation big_bird bigbird_pegasus biogpt blenderbot
 blenderbot-small blip blip_text_model bloom camembert canary cohere cohere2 cohere2_moe
 cohere2_vision cohere_compass_text convbert cpmant csm ctrl d_fine dab-detr data2vec-text deberta

@@ -124,8 +124,10 @@ def test_the_default_tables_are_transformers_own():
                     continue
                 if getattr(c, "tie_word_embeddings", False) is True:
                     forwarded.add(mt)
-    assert sorted(tied ^ TIED_BY_DEFAULT) == [], "update TIED_BY_DEFAULT in core/adapter/base_info.py"
-    assert sorted(forwarded ^ TEXT_TIE_FORWARDED) == [], "update TEXT_TIE_FORWARDED"
+    # the tables may name types an older transformers does not know yet (param2moe: 5.25)
+    known = set(CONFIG_MAPPING_NAMES)
+    assert sorted(tied ^ (TIED_BY_DEFAULT & known)) == [], "update TIED_BY_DEFAULT in core/adapter/base_info.py"
+    assert sorted(forwarded ^ (TEXT_TIE_FORWARDED & known)) == [], "update TEXT_TIE_FORWARDED"
 
 
 def test_base_info_reads_a_model_folder(tiny_models):
