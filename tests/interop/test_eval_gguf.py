@@ -8,7 +8,8 @@ second half of each n_ctx chunk is scored). llama-perplexity then runs each GGUF
 tokens and prints its KL mean, percentiles, same-top-p and perplexity; ``adapterctl eval`` scores the
 same tokens and positions (one JSONL prompt + completion per chunk, the completion being the chunk's
 scored half) with llama.cpp's llama-results, and both must agree: the bundled example's upper-lora as
-GGUF f16 and q8_0 on the f32 base GGUF, and the merged model as a q8_0 GGUF."""
+GGUF f16 and q8_0 on the f32 base GGUF, and the merged model as a q8_0 GGUF, converted by llama.cpp
+from our safetensors merge and written by ``merge --to gguf`` itself."""
 
 from __future__ import annotations
 
@@ -105,6 +106,9 @@ def world(tmp_path_factory):
         ("convert_hf_to_gguf.py", [merged, "--outfile", root / "merged-q8_0.gguf", "--outtype", "q8_0"]),
     ], root / "work")
     assert errors == [None, None], errors
+    res = invoke("merge", EX / "tiny-base", EX / "upper-lora", "--output", root / "ours-q8_0.gguf",
+                 "--to", "gguf", "--outtype", "q8_0")
+    assert res.code == 0, res.stderr
     for t in ("f16", "q8_0"):
         res = invoke("convert", EX / "upper-lora", root / f"upper-{t}.gguf", "--to", "gguf", "--outtype", t)
         assert res.code == 0, res.stderr
@@ -125,7 +129,7 @@ def world(tmp_path_factory):
 def test_gguf_variants_agree_with_llama_perplexity_kl_divergence(world):
     root, data, n = world
     variants = {"f16": ("base.gguf", "upper-f16.gguf"), "q8_0": ("base.gguf", "upper-q8_0.gguf"),
-                "merged-q8_0": ("merged-q8_0.gguf", None)}
+                "merged-q8_0": ("merged-q8_0.gguf", None), "ours-q8_0": ("ours-q8_0.gguf", None)}
     res = invoke("--json", "eval", EX / "tiny-base", "-a", EX / "upper-lora", "--data", data,
                  "--gguf-base", root / "base.gguf", "--llama-cpp", llama_cpp_dir(),
                  *[a for name, (m, lora) in variants.items()
@@ -152,6 +156,8 @@ def test_gguf_variants_agree_with_llama_perplexity_kl_divergence(world):
     # what each costs, in order: the LoRA in f16 < in q8_0 < the whole model in q8_0 < no adapter at all
     kl = [rows[k]["kl_mean"] for k in ("f16", "q8_0", "merged-q8_0", "base")]
     assert kl == sorted(kl) and kl[0] > 0
+    # merge --to gguf writes llama.cpp's own q8_0 blocks of the same merged weights
+    assert rows["ours-q8_0"]["kl_mean"] == pytest.approx(rows["merged-q8_0"]["kl_mean"], rel=1e-6)
 
 
 def test_tokenization_that_llama_cpp_does_not_reproduce_is_refused(world, tmp_path):
