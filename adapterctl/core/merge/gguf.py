@@ -213,13 +213,14 @@ def _write(job: MergeJob, target: GGUFTarget, path: Path, name: str, dev: torch.
                 out = merge_tensor(W, task, job, dev) if task.changed else W
                 assert isinstance(out, torch.Tensor)  # no out= given: merge_tensor returns a tensor
                 merged += task.changed
-                arr = out.to(torch.float32).cpu().numpy()
+                # F16 is rounded by torch (all cores; the same round-to-nearest-even as numpy's cast)
+                arr = out.to(torch.float16 if t.qtype == "F16" else torch.float32).cpu().numpy()
                 del W, out
                 if t.permute_heads is not None:
                     arr = permute_rows(arr, t.permute_heads, None)
                 writer.write(encode(arr, t.qtype))
                 if on_progress:
-                    on_progress(arr.nbytes, t.key)
+                    on_progress(4 * arr.size, t.key)
     finally:
         writer.close()
     return merged

@@ -177,9 +177,12 @@ def qtype_of(array_shape: tuple[int, ...], outtype: str, force_f32: bool) -> str
 
 
 def encode(array, qtype_name: str):
-    """``array`` (float32 numpy) as the bytes of ``qtype_name`` (numpy quantizers of ``gguf``)."""
+    """``array`` (float32 numpy, or float16 for F16) as the bytes of ``qtype_name`` (numpy quantizers
+    of ``gguf``)."""
     import numpy as np
 
     gguf = import_gguf()
+    if qtype_name == "F16" and array.dtype == np.float16:  # rounded already
+        return np.ascontiguousarray(array)
     data = np.ascontiguousarray(array, dtype=np.float32)
     return gguf.quants.quantize(data, gguf.GGMLQuantizationType[qtype_name])
