@@ -265,6 +265,7 @@ def _resolve(req, revision, token):
         source=str(resolve_adapter_dir(req.source, hub)),
         init=str(resolve_adapter_dir(req.init, plain)) if req.init else None,
         base=str(resolve_model_dir(req.base, plain)) if req.base else None,
+        base_hub=plain,
     )
 
 

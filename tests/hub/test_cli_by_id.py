@@ -101,3 +101,21 @@ def test_inspect_base_by_id_compares_names_by_id(hub, lora, tiny_models, tmp_pat
     other = invoke("--json", "inspect", "testuser/lora", "--base", "testuser/base2").json
     differs = [p for p in other["problems"] if p["code"] == "base_name_differs"]
     assert differs and "'testuser/base2'" in differs[0]["message"]
+
+
+def test_convert_for_sglang_fetches_the_base_the_adapter_names(hub, peft_adapter, tiny_models, tmp_path):
+    """No --base: SGLang's zero v_proj partner takes its shape from the adapter's own base, a Hub id
+    here, fetched as every command fetches a base given none."""
+    import json
+
+    src = peft_adapter("llama", r=4, target_modules=["q_proj"])
+    named = tmp_path / "named"
+    named.mkdir()
+    cfg = json.loads((src / "adapter_config.json").read_text())
+    (named / "adapter_config.json").write_text(json.dumps({**cfg, "base_model_name_or_path": "testuser/base"}))
+    (named / "adapter_model.safetensors").write_bytes((src / "adapter_model.safetensors").read_bytes())
+    hub.seed("testuser/base", tiny_models["llama"])
+    res = run_cli("--json", "convert", "--for", "sglang", str(named), str(tmp_path / "o"))
+    assert res.code == 0, res.stderr
+    assert any("zero LoRA added on" in n for n in res.json["notes"])
+    assert any(p.startswith("/api/models/testuser/base") for _, p, _ in hub.state.requests)

@@ -11,19 +11,12 @@ through the server equal ``generate --engine adapterctl`` with the original DoRA
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import REPO, invoke
-from tests.interop.test_scale_vllm import VLLM_ENV, vllm_python
-from tests.openai_stub import free_port
+from tests.helpers import invoke
+from tests.interop.vllm_server import adapterctl_serve
 
 BASE = "examples/tiny-base"
 DORA = "examples/dragon-dora"
@@ -32,35 +25,10 @@ PROMPTS = ["the little fox", "at night,", "once upon a time"]
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    port = free_port()
     log = tmp_path_factory.mktemp("server") / "server.log"
-    cmd = ["serve", BASE, "--allow-runtime-lora", "--max-lora-rank", "256", "--python", vllm_python(),
-           "--port", str(port), "--", "--gpu-memory-utilization", "0.1", "--enforce-eager"]
-    env = {**os.environ, **VLLM_ENV, "PYTHONPATH": str(REPO)}
-    with open(log, "w") as fh:
-        proc = subprocess.Popen([sys.executable, "-m", "adapterctl", *cmd], cwd=REPO, env=env,
-                                stdout=fh, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 420
-    try:
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"serve exited {proc.returncode}: {log.read_text()[-5000:]}")
-            try:
-                urllib.request.urlopen(url + "/v1/models", timeout=5).read()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    pytest.fail(f"vLLM's server not up in 420 s: {log.read_text()[-5000:]}")
-                time.sleep(2)
-        yield url, proc
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    with adapterctl_serve([BASE, "--allow-runtime-lora", "--max-lora-rank", "256"],
+                          ["--gpu-memory-utilization", "0.1", "--enforce-eager"], log) as running:
+        yield running
 
 
 def token_ids(doc: dict) -> list[list[int]]:

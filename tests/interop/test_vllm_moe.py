@@ -15,7 +15,7 @@ from pathlib import Path
 
 from tests.conftest import VOCAB, build_model, make_peft_adapter
 from tests.helpers import REPO
-from tests.interop.test_vllm import vllm_python
+from tests.interop.vllm_server import vllm_python
 
 
 def test_vllm_cpu_dies_on_fused_moe_lora(tmp_path: Path):

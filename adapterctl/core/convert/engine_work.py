@@ -4,6 +4,7 @@ the config being rewritten, what is dropped and reported, and the base, read laz
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -19,6 +20,9 @@ from adapterctl.core.convert.draft import (
 from adapterctl.core.engine_rules.facts import AdapterFacts, facts_from_parts
 from adapterctl.errors import UsageError
 
+if TYPE_CHECKING:
+    from adapterctl.io.hub.ref import HubOptions
+
 PREFIX = "base_model.model."
 
 
@@ -30,6 +34,9 @@ class ForEngine:
     rank: int | None = None
     energy: float | None = None
     drop_unsupported: bool = False
+    #: how the adapter's own base (``base_model_name_or_path``) is fetched when a step needs the
+    #: base and ``base`` is None (Hub settings without the adapter's revision)
+    hub: HubOptions | None = None
 
 
 class Work:
@@ -46,23 +53,41 @@ class Work:
         self.notes: list[str] = []
         self.reports: list[ModuleReport] = []
         self._reader = None
+        #: (local folder, name) of the base once known: --base, else the adapter's own on first need
+        self._base = (req.base, req.base_name or req.base) if req.base else None
         self.base_info: BaseInfo | None = read_base_info(req.base, req.base_name) if req.base else None
 
     @property
     def conv1d(self) -> bool:
         return bool(self.base_info and self.base_info.model_type in CONV1D_MODEL_TYPES)
 
+    def base(self, why: str) -> BaseInfo:
+        """The base a step cannot do without: ``--base``, else the adapter's
+        ``base_model_name_or_path`` (a local folder, or a Hub id fetched as every command fetches
+        a base: core/adapter/base_info.default_base); a usage error when neither names one."""
+        if self._base is None:
+            name = self.draft.config.get("base_model_name_or_path")
+            if not isinstance(name, str) or not name:
+                raise UsageError(
+                    f"{self.draft.source}: {why} needs the base, and adapter_config.json has no "
+                    "base_model_name_or_path",
+                    hint="Add --base BASE (the model the adapter was trained on).",
+                )
+            from adapterctl.io.hub.resolve import resolve_model_dir
+
+            self._base = (str(resolve_model_dir(name, self.req.hub)), name)
+            self.base_info = read_base_info(*self._base)
+        assert self.base_info is not None  # set with _base
+        return self.base_info
+
     def base_param(self, param: str, why: str) -> torch.Tensor:
-        if self.req.base is None:
-            raise UsageError(
-                f"{self.draft.source}: {why} needs the base weights",
-                hint="Add --base BASE (the model the adapter was trained on).",
-            )
+        self.base(why or f"reading {param}")
         if self._reader is None:
             from adapterctl.io.checkpoint.reader import CheckpointReader
             from adapterctl.io.folders.model_dir import locate_model_files
 
-            self._reader = CheckpointReader(locate_model_files(self.req.base, self.req.base_name))
+            assert self._base is not None  # set by self.base()
+            self._reader = CheckpointReader(locate_model_files(*self._base))
         return self._reader.load_param(param, self.draft.source)
 
     def close(self) -> None:

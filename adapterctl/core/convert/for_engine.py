@@ -174,11 +174,12 @@ def _add_partners(work: Work, names: list[str]) -> None:
     for path, partner in missing_partners(work.mods):
         if partner in work.mods:
             continue
-        shape = work.base_info.param_shape(partner + ".weight") if work.base_info else None
+        base = work.base(f"a zero LoRA on {partner} (for {path})")
+        shape = base.param_shape(partner + ".weight")
         if shape is None:
             raise UsageError(
-                f"{work.draft.source}: {path} needs a zero LoRA on {partner}, whose shape comes "
-                "from the base",
+                f"{work.draft.source}: {path} needs a zero LoRA on {partner}, whose shape the base "
+                f"{base.source} does not give",
                 hint="Add --base BASE (the model the adapter was trained on).",
             )
         f = work.mods[path]

@@ -99,7 +99,7 @@ def _for_target_engine(draft, req):
     LoRA by SVD with --base, extras to exact full-rank LoRA, or a refusal naming the module), with
     the same reporting; an adapter the format holds as it is passes through untouched."""
     from adapterctl.core.convert.draft import view_adapter
-    from adapterctl.core.convert.for_engine import ForEngine, convert_for_engine
+    from adapterctl.core.convert.for_engine import convert_for_engine
     from adapterctl.core.convert.gguf import blockers
 
     engines = req.engines
@@ -107,17 +107,7 @@ def _for_target_engine(draft, req):
         if req.to != "gguf" or not blockers(draft, view_adapter(draft)):
             return draft
         engines = (TARGET_ENGINE[req.to],)
-    return convert_for_engine(
-        draft,
-        ForEngine(
-            engines,
-            req.base,
-            req.base_name,
-            req.rank,
-            req.energy,
-            req.drop_unsupported or (req.for_serving and not req.for_engine),
-        ),
-    )
+    return convert_for_engine(draft, req.for_engine_request(engines))
 
 
 def _read_source(req, progress):

@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 from adapterctl.core.adapter.config import BASE_MUTATING_INITS, parse_adapter_config
 from adapterctl.errors import UnsupportedError, UsageError
 from adapterctl.io.folders.output_dir import Input, check_output
+from adapterctl.io.hub.ref import HubOptions
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,8 @@ class ConvertRequest:
     for_engine: tuple[str, ...] = ()  # --for ENGINE (repeatable; "all")
     drop_unsupported: bool = False
     keep: tuple[Input, ...] = ()  # other inputs of the command (serve: its other adapters, base)
+    #: --for without --base: how the adapter's own base is fetched if a step needs it
+    base_hub: HubOptions | None = None
 
     def inputs(self) -> list[Input]:
         """What the request reads (local paths once resolved): OUT may replace none of them."""
@@ -64,6 +67,21 @@ class ConvertRequest:
     def engines(self) -> tuple[str, ...]:
         """--for-serving is an alias of --for all --drop-unsupported (the strictest engine)."""
         return self.for_engine or (("all",) if self.for_serving else ())
+
+    def for_engine_request(self, engines: tuple[str, ...] | None = None):
+        """The ``convert --for`` step's request (core/convert/for_engine.py): ``engines``, else
+        this request's."""
+        from adapterctl.core.convert.engine_work import ForEngine
+
+        return ForEngine(
+            engines or self.engines,
+            self.base,
+            self.base_name,
+            self.rank,
+            self.energy,
+            self.drop_unsupported or (self.for_serving and not self.for_engine),
+            hub=self.base_hub,
+        )
 
 
 def check_request(req: ConvertRequest) -> None:
@@ -162,19 +180,9 @@ def run_convert(req: ConvertRequest, progress: Callable[[str, int, int], None] |
         draft = read_draft(req.source, req.source_name, req.engines, experts_ok=True)
         draft = _convert_steps(draft, req)
     if req.engines:
-        from adapterctl.core.convert.for_engine import ForEngine, convert_for_engine
+        from adapterctl.core.convert.for_engine import convert_for_engine
 
-        draft = convert_for_engine(
-            draft,
-            ForEngine(
-                req.engines,
-                req.base,
-                req.base_name,
-                req.rank,
-                req.energy,
-                req.drop_unsupported or (req.for_serving and not req.for_engine),
-            ),
-        )
+        draft = convert_for_engine(draft, req.for_engine_request())
     if req.dtype:
         draft = cast_draft(draft, req.dtype)
     elif req.to_safetensors and not draft.steps:

@@ -19,9 +19,8 @@ from adapterctl.core.engine_rules.facts import AdapterFacts
 from adapterctl.core.engine_rules.rules import (
     Caps,
     CheckContext,
-    Engine,
     Finding,
-    Rule,
+    Namer,
     Source,
     init_rule,
     scale_rule,
@@ -31,10 +30,11 @@ from adapterctl.core.engine_rules.rules import (
 )
 
 VERSION = "pypi-0.3.36"
-CONVERTER = Source("llama.cpp", VERSION, "convert_lora_to_gguf.py")
-MAPPER = Source("llama.cpp", VERSION, "conversion/base.py")
-ADAPTER = Source("llama.cpp", VERSION, "src/llama-adapter.cpp")
-ADAPTER_H = Source("llama.cpp", VERSION, "src/llama-adapter.h")
+LLAMA_CPP = Namer("llama.cpp", VERSION)
+CONVERTER = LLAMA_CPP.source("convert_lora_to_gguf.py")
+MAPPER = LLAMA_CPP.source("conversion/base.py")
+ADAPTER = LLAMA_CPP.source("src/llama-adapter.cpp")
+ADAPTER_H = LLAMA_CPP.source("src/llama-adapter.h")
 
 # Per-module rank is honoured (the scale uses each tensor's rank), one alpha for all.
 CAPS = Caps(
@@ -52,12 +52,11 @@ MERGED_GGUF = "; a merged model keeps it exactly: adapterctl merge BASE ADAPTER 
 MERGE_KEEPS = ("full_tensors", "norms", "tied_lm_head")
 
 
-def _f(
-    rule: str, verdict: str, message: str, source: Source, fix: str | None = None, kind: str = "other"
-) -> Finding:
+def _finding(rule: str, verdict: str, message: str, source: Source, fix: str | None = None) -> Finding:
+    """A finding, with the merged-GGUF alternative where convert can only drop what it names."""
     if rule in MERGE_KEEPS and fix == "drop":
         message += MERGED_GGUF
-    return Finding(f"llama.cpp.{rule}", verdict, message, source, fix, kind=kind)
+    return LLAMA_CPP.finding(rule, verdict, message, source, fix)
 
 
 def _unexpected(name: str) -> str:
@@ -73,7 +72,7 @@ def _dora(facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
     if not mods:
         return []
     return [
-        _f(
+        _finding(
             "dora",
             "refuses",
             _unexpected(f"base_model.model.{mods[0].path}.lora_magnitude_vector") + " (DoRA)",
@@ -88,7 +87,7 @@ def _lora_bias(facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
     if not mods:
         return []
     return [
-        _f(
+        _finding(
             "lora_bias",
             "refuses",
             _unexpected(f"base_model.model.{mods[0].path}.lora_B.bias")
@@ -114,7 +113,7 @@ def _full_tensors(facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
         )
         fixes = [tensor_fix(t, CAPS, facts) for t in others] + ["base"] * len(tokens)
         out.append(
-            _f(
+            _finding(
                 "full_tensors",
                 "refuses",
                 _unexpected(first) + "." + extra + f" ({len(others) + len(tokens)} such tensors)",
@@ -124,7 +123,7 @@ def _full_tensors(facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
         )
     if norms:
         out.append(
-            _f(
+            _finding(
                 "norms",
                 "changes",
                 f"{len(norms)} norm weights (e.g. {norms[0].key}) pass "
@@ -143,7 +142,7 @@ def _tied_lm_head(facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
     if not any(is_lm_head_name(m.path) for m in facts.modules):
         return []
     return [
-        _f(
+        _finding(
             "tied_lm_head",
             "refuses",
             "lm_head is present in adapter, but is ignored in base "
@@ -154,18 +153,12 @@ def _tied_lm_head(facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
     ]
 
 
-def _rule(rid: str, source: Source, summary: str, fn) -> Rule:
-    return Rule(f"llama.cpp.{rid}", source, summary, fn)
-
-
-ENGINE = Engine(
-    name="llama.cpp",
+ENGINE = LLAMA_CPP.engine(
     title="llama.cpp",
-    version=VERSION,
     caps=CAPS,
     rules=(
         scale_rule(
-            "llama.cpp",
+            LLAMA_CPP.name,
             ADAPTER_H,
             "scale alpha / rank per tensor: rsLoRA and alpha_pattern ignored",
             lambda facts, m: facts.config.lora_alpha / m.r,
@@ -174,20 +167,20 @@ ENGINE = Engine(
                 + f" (llama.cpp scales each module by adapter.lora.alpha / rank = {facts.config.lora_alpha:g} / r)"
             ),
         ),
-        _rule("dora", CONVERTER, "lora_magnitude_vector: converter stops", _dora),
-        _rule("lora_bias", CONVERTER, "lora_B.bias: converter stops", _lora_bias),
-        _rule(
+        LLAMA_CPP.rule("dora", CONVERTER, "lora_magnitude_vector: converter stops", _dora),
+        LLAMA_CPP.rule("lora_bias", CONVERTER, "lora_B.bias: converter stops", _lora_bias),
+        LLAMA_CPP.rule(
             "full_tensors",
             CONVERTER,
             "full tensors and token rows: converter stops; norms skipped by the loader",
             _full_tensors,
         ),
-        _rule(
+        LLAMA_CPP.rule(
             "tied_lm_head", CONVERTER, "lm_head LoRA on a tied-embedding base: converter stops", _tied_lm_head
         ),
-        init_rule("llama.cpp", CONVERTER, "convert_lora_to_gguf.py (which reads no init_lora_weights)"),
+        init_rule(LLAMA_CPP.name, CONVERTER, "convert_lora_to_gguf.py (which reads no init_lora_weights)"),
         unmatched_rule(
-            "llama.cpp", MAPPER, "refuses", lambda missing: f"Can not map tensor '{missing[0]}.weight'"
+            LLAMA_CPP.name, MAPPER, "refuses", lambda missing: f"Can not map tensor '{missing[0]}.weight'"
         ),
     ),
 )

@@ -34,8 +34,8 @@ from adapterctl.core.engine_rules.rules import (
     SCALE,
     Caps,
     CheckContext,
-    Engine,
     Finding,
+    Namer,
     Rule,
     Source,
     describe_scales,
@@ -46,12 +46,13 @@ from adapterctl.core.engine_rules.rules import (
 )
 
 VERSION = "a7394ba3"
-LORA = Source("lorax", VERSION, "server/lorax_server/adapters/lora.py")
-SGMV = Source("lorax", VERSION, "server/lorax_server/utils/sgmv.py")
-MODEL = Source("lorax", VERSION, "server/lorax_server/models/model.py")
-PYPROJECT = Source("lorax", VERSION, "server/pyproject.toml")
-LLAMA = Source("lorax", VERSION, "server/lorax_server/models/flash_llama.py")
-MODELS = Source("lorax", VERSION, "server/lorax_server/models/flash_<model_type>.py")
+LORAX = Namer("lorax", VERSION)
+LORA = LORAX.source("server/lorax_server/adapters/lora.py")
+SGMV = LORAX.source("server/lorax_server/utils/sgmv.py")
+MODEL = LORAX.source("server/lorax_server/models/model.py")
+PYPROJECT = LORAX.source("server/pyproject.toml")
+LLAMA = LORAX.source("server/lorax_server/models/flash_llama.py")
+MODELS = LORAX.source("server/lorax_server/models/flash_<model_type>.py")
 
 #: ``ADAPTER_LAYERS`` of the Llama-family models (server/lorax_server/models/flash_llama.py)
 LLAMA_LAYERS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "lm_head")
@@ -109,6 +110,10 @@ class Punica:
     #: full paths only (TGI's hard-coded ``model.layers.{i}.self_attn.<name>``); else by name
     paths: bool = False
 
+    @property
+    def namer(self) -> Namer:
+        return Namer(self.engine, self.lora.version)
+
     def kinds(self, facts: AdapterFacts) -> tuple[str, ...]:
         mt = facts.base.model_type if facts.base else None
         return self.layers.get(mt or "", self.default_layers)
@@ -135,19 +140,6 @@ def punica_scales(spec: Punica, facts: AdapterFacts, ctx: CheckContext) -> dict[
 UNUSED_WORDS = '"unused adapter weights" warning'
 
 
-def _f(
-    spec: Punica,
-    rule: str,
-    verdict: str,
-    message: str,
-    source: Source,
-    fix: str | None = None,
-    *,
-    kind="other",
-):
-    return Finding(f"{spec.engine}.{rule}", verdict, message, source, fix, kind=kind)
-
-
 def _scaling(spec: Punica, facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
     scales = punica_scales(spec, facts, ctx)
     changed = scale_changes(facts, lambda m: scales.get(m.path, m.scaling))
@@ -158,8 +150,7 @@ def _scaling(spec: Punica, facts: AdapterFacts, ctx: CheckContext) -> list[Findi
     other = [(m, s) for m, s in changed if not _pad_changed(m, s, cfg)]
     if padded:
         out.append(
-            _f(
-                spec,
+            spec.namer.finding(
                 "rank_padding",
                 "changes",
                 describe_scales(
@@ -179,8 +170,7 @@ def _scaling(spec: Punica, facts: AdapterFacts, ctx: CheckContext) -> list[Findi
         if cfg.use_rslora and not spec.rslora:
             what = "rsLoRA ignored (PEFT 0.4's LoraConfig has no use_rslora)"
         out.append(
-            _f(
-                spec,
+            spec.namer.finding(
                 "scaling",
                 "changes",
                 describe_scales(
@@ -206,8 +196,7 @@ def _stacked_ranks(spec: Punica, facts: AdapterFacts, ctx: CheckContext) -> list
         return []
     name, rs = next(iter(mixed.items()))
     return [
-        _f(
-            spec,
+        spec.namer.finding(
             "stacked_ranks",
             "refuses",
             f"{name} has ranks {rs} in different layers; the "
@@ -226,8 +215,7 @@ def _partial(spec: Punica, facts: AdapterFacts, ctx: CheckContext) -> list[Findi
         return []
     name, layers = next(iter(missing.items()))
     return [
-        _f(
-            spec,
+        spec.namer.finding(
             "partial_layers",
             "changes",
             f"{', '.join(sorted(missing))} adapted in some "
@@ -244,8 +232,7 @@ def _dora(spec: Punica, facts: AdapterFacts, ctx: CheckContext) -> list[Finding]
     if not facts.config.use_dora:
         return []
     return [
-        _f(
-            spec,
+        spec.namer.finding(
             "dora",
             "changes",
             "DoRA is not read: lora_magnitude_vector tensors are not lora_A/lora_B weights "
@@ -265,8 +252,7 @@ def _ignored(spec: Punica, facts: AdapterFacts, ctx: CheckContext) -> list[Findi
     if not names:
         return []
     return [
-        _f(
-            spec,
+        spec.namer.finding(
             "unused_tensors",
             "changes",
             f"{len(names)} tensors are not lora_A/lora_B "
@@ -290,8 +276,7 @@ def _layer_names(spec: Punica, facts: AdapterFacts, ctx: CheckContext) -> list[F
     )
     every = " (every adapted module: the adapter is a no-op)" if len(odd) == len(facts.modules) else ""
     return [
-        _f(
-            spec,
+        spec.namer.finding(
             "adapter_layers",
             "changes",
             f"{len(odd)} modules are not among the layers "
@@ -305,7 +290,7 @@ def _layer_names(spec: Punica, facts: AdapterFacts, ctx: CheckContext) -> list[F
 
 def punica_rules(spec: Punica) -> tuple[Rule, ...]:
     """The rules of the LoRAX adapter loader, for LoRAX and for its copy in TGI."""
-    engine, lora, unused = spec.engine, spec.lora, spec.unused
+    engine, lora, unused, rule = spec.engine, spec.lora, spec.unused, spec.namer.rule
 
     scaling = functools.partial(_scaling, spec)
     stacked_ranks = functools.partial(_stacked_ranks, spec)
@@ -313,9 +298,6 @@ def punica_rules(spec: Punica) -> tuple[Rule, ...]:
     dora = functools.partial(_dora, spec)
     ignored = functools.partial(_ignored, spec)
     layer_names = functools.partial(_layer_names, spec)
-
-    def rule(rid: str, source: Source, summary: str, fn) -> Rule:
-        return Rule(f"{engine}.{rid}", source, summary, fn)
 
     rs = "rsLoRA honoured" if spec.rslora else "rsLoRA ignored"
     return (
@@ -362,7 +344,7 @@ def _loads(spec: Punica, m: ModuleFacts, kinds: tuple[str, ...]) -> bool:
 
 
 SPEC = Punica(
-    engine="lorax",
+    engine=LORAX.name,
     lora=LORA,
     pad=SGMV,
     unused=MODEL,
@@ -373,4 +355,4 @@ SPEC = Punica(
     rslora_source=PYPROJECT,
 )
 
-ENGINE = Engine(name="lorax", title="LoRAX", version=VERSION, caps=CAPS, rules=punica_rules(SPEC))
+ENGINE = LORAX.engine(title="LoRAX", caps=CAPS, rules=punica_rules(SPEC))

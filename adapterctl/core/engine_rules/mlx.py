@@ -24,10 +24,8 @@ from adapterctl.core.engine_rules.rules import (
     SCALE,
     Caps,
     CheckContext,
-    Engine,
     Finding,
-    Rule,
-    Source,
+    Namer,
     fmt_scale,
     init_rule,
     tensor_fix,
@@ -36,11 +34,12 @@ from adapterctl.core.engine_rules.rules import (
 )
 
 VERSION = "0.32.2"
-UTILS = Source("mlx-lm", VERSION, "mlx_lm/tuner/utils.py")
-LORA = Source("mlx-lm", VERSION, "mlx_lm/tuner/lora.py")
+MLX = Namer("mlx", VERSION, "mlx-lm")
+UTILS = MLX.source("mlx_lm/tuner/utils.py")
+LORA = MLX.source("mlx_lm/tuner/lora.py")
 # executed: tests/interop/test_mlx_rules.py runs linear_to_lora_layers on these cases
-LAYERS = Source("mlx-lm", VERSION, "mlx_lm/tuner/utils.py", "executed")
-AS_LINEAR = Source("mlx-lm", VERSION, "mlx_lm/tuner/lora.py", "executed")
+LAYERS = MLX.source("mlx_lm/tuner/utils.py", "executed")
+AS_LINEAR = MLX.source("mlx_lm/tuner/lora.py", "executed")
 
 CAPS = Caps(
     rank_pattern=False,
@@ -51,19 +50,13 @@ CAPS = Caps(
 )
 
 
-def _f(
-    rule: str, verdict: str, message: str, source: Source, fix: str | None = None, kind: str = "other"
-) -> Finding:
-    return Finding(f"mlx.{rule}", verdict, message, source, fix, kind=kind)
-
-
 def _ranks(facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
     ranks = sorted({m.r for m in facts.modules})
     if len(ranks) <= 1:
         return []
     m = next(m for m in facts.modules if m.r != facts.max_rank)
     return [
-        _f(
+        MLX.finding(
             "one_rank",
             "refuses",
             f"modules have ranks {ranks}, mlx-lm builds every LoRA "
@@ -81,7 +74,7 @@ def _scales(facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
     if len(scales) <= 1:
         return []
     return [
-        _f(
+        MLX.finding(
             "one_scale",
             "changes",
             f"modules use {len(scales)} different scales "
@@ -100,7 +93,7 @@ def _layer_kinds(facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
     conv = [m.path for m in facts.modules if m.kind == "conv"]
     if conv:
         return [
-            _f(
+            MLX.finding(
                 "layer_kinds",
                 "refuses",
                 f"Can't convert layer of type Conv to LoRA ({conv[0]}; {len(conv)} convolution "
@@ -112,7 +105,7 @@ def _layer_kinds(facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
     experts = [m.path for m in facts.modules if m.dora and ".experts." in f".{m.path}."]
     if experts:
         return [
-            _f(
+            MLX.finding(
                 "layer_kinds",
                 "refuses",
                 f"SwitchLinear doesn't support DoRA yet. ({experts[0]}: mlx-lm holds MoE experts "
@@ -134,7 +127,7 @@ def _tied(facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
     heads = [m.path for m in facts.modules if is_lm_head_name(m.path)]
     if heads:
         out.append(
-            _f(
+            MLX.finding(
                 "tied_lm_head",
                 "refuses",
                 f"{heads[0]}.lora_a: not an adapter parameter in the model ({facts.base_name} ties "
@@ -146,7 +139,7 @@ def _tied(facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
     embs = [m.path for m in facts.modules if m.kind == "embedding"]
     if embs:
         out.append(
-            _f(
+            MLX.finding(
                 "tied_embedding",
                 "changes",
                 f"{embs[0]}: on a tied base the logits are embed_tokens.as_linear, and "
@@ -167,7 +160,7 @@ def _extras(facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
     fixes = [tensor_fix(t, CAPS, facts) for t in full] + ["drop"] * sum(m.lora_bias for m in facts.modules)
     fixes += ["base"] * len(facts.trainable_tokens)
     return [
-        _f(
+        MLX.finding(
             "not_adapter_parameters",
             "refuses",
             f"{names[0]}: not an adapter parameter in "
@@ -178,31 +171,25 @@ def _extras(facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
     ]
 
 
-def _rule(rid: str, source: Source, summary: str, fn) -> Rule:
-    return Rule(f"mlx.{rid}", source, summary, fn)
-
-
-ENGINE = Engine(
-    name="mlx",
+ENGINE = MLX.engine(
     title="MLX (mlx-lm)",
-    version=VERSION,
     caps=CAPS,
     note="mlx-lm reads its own adapter format; the verdict is for the adapter after a faithful "
     "format conversion",
     rules=(
-        _rule("one_rank", UTILS, "one rank for every LoRA layer", _ranks),
-        _rule("one_scale", LORA, "one scale for every LoRA layer", _scales),
-        _rule(
+        MLX.rule("one_rank", UTILS, "one rank for every LoRA layer", _ranks),
+        MLX.rule("one_scale", LORA, "one scale for every LoRA layer", _scales),
+        MLX.rule(
             "layer_kinds",
             LAYERS,
             "LoRA on Linear, SwitchLinear and Embedding only; no DoRA on SwitchLinear",
             _layer_kinds,
         ),
-        _rule("tied", LAYERS, "tied base: no lm_head module; embedding LoRA reaches the logits", _tied),
-        _rule("not_adapter_parameters", UTILS, "only lora_a, lora_b and m tensors load", _extras),
-        init_rule("mlx", UTILS, "mlx-lm"),
+        MLX.rule("tied", LAYERS, "tied base: no lm_head module; embedding LoRA reaches the logits", _tied),
+        MLX.rule("not_adapter_parameters", UTILS, "only lora_a, lora_b and m tensors load", _extras),
+        init_rule(MLX.name, UTILS, "mlx-lm"),
         unmatched_rule(
-            "mlx",
+            MLX.name,
             UTILS,
             "refuses",
             lambda missing: f"{missing[0]}.lora_a: not an adapter parameter in the model",

@@ -136,6 +136,39 @@ class Engine:
 
 
 @dataclass(frozen=True)
+class Namer:
+    """What every engine module writes alike: the sources it cites at its version, its rules and
+    findings named ``<engine>.<id>`` (``vllm.dora``), and its :class:`Engine`. ``project`` is the
+    name its sources cite where that is not the engine's (mlx's rules cite ``mlx-lm``)."""
+
+    name: str
+    version: str
+    project: str = ""
+
+    def source(self, file: str, proof: str = "read") -> Source:
+        return Source(self.project or self.name, self.version, file, proof)
+
+    def finding(
+        self,
+        rule: str,
+        verdict: str,
+        message: str,
+        source: Source,
+        fix: str | None = None,
+        *,
+        flags: tuple[str, ...] = (),
+        kind: str = "other",
+    ) -> Finding:
+        return Finding(f"{self.name}.{rule}", verdict, message, source, fix, flags, kind)
+
+    def rule(self, rid: str, source: Source, summary: str, check: RuleFn) -> Rule:
+        return Rule(f"{self.name}.{rid}", source, summary, check)
+
+    def engine(self, title: str, caps: Caps, rules: tuple[Rule, ...], note: str = "") -> Engine:
+        return Engine(name=self.name, title=title, version=self.version, caps=caps, rules=rules, note=note)
+
+
+@dataclass(frozen=True)
 class EngineVerdict:
     adapter: str
     engine: str

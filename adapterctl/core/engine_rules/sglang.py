@@ -30,10 +30,8 @@ from adapterctl.core.engine_rules.rules import (
     SCALE,
     Caps,
     CheckContext,
-    Engine,
     Finding,
-    Rule,
-    Source,
+    Namer,
     init_rule,
     per_layer,
     scale_rule,
@@ -42,16 +40,17 @@ from adapterctl.core.engine_rules.rules import (
 )
 
 VERSION = "0.5.23"
-LORA_CONFIG = Source("sglang", VERSION, "python/sglang/srt/lora/lora_config.py", "executed")
-LORA = Source("sglang", VERSION, "python/sglang/srt/lora/lora.py", "executed")
-MANAGER = Source("sglang", VERSION, "python/sglang/srt/lora/lora_manager.py", "executed")
-MEM_POOL = Source("sglang", VERSION, "python/sglang/srt/lora/mem_pool.py", "executed")
-UTILS = Source("sglang", VERSION, "python/sglang/srt/lora/utils.py", "executed")
+SGLANG = Namer("sglang", VERSION)
+LORA_CONFIG = SGLANG.source("python/sglang/srt/lora/lora_config.py", "executed")
+LORA = SGLANG.source("python/sglang/srt/lora/lora.py", "executed")
+MANAGER = SGLANG.source("python/sglang/srt/lora/lora_manager.py", "executed")
+MEM_POOL = SGLANG.source("python/sglang/srt/lora/mem_pool.py", "executed")
+UTILS = SGLANG.source("python/sglang/srt/lora/utils.py", "executed")
 # the same files for the rules no interop case exercises yet (DoRA, added tokens, a regex
 # target_modules, rank_pattern, inits, modules the base lacks): read
-MANAGER_READ = Source("sglang", VERSION, "python/sglang/srt/lora/lora_manager.py")
-MEM_POOL_READ = Source("sglang", VERSION, "python/sglang/srt/lora/mem_pool.py")
-LORA_CONFIG_READ = Source("sglang", VERSION, "python/sglang/srt/lora/lora_config.py")
+MANAGER_READ = SGLANG.source("python/sglang/srt/lora/lora_manager.py")
+MEM_POOL_READ = SGLANG.source("python/sglang/srt/lora/mem_pool.py")
+LORA_CONFIG_READ = SGLANG.source("python/sglang/srt/lora/lora_config.py")
 #: module names with a buffer size in get_default_hidden_dim (after q/k/v and gate/up stacking)
 KNOWN_MODULES = {
     "q_proj", "k_proj", "v_proj", "qkv_proj", "o_proj", "gate_proj", "up_proj", "gate_up_proj",
@@ -67,17 +66,11 @@ CAPS = Caps(
 )
 
 
-def _f(
-    rule: str, verdict: str, message: str, source: Source, fix: str | None = None, kind: str = "other"
-) -> Finding:
-    return Finding(f"sglang.{rule}", verdict, message, source, fix, kind=kind)
-
-
 def _dora(facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
     if not facts.config.use_dora:
         return []
     return [
-        _f(
+        SGLANG.finding(
             "dora",
             "refuses",
             "Failed to load the adapter because LoRA serving currently doesn't support DoRA adapters",
@@ -93,7 +86,7 @@ def _added_tokens(facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
     if not ids:
         return []
     return [
-        _f(
+        SGLANG.finding(
             "added_tokens",
             "refuses",
             "Failed to load the adapter because LoRA serving "
@@ -110,7 +103,7 @@ def _targets(facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
     if not isinstance(tm, str) or tm in ("all-linear", "all"):
         return []
     return [
-        _f(
+        SGLANG.finding(
             "target_modules",
             "refuses",
             f"SGLang does not recognize target_modules='{tm}'. "
@@ -128,7 +121,7 @@ def _ranks(facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
         return []
     m = odd[0]
     return [
-        _f(
+        SGLANG.finding(
             "rank_pattern",
             "refuses",
             f"{len(odd)} modules have a rank other than r="
@@ -182,14 +175,14 @@ def _stacking(facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
             "so no LoRA buffer takes it (ValueError at the first batch)"
         )
     return [
-        _f(
+        SGLANG.finding(
             "qkv_stacking",
             "refuses",
             f"{message}; {len(missing)} module(s) lack their stacking partner (a zero LoRA on "
             f"{module_name(partner)} makes SGLang load it exactly)",
             LORA,
             "base",
-            PARTNERS_KIND,
+            kind=PARTNERS_KIND,
         )
     ]
 
@@ -199,7 +192,7 @@ def _unknown_modules(facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
     if not odd:
         return []
     return [
-        _f(
+        SGLANG.finding(
             "unknown_modules",
             "refuses",
             f"get_hidden_dim not implemented for {odd[0]} (NotImplementedError: SGLang's "
@@ -220,7 +213,7 @@ def _in_layer_tensors(facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
         return []
     fixes = [tensor_fix(t, CAPS, facts) for t in full] + ["drop"] * sum(m.lora_bias for m in facts.modules)
     return [
-        _f(
+        SGLANG.finding(
             "in_layer_tensors",
             "refuses",
             f"Cannot find target module name for {names[0]}: a tensor inside a decoder layer that "
@@ -263,7 +256,7 @@ def _ignored_tensors(facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
     fixes = [tensor_fix(t, CAPS, facts) for t in full]
     fixes += ["base"] * len(facts.trainable_tokens)
     return [
-        _f(
+        SGLANG.finding(
             "ignored_tensors",
             "changes",
             f"{len(names)} tensors are not lora_A/lora_B "
@@ -286,7 +279,7 @@ def _nothing(facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
     if not missing:
         return []
     return [
-        _f(
+        SGLANG.finding(
             "no_such_module",
             "changes",
             f"{len(missing)} of {len(facts.modules)} adapted "
@@ -298,21 +291,17 @@ def _nothing(facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
     ]
 
 
-def _rule(rid: str, source: Source, summary: str, fn) -> Rule:
-    return Rule(f"sglang.{rid}", source, summary, fn)
-
-
-ENGINE = Engine(
-    name="sglang",
+ENGINE = SGLANG.engine(
     title="SGLang",
-    version=VERSION,
     caps=CAPS,
     rules=(
-        _rule("dora", MANAGER_READ, "use_dora: ValueError", _dora),
-        _rule("added_tokens", MANAGER_READ, "added_tokens.json with new tokens: ValueError", _added_tokens),
-        _rule("target_modules", MANAGER_READ, "target_modules as a regex string: ValueError", _targets),
+        SGLANG.rule("dora", MANAGER_READ, "use_dora: ValueError", _dora),
+        SGLANG.rule(
+            "added_tokens", MANAGER_READ, "added_tokens.json with new tokens: ValueError", _added_tokens
+        ),
+        SGLANG.rule("target_modules", MANAGER_READ, "target_modules as a regex string: ValueError", _targets),
         scale_rule(
-            "sglang",
+            SGLANG.name,
             LORA,
             "one scale lora_alpha / r for every module: rsLoRA and alpha/rank patterns ignored",
             lambda facts, m: facts.config.lora_alpha / facts.config.r,
@@ -325,39 +314,43 @@ ENGINE = Engine(
                 + f" (SGLang scales every module by lora_alpha / r = {facts.config.lora_alpha:g}/{facts.config.r})"
             ),
         ),
-        _rule("rank_pattern", MEM_POOL_READ, "a module rank other than r: buffer shape assertion", _ranks),
-        _rule(
+        SGLANG.rule(
+            "rank_pattern", MEM_POOL_READ, "a module rank other than r: buffer shape assertion", _ranks
+        ),
+        SGLANG.rule(
             "qkv_stacking",
             LORA,
             "q_proj without v_proj: KeyError; k/v_proj without q_proj, up_proj without gate_proj: "
             "no buffer (ValueError)",
             _stacking,
         ),
-        _rule(
+        SGLANG.rule(
             "unknown_modules",
             UTILS,
             "a module get_hidden_dim has no size for: NotImplementedError",
             _unknown_modules,
         ),
-        _rule(
+        SGLANG.rule(
             "in_layer_tensors",
             MEM_POOL,
             "full tensors and lora_B biases inside a layer: ValueError",
             _in_layer_tensors,
         ),
-        _rule(
+        SGLANG.rule(
             "serving_flags",
             MANAGER,
             "several adapters: --max-lora-rank, --lora-target-modules",
             _serving_flags,
         ),
-        _rule(
+        SGLANG.rule(
             "ignored_tensors",
             MEM_POOL,
             "modules_to_save, biases and token rows outside the layers: ignored",
             _ignored_tensors,
         ),
-        init_rule("sglang", LORA_CONFIG_READ, "SGLang (which reads no init_lora_weights)"),
-        _rule("no_such_module", MEM_POOL_READ, "modules the model lacks: skipped with a warning", _nothing),
+        init_rule(SGLANG.name, LORA_CONFIG_READ, "SGLang (which reads no init_lora_weights)"),
+        SGLANG.rule(
+            "no_such_module", MEM_POOL_READ, "modules the model lacks: skipped with a warning", _nothing
+        ),
     ),
 )

@@ -22,12 +22,13 @@ from dataclasses import replace
 
 from adapterctl.core.engine_rules.lorax import CAPS as LORAX_CAPS
 from adapterctl.core.engine_rules.lorax import Punica, punica_rules
-from adapterctl.core.engine_rules.rules import Engine, Source
+from adapterctl.core.engine_rules.rules import Namer
 
 VERSION = "db931fcf"
-LORA = Source("tgi", VERSION, "server/text_generation_server/adapters/lora.py")
-MODELS = Source("tgi", VERSION, "server/text_generation_server/models/__init__.py")
-LOOKUP = Source("tgi", VERSION, "server/text_generation_server/utils/adapter.py")
+TGI = Namer("tgi", VERSION)
+LORA = TGI.source("server/text_generation_server/adapters/lora.py")
+MODELS = TGI.source("server/text_generation_server/models/__init__.py")
+LOOKUP = TGI.source("server/text_generation_server/utils/adapter.py")
 #: ``adapter_layers`` in get_model_with_lora_adapters, in load order
 LAYERS = (
     "q_proj",
@@ -44,7 +45,7 @@ LAYERS = (
 CAPS = replace(LORAX_CAPS, lm_head_lora=False, lora_modules=LAYERS)
 
 SPEC = Punica(
-    engine="tgi",
+    engine=TGI.name,
     lora=LORA,
     pad=LORA,
     unused=MODELS,
@@ -55,4 +56,4 @@ SPEC = Punica(
     paths=True,
 )
 
-ENGINE = Engine(name="tgi", title="TGI", version=VERSION, caps=CAPS, rules=punica_rules(SPEC))
+ENGINE = TGI.engine(title="TGI", caps=CAPS, rules=punica_rules(SPEC))

@@ -19,17 +19,16 @@ from adapterctl.core.engine_rules.facts import AdapterFacts, is_embedding_name, 
 from adapterctl.core.engine_rules.rules import (
     Caps,
     CheckContext,
-    Engine,
     Finding,
-    Rule,
-    Source,
+    Namer,
     init_rule,
     scale_rule,
     worst_fix,
 )
 
 VERSION = "007e181b"
-MANAGER = Source("trtllm", VERSION, "tensorrt_llm/lora_manager.py")
+TRTLLM = Namer("trtllm", VERSION)
+MANAGER = TRTLLM.source("tensorrt_llm/lora_manager.py")
 #: the HF module names get_default_trtllm_modules_to_hf_modules maps
 MODULES = (
     "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "down_proj", "up_proj", "gate_up_proj",
@@ -47,10 +46,6 @@ CAPS = Caps(
 )
 
 
-def _f(rule, verdict, message, fix=None, flags=()) -> Finding:
-    return Finding(f"trtllm.{rule}", verdict, message, MANAGER, fix, flags)
-
-
 def _keys(facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
     """Tensors HF_LORA_PATTERN does not match: KeyError, but for lm_head/embed_tokens (skipped)."""
     bad = [t.key for t in facts.full_tensors if layer_of(t.param) is not None and t.role != "frozen_copy"]
@@ -59,11 +54,12 @@ def _keys(facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
     if not bad:
         return []
     return [
-        _f(
+        TRTLLM.finding(
             "unsupported_keys",
             "refuses",
             f"unsupported key {bad[0]} from HF LoRA weights ({len(bad)} tensors other than "
             "lora_A/lora_B weights and DoRA magnitudes)",
+            MANAGER,
             worst_fix(["drop"]),
         )
     ]
@@ -76,12 +72,13 @@ def _skipped(facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
     if not heads:
         return []
     return [
-        _f(
+        TRTLLM.finding(
             "embeddings_skipped",
             "changes",
             f"{heads[0]}: tensors naming lm_head or embed_tokens are skipped by the runtime LoRA "
             f"loader ({len(heads)} such; a modules_to_save lm_head/embed_tokens only takes effect "
             "when the engine is built with that one adapter, load_hf_lora)",
+            MANAGER,
             "drop",
         )
     ]
@@ -95,10 +92,11 @@ def _modules(facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
     if not odd:
         return []
     return [
-        _f(
+        TRTLLM.finding(
             "modules",
             "refuses",
             f"hf_module {odd[0]} is not in supported list {sorted(MODULES)} (AssertionError)",
+            MANAGER,
             "drop",
         )
     ]
@@ -107,7 +105,7 @@ def _modules(facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
 def _dora_moe(facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
     if not any(m.dora and ".experts." in f".{m.path}." for m in facts.modules):
         return []
-    return [_f("dora_moe", "refuses", "DoRA with MoE is not supported", "base")]
+    return [TRTLLM.finding("dora_moe", "refuses", "DoRA with MoE is not supported", MANAGER, "base")]
 
 
 def _rank(facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
@@ -115,10 +113,11 @@ def _rank(facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
     if rank <= DEFAULT_MAX_LORA_RANK:
         return []
     return [
-        _f(
+        TRTLLM.finding(
             "max_lora_rank",
             "flag",
             f"rank {rank} is above LoraConfig's default max_lora_rank {DEFAULT_MAX_LORA_RANK}",
+            MANAGER,
             flags=(f"max_lora_rank={rank}",),
         )
     ]
@@ -129,23 +128,21 @@ def _scale(facts: AdapterFacts, m) -> float:
     return cfg.lora_alpha / (math.sqrt(m.r) if cfg.use_rslora else m.r)
 
 
-def _rule(rid: str, summary: str, fn) -> Rule:
-    return Rule(f"trtllm.{rid}", MANAGER, summary, fn)
-
-
-ENGINE = Engine(
-    name="trtllm",
+ENGINE = TRTLLM.engine(
     title="TensorRT-LLM",
-    version=VERSION,
     caps=CAPS,
     rules=(
-        _rule("unsupported_keys", "tensors other than lora_A/B and DoRA magnitudes: KeyError", _keys),
-        _rule("embeddings_skipped", "lm_head/embed_tokens tensors skipped at runtime", _skipped),
-        _rule("modules", "module names outside its HF mapping: AssertionError", _modules),
-        _rule("dora_moe", "DoRA on MoE experts: ValueError", _dora_moe),
-        _rule("max_lora_rank", "ranks above max_lora_rank (default 64)", _rank),
+        TRTLLM.rule(
+            "unsupported_keys", MANAGER, "tensors other than lora_A/B and DoRA magnitudes: KeyError", _keys
+        ),
+        TRTLLM.rule(
+            "embeddings_skipped", MANAGER, "lm_head/embed_tokens tensors skipped at runtime", _skipped
+        ),
+        TRTLLM.rule("modules", MANAGER, "module names outside its HF mapping: AssertionError", _modules),
+        TRTLLM.rule("dora_moe", MANAGER, "DoRA on MoE experts: ValueError", _dora_moe),
+        TRTLLM.rule("max_lora_rank", MANAGER, "ranks above max_lora_rank (default 64)", _rank),
         scale_rule(
-            "trtllm",
+            TRTLLM.name,
             MANAGER,
             "lora_alpha / each tensor's rank (rsLoRA: / sqrt): alpha patterns ignored",
             _scale,
@@ -154,6 +151,6 @@ ENGINE = Engine(
                 f"{facts.config.lora_alpha:g} over its rank)"
             ),
         ),
-        init_rule("trtllm", MANAGER, "TensorRT-LLM"),
+        init_rule(TRTLLM.name, MANAGER, "TensorRT-LLM"),
     ),
 )

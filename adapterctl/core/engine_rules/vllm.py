@@ -22,10 +22,8 @@ from adapterctl.core.engine_rules.facts import AdapterFacts
 from adapterctl.core.engine_rules.rules import (
     Caps,
     CheckContext,
-    Engine,
     Finding,
-    Rule,
-    Source,
+    Namer,
     residual_fix,
     resized_tables,
     tensor_fix,
@@ -35,14 +33,15 @@ from adapterctl.core.engine_rules.rules import (
 from adapterctl.core.engine_rules.vllm_tower import tower_lora
 
 VERSION = "0.32.0"
+VLLM = Namer("vllm", VERSION)
 # executed: tests/interop/test_vllm.py runs vLLM on adapters of each kind these files judge
-PEFT_HELPER = Source("vllm", VERSION, "vllm/lora/peft_helper.py", "executed")
-UTILS = Source("vllm", VERSION, "vllm/lora/utils.py", "executed")
+PEFT_HELPER = VLLM.source("vllm/lora/peft_helper.py", "executed")
+UTILS = VLLM.source("vllm/lora/utils.py", "executed")
 #: the same file, for the rules no interop adapter exercises (inits, variants)
-PEFT_HELPER_READ = Source("vllm", VERSION, "vllm/lora/peft_helper.py")
-LORA_MODEL = Source("vllm", VERSION, "vllm/lora/lora_model.py")
-MODEL_MANAGER = Source("vllm", VERSION, "vllm/lora/model_manager.py")
-CONFIG = Source("vllm", VERSION, "vllm/config/lora.py", "executed")
+PEFT_HELPER_READ = VLLM.source("vllm/lora/peft_helper.py")
+LORA_MODEL = VLLM.source("vllm/lora/lora_model.py")
+MODEL_MANAGER = VLLM.source("vllm/lora/model_manager.py")
+CONFIG = VLLM.source("vllm/config/lora.py", "executed")
 
 #: ``MaxLoRARanks`` in vllm/config/lora.py: the values --max-lora-rank accepts.
 MAX_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
@@ -62,12 +61,6 @@ CAPS = Caps(
 )
 
 
-def _f(
-    rule: str, verdict: str, message: str, source: Source, fix: str | None = None, flags: tuple[str, ...] = ()
-) -> Finding:
-    return Finding(f"vllm.{rule}", verdict, message, source, fix, flags)
-
-
 def _modules_to_save(facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
     bad = [m for m in facts.config.modules_to_save or [] if m not in CLASSIFIER_MODULES]
     if not bad:
@@ -75,7 +68,7 @@ def _modules_to_save(facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
     fix = worst_fix([tensor_fix(t, CAPS, facts) for t in facts.by_role("modules_to_save")] or ["convert"])
     resized = resized_tables(facts)
     return [
-        _f(
+        VLLM.finding(
             "modules_to_save",
             "refuses",
             'vLLM only supports modules_to_save being either None or ["classifier", "score"] '
@@ -90,7 +83,7 @@ def _modules_to_save(facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
 def _dora(facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
     if not facts.config.use_dora:
         return []
-    return [_f("dora", "refuses", "vLLM does not yet support DoRA.", PEFT_HELPER, "base")]
+    return [VLLM.finding("dora", "refuses", "vLLM does not yet support DoRA.", PEFT_HELPER, "base")]
 
 
 def _lora_bias(facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
@@ -98,7 +91,7 @@ def _lora_bias(facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
         return []
     mods = [m.path for m in facts.modules if m.lora_bias]
     return [
-        _f(
+        VLLM.finding(
             "lora_bias",
             "refuses",
             "vLLM does not support LoRA bias (lora_bias)."
@@ -114,7 +107,7 @@ def _init(facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
     if not isinstance(init, str) or init.lower() in SUPPORTED_INITS:
         if facts.config.init_kind == "lora_ga":
             return [
-                _f(
+                VLLM.finding(
                     "init_lora_ga",
                     "changes",
                     "init_lora_weights='lora_ga' passes vLLM's "
@@ -127,7 +120,7 @@ def _init(facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
         return []
     fix = residual_fix(facts) or None
     return [
-        _f(
+        VLLM.finding(
             "init",
             "refuses",
             f"vLLM does not support init_lora_weights={init!r}. Inits such "
@@ -147,7 +140,7 @@ def _variants(facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
         ("use_bdlora", "vLLM does not support block-diagonal LoRA (BD-LoRA)."),
         ("use_qalora", "vLLM does not support QALoRA."),
     ]
-    return [_f("variant", "refuses", text, PEFT_HELPER_READ) for key, text in words if raw.get(key)]
+    return [VLLM.finding("variant", "refuses", text, PEFT_HELPER_READ) for key, text in words if raw.get(key)]
 
 
 def _bias(facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
@@ -155,7 +148,7 @@ def _bias(facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
         return []
     saved = facts.by_role("bias")
     return [
-        _f(
+        VLLM.finding(
             "bias",
             "refuses",
             f"Adapter bias is not supported. (bias={facts.config.bias!r}"
@@ -177,7 +170,7 @@ def _rank(facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
         return []
     if rank > MAX_LORA_RANKS[-1]:
         return [
-            _f(
+            VLLM.finding(
                 "max_rank",
                 "refuses",
                 f"LoRA rank {rank} is greater than max_lora_rank "
@@ -188,7 +181,7 @@ def _rank(facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
         ]
     flag = next(v for v in MAX_LORA_RANKS if v >= rank)
     return [
-        _f(
+        VLLM.finding(
             "max_rank",
             "flag",
             f"rank {rank} is above the default --max-lora-rank "
@@ -204,7 +197,7 @@ def _max_loras(facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
     if ctx.num_adapters <= DEFAULT_MAX_LORAS:
         return []
     return [
-        _f(
+        VLLM.finding(
             "max_loras",
             "flag",
             f"{ctx.num_adapters} adapters in one batch need --max-loras "
@@ -238,7 +231,7 @@ def _tensor_names(facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
     fixes += [None] * len(facts.unknown_keys)
     if bad:
         out.append(
-            _f(
+            VLLM.finding(
                 "tensor_names",
                 "refuses",
                 f"{bad[0]} is unsupported LoRA weight"
@@ -251,7 +244,7 @@ def _tensor_names(facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
         base_shape = facts.base.param_shape(t.param) if facts.base else None
         if base_shape is not None and base_shape != t.shape:
             out.append(
-                _f(
+                VLLM.finding(
                     "resized_vocab",
                     "refuses",
                     f"{t.key} has shape {list(t.shape)}, the "
@@ -269,7 +262,7 @@ def _embedding_vocab(facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
     for m in facts.modules:
         if m.kind == "embedding" and vocab is not None and m.a_shape[1] != vocab:
             out.append(
-                _f(
+                VLLM.finding(
                     "embedding_vocab",
                     "refuses",
                     f"The embedding LoRA size"
@@ -303,7 +296,7 @@ def _expected_modules(facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
     if not bad:
         return []
     return [
-        _f(
+        VLLM.finding(
             "unexpected_modules",
             "refuses",
             f"While loading the adapter, expected target "
@@ -314,57 +307,51 @@ def _expected_modules(facts: AdapterFacts, ctx: CheckContext) -> list[Finding]:
     ]
 
 
-def _rule(rid: str, source: Source, summary: str, fn) -> Rule:
-    return Rule(f"vllm.{rid}", source, summary, fn)
-
-
-ENGINE = Engine(
-    name="vllm",
+ENGINE = VLLM.engine(
     title="vLLM",
-    version=VERSION,
     caps=CAPS,
     rules=(
-        _rule(
+        VLLM.rule(
             "modules_to_save",
             PEFT_HELPER,
             "modules_to_save other than classifier/score: ValueError",
             _modules_to_save,
         ),
-        _rule("dora", PEFT_HELPER, "use_dora: ValueError", _dora),
-        _rule("lora_bias", PEFT_HELPER, "lora_bias: ValueError", _lora_bias),
-        _rule("init", PEFT_HELPER_READ, "PiSSA/OLoRA/CorDA/LoftQ inits: ValueError", _init),
-        _rule(
+        VLLM.rule("dora", PEFT_HELPER, "use_dora: ValueError", _dora),
+        VLLM.rule("lora_bias", PEFT_HELPER, "lora_bias: ValueError", _lora_bias),
+        VLLM.rule("init", PEFT_HELPER_READ, "PiSSA/OLoRA/CorDA/LoftQ inits: ValueError", _init),
+        VLLM.rule(
             "variant", PEFT_HELPER_READ, "aLoRA, layer_replication, BD-LoRA, QALoRA: ValueError", _variants
         ),
-        _rule("bias", PEFT_HELPER, "bias other than 'none': ValueError", _bias),
-        _rule("max_rank", PEFT_HELPER, "max(r, rank_pattern) above --max-lora-rank: ValueError", _rank),
-        _rule("max_loras", CONFIG, "more adapters per batch than --max-loras", _max_loras),
-        _rule(
+        VLLM.rule("bias", PEFT_HELPER, "bias other than 'none': ValueError", _bias),
+        VLLM.rule("max_rank", PEFT_HELPER, "max(r, rank_pattern) above --max-lora-rank: ValueError", _rank),
+        VLLM.rule("max_loras", CONFIG, "more adapters per batch than --max-loras", _max_loras),
+        VLLM.rule(
             "tensor_names",
             UTILS,
             "tensors other than lora_A/B, lora_embedding_A/B and "
             "classifier heads: ValueError; frozen embedding copies skipped",
             _tensor_names,
         ),
-        _rule(
+        VLLM.rule(
             "embedding_vocab",
             LORA_MODEL,
             "embedding LoRA of another vocabulary size: RuntimeError",
             _embedding_vocab,
         ),
-        _rule(
+        VLLM.rule(
             "unexpected_modules",
             LORA_MODEL,
             "LoRA on a module that is not a linear or embedding layer of the model: ValueError",
             _expected_modules,
         ),
         unmatched_rule(
-            "vllm",
+            VLLM.name,
             MODEL_MANAGER,
             "changes",
             lambda missing: "vLLM loads the adapter and skips them silently, so they change nothing",
         ),
-        _rule(
+        VLLM.rule(
             "tower_lora",
             MODEL_MANAGER,
             "LoRA on a VLM's vision tower or projector: needs "

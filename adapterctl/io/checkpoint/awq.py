@@ -16,13 +16,11 @@ caller rounds once (AutoAWQ's own result is that product rounded to float16).
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import torch
 
 from adapterctl.errors import InvalidAdapterError, UnsupportedError
 from adapterctl.io.checkpoint.gptq import unpack
-from adapterctl.io.checkpoint.stored import StoredTensor, regrouped
+from adapterctl.io.checkpoint.stored import Grouping, StoredTensor
 
 #: the column each 4-bit field of a word holds (AutoAWQ's AWQ_ORDER), and its inverse
 AWQ_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)
@@ -47,14 +45,12 @@ def scheme(qconf: dict, where: str) -> tuple:
 def group_awq(stored: list[StoredTensor], qconf: dict, where: str, float_dtype: torch.dtype):
     """Each ``<module>.qweight`` and its side tensors become one logical ``<module>.weight``."""
     sch = scheme(qconf, where)
-    by_key = {s.key: s for s in stored}
-    logical: dict[str, StoredTensor] = {}
-    consumed: set[str] = set()
+    grouping = Grouping(stored)
     for s in stored:
         if not s.key.endswith(".qweight"):
             continue
         module = s.key[: -len(".qweight")]
-        found = [by_key.get(module + suffix) for suffix in SUFFIXES]
+        found = [grouping.by_key.get(module + suffix) for suffix in SUFFIXES]
         qweight, qzeros, scales = found
         if qweight is None or qzeros is None or scales is None:
             missing = [module + x for x, p in zip(SUFFIXES, found) if p is None]
@@ -74,17 +70,10 @@ def group_awq(stored: list[StoredTensor], qconf: dict, where: str, float_dtype: 
                 "int32 (in, out/8), int32 (groups, out/8), (groups, out)",
                 hint=HINT,
             )
-        logical[s.key] = replace(
-            s,
-            key=module + ".weight",
-            dtype=float_dtype,
-            shape=(out_f, in_f),
-            quant="awq",
-            parts=parts,
-            scheme=sch,
+        grouping.logical_weight(
+            s, parts, quant="awq", dtype=float_dtype, key=module + ".weight", shape=(out_f, in_f), scheme=sch
         )
-        consumed.update(p.key for p in parts)
-    return regrouped(stored, logical, consumed)
+    return grouping.tensors()
 
 
 def dequantize_awq(stored: StoredTensor, read) -> torch.Tensor:

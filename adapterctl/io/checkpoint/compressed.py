@@ -23,12 +23,11 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import replace
 
 import torch
 
 from adapterctl.errors import InvalidAdapterError, UnsupportedError
-from adapterctl.io.checkpoint.stored import StoredTensor, regrouped
+from adapterctl.io.checkpoint.stored import Grouping, StoredTensor
 
 PACKED, NAIVE = "pack-quantized", ("naive-quantized", "int-quantized", "float-quantized")
 SUPPORTED_FORMATS = (PACKED, *NAIVE)
@@ -143,13 +142,12 @@ def group_compressed(
     stored: list[StoredTensor], qconf: dict, where: str, read, float_dtype: torch.dtype
 ) -> list[StoredTensor]:
     groups = _groups(qconf, where)
-    by_key = {s.key: s for s in stored}
-    logical: dict[str, StoredTensor] = {}
-    consumed: set[str] = set()
+    grouping = Grouping(stored)
+    by_key = grouping.by_key
     for s in stored:
         module, _, leaf = s.key.rpartition(".")
         if leaf in DROPPED:
-            consumed.add(s.key)
+            grouping.drop(s.key)
         packed = leaf == "weight_packed"
         if not (
             packed
@@ -174,17 +172,17 @@ def group_compressed(
             ("group_size", args.get("group_size")),
             ("block", tuple(args.get("block_structure") or ())),
         )
-        logical[q.key] = replace(
+        parts = (q, *sides.values())
+        grouping.logical_weight(
             q,
-            key=module + ".weight",
-            dtype=float_dtype,
-            shape=shape,
+            parts,
             quant="compressed",
-            parts=(q, *sides.values()),
+            dtype=float_dtype,
+            key=module + ".weight",
+            shape=shape,
             scheme=scheme,
         )
-        consumed.update(p.key for p in (q, *sides.values()))
-    return regrouped(stored, logical, consumed)
+    return grouping.tensors()
 
 
 def _dense_shape(q: StoredTensor, sides: dict, args: dict, read) -> tuple[int, ...]:

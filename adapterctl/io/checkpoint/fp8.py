@@ -15,12 +15,11 @@ row/column. Without a block size the scale is one number per tensor. Scales are 
 from __future__ import annotations
 
 import math
-from dataclasses import replace
 
 import torch
 
 from adapterctl.errors import InvalidAdapterError
-from adapterctl.io.checkpoint.stored import StoredTensor, regrouped
+from adapterctl.io.checkpoint.stored import Grouping, StoredTensor
 
 FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
 #: ue8m0 scales need torch >= 2.7 (float8_e8m0fnu); older torch reads float32 scales only
@@ -92,13 +91,11 @@ def group_fp8(
 ) -> list[StoredTensor]:
     """Each float8 weight and its scale become one logical ``float_dtype`` tensor."""
     block = block_size(qconf, where)
-    by_key = {s.key: s for s in stored}
-    logical: dict[str, StoredTensor] = {}
-    consumed: set[str] = set()
+    grouping = Grouping(stored)
     for s in stored:
         if s.key.endswith(SCALE_SUFFIX):
             wkey = s.key[: -len(SCALE_SUFFIX)]
-            w = by_key.get(wkey)
+            w = grouping.by_key.get(wkey)
             if w is None or w.dtype not in FP8_DTYPES:
                 found = "is missing" if w is None else f"is {w.dtype}, not float8"
                 raise InvalidAdapterError(
@@ -106,19 +103,16 @@ def group_fp8(
                     hint="The FP8 checkpoint is incomplete or corrupt.",
                 )
             _check(w, s, block)
-            logical[wkey] = replace(
-                w, dtype=float_dtype, quant="fp8", parts=(w, s), scheme=(("block", block),)
-            )
-            consumed.add(s.key)
+            grouping.logical_weight(w, (w, s), quant="fp8", dtype=float_dtype, scheme=(("block", block),))
     for s in stored:
-        if s.dtype in FP8_DTYPES and s.key not in logical:
+        if s.dtype in FP8_DTYPES and not grouping.grouped(s.key):
             raise InvalidAdapterError(
                 f"{s.file}: {s.key} is float8 but has no {s.key}{SCALE_SUFFIX}",
                 hint="The FP8 checkpoint is incomplete (a missing shard?); download it again.",
             )
         if s.key.endswith(ACTIVATION_SUFFIXES):
-            consumed.add(s.key)
-    return regrouped(stored, logical, consumed)
+            grouping.drop(s.key)
+    return grouping.tensors()
 
 
 def dequantize_fp8(stored: StoredTensor, read) -> torch.Tensor:

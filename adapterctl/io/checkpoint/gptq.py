@@ -23,12 +23,10 @@ caller rounds once (gptqmodel's own result is that product rounded to the scales
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import torch
 
 from adapterctl.errors import InvalidAdapterError, UnsupportedError
-from adapterctl.io.checkpoint.stored import StoredTensor, regrouped
+from adapterctl.io.checkpoint.stored import Grouping, StoredTensor
 
 SUFFIXES = (".qweight", ".qzeros", ".scales", ".g_idx")
 #: what gptqmodel adds to each packed v1 qzeros word: +1 in every field
@@ -72,14 +70,12 @@ def group_gptq(stored: list[StoredTensor], qconf: dict, where: str, float_dtype:
     """Each ``<module>.qweight`` and its side tensors become one logical ``<module>.weight``."""
     sch = scheme(qconf, where)
     bits = dict(sch)["bits"]
-    by_key = {s.key: s for s in stored}
-    logical: dict[str, StoredTensor] = {}
-    consumed: set[str] = set()
+    grouping = Grouping(stored)
     for s in stored:
         if not s.key.endswith(".qweight"):
             continue
         module = s.key[: -len(".qweight")]
-        parts = [by_key.get(module + suffix) for suffix in SUFFIXES]
+        parts = [grouping.by_key.get(module + suffix) for suffix in SUFFIXES]
         qweight, qzeros, scales, g_idx = parts
         if qweight is None or qzeros is None or scales is None:
             missing = [module + x for x, p in zip(SUFFIXES[:3], parts[:3]) if p is None]
@@ -98,17 +94,10 @@ def group_gptq(stored: list[StoredTensor], qconf: dict, where: str, float_dtype:
                 hint=HINT,
             )
         kept = tuple(p for p in parts if p is not None)
-        logical[s.key] = replace(
-            s,
-            key=module + ".weight",
-            dtype=float_dtype,
-            shape=(out_f, in_f),
-            quant="gptq",
-            parts=kept,
-            scheme=sch,
+        grouping.logical_weight(
+            s, kept, quant="gptq", dtype=float_dtype, key=module + ".weight", shape=(out_f, in_f), scheme=sch
         )
-        consumed.update(p.key for p in kept)
-    return regrouped(stored, logical, consumed)
+    return grouping.tensors()
 
 
 def dequantize_gptq(stored: StoredTensor, read) -> torch.Tensor:

@@ -14,12 +14,10 @@ dequantization ``Mxfp4Config(dequantize=True)`` loads with):
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import torch
 
 from adapterctl.errors import InvalidAdapterError
-from adapterctl.io.checkpoint.stored import StoredTensor, regrouped
+from adapterctl.io.checkpoint.stored import Grouping, StoredTensor
 
 FP4_VALUES = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0)
 BLOCKS, SCALES = "_blocks", "_scales"
@@ -50,27 +48,18 @@ def _check(blocks: StoredTensor, scales: StoredTensor | None) -> StoredTensor:
 
 def group_mxfp4(stored: list[StoredTensor], float_dtype: torch.dtype) -> list[StoredTensor]:
     """Each ``_blocks``/``_scales`` pair becomes one logical dense tensor under the model's name."""
-    by_key = {s.key: s for s in stored}
-    logical: dict[str, StoredTensor] = {}
-    consumed: set[str] = set()
+    grouping = Grouping(stored)
     for s in stored:
-        if s.key.endswith(SCALES) and s.key[: -len(SCALES)] + BLOCKS not in by_key:
+        if s.key.endswith(SCALES) and s.key[: -len(SCALES)] + BLOCKS not in grouping.by_key:
             raise InvalidAdapterError(f"{s.file}: {s.key} has no {s.key[: -len(SCALES)]}{BLOCKS}", hint=HINT)
         if not s.key.endswith(BLOCKS):
             continue
         name = s.key[: -len(BLOCKS)]
-        scales = _check(s, by_key.get(name + SCALES))
+        scales = _check(s, grouping.by_key.get(name + SCALES))
         experts, rows, groups, width = s.shape
-        logical[s.key] = replace(
-            s,
-            key=name,
-            dtype=float_dtype,
-            shape=(experts, groups * width * 2, rows),
-            quant="mxfp4",
-            parts=(s, scales),
-        )
-        consumed.add(scales.key)
-    return regrouped(stored, logical, consumed)
+        shape = (experts, groups * width * 2, rows)
+        grouping.logical_weight(s, (s, scales), quant="mxfp4", dtype=float_dtype, key=name, shape=shape)
+    return grouping.tensors()
 
 
 def dequantize_mxfp4(stored: StoredTensor, read) -> torch.Tensor:

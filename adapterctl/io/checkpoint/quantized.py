@@ -22,7 +22,6 @@ bitsandbytes (``quant_method == "bitsandbytes"``):
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 
 import torch
 
@@ -33,7 +32,7 @@ from adapterctl.io.checkpoint.fourbit import dequantize_stored
 from adapterctl.io.checkpoint.fp8 import dequantize_fp8, group_fp8
 from adapterctl.io.checkpoint.gptq import dequantize_gptq, group_gptq
 from adapterctl.io.checkpoint.mxfp4 import dequantize_mxfp4, group_mxfp4
-from adapterctl.io.checkpoint.stored import StoredTensor, regrouped
+from adapterctl.io.checkpoint.stored import Grouping, StoredTensor
 from adapterctl.io.dtypes import WRITABLE
 
 QS_SUFFIXES = (".quant_state.bitsandbytes__nf4", ".quant_state.bitsandbytes__fp4")
@@ -100,31 +99,25 @@ def _qs_json(t: torch.Tensor, key: str) -> dict:
 def group_quantized(stored: list[StoredTensor], read, float_dtype: torch.dtype) -> list[StoredTensor]:
     """Replace each quantized weight and its side tensors by one logical float tensor (``quant``
     and ``parts`` set); ``read(stored)`` returns a tensor's values (for the small quant states)."""
-    by_key = {s.key: s for s in stored}
-    logical: dict[str, StoredTensor] = {}
-    consumed: set[str] = set()
+    grouping = Grouping(stored)
+    by_key = grouping.by_key
     for s in stored:
         for suffix in QS_SUFFIXES:
             if s.key.endswith(suffix):
                 wkey = s.key[: -len(suffix)]
                 qs = _qs_json(read(s), s.key)
                 parts = tuple(x for k, x in by_key.items() if k.startswith(wkey + ".") or k == wkey)
-                logical[wkey] = replace(
-                    by_key[wkey],
-                    dtype=getattr(torch, qs.get("dtype", "float32")),
-                    shape=tuple(qs["shape"]),
-                    quant="4bit",
-                    parts=parts,
+                dtype = getattr(torch, qs.get("dtype", "float32"))
+                grouping.logical_weight(
+                    by_key[wkey], parts, quant="4bit", dtype=dtype, shape=tuple(qs["shape"])
                 )
-                consumed.update(p.key for p in parts)
         if s.key.endswith(".SCB"):
             wkey = s.key[: -len(".SCB")] + ".weight"
             if wkey in by_key and by_key[wkey].dtype == torch.int8:
                 fmt = by_key.get(s.key[: -len(".SCB")] + ".weight_format")
                 parts = (by_key[wkey], s) + ((fmt,) if fmt else ())
-                logical[wkey] = replace(by_key[wkey], dtype=float_dtype, quant="8bit", parts=parts)
-                consumed.update(p.key for p in parts)
-    return regrouped(stored, logical, consumed)
+                grouping.logical_weight(by_key[wkey], parts, quant="8bit", dtype=float_dtype)
+    return grouping.tensors()
 
 
 def dequantize(stored: StoredTensor, read) -> torch.Tensor:

@@ -4,7 +4,7 @@ checkpoint reader (:mod:`checkpoint`, :mod:`quantized`) passes around, and the d
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -47,11 +47,53 @@ class StoredTensor:
     scheme: tuple = ()  # (name, value) pairs the format's dequantization needs
 
 
-def regrouped(
-    stored: list[StoredTensor], logical: dict[str, StoredTensor], consumed: set[str]
-) -> list[StoredTensor]:
-    """A quantized checkpoint's tensors as the model sees them, in storage order: each logical
-    (dequantized) tensor where the stored tensor it is keyed by was, the side tensors it
-    ``consumed`` (scales, quant states, packs) dropped. The one assembly of every format's
-    grouping (bitsandbytes, FP8, MXFP4, compressed-tensors)."""
-    return [logical.get(s.key, s) for s in stored if s.key in logical or s.key not in consumed]
+class Grouping:
+    """A quantized checkpoint's tensors being grouped into the tensors the model sees: each format's
+    grouping (bitsandbytes, FP8, MXFP4, compressed-tensors, GPTQ, AWQ) finds its quantized weights
+    and side tensors, records each as one :meth:`logical_weight`, and returns :meth:`tensors`. The
+    one assembly of every format's grouping."""
+
+    def __init__(self, stored: list[StoredTensor]) -> None:
+        self.stored = stored
+        self.by_key = {s.key: s for s in stored}
+        self._logical: dict[str, StoredTensor] = {}
+        self._consumed: set[str] = set()
+
+    def logical_weight(
+        self,
+        at: StoredTensor,
+        parts: tuple[StoredTensor, ...],
+        *,
+        quant: str,
+        dtype: torch.dtype,
+        key: str | None = None,
+        shape: tuple[int, ...] | None = None,
+        scheme: tuple = (),
+    ) -> None:
+        """One logical (dequantized on read) tensor in the place of ``at``, made of ``parts``
+        (which no longer stand alone); ``key`` and ``shape`` default to ``at``'s."""
+        self._logical[at.key] = replace(
+            at,
+            key=at.key if key is None else key,
+            dtype=dtype,
+            shape=at.shape if shape is None else shape,
+            quant=quant,
+            parts=tuple(parts),
+            scheme=scheme,
+        )
+        self._consumed.update(p.key for p in parts)
+
+    def drop(self, key: str) -> None:
+        """A stored tensor the model does not see (an activation scale, a format's metadata)."""
+        self._consumed.add(key)
+
+    def grouped(self, key: str) -> bool:
+        """Whether the stored tensor ``key`` stands for a logical tensor already."""
+        return key in self._logical
+
+    def tensors(self) -> list[StoredTensor]:
+        """The tensors as the model sees them, in storage order: each logical tensor where the
+        stored tensor it is keyed by was, the side tensors its parts hold (scales, quant states,
+        packs) and the dropped ones left out."""
+        logical, consumed = self._logical, self._consumed
+        return [logical.get(s.key, s) for s in self.stored if s.key in logical or s.key not in consumed]

@@ -99,11 +99,19 @@ def test_dora_becomes_lora_exactly_at_full_rank_and_reports_its_error(peft_adapt
     assert all(m.energy >= 0.9 for m in half.modules)
 
 
-def test_dora_needs_the_base(peft_adapter, tmp_path):
+def test_dora_needs_the_base_its_own_without_base(peft_adapter, tiny_models, tmp_path):
+    """The DoRA weight minus the base: without --base, the base the adapter names (as every
+    command's default base); a usage error when it names none."""
     src = peft_adapter("llama", r=4, target_modules=["q_proj"], use_dora=True)
-    with pytest.raises(UsageError, match="needs the base weights"):
-        convert(src, tmp_path / "o", for_engine=("vllm",))
-    res = invoke("--json", "convert", src, tmp_path / "o", "--for", "vllm")
+    convert(src, tmp_path / "own", for_engine=("vllm",))
+    convert(src, tmp_path / "given", tiny_models["llama"], for_engine=("vllm",))
+    assert (tmp_path / "own/adapter_model.safetensors").read_bytes() == (
+        tmp_path / "given/adapter_model.safetensors"
+    ).read_bytes()
+    nameless = _with_base_name(src, tmp_path / "nameless", None)
+    with pytest.raises(UsageError, match="needs the base, and adapter_config.json has no base_model_name"):
+        convert(nameless, tmp_path / "o", for_engine=("vllm",))
+    res = invoke("--json", "convert", nameless, tmp_path / "o", "--for", "vllm")
     assert res.code == 2 and "--base" in res.json["error"]["hint"]
 
 
@@ -148,6 +156,43 @@ def test_usage_errors(peft_adapter, tmp_path):
     assert res.code == 2 and "unknown engine 'tensorrt'" in res.json["error"]["message"]
     res = invoke("--json", "convert", src, tmp_path / "o", "--drop-unsupported")
     assert res.code == 2 and "only applies to --for" in res.json["error"]["message"]
+
+
+def _with_base_name(src, folder, name):
+    """A copy of the adapter ``src`` whose config names ``name`` as its base (None: no name)."""
+    cfg = json.loads((src / "adapter_config.json").read_text())
+    cfg["base_model_name_or_path"] = name
+    folder.mkdir()
+    (folder / "adapter_config.json").write_text(json.dumps(cfg))
+    (folder / "adapter_model.safetensors").write_bytes((src / "adapter_model.safetensors").read_bytes())
+    return folder
+
+
+def test_for_serving_without_base_uses_the_adapters_own(peft_adapter, tiny_models, tmp_path):
+    """SGLang's zero v_proj partner of a q_proj-only adapter takes its shape from the base: the
+    one the adapter names (base_model_name_or_path), as every command's default base."""
+    base = tiny_models["llama"]
+    src = _with_base_name(peft_adapter("llama", r=4, target_modules=["q_proj"]), tmp_path / "a", str(base))
+    res = invoke("--json", "convert", "--for-serving", src, tmp_path / "o")
+    assert res.code == 0, res.stderr
+    assert any("zero LoRA added on" in n and "v_proj" in n for n in res.json["notes"])
+    assert verdict(tmp_path / "o", "sglang", base).verdict == "serves"
+    same_logits(base, src, tmp_path / "o")
+    # the same with --base: the same adapter
+    again = invoke("--json", "convert", "--for-serving", "--base", base, src, tmp_path / "b")
+    assert again.code == 0, again.stderr
+    assert (tmp_path / "o/adapter_model.safetensors").read_bytes() == (
+        tmp_path / "b/adapter_model.safetensors"
+    ).read_bytes()
+
+
+def test_for_serving_without_any_base_is_a_usage_error(peft_adapter, tmp_path):
+    src = _with_base_name(peft_adapter("llama", r=4, target_modules=["q_proj"]), tmp_path / "a", None)
+    res = invoke("--json", "convert", "--for", "sglang", src, tmp_path / "o")
+    assert res.code == 2, res.stderr
+    msg = res.json["error"]["message"]
+    assert "zero LoRA on model.layers.0.self_attn.v_proj" in msg and "no base_model_name_or_path" in msg
+    assert "--base BASE" in res.json["error"]["hint"] and not (tmp_path / "o").exists()
 
 
 def test_what_no_conversion_can_fix_is_refused_up_front(peft_adapter, tmp_path):
