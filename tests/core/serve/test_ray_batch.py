@@ -133,8 +133,9 @@ def test_replicas_get_this_adapterctl_and_the_engine_settings(monkeypatch):
     monkeypatch.setenv("SECRET_TOKEN", "x")
     local = worker_env(local=True)
     assert local["env_vars"]["VLLM_CPU_KVCACHE_SPACE"] == "1" and "SECRET_TOKEN" not in local["env_vars"]
-    import adapterctl
     from pathlib import Path
+
+    import adapterctl
     root = str(Path(adapterctl.__file__).resolve().parents[1])
     assert local["env_vars"]["PYTHONPATH"].split(":")[0] == root
     remote = worker_env(local=False)
