@@ -30,12 +30,14 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import logging
 import math
 import os
 import socket
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,7 +48,7 @@ from adapterctl.core.generate.engine_run import EngineRun, engine_report, resolv
 from adapterctl.core.generate.jobs import Job, interrupted_completion, split_runs
 from adapterctl.core.generate.prompts import PromptSpec
 from adapterctl.core.generate.results import Completion, DecodingConfig
-from adapterctl.core.generate.vllm_offline import EngineAdapter, VllmOptions, import_vllm
+from adapterctl.core.generate.vllm_offline import EngineAdapter, VllmOptions, has_gpu, import_vllm
 from adapterctl.core.runtime.session import AdapterChoice
 from adapterctl.errors import AdapterctlError, EndpointError, Interrupted, MissingDependencyError, UsageError
 from adapterctl.io.hub.ref import HubOptions
@@ -68,11 +70,14 @@ FAULT_ONCE = "ADAPTERCTL_RAY_FAULT_ONCE"
 class RayOptions:
     """Where and how wide: ``address`` None starts a local Ray for the run (stopped after);
     ``replicas`` vLLM engines, each with ``vllm``'s settings (tensor/pipeline parallel per
-    replica) and ``cpus`` Ray CPUs; ``stage`` a folder every node reads (None: a temporary one)."""
+    replica), ``cpus`` Ray CPUs and ``gpus`` Ray GPUs (None: tensor x pipeline parallel size
+    where this machine has a GPU, else none); ``stage`` a folder every node reads (None: a
+    temporary one)."""
 
     address: str | None = None
     replicas: int = 1
     cpus: float = 1.0
+    gpus: float | None = None
     stage: Path | None = None
     vllm: VllmOptions = field(default_factory=VllmOptions)
     batch_rows: int | None = None  # rows per Ray Data batch (None: about two batches per replica)
@@ -83,6 +88,11 @@ class RayOptions:
         if self.batch_rows is not None and self.batch_rows < 1:
             raise UsageError(f"rows per batch must be at least 1, got {self.batch_rows}")
         self.vllm.check()
+
+    def replica_gpus(self) -> float:
+        if self.gpus is not None:
+            return self.gpus
+        return self.vllm.tensor_parallel_size * self.vllm.pipeline_parallel_size if has_gpu() else 0
 
     def rows_per_batch(self, n: int) -> int:
         return self.batch_rows or max(1, math.ceil(n / (2 * self.replicas)))
@@ -143,7 +153,38 @@ def worker_env(local: bool) -> dict:
 def ray_session(ray, opts: RayOptions, step: Callable[[str], None]) -> Iterator[None]:
     """Ray for the run: joined at ``opts.address``, else started here (small: ``replicas`` x
     ``cpus`` CPUs and one for Ray Data's own tasks, no dashboard) and stopped after."""
-    kw: dict = {"log_to_driver": False, "runtime_env": worker_env(opts.address is None)}
+    with _messages_on_stderr():
+        with _joined(ray, opts, step):
+            yield
+
+
+@contextlib.contextmanager
+def _messages_on_stderr() -> Iterator[None]:
+    """Ray's driver prints the cluster's messages (a task retried, an actor died) on stdout
+    (``ray/_private/worker.py``: ``listen_error_messages`` -> ``print_to_stdstream`` with
+    ``is_err`` False, 2.60), where ``--json``/``--jsonl`` put their documents: for the run they go
+    to stderr. The replicas' own logs stay in Ray's session folder (``log_to_driver`` off)."""
+    from ray._private import worker  # pyright: ignore[reportMissingImports]
+
+    original = getattr(worker, "print_to_stdstream", None)
+    if original is None:
+        yield
+        return
+    worker.print_to_stdstream = lambda data, ignore_prefix: original({**data, "is_err": True}, ignore_prefix)
+    try:
+        yield
+    finally:
+        worker.print_to_stdstream = original
+
+
+@contextlib.contextmanager
+def _joined(ray, opts: RayOptions, step: Callable[[str], None]) -> Iterator[None]:
+    # Ray's and Ray Data's progress logs at warnings: the steps are ours to say
+    kw: dict = {
+        "log_to_driver": False,
+        "logging_level": logging.WARNING,
+        "runtime_env": worker_env(opts.address is None),
+    }
     if opts.address is not None:
         check_address(opts.address)
         step(f"joining Ray at {opts.address}")
@@ -259,12 +300,12 @@ def collect(
 
 
 def _take(got: Collected, batch: dict, on_complete) -> None:
-    for k, text, warnings, ready, finished in zip(
+    for k, text, said, ready, finished in zip(
         batch["k"], batch["completion"], batch["warnings"], batch["ready"], batch["finished"]
     ):
         c = decode_completion(str(text))
         got.done[int(k)] = c
-        got.warnings.extend(w for w in json.loads(str(warnings)) if w not in got.warnings)
+        got.warnings.extend(w for w in json.loads(str(said)) if w not in got.warnings)
         got.first_ready = min(float(ready), got.first_ready or float(ready))
         got.last_finished = max(float(finished), got.last_finished or 0.0)
         if on_complete is not None:
@@ -300,15 +341,20 @@ def run_on_ray(ray, jobs: Sequence[Job], replica: dict, opts: RayOptions, on_com
         [{"k": k, "job": encode_job(j)} for k, j in enumerate(jobs)],
         override_num_blocks=max(1, math.ceil(len(jobs) / rows)),
     )
-    ds = ds.map_batches(
-        Replica,
-        fn_constructor_kwargs=replica,
-        batch_size=rows,
-        compute=ActorPoolStrategy(size=opts.replicas),
-        num_cpus=opts.cpus,
-        max_restarts=RETRIES,
-        max_task_retries=RETRIES,
-    )
+    with warnings.catch_warnings():
+        # Ray 2.60 has no named parameter for the actors' restarts yet (dataset.py,
+        # map_batches_internal); left out, Ray Data restarts a dead replica forever (-1)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        ds = ds.map_batches(
+            Replica,
+            fn_constructor_kwargs=replica,
+            batch_size=rows,
+            compute=ActorPoolStrategy(size=opts.replicas),
+            num_cpus=opts.cpus,
+            num_gpus=opts.replica_gpus(),
+            max_restarts=RETRIES,
+            max_task_retries=RETRIES,
+        )
     return collect(ds.iter_batches(batch_size=None, batch_format="default"), jobs, on_complete)
 
 

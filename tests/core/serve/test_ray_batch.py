@@ -140,3 +140,16 @@ def test_replicas_get_this_adapterctl_and_the_engine_settings(monkeypatch):
     assert local["env_vars"]["PYTHONPATH"].split(":")[0] == root
     remote = worker_env(local=False)
     assert remote["py_modules"] == [str(Path(root) / "adapterctl")] and "PYTHONPATH" not in remote["env_vars"]
+
+
+def test_replica_gpus(monkeypatch):
+    from adapterctl.core.generate.vllm_offline import VllmOptions
+    from adapterctl.core.serve import ray_batch
+
+    wide = RayOptions(vllm=VllmOptions(tensor_parallel_size=2, pipeline_parallel_size=2))
+    monkeypatch.setattr(ray_batch, "has_gpu", lambda: True)
+    assert wide.replica_gpus() == 4 and RayOptions().replica_gpus() == 1
+    monkeypatch.setattr(ray_batch, "has_gpu", lambda: False)
+    assert wide.replica_gpus() == 0 and RayOptions(gpus=0.5).replica_gpus() == 0.5
+    with pytest.raises(UsageError, match="--tensor-parallel-size"):
+        RayOptions(vllm=VllmOptions(tensor_parallel_size=0)).check()
