@@ -70,8 +70,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--prompts", type=int, default=16, help="prompts (each on the base and 2 adapters)")
     ap.add_argument("--new-tokens", type=int, default=32)
+    ap.add_argument("--threads", type=int, default=1, help="OpenMP threads per engine (OMP_NUM_THREADS)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
+    ENV["OMP_NUM_THREADS"] = str(args.threads)  # both engines alike (a Ray actor's default is 1)
     prompts = write_prompts(args.prompts)
     common = ["examples/tiny-base", "--prompts", str(prompts), "-n", str(args.new_tokens),
               "--dtype", "float32", "--gpu-memory-utilization", "0.1"]
@@ -83,7 +85,7 @@ def main() -> None:
     same = sum(ray_ids[k] == ids for k, ids in vllm_ids.items())
     n = args.prompts * len(VARIANTS)
     print(f"\n{n} completions ({args.prompts} prompts x base + 2 adapters, mixed), "
-          f"{args.new_tokens} new tokens each, float32, one machine\n")
+          f"{args.new_tokens} new tokens each, float32, {args.threads} thread(s), one machine\n")
     print("| engine | tokens | generation s | tokens/s (generation) | wall s | tokens/s (whole process) |")
     print("|---|---|---|---|---|---|")
     for label, r in rows.items():

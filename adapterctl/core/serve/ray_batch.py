@@ -336,7 +336,10 @@ def run_on_ray(ray, jobs: Sequence[Job], replica: dict, opts: RayOptions, on_com
 
     rows = opts.rows_per_batch(len(jobs))
     ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = False
+    ctx.enable_progress_bars = False  # rows are reported as they come back (--jsonl), not blocks
+    # Ray Data's execution plan and timings at INFO, and a warning that its bars are off: its
+    # failures come back as exceptions, which say more
+    logging.getLogger("ray.data").setLevel(logging.ERROR)
     ds = ray.data.from_items(
         [{"k": k, "job": encode_job(j)} for k, j in enumerate(jobs)],
         override_num_blocks=max(1, math.ceil(len(jobs) / rows)),
