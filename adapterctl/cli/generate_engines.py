@@ -1,5 +1,6 @@
 """Where ``generate`` runs its prompts: adapterctl's own engine in this process, vLLM's offline
-engine (``--engine vllm``) or an OpenAI-compatible server (``--endpoint URL``). One typed option
+engine (``--engine vllm``), vLLM replicas on Ray Data (``--engine ray``, vLLM's settings apply to
+each replica) or an OpenAI-compatible server (``--endpoint URL``). One typed option
 object per backend holds the flags that only make sense there; a flag given for another backend is
 refused with a usage error naming it, before anything loads. The runs themselves are core calls
 returning ``generate``'s own report.
@@ -7,9 +8,11 @@ returning ``generate``'s own report.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 from adapterctl.core.engine_rules.names import GENERATORS, engine_name
@@ -55,6 +58,16 @@ class VllmEngine:
 
 
 @dataclass(frozen=True)
+class RayEngine:
+    """vLLM replicas on Ray Data; ``vllm``: each replica's settings."""
+
+    address: str | None = _flag("--ray-address")
+    replicas: int | None = _flag("--replicas")
+    stage: Path | None = _flag("--stage")
+    vllm: VllmEngine = field(default_factory=VllmEngine)
+
+
+@dataclass(frozen=True)
 class Endpoint:
     """An OpenAI-compatible server."""
 
@@ -81,17 +94,19 @@ def _refuse(flags: list[str], where: str, hint: str) -> None:
 
 
 def pick_backend(
-    engine: str, local: LocalEngine, vllm: VllmEngine, endpoint: Endpoint, shared: Shared
-) -> LocalEngine | VllmEngine | Endpoint:
+    engine: str, local: LocalEngine, vllm: VllmEngine, ray: RayEngine, endpoint: Endpoint, shared: Shared
+) -> LocalEngine | VllmEngine | RayEngine | Endpoint:
     """The backend the flags name; the flags of the others must not be given."""
     engine = engine_name(
         engine,
         GENERATORS,
         "not an engine generate runs on",
-        hint="adapterctl (default) or vllm; for any other server use --endpoint URL.",
+        hint="adapterctl (default), vllm or ray; for any other server use --endpoint URL.",
     )
-    if engine != "vllm":
-        _refuse(given_flags(vllm), "without --engine vllm", "They are vLLM's engine settings.")
+    if engine not in ("vllm", "ray"):
+        _refuse(given_flags(vllm), "without --engine vllm or ray", "They are vLLM's engine settings.")
+    if engine != "ray":
+        _refuse(given_flags(ray), "without --engine ray", "They say where and how wide Ray runs.")
     if endpoint.url is None:
         _refuse(
             given_flags(endpoint),
@@ -100,12 +115,12 @@ def pick_backend(
         )
         if engine == "adapterctl":
             return local
-    elif engine == "vllm":
+    elif engine != "adapterctl":
         raise UsageError(
-            "--endpoint and --engine vllm cannot be combined",
-            hint="--endpoint runs on the server's own engine; --engine vllm starts vLLM in this process.",
+            f"--endpoint and --engine {engine} cannot be combined",
+            hint=f"--endpoint runs on the server's own engine; --engine {engine} starts vLLM itself.",
         )
-    where = "with --endpoint" if endpoint.url else "with --engine vllm"
+    where = "with --endpoint" if endpoint.url else f"with --engine {engine}"
     _refuse(given_flags(local), where, "They place or quantize the base for adapterctl's own engine.")
     if endpoint.url is not None:
         dtype = "--dtype" if shared.dtype not in (None, "auto") else None
@@ -113,12 +128,12 @@ def pick_backend(
         _refuse([f for f in (dtype, trc) if f], where, "The server loaded the model with its own settings.")
         return endpoint
     if shared.dtype not in (None, *VLLM_DTYPES):
-        raise UsageError(f"--dtype {shared.dtype} with --engine vllm: vLLM takes {', '.join(VLLM_DTYPES)}")
-    return vllm
+        raise UsageError(f"--dtype {shared.dtype} {where}: vLLM takes {', '.join(VLLM_DTYPES)}")
+    return vllm if engine == "vllm" else dataclasses.replace(ray, vllm=vllm)
 
 
 def run_elsewhere(
-    backend: VllmEngine | Endpoint,
+    backend: VllmEngine | RayEngine | Endpoint,
     shared: Shared,
     hub,
     on_step: Callable[[str], None],
@@ -128,18 +143,24 @@ def run_elsewhere(
     cfg,
     **kw,
 ):
-    """Run the prompts on vLLM or the endpoint; ``generate``'s report."""
-    if isinstance(backend, VllmEngine):
+    """Run the prompts on vLLM, on Ray or on the endpoint; ``generate``'s report."""
+    if isinstance(backend, (VllmEngine, RayEngine)):
         from adapterctl.core.generate.vllm_offline import VllmOptions, generate_on_vllm
         from adapterctl.core.serve.prepare import prepare_adapters
 
+        vllm = backend.vllm if isinstance(backend, RayEngine) else backend
         opts = VllmOptions(
-            backend.tensor_parallel_size or 1,
-            backend.pipeline_parallel_size or 1,
-            backend.gpu_memory_utilization,
+            vllm.tensor_parallel_size or 1,
+            vllm.pipeline_parallel_size or 1,
+            vllm.gpu_memory_utilization,
             _concrete_dtype(shared.dtype, base_ref),
             shared.trust_remote_code,
         )
+        if isinstance(backend, RayEngine):
+            from adapterctl.core.serve.ray_batch import RayOptions, generate_on_ray
+
+            ray = RayOptions(backend.address, backend.replicas or 1, stage=backend.stage, vllm=opts)
+            return generate_on_ray(base_ref, choices, specs, cfg, opts=ray, hub=hub, on_step=on_step, **kw)
         prepare = functools.partial(prepare_adapters, "vllm")
         return generate_on_vllm(
             base_ref, choices, specs, cfg, opts=opts, prepare=prepare, hub=hub, on_step=on_step, **kw

@@ -153,7 +153,8 @@ EngineName = Annotated[
         "--engine",
         metavar="ENGINE",
         help="adapterctl: our engine, in this process; vllm: vLLM's "
-        "offline engine (run adapterctl with the python vLLM is installed in).",
+        "offline engine (run adapterctl with the python vLLM is installed in); ray (generate): "
+        "vLLM replicas on Ray Data.",
         rich_help_panel=PANEL_ENGINE,
     ),
 ]
@@ -186,7 +187,7 @@ TensorParallel = Annotated[
     int | None,
     typer.Option(
         "--tensor-parallel-size",
-        help="vLLM: GPUs each model is split over (tensor parallel).",
+        help="vLLM (each Ray replica): GPUs each model is split over (tensor parallel).",
         rich_help_panel=PANEL_ENGINE,
         show_default=False,
     ),
@@ -195,7 +196,7 @@ PipelineParallel = Annotated[
     int | None,
     typer.Option(
         "--pipeline-parallel-size",
-        help="vLLM: pipeline stages (pipeline parallel).",
+        help="vLLM (each Ray replica): pipeline stages (pipeline parallel).",
         rich_help_panel=PANEL_ENGINE,
         show_default=False,
     ),
@@ -206,6 +207,37 @@ GpuMemory = Annotated[
         "--gpu-memory-utilization",
         help="vLLM: share of GPU memory it may take (on a CPU build: of "
         "RAM, for its KV cache); default vLLM's.",
+        rich_help_panel=PANEL_ENGINE,
+        show_default=False,
+    ),
+]
+RayAddress = Annotated[
+    str | None,
+    typer.Option(
+        "--ray-address",
+        metavar="ADDRESS",
+        help="--engine ray: the Ray cluster to join (HOST:PORT, ray://HOST:PORT or auto; default: "
+        "a local Ray started for the run and stopped after).",
+        rich_help_panel=PANEL_ENGINE,
+        show_default=False,
+    ),
+]
+Replicas = Annotated[
+    int | None,
+    typer.Option(
+        "--replicas",
+        help="--engine ray: vLLM replicas (Ray Data actors) running the prompts; default 1.",
+        rich_help_panel=PANEL_ENGINE,
+        show_default=False,
+    ),
+]
+RayStage = Annotated[
+    Path | None,
+    typer.Option(
+        "--stage",
+        metavar="DIR",
+        help="--engine ray: where adapters are staged (checked, converted where exact) for every "
+        "node to read; a folder they all see (default: a temporary folder, removed after).",
         rich_help_panel=PANEL_ENGINE,
         show_default=False,
     ),

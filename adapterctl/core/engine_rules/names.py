@@ -29,8 +29,8 @@ ALIASES = {
 SERVING = ("vllm", "sglang", "lorax", "tgi", "llama.cpp", "mlx", "trtllm")
 #: the engines ``serve`` starts a server for
 SERVERS = ("vllm", "sglang")
-#: the engines ``generate`` runs prompts on in this process
-GENERATORS = ("adapterctl", "vllm")
+#: the engines ``generate --engine`` runs prompts on (ray: vLLM replicas on Ray Data)
+GENERATORS = ("adapterctl", "vllm", "ray")
 
 
 def canonical_engine(text: str) -> tuple[str, bool]:

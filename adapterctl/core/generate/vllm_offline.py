@@ -32,11 +32,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from adapterctl.core.adapter.base_info import default_base
-from adapterctl.core.engine_rules.limits import PrepareAdapters, PreparedAdapter, lora_limits
+from adapterctl.core.engine_rules.limits import PrepareAdapters, lora_limits
+from adapterctl.core.generate.engine_run import engine_report, resolve_engine_run
 from adapterctl.core.generate.jobs import (
     Job,
-    check_one_adapter_per_request,
     interrupted_completion,
     plan_jobs,
     split_runs,
@@ -44,10 +43,9 @@ from adapterctl.core.generate.jobs import (
 from adapterctl.core.generate.prompts import PromptSpec, adapter_lookup
 from adapterctl.core.generate.results import Completion, DecodingConfig, GenerationResult
 from adapterctl.core.generate.tokens import TokenPlan, plan_tokens
-from adapterctl.core.runtime.session import AdapterChoice, adapter_names, base_hub
+from adapterctl.core.runtime.session import AdapterChoice
 from adapterctl.errors import MissingDependencyError, UnsupportedError, UsageError
 from adapterctl.io.hub.ref import HubOptions
-from adapterctl.io.hub.resolve import resolve_adapter_dir, resolve_model_dir
 
 if TYPE_CHECKING:
     from adapterctl.core.generate.run import GenerateReport
@@ -204,12 +202,10 @@ class VllmEngine:
         jobs = plan_jobs(
             specs, default, lookup or (lambda ref: ref if ref in self.requests else None), compare
         )
-        plans, warnings = plan_tokens(
-            self.llm.get_tokenizer(), list(specs), cfg.max_new_tokens, chat, system, self.context
-        )
-        by_id = {p.spec.id: p for p in plans}
         start = time.perf_counter()
-        done, interrupted = self._run(jobs, by_id, cfg, on_complete, start)
+        done, interrupted, warnings = self.run_jobs(
+            jobs, cfg, chat=chat, system=system, on_complete=on_complete
+        )
         return split_runs(
             jobs,
             done,
@@ -219,6 +215,27 @@ class VllmEngine:
             elapsed_s=time.perf_counter() - start,
             warnings=warnings,
         )
+
+    def run_jobs(
+        self,
+        jobs: Sequence[Job],
+        cfg: DecodingConfig,
+        *,
+        chat: bool = False,
+        system: str | None = None,
+        on_complete: Callable[[Completion], None] | None = None,
+    ) -> tuple[list[Completion | None], bool, list[str]]:
+        """Planned jobs (:func:`~adapterctl.core.generate.jobs.plan_jobs`, labels naming this
+        engine's adapters) as one batch of requests: their completions in job order, whether
+        Ctrl-C stopped them, and the prompts' token warnings. ``generate --engine ray``'s
+        replicas run their share of a run's jobs through here."""
+        specs = list({j.spec.id: j.spec for j in jobs}.values())
+        plans, warnings = plan_tokens(
+            self.llm.get_tokenizer(), specs, cfg.max_new_tokens, chat, system, self.context
+        )
+        by_id = {p.spec.id: p for p in plans}
+        done, interrupted = self._run(list(jobs), by_id, cfg, on_complete, time.perf_counter())
+        return done, interrupted, warnings
 
     def _run(
         self, jobs: list[Job], plans: dict[str, TokenPlan], cfg: DecodingConfig, on_complete, start: float
@@ -338,30 +355,20 @@ def generate_on_vllm(
 ) -> GenerateReport:
     """``generate --engine vllm``. ``prepare``: makes the adapters ready for vLLM (the CLI passes
     ``functools.partial(prepare_adapters, "vllm")`` from :mod:`adapterctl.core.serve.prepare`)."""
-    from adapterctl.core.generate.run import GenerateReport, prompt_adapters
-    from adapterctl.core.runtime.session import AttachedAdapter
-
     step = on_step or (lambda text: None)
-    choices = list(choices)
-    check_one_adapter_per_request([c.weight for c in choices], compare, "vLLM")
     opts.check()
-    import_vllm()  # the missing-dependency error before any download or conversion
-    refs = [c.ref for c in choices] + prompt_adapters(choices, specs)
-    names = adapter_names(refs, [c.name for c in choices] + [None] * (len(refs) - len(choices)))
-    dirs = [resolve_adapter_dir(r, hub) for r in refs]
-    if base_ref is None:
-        base_ref = default_base(dirs, refs)
-    base_dir = resolve_model_dir(base_ref, base_hub(hub))
-    chosen = names[: len(choices)]
+    run = resolve_engine_run(
+        base_ref, choices, specs, compare=compare, hub=hub, engine="vLLM", require=import_vllm
+    )
     with tempfile.TemporaryDirectory(prefix="adapterctl-vllm-") as work:
-        prepared = prepare(list(zip(names, refs, dirs)), (base_dir, base_ref), Path(work), step)
+        prepared = prepare(run.adapters, (run.base_dir, run.base_ref), Path(work), step)
         limits = lora_limits("vllm", prepared)
         step(
-            f"starting vLLM on {base_ref} ({len(prepared)} adapter(s), max_lora_rank "
+            f"starting vLLM on {run.base_ref} ({len(prepared)} adapter(s), max_lora_rank "
             f"{limits.max_lora_rank}, max_loras {limits.max_loras})"
         )
         engine = VllmEngine(
-            str(base_dir),
+            str(run.base_dir),
             [EngineAdapter(p.name, p.source, p.path) for p in prepared],
             limits.max_lora_rank,
             limits.max_loras,
@@ -371,21 +378,11 @@ def generate_on_vllm(
         results = engine.generate(
             specs,
             cfg,
-            default=chosen[0] if chosen and not compare else None,
-            compare=chosen if compare else None,
-            lookup=adapter_lookup(zip(names, refs, dirs)),
+            default=run.chosen[0] if run.chosen and not compare else None,
+            compare=run.chosen if compare else None,
+            lookup=adapter_lookup(run.adapters),
             chat=chat,
             system=system,
             on_complete=on_complete,
         )
-    adapters = tuple(AttachedAdapter(p.name, p.source, p.folder, 1.0, _notes(p)) for p in prepared)
-    return GenerateReport(base_ref, adapters, tuple(results), compare, tuple(chosen))
-
-
-def _notes(p: PreparedAdapter) -> tuple[str, ...]:
-    if not p.converted:
-        return ()
-    return (
-        f"vLLM {p.verdict} it as it is: served as converted by convert --for vllm (exact)",
-        *p.notes[:1],
-    )  # the conversion's own first note (e.g. DoRA's error)
+    return engine_report(run, prepared, results, compare)

@@ -184,7 +184,7 @@ def deploy_adapters(
     _check_names(client, served, [n for n, _, _ in adapters], replace_taken)
     prepared = prepare_adapters(engine, adapters, base, stage, step)  # refusals raise here
     _check_rank(engine, prepared)
-    staged = [_stage(p, engine, base, stage, step) for p in prepared]
+    staged = [stage_adapter(p, engine, base, stage, step) for p in prepared]
     loaded: list[Deployed] = []
     try:
         for p, path in zip(prepared, staged):
@@ -241,7 +241,7 @@ def _check_rank(engine: str, prepared: Sequence[PreparedAdapter]) -> None:
     lora_limits(engine, prepared)
 
 
-def _stage(p: PreparedAdapter, engine: str, base: tuple[Path, str], stage: Path, step) -> Path:
+def stage_adapter(p: PreparedAdapter, engine: str, base: tuple[Path, str], stage: Path, step) -> Path:
     """The folder the server loads: a converted copy is already in ``stage``; an adapter served
     as it is gets copied there (only its files, once per content)."""
     if p.converted:
