@@ -9,7 +9,15 @@ from __future__ import annotations
 
 import pytest
 
-from tests.docs.transcripts import Block, Workdir, console_blocks, differences, missing_engines, pages, rewrite
+from tests.docs.transcripts import (
+    Block,
+    Workdir,
+    console_blocks,
+    differences,
+    missing_engines,
+    pages,
+    rewrite,
+)
 
 BLOCKS = [block for page in pages() for block in console_blocks(page)]
 

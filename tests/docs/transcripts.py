@@ -10,6 +10,8 @@ Markers go in the fence's info string, after ``console``:
 
 - ``requires=vllm`` (or ``llama.cpp``, ``mlx``, comma-separated): runs only where the interop
   tests' engine variables are set (``ADAPTERCTL_VLLM_PYTHON``...); skipped with a reason elsewhere.
+- ``setup=moe`` (comma-separated): tiny models and adapters from tests/docs/fixtures.py, built
+  once into the page's folder before the block runs.
 - ``norun="reason"``: never run (an illustration, e.g. a push to the real Hub); the reason is
   required, and there are few such blocks.
 
@@ -170,9 +172,22 @@ class Workdir:
             "TOKENIZERS_PARALLELISM": "false",
         }
         self.groups: list[int] = []
+        self.fixtures: set[str] = set()
+
+    def setup(self, block: Block) -> None:
+        """Build the fixtures the block names (``setup=moe,vlm``: tests/docs/fixtures.py), once."""
+        for name in [n for n in block.options.get("setup", "").split(",") if n]:
+            if name in self.fixtures:
+                continue
+            proc = subprocess.run([sys.executable, "-m", "tests.docs.fixtures", name], cwd=self.root,
+                                  env=self.env, capture_output=True, text=True, timeout=900)
+            if proc.returncode:
+                raise RuntimeError(f"{block.where()}: fixture {name!r} failed:\n{proc.stderr[-3000:]}")
+            self.fixtures.add(name)
 
     def run(self, block: Block, timeout: float = 900) -> list[str]:
         """Run the block's commands in one bash; each command's output, made relative."""
+        self.setup(block)
         script = ["set +e"]
         for cmd in block.commands:
             script += [cmd.line, f"__rc=$?; printf '\\n%s\\n' '{SEP}'; (exit $__rc)"]
