@@ -113,14 +113,15 @@ def console_blocks(path: Path) -> list[Block]:
         if info.split(" ", 1)[0] != "console":
             continue
         block = Block(path, start, end, fence, info)
+        outputs: list[list[str]] = []
         for line in body:
             if line.startswith("$ "):
                 block.commands.append(Command(line[2:], ""))
-            elif block.commands:
-                cmd = block.commands[-1]
-                cmd.output = f"{cmd.output}\n{line}" if cmd.output or line else line
-        for cmd in block.commands:
-            cmd.output = cmd.output.rstrip("\n")
+                outputs.append([])
+            elif outputs:
+                outputs[-1].append(line)
+        for cmd, lines in zip(block.commands, outputs):
+            cmd.output = "\n".join(lines).rstrip("\n")
         if block.commands:
             result.append(block)
     return result
