@@ -128,8 +128,10 @@ def console_blocks(path: Path) -> list[Block]:
 
 
 def pages() -> list[Path]:
-    """README.md and every page of the docs site, in a stable order."""
-    return [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md"))]
+    """README.md and every page of the docs site, in a stable order (not the generated CLI
+    reference, whose ``$ adapterctl [OPTIONS]`` lines are usage, not transcripts)."""
+    generated = {REPO / "docs/reference/cli.md"}
+    return [REPO / "README.md", *sorted(p for p in (REPO / "docs").rglob("*.md") if p not in generated)]
 
 
 def mask(text: str) -> str:
