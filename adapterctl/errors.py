@@ -6,8 +6,8 @@ CLI prints ``message`` and ``hint`` (never a traceback unless ``--debug``); with
 bug and exits 1.
 
 The exit codes are described once, here (:data:`EXIT_TABLE`): ``adapterctl --help``, every
-command's epilog and the README's table (:func:`exit_code_table`; refresh it with
-``python -m adapterctl.errors README.md``) are generated from it.
+command's epilog and the docs site's table (:func:`exit_code_table`; refresh it with
+``python -m adapterctl.errors docs/reference/exit-codes.md``) are generated from it.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ EXIT_CODES: dict[int, str] = {code: meaning for code, (_, meaning) in EXIT_TABLE
 
 
 def exit_code_table() -> str:
-    """The exit codes as the README's markdown table."""
+    """The exit codes as the docs' markdown table (docs/reference/exit-codes.md)."""
     rows = [f"| {code} | {meaning} |" for code, meaning in EXIT_CODES.items()]
     return "\n".join(["| code | meaning |", "|---|---|", *rows]) + "\n"
 
@@ -172,6 +172,6 @@ class Interrupted(AdapterctlError):
     kind = "interrupted"
 
 
-if __name__ == "__main__":  # python -m adapterctl.errors README.md: refresh the README's table
-    changed = refresh_readme(Path(sys.argv[1] if len(sys.argv) > 1 else "README.md"))
+if __name__ == "__main__":  # python -m adapterctl.errors [PAGE]: refresh the docs' exit-code table
+    changed = refresh_readme(Path(sys.argv[1] if len(sys.argv) > 1 else "docs/reference/exit-codes.md"))
     print("updated" if changed else "already current")

@@ -1,4 +1,4 @@
-"""errors.py is the one description of the exit codes: the README's table is generated from it,
+"""errors.py is the one description of the exit codes: the docs' table is generated from it,
 every error class has a documented code, and core/io name error classes, never exit integers."""
 
 import re
@@ -7,10 +7,10 @@ import adapterctl.errors as E
 from tests.helpers import REPO
 
 
-def test_readme_exit_code_table_is_generated_from_errors():
-    readme = (REPO / "README.md").read_text()
-    assert E.exit_code_table() in readme, (
-        "README.md's exit-code table differs from adapterctl/errors.py: run python -m adapterctl.errors README.md"
+def test_docs_exit_code_table_is_generated_from_errors():
+    page = (REPO / "docs/reference/exit-codes.md").read_text()
+    assert E.exit_code_table() in page, (
+        "docs/reference/exit-codes.md's table differs from adapterctl/errors.py: run python -m adapterctl.errors"
     )
 
 

@@ -86,10 +86,10 @@ def render(console, report) -> None:
     adapters = list(dict.fromkeys(r.adapter for r in report.results))
     cell = {(r.adapter, r.engine): r for r in report.results}
     t = Table()
-    t.add_column("adapter")
+    t.add_column("adapter", overflow="fold")  # full names, wrapped: never cut
     for e in engines:
         version = next(r.engine_version for r in report.results if r.engine == e)
-        t.add_column(f"{e}\n[dim]{escape(version)}[/dim]", justify="center")
+        t.add_column(f"{e}\n[dim]{escape(version)}[/dim]", justify="center", overflow="fold")
     for a in adapters:
         row = []
         for e in engines:

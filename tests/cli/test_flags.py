@@ -146,8 +146,9 @@ def test_json_warnings_carry_the_deprecation(monkeypatch):
     assert "deprecated" not in printed[1]  # no warnings key: stderr only
 
 
-def test_readme_shows_no_old_spelling():
-    commands = [line for line in (REPO / "README.md").read_text().splitlines()
+def test_docs_show_no_old_spelling():
+    pages = [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md"))]
+    commands = [line for page in pages for line in page.read_text().splitlines()
                 if line.startswith(("adapterctl ", "$ adapterctl "))]
     assert commands
     assert not [c for c in commands if re.search(r" (serve|verify) .*-a [\w.-]+=[^\d\s]", c)]

@@ -241,7 +241,8 @@ def main(archs: list[str]) -> int:
 
 
 def cell(res: CaseResult) -> str:
-    """The README compatibility table's cell for one case."""
+    """The docs' compatibility table's cell for one case (docs/reference/compatibility.md; every
+    matrix case checks its cell there, tests/fidelity/test_matrix.py)."""
     try:
         check(res)
     except AssertionError:
@@ -250,7 +251,7 @@ def cell(res: CaseResult) -> str:
         return "n/a" if res.status == "n/a" else "—"
     if res.expected_refusal:
         return "refused" if res.refused_by_name else "FAIL"
-    return "✓ (attach)¹" if res.merge_refused_by_name else "✓"
+    return "✓ attach, merge refused¹" if res.merge_refused_by_name else "✓"
 
 
 def print_table(results: list[CaseResult], archs: list[str]) -> None:

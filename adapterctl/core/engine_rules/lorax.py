@@ -236,7 +236,7 @@ def _dora(spec: Punica, facts: AdapterFacts, ctx: CheckContext) -> list[Finding]
             "dora",
             "changes",
             "DoRA is not read: lora_magnitude_vector tensors are not lora_A/lora_B weights "
-            f"of a target layer, so they are left spec.unused (logged in the {UNUSED_WORDS}, no "
+            f"of a target layer, so they are left unused (logged in the {UNUSED_WORDS}, no "
             "DoRA-specific message) and the adapter runs as plain LoRA",
             spec.unused,
             "base",
@@ -256,7 +256,7 @@ def _ignored(spec: Punica, facts: AdapterFacts, ctx: CheckContext) -> list[Findi
             "unused_tensors",
             "changes",
             f"{len(names)} tensors are not lora_A/lora_B "
-            f"weights of a linear layer and are left spec.unused ({UNUSED_WORDS}), e.g. "
+            f"weights of a linear layer and are left unused ({UNUSED_WORDS}), e.g. "
             f"{names[0]}",
             spec.unused,
             "drop",
@@ -281,7 +281,7 @@ def _layer_names(spec: Punica, facts: AdapterFacts, ctx: CheckContext) -> list[F
             "changes",
             f"{len(odd)} modules are not among the layers "
             f"{spec.engine} attaches LoRA to ({', '.join(kinds)}{how}; {where}), their "
-            f"tensors are left spec.unused ({UNUSED_WORDS}){every}, e.g. {odd[0]}",
+            f"tensors are left unused ({UNUSED_WORDS}){every}, e.g. {odd[0]}",
             spec.layers_source,
             None if spec.paths and every else "drop",
         )

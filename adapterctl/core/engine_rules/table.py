@@ -1,5 +1,5 @@
-"""The README's rules table, generated from the rule modules (tests/core/engine_rules/
-test_table.py checks that the README's copy is current and refreshes it).
+"""The rules table of the docs site (docs/reference/engine-rules.md), generated from the rule
+modules (tests/core/engine_rules/test_table.py checks that the page is current and refreshes it).
 
 One row per rule: the engine and the version its rules were read from, what the engine does,
 and how the rule is known: ``executed`` (a test runs the engine's own code on adapters and

@@ -1,4 +1,4 @@
-"""The README's rules table is the one the rule modules generate (run this module to refresh it:
+"""The docs' rules table (docs/reference/engine-rules.md) is the one the rule modules generate (run this module to refresh it:
 ``python -m tests.core.engine_rules.test_table``)."""
 
 from __future__ import annotations
@@ -7,13 +7,13 @@ from adapterctl.core.engine_rules.check import ENGINES
 from adapterctl.core.engine_rules.table import END, START, rules_table, with_table
 from tests.helpers import REPO
 
-README = REPO / "README.md"
+PAGE = REPO / "docs/reference/engine-rules.md"
 
 
-def test_the_readme_rules_table_is_current():
-    text = README.read_text()
+def test_the_docs_rules_table_is_current():
+    text = PAGE.read_text()
     assert START in text and END in text
-    assert with_table(text) == text, "README rules table is stale: python -m tests.core.engine_rules.test_table"
+    assert with_table(text) == text, "docs/reference/engine-rules.md is stale: python -m tests.core.engine_rules.test_table"
 
 
 def test_every_rule_has_a_row_with_its_proof():
@@ -26,4 +26,4 @@ def test_every_rule_has_a_row_with_its_proof():
 
 
 if __name__ == "__main__":
-    README.write_text(with_table(README.read_text()))
+    PAGE.write_text(with_table(PAGE.read_text()))
