@@ -68,10 +68,16 @@ def stage_breakdown(job, out: Path) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     fd = os.open(out / "scratch.bin", os.O_CREAT | os.O_RDWR | os.O_TRUNC, 0o644)
     t: dict[str, float] = {}
+    cpu: dict[str, float] = {}
+    last_cpu = [time.thread_time()]
 
     def clock(stage: str, t0: float) -> float:
-        now = time.perf_counter()
+        """Add the wall and this thread's CPU seconds since the last clock to ``stage``: on a
+        shared machine the CPU seconds are what the stage costs, the wall what it waited."""
+        now, c = time.perf_counter(), time.thread_time()
         t[stage] = t.get(stage, 0.0) + now - t0
+        cpu[stage] = cpu.get(stage, 0.0) + c - last_cpu[0]
+        last_cpu[0] = c
         return now
 
     pos = merged_bytes = copied_bytes = 0
@@ -81,7 +87,7 @@ def stage_breakdown(job, out: Path) -> dict:
             s = task.source
             src_fd, src_off = reader.raw(s) or (None, 0)
             if copies_as_stored(task, job) and src_fd is not None:
-                t0 = time.perf_counter()
+                t0, last_cpu[0] = time.perf_counter(), time.thread_time()
                 copy_range(src_fd, src_off, fd, pos, s.nbytes)
                 clock("kernel copy (untouched tensors)", t0)
                 pos, copied_bytes = pos + s.nbytes, copied_bytes + s.nbytes
@@ -90,24 +96,31 @@ def stage_breakdown(job, out: Path) -> dict:
                 continue  # none in a plain LoRA merge of a bf16 base
             merged_bytes += s.nbytes
             W = torch.empty(s.shape, dtype=s.dtype)
-            t0 = time.perf_counter()
+            t0, last_cpu[0] = time.perf_counter(), time.thread_time()
             os.preadv(src_fd, [W.view(-1).view(torch.uint8).numpy()], src_off)
             clock("read (pread, page cache)", t0)
             factors = [(op.weights.B.to(F32), op.weights.A.to(F32),
                         op.weights.scaling * weights[op.adapter]) for op in task.loras]
             rows = max(1, (1 << 20) // W.shape[1])
             buf = torch.empty((rows, W.shape[1]), dtype=task.out_dtype)
+            scratch = torch.empty((rows, W.shape[1]), dtype=F32)
+            scratch2 = torch.empty((rows, W.shape[1]), dtype=F32)
             for r0 in range(0, W.shape[0], rows):
-                t0 = time.perf_counter()
-                block = W[r0 : r0 + rows].to(F32)
-                t0 = clock("bf16->f32", t0)
+                t0, last_cpu[0] = time.perf_counter(), time.thread_time()
+                fresh = W[r0 : r0 + rows].to(F32)
+                t0 = clock("bf16->f32 into a fresh block (before)", t0)
+                block = scratch[: fresh.shape[0]]
+                block.copy_(W[r0 : r0 + rows])
+                t0 = clock("bf16->f32 into a reused block (after)", t0)
+                del fresh
                 for left, right, scale in factors:
                     delta = left[r0 : r0 + rows] @ right
                     t0 = clock("B@A", t0)
                     block.add_(delta, alpha=scale)
                     t0 = clock("add", t0)
-                    block2 = W[r0 : r0 + rows].to(F32)
-                    t0 = time.perf_counter()
+                    block2 = scratch2[: block.shape[0]]
+                    block2.copy_(W[r0 : r0 + rows])
+                    t0, last_cpu[0] = time.perf_counter(), time.thread_time()
                     block2.addmm_(left[r0 : r0 + rows], right, alpha=scale)
                     t0 = clock("B@A + add fused (addmm_, as merge runs it)", t0)
                 n = block.shape[0]
@@ -116,7 +129,7 @@ def stage_breakdown(job, out: Path) -> dict:
                 os.pwrite(fd, buf[:n].view(-1).view(torch.uint8).numpy(), pos)
                 clock("write (pwrite, page cache)", t0)
                 pos += buf[:n].numel() * buf.element_size()
-    t0 = time.perf_counter()
+    t0, last_cpu[0] = time.perf_counter(), time.thread_time()
     os.fsync(fd)
     clock("fsync (to disk)", t0)
     os.close(fd)
@@ -125,19 +138,25 @@ def stage_breakdown(job, out: Path) -> dict:
     return {"model_gb": round(gb, 3), "merged_gb": round(merged_bytes / 1e9, 3),
             "copied_gb": round(copied_bytes / 1e9, 3),
             "seconds": {k: round(v, 3) for k, v in t.items()},
-            "seconds_per_model_gb": {k: round(v / gb, 3) for k, v in t.items()}}
+            "seconds_per_model_gb": {k: round(v / gb, 3) for k, v in t.items()},
+            "cpu_seconds_per_model_gb": {k: round(v / gb, 3) for k, v in cpu.items()}}
 
 
-def cp_sync(base: Path, out: Path) -> float:
-    """Wall seconds of ``cp -r`` + ``sync`` of the base (the floor: the same bytes read and written)."""
+def cp_sync(base: Path, out: Path) -> tuple[float, float]:
+    """Wall seconds of ``cp -r`` + ``sync`` of the base (the floor: the same bytes read and
+    written), and cp's CPU seconds (user + system)."""
+    import resource
+
     shutil.rmtree(out, ignore_errors=True)
     subprocess.run(["sync"], check=True)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     subprocess.run(["cp", "-r", str(base), str(out)], check=True)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     subprocess.run(["sync"], check=True)
     seconds = time.perf_counter() - t0
     shutil.rmtree(out)
-    return seconds
+    return seconds, after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
 
 
 def main() -> None:
@@ -200,7 +219,8 @@ def main() -> None:
         "execute_merge_process_cpu_seconds": round(time.process_time() - cpu0, 3),
         "threads": getattr(result, "threads", getattr(write, "WORKERS", None)), "tensors": result.tensors_written, "merged": result.tensors_merged,
         "serial_stages": serial,
-        "cp_sync_seconds_per_gb": round(floor / gb, 3) if floor is not None else None,
+        "cp_sync_seconds_per_gb": round(floor[0] / gb, 3) if floor is not None else None,
+        "cp_cpu_seconds_per_gb": round(floor[1] / gb, 3) if floor is not None else None,
         "cold": args.cold, "loadavg": os.getloadavg()}
     text = json.dumps(doc, indent=2)
     if args.json:
