@@ -11,6 +11,12 @@ wall time includes the sync); peak RSS is the child's own (``wait4``). Rounds ar
 round, so the page cache is warm for every tool alike.
 
     python benchmarks/merge_scaling.py [--sizes 0.2B,1.1B,3B] [--rounds 3] [--json PATH] [--clean]
+        [--no-peft] [--ref OTHER_CHECKOUT]
+
+``--ref`` adds another checkout of adapterctl as a tool (``adapterctl-ref``: that folder on
+PYTHONPATH), run in the same interleaved rounds, to compare two versions side by side. The JSON
+has the least-squares line of each tool (seconds = a + b x GB on disk) with its projection to
+8B and 70B bf16 Llamas (16.1 GB and 141 GB), and the 1-minute load average at each run.
 """
 
 from __future__ import annotations
@@ -158,7 +164,7 @@ def rss_parts(pid: int) -> tuple[int, int]:
     return anon, file
 
 
-def run_once(cmd: list[str], out: Path | None, timeout: float) -> dict:
+def run_once(cmd: list[str], out: Path | None, timeout: float, pythonpath: str | None = None) -> dict:
     """Wall seconds of ``cmd`` + ``sync``, the child's own peak RSS (wait4), and the peaks of its
     anonymous and file-backed parts (sampled every 50 ms from /proc, so a lower bound)."""
     if out is not None and out.exists():
@@ -166,7 +172,11 @@ def run_once(cmd: list[str], out: Path | None, timeout: float) -> dict:
     subprocess.run(["sync"], check=True)
     start = time.perf_counter()
     errlog = tempfile.TemporaryFile()  # not a pipe: a chatty child would fill it and stall
-    proc = subprocess.Popen(cmd, env=env(), stdout=subprocess.DEVNULL, stderr=errlog)
+    load = os.getloadavg()[0]
+    run_env = {**env(), "PYTHONPATH": pythonpath} if pythonpath else env()
+    # run outside any checkout: ``python -m`` puts the working folder first on sys.path
+    proc = subprocess.Popen(cmd, env=run_env, stdout=subprocess.DEVNULL, stderr=errlog,
+                            cwd=str(WORK))
     deadline = start + timeout
     peak_anon = peak_file = 0
     while True:
@@ -192,7 +202,8 @@ def run_once(cmd: list[str], out: Path | None, timeout: float) -> dict:
         raise RunFailed(f"exit {proc.returncode}: {last[0][:300]}")
     if out is not None:
         shutil.rmtree(out, ignore_errors=True)
-    return {"seconds": round(wall, 3), "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
+    return {"seconds": round(wall, 3), "loadavg_1min": round(load, 2),
+            "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
             "peak_anon_mb": round(peak_anon / 1024, 1), "peak_file_mb": round(peak_file / 1024, 1)}
 
 
@@ -221,7 +232,8 @@ def mem_available() -> int:
     return 0
 
 
-def measure_size(name: str, rounds: int, timeout: float) -> dict:
+def measure_size(name: str, rounds: int, timeout: float, ref: str | None = None,
+                 peft: bool = True) -> dict:
     size, root = SIZES[name], WORK / name
     base, adapter = root / "base", root / "adapter"
     t0 = time.perf_counter()
@@ -235,9 +247,11 @@ def measure_size(name: str, rounds: int, timeout: float) -> dict:
         raise SystemExit(f"{name}: {free / 1e9:.1f} GB free on disk, need "
                          f"{2.2 * base_bytes / 1e9:.1f} GB for the outputs")
     subprocess.run(f"cat {base}/*.safetensors > /dev/null", shell=True, check=True)  # warm cache
-    tools, outs = commands(root)
+    tools, outs = commands(root, ref)
     skipped = {}
-    if mem_available() < 1.5 * base_bytes:  # PEFT holds the whole model in memory
+    if not peft:
+        tools.pop("peft")
+    if peft and mem_available() < 1.5 * base_bytes:  # PEFT holds the whole model in memory
         skipped["peft"] = (f"only {mem_available() / 1e9:.1f} GB of memory available for a "
                            f"{base_bytes / 1e9:.1f} GB model")
         tools.pop("peft")
@@ -245,7 +259,7 @@ def measure_size(name: str, rounds: int, timeout: float) -> dict:
     for i in range(rounds):
         for tool, cmd in list(tools.items()):
             try:
-                r = run_once(cmd, outs[tool], timeout)
+                r = run_once(cmd, outs[tool], timeout, ref if tool == "adapterctl-ref" else None)
             except RunFailed as err:
                 skipped[tool] = f"failed in round {i + 1}: {err}"
                 tools.pop(tool)
@@ -273,17 +287,51 @@ def measure_size(name: str, rounds: int, timeout: float) -> dict:
     return result
 
 
-def commands(root: Path) -> tuple[dict[str, list[str]], dict[str, Path]]:
+def commands(root: Path, ref: str | None = None) -> tuple[dict[str, list[str]], dict[str, Path]]:
     """Each tool's command on ``root``'s base and adapter, and the folder it writes."""
     base, adapter = root / "base", root / "adapter"
-    outs = {"cp": root / "out-cp", "adapterctl": root / "out-ours", "peft": root / "out-peft"}
-    return {"cp": ["cp", "-r", str(base), str(outs["cp"])],
-            "adapterctl": [PY, "-m", "adapterctl", "--quiet", "merge", str(base), str(adapter),
-                           "--output", str(outs["adapterctl"]), "--device", "cpu"],
-            "peft": [PY, "-c", PEFT_SCRIPT, str(base), str(adapter), str(outs["peft"])]}, outs
+    outs = {"cp": root / "out-cp", "adapterctl": root / "out-ours", "peft": root / "out-peft",
+            "adapterctl-ref": root / "out-ref"}
+    ours = [PY, "-m", "adapterctl", "--quiet", "merge", str(base), str(adapter), "--device", "cpu",
+            "--output"]
+    tools = {"cp": ["cp", "-r", str(base), str(outs["cp"])],
+             "adapterctl": [*ours, str(outs["adapterctl"])],
+             "peft": [PY, "-c", PEFT_SCRIPT, str(base), str(adapter), str(outs["peft"])]}
+    if ref:
+        tools["adapterctl-ref"] = [*ours, str(outs["adapterctl-ref"])]
+    return tools, outs
 
 
-def runtime_floor(rounds: int, timeout: float) -> dict:
+def fit_line(sizes: list[dict]) -> dict:
+    """Per tool: least squares seconds = a + b x GB on disk over the sizes measured, R², the
+    ratio of its slope to cp's, and the line's projection to 8B and 70B bf16 Llamas."""
+    lines = {}
+    tools = {t for s in sizes for t in s["tools"]}
+    for tool in sorted(tools):
+        pts = [(s["base_bytes"] / 1e9, s["tools"][tool]["seconds"]) for s in sizes if tool in s["tools"]]
+        if len(pts) < 2:
+            continue
+        n = len(pts)
+        mx, my = sum(x for x, _ in pts) / n, sum(y for _, y in pts) / n
+        sxx = sum((x - mx) ** 2 for x, _ in pts)
+        b = sum((x - mx) * (y - my) for x, y in pts) / sxx if sxx else 0.0
+        a = my - b * mx
+        ss = sum((y - my) ** 2 for _, y in pts)
+        r2 = 1 - sum((y - a - b * x) ** 2 for x, y in pts) / ss if ss else 1.0
+        lines[tool] = {"a_seconds": round(a, 3), "b_seconds_per_gb": round(b, 3), "r2": round(r2, 4),
+                       "points": len(pts),
+                       "projection_seconds": {k: round(a + b * gb, 1) for k, gb in PROJECT_GB.items()}}
+    if "cp" in lines:
+        for tool, line in lines.items():
+            line["slope_vs_cp"] = round(line["b_seconds_per_gb"] / lines["cp"]["b_seconds_per_gb"], 2)
+    return lines
+
+
+#: bf16 bytes on disk of Llama-3.1-8B and Llama-3.1-70B (what a user merges into)
+PROJECT_GB = {"8B": 16.06, "70B": 141.1}
+
+
+def runtime_floor(rounds: int, timeout: float, peft: bool = True) -> dict:
     """Each tool's cost before its tensors: the same command on the ``tiny`` base (0.15M
     parameters), so every import and code path is there and the tensors weigh nothing."""
     root = WORK / "tiny"
@@ -291,7 +339,7 @@ def runtime_floor(rounds: int, timeout: float) -> dict:
         build_in_child("tiny")
     tools, outs = commands(root)
     floor = {}
-    for tool in ("adapterctl", "peft"):
+    for tool in ("adapterctl", "peft") if peft else ("adapterctl",):
         runs = [run_once(tools[tool], outs[tool], timeout) for _ in range(max(1, min(rounds, 2)))]
         floor[tool] = {k: statistics.median(r[k] for r in runs)
                        for k in ("seconds", "peak_rss_mb", "peak_anon_mb", "peak_file_mb")}
@@ -306,6 +354,8 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=1200, help="seconds allowed for one run")
     ap.add_argument("--json", metavar="PATH", help="write the figures as JSON to PATH")
     ap.add_argument("--clean", action="store_true", help="delete the built bases afterwards")
+    ap.add_argument("--no-peft", action="store_true", help="leave PEFT (and the runtime floor) out")
+    ap.add_argument("--ref", metavar="CHECKOUT", help="another adapterctl checkout, run as a fourth tool")
     ap.add_argument("--build-only", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     names = [s.strip() for s in args.sizes.split(",") if s.strip()]
@@ -320,8 +370,21 @@ def main() -> None:
             build_adapter(SIZES[n], root / "adapter", root / "base")
         return
     WORK.mkdir(parents=True, exist_ok=True)
-    doc = {"rounds": args.rounds, "runtime_floor": runtime_floor(args.rounds, args.timeout),
-           "sizes": [measure_size(n, args.rounds, args.timeout) for n in names]}
+    peft = not args.no_peft
+    ref = str(Path(args.ref).resolve()) if args.ref else None
+    floor = runtime_floor(args.rounds, args.timeout, peft) if peft else None  # for the memory table
+    doc = {"rounds": args.rounds, "runtime_floor": floor,
+           "sizes": [measure_size(n, args.rounds, args.timeout, ref, peft) for n in names]}
+    for s in doc["sizes"]:
+        s["loadavg_1min"] = [r["loadavg_1min"] for t in s["tools"].values() for r in t["runs"]]
+        cp = s["tools"].get("cp", {}).get("seconds")
+        s["vs_cp"] = {t: round(v["seconds"] / cp, 2) for t, v in s["tools"].items() if cp and t != "cp"}
+        if "cp" in s["tools"]:  # each round's ratio (the same load for both), then their median
+            cps = [r["seconds"] for r in s["tools"]["cp"]["runs"]]
+            s["vs_cp_median_of_rounds"] = {
+                t: round(statistics.median(r["seconds"] / c for r, c in zip(v["runs"], cps)), 2)
+                for t, v in s["tools"].items() if t != "cp" and len(v["runs"]) == len(cps)}
+    doc["line"] = fit_line(doc["sizes"])
     if args.clean:
         for n in names:
             shutil.rmtree(WORK / n, ignore_errors=True)

@@ -77,6 +77,15 @@ MaxShardSizeOpt = Annotated[
         "--max-shard-size", help="Largest output shard (e.g. 5GB, 500MB).", rich_help_panel=PANEL_OUT
     ),
 ]
+ThreadsOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--threads",
+        min=1,
+        help="Tensors merged at once, one core each (default: every core this process may use).",
+        rich_help_panel=PANEL_OUT,
+    ),
+]
 ForceOpt = Annotated[
     bool, typer.Option("--force", help="Replace an existing non-empty output.", rich_help_panel=PANEL_OUT)
 ]
@@ -204,6 +213,7 @@ def merge_cmd(
     dtype: OutputDtype = "auto",
     device: DeviceOpt = "auto",
     max_shard_size: MaxShardSizeOpt = "5GB",
+    threads: ThreadsOpt = None,
     force: ForceOpt = False,
     dry_run: DryRunOpt = False,
     weights: Annotated[str | None, typer.Option("--weights", hidden=True)] = None,
@@ -262,6 +272,11 @@ def merge_cmd(
         )
     refs, w = adapter_weights(inputs[1:], legacy)
     gguf = _gguf_options(to, output, dtype, outtype, llama_cpp)
+    if threads is not None and gguf:
+        raise UsageError(
+            "--threads applies to a safetensors merge; --to gguf writes one tensor at a time",
+            hint="Drop --threads.",
+        )
     _merge_model(
         inputs[0],
         refs,
@@ -270,6 +285,7 @@ def merge_cmd(
         dtype=dtype,
         device=device,
         max_shard_size=max_shard_size,
+        threads=threads,
         force=force,
         dry_run=dry_run,
         combination=combination or "linear",
@@ -309,6 +325,7 @@ def _merge_model(
     dtype,
     device,
     max_shard_size,
+    threads=None,
     force,
     dry_run,
     combination,
@@ -376,7 +393,13 @@ def _merge_model(
             )
 
         result = execute_merge(
-            job, output, force=force, device=device, on_progress=on_progress, command=_command_line()
+            job,
+            output,
+            force=force,
+            device=device,
+            on_progress=on_progress,
+            command=_command_line(),
+            threads=threads,
         )
     report = MergeReport(plan, result, replaced)
     if eval_data is None:
@@ -539,7 +562,12 @@ def _render_result(console, result, plan) -> None:
     console.print(
         f"wrote {result.output}: {result.tensors_written} tensors ({result.tensors_merged} "
         f"merged), {human_bytes(result.bytes_written)} in {len(result.shards)} shard(s), "
-        f"{result.dtype}, {result.seconds:.1f}s on {result.device}",
+        f"{result.dtype}, {result.seconds:.1f}s on {result.device}"
+        + (
+            f" ({result.threads} thread{'s' if result.threads != 1 else ''})"
+            if result.device == "cpu"
+            else ""
+        ),
         markup=False,
     )
     _render_qlora(console, plan.qlora)

@@ -186,3 +186,17 @@ def test_to_adapter_rank_below_one_is_a_usage_error(lora, peft_adapter, tmp_path
     res = invoke("merge", "--to-adapter", lora, other, "--combination", "svd", "--rank", rank,
                  "-o", tmp_path / "ab")
     assert res.code == 2 and "--rank" in res.stderr and not (tmp_path / "ab").exists()
+
+
+def test_threads_flag(tiny_models, lora, tmp_path):
+    """--threads N: N tensors at once, reported in the JSON; 0 and --to gguf are refused."""
+    res = invoke("--json", "merge", tiny_models["llama"], lora, "--output", tmp_path / "out",
+                 "--threads", "3")
+    assert res.code == 0, res.stderr
+    assert res.json["threads"] == 3
+    res = invoke("merge", tiny_models["llama"], lora, "--output", tmp_path / "zero", "--threads", "0")
+    assert res.code == 2 and "--threads" in res.stderr and _nothing_left(tmp_path, "zero")
+    res = invoke("--json", "merge", tiny_models["llama"], lora, "--output", tmp_path / "m.gguf",
+                 "--to", "gguf", "--threads", "2")
+    assert res.code == 2 and "--threads" in res.json["error"]["message"]
+    assert _nothing_left(tmp_path, "m.gguf")

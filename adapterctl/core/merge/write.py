@@ -1,14 +1,21 @@
 """Execute a :class:`~adapterctl.core.merge.plan.MergeJob`: stream base tensors through the deltas into
 output shards, then write config, tokenizer and the other files and a model card (spec 6, 11.7).
 
-At most ``WORKERS`` (2) tensors are in flight (read, widened to float32 in cache-sized blocks,
-deltas added, rounded once, written), so peak memory is about twice the largest tensor's working
-set plus the adapters, whatever the model's size.
+The stages overlap: while a worker thread reads a base tensor through its map and updates it in
+cache-sized blocks of rows (widened to float32, ``W += s·B@A`` fused in one ``addmm_``, rounded
+once into a small reused buffer, written at its offset while still in cache), the kernel copies
+untouched tensors file to file for another worker, the disk reads the next tensors ahead
+(``posix_fadvise``) and writes back the finished ones (``sync_file_range``). ``threads`` workers
+(default: every core this process may use), each with one torch intra-op thread; at most
+``threads`` tensors are in flight, so peak memory is the adapters plus ``threads`` x one
+tensor's blocks (a whole tensor only off the fused path), whatever the model's size.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import os
 import shutil
 import threading
 import time
@@ -39,8 +46,23 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgp
 SKIP_FILES = {"config.json", "README.md", "model.safetensors.index.json", "pytorch_model.bin.index.json"}
 
 Progress = Callable[[int, str], None]
-#: tensors read, merged and written at once (threads): bounds memory, uses two cores
-WORKERS = 2
+#: tensors read, merged and written at once when ``threads`` is not given; None: one per core
+WORKERS: int | None = None
+
+
+def merge_threads(threads: int | None = None) -> int:
+    """Worker threads of a merge: ``threads``, else ``WORKERS``, else the cores this process may
+    run on (``sched_getaffinity``: a container's or ``taskset``'s share, not the machine's)."""
+    if threads is not None:
+        if threads < 1:
+            raise ValueError(f"threads must be at least 1, got {threads}")
+        return threads
+    if WORKERS is not None:
+        return WORKERS
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # macOS, Windows
+        return max(1, os.cpu_count() or 1)
 
 
 @dataclass(frozen=True)
@@ -55,6 +77,7 @@ class MergeResult:
     dtype: str
     device: str
     seconds: float
+    threads: int = 1
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -105,6 +128,21 @@ def _is_plain_lora(task: TensorTask, job: MergeJob) -> bool:
     )
 
 
+#: float32 elements per block of rows of the fused path (4 MB: the blocks sit in the L2/L3 cache);
+#: the output bytes depend on it (BLAS rounds a row by where it falls in its block): fixed
+BLOCK_ELEMENTS = 1 << 20
+_local = threading.local()
+
+
+def _scratch(rows: int, row_shape: tuple[int, ...]) -> torch.Tensor:
+    """This thread's reused float32 block of ``rows`` x ``row_shape`` (grown when too small)."""
+    need = rows * math.prod(row_shape)
+    buf = getattr(_local, "block", None)
+    if buf is None or buf.numel() < need:
+        buf = _local.block = torch.empty(need, dtype=F32)
+    return buf[:need].view(rows, *row_shape)
+
+
 def fused_lora_merge(
     W: torch.Tensor,
     task: TensorTask,
@@ -131,9 +169,14 @@ def fused_lora_merge(
         factors.append((left, right, op.weights.scaling * weights[op.adapter]))
     if out is None:
         out = torch.empty(W.shape, dtype=task.out_dtype, device=device)
-    rows = max(1, (1 << 20) // max(1, W.shape[1]))  # 4 MB of float32 per block
+    rows = max(1, BLOCK_ELEMENTS // max(1, W.shape[1]))  # 4 MB of float32 per block
+    scratch = _scratch(rows, W.shape[1:]) if device.type == "cpu" else None
     for r0 in range(0, W.shape[0], rows):
-        block = W[r0 : r0 + rows].to(device=device, dtype=F32)
+        if scratch is None:
+            block = W[r0 : r0 + rows].to(device=device, dtype=F32)
+        else:  # widened into this thread's reused block: no fresh 4 MB (page faults) per block
+            block = scratch[: min(rows, W.shape[0] - r0)]
+            block.copy_(W[r0 : r0 + rows])
         for left, right, scale in factors:
             block.addmm_(left[r0 : r0 + rows], right, alpha=scale)
         out[r0 : r0 + rows] = block  # the single rounding to the output dtype
@@ -275,18 +318,20 @@ def _work(
         return write_task(task, readers.mine(), writer, job, device)
 
 
-def _stream(job: MergeJob, folder: Path, device: torch.device, on_progress: Progress | None) -> int:
-    """Read, merge and write tensor by tensor, ``WORKERS`` tensors at once (torch, the maps' page
-    faults and the kernel copies release the GIL, so two cores work); the next tensors' bytes are
-    asked of the disk ahead of time. At most ``WORKERS`` tensors are in flight, which keeps
+def _stream(
+    job: MergeJob, folder: Path, device: torch.device, on_progress: Progress | None, workers: int
+) -> int:
+    """Read, merge and write tensor by tensor, ``workers`` tensors at once (torch, the maps' page
+    faults and the kernel copies release the GIL, so every core works); the next tensors' bytes
+    are asked of the disk ahead of time. At most ``workers`` tensors are in flight, which keeps
     memory bounded. Each shard is fsynced once, at the end."""
     readers, tasks = _Readers(job), job.tasks
     try:
         with (
             ShardWriter(folder, job.shard_plan, {"merged_by": "adapterctl"}) as writer,
-            ThreadPoolExecutor(max_workers=WORKERS) as pool,
+            ThreadPoolExecutor(max_workers=workers) as pool,
         ):
-            _run(tasks, pool, readers, writer, job, device=device, on_progress=on_progress)
+            _run(tasks, pool, readers, writer, job, device=device, on_progress=on_progress, workers=workers)
             writer.finish()
     finally:
         readers.close()  # after the pool's exit: no worker uses them any more
@@ -302,15 +347,16 @@ def _run(
     *,
     device: torch.device,
     on_progress: Progress | None,
+    workers: int,
 ) -> None:
     pending: deque = deque()
     ahead = CheckpointReader(job.files)
     try:
         for i, task in enumerate(tasks):
             pending.append((pool.submit(_work, task, readers, writer, job, device), task.key))
-            if i + WORKERS < len(tasks):
-                ahead.prefetch(tasks[i + WORKERS].source)
-            while len(pending) > WORKERS or (pending and pending[0][0].done()):
+            if i + workers < len(tasks):
+                ahead.prefetch(tasks[i + workers].source)
+            while len(pending) > workers or (pending and pending[0][0].done()):
                 _finish_write(pending.popleft(), writer, on_progress)
         while pending:
             _finish_write(pending.popleft(), writer, on_progress)
@@ -329,10 +375,10 @@ def _finish_write(item, writer: ShardWriter, on_progress: Progress | None) -> No
 
 @contextmanager
 def single_cpu_thread(device: torch.device):
-    """One intra-op thread while merging on the CPU. The work is thousands of small memory-bound
-    ops (cache-sized blocks); with several OpenMP threads every op ends in a barrier, and when the
-    cores are shared those barriers spin on descheduled threads: measured 15-25x slower on a
-    loaded 2-core machine. One compute thread plus the writer thread uses two cores anyway."""
+    """One intra-op thread while merging on the CPU: the cores are used by running one tensor per
+    worker thread instead. The work is thousands of small memory-bound ops (cache-sized blocks);
+    with several OpenMP threads every op ends in a barrier, and when the cores are shared those
+    barriers spin on descheduled threads: measured 15-25x slower on a loaded 2-core machine."""
     if device.type != "cpu":
         yield
         return
@@ -359,10 +405,16 @@ def execute_merge(
     device: str = "auto",
     on_progress: Progress | None = None,
     command: str | None = None,
+    *,
+    threads: int | None = None,
 ) -> MergeResult:
-    """Write the merged checkpoint into ``output`` atomically (nothing partial on any failure)."""
+    """Write the merged checkpoint into ``output`` atomically (nothing partial on any failure).
+
+    ``threads``: tensors merged at once, each on one core (default: every core, see
+    :func:`merge_threads`); memory grows with it by one tensor's working set each."""
     start = time.monotonic()
     dev = resolve_device(device)
+    workers = merge_threads(threads)
     extra = sum(
         p.stat().st_size
         for p in job.files.root.iterdir()
@@ -373,7 +425,7 @@ def execute_merge(
         single_cpu_thread(dev),
         write_output_dir(output, force, job.plan.output_bytes + extra, inputs=merge_inputs(job)) as tmp,
     ):
-        merged = _stream(job, tmp, dev, on_progress)
+        merged = _stream(job, tmp, dev, on_progress, workers)
         _write_config(job, tmp)
         copied = _copy_other_files(job.files.root, tmp)
         (tmp / "README.md").write_text(merged_card(job.plan, command))
@@ -388,4 +440,5 @@ def execute_merge(
         dtype=job.plan.dtype,
         device=str(dev),
         seconds=round(time.monotonic() - start, 3),
+        threads=workers,
     )

@@ -113,3 +113,116 @@ def test_a_short_base_shard_is_refused(tiny_models, tmp_path):
         reader.get(last)
     with checkpoint.CheckpointReader(files) as reader:
         assert reader.raw(last) is None  # nothing to copy as stored either
+
+
+# ----- the fused path's blocks and worker threads ----------------------------------------------
+def _old_blocks(W, factors, rows, dtype):
+    """The fused path as it was before its reused float32 block: each block a fresh ``.to``
+    (a view of a float32 ``W``, which it then changed in place: give it a copy)."""
+    out = torch.empty(W.shape, dtype=dtype)
+    for r0 in range(0, W.shape[0], rows):
+        block = W[r0 : r0 + rows].to(torch.float32)
+        for left, right, scale in factors:
+            block.addmm_(left[r0 : r0 + rows], right, alpha=scale)
+        out[r0 : r0 + rows] = block
+    return out
+
+
+def _as_bytes(t: torch.Tensor) -> bytes:
+    return t.contiguous().view(-1).view(torch.uint8).numpy().tobytes()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("block", [1 << 20, 1000])
+def test_reused_blocks_write_the_bytes_of_fresh_ones(dtype, block, tiny_models, peft_adapter,
+                                                     monkeypatch):
+    """fused_lora_merge widens each block into one reused float32 buffer: the same bytes as a
+    fresh float32 block each time (the code before), for every base dtype, tensors cut into
+    blocks with a short last one, two adapters, Linear and GPT-2's Conv1D (transposed factors)."""
+    monkeypatch.setattr(write, "BLOCK_ELEMENTS", block)
+    cases = [("llama", ["q_proj", "down_proj"]), ("gpt2", ["c_attn", "c_fc"])]
+    checked = 0
+    for model, targets in cases:
+        adapters = [peft_adapter(model, seed=s, r=4, target_modules=targets) for s in (0, 1)]
+        job = plan_merge(tiny_models[model], load_adapters(adapters),
+                         MergeOptions(weights=(0.7, -1.3), dtype=str(dtype).split(".")[1]))
+        with checkpoint.CheckpointReader(job.files) as reader, torch.inference_mode():
+            for task in job.tasks:
+                if not (task.loras and write._is_plain_lora(task, job)):
+                    continue
+                W = reader.get(task.source).to(dtype)
+                factors = []
+                for op in task.loras:
+                    A, B = op.weights.A.float(), op.weights.B.float()
+                    left, right = (A.T, B.T) if op.kind.fan_in_fan_out else (B, A)
+                    factors.append((left, right, op.weights.scaling * (0.7, -1.3)[op.adapter]))
+                rows = max(1, block // W.shape[1])
+                new = write.fused_lora_merge(W, task, job, torch.device("cpu"))
+                assert isinstance(new, torch.Tensor) and new.dtype == dtype
+                old = _old_blocks(W.clone(), factors, rows, dtype)
+                assert _as_bytes(new) == _as_bytes(old), task.key
+                # and within a rounding of one product over the whole tensor (BLAS may round a
+                # row differently by where it falls in its block: not always the same bits)
+                whole = _old_blocks(W.clone(), factors, W.shape[0], dtype).float()
+                # the bound of a sum's rounding: eps x terms x the sum of the terms' magnitudes
+                mag = W.float().abs() + sum(abs(s) * (lt.abs() @ rt.abs()) for lt, rt, s in factors)
+                terms = 2 + sum(lt.shape[1] for lt, _, _ in factors)
+                bound = torch.finfo(dtype).eps * terms * mag
+                assert ((new.float() - whole).abs() <= bound).all(), task.key
+                checked += 1
+    assert checked >= 8
+
+
+def _copy_as(src, dst, dtype):
+    """The tiny float32 model saved in ``dtype`` (norms kept float32, as mixed checkpoints do)."""
+    shutil.copytree(src, dst)
+    for f in dst.glob("*.safetensors"):
+        f.unlink()
+    name = str(dtype).split(".")[1]
+    (dst / "config.json").write_text(json.dumps(
+        {**json.loads((src / "config.json").read_text()), "dtype": name}))
+    tensors = {}
+    for f in src.glob("*.safetensors"):
+        with safe_open(str(f), "pt") as fh:
+            for k in fh.keys():  # noqa: SIM118 - safe_open has no __iter__
+                t = fh.get_tensor(k)
+                tensors[k] = t if k.endswith("norm.weight") else t.to(dtype)
+    writer = ShardWriter(dst, plan_shards([TensorSpec(k, v.dtype, tuple(v.shape))
+                                           for k, v in tensors.items()], 60_000))
+    for k, v in tensors.items():
+        writer.write(k, v)
+    writer.finish()
+    return dst
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_threads_write_the_same_bytes(dtype, tiny_models, peft_adapter, tmp_path, monkeypatch):
+    """Any number of worker threads writes the reference path's bytes (one tensor at a time,
+    every tensor read into a buffer and merged as a whole), tensors cut into blocks."""
+    monkeypatch.setattr(write, "BLOCK_ELEMENTS", 2000)
+    base = _copy_as(tiny_models["llama"], tmp_path / "base", dtype)
+    adapter = peft_adapter("llama", r=4, target_modules=["q_proj", "v_proj", "down_proj"])
+    reference = _reference(monkeypatch, base, adapter, tmp_path / "ref")
+    job = plan_merge(base, load_adapters([adapter]), MergeOptions())
+    for threads in (1, 2, 3):
+        out = tmp_path / f"t{threads}"
+        result = write.execute_merge(job, out, device="cpu", threads=threads)
+        assert result.threads == threads
+        got = {p.name: p.read_bytes() for p in sorted(out.iterdir())
+               if p.name.endswith((".safetensors", ".json"))}
+        assert got.keys() == reference.keys() and len(got) >= 2  # shards and their index
+        for name in got:
+            assert got[name] == reference[name], (threads, name)
+
+
+def test_merge_threads_default_and_bounds(monkeypatch):
+    """Default: WORKERS when set (tests), else the cores this process may run on."""
+    import os
+
+    assert write.merge_threads(3) == 3
+    with pytest.raises(ValueError):
+        write.merge_threads(0)
+    monkeypatch.setattr(write, "WORKERS", None)
+    assert write.merge_threads() == len(os.sched_getaffinity(0))
+    monkeypatch.setattr(write, "WORKERS", 5)
+    assert write.merge_threads() == 5
