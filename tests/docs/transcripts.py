@@ -53,6 +53,7 @@ MASKS: list[tuple[re.Pattern, str]] = [
     (re.compile(r"\b\d+(?:\.\d+)? tokens/s\b"), "<n> tokens/s"),
     (re.compile(r"\b\d+(?:\.\d+)?(?:e-?\d+)?s\b"), "<t>s"),
     (re.compile(r"(adapterctl,? (?:version )?v?)\d+\.\d+\.\d+\S*"), r"\1<version>"),
+    (re.compile(r"\(\d+ threads\)"), "(<n> threads)"),  # merge's default: the machine's cores
 ]
 
 
