@@ -15,6 +15,7 @@ import gc
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -90,24 +91,6 @@ def run_eval(
         step(f"continuing {len(prompts)} prompt(s) greedily with the reference")
         sequences, completions = continue_greedily(reference, tokenizer, prompts, options.max_new_tokens)
 
-    def own_model(spec: VariantSpec) -> Scorer:
-        """A variant with its own model, loaded when its turn comes."""
-
-        def load(path: str, dtype: str):
-            from adapterctl.core.runtime.model import load_base
-
-            step(f"loading {path} ({dtype})")
-            return load_base(path, replace(placement, dtype=dtype), hub=base_hub(hub))
-
-        if spec.kind == "model":
-            return model_scorer(spec, options.dtype, load, tokenizer, size)
-        if spec.kind == "mlx":
-            from adapterctl.core.eval.mlx import mlx_scorer
-
-            with about(spec.name):
-                return mlx_scorer(spec, options.mlx_python, base_dir, size)
-        return dtype_scorer(spec, base_dir, adapter_dir, weight, load)
-
     base_ref, sources, dtype, size = (
         session.base_ref,
         [a.source for a in session.adapters],
@@ -115,6 +98,8 @@ def run_eval(
         vocab_size(lb.model),
     )
     base_dir, adapter_dir, weight = lb.path, attached.folder, attached.weight
+    own_model = partial(own_model_scorer, options=options, placement=placement, hub=hub, step=step,
+                        tokenizer=tokenizer, size=size, base_dir=base_dir, adapter_dir=adapter_dir, weight=weight)  # fmt: skip
     deferred = {i: spec for i, spec in enumerate(variants, 1) if spec.kind in OWN_MODEL}
     scorers: list[Scorer | None] = [Scorer("base", lb.model, {})]
     for spec in variants:
@@ -157,6 +142,37 @@ def run_eval(
         gate=options.gate,
         completions=completions,
     )
+
+
+def own_model_scorer(
+    spec: VariantSpec,
+    *,
+    options: EvalOptions,
+    placement: Placement,
+    hub: HubOptions | None,
+    step: Callable[[str], None],
+    tokenizer,
+    size: int,
+    base_dir: Path,
+    adapter_dir: Path,
+    weight: float,
+) -> Scorer:
+    """A variant with its own model (merged folder, dtype, MLX), loaded when its turn comes."""
+
+    def load(path: str, dtype: str):
+        from adapterctl.core.runtime.model import load_base
+
+        step(f"loading {path} ({dtype})")
+        return load_base(path, replace(placement, dtype=dtype), hub=base_hub(hub))
+
+    if spec.kind == "model":
+        return model_scorer(spec, options.dtype, load, tokenizer, size)
+    if spec.kind == "mlx":
+        from adapterctl.core.eval.mlx import mlx_scorer
+
+        with about(spec.name):
+            return mlx_scorer(spec, options.mlx_python, base_dir, size)
+    return dtype_scorer(spec, base_dir, adapter_dir, weight, load)
 
 
 #: variant kinds with a model of their own (here, or mlx-lm's), run after the reference's pass
@@ -304,14 +320,14 @@ class Passes:
             ref_tally.add_nll(ref, ids[at[0], at[1] + 1])
             for scorer, tally in zip(scorers, tallies):
                 if scorer is not None:
-                    self._score(scorer, tally, ref, idx, ids, mask, at)
+                    self._score(scorer, tally, ref, (idx, ids, mask, at))
             self._advance(mask)
         return ref_tally, tallies
 
     def against(self, cache: RefCache, scorer: Scorer, tally: Tally) -> None:
         """One variant against the reference's logits the first pass kept."""
         for b, (idx, ids, mask, at) in enumerate(self._batches()):
-            self._score(scorer, tally, cache.get(b), idx, ids, mask, at)
+            self._score(scorer, tally, cache.get(b), (idx, ids, mask, at))
             self._advance(mask)
 
     def _batches(self):
@@ -323,7 +339,8 @@ class Passes:
                 rows += [row] * seq.positions
             yield idx, ids, mask, (torch.tensor(rows, dtype=torch.long), torch.tensor(cols, dtype=torch.long))
 
-    def _score(self, scorer: Scorer, tally: Tally, ref: torch.Tensor, idx, ids, mask, at) -> None:
+    def _score(self, scorer: Scorer, tally: Tally, ref: torch.Tensor, batch: tuple) -> None:
+        idx, ids, mask, at = batch  # as _batches() yields them
         logits = scorer.complete(ref, scorer.logits(ids, mask)[at].to(ref.device))
         agree = tally.add(ref, logits, ids[at[0], at[1] + 1])
         start = 0
