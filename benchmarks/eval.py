@@ -102,22 +102,25 @@ print(json.dumps({"seconds": time.perf_counter() - t0, "positions": r.positions,
 """
 
 PLAIN_CHILD = r"""
-import json, resource, sys, time
+import gc, json, resource, sys, time
 t0 = time.perf_counter()
 import torch
 from adapterctl.core.eval.data import read_records, tokenize_records
 from adapterctl.core.eval.run import batches
-from adapterctl.core.runtime.model import load_base
+from adapterctl.core.runtime.model import Placement, load_base
 base, lora, merged, data, ctx, batch, device = sys.argv[1:8]
-dmap = None if device == "cpu" else device
-a = load_base(base, "bfloat16", dmap)
-b = load_base(merged, "bfloat16", dmap, tokenizer=False)
-seqs = tokenize_records(read_records(data), a.tokenizer, int(ctx))
-dev = next(a.model.parameters()).device
-with torch.inference_mode():
-    for _, ids, mask in batches(seqs, int(batch)):
-        for m in (a.model, b.model):
-            m(input_ids=ids.to(dev), attention_mask=mask.to(dev), use_cache=False).logits.float().sum().item()
+placement = Placement(dtype="bfloat16", device_map=None if device == "cpu" else device)
+seqs = None
+for path in (base, merged):  # one model at a time: one model + one batch of logits at the peak
+    lb = load_base(path, placement, tokenizer=seqs is None)
+    if seqs is None:
+        seqs = tokenize_records(read_records(data), lb.tokenizer, int(ctx))
+    dev = next(lb.model.parameters()).device
+    with torch.inference_mode():
+        for _, ids, mask in batches(seqs, int(batch)):
+            lb.model(input_ids=ids.to(dev), attention_mask=mask.to(dev), use_cache=False).logits.float().sum().item()
+    del lb
+    gc.collect()
 print(json.dumps({"seconds": time.perf_counter() - t0,
                   "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
@@ -140,6 +143,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--device", default="cpu", help="cpu, or cuda (device_map) where there is a GPU")
     ap.add_argument("--json", metavar="PATH", help="write the figures as JSON to PATH")
+    ap.add_argument("--plain-only", action="store_true", help="measure the plain side alone (print its JSON)")
+    ap.add_argument("--plain-json", metavar="PATH", help="the plain side as --plain-only measured it")
     args = ap.parse_args()
     tag, shape = ("quick", QUICK_SHAPE) if args.quick else ("1b", SHAPE)
     tokens = 2048 if args.quick else args.tokens
@@ -147,7 +152,13 @@ def main() -> None:
     t = time.perf_counter()
     inputs = make_inputs(tag, shape, tokens)
     setup = time.perf_counter() - t
-    plain = measure(PLAIN_CHILD, inputs, args.ctx, args.batch, args.device)  # warms the page cache too
+    if args.plain_json:
+        plain = json.loads(Path(args.plain_json).read_text())
+    else:
+        plain = measure(PLAIN_CHILD, inputs, args.ctx, args.batch, args.device)  # warms the page cache too
+    if args.plain_only:
+        print(json.dumps(plain))
+        return
     ours = measure(EVAL_CHILD, inputs, args.ctx, args.batch, args.device)
     result = {
         "model": "--quick: a 2-layer tiny Llama (smoke test)" if args.quick

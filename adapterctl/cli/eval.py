@@ -60,7 +60,7 @@ VariantOpt = Annotated[
         rich_help_panel=PANEL_ADAPTERS,
         help="A copy to measure (repeatable): a merged model folder, another adapter folder on the "
         "same base, a dtype (bf16, fp16: the adapter run in it), a .gguf file (a merged model, or "
-        "a LoRA on --gguf-base) run by llama.cpp, or URL#SERVED-NAME (vLLM's prompt_logprobs).",
+        "a LoRA on --gguf-base) run by llama.cpp, an MLX adapter folder run by mlx-lm (--mlx-python), or URL#SERVED-NAME (vLLM's prompt_logprobs).",
     ),
 ]
 GgufBaseOpt = Annotated[
@@ -82,6 +82,17 @@ LlamaCppOpt = Annotated[
         rich_help_panel=PANEL_ADAPTERS,
         help="llama.cpp's build (or folder of its binaries) for GGUF variants; default "
         "$ADAPTERCTL_LLAMA_CPP, then PATH.",
+    ),
+]
+MlxPythonOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--mlx-python",
+        metavar="PATH",
+        show_default=False,
+        rich_help_panel=PANEL_ADAPTERS,
+        help="The python of a virtualenv with mlx-lm, which runs MLX adapter variants; default "
+        "$ADAPTERCTL_MLX_PYTHON.",
     ),
 ]
 DataOpt = Annotated[
@@ -147,6 +158,7 @@ def eval_cmd(
     variant: VariantOpt = None,
     gguf_base: GgufBaseOpt = None,
     llama_cpp: LlamaCppOpt = None,
+    mlx_python: MlxPythonOpt = None,
     data: DataOpt = None,
     prompts: PromptsOpt = None,
     ctx: CtxOpt = 512,
@@ -196,6 +208,7 @@ def eval_cmd(
         gate=Gate(max_kl, min_top1),
         llama_cpp=llama_cpp,
         gguf_base=gguf_base,
+        mlx_python=mlx_python,
     )
     with out.progress("scoring", unit="tokens") as advance:
         done = [0]

@@ -142,6 +142,14 @@ def _render(console, report) -> None:
             details.append("first divergence: " + r.first_divergence.describe())
         if r.max_logprob_diff is not None:
             details.append(f"max |logprob difference| {r.max_logprob_diff:.2e}")
+        if r.kl is not None:
+            method = "" if r.kl["kl_method"] == "full" else f", {r.kl['kl_method']} estimate"
+            details.append(
+                f"KL mean {r.kl['kl_mean']:.3g} nats (max {r.kl['kl_max']:.3g}{method}), top-1 "
+                f"{r.kl['top1_agreement']:.2%} over {r.kl['positions']} positions"
+            )
+        elif r.kl_note:
+            details.append(r.kl_note)
         table.add_row(
             Text(r.name),
             Text(r.adapter),

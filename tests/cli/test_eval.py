@@ -150,7 +150,8 @@ def test_refusals(setup, case, tmp_path):
         "dup": ([*d, "--variant", "a=fp16", "--variant", "a=bf16"], 2, "'a'"),
         "reserved": ([*d, "--variant", "base=fp16"], 2, "'base'"),
         "no-llama-cpp": ([*d, "--variant", f"g={gguf}", "--llama-cpp", tmp_path], 7, "variant 'g'"),
-        "mlx": ([*d, "--variant", f"m={tmp_path / 'mlx'}"], 5, "variant 'm'"),
+        "mlx": ([*d, "--variant", f"m={tmp_path / 'mlx'}", "--mlx-python", tmp_path / "nope"], 7,
+                "variant 'm': --mlx-python"),
         "no-adapter": (None, 2, "-a ADAPTER"),
     }[case]
     res = invoke("--json", "eval", setup["base"], *d) if args is None else _eval(setup, *args)

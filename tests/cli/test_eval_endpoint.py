@@ -125,3 +125,30 @@ def test_endpoint_faults_name_the_variant(setup, stub, case):
         assert "prompt_logprobs" in doc["error"]["message"] and "vLLM" in doc["error"]["hint"]
     if case == "down":
         assert re.search(r"connection refused", doc["error"]["message"])
+
+
+def test_verify_kl_is_evals_endpoint_figure(setup, stub):
+    """verify's KL (core/serve/eval_endpoint.py served_kl, on verify's completions) is eval's endpoint
+    figure: the stub serving `other`'s log-probabilities against the reference adapter, on the same
+    token ids, equals eval's row of `other`'s folder; a server without prompt_logprobs says so."""
+    from adapterctl.core.eval.data import Sequence
+    from adapterctl.core.eval.scorers import vocab_size
+    from adapterctl.core.runtime.session import AdapterChoice, open_session
+    from adapterctl.core.serve.client import Client, EndpointOptions
+    from adapterctl.core.serve.eval_endpoint import served_kl
+    from adapterctl.errors import EndpointError
+
+    stub.default["/v1/completions"] = vllm(setup["log_probs"])
+    session = open_session(str(setup["base"]), [AdapterChoice(str(setup["lora"]), name="lora")])
+    tok, model = session.require_tokenizer("test"), session.base.model
+    seqs = [Sequence(tuple(tok(t)["input_ids"]), 1, str(i)) for i, t in enumerate(TEXTS)]
+    client = Client(EndpointOptions(stub.url))
+    kl = served_kl(client, "other", model, {"lora": 1.0}, seqs, vocab_size(model))
+    res = _eval(setup, "--variant", f"here={setup['other']}")
+    here = {v["name"]: v for v in res.json["variants"]}["here"]
+    assert kl["kl_method"] == "full" and kl["positions"] == here["positions"]
+    for key in ("kl_mean", "kl_max", "top1_agreement"):
+        assert kl[key] == pytest.approx(here[key], rel=1e-4, abs=1e-9), key
+    stub.default["/v1/completions"] = Reply(200, {"choices": [{"index": 0, "text": "x"}]})
+    with pytest.raises(EndpointError, match="prompt_logprobs"):
+        served_kl(client, "other", model, {"lora": 1.0}, seqs, vocab_size(model))

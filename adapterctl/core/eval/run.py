@@ -1,19 +1,36 @@
 """``eval`` as a library call: the reference (the adapter on its base, by our runtime, in float32 or
 ``dtype``), the base row and every variant run teacher-forced over the same token sequences, batch
-by batch. Each batch's reference log-probabilities are computed once and every variant is scored
-against them before the next batch: KL per batch, streamed; no batch's logits outlive it."""
+by batch. KL per batch, streamed; no batch's logits outlive it.
+
+One model in memory at a time: the first pass runs the reference's model, and scores against each
+batch's reference logits every variant that shares that model (the base row, other adapters) or
+holds none in this process (GGUF, MLX, endpoints). Variants with their own model (a merged folder,
+a dtype) are loaded afterwards one by one, once the reference's model is released, and scored
+against the reference's logits of the scored positions, which the first pass kept on disk
+(:class:`RefCache`: positions x vocabulary values in the reference's dtype)."""
 
 from __future__ import annotations
 
+import gc
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from functools import partial
+from pathlib import Path
 
 import torch
 
 from adapterctl.core.eval.data import Sequence, read_records, tokenize_records
 from adapterctl.core.eval.figures import Tally
 from adapterctl.core.eval.report import EvalReport, Gate, VariantResult
-from adapterctl.core.eval.scorers import Scorer, about, adapter_scorer, dtype_scorer, model_scorer, vocab_size
+from adapterctl.core.eval.scorers import (
+    Scorer,
+    about,
+    adapter_scorer,
+    dtype_scorer,
+    model_scorer,
+    vocab_size,
+)
 from adapterctl.core.eval.specs import VariantSpec, check_names
 from adapterctl.core.runtime.session import AdapterChoice, Placement, base_hub, open_session
 from adapterctl.errors import UsageError
@@ -29,6 +46,7 @@ class EvalOptions:
     gate: Gate = field(default_factory=Gate)
     llama_cpp: str | None = None  # folder of llama.cpp's binaries (GGUF variants)
     gguf_base: str | None = None  # the base as GGUF, under GGUF LoRA variants
+    mlx_python: str | None = None  # mlx-lm's Python (MLX variants); default $ADAPTERCTL_MLX_PYTHON
 
 
 def run_eval(
@@ -73,42 +91,49 @@ def run_eval(
         step(f"continuing {len(prompts)} prompt(s) greedily with the reference")
         sequences, completions = continue_greedily(reference, tokenizer, prompts, options.max_new_tokens)
 
-    def load(path: str, dtype: str):
-        from adapterctl.core.runtime.model import load_base
-
-        step(f"loading {path} ({dtype})")
-        return load_base(path, replace(placement, dtype=dtype), hub=base_hub(hub))
-
-    scorers = [Scorer("base", lb.model, {})]
+    base_ref, sources, dtype, size = (
+        session.base_ref,
+        [a.source for a in session.adapters],
+        lb.dtype,
+        vocab_size(lb.model),
+    )
+    base_dir, adapter_dir, weight = lb.path, attached.folder, attached.weight
+    own_model = partial(own_model_scorer, options=options, placement=placement, hub=hub, step=step,
+                        tokenizer=tokenizer, size=size, base_dir=base_dir, adapter_dir=adapter_dir, weight=weight)  # fmt: skip
+    deferred = {i: spec for i, spec in enumerate(variants, 1) if spec.kind in OWN_MODEL}
+    scorers: list[Scorer | None] = [Scorer("base", lb.model, {})]
     for spec in variants:
         step(f"variant {spec.name}: {spec.kind} {spec.target}")
-        if spec.kind == "adapter":
-            scorers.append(adapter_scorer(spec, lb.model, attached.weight))
-        elif spec.kind == "model":
-            scorers.append(model_scorer(spec, options.dtype, load, tokenizer, vocab_size(lb.model)))
-        elif spec.kind == "dtype":
-            scorers.append(dtype_scorer(spec, lb.path, attached.folder, attached.weight, load))
-        elif spec.kind == "gguf":
-            from adapterctl.core.eval.llama_cpp import gguf_scorer
-
-            with about(spec.name):
-                gguf = gguf_scorer(
-                    spec, options.llama_cpp, options.gguf_base, tokenizer, vocab_size(lb.model)
-                )
-            scorers.append(gguf)
-        elif spec.kind == "endpoint":
-            assert endpoint_scorer is not None  # check_engines refused endpoint variants without it
-            scorers.append(endpoint_scorer(spec, tokenizer, vocab_size(lb.model)))
-    ref_tally, tallies = score(reference, scorers, sequences, tokenizer, options.batch_size, on_progress)
+        scorers.append(
+            None
+            if spec.kind in OWN_MODEL
+            else shared_scorer(spec, lb.model, options, tokenizer, weight, endpoint_scorer)
+        )
+    with RefCache(bool(deferred)) as cache:
+        passes = Passes(sequences, options.batch_size, on_progress, 1 + len(deferred))
+        ref_tally, tallies = passes.first(reference, scorers, cache)
+        del session, lb, attached, reference  # the reference's model goes before another loads
+        for scorer in scorers:
+            if scorer is not None:
+                scorer.close()
+        for i, spec in deferred.items():
+            gc.collect()
+            scorers[i] = scorer = own_model(spec)
+            try:
+                passes.against(cache, scorer, tallies[i])
+            finally:
+                scorer.close()  # released before the next one loads
+    gc.collect()
     positions = sum(s.positions for s in sequences)
     results = [
         result(s, t, options.gate, sequences if prompts is not None else None)
         for s, t in zip(scorers, tallies)
+        if s is not None  # every one is set by now
     ]
     return EvalReport(
-        base=session.base_ref,
-        adapter=", ".join(a.source for a in session.adapters),
-        dtype=lb.dtype,
+        base=base_ref,
+        adapter=", ".join(sources),
+        dtype=dtype,
         mode="data" if records is not None else "prompts",
         sequences=len(sequences),
         positions=positions,
@@ -117,6 +142,84 @@ def run_eval(
         gate=options.gate,
         completions=completions,
     )
+
+
+def own_model_scorer(
+    spec: VariantSpec,
+    *,
+    options: EvalOptions,
+    placement: Placement,
+    hub: HubOptions | None,
+    step: Callable[[str], None],
+    tokenizer,
+    size: int,
+    base_dir: Path,
+    adapter_dir: Path,
+    weight: float,
+) -> Scorer:
+    """A variant with its own model (merged folder, dtype, MLX), loaded when its turn comes."""
+
+    def load(path: str, dtype: str):
+        from adapterctl.core.runtime.model import load_base
+
+        step(f"loading {path} ({dtype})")
+        return load_base(path, replace(placement, dtype=dtype), hub=base_hub(hub))
+
+    if spec.kind == "model":
+        return model_scorer(spec, options.dtype, load, tokenizer, size)
+    if spec.kind == "mlx":
+        from adapterctl.core.eval.mlx import mlx_scorer
+
+        with about(spec.name):
+            return mlx_scorer(spec, options.mlx_python, base_dir, size)
+    return dtype_scorer(spec, base_dir, adapter_dir, weight, load)
+
+
+#: variant kinds with a model of their own (here, or mlx-lm's), run after the reference's pass
+OWN_MODEL = ("model", "dtype", "mlx")
+
+
+def shared_scorer(
+    spec: VariantSpec, model, options: EvalOptions, tokenizer, weight: float, endpoint_scorer
+) -> Scorer:
+    """A variant scored in the reference's pass: an adapter on the reference's model, or one that
+    another engine runs (GGUF by llama.cpp, MLX by mlx-lm, an endpoint)."""
+    if spec.kind == "adapter":
+        return adapter_scorer(spec, model, weight)
+    if spec.kind == "gguf":
+        from adapterctl.core.eval.llama_cpp import gguf_scorer
+
+        with about(spec.name):
+            return gguf_scorer(spec, options.llama_cpp, options.gguf_base, tokenizer, vocab_size(model))
+    assert spec.kind == "endpoint" and endpoint_scorer is not None  # check_engines refused the others
+    return endpoint_scorer(spec, tokenizer, vocab_size(model))
+
+
+class RefCache:
+    """The reference's logits of each batch's scored positions, one file per batch in a temporary
+    folder (removed on exit), for the variants scored after the reference's model is released.
+    ``enabled=False``: nothing is kept (no variant needs it)."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self._tmp: tempfile.TemporaryDirectory | None = None
+
+    def __enter__(self) -> RefCache:
+        if self.enabled:
+            self._tmp = tempfile.TemporaryDirectory(prefix="adapterctl-eval-ref-")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._tmp is not None:
+            self._tmp.cleanup()
+
+    def put(self, batch: int, logits: torch.Tensor) -> None:
+        if self._tmp is not None:
+            torch.save(logits.detach().cpu().contiguous(), Path(self._tmp.name) / f"{batch}.pt")
+
+    def get(self, batch: int) -> torch.Tensor:
+        assert self._tmp is not None  # only variants scored after the first pass read it
+        return torch.load(Path(self._tmp.name) / f"{batch}.pt", weights_only=True)
 
 
 def check_engines(variants: list[VariantSpec], options: EvalOptions, endpoints: bool = False) -> None:
@@ -129,7 +232,12 @@ def check_engines(variants: list[VariantSpec], options: EvalOptions, endpoints: 
         if spec.kind == "gguf":
             with about(spec.name):
                 find_tool(options.llama_cpp)
-        if spec.kind == "mlx" or (spec.kind == "endpoint" and not endpoints):
+        if spec.kind == "mlx":
+            from adapterctl.core.eval.mlx import find_mlx_python
+
+            with about(spec.name):
+                find_mlx_python(options.mlx_python)
+        if spec.kind == "endpoint" and not endpoints:
             raise UnsupportedError(
                 f"variant {spec.name!r}: {spec.kind} variants are not supported by eval yet",
                 hint="Convert it back to a PEFT adapter (adapterctl convert --from ...) and pass that folder.",
@@ -192,34 +300,60 @@ def batches(sequences: list[Sequence], size: int):
         yield idx, ids, mask
 
 
-def score(reference: Scorer, scorers: list[Scorer], sequences, tokenizer, batch_size: int, on_progress=None):
-    """Teacher-forced figures of every scorer against the reference, streamed batch by batch."""
-    ref_tally, tallies = Tally(), [Tally() for _ in scorers]
-    total, done = sum(len(s.ids) for s in sequences), 0
-    for idx, ids, mask in batches(sequences, max(1, batch_size)):
-        rows, cols = [], []
-        for row, i in enumerate(idx):  # position t predicts token t + 1
-            seq = sequences[i]
-            cols += range(seq.scored_from - 1, len(seq.ids) - 1)
-            rows += [row] * seq.positions
-        rows_t, cols_t = torch.tensor(rows), torch.tensor(cols)
-        targets = ids[rows_t, cols_t + 1]
-        ref = reference.logits(ids, mask)[rows_t, cols_t]
-        ref_tally.add_nll(ref, targets)
-        for scorer, tally in zip(scorers, tallies):
-            logits = scorer.complete(ref, scorer.logits(ids, mask)[rows_t, cols_t].to(ref.device))
-            agree = tally.add(ref, logits, targets)
-            start = 0
-            for i in idx:
-                n = sequences[i].positions
-                wrong = (~agree[start : start + n]).nonzero()
-                tally.divergence.append((i, int(wrong[0]) if len(wrong) else None))
-                start += n
-            del logits
-        done += int(mask.sum())
-        if on_progress:
-            on_progress(done, total)
-    return ref_tally, tallies
+@dataclass
+class Passes:
+    """Teacher-forced passes over the same batches: the reference's pass (with every variant that
+    shares its model or holds none here), then one per variant with its own model."""
+
+    sequences: list[Sequence]
+    batch_size: int
+    on_progress: Callable[[int, int], None] | None = None
+    count: int = 1  # passes in all (progress counts tokens of every pass)
+    done: int = 0
+
+    def first(self, reference: Scorer, scorers: list[Scorer | None], cache: RefCache):
+        """The reference's figures; every non-None scorer's tally (all of them, by index)."""
+        ref_tally, tallies = Tally(), [Tally() for _ in scorers]
+        for b, (idx, ids, mask, at) in enumerate(self._batches()):
+            ref = reference.logits(ids, mask)[at]
+            cache.put(b, ref)
+            ref_tally.add_nll(ref, ids[at[0], at[1] + 1])
+            for scorer, tally in zip(scorers, tallies):
+                if scorer is not None:
+                    self._score(scorer, tally, ref, (idx, ids, mask, at))
+            self._advance(mask)
+        return ref_tally, tallies
+
+    def against(self, cache: RefCache, scorer: Scorer, tally: Tally) -> None:
+        """One variant against the reference's logits the first pass kept."""
+        for b, (idx, ids, mask, at) in enumerate(self._batches()):
+            self._score(scorer, tally, cache.get(b), (idx, ids, mask, at))
+            self._advance(mask)
+
+    def _batches(self):
+        for idx, ids, mask in batches(self.sequences, max(1, self.batch_size)):
+            rows, cols = [], []
+            for row, i in enumerate(idx):  # position t predicts token t + 1
+                seq = self.sequences[i]
+                cols += range(seq.scored_from - 1, len(seq.ids) - 1)
+                rows += [row] * seq.positions
+            yield idx, ids, mask, (torch.tensor(rows, dtype=torch.long), torch.tensor(cols, dtype=torch.long))
+
+    def _score(self, scorer: Scorer, tally: Tally, ref: torch.Tensor, batch: tuple) -> None:
+        idx, ids, mask, at = batch  # as _batches() yields them
+        logits = scorer.complete(ref, scorer.logits(ids, mask)[at].to(ref.device))
+        agree = tally.add(ref, logits, ids[at[0], at[1] + 1])
+        start = 0
+        for i in idx:
+            n = self.sequences[i].positions
+            wrong = (~agree[start : start + n]).nonzero()
+            tally.divergence.append((i, int(wrong[0]) if len(wrong) else None))
+            start += n
+
+    def _advance(self, mask: torch.Tensor) -> None:
+        self.done += int(mask.sum())
+        if self.on_progress:
+            self.on_progress(self.done, self.count * sum(len(s.ids) for s in self.sequences))
 
 
 def result(scorer: Scorer, tally: Tally, gate: Gate, sequences: list[Sequence] | None) -> VariantResult:

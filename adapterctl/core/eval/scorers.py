@@ -47,6 +47,10 @@ class Scorer:
         distribution (an endpoint's top-k) fills in the rest here; others return them as they are."""
         return logits
 
+    def close(self) -> None:
+        """Release what the scorer holds once its pass is over (its model; a process elsewhere)."""
+        self.model = None
+
 
 def _device(model) -> torch.device:
     return next(p.device for p in model.parameters() if p.device.type != "meta")

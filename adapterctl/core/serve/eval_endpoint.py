@@ -164,3 +164,25 @@ def endpoint_scorer(spec: VariantSpec, tokenizer, size: int, api_key: str | None
                             client=client, served=spec.served, size=size, k=size)  # fmt: skip
     scorer.kl_method = "full"
     return scorer
+
+
+def served_kl(client: Client, served: str, model, active: dict[str, float], sequences, size: int) -> dict:
+    """``verify``'s KL: the served adapter's ``prompt_logprobs`` of ``sequences`` (each prompt and our
+    greedy completion, only the completion scored) against our engine's (``model`` with ``active``
+    adapters), teacher-forced as ``eval`` does: KL mean and max, top-1 agreement and how the KL was
+    computed (``"full"`` or the labelled top-k estimate). A server that gives no prompt_logprobs
+    raises :class:`EndpointError`."""
+    from adapterctl.core.eval.run import Passes, RefCache
+
+    spec = VariantSpec(served, "endpoint", client.root, served)
+    scorer = EndpointScorer(served, None, None, spec, client=client, served=served, size=size, k=size)
+    with RefCache(False) as cache:
+        _, (tally,) = Passes(list(sequences), 1).first(Scorer("reference", model, active), [scorer], cache)
+    f = tally.figures()
+    return {
+        "positions": f.positions,
+        "kl_mean": f.kl_mean,
+        "kl_max": f.kl_max,
+        "top1_agreement": f.top1_agreement,
+        "kl_method": scorer.kl_method,
+    }

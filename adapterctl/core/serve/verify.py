@@ -76,6 +76,10 @@ class AdapterVerdict:
     compared: str  # "token ids" | "text"
     first_divergence: Divergence | None = None
     max_logprob_diff: float | None = None
+    #: KL(ours || served) on our greedy completions, where the server returns prompt_logprobs
+    #: (eval's figures: kl_mean, kl_max, top1_agreement, kl_method, positions); else why not
+    kl: dict | None = None
+    kl_note: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -91,6 +95,8 @@ class AdapterVerdict:
             "compared": self.compared,
             "first_divergence": self.first_divergence.to_dict() if self.first_divergence else None,
             "max_logprob_diff": self.max_logprob_diff,
+            "kl": self.kl,
+            "kl_note": self.kl_note,
         }
 
 
@@ -251,4 +257,38 @@ def run_verify(
     report = run_generation(gen, specs, cfg, compare=True)
     tok = gen.session.require_tokenizer("it cannot decode the completions")  # open_generation checked
     results = verdicts(pairs, report.results, served, lambda ids: tok.decode(ids, skip_special_tokens=False))
+    step("asking for the served adapters' prompt_logprobs of our completions (KL)")
+    model, slots = gen.session.base.model, [a.name for a in gen.session.adapters]
+    results = [
+        with_kl(r, client, served_names.adapters.get(n, n), (model, slot), ours, tok)
+        for r, n, slot, ours in zip(results, names, slots, report.results[1:])
+    ]
     return VerifyReport(client.root, report.base, results, max_new_tokens)
+
+
+def with_kl(
+    verdict: AdapterVerdict, client, served: str, slot: tuple, ours: GenerationResult, tok
+) -> AdapterVerdict:
+    """The verdict with eval's KL of the served adapter against ours on our own greedy completions
+    (teacher-forced), or the reason there is none (the server gives no prompt_logprobs)."""
+    from dataclasses import replace
+
+    from adapterctl.core.eval.data import Sequence as Seq
+    from adapterctl.core.eval.scorers import vocab_size
+    from adapterctl.core.serve.eval_endpoint import served_kl
+    from adapterctl.errors import EndpointError
+
+    seqs = []
+    for c in ours.completions:
+        prompt = list(tok(c.prompt)["input_ids"])
+        new = list(c.completion_token_ids or ())
+        if prompt and new:
+            seqs.append(Seq(tuple(prompt + new), len(prompt), c.id))
+    if not seqs:
+        return replace(verdict, kl_note="no completion tokens to score")
+    try:
+        model, name = slot  # our model and the adapter's name on it
+        kl = served_kl(client, served, model, {name: 1.0}, seqs, vocab_size(model))
+    except EndpointError as err:
+        return replace(verdict, kl_note=f"no KL: {err.message}")
+    return replace(verdict, kl=kl)
