@@ -159,7 +159,8 @@ def run_elsewhere(
         if isinstance(backend, RayEngine):
             from adapterctl.core.serve.ray_batch import RayOptions, generate_on_ray
 
-            ray = RayOptions(backend.address, backend.replicas or 1, stage=backend.stage, vllm=opts)
+            replicas = 1 if backend.replicas is None else backend.replicas
+            ray = RayOptions(backend.address, replicas, stage=backend.stage, vllm=opts)
             return generate_on_ray(base_ref, choices, specs, cfg, opts=ray, hub=hub, on_step=on_step, **kw)
         prepare = functools.partial(prepare_adapters, "vllm")
         return generate_on_vllm(

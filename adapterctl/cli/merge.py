@@ -82,7 +82,7 @@ ThreadsOpt = Annotated[
     typer.Option(
         "--threads",
         min=1,
-        help="Tensors merged at once, one core each (default: every core this process may use).",
+        help="Tensors merged at once, one core each (default: the cores this process may use, at most 8; 2 on a GPU).",
         rich_help_panel=PANEL_OUT,
     ),
 ]

@@ -15,6 +15,8 @@ from tests.helpers import run_cli
     (["--stage", "s", "--engine", "adapterctl"], "--stage does not apply without --engine ray"),
     (["--engine", "ray", "--quantize", "nf4"], "--quantize does not apply with --engine ray"),
     (["--engine", "ray", "--endpoint", "http://127.0.0.1:1"], "--endpoint and --engine ray cannot be combined"),
+    (["--engine", "ray", "--replicas", "0"], "--replicas must be at least 1, got 0"),
+    (["--engine", "ray", "--ray-address", "nowhere"], "--ray-address 'nowhere' is not HOST:PORT"),
 ])
 def test_cli_refuses_flags_of_other_engines(args, words):
     res = run_cli("generate", "examples/tiny-base", "-p", "x", *args)

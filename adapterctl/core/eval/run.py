@@ -4,14 +4,15 @@ by batch. KL per batch, streamed; no batch's logits outlive it.
 
 One model in memory at a time: the first pass runs the reference's model, and scores against each
 batch's reference logits every variant that shares that model (the base row, other adapters) or
-holds none in this process (GGUF, MLX, endpoints). Variants with their own model (a merged folder,
-a dtype) are loaded afterwards one by one, once the reference's model is released, and scored
+holds none in this process (GGUF, endpoints). Variants with their own model (a merged folder,
+a dtype, an MLX adapter run by mlx-lm) are loaded afterwards one by one, once the reference's model is released, and scored
 against the reference's logits of the scored positions, which the first pass kept on disk
 (:class:`RefCache`: positions x vocabulary values in the reference's dtype)."""
 
 from __future__ import annotations
 
 import gc
+import shutil
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -33,7 +34,7 @@ from adapterctl.core.eval.scorers import (
 )
 from adapterctl.core.eval.specs import VariantSpec, check_names
 from adapterctl.core.runtime.session import AdapterChoice, Placement, base_hub, open_session
-from adapterctl.errors import UsageError
+from adapterctl.errors import OutputIOError, UsageError
 from adapterctl.io.hub.ref import HubOptions
 
 
@@ -109,7 +110,9 @@ def run_eval(
             if spec.kind in OWN_MODEL
             else shared_scorer(spec, lb.model, options, tokenizer, weight, endpoint_scorer)
         )
-    with RefCache(bool(deferred)) as cache:
+    itemsize = next(p.element_size() for p in lb.model.parameters())  # the reference's logits' dtype
+    need = sum(s.positions for s in sequences) * size * itemsize if deferred else 0
+    with RefCache(bool(deferred), need) as cache:
         passes = Passes(sequences, options.batch_size, on_progress, 1 + len(deferred))
         ref_tally, tallies = passes.first(reference, scorers, cache)
         del session, lb, attached, reference  # the reference's model goes before another loads
@@ -183,7 +186,7 @@ def shared_scorer(
     spec: VariantSpec, model, options: EvalOptions, tokenizer, weight: float, endpoint_scorer
 ) -> Scorer:
     """A variant scored in the reference's pass: an adapter on the reference's model, or one that
-    another engine runs (GGUF by llama.cpp, MLX by mlx-lm, an endpoint)."""
+    another engine runs (GGUF by llama.cpp, an endpoint)."""
     if spec.kind == "adapter":
         return adapter_scorer(spec, model, weight)
     if spec.kind == "gguf":
@@ -198,14 +201,23 @@ def shared_scorer(
 class RefCache:
     """The reference's logits of each batch's scored positions, one file per batch in a temporary
     folder (removed on exit), for the variants scored after the reference's model is released.
-    ``enabled=False``: nothing is kept (no variant needs it)."""
+    ``enabled=False``: nothing is kept (no variant needs it). ``need``: the bytes it will hold,
+    checked against the free space of the temporary folder before the first pass."""
 
-    def __init__(self, enabled: bool):
-        self.enabled = enabled
+    def __init__(self, enabled: bool, need: int = 0):
+        self.enabled, self.need = enabled, need
         self._tmp: tempfile.TemporaryDirectory | None = None
 
     def __enter__(self) -> RefCache:
         if self.enabled:
+            where = tempfile.gettempdir()
+            free = shutil.disk_usage(where).free
+            if self.need > free:
+                raise OutputIOError(
+                    f"eval keeps the reference's logits for the variants with a model of their own: "
+                    f"{self.need / 1e9:.1f} GB in {where}, which has {free / 1e9:.1f} GB free",
+                    hint="Point TMPDIR at a larger disk, or give less --data (fewer or shorter sequences).",
+                )
             self._tmp = tempfile.TemporaryDirectory(prefix="adapterctl-eval-ref-")
         return self
 
@@ -215,7 +227,14 @@ class RefCache:
 
     def put(self, batch: int, logits: torch.Tensor) -> None:
         if self._tmp is not None:
-            torch.save(logits.detach().cpu().contiguous(), Path(self._tmp.name) / f"{batch}.pt")
+            path = Path(self._tmp.name) / f"{batch}.pt"
+            try:
+                torch.save(logits.detach().cpu().contiguous(), path)
+            except (OSError, RuntimeError) as err:  # a full disk
+                raise OutputIOError(
+                    f"{path}: the reference's logits could not be kept ({err})",
+                    hint="Point TMPDIR at a disk with more free space.",
+                ) from err
 
     def get(self, batch: int) -> torch.Tensor:
         assert self._tmp is not None  # only variants scored after the first pass read it

@@ -48,21 +48,30 @@ SKIP_FILES = {"config.json", "README.md", "model.safetensors.index.json", "pytor
 Progress = Callable[[int, str], None]
 #: tensors read, merged and written at once when ``threads`` is not given; None: one per core
 WORKERS: int | None = None
+#: the default's ceiling: each worker holds one tensor's working set (a whole float32 copy off the
+#: blocked path: DoRA, experts, --qlora), so memory must not grow with a large machine's core count
+MAX_DEFAULT_THREADS = 8
+#: the default off the CPU: the device computes, two workers keep it fed while one reads or writes
+ACCELERATOR_THREADS = 2
 
 
-def merge_threads(threads: int | None = None) -> int:
-    """Worker threads of a merge: ``threads``, else ``WORKERS``, else the cores this process may
-    run on (``sched_getaffinity``: a container's or ``taskset``'s share, not the machine's)."""
+def merge_threads(threads: int | None = None, device: str = "cpu") -> int:
+    """Worker threads of a merge: ``threads``, else ``WORKERS``, else on the CPU the cores this
+    process may run on (``sched_getaffinity``: a container's or ``taskset``'s share, not the
+    machine's), at most ``MAX_DEFAULT_THREADS``; on a GPU, ``ACCELERATOR_THREADS``."""
     if threads is not None:
         if threads < 1:
             raise ValueError(f"threads must be at least 1, got {threads}")
         return threads
     if WORKERS is not None:
         return WORKERS
+    if device != "cpu":
+        return ACCELERATOR_THREADS
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:  # macOS, Windows
-        return max(1, os.cpu_count() or 1)
+        cores = os.cpu_count() or 1
+    return max(1, min(cores, MAX_DEFAULT_THREADS))
 
 
 @dataclass(frozen=True)
@@ -410,11 +419,11 @@ def execute_merge(
 ) -> MergeResult:
     """Write the merged checkpoint into ``output`` atomically (nothing partial on any failure).
 
-    ``threads``: tensors merged at once, each on one core (default: every core, see
-    :func:`merge_threads`); memory grows with it by one tensor's working set each."""
+    ``threads``: tensors merged at once, each on one core (default: the cores, at most 8; two on a
+    GPU; see :func:`merge_threads`); memory grows with it by one tensor's working set each."""
     start = time.monotonic()
     dev = resolve_device(device)
-    workers = merge_threads(threads)
+    workers = merge_threads(threads, dev.type)
     extra = sum(
         p.stat().st_size
         for p in job.files.root.iterdir()

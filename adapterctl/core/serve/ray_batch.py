@@ -85,6 +85,8 @@ class RayOptions:
     def check(self) -> None:
         if self.replicas < 1:
             raise UsageError(f"--replicas must be at least 1, got {self.replicas}")
+        if self.address is not None:
+            check_address(self.address)  # before anything is downloaded, converted or staged
         if self.batch_rows is not None and self.batch_rows < 1:
             raise UsageError(f"rows per batch must be at least 1, got {self.batch_rows}")
         self.vllm.check()
@@ -185,8 +187,7 @@ def _joined(ray, opts: RayOptions, step: Callable[[str], None]) -> Iterator[None
         "logging_level": logging.WARNING,
         "runtime_env": worker_env(opts.address is None),
     }
-    if opts.address is not None:
-        check_address(opts.address)
+    if opts.address is not None:  # check_address ran in opts.check()
         step(f"joining Ray at {opts.address}")
         try:
             ray.init(address=opts.address, **kw)
@@ -199,7 +200,15 @@ def _joined(ray, opts: RayOptions, step: Callable[[str], None]) -> Iterator[None
     else:
         cpus = math.ceil(opts.replicas * opts.cpus) + 1
         step(f"starting a local Ray ({cpus} CPUs)")
-        ray.init(num_cpus=cpus, include_dashboard=False, object_store_memory=256 << 20, **kw)
+        try:  # address="local": a new Ray even where RAY_ADDRESS names a cluster (--ray-address joins one)
+            ray.init(
+                address="local", num_cpus=cpus, include_dashboard=False, object_store_memory=256 << 20, **kw
+            )
+        except (ConnectionError, RuntimeError, ValueError) as err:
+            raise EndpointError(
+                f"a local Ray could not start ({err})",
+                hint="Is another Ray running in this process's session? Or join one with --ray-address.",
+            ) from err
     try:
         yield
     finally:

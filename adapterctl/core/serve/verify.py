@@ -276,7 +276,7 @@ def with_kl(
     from adapterctl.core.eval.data import Sequence as Seq
     from adapterctl.core.eval.scorers import vocab_size
     from adapterctl.core.serve.eval_endpoint import served_kl
-    from adapterctl.errors import EndpointError
+    from adapterctl.errors import AdapterctlError, Interrupted
 
     seqs = []
     for c in ours.completions:
@@ -289,6 +289,8 @@ def with_kl(
     try:
         model, name = slot  # our model and the adapter's name on it
         kl = served_kl(client, served, model, {name: 1.0}, seqs, vocab_size(model))
-    except EndpointError as err:
+    except Interrupted:
+        raise
+    except AdapterctlError as err:  # the token verdicts stand; the KL is a note
         return replace(verdict, kl_note=f"no KL: {err.message}")
     return replace(verdict, kl=kl)

@@ -53,3 +53,24 @@ def test_models_are_loaded_one_at_a_time(tmp_path, monkeypatch):
     assert rows["m1"]["kl_mean"] < rows["m2"]["kl_mean"] < rows["base"]["kl_mean"]
     assert rows["half"]["kl_mean"] > 0 and rows["dragon"]["kl_mean"] > rows["m2"]["kl_mean"]
     assert rows["m1"]["kl_max"] == pytest.approx(0, abs=1e-6)  # a float32 merge: the reference itself
+
+
+def test_too_little_room_for_the_reference_logits_is_refused_before_the_first_pass(tmp_path, monkeypatch):
+    """The reference's logits kept for the variants with a model of their own (positions x
+    vocabulary values) must fit in the temporary folder: refused up front (exit 9, TMPDIR named in
+    the hint), no traceback; a run without such variants keeps nothing and is not refused."""
+    import shutil
+    from collections import namedtuple
+
+    data = tmp_path / "d.jsonl"
+    data.write_text(json.dumps({"text": "the little fox met a mouse at the lake"}) + "\n")
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(1 << 30, 1 << 30, 1000))
+    res = invoke("--json", "eval", EX / "tiny-base", "-a", EX / "upper-lora", "--data", data,
+                 "--variant", "half=bf16")
+    assert res.code == 9, res.stdout + res.stderr
+    err = res.json["error"]
+    assert "reference's logits" in err["message"] and "TMPDIR" in err["hint"]
+    res = invoke("--json", "eval", EX / "tiny-base", "-a", EX / "upper-lora", "--data", data,
+                 "--variant", f"dragon={EX / 'dragon-dora'}")
+    assert res.code == 0, res.stdout + res.stderr

@@ -216,13 +216,18 @@ def test_threads_write_the_same_bytes(dtype, tiny_models, peft_adapter, tmp_path
 
 
 def test_merge_threads_default_and_bounds(monkeypatch):
-    """Default: WORKERS when set (tests), else the cores this process may run on."""
+    """Default: WORKERS when set (tests), else the cores this process may run on, at most
+    MAX_DEFAULT_THREADS; two on a GPU, whatever the cores."""
     import os
 
     assert write.merge_threads(3) == 3
+    assert write.merge_threads(3, "cuda") == 3
     with pytest.raises(ValueError):
         write.merge_threads(0)
     monkeypatch.setattr(write, "WORKERS", None)
-    assert write.merge_threads() == len(os.sched_getaffinity(0))
+    assert write.merge_threads() == min(len(os.sched_getaffinity(0)), write.MAX_DEFAULT_THREADS)
+    assert write.merge_threads(None, "cuda") == write.ACCELERATOR_THREADS
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)))
+    assert write.merge_threads() == write.MAX_DEFAULT_THREADS
     monkeypatch.setattr(write, "WORKERS", 5)
     assert write.merge_threads() == 5
