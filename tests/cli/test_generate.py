@@ -159,7 +159,11 @@ def test_ctrl_c_prints_what_was_made_and_exits_130(tiny_models, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "adapterctl", "generate", str(tiny_models["llama"]), "--prompts",
            str(prompts), "--jsonl", "-b", "1", "-n", "100"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    # SIGINT as a terminal's foreground command gets it: a test run started as a background job of a
+    # non-interactive shell (`.ci/run &`) ignores SIGINT, and its children would inherit that
+    default_sigint = lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)  # noqa: E731
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=default_sigint)
     first = proc.stdout.readline()  # generation is under way
     proc.send_signal(signal.SIGINT)
     rest, err = proc.communicate(timeout=120)
