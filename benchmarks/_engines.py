@@ -62,8 +62,9 @@ def write_prompts(texts: list[str], adapters: list[Path], n_prompts: int) -> Pat
     return path
 
 
-def run_generate(python: str, args: list[str], env: dict) -> dict:
-    """``adapterctl --json -q generate ARGS`` in ``python``: its document plus the wall time."""
+def generate_doc(python: str, args: list[str], env: dict) -> tuple[dict, dict]:
+    """``adapterctl --json -q generate ARGS`` in ``python``: its figures (tokens, its own elapsed
+    seconds, the process's wall seconds, tokens/s of each, the mode) and its --json document."""
     full = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1",
             "TOKENIZERS_PARALLELISM": "false", **env}
     t0 = time.perf_counter()
@@ -75,9 +76,15 @@ def run_generate(python: str, args: list[str], env: dict) -> dict:
                          f"{proc.stderr[-3000:]}")
     doc = json.loads(proc.stdout)
     n = sum(c["completion_tokens"] for c in doc["completions"])
-    return {"tokens": n, "elapsed_s": doc["elapsed_s"], "wall_s": round(wall, 2),
-            "tokens_per_s": round(n / doc["elapsed_s"], 2),
-            "tokens_per_s_wall": round(n / wall, 2), "mode": doc["mode"]}
+    figures = {"tokens": n, "elapsed_s": doc["elapsed_s"], "wall_s": round(wall, 2),
+               "tokens_per_s": round(n / doc["elapsed_s"], 2),
+               "tokens_per_s_wall": round(n / wall, 2), "mode": doc["mode"]}
+    return figures, doc
+
+
+def run_generate(python: str, args: list[str], env: dict) -> dict:
+    """``adapterctl --json -q generate ARGS`` in ``python``: its figures (:func:`generate_doc`)."""
+    return generate_doc(python, args, env)[0]
 
 
 def free_port() -> int:

@@ -19,14 +19,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._engines import DEFAULT_VLLM  # noqa: E402
+from benchmarks._engines import DEFAULT_VLLM, generate_doc  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 WORK = REPO / "benchmarks" / "_work" / "generate-ray"
@@ -48,21 +46,9 @@ def write_prompts(n: int) -> Path:
 
 
 def run(python: str, args: list[str]) -> tuple[dict, dict]:
-    """``adapterctl --json -q generate ARGS`` in ``python``: its figures (as benchmarks/_engines.py
-    computes them) and its greedy token ids by row."""
-    full = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1",
-            "TOKENIZERS_PARALLELISM": "false", **ENV}
-    t0 = time.perf_counter()
-    proc = subprocess.run([python, "-m", "adapterctl", "--json", "-q", "generate", *args],
-                          capture_output=True, text=True, env=full, cwd=REPO)
-    wall = time.perf_counter() - t0
-    if proc.returncode != 0:
-        raise SystemExit(f"generate failed (exit {proc.returncode}): {proc.stdout[-2000:]}"
-                         f"{proc.stderr[-3000:]}")
-    doc = json.loads(proc.stdout)
-    n = sum(c["completion_tokens"] for c in doc["completions"])
-    figures = {"tokens": n, "elapsed_s": doc["elapsed_s"], "wall_s": round(wall, 2),
-               "tokens_per_s": round(n / doc["elapsed_s"], 2), "tokens_per_s_wall": round(n / wall, 2)}
+    """``adapterctl --json -q generate ARGS`` in ``python`` (benchmarks/_engines.py runs it): its
+    figures and its greedy token ids by row."""
+    figures, doc = generate_doc(python, args, ENV)
     return figures, {c["id"]: c["completion_token_ids"] for c in doc["completions"]}
 
 
