@@ -105,6 +105,15 @@ def make_peft_adapter(base: Path, out: Path, seed: int = 0, perturb: float = 0.0
             if p.requires_grad:  # LoRA A/B, magnitudes, modules_to_save copies, token rows
                 p.add_(torch.randn_like(p) * perturb)
     pm.save_pretrained(str(out))
+    # PEFT keeps these as sets and saves them in hash order, which changes from run to run; the
+    # caller's order makes the files (and the transcripts that show them) the same every run
+    cfg_path = out / "adapter_config.json"
+    saved = json.loads(cfg_path.read_text())
+    for key in ("target_modules", "target_parameters"):
+        given = lora_kwargs.get(key)
+        if isinstance(given, list) and isinstance(saved.get(key), list) and sorted(given) == sorted(saved[key]):
+            saved[key] = list(given)
+    cfg_path.write_text(json.dumps(saved, indent=2, sort_keys=True))
     return out
 
 
