@@ -76,6 +76,11 @@ def run_converters(jobs: list[tuple[str, list[str]]], work: Path) -> list[str | 
     return json.loads((work / "results.json").read_text())
 
 
+#: tokens asked for beyond those compared: llama-completion's last output can be lost at exit
+#: (see below), and what a busy machine lost was up to 6 tokens
+SPARE_TOKENS = 16
+
+
 def complete(base_gguf: Path, prompt: str, n: int, lora: Path | None = None,
              scale: float | None = None) -> tuple[list[int], str]:
     """Greedy completion by llama-completion: (prompt token ids as llama.cpp tokenized them,
@@ -86,7 +91,7 @@ def complete(base_gguf: Path, prompt: str, n: int, lora: Path | None = None,
     if lora is not None:
         cmd += (["--lora-scaled", f"{lora}:{scale}"] if scale is not None else ["--lora", str(lora)])
     best: tuple[list[int], bytes] | None = None
-    for _ in range(6):
+    for _ in range(10):
         proc = subprocess.run(cmd, capture_output=True, timeout=120)
         err = proc.stderr.decode("utf-8", "replace")
         if proc.returncode:

@@ -12,7 +12,7 @@ import pytest
 
 from tests.conftest import build_model, make_peft_adapter
 from tests.helpers import REPO, invoke
-from tests.interop.gguf_harness import complete, run_converters, token_bytes
+from tests.interop.gguf_harness import SPARE_TOKENS, complete, run_converters, token_bytes
 
 #: covers the test tokenizer (372 tokens) and Qwen2Tokenizer's extra <|endoftext|>
 VOCAB = 373
@@ -96,12 +96,12 @@ def _generate_bytes(model: Path, adapter: Path | None, prompt: str, n: int) -> t
 
 
 def _llama_bytes(base_gguf: Path, prompt: str, n: int, lora: Path | None, model: Path) -> bytes:
-    """llama.cpp's completion of ``n`` + 4 tokens: llama-completion holds back the bytes of a
+    """llama.cpp's completion of ``n`` + SPARE_TOKENS tokens: llama-completion holds back the bytes of a
     token that could start an unfinished UTF-8 character, so our ``n`` tokens are compared as a
     prefix of a longer completion."""
     from transformers import AutoTokenizer
 
-    prompt_ids, out = complete(base_gguf, prompt, n + 4, lora)
+    prompt_ids, out = complete(base_gguf, prompt, n + SPARE_TOKENS, lora)
     assert prompt_ids == AutoTokenizer.from_pretrained(str(model))(prompt).input_ids, (base_gguf, lora)
     return out[:-2] if out.endswith(b"\n\n") else out  # llama-completion ends with a blank line
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from tests.helpers import REPO, invoke
-from tests.interop.gguf_harness import complete, llama_cpp_dir, run_converters, token_bytes
+from tests.interop.gguf_harness import SPARE_TOKENS, complete, llama_cpp_dir, run_converters, token_bytes
 
 BASE = REPO / "examples/tiny-base"
 ADAPTERS = {"upper": REPO / "examples/upper-lora", "dragon": REPO / "examples/dragon-dora"}
@@ -64,11 +64,11 @@ def _until_eos(ids: list[int], eos: int) -> list[int]:
 
 
 def llama_text(gguf: Path, prompt: str, n: int) -> bytes:
-    """llama.cpp's greedy completion of ``n`` + 4 tokens (compared as a prefix: llama-completion
+    """llama.cpp's greedy completion of ``n`` + SPARE_TOKENS tokens (compared as a prefix: llama-completion
     holds back bytes of an unfinished UTF-8 character); the prompt tokenized as transformers does."""
     from transformers import AutoTokenizer
 
-    prompt_ids, out = complete(gguf, prompt, n + 4)
+    prompt_ids, out = complete(gguf, prompt, n + SPARE_TOKENS)
     assert prompt_ids == AutoTokenizer.from_pretrained(str(BASE))(prompt).input_ids, gguf
     return out[:-2] if out.endswith(b"\n\n") else out
 
