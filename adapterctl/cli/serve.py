@@ -130,6 +130,7 @@ def serve_cmd(
         ServedAdapter,
         check_engine,
         check_served_names,
+        extra_dtype,
         find_server_python,
         server_command,
     )
@@ -142,6 +143,12 @@ def serve_cmd(
     if out.json and not dry_run:
         raise UsageError(
             "--json needs --dry-run", hint="serve becomes the server, whose logs are not one JSON document."
+        )
+    given = extra_dtype(list(extra or []))
+    if dtype is not None and given is not None and given != dtype:
+        raise UsageError(
+            f"--dtype {dtype} and, after --, --dtype {given}: which one?",
+            hint="give serve's --dtype alone (the engine is told it; adapterctl's checks use it too).",
         )
     pairs = served_adapters(lora, adapter, "serve")
     check_served_names([n for n, _ in pairs], base)
@@ -249,7 +256,7 @@ def register(app: typer.Typer) -> None:
         "serve",
         epilog=examples(
             "adapterctl serve ./base --lora upper=./upper-lora --dry-run",
-            "adapterctl serve ./base --lora a=./lora-a -a user/lora-b --port 8001 -- --dtype bfloat16",
+            "adapterctl serve ./base --lora a=./lora-a -a user/lora-b --port 8001 --dtype bfloat16",
             "adapterctl serve ./base -a ./lora-a --engine sglang --python ~/sglang-env/bin/python",
             "adapterctl serve ./base --allow-runtime-lora --max-lora-rank 256 --python ~/vllm-env/bin/python",
         ),

@@ -42,6 +42,15 @@ def test_vllm_command_line_with_a_converted_dora_adapter(tmp_path):
     assert doc["limits"] == {"max_lora_rank": 256, "max_loras": 3}
     assert argv[argv.index("--max-lora-rank") + 1] == "256"
     assert argv[-6:] == ["--host", "127.0.0.1", "--port", "8123", "--dtype", "float32"]
+    assert argv.count("--dtype") == 1  # the one after --, in place of serve's own
+
+
+def test_dtype_given_twice_must_agree(tmp_path):
+    res = dry("--lora", f"upper={UPPER}", "--dtype", "bfloat16", convert_dir=tmp_path, extra=["--dtype=float16"])
+    assert res.code == 2 and "--dtype bfloat16 and, after --, --dtype float16" in res.stdout
+    argv = dry("--lora", f"upper={UPPER}", "--dtype", "float16", convert_dir=tmp_path,
+               extra=["--dtype", "float16"]).json["command"]
+    assert argv.count("--dtype") == 1
 
 
 def test_converted_dora_generates_what_the_dora_adapter_does(tmp_path):

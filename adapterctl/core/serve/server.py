@@ -13,6 +13,9 @@ its adapters (already checked, and converted where needed: :mod:`adapterctl.core
 own ``auto`` runs a float32 checkpoint in half precision, where adapterctl's engine (the reference
 ``verify`` and ``deploy`` compare with) keeps the checkpoint's dtype.
 
+``--dtype`` after ``--`` (the engine's flag, as given) takes the place of ours; with serve's own
+``--dtype`` too, they must agree.
+
 ``runtime_lora`` (``serve --allow-runtime-lora``): the server also takes adapters while it runs
 (``adapterctl deploy``): vLLM with ``VLLM_ALLOW_RUNTIME_LORA_UPDATING=True`` in its environment and
 LoRA enabled even without an adapter at start (``vllm/envs.py``, ``entrypoints/serve/lora``); SGLang
@@ -133,11 +136,22 @@ def server_command(
             argv += ["--lora-target-modules", "all"]
         if lora:
             argv += ["--max-lora-rank", str(max_lora_rank), "--max-loras-per-batch", str(max_loras)]
-    if dtype is not None:
+    if dtype is not None and extra_dtype(extra) is None:
         argv += ["--dtype", dtype]
     argv += ["--host", host, "--port", str(port), *extra]
     env = {"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"} if runtime_lora and engine == "vllm" else {}
     return ServerCommand(engine, argv, list(adapters), env)
+
+
+def extra_dtype(extra: Sequence[str]) -> str | None:
+    """The ``--dtype`` given after ``--`` (the engine's own flag), if any: it is sent as given,
+    in place of ours (one ``--dtype`` on the engine's command line)."""
+    for i, arg in enumerate(extra):
+        if arg.startswith("--dtype="):
+            return arg.split("=", 1)[1]
+        if arg == "--dtype":
+            return extra[i + 1] if i + 1 < len(extra) else ""
+    return None
 
 
 def _vllm_module(a: ServedAdapter) -> str:
