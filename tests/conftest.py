@@ -143,3 +143,15 @@ def vlm_models(tmp_path_factory):
     from tests.vlm_fixtures import VlmModels
 
     return VlmModels(tmp_path_factory.mktemp("vlm"))
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """``-n N``: tests marked ``xdist_group`` (one docs page's transcripts, which share a folder
+    and the servers its blocks start) run on one worker in order; the rest spread as ``--dist
+    load`` spreads them. Any other ``--dist`` given is kept."""
+    if config.getvalue("dist") != "load":
+        return None
+    from xdist.scheduler import LoadGroupScheduling
+
+    return LoadGroupScheduling(config, log)

@@ -108,13 +108,14 @@ def deploy_cmd(
     hub = hub_options(revision, token)
     dirs = [resolve_adapter_dir(ref, hub) for _, ref in pairs]
     base_dir = resolve_model_dir(base, base_hub(hub))
+    given = stage or default_stage()
     try:
         report = deploy_adapters(
             opts,
             engine,
             [(n, r, d) for (n, r), d in zip(pairs, dirs)],
             (base_dir, base),
-            stage or default_stage(),
+            given,
             replace_taken=replace,
             verify=not no_verify,
             keep_on_failure=keep_on_failure,
@@ -125,11 +126,23 @@ def deploy_cmd(
         report = getattr(err, "report", None)
         if report is None:
             raise
-        out.fail(report.to_dict(), lambda console: _render(console, report), err)
-    out.result(report.to_dict(), lambda console: _render(console, report))
+        out.fail(report.to_dict(), lambda console: _render(console, report, given), err)
+    out.result(report.to_dict(), lambda console: _render(console, report, given))
 
 
-def _render(console, report) -> None:
+def as_staged(path: str | None, stage: Path) -> str:
+    """A path the server loads, under ``stage`` as the user named it (``./staged/upper-…``) when it
+    lies there; otherwise as the server has it. The JSON keeps the server's path."""
+    if not path:
+        return ""
+    try:
+        rel = Path(path).relative_to(stage.expanduser().resolve())
+    except ValueError:
+        return path
+    return str(stage / rel)
+
+
+def _render(console, report, stage: Path) -> None:
     from rich.table import Table
     from rich.text import Text
 
@@ -142,7 +155,7 @@ def _render(console, report) -> None:
             Text(d.name),
             Text(d.adapter),
             d.verdict + (" -> converted" if d.converted else ""),
-            Text(d.path),
+            Text(as_staged(d.path, stage)),
             verdicts.get(d.name, "skipped"),
         )
     console.print(table)
@@ -186,11 +199,11 @@ def ls_cmd(
     rows = list_served(_opts(endpoint, api_key, timeout), stage or default_stage())
     out.result(
         {"endpoint": endpoint, "models": [r.to_dict() for r in rows]},
-        lambda console: _render_ls(console, rows),
+        lambda console: _render_ls(console, rows, stage or default_stage()),
     )
 
 
-def _render_ls(console, rows) -> None:
+def _render_ls(console, rows, stage: Path) -> None:
     from rich.table import Table
     from rich.text import Text
 
@@ -199,7 +212,7 @@ def _render_ls(console, rows) -> None:
         table.add_column(col, overflow="fold")
     for r in rows:
         kind = "base" if r.parent is None else f"adapter of {r.parent}"
-        table.add_row(Text(r.name), Text(kind), Text(r.root or ""), Text(r.adapter or ""))
+        table.add_row(Text(r.name), Text(kind), Text(as_staged(r.root, stage)), Text(r.adapter or ""))
     console.print(table)
 
 

@@ -99,7 +99,30 @@ def tiny_base_gguf(root: Path) -> None:
     shutil.rmtree(root / ".gguf-build")
 
 
-FIXTURES = {"moe": moe, "tied": tied, "fp8": fp8, "vlm": vlm, "tiny-base-gguf": tiny_base_gguf}
+def qlora(root: Path) -> None:
+    """tiny-base (examples/tiny-base) and qlora-upper: benchmarks/qlora.py's QLoRA adapter,
+    trained on tiny-base quantized to NF4 by bitsandbytes, with a card as axolotl writes it."""
+    from transformers import AutoTokenizer
+
+    from tests.helpers import REPO
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import qlora as bench  # benchmarks/qlora.py
+
+    shutil.copytree(REPO / "examples/tiny-base", root / "tiny-base")
+    tok = AutoTokenizer.from_pretrained(str(root / "tiny-base"))
+    bench.train(bench.nf4_base(), tok, root / "qlora-upper")
+    config_path = root / "qlora-upper/adapter_config.json"
+    config = json.loads(config_path.read_text())
+    config["base_model_name_or_path"] = "tiny-base"  # as trained: the base by its folder's name
+    config_path.write_text(json.dumps(config, indent=2))
+    (root / "qlora-upper/README.md").write_text(
+        "# qlora-upper\n\nTrained with axolotl.\n\n```yaml\nbase_model: tiny-base\nadapter: qlora\n"
+        "load_in_4bit: true\nlora_r: 8\nlora_alpha: 16\n```\n"
+    )
+
+
+FIXTURES = {"moe": moe, "tied": tied, "fp8": fp8, "vlm": vlm, "tiny-base-gguf": tiny_base_gguf, "qlora": qlora}
 
 if __name__ == "__main__":
     for name in sys.argv[1:]:

@@ -45,7 +45,13 @@ def _runnable(block: Block) -> bool:
     return not block.norun and not missing_engines(block)
 
 
-@pytest.mark.parametrize("block", BLOCKS, ids=[b.where() for b in BLOCKS])
+#: the last block of each page that runs here: the page's servers stop after it
+LAST = {block.path: block.start for block in BLOCKS if _runnable(block)}
+
+
+# one page's blocks on one pytest-xdist worker, in page order (tests/conftest.py schedules groups)
+@pytest.mark.parametrize("block", [pytest.param(b, marks=pytest.mark.xdist_group(b.where().rsplit(':', 1)[0]))
+                                   for b in BLOCKS], ids=[b.where() for b in BLOCKS])
 def test_transcript(block: Block, page_state, tmp_path_factory, request):
     if block.norun:
         pytest.skip(f"not run: {block.norun}")
@@ -62,8 +68,12 @@ def test_transcript(block: Block, page_state, tmp_path_factory, request):
             if _runnable(earlier):
                 page.workdir.run(earlier)
             page.done.add(earlier.start)
-    actual = page.workdir.run(block)
-    page.done.add(block.start)
+    try:
+        actual = page.workdir.run(block)
+    finally:
+        page.done.add(block.start)
+        if LAST.get(block.path) == block.start:
+            page.workdir.kill()  # the servers the page started
     if request.config.getoption("--update", default=False):
         updates.setdefault(block.path, []).append((block, actual))
         return

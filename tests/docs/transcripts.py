@@ -12,6 +12,9 @@ Markers go in the fence's info string, after ``console``:
   tests' engine variables are set (``ADAPTERCTL_VLLM_PYTHON``...); skipped with a reason elsewhere.
 - ``setup=moe`` (comma-separated): tiny models and adapters from tests/docs/fixtures.py, built
   once into the page's folder before the block runs.
+- ``ready=URL``: the block starts a server in the background (a command ending in `` &``, its
+  output kept in a log file of the page's folder, not in the transcript); after the block the
+  test waits until URL answers, and the server runs until the page's last block has run.
 - ``norun="reason"``: never run (an illustration, e.g. a push to the real Hub); the reason is
   required, and there are few such blocks.
 
@@ -28,12 +31,16 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 COLUMNS = "100"
 SEP = "@@adapterctl-transcript-end-of-command@@"
+#: the examples' files' mtime in a page's folder (serve's and deploy's copies are named from it)
+EXAMPLES_MTIME = 1_767_225_600  # 2026-01-01
 
 #: engine -> the environment variable that points at it (as tests/interop read them)
 ENGINES = {
@@ -41,6 +48,7 @@ ENGINES = {
     "llama.cpp": "ADAPTERCTL_LLAMA_CPP",
     "mlx": "ADAPTERCTL_MLX_PYTHON",
     "sglang": "ADAPTERCTL_SGLANG_PYTHON",
+    "ray": "ADAPTERCTL_RAY_PYTHON",
 }
 
 _FENCE = re.compile(r"^(`{3,})(.*)$")
@@ -80,6 +88,10 @@ class Block:
     def requires(self) -> list[str]:
         value = self.options.get("requires", "")
         return [e for e in value.split(",") if e]
+
+    @property
+    def ready(self) -> str | None:
+        return self.options.get("ready")
 
     @property
     def norun(self) -> str | None:
@@ -154,6 +166,8 @@ class Workdir:
     def __init__(self, root: Path) -> None:
         self.root = root
         shutil.copytree(REPO / "examples", root / "examples", ignore=shutil.ignore_patterns("__pycache__"))
+        for f in (root / "examples").rglob("*"):  # a checkout's times vary; copies are named by them
+            os.utime(f, (EXAMPLES_MTIME, EXAMPLES_MTIME), follow_symlinks=False)
         bindir = root.parent / f"{root.name}-bin"
         bindir.mkdir(exist_ok=True)
         shim = bindir / "adapterctl"
@@ -174,7 +188,10 @@ class Workdir:
             "PYTHONWARNINGS": "",
             "HF_HUB_DISABLE_TELEMETRY": "1",
             "TOKENIZERS_PARALLELISM": "false",
+            # vLLM's CPU build on a shared machine: no pinning to cores others use (tests/interop)
+            "VLLM_CPU_OMP_THREADS_BIND": os.environ.get("VLLM_CPU_OMP_THREADS_BIND", "nobind"),
         }
+        self.jobs = 0  # background commands started so far (logs .transcript-job-N.log)
         self.groups: list[int] = []
         self.fixtures: set[str] = set()
 
@@ -193,8 +210,16 @@ class Workdir:
         """Run the block's commands in one bash; each command's output, made relative."""
         self.setup(block)
         script = ["set +e"]
+        background: list[Path] = []
         for cmd in block.commands:
-            script += [cmd.line, f"__rc=$?; printf '\\n%s\\n' '{SEP}'; (exit $__rc)"]
+            line = cmd.line
+            if line.rstrip().endswith("&") and not line.rstrip().endswith("&&"):
+                # a server: its output into a log (an open pipe would hold this run open)
+                self.jobs += 1
+                log = self.root / f".transcript-job-{self.jobs}.log"
+                background.append(log)
+                line = f"( {line.rstrip()[:-1]} ) > {shlex.quote(str(log))} 2>&1 & echo $! > {shlex.quote(str(log))}.pid"
+            script += [line, f"__rc=$?; printf '\\n%s\\n' '{SEP}'; (exit $__rc)"]
         proc = subprocess.Popen(["bash", "-c", "\n".join(script)], cwd=self.root, env=self.env,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                 start_new_session=True)
@@ -206,7 +231,34 @@ class Workdir:
             out, _ = proc.communicate()
         parts = out.split(f"\n{SEP}\n")
         parts += [""] * (len(block.commands) - len(parts))
+        if block.ready:
+            self.wait_ready(block, background)
         return [self.relative(p) for p in parts[: len(block.commands)]]
+
+    def wait_ready(self, block: Block, logs: list[Path], timeout: float = 600) -> None:
+        """Wait until ``block.ready`` answers; fail with the server's log if it exits first."""
+        if not logs:
+            raise ValueError(f"{block.where()}: ready= names a URL but no command ends in ' &'")
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                urllib.request.urlopen(block.ready, timeout=5).read()
+                return
+            except OSError:
+                pass
+            alive = []
+            for log in logs:
+                pid = Path(f"{log}.pid")
+                try:
+                    os.kill(int(pid.read_text()), 0)
+                    alive.append(log)
+                except (OSError, ValueError):
+                    pass
+            if not alive or time.monotonic() > deadline:
+                why = "exited" if not alive else f"did not answer in {timeout:.0f} s"
+                tails = "\n".join(log.read_text(errors="replace")[-4000:] for log in logs if log.is_file())
+                raise RuntimeError(f"{block.where()}: the server {why} ({block.ready}):\n{tails}")
+            time.sleep(2)
 
     def relative(self, text: str) -> str:
         """Temporary and home paths as a reader would write them (relative, ``~``)."""

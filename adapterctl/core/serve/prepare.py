@@ -157,11 +157,14 @@ def _check_exact(result, said: str, shown: str, engine: str, dest: Path) -> None
 
 
 def _digest(folder: Path, engine: str, base: Path) -> str:
-    """Names a converted copy by what it was made from: the adapter's files (size and mtime),
-    the engine and the base."""
-    h = hashlib.sha256(json.dumps([engine, str(Path(base).resolve())]).encode())
-    for p in sorted(Path(folder).iterdir()):
-        if p.is_file():
-            st = p.stat()
-            h.update(json.dumps([p.name, st.st_size, st.st_mtime_ns]).encode())
+    """Names a converted copy by what it was made from: the engine, the adapter's files and the
+    base's (name, size and mtime of each: a stat, never a read), wherever those folders are."""
+    h = hashlib.sha256(json.dumps([engine]).encode())
+    for where in (Path(folder), Path(base)):
+        files = sorted(where.iterdir()) if where.is_dir() else [where]
+        for p in files:
+            if p.is_file():
+                st = p.stat()
+                h.update(json.dumps([p.name, st.st_size, st.st_mtime_ns]).encode())
+        h.update(b"\0")
     return h.hexdigest()[:12]
