@@ -22,6 +22,7 @@ has the least-squares line of each tool (seconds = a + b x GB on disk) with its 
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import shutil
@@ -123,8 +124,14 @@ def build_adapter(size: Size, path: Path, base: Path, r: int = 16) -> None:
 
 
 def build_in_child(name: str) -> None:
-    """Build in a child process: this parent then never holds torch (nor its memory)."""
-    proc = subprocess.run([PY, __file__, "--build-only", "--sizes", name], env=env())
+    """Build in a child process: this parent then never holds torch (nor its memory). Under a lock
+    on the cache: two benchmarks (or two test workers) that need the same base build it once."""
+    WORK.mkdir(parents=True, exist_ok=True)
+    with open(WORK / ".build.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (WORK / name / "base").exists() and (WORK / name / "adapter").exists():
+            return  # built by whoever held the lock before us
+        proc = subprocess.run([PY, __file__, "--build-only", "--sizes", name], env=env())
     if proc.returncode != 0:
         raise SystemExit(f"building the {name} base failed (exit {proc.returncode})")
 

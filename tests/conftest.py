@@ -133,8 +133,9 @@ def peft_adapter(tmp_path_factory, tiny_models):
     return make
 
 
-#: the quantized bases (FP8, MXFP4, compressed-tensors) of the merge, attach and reader tests
-pytest_plugins = ("tests.quant_fixtures",)
+#: the quantized bases (FP8, MXFP4, compressed-tensors) of the merge, attach and reader tests;
+#: under -n N, the tests marked xdist_group on one worker (a docs page's transcripts, the benchmarks)
+pytest_plugins = ("tests.quant_fixtures", "tests.xdist_groups")
 
 @pytest.fixture(scope="session")
 def vlm_models(tmp_path_factory):
@@ -143,15 +144,3 @@ def vlm_models(tmp_path_factory):
     from tests.vlm_fixtures import VlmModels
 
     return VlmModels(tmp_path_factory.mktemp("vlm"))
-
-
-@pytest.hookimpl(optionalhook=True)
-def pytest_xdist_make_scheduler(config, log):
-    """``-n N``: tests marked ``xdist_group`` (one docs page's transcripts, which share a folder
-    and the servers its blocks start) run on one worker in order; the rest spread as ``--dist
-    load`` spreads them. Any other ``--dist`` given is kept."""
-    if config.getvalue("dist") != "load":
-        return None
-    from xdist.scheduler import LoadGroupScheduling
-
-    return LoadGroupScheduling(config, log)

@@ -17,7 +17,9 @@ from tests.helpers import REPO
 
 BENCH = REPO / "benchmarks"
 STEPS = ("merge_scaling", "generate", "attach", "startup")  # the benchmarks with a plot
-pytestmark = pytest.mark.slow  # ~20 processes that import torch: about a minute on a quiet machine
+# ~20 processes that import torch: about a minute on a quiet machine. One worker runs the module:
+# the module-scoped run below is then made once, not once per worker racing on the benchmarks' cache
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("benchmarks-run-all")]
 
 
 @pytest.fixture(scope="module")
@@ -27,8 +29,18 @@ def quick_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
                            "--steps", ",".join(STEPS)],
                           capture_output=True, text=True, timeout=1200, cwd=REPO,
                           env={**os.environ, "PYTHONPATH": str(REPO)})
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert proc.returncode == 0, failed_steps(out) or proc.stderr[-4000:]
     return out, proc
+
+
+def failed_steps(out: Path) -> str:
+    """The failed steps' own output tails, from results.json (stderr's tail shows the last step)."""
+    try:
+        results = json.loads((out / "results.json").read_text())["results"]
+    except (OSError, ValueError, KeyError):
+        return ""
+    return "\n".join(f"{name}: {r['error']}\n" + "\n".join(r.get("output_tail", []))
+                     for name, r in results.items() if isinstance(r, dict) and "error" in r)
 
 
 def test_quick_run_writes_the_page_plots_and_figures(quick_run):

@@ -49,7 +49,7 @@ def _runnable(block: Block) -> bool:
 LAST = {block.path: block.start for block in BLOCKS if _runnable(block)}
 
 
-# one page's blocks on one pytest-xdist worker, in page order (tests/conftest.py schedules groups)
+# one page's blocks on one pytest-xdist worker, in page order (tests/xdist_groups.py)
 @pytest.mark.parametrize("block", [pytest.param(b, marks=pytest.mark.xdist_group(b.where().rsplit(':', 1)[0]))
                                    for b in BLOCKS], ids=[b.where() for b in BLOCKS])
 def test_transcript(block: Block, page_state, tmp_path_factory, request):
