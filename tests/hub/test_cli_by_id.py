@@ -103,19 +103,42 @@ def test_inspect_base_by_id_compares_names_by_id(hub, lora, tiny_models, tmp_pat
     assert differs and "'testuser/base2'" in differs[0]["message"]
 
 
-def test_convert_for_sglang_fetches_the_base_the_adapter_names(hub, peft_adapter, tiny_models, tmp_path):
-    """No --base: SGLang's zero v_proj partner takes its shape from the adapter's own base, a Hub id
-    here, fetched as every command fetches a base given none."""
+def _named_base(src, folder, base: str):
+    """A copy of adapter ``src`` whose adapter_config.json names ``base``."""
     import json
 
-    src = peft_adapter("llama", r=4, target_modules=["q_proj"])
-    named = tmp_path / "named"
-    named.mkdir()
+    folder.mkdir()
     cfg = json.loads((src / "adapter_config.json").read_text())
-    (named / "adapter_config.json").write_text(json.dumps({**cfg, "base_model_name_or_path": "testuser/base"}))
-    (named / "adapter_model.safetensors").write_bytes((src / "adapter_model.safetensors").read_bytes())
+    (folder / "adapter_config.json").write_text(json.dumps({**cfg, "base_model_name_or_path": base}))
+    (folder / "adapter_model.safetensors").write_bytes((src / "adapter_model.safetensors").read_bytes())
+    return folder
+
+
+def test_convert_for_sglang_fetches_the_base_the_adapter_names(hub, peft_adapter, tiny_models, tmp_path):
+    """No --base: SGLang's zero v_proj partner takes its shape from the adapter's own base, a Hub id
+    here, fetched as every command fetches a base given none: its headers only, shapes being all
+    this step needs."""
+    named = _named_base(peft_adapter("llama", r=4, target_modules=["q_proj"]), tmp_path / "named",
+                        "testuser/base")
     hub.seed("testuser/base", tiny_models["llama"])
     res = run_cli("--json", "convert", "--for", "sglang", str(named), str(tmp_path / "o"))
     assert res.code == 0, res.stderr
     assert any("zero LoRA added on" in n for n in res.json["notes"])
     assert any(p.startswith("/api/models/testuser/base") for _, p, _ in hub.state.requests)
+    assert _full_gets(hub, "model.safetensors") == 0
+
+
+def test_convert_dora_for_vllm_fetches_the_base_weights_it_reads(hub, peft_adapter, tiny_models, tmp_path):
+    """DoRA -> LoRA reads the base's weights: without --base they come from the Hub base the
+    adapter names, and the output equals the one made with that base given locally."""
+    named = _named_base(peft_adapter("llama", r=4, target_modules=["q_proj"], use_dora=True),
+                        tmp_path / "named", "testuser/base")
+    hub.seed("testuser/base", tiny_models["llama"])
+    res = run_cli("--json", "convert", "--for", "vllm", str(named), str(tmp_path / "o"))
+    assert res.code == 0, res.stderr
+    assert _full_gets(hub, "model.safetensors") == 1
+    given = run_cli("--json", "convert", "--for", "vllm", str(named), str(tmp_path / "given"),
+                    "--base", str(tiny_models["llama"]))
+    assert given.code == 0, given.stderr
+    assert (tmp_path / "o/adapter_model.safetensors").read_bytes() == (
+        tmp_path / "given/adapter_model.safetensors").read_bytes()

@@ -54,7 +54,10 @@ class Work:
         self.reports: list[ModuleReport] = []
         self._reader = None
         #: (local folder, name) of the base once known: --base, else the adapter's own on first need
+        #: (a Hub base as header stubs: shapes are most steps' need)
         self._base = (req.base, req.base_name or req.base) if req.base else None
+        #: the folder base_param reads: --base, else the adapter's own base, its weights fetched then
+        self._weights: str | None = req.base
         self.base_info: BaseInfo | None = read_base_info(req.base, req.base_name) if req.base else None
 
     @property
@@ -75,7 +78,9 @@ class Work:
                 )
             from adapterctl.io.hub.resolve import resolve_model_dir
 
-            self._base = (str(resolve_model_dir(name, self.req.hub)), name)
+            # config and parameter shapes: a Hub base's weights only when a step reads them
+            folder = resolve_model_dir(name, self.req.hub, need_weights=False, header_only=True)
+            self._base = (str(folder), name)
             self.base_info = read_base_info(*self._base)
         assert self.base_info is not None  # set with _base
         return self.base_info
@@ -85,9 +90,13 @@ class Work:
         if self._reader is None:
             from adapterctl.io.checkpoint.reader import CheckpointReader
             from adapterctl.io.folders.model_dir import locate_model_files
+            from adapterctl.io.hub.resolve import resolve_model_dir
 
             assert self._base is not None  # set by self.base()
-            self._reader = CheckpointReader(locate_model_files(*self._base))
+            name = self._base[1]
+            if self._weights is None:  # the adapter's own base: now its weights too
+                self._weights = str(resolve_model_dir(name, self.req.hub))
+            self._reader = CheckpointReader(locate_model_files(self._weights, name))
         return self._reader.load_param(param, self.draft.source)
 
     def close(self) -> None:
