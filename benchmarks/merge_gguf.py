@@ -28,7 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from merge_scaling import SIZES, WORK, build_in_child, env, log
+from merge_scaling import SIZES, WORK, build_in_child, built, env, log
 
 REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -49,7 +49,7 @@ def timed(cmd: list[str]) -> tuple[float, float]:
 
 def prepare(size_name: str) -> tuple[Path, Path]:
     scaling = WORK / size_name / "base"
-    if not scaling.exists():
+    if not built(size_name):
         build_in_child(size_name)
     base = WORK / f"{size_name}-gguf-base"  # merge_scaling's files (linked) and a tokenizer
     if not base.exists():

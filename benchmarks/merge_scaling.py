@@ -123,13 +123,18 @@ def build_adapter(size: Size, path: Path, base: Path, r: int = 16) -> None:
     write_llama_lora(path, size.layers, size.linear_dims(), base, r)
 
 
+def built(name: str) -> bool:
+    """The ``name`` base and its adapter are in the cache (each is moved into place whole)."""
+    return (WORK / name / "base").exists() and (WORK / name / "adapter").exists()
+
+
 def build_in_child(name: str) -> None:
     """Build in a child process: this parent then never holds torch (nor its memory). Under a lock
     on the cache: two benchmarks (or two test workers) that need the same base build it once."""
     WORK.mkdir(parents=True, exist_ok=True)
     with open(WORK / ".build.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if (WORK / name / "base").exists() and (WORK / name / "adapter").exists():
+        if built(name):
             return  # built by whoever held the lock before us
         proc = subprocess.run([PY, __file__, "--build-only", "--sizes", name], env=env())
     if proc.returncode != 0:
@@ -244,7 +249,7 @@ def measure_size(name: str, rounds: int, timeout: float, ref: str | None = None,
     size, root = SIZES[name], WORK / name
     base, adapter = root / "base", root / "adapter"
     t0 = time.perf_counter()
-    if not base.exists() or not adapter.exists():
+    if not built(name):
         log(f"{name}: building the random base and adapter under {root}")
         build_in_child(name)
     build_s = time.perf_counter() - t0
@@ -342,7 +347,7 @@ def runtime_floor(rounds: int, timeout: float, peft: bool = True) -> dict:
     """Each tool's cost before its tensors: the same command on the ``tiny`` base (0.15M
     parameters), so every import and code path is there and the tensors weigh nothing."""
     root = WORK / "tiny"
-    if not (root / "base").exists() or not (root / "adapter").exists():
+    if not built("tiny"):
         build_in_child("tiny")
     tools, outs = commands(root)
     floor = {}
