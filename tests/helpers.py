@@ -6,6 +6,7 @@ import contextlib
 import io
 import json
 import os
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -41,11 +42,14 @@ def invoke(*args: str) -> CliResult:
 
     out, err = io.StringIO(), io.StringIO()
     code = 0
+    on_interrupt = signal.getsignal(signal.SIGINT)  # main ignores Ctrl-C once it is done
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try:
             main([str(a) for a in args])
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else 1
+        finally:
+            signal.signal(signal.SIGINT, on_interrupt)
     return CliResult(code, out.getvalue(), err.getvalue())
 
 

@@ -4,7 +4,9 @@ module in this package and import their heavy dependencies inside the command bo
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
 import traceback
 from typing import TYPE_CHECKING
 
@@ -185,7 +187,16 @@ def main(argv: list[str] | None = None) -> None:
         sys.stdout.flush()
     except BrokenPipeError:
         output_mod.silence_stdout()
+    _outcome_decided()
     raise SystemExit(code)
+
+
+def _outcome_decided() -> None:
+    """From here on Ctrl-C changes nothing: the output is published (or refused) and the exit code
+    chosen. Python then shuts down, running library finalizers (torch's among them); a Ctrl-C landing
+    in one would print a traceback and no more, so it is ignored."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _report(out: Output, err: AdapterctlError, settings: Settings, cause: BaseException | None = None) -> int:

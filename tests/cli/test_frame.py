@@ -53,6 +53,20 @@ def test_unknown_option_is_usage_error_without_traceback():
     assert res.code == 2 and "No such option" in res.stderr and "Traceback" not in res.stderr
 
 
+def test_ctrl_c_while_python_shuts_down_prints_no_traceback():
+    """A Ctrl-C after the outcome is decided (CI caught one in torch's finalizers at exit) changes
+    neither the exit code nor stderr. Here it lands in an exit handler registered before main,
+    which therefore runs after every handler a library registers on the way."""
+    code = (
+        "import atexit, os, signal, time\n"
+        "def late():\n    os.kill(os.getpid(), signal.SIGINT)\n    time.sleep(0.5)\n"
+        "atexit.register(late)\n"
+        "from adapterctl.cli.app import main\nmain(['--version'])\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, f"adapterctl {__version__}\n", "")
+
+
 def test_help_imports_no_heavy_module():
     code = (
         "import sys\nfrom adapterctl.cli.app import main\nsys.argv=['adapterctl','--help']\n"
