@@ -1,4 +1,4 @@
-from adapterctl.cli.app import main
+from adapterctl.cli.app import entry
 
 if __name__ == "__main__":
-    main()
+    entry()

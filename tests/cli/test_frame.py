@@ -67,6 +67,46 @@ def test_ctrl_c_while_python_shuts_down_prints_no_traceback():
     assert (proc.returncode, proc.stdout, proc.stderr) == (0, f"adapterctl {__version__}\n", "")
 
 
+ENTRY = """
+import atexit, sys, threading, time
+{imports}
+class Teardown:
+    def __del__(self):
+        sys.stderr.write("teardown\\n")
+keep = Teardown()  # a module global: freed by the interpreter's teardown, if it runs
+atexit.register(lambda: sys.stderr.write("exit handler\\n"))
+{thread}
+sys.argv = ["adapterctl", *{args!r}]
+from adapterctl.cli.app import entry
+entry()
+"""
+LATE_THREAD = (
+    "threading.Thread(target=lambda: (time.sleep(0.3), sys.stderr.write('thread done\\n'))).start()"
+)
+
+
+@pytest.mark.parametrize("torch_loaded,thread,args,code,teardown", [
+    (True, False, ["--version"], 0, False),
+    (True, False, ["inspect", "no/such/adapter"], 3, False),
+    (False, False, ["--version"], 0, True),
+    (True, True, ["--version"], 0, True),
+])
+def test_the_process_ends_without_teardown_where_torch_is_loaded(torch_loaded, thread, args, code,
+                                                                  teardown):
+    """The entry point skips the interpreter's teardown once torch is loaded (0.3-0.4 s of
+    unloading it), with the exit code kept and every exit handler run; without torch, or with a
+    non-daemon thread still running (which the normal exit waits for), Python ends as usual."""
+    script = ENTRY.format(imports="import torch" if torch_loaded else "",
+                          thread=LATE_THREAD if thread else "", args=args)
+    proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == code, proc.stderr
+    assert "exit handler" in proc.stderr and "Traceback" not in proc.stderr
+    assert ("teardown" in proc.stderr) == teardown, proc.stderr
+    assert ("thread done" in proc.stderr) == thread
+    if code == 0:
+        assert proc.stdout == f"adapterctl {__version__}\n"
+
+
 def test_help_imports_no_heavy_module():
     code = (
         "import sys\nfrom adapterctl.cli.app import main\nsys.argv=['adapterctl','--help']\n"
