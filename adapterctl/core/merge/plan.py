@@ -172,12 +172,17 @@ class KeyIndex:
     def fused(self) -> dict[str, list[str]]:
         return self._tables()[1]
 
-    def find(self, param: str) -> str | None:
-        if param in self.alias:
-            return self.alias[param]
+    def find_stored(self, param: str) -> str | None:
+        """The key by name alone (exact, prefix, legacy spelling): no transformers table."""
         key = find_checkpoint_key(param, self.keys)
         if key is None and self._spelling is not None and (spelled := self._spelling.map(param)):
             key = find_checkpoint_key(spelled, self.keys)
+        return key
+
+    def find(self, param: str) -> str | None:
+        if param in self.alias:
+            return self.alias[param]
+        key = self.find_stored(param)
         if key is None:
             renamed = self._tables()[0]
             found = find_checkpoint_key(param, renamed) if renamed else None
@@ -429,7 +434,7 @@ def plan_merge(
     entries, updates = _layout(files, stored, adapters, base_source or str(base))
     shapes = {key: s.shape for key, s in entries}
     index = KeyIndex(list(shapes), files.config)
-    tie = find_tie(files.config, files.model_type, index)
+    tie = find_tie(files.config, files.model_type, index, shapes)
     if tie:
         # like PEFT: lm_head's ops land in the shared table; else they are kept apart under the
         # output parameter's own name until build_tasks decides whether the ends differ

@@ -27,8 +27,17 @@ OWN_SLOTS = ("loras", "bias_loras", "copy")
 SHARED_SLOTS = ("replacement", "tokens")
 
 
-def tied_keys(model_type: str | None) -> list[tuple[str, str]]:
-    """The model class's ``_tied_weights_keys`` (output -> input embedding), or the usual names."""
+#: the usual (output, input embedding) pairs, one per common layout; a checkpoint that matches one
+#: needs nothing more (asking transformers means importing it and the model's module: seconds)
+COMMON_TIES = tuple(
+    ("lm_head.weight", name)
+    for name in ("model.embed_tokens.weight", "transformer.wte.weight", "gpt_neox.embed_in.weight")
+)
+
+
+def class_tied_keys(model_type: str | None) -> list[tuple[str, str]]:
+    """The model class's ``_tied_weights_keys`` (output -> input embedding); [] for an unknown or
+    custom architecture."""
     try:
         import transformers
         from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
@@ -37,22 +46,29 @@ def tied_keys(model_type: str | None) -> list[tuple[str, str]]:
         tied = getattr(cls, "_tied_weights_keys", None)
         if isinstance(tied, dict) and tied:
             return list(tied.items())
-    except Exception:  # unknown or custom architectures: fall back to the common names
+    except Exception:  # unknown or custom architectures: the common layouts are all there is
         pass
-    # one candidate pair per common layout (a dict keyed by the output name would keep only the last)
-    return [
-        ("lm_head.weight", name)
-        for name in ("model.embed_tokens.weight", "transformer.wte.weight", "gpt_neox.embed_in.weight")
-    ]
+    return []
 
 
-def find_tie(config: dict, model_type: str | None, index) -> tuple[str, str] | None:
-    """(output param, embedding checkpoint key) when the checkpoint stores one shared table."""
+def find_tie(config: dict, model_type: str | None, index, shapes: dict) -> tuple[str, str] | None:
+    """(output param, embedding checkpoint key) when the checkpoint stores one shared table.
+
+    As transformers loads it: the head is absent from the checkpoint under any name its
+    conversion tables know, and the embedding is there. Where a common layout settles that by
+    names and shapes alone (the embedding stored by its usual name, no head by name, and no other
+    tensor of the table's shape that a table could rename into the head), transformers is not
+    imported; otherwise its tables and the class's own tied keys decide (OPT, BLOOM...)."""
     if not tied_embeddings(config):  # as transformers decides (core/adapter/base_info.py)
         return None
     if "lm_head.weight" in index.keys:  # the usual untied layout: no need to ask transformers
         return None
-    for head, emb in tied_keys(model_type):
+    for head, emb in COMMON_TIES:
+        emb_key = index.find_stored(emb)
+        if emb_key is not None and index.find_stored(head) is None:
+            if not any(k != emb_key and shape == shapes[emb_key] for k, shape in shapes.items()):
+                return head, emb_key
+    for head, emb in class_tied_keys(model_type) or COMMON_TIES:
         emb_key = index.find(emb)
         if index.find(head) is None and emb_key is not None:
             return head, emb_key

@@ -169,3 +169,41 @@ def test_rank_reduced_ensure_weight_tying_adapter_stays_tied(tiny_models, peft_a
     job = merge(base, tmp_path / "r2", tmp_path / "out")
     assert not job.plan.untie_embeddings
     assert close(logits(load_out(tmp_path / "out")), logits(peft_unmerged(base, tmp_path / "r2")))
+
+
+def test_a_common_tied_layout_is_planned_without_transformers(tiny_models, peft_adapter):
+    """The tied table stored by its usual name, no head: names and shapes settle it, so planning
+    does not import transformers (seconds: it was most of a 3B merge's fixed cost)."""
+    import subprocess
+    import sys
+
+    from tests.helpers import REPO
+
+    adapter = peft_adapter("llama_tied", **UNTIE["lora_on_lm_head"])
+    code = (
+        "import sys\nfrom adapterctl.core.merge.plan import MergeOptions, load_adapters, plan_merge\n"
+        f"job = plan_merge({str(tiny_models['llama_tied'])!r}, load_adapters([{str(adapter)!r}]), "
+        "MergeOptions())\nassert job.plan.untie_embeddings\n"
+        "assert 'transformers' not in sys.modules, 'transformers imported'\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_a_tensor_shaped_like_the_table_leaves_the_tie_to_transformers(neox, tmp_path):
+    """A tied config whose checkpoint also stores a tensor of the table's shape (GPT-NeoX's
+    embed_out, which transformers renames to lm_head): the head is stored after all, so no tie,
+    as transformers' tables say; lm_head's LoRA lands on embed_out."""
+    import shutil
+
+    from tests.conftest import make_peft_adapter
+
+    base = tmp_path / "neox-tied-config"
+    shutil.copytree(neox, base)
+    config = json.loads((base / "config.json").read_text())
+    (base / "config.json").write_text(json.dumps({**config, "tie_word_embeddings": True}))
+    assert "embed_out.weight" in keys(base)
+    adapter = make_peft_adapter(neox, tmp_path / "ad", r=4, target_modules=["lm_head", "query_key_value"])
+    job = plan_merge(base, load_adapters([adapter]), MergeOptions())
+    assert any(t["key"] == "embed_out.weight" for t in job.plan.touched)
+    assert not job.plan.untie_embeddings
