@@ -7,8 +7,10 @@ cached under ``benchmarks/_work/scaling/`` (git-ignored): 0.2B (500 MB shards), 
 shapes, 500 MB shards) and 3.2B (Llama-3.2-3B shapes, tied embeddings, 2 GB shards). Each gets an
 r=16 adapter on all seven linear modules. Every run is its own process, followed by ``sync`` (its
 wall time includes the sync); peak RSS is the child's own (``wait4``). Rounds are interleaved
-(cp, ours, PEFT, then again) and the figure is the median; the base is read once before the first
-round, so the page cache is warm for every tool alike.
+(cp, ours, PEFT, then again), each round starting with the next tool in turn (the run after a
+deletion and a ``sync`` can be the slower one: no tool is always first), and the figure is the
+median; the base is read once before the first round, so the page cache is warm for every tool
+alike.
 
     python benchmarks/merge_scaling.py [--sizes 0.2B,1.1B,3B] [--rounds 3] [--json PATH] [--clean]
         [--no-peft] [--ref OTHER_CHECKOUT]
@@ -269,7 +271,8 @@ def measure_size(name: str, rounds: int, timeout: float, ref: str | None = None,
         tools.pop("peft")
     runs: dict[str, list[dict]] = {t: [] for t in tools}
     for i in range(rounds):
-        for tool, cmd in list(tools.items()):
+        order = list(tools.items())
+        for tool, cmd in order[i % len(order):] + order[:i % len(order)]:  # each first in turn
             try:
                 r = run_once(cmd, outs[tool], timeout, ref if tool == "adapterctl-ref" else None)
             except RunFailed as err:
