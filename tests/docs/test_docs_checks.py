@@ -23,6 +23,7 @@ from tests.docs.transcripts import (
     fenced_blocks,
     mask,
     pages,
+    run_until_same,
 )
 
 #: blocks that never run (illustrations needing a fixture model or a running server); each has a
@@ -52,6 +53,25 @@ def test_a_changed_character_fails_the_check(tmp_path):
     assert differences(block, actual)
 
 
+def test_rerun_passes_once_a_run_prints_the_transcript_and_fails_a_real_difference(tmp_path):
+    """rerun=N: a tool whose end of output can be lost runs again; one whole run is enough, and a
+    difference that every run shows still fails (after N + 1 runs)."""
+    page = tmp_path / "page.md"
+    # prints a cut line twice, then the whole one: as llama.cpp's logger does when it loses a tail
+    cmd = "n=$(cat runs 2>/dev/null || echo 0); echo $((n+1)) > runs; [ $n -ge 2 ] && echo 'a whole line' || echo 'a who'"
+    for reruns, shown, runs, passed in ((2, "a whole line", 3, True), (1, "a whole line", 2, False),
+                                        (3, "another line", 4, False)):
+        page.write_text(f"```console requires=llama.cpp rerun={reruns}\n$ {cmd}\n{shown}\n```\n")
+        (block,) = console_blocks(page)
+        work = Workdir(tmp_path / f"work-{reruns}")
+        actual, report = run_until_same(work, block)
+        assert (report == []) is passed and (work.root / "runs").read_text().strip() == str(runs)
+        assert actual == ["a whole line" if runs >= 3 else "a who"]
+    page.write_text(f"```console rerun=2\n$ {cmd}\na whole line\n```\n")
+    with pytest.raises(ValueError, match="requires=llama.cpp"):
+        run_until_same(Workdir(tmp_path / "work-plain"), console_blocks(page)[0])
+
+
 def test_masks_hide_timings_and_temporary_paths_only():
     assert mask("loaded in 2.62s; 0.0s on cpu") == mask("loaded in 9.01s; 0.4s on cpu")
     assert mask('{"elapsed_s": 2.062, "tokens_per_second": 2.91}') == mask('{"elapsed_s": 0.3, "tokens_per_second": 19}')
@@ -77,6 +97,15 @@ def test_blocks_that_never_run_are_few_and_say_why():
     assert len(norun) <= MAX_NORUN, [b.where() for b in norun]
     ran = [b for page in pages() for b in console_blocks(page) if "norun" not in b.info]
     assert len(ran) > 2 * len(norun)
+
+
+def test_blocks_that_rerun_are_llama_cpp_tools_and_few():
+    """rerun= only where llama.cpp's logger can lose the end of a run (tests/docs/transcripts.py)."""
+    blocks = [b for page in pages() for b in console_blocks(page)]
+    rerun = [b for b in blocks if b.reruns]  # reruns raises where rerun= is misused
+    assert 0 < len(rerun) <= 4, [b.where() for b in rerun]
+    for block in rerun:
+        assert all("/llama-" in c.line for c in block.commands), block.where()
 
 
 # --- no machine paths -----------------------------------------------------------------------

@@ -13,10 +13,10 @@ from tests.docs.transcripts import (
     Block,
     Workdir,
     console_blocks,
-    differences,
     missing_engines,
     pages,
     rewrite,
+    run_until_same,
 )
 
 BLOCKS = [block for page in pages() for block in console_blocks(page)]
@@ -68,16 +68,16 @@ def test_transcript(block: Block, page_state, tmp_path_factory, request):
             if _runnable(earlier):
                 page.workdir.run(earlier)
             page.done.add(earlier.start)
+    update = request.config.getoption("--update", default=False)
     try:
-        actual = page.workdir.run(block)
+        actual, report = (page.workdir.run(block), []) if update else run_until_same(page.workdir, block)
     finally:
         page.done.add(block.start)
         if LAST.get(block.path) == block.start:
             page.workdir.kill()  # the servers the page started
-    if request.config.getoption("--update", default=False):
+    if update:
         updates.setdefault(block.path, []).append((block, actual))
         return
-    report = differences(block, actual)
     assert not report, (
         f"{block.where()}: the transcript differs from what the commands print now "
         "(python -m pytest tests/docs --update rewrites it):\n\n" + "\n\n".join(report)

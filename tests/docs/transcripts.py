@@ -15,6 +15,10 @@ Markers go in the fence's info string, after ``console``:
 - ``ready=URL``: the block starts a server in the background (a command ending in `` &``, its
   output kept in a log file of the page's folder, not in the transcript); after the block the
   test waits until URL answers, and the server runs until the page's last block has run.
+- ``rerun=N``: llama.cpp's tools print through an asynchronous logger that they leak at exit
+  (common/log.cpp), so on a busy machine the end of their output can be lost; a block of such a
+  tool (idempotent commands, ``requires=llama.cpp``) that differs runs again, up to N more times,
+  and passes when one run prints the transcript. A real difference fails every run.
 - ``norun="reason"``: never run (an illustration, e.g. a push to the real Hub); the reason is
   required, and there are few such blocks.
 
@@ -31,6 +35,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from dataclasses import dataclass, field
@@ -92,6 +97,14 @@ class Block:
     @property
     def ready(self) -> str | None:
         return self.options.get("ready")
+
+    @property
+    def reruns(self) -> int:
+        value = self.options.get("rerun", "0")
+        if not value.isdigit() or (int(value) and ("llama.cpp" not in self.requires or self.ready)):
+            raise ValueError(f"{self.where()}: rerun= takes a count, on a block that requires=llama.cpp "
+                             "and starts no server")
+        return int(value)
 
     @property
     def norun(self) -> str | None:
@@ -220,15 +233,19 @@ class Workdir:
                 background.append(log)
                 line = f"( {line.rstrip()[:-1]} ) > {shlex.quote(str(log))} 2>&1 & echo $! > {shlex.quote(str(log))}.pid"
             script += [line, f"__rc=$?; printf '\\n%s\\n' '{SEP}'; (exit $__rc)"]
-        proc = subprocess.Popen(["bash", "-c", "\n".join(script)], cwd=self.root, env=self.env,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                start_new_session=True)
-        self.groups.append(proc.pid)
-        try:
-            out, _ = proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            out, _ = proc.communicate()
+        # the output into a file rather than a pipe: a tool whose logger thread races its exit
+        # (llama.cpp's, see rerun=) loses far less of it there (tests/interop/gguf_harness.run_llama)
+        with tempfile.TemporaryFile() as output:
+            proc = subprocess.Popen(["bash", "-c", "\n".join(script)], cwd=self.root, env=self.env,
+                                    stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
+            self.groups.append(proc.pid)
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+                proc.wait()
+            output.seek(0)
+            out = output.read().decode("utf-8", "replace").replace("\r\n", "\n").replace("\r", "\n")
         parts = out.split(f"\n{SEP}\n")
         parts += [""] * (len(block.commands) - len(parts))
         if block.ready:
@@ -283,6 +300,19 @@ def differences(block: Block, actual: list[str]) -> list[str]:
         if mask(cmd.output) != mask(got):
             report.append(f"$ {cmd.line}\n--- documented\n{cmd.output}\n--- actual\n{got}")
     return report
+
+
+def run_until_same(workdir: Workdir, block: Block) -> tuple[list[str], list[str]]:
+    """Run the block; while its output differs, again, up to ``rerun=`` more times.
+    Returns the last run's outputs and their differences (empty where one run matched)."""
+    actual = workdir.run(block)
+    report = differences(block, actual)
+    for _ in range(block.reruns if report else 0):
+        actual = workdir.run(block)
+        report = differences(block, actual)
+        if not report:
+            break
+    return actual, report
 
 
 def rewrite(path: Path, updates: list[tuple[Block, list[str]]]) -> None:
