@@ -36,6 +36,12 @@ def run_cli(*args: str, env: dict | None = None, timeout: float = 600, cwd=None)
     return CliResult(proc.returncode, proc.stdout, proc.stderr)
 
 
+def run_python(code: str) -> subprocess.CompletedProcess:
+    """``code`` run by a fresh interpreter from the repository (stdout and stderr captured): what
+    a process imports, or how it ends, where the in-process CLI runner cannot tell."""
+    return subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+
+
 def invoke(*args: str) -> CliResult:
     """Run the CLI in this process (fast; torch stays imported between calls)."""
     from adapterctl.cli.app import main

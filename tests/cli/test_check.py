@@ -4,11 +4,9 @@ document, and no torch import (headers only)."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 from adapterctl.errors import EXIT_CODES, NotServedError
-from tests.helpers import REPO, invoke, run_cli, write_adapter
+from tests.helpers import REPO, invoke, run_cli, run_python, write_adapter
 
 UPPER, DRAGON = "examples/upper-lora", "examples/dragon-dora"
 RESULT_KEYS = {"adapter", "engine", "engine_version", "verdict", "reasons", "flags", "fix"}
@@ -66,7 +64,7 @@ def test_check_never_imports_torch():
         "heavy=[m for m in ('torch','transformers','peft','accelerate','bitsandbytes','numpy')"
         " if m in sys.modules]\nassert not heavy, heavy\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    proc = run_python(code)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["results"]
 

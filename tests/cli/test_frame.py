@@ -8,14 +8,9 @@ import pytest
 
 from adapterctl import __version__
 from adapterctl.errors import EXIT_CODES
-from tests.helpers import REPO, app_commands, invoke, run_cli
+from tests.helpers import REPO, app_commands, invoke, run_cli, run_python
 
 COMMANDS = app_commands()
-
-
-def python(code: str) -> subprocess.CompletedProcess:
-    """``code`` run by a fresh interpreter from the repository (stdout and stderr captured)."""
-    return subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
 
 
 def test_help_lists_commands_and_exit_codes():
@@ -68,7 +63,7 @@ def test_ctrl_c_while_python_shuts_down_prints_no_traceback():
         "atexit.register(late)\n"
         "from adapterctl.cli.app import main\nmain(['--version'])\n"
     )
-    proc = python(code)
+    proc = run_python(code)
     assert (proc.returncode, proc.stdout, proc.stderr) == (0, f"adapterctl {__version__}\n", "")
 
 
@@ -103,7 +98,7 @@ def test_the_process_ends_without_teardown_where_torch_is_loaded(torch_loaded, t
     non-daemon thread still running (which the normal exit waits for), Python ends as usual."""
     script = ENTRY.format(imports="import torch" if torch_loaded else "",
                           thread=LATE_THREAD if thread else "", args=args)
-    proc = python(script)
+    proc = run_python(script)
     assert proc.returncode == code, proc.stderr
     assert "exit handler" in proc.stderr and "Traceback" not in proc.stderr
     assert ("teardown" in proc.stderr) == teardown, proc.stderr
@@ -119,7 +114,7 @@ def test_help_imports_no_heavy_module():
         "heavy=[m for m in ('torch','transformers','peft','accelerate','bitsandbytes','numpy',"
         "'huggingface_hub') if m in sys.modules]\nassert not heavy, heavy\n"
     )
-    proc = python(code)
+    proc = run_python(code)
     assert proc.returncode == 0, proc.stderr
 
 
@@ -134,7 +129,7 @@ def test_json_inspect_imports_only_what_it_uses(peft_adapter):
         "heavy=[m for m in ('torch','numpy','pydantic','rich','yaml','safetensors','huggingface_hub',"
         "'adapterctl.cli.merge','adapterctl.cli.generate') if m in sys.modules]\nassert not heavy, heavy\n"
     )
-    proc = python(code)
+    proc = run_python(code)
     assert proc.returncode == 0, proc.stderr
     assert '"ok": true' in proc.stdout
 

@@ -205,12 +205,9 @@ def test_inspect_never_imports_torch(peft_adapter, tiny_models):
         "'huggingface_hub') if m in sys.modules]\n"
         "assert not heavy, heavy\n"
     )
-    import subprocess
-    import sys
+    from tests.helpers import run_python
 
-    from tests.helpers import REPO
-
-    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    proc = run_python(code)
     assert proc.returncode == 0, proc.stderr + proc.stdout
 
 

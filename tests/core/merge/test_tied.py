@@ -174,10 +174,7 @@ def test_rank_reduced_ensure_weight_tying_adapter_stays_tied(tiny_models, peft_a
 def test_a_common_tied_layout_is_planned_without_transformers(tiny_models, peft_adapter):
     """The tied table stored by its usual name, no head: names and shapes settle it, so planning
     does not import transformers (seconds: it was most of a 3B merge's fixed cost)."""
-    import subprocess
-    import sys
-
-    from tests.helpers import REPO
+    from tests.helpers import run_python
 
     adapter = peft_adapter("llama_tied", **UNTIE["lora_on_lm_head"])
     code = (
@@ -186,7 +183,7 @@ def test_a_common_tied_layout_is_planned_without_transformers(tiny_models, peft_
         "MergeOptions())\nassert job.plan.untie_embeddings\n"
         "assert 'transformers' not in sys.modules, 'transformers imported'\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    proc = run_python(code)
     assert proc.returncode == 0, proc.stderr[-2000:]
 
 
