@@ -3,11 +3,13 @@ module in this package and import their heavy dependencies inside the command bo
 
 from __future__ import annotations
 
+import _thread
 import atexit
 import os
 import signal
 import sys
 import threading
+import time
 import traceback
 from typing import TYPE_CHECKING
 
@@ -199,12 +201,38 @@ def entry() -> None:
     every command that used it, for nothing a finished command needs. Every exit handler still runs
     (logging's flush, Ray's shutdown, temporary folders), and stdio is flushed. A non-daemon
     thread still running gets the normal exit, which waits for it."""
+    sys.unraisablehook = _ctrl_c_delivered_again(sys.unraisablehook)
     try:
         main()
     except SystemExit as done:
         if isinstance(done.code, int) and "torch" in sys.modules and _only_thread():
             _end_process(done.code)
         raise
+
+
+def _ctrl_c_delivered_again(hook):
+    """A Ctrl-C that lands in a callback Python cannot raise from (a weak reference's, such as
+    importlib's module locks, or a finalizer) is printed as "Exception ignored" with a traceback,
+    and is then lost: the command runs on. Delivered again a moment later (from another thread,
+    once the hook has returned), it interrupts the command as any other Ctrl-C does. Other
+    exceptions go to ``hook`` as before."""
+
+    def unraisable(info) -> None:
+        if (
+            isinstance(info.exc_value, KeyboardInterrupt)
+            and threading.current_thread() is threading.main_thread()
+        ):
+            # raised here, in the hook, it would be lost again
+            threading.Thread(target=_interrupt_main_soon, name="adapterctl-ctrl-c", daemon=True).start()
+            return
+        hook(info)
+
+    return unraisable
+
+
+def _interrupt_main_soon() -> None:
+    time.sleep(0.01)
+    _thread.interrupt_main()  # as if SIGINT arrived now; nothing once Ctrl-C is ignored
 
 
 def _only_thread() -> bool:

@@ -67,6 +67,29 @@ def test_ctrl_c_while_python_shuts_down_prints_no_traceback():
     assert (proc.returncode, proc.stdout, proc.stderr) == (0, f"adapterctl {__version__}\n", "")
 
 
+def test_ctrl_c_inside_a_callback_interrupts_the_command_without_a_traceback():
+    """A Ctrl-C landing in a weak reference's callback (CI caught one in importlib's module-lock
+    callback during a convert) was printed as "Exception ignored ... Traceback" and lost, so the
+    command ran on. It interrupts the command instead: exit 130, "interrupted", no traceback."""
+    code = (
+        "import sys, time, weakref, typer.main\n"
+        "get_command = typer.main.get_command\n"
+        "def interrupted_in_a_callback(app):\n"
+        "    def cb(_):\n        raise KeyboardInterrupt\n"
+        "    obj = type('T', (), {})()\n    ref = weakref.ref(obj, cb)\n"
+        "    del obj  # the callback runs here, where Python cannot raise its exception\n"
+        "    time.sleep(5)  # the command's work, during which the Ctrl-C arrives again\n"
+        "    return get_command(app)\n"
+        "typer.main.get_command = interrupted_in_a_callback\n"
+        "sys.argv = ['adapterctl', '--version']\n"
+        "from adapterctl.cli.app import entry\nentry()\n"
+    )
+    proc = run_python(code)
+    assert proc.returncode == 130, (proc.returncode, proc.stdout, proc.stderr)
+    assert "interrupted" in proc.stderr and proc.stdout == "", proc.stderr
+    assert "Traceback" not in proc.stderr and "Exception ignored" not in proc.stderr, proc.stderr
+
+
 ENTRY = """
 import atexit, sys, threading, time
 {imports}

@@ -42,14 +42,15 @@ def _env() -> dict:
 
 
 def _start(args, hook: str = "", preexec=None) -> subprocess.Popen:
-    """The CLI in a subprocess; ``hook`` is Python run first (to place a fault precisely).
+    """The CLI in a subprocess, through the process's entry point (as the ``adapterctl`` script
+    runs it); ``hook`` is Python run first (to place a fault precisely).
 
     Ctrl-C is held off until adapterctl's entry point is imported: before that, on a loaded
     machine, it would land in the interpreter's own start-up, which is Python's business."""
-    code = (f"import signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\n{hook}\n"
-            "from adapterctl.cli.app import main\n"
+    code = (f"import signal, sys\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\n{hook}\n"
+            "from adapterctl.cli.app import entry\n"
             "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
-            f"main({[str(a) for a in args]!r})")
+            f"sys.argv = ['adapterctl', *{[str(a) for a in args]!r}]\nentry()")
     return subprocess.Popen([sys.executable, "-c", code], env=_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, preexec_fn=preexec)
 
